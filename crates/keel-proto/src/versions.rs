@@ -1,0 +1,81 @@
+//! The API versions Keel advertises in ApiVersions: exactly those its handlers serve.
+
+use kafka_protocol::messages::ApiKey;
+
+/// One advertised API: key and inclusive version range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Supported {
+    pub key: ApiKey,
+    pub min: i16,
+    pub max: i16,
+}
+
+/// The lowest Produce version Keel decodes. Versions 0-2 carry the pre-0.11 message
+/// format, which Keel does not store.
+pub const PRODUCE_DECODE_MIN: i16 = 3;
+
+const fn s(key: ApiKey, min: i16, max: i16) -> Supported {
+    Supported { key, min, max }
+}
+
+/// Every API Keel serves. Produce advertises a minimum of 0 although only v3+ is served:
+/// librdkafka before 2.x only compresses with gzip/snappy/lz4 when the broker lists
+/// Produce v0, and every client that lists v3+ picks the highest common version anyway.
+pub const SUPPORTED: &[Supported] = &[
+    s(ApiKey::Produce, 0, 9),
+    s(ApiKey::Fetch, 4, 12),
+    s(ApiKey::ListOffsets, 1, 7),
+    s(ApiKey::Metadata, 0, 12),
+    s(ApiKey::ApiVersions, 0, 3),
+    s(ApiKey::CreateTopics, 2, 7),
+    s(ApiKey::DeleteTopics, 1, 6),
+    s(ApiKey::InitProducerId, 0, 4),
+    s(ApiKey::DescribeConfigs, 1, 4),
+    s(ApiKey::CreatePartitions, 0, 3),
+    s(ApiKey::DescribeCluster, 0, 1),
+];
+
+/// The advertised range for `api_key`, if Keel serves it.
+pub fn supported(api_key: i16) -> Option<Supported> {
+    SUPPORTED.iter().copied().find(|s| s.key as i16 == api_key)
+}
+
+/// Whether a request of this key and version can be decoded and served.
+pub fn is_servable(api_key: i16, version: i16) -> bool {
+    match supported(api_key) {
+        Some(s) if s.key == ApiKey::Produce => (PRODUCE_DECODE_MIN..=s.max).contains(&version),
+        Some(s) => (s.min..=s.max).contains(&version),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::*;
+    use kafka_protocol::protocol::Message;
+
+    /// Every advertised maximum is one the message crate can decode and encode.
+    #[test]
+    fn advertised_versions_are_decodable() {
+        for s in SUPPORTED {
+            let r = s.key.valid_versions();
+            assert!(s.max <= r.max, "{:?} advertises {} > {}", s.key, s.max, r.max);
+            if s.key != ApiKey::Produce {
+                assert!(s.min >= r.min, "{:?} advertises min {} < {}", s.key, s.min, r.min);
+            }
+        }
+        assert_eq!(ProduceRequest::VERSIONS.min, PRODUCE_DECODE_MIN);
+    }
+
+    /// Produce v0-2 is listed but refused, Fetch below 4 is neither.
+    #[test]
+    fn servable_ranges() {
+        assert!(!is_servable(0, 2));
+        assert!(is_servable(0, 3));
+        assert!(!is_servable(1, 3));
+        assert!(is_servable(18, 3));
+        assert!(!is_servable(18, 4));
+        assert!(!is_servable(999, 0));
+    }
+}
