@@ -1,1 +1,126 @@
+//! Keel's broker: topics and partitions served over the Kafka protocol.
+//!
+//! Data flow of a request:
+//!
+//! ```text
+//! TCP ─▶ server (frame, limits) ─▶ dispatch (header, version check, decode)
+//!        ─▶ handlers::<api> ─▶ Topics / Partition ─▶ keel_log::DiskLog
+//!        ◀─ response encoded by keel_proto::codec ◀─┘
+//! ```
+//!
+//! - [`config`]: the broker's settings; [`topic_config`]: per-topic Kafka configs.
+//! - [`server`]: accept loop, per-connection request loop, connection and in-flight-byte
+//!   limits, clean shutdown.
+//! - [`dispatch`]: decodes a frame and routes it to one module per Kafka API in [`handlers`].
+//! - [`topics`]: create, grow, delete and load topics; [`partition`]: one partition's log,
+//!   group commit, high watermark and idempotent-producer dedup ([`producer_state`]).
+//! - [`metrics`] and [`http`]: Prometheus `/metrics` and `/health`.
+//! - [`error`]: broker errors and their Kafka error codes.
 
+pub mod config;
+pub mod dispatch;
+pub mod error;
+pub mod handlers;
+pub mod http;
+pub mod metrics;
+pub mod partition;
+pub mod producer_state;
+pub mod server;
+pub mod topic_config;
+pub mod topics;
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::watch;
+
+pub use config::{BrokerConfig, FsyncPolicy};
+
+/// Everything a request handler can reach.
+pub struct Broker {
+    pub config: Arc<BrokerConfig>,
+    pub topics: topics::Topics,
+    pub metrics: Arc<metrics::Metrics>,
+    /// Bumped whenever any partition's high watermark moves; long-polling fetches wait on it.
+    pub data_changed: Arc<watch::Sender<u64>>,
+    pub producer_ids: ProducerIds,
+    /// Host and port clients are told to connect to.
+    pub advertised: (String, u16),
+    pub started: Instant,
+}
+
+impl Broker {
+    /// Opens the data directory and every topic in it. `kafka_port` is the bound port (the
+    /// configured one may be 0).
+    pub fn open(config: BrokerConfig, kafka_port: u16) -> anyhow::Result<Arc<Broker>> {
+        config.validate().map_err(anyhow::Error::msg)?;
+        std::fs::create_dir_all(&config.data_dir)?;
+        let config = Arc::new(config);
+        let metrics = Arc::new(metrics::Metrics::new());
+        let data_changed = Arc::new(watch::Sender::new(0u64));
+        let topics = topics::Topics::load(config.clone(), metrics.clone(), data_changed.clone())?;
+        let listen: std::net::SocketAddr = config.kafka_listen.parse()?;
+        let host = config.advertised_host.clone().unwrap_or_else(|| {
+            if listen.ip().is_unspecified() {
+                "127.0.0.1".to_string()
+            } else {
+                listen.ip().to_string()
+            }
+        });
+        let port = config.advertised_port.unwrap_or(kafka_port);
+        let producer_ids = ProducerIds::open(&config.data_dir.join("producer_ids"))?;
+        Ok(Arc::new(Broker {
+            config,
+            topics,
+            metrics,
+            data_changed,
+            producer_ids,
+            advertised: (host, port),
+            started: Instant::now(),
+        }))
+    }
+
+    /// fsyncs every partition (clean shutdown).
+    pub async fn sync_all(&self) {
+        for p in self.topics.all_partitions() {
+            p.sync_now().await;
+        }
+    }
+}
+
+/// Allocates idempotent-producer ids that are never reused across restarts: ids are
+/// handed out from blocks whose upper bound is persisted before the block is used.
+pub struct ProducerIds {
+    path: std::path::PathBuf,
+    next: AtomicI64,
+    limit: std::sync::Mutex<i64>,
+}
+
+const PRODUCER_ID_BLOCK: i64 = 1000;
+
+impl ProducerIds {
+    fn open(path: &std::path::Path) -> anyhow::Result<ProducerIds> {
+        let start = match std::fs::read_to_string(path) {
+            Ok(s) => s.trim().parse::<i64>().unwrap_or(0),
+            Err(_) => 0,
+        };
+        let ids = ProducerIds { path: path.to_path_buf(), next: AtomicI64::new(start), limit: std::sync::Mutex::new(start) };
+        Ok(ids)
+    }
+
+    /// The next unused producer id.
+    pub fn allocate(&self) -> anyhow::Result<i64> {
+        let id = self.next.fetch_add(1, Ordering::SeqCst);
+        let mut limit = self.limit.lock().unwrap_or_else(|e| e.into_inner());
+        if id >= *limit {
+            let new_limit = id + PRODUCER_ID_BLOCK;
+            let tmp = self.path.with_extension("tmp");
+            std::fs::write(&tmp, new_limit.to_string())?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &self.path)?;
+            *limit = new_limit;
+        }
+        Ok(id)
+    }
+}

@@ -24,7 +24,7 @@ const fn s(key: ApiKey, min: i16, max: i16) -> Supported {
 pub const SUPPORTED: &[Supported] = &[
     s(ApiKey::Produce, 0, 9),
     s(ApiKey::Fetch, 4, 12),
-    s(ApiKey::ListOffsets, 1, 7),
+    s(ApiKey::ListOffsets, 1, 6),
     s(ApiKey::Metadata, 0, 12),
     s(ApiKey::ApiVersions, 0, 3),
     s(ApiKey::CreateTopics, 2, 7),

@@ -1,0 +1,142 @@
+//! Broker configuration: one serde struct, validated once, settable from a TOML file,
+//! flags and `KEEL_*` environment variables (the binary layers them).
+
+use std::path::PathBuf;
+
+use keel_log::LogConfig;
+use serde::{Deserialize, Serialize};
+
+/// When a partition's appends are made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// fsync before acknowledging, shared by concurrent producers (group commit).
+    Always,
+    /// fsync every `fsync_interval_ms`; acknowledge after the write to the OS.
+    Interval,
+    /// Never fsync explicitly; the OS writes back when it will.
+    Never,
+}
+
+impl std::str::FromStr for FsyncPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "always" => Ok(FsyncPolicy::Always),
+            "interval" => Ok(FsyncPolicy::Interval),
+            "never" => Ok(FsyncPolicy::Never),
+            other => Err(format!("unknown fsync policy {other:?} (always, interval, never)")),
+        }
+    }
+}
+
+impl FsyncPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsyncPolicy::Always => "always",
+            FsyncPolicy::Interval => "interval",
+            FsyncPolicy::Never => "never",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// This node's id in Metadata.
+    pub node_id: i32,
+    /// Where the log and topic metadata live.
+    pub data_dir: PathBuf,
+    /// Kafka listener.
+    pub kafka_listen: String,
+    /// Host clients are told to connect to; defaults to the listener's host (an IPv4
+    /// address: librdkafka may resolve `localhost` to `::1`).
+    pub advertised_host: Option<String>,
+    /// Port clients are told to connect to; defaults to the listener's port.
+    pub advertised_port: Option<u16>,
+    /// HTTP listener for `/metrics` and `/health`.
+    pub http_listen: String,
+    /// Reported in Metadata and DescribeCluster.
+    pub cluster_id: String,
+    /// Create unknown topics on Metadata and Produce, as Kafka's `auto.create.topics.enable`.
+    pub auto_create_topics: bool,
+    /// Partitions of a topic created without a count.
+    pub default_partitions: i32,
+    /// Largest request frame accepted, bytes.
+    pub request_bytes_max: usize,
+    /// Open client connections beyond this are closed at accept.
+    pub connections_max: usize,
+    /// Bytes of requests being processed at once across all connections.
+    pub inflight_bytes_max: usize,
+    /// Largest record batch accepted in a Produce request (Kafka's `message.max.bytes`).
+    pub message_bytes_max: usize,
+    /// Default fsync policy of partitions; topics may override with `keel.fsync.policy`.
+    pub fsync: FsyncPolicy,
+    /// Period of the `interval` fsync policy.
+    pub fsync_interval_ms: u64,
+    /// How often retention runs.
+    pub retention_check_ms: u64,
+    /// Longest a Fetch waits for data, whatever the client asks.
+    pub fetch_wait_ms_max: u64,
+    /// Largest Fetch response, whatever the client asks.
+    pub fetch_bytes_max: usize,
+    /// How long a clean shutdown waits for in-flight requests.
+    pub shutdown_grace_ms: u64,
+    /// Default log settings of partitions.
+    pub log: LogConfig,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            node_id: 0,
+            data_dir: PathBuf::from("keel-data"),
+            kafka_listen: "127.0.0.1:9092".into(),
+            advertised_host: None,
+            advertised_port: None,
+            http_listen: "127.0.0.1:9644".into(),
+            cluster_id: "keel-cluster".into(),
+            auto_create_topics: true,
+            default_partitions: 1,
+            request_bytes_max: keel_proto::frame::REQUEST_BYTES_MAX_DEFAULT,
+            connections_max: 10_000,
+            inflight_bytes_max: 256 * 1024 * 1024,
+            message_bytes_max: 16 * 1024 * 1024,
+            fsync: FsyncPolicy::Always,
+            fsync_interval_ms: 1000,
+            retention_check_ms: 60_000,
+            fetch_wait_ms_max: 30_000,
+            fetch_bytes_max: 64 * 1024 * 1024,
+            shutdown_grace_ms: 10_000,
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl BrokerConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        self.log.validate()?;
+        if self.default_partitions < 1 {
+            return Err("default_partitions must be at least 1".into());
+        }
+        if self.request_bytes_max < 1024 {
+            return Err("request_bytes_max must be at least 1024".into());
+        }
+        if self.inflight_bytes_max < self.request_bytes_max {
+            return Err("inflight_bytes_max must be at least request_bytes_max".into());
+        }
+        if self.connections_max == 0 {
+            return Err("connections_max must be positive".into());
+        }
+        if self.fsync_interval_ms == 0 {
+            return Err("fsync_interval_ms must be positive".into());
+        }
+        self.kafka_listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| format!("kafka_listen {:?}: {e}", self.kafka_listen))?;
+        self.http_listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| format!("http_listen {:?}: {e}", self.http_listen))?;
+        Ok(())
+    }
+}

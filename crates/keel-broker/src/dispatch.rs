@@ -1,0 +1,107 @@
+//! From a request frame to a response frame: header, version check, decode, route.
+//!
+//! A request Keel cannot decode closes the connection (as Kafka does): the client's
+//! request/response stream can no longer be trusted. The one exception is ApiVersions at
+//! an unknown version, answered in v0 format with UNSUPPORTED_VERSION (KIP-511).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::*;
+use keel_proto::codec::{decode_body, encode_response};
+use keel_proto::header::{decode_header, peek_prefix};
+use keel_proto::versions::is_servable;
+
+use crate::handlers;
+use crate::metrics::ApiLabels;
+use crate::Broker;
+
+/// What the connection does after a request.
+pub enum Outcome {
+    Respond(BytesMut),
+    /// acks=0 Produce: nothing is sent back.
+    NoResponse,
+    /// Close the connection, logging the reason.
+    Close(String),
+}
+
+macro_rules! route {
+    ($b:expr, $body:expr, $api:expr, $v:expr, $corr:expr, $req:ty, $handler:path) => {{
+        let req: $req = match decode_body(&mut $body, $v) {
+            Ok(r) => r,
+            Err(e) => return Outcome::Close(format!("{:?} v{}: {e}", $api, $v)),
+        };
+        let resp = $handler($b, req, $v).await;
+        respond($api, $v, $corr, &resp)
+    }};
+}
+
+fn respond<T: kafka_protocol::protocol::Encodable>(api: ApiKey, v: i16, corr: i32, resp: &T) -> Outcome {
+    match encode_response(api, v, corr, resp) {
+        Ok(buf) => Outcome::Respond(buf),
+        Err(e) => Outcome::Close(format!("{api:?} v{v}: could not encode the response: {e}")),
+    }
+}
+
+/// Handles one request frame.
+pub async fn handle(b: &Arc<Broker>, frame: Bytes) -> Outcome {
+    let prefix = match peek_prefix(&frame) {
+        Ok(p) => p,
+        Err(e) => return Outcome::Close(e.to_string()),
+    };
+    let corr = prefix.correlation_id;
+    let v = prefix.api_version;
+    if prefix.api_key == ApiKey::ApiVersions as i16 && !is_servable(prefix.api_key, v) {
+        return respond(ApiKey::ApiVersions, 0, corr, &handlers::api_versions::unsupported());
+    }
+    let api = match ApiKey::try_from(prefix.api_key) {
+        Ok(api) if is_servable(prefix.api_key, v) => api,
+        _ => {
+            return Outcome::Close(format!(
+                "api key {} version {} is not supported (correlation id {corr})",
+                prefix.api_key, v
+            ))
+        }
+    };
+    let mut body = frame;
+    if let Err(e) = decode_header(&mut body, api, v) {
+        return Outcome::Close(e.to_string());
+    }
+    let started = Instant::now();
+    let out = match api {
+        ApiKey::ApiVersions => route!(b, body, api, v, corr, ApiVersionsRequest, handlers::api_versions::handle),
+        ApiKey::Metadata => route!(b, body, api, v, corr, MetadataRequest, handlers::metadata::handle),
+        ApiKey::Produce => {
+            let req: ProduceRequest = match decode_body(&mut body, v) {
+                Ok(r) => r,
+                Err(e) => return Outcome::Close(format!("Produce v{v}: {e}")),
+            };
+            match handlers::produce::handle(b, req, v).await {
+                Some(resp) => respond(api, v, corr, &resp),
+                None => Outcome::NoResponse,
+            }
+        }
+        ApiKey::Fetch => route!(b, body, api, v, corr, FetchRequest, handlers::fetch::handle),
+        ApiKey::ListOffsets => route!(b, body, api, v, corr, ListOffsetsRequest, handlers::list_offsets::handle),
+        ApiKey::CreateTopics => route!(b, body, api, v, corr, CreateTopicsRequest, handlers::create_topics::handle),
+        ApiKey::DeleteTopics => route!(b, body, api, v, corr, DeleteTopicsRequest, handlers::delete_topics::handle),
+        ApiKey::CreatePartitions => {
+            route!(b, body, api, v, corr, CreatePartitionsRequest, handlers::create_partitions::handle)
+        }
+        ApiKey::DescribeConfigs => {
+            route!(b, body, api, v, corr, DescribeConfigsRequest, handlers::describe_configs::handle)
+        }
+        ApiKey::DescribeCluster => {
+            route!(b, body, api, v, corr, DescribeClusterRequest, handlers::describe_cluster::handle)
+        }
+        ApiKey::InitProducerId => {
+            route!(b, body, api, v, corr, InitProducerIdRequest, handlers::init_producer_id::handle)
+        }
+        other => Outcome::Close(format!("{other:?} is advertised but has no handler")),
+    };
+    let labels = ApiLabels { api: format!("{api:?}") };
+    b.metrics.requests.get_or_create(&labels).inc();
+    b.metrics.request_seconds.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    out
+}

@@ -1,0 +1,110 @@
+//! Fetch: committed records from many partitions, with long polling.
+//!
+//! Budgets: `max_bytes` for the response (capped by `fetch_bytes_max`) and
+//! `partition_max_bytes` per partition; the first non-empty partition always returns at
+//! least one whole batch so a batch larger than the limits still makes progress (KIP-74).
+//! The request waits up to `max_wait_ms` (capped by `fetch_wait_ms_max`) until `min_bytes`
+//! are available or a partition reports an error.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use kafka_protocol::ResponseError;
+use tokio::time::Instant;
+
+use crate::error::PartitionError;
+use crate::metrics::ErrorLabels;
+use crate::Broker;
+
+fn partition_error(index: i32, code: i16, hw: i64, start: i64) -> PartitionData {
+    let mut p = PartitionData::default();
+    p.partition_index = index;
+    p.error_code = code;
+    p.high_watermark = hw;
+    p.last_stable_offset = hw;
+    p.log_start_offset = start;
+    p.records = Some(Bytes::new());
+    p
+}
+
+/// One pass over the requested partitions. Returns the response, its record bytes and
+/// whether any partition reported an error.
+fn read_once(b: &Broker, req: &FetchRequest, max_bytes: usize) -> (Vec<FetchableTopicResponse>, usize, bool) {
+    let mut budget = max_bytes;
+    let mut total = 0usize;
+    let mut any_error = false;
+    let mut out = Vec::with_capacity(req.topics.len());
+    for t in &req.topics {
+        let mut tr = FetchableTopicResponse::default();
+        tr.topic = t.topic.clone();
+        tr.topic_id = t.topic_id;
+        let topic = b.topics.get(t.topic.0.as_str());
+        for fp in &t.partitions {
+            let Some(part) = topic.as_ref().and_then(|topic| topic.partition(fp.partition)) else {
+                any_error = true;
+                tr.partitions.push(partition_error(fp.partition, ResponseError::UnknownTopicOrPartition.code(), -1, -1));
+                continue;
+            };
+            // Once the response budget is spent, remaining partitions report their
+            // watermarks without records.
+            let want = (fp.partition_max_bytes.max(0) as usize).min(budget);
+            let result = if want == 0 && total > 0 {
+                Ok(None)
+            } else {
+                part.read(fp.fetch_offset, want.max(1)).map(Some)
+            };
+            match result {
+                Ok(read) => {
+                    let mut p = PartitionData::default();
+                    p.partition_index = fp.partition;
+                    p.high_watermark = part.high_watermark();
+                    p.last_stable_offset = p.high_watermark;
+                    p.log_start_offset = part.log_start_offset();
+                    p.preferred_read_replica = kafka_protocol::messages::BrokerId(-1);
+                    let records = read.map(|r| r.records).unwrap_or_default();
+                    budget = budget.saturating_sub(records.len());
+                    total += records.len();
+                    p.records = Some(records);
+                    tr.partitions.push(p);
+                }
+                Err(e) => {
+                    any_error = true;
+                    let (hw, start) = (part.high_watermark(), part.log_start_offset());
+                    if !matches!(e, PartitionError::OffsetOutOfRange { .. }) {
+                        tracing::warn!(topic = %part.topic, partition = part.index, error = %e, "fetch failed");
+                    }
+                    b.metrics.request_errors.get_or_create(&ErrorLabels { api: "Fetch".into(), code: e.code() }).inc();
+                    tr.partitions.push(partition_error(fp.partition, e.code(), hw, start));
+                }
+            }
+        }
+        out.push(tr);
+    }
+    (out, total, any_error)
+}
+
+pub async fn handle(b: &Arc<Broker>, req: FetchRequest, _v: i16) -> FetchResponse {
+    let max_wait = Duration::from_millis((req.max_wait_ms.max(0) as u64).min(b.config.fetch_wait_ms_max));
+    let max_bytes = (req.max_bytes.max(0) as usize).min(b.config.fetch_bytes_max);
+    let min_bytes = req.min_bytes.max(0) as usize;
+    let deadline = Instant::now() + max_wait;
+    let mut changed = b.data_changed.subscribe();
+    let responses = loop {
+        changed.borrow_and_update();
+        let (responses, total, any_error) = read_once(b, &req, max_bytes);
+        if total >= min_bytes.max(1) || any_error || Instant::now() >= deadline {
+            b.metrics.fetched_bytes.inc_by(total as u64);
+            break responses;
+        }
+        tokio::select! {
+            r = changed.changed() => if r.is_err() { break responses },
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    };
+    let mut r = FetchResponse::default();
+    r.responses = responses;
+    r
+}

@@ -1,0 +1,49 @@
+//! ListOffsets: earliest (-2), latest (-1, the high watermark) and by timestamp.
+
+use std::sync::Arc;
+
+use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse};
+use kafka_protocol::ResponseError;
+
+use crate::Broker;
+
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
+
+pub async fn handle(b: &Arc<Broker>, req: ListOffsetsRequest, _v: i16) -> ListOffsetsResponse {
+    let mut r = ListOffsetsResponse::default();
+    for t in req.topics {
+        let mut tr = ListOffsetsTopicResponse::default();
+        tr.name = t.name.clone();
+        let topic = b.topics.get(t.name.0.as_str());
+        for p in t.partitions {
+            let mut pr = ListOffsetsPartitionResponse::default();
+            pr.partition_index = p.partition_index;
+            pr.timestamp = -1;
+            pr.offset = -1;
+            let Some(part) = topic.as_ref().and_then(|t| t.partition(p.partition_index)) else {
+                pr.error_code = ResponseError::UnknownTopicOrPartition.code();
+                tr.partitions.push(pr);
+                continue;
+            };
+            pr.leader_epoch = 0;
+            match p.timestamp {
+                LATEST => pr.offset = part.high_watermark(),
+                EARLIEST => pr.offset = part.log_start_offset(),
+                ts if ts >= 0 => match part.offset_for_timestamp(ts) {
+                    Ok(Some((offset, found_ts))) => {
+                        pr.offset = offset;
+                        pr.timestamp = found_ts;
+                    }
+                    Ok(None) => {}
+                    Err(e) => pr.error_code = e.code(),
+                },
+                _ => pr.error_code = ResponseError::UnsupportedVersion.code(),
+            }
+            tr.partitions.push(pr);
+        }
+        r.topics.push(tr);
+    }
+    r
+}

@@ -1,0 +1,115 @@
+//! Prometheus metrics, served at `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiLabels {
+    pub api: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub api: String,
+    pub code: i16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    pub topic: String,
+    pub partition: i32,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: Family<ApiLabels, Counter>,
+    pub request_errors: Family<ErrorLabels, Counter>,
+    pub request_seconds: Family<ApiLabels, Histogram>,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    pub produced_records: Counter,
+    pub produced_bytes: Counter,
+    pub fetched_bytes: Counter,
+    pub connections: Gauge,
+    pub connections_refused: Counter,
+    pub malformed_requests: Counter,
+    pub partitions: Gauge,
+    pub topics: Gauge,
+    pub log_size_bytes: Family<PartitionLabels, Gauge>,
+    pub fsync_seconds: Histogram,
+    pub poisoned_partitions: Gauge,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~26 s
+    Histogram::new(exponential_buckets(0.00005, 2.0, 20))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("keel");
+        let m = Metrics {
+            requests: Family::default(),
+            request_errors: Family::default(),
+            request_seconds: Family::new_with_constructor(latency_histogram),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            produced_records: Counter::default(),
+            produced_bytes: Counter::default(),
+            fetched_bytes: Counter::default(),
+            connections: Gauge::default(),
+            connections_refused: Counter::default(),
+            malformed_requests: Counter::default(),
+            partitions: Gauge::default(),
+            topics: Gauge::default(),
+            log_size_bytes: Family::default(),
+            fsync_seconds: latency_histogram(),
+            poisoned_partitions: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("requests", "Kafka requests handled, by API", m.requests.clone());
+        registry.register("request_errors", "Partition or topic errors returned, by API and Kafka error code", m.request_errors.clone());
+        registry.register("request_duration_seconds", "Time from a request's arrival to its response, by API", m.request_seconds.clone());
+        registry.register("network_received_bytes", "Request bytes received", m.bytes_in.clone());
+        registry.register("network_sent_bytes", "Response bytes sent", m.bytes_out.clone());
+        registry.register("produced_records", "Records appended", m.produced_records.clone());
+        registry.register("produced_bytes", "Record batch bytes appended", m.produced_bytes.clone());
+        registry.register("fetched_bytes", "Record batch bytes served to fetches", m.fetched_bytes.clone());
+        registry.register("connections", "Open client connections", m.connections.clone());
+        registry.register("connections_refused", "Connections closed at accept because of connections_max", m.connections_refused.clone());
+        registry.register("malformed_requests", "Requests that could not be decoded (connection closed)", m.malformed_requests.clone());
+        registry.register("partitions", "Partitions hosted", m.partitions.clone());
+        registry.register("topics", "Topics hosted", m.topics.clone());
+        registry.register("log_size_bytes", "Bytes on disk per partition log", m.log_size_bytes.clone());
+        registry.register("fsync_duration_seconds", "Duration of each log fsync (one covers every append that preceded it)", m.fsync_seconds.clone());
+        registry.register("poisoned_partitions", "Partitions refusing writes after an fsync or write failure", m.poisoned_partitions.clone());
+        Metrics { registry, ..m }
+    }
+
+    pub fn log_size(&self, topic: &str, partition: i32) -> Gauge {
+        self.log_size_bytes.get_or_create(&PartitionLabels { topic: topic.to_string(), partition }).clone()
+    }
+
+    pub fn forget_partition(&self, topic: &str, partition: i32) {
+        self.log_size_bytes.remove(&PartitionLabels { topic: topic.to_string(), partition });
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        if prometheus_client::encoding::text::encode(&mut s, &self.registry).is_err() {
+            s.clear();
+        }
+        s
+    }
+}

@@ -1,0 +1,146 @@
+//! Idempotent-producer bookkeeping for one partition: a pure core.
+//!
+//! For each producer id the partition remembers the epoch and the last five batches'
+//! sequence ranges and offsets (librdkafka and the Java client keep at most five
+//! requests in flight). A retried batch is answered with its original offset instead of
+//! being written twice; a gap in sequence numbers is refused.
+
+use std::collections::{HashMap, VecDeque};
+
+/// Batches remembered per producer, as Kafka does.
+pub const BATCHES_KEPT: usize = 5;
+/// Producers remembered per partition; the least recently written are forgotten first.
+pub const PRODUCERS_MAX: usize = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BatchMeta {
+    first_seq: i32,
+    last_seq: i32,
+    base_offset: i64,
+}
+
+#[derive(Debug, Default)]
+struct Producer {
+    epoch: i16,
+    batches: VecDeque<BatchMeta>,
+    last_write: u64,
+}
+
+/// What to do with an incoming batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Append it.
+    Append,
+    /// It was appended before at this base offset; answer without writing.
+    Duplicate { base_offset: i64 },
+    /// Refuse with this Kafka error code.
+    Reject(i16),
+}
+
+#[derive(Debug, Default)]
+pub struct ProducerStates {
+    producers: HashMap<i64, Producer>,
+    clock: u64,
+}
+
+const OUT_OF_ORDER_SEQUENCE_NUMBER: i16 = 45;
+const INVALID_PRODUCER_EPOCH: i16 = 47;
+
+fn next_seq(seq: i32) -> i32 {
+    if seq == i32::MAX {
+        0
+    } else {
+        seq + 1
+    }
+}
+
+impl ProducerStates {
+    /// Decides on a batch from `producer_id` (>= 0) with `epoch` and sequences
+    /// `first_seq ..= first_seq + count - 1`.
+    pub fn check(&self, producer_id: i64, epoch: i16, first_seq: i32, count: i32) -> Check {
+        let Some(p) = self.producers.get(&producer_id) else {
+            // Unknown producer (new, or its state aged out): accept where it starts.
+            return Check::Append;
+        };
+        if epoch < p.epoch {
+            return Check::Reject(INVALID_PRODUCER_EPOCH);
+        }
+        if epoch > p.epoch {
+            return if first_seq == 0 { Check::Append } else { Check::Reject(OUT_OF_ORDER_SEQUENCE_NUMBER) };
+        }
+        let last_seq = first_seq.wrapping_add(count - 1);
+        if let Some(b) = p.batches.iter().find(|b| b.first_seq == first_seq && b.last_seq == last_seq) {
+            return Check::Duplicate { base_offset: b.base_offset };
+        }
+        match p.batches.back() {
+            Some(last) if first_seq != next_seq(last.last_seq) => Check::Reject(OUT_OF_ORDER_SEQUENCE_NUMBER),
+            _ => Check::Append,
+        }
+    }
+
+    /// Records an appended batch.
+    pub fn record(&mut self, producer_id: i64, epoch: i16, first_seq: i32, count: i32, base_offset: i64) {
+        self.clock += 1;
+        let clock = self.clock;
+        let p = self.producers.entry(producer_id).or_default();
+        if epoch != p.epoch {
+            p.batches.clear();
+            p.epoch = epoch;
+        }
+        p.batches.push_back(BatchMeta { first_seq, last_seq: first_seq.wrapping_add(count - 1), base_offset });
+        while p.batches.len() > BATCHES_KEPT {
+            p.batches.pop_front();
+        }
+        p.last_write = clock;
+        if self.producers.len() > PRODUCERS_MAX {
+            if let Some(oldest) = self.producers.iter().min_by_key(|(_, p)| p.last_write).map(|(id, _)| *id) {
+                self.producers.remove(&oldest);
+            }
+        }
+    }
+
+    /// Forgets everything from `offset` on (after a log truncation).
+    pub fn forget_from(&mut self, offset: i64) {
+        for p in self.producers.values_mut() {
+            p.batches.retain(|b| b.base_offset < offset);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// In-order batches append, a retried batch is a duplicate with its first offset,
+    /// a gap is out of order, an older epoch is fenced, a new epoch restarts at 0.
+    #[test]
+    fn sequence_rules() {
+        let mut s = ProducerStates::default();
+        assert_eq!(s.check(7, 0, 0, 5), Check::Append);
+        s.record(7, 0, 0, 5, 100);
+        assert_eq!(s.check(7, 0, 5, 5), Check::Append);
+        s.record(7, 0, 5, 5, 105);
+        assert_eq!(s.check(7, 0, 0, 5), Check::Duplicate { base_offset: 100 });
+        assert_eq!(s.check(7, 0, 5, 5), Check::Duplicate { base_offset: 105 });
+        assert_eq!(s.check(7, 0, 11, 1), Check::Reject(OUT_OF_ORDER_SEQUENCE_NUMBER));
+        assert_eq!(s.check(7, 0, 10, 1), Check::Append);
+        s.record(7, 1, 0, 1, 110);
+        assert_eq!(s.check(7, 0, 11, 1), Check::Reject(INVALID_PRODUCER_EPOCH));
+        assert_eq!(s.check(7, 2, 3, 1), Check::Reject(OUT_OF_ORDER_SEQUENCE_NUMBER));
+        assert_eq!(s.check(7, 2, 0, 1), Check::Append);
+    }
+
+    /// Only the last five batches are remembered; sequences wrap at i32::MAX.
+    #[test]
+    fn window_and_wrap() {
+        let mut s = ProducerStates::default();
+        for i in 0..7 {
+            s.record(1, 0, i, 1, i as i64);
+        }
+        assert_eq!(s.check(1, 0, 0, 1), Check::Reject(OUT_OF_ORDER_SEQUENCE_NUMBER));
+        assert_eq!(s.check(1, 0, 2, 1), Check::Duplicate { base_offset: 2 });
+        let mut s = ProducerStates::default();
+        s.record(2, 0, i32::MAX, 1, 0);
+        assert_eq!(s.check(2, 0, 0, 1), Check::Append);
+    }
+}

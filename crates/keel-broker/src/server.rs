@@ -1,0 +1,134 @@
+//! The Kafka TCP listener: one task per connection, requests answered in order.
+//!
+//! Limits: `connections_max` open connections (more are closed at accept),
+//! `request_bytes_max` per frame, `inflight_bytes_max` of request bytes held at once
+//! across all connections (a connection waits for room before reading a frame's body).
+//! A slow client has `FRAME_READ_TIMEOUT` to finish sending a frame it started.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use keel_proto::frame::check_frame_len;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::dispatch::{self, Outcome};
+use crate::Broker;
+
+/// Time allowed to receive the rest of a frame once its length has arrived.
+const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Accepts connections until `shutdown` turns true, then waits (up to the grace period)
+/// for connections to finish the request they are handling.
+pub async fn run(broker: Arc<Broker>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let conns = Arc::new(Semaphore::new(broker.config.connections_max));
+    // Permits are counted in KiB so that any request_bytes_max fits a u32 permit count.
+    let inflight = Arc::new(Semaphore::new((broker.config.inflight_bytes_max / 1024).max(1)));
+    let mut tasks = JoinSet::new();
+    info!(addr = %listener.local_addr()?, "kafka listener ready");
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = conns.clone().try_acquire_owned() else {
+                    broker.metrics.connections_refused.inc();
+                    warn!(%peer, limit = broker.config.connections_max, "connection limit reached; closing new connection");
+                    drop(stream);
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let (b, sd, inf) = (broker.clone(), shutdown.clone(), inflight.clone());
+                tasks.spawn(async move {
+                    b.metrics.connections.inc();
+                    serve_connection(&b, stream, peer, sd, inf).await;
+                    b.metrics.connections.dec();
+                    drop(permit);
+                });
+                while tasks.try_join_next().is_some() {}
+            }
+        }
+    }
+    drop(listener);
+    let grace = Duration::from_millis(broker.config.shutdown_grace_ms);
+    if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
+        warn!(open = tasks.len(), "connections still busy after the shutdown grace period; closing them");
+        tasks.abort_all();
+    }
+    Ok(())
+}
+
+async fn serve_connection(
+    b: &Arc<Broker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+    inflight: Arc<Semaphore>,
+) {
+    debug!(%peer, "connection opened");
+    let (rd, wr) = stream.into_split();
+    let mut rd = BufReader::with_capacity(64 * 1024, rd);
+    let mut wr = BufWriter::with_capacity(64 * 1024, wr);
+    let max = b.config.request_bytes_max;
+    loop {
+        let len = tokio::select! {
+            biased;
+            _ = shutdown.changed() => break,
+            r = rd.read_i32() => match r {
+                Ok(len) => len,
+                Err(_) => break, // closed by the client
+            },
+        };
+        let len = match check_frame_len(len, max) {
+            Ok(len) => len,
+            Err(e) => {
+                b.metrics.malformed_requests.inc();
+                warn!(%peer, error = %e, "bad frame; closing connection");
+                break;
+            }
+        };
+        let kib = len.div_ceil(1024).max(1) as u32;
+        let Ok(_permit) = inflight.acquire_many(kib).await else { break };
+        let mut buf = BytesMut::zeroed(len);
+        match tokio::time::timeout(FRAME_READ_TIMEOUT, rd.read_exact(&mut buf)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                debug!(%peer, error = %e, "connection closed mid-frame");
+                break;
+            }
+            Err(_) => {
+                warn!(%peer, len, "frame not completed within the read timeout; closing connection");
+                break;
+            }
+        }
+        b.metrics.bytes_in.inc_by(len as u64 + 4);
+        match dispatch::handle(b, buf.freeze()).await {
+            Outcome::Respond(resp) => {
+                b.metrics.bytes_out.inc_by(resp.len() as u64);
+                if wr.write_all(&resp).await.is_err() || wr.flush().await.is_err() {
+                    break;
+                }
+            }
+            Outcome::NoResponse => {}
+            Outcome::Close(reason) => {
+                b.metrics.malformed_requests.inc();
+                warn!(%peer, %reason, "closing connection");
+                break;
+            }
+        }
+    }
+    let _ = wr.flush().await;
+    debug!(%peer, "connection closed");
+}

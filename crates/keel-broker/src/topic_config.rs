@@ -1,0 +1,190 @@
+//! Topic-level configs: the Kafka names Keel honours, their defaults from the broker
+//! config, validation, and the log settings they produce.
+
+use std::collections::BTreeMap;
+
+use keel_log::LogConfig;
+
+use crate::config::{BrokerConfig, FsyncPolicy};
+
+/// Timestamp type of a topic's records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimestampType {
+    CreateTime,
+    LogAppendTime,
+}
+
+/// The effective settings of one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSettings {
+    pub log: LogConfig,
+    pub fsync: FsyncPolicy,
+    pub timestamp_type: TimestampType,
+    pub message_bytes_max: usize,
+}
+
+/// Config names Keel accepts on a topic, with a one-line description each.
+pub const TOPIC_CONFIGS: &[(&str, &str)] = &[
+    ("cleanup.policy", "delete: whole segments are removed by retention (compaction is not supported)"),
+    ("compression.type", "producer: batches are stored as the producer compressed them"),
+    ("retention.ms", "delete segments whose newest record is older than this (-1: keep)"),
+    ("retention.bytes", "delete oldest segments while the partition is larger than this (-1: no limit)"),
+    ("segment.bytes", "roll the active segment at this size"),
+    ("segment.ms", "roll the active segment at this age"),
+    ("max.message.bytes", "largest record batch accepted"),
+    ("message.timestamp.type", "CreateTime or LogAppendTime"),
+    ("min.insync.replicas", "replicas that must have a write for acks=all"),
+    ("keel.fsync.policy", "always (fsync before ack, group commit), interval or never"),
+];
+
+fn opt_ms(v: Option<u64>) -> String {
+    v.map(|x| x.to_string()).unwrap_or_else(|| "-1".into())
+}
+
+/// The value of every topic config for `overrides` on top of the broker defaults, with
+/// whether it was set on the topic.
+pub fn describe(broker: &BrokerConfig, overrides: &BTreeMap<String, String>) -> Vec<(String, String, bool)> {
+    let defaults: BTreeMap<&str, String> = [
+        ("cleanup.policy", "delete".to_string()),
+        ("compression.type", "producer".to_string()),
+        ("retention.ms", opt_ms(broker.log.retention_ms)),
+        ("retention.bytes", opt_ms(broker.log.retention_bytes)),
+        ("segment.bytes", broker.log.segment_bytes.to_string()),
+        ("segment.ms", broker.log.segment_ms.to_string()),
+        ("max.message.bytes", broker.message_bytes_max.to_string()),
+        ("message.timestamp.type", "CreateTime".to_string()),
+        ("min.insync.replicas", "1".to_string()),
+        ("keel.fsync.policy", broker.fsync.as_str().to_string()),
+    ]
+    .into_iter()
+    .collect();
+    TOPIC_CONFIGS
+        .iter()
+        .map(|(name, _)| match overrides.get(*name) {
+            Some(v) => (name.to_string(), v.clone(), true),
+            None => (name.to_string(), defaults.get(name).cloned().unwrap_or_default(), false),
+        })
+        .collect()
+}
+
+fn parse_i64(name: &str, v: &str) -> Result<i64, String> {
+    v.trim().parse::<i64>().map_err(|_| format!("{name}={v:?} is not an integer"))
+}
+
+fn optional_limit(name: &str, v: &str) -> Result<Option<u64>, String> {
+    match parse_i64(name, v)? {
+        -1 => Ok(None),
+        x if x >= 0 => Ok(Some(x as u64)),
+        x => Err(format!("{name}={x} must be -1 or non-negative")),
+    }
+}
+
+/// Applies `overrides` on the broker defaults, refusing unknown names and bad values.
+pub fn settings(broker: &BrokerConfig, overrides: &BTreeMap<String, String>) -> Result<TopicSettings, String> {
+    let mut s = TopicSettings {
+        log: broker.log.clone(),
+        fsync: broker.fsync,
+        timestamp_type: TimestampType::CreateTime,
+        message_bytes_max: broker.message_bytes_max,
+    };
+    for (name, v) in overrides {
+        match name.as_str() {
+            "cleanup.policy" if v == "delete" => {}
+            "cleanup.policy" => return Err(format!("cleanup.policy={v:?} is not supported (only delete)")),
+            "compression.type" if v == "producer" => {}
+            "compression.type" => {
+                return Err(format!("compression.type={v:?} is not supported: Keel stores batches as the producer sent them"))
+            }
+            "retention.ms" => s.log.retention_ms = optional_limit(name, v)?,
+            "retention.bytes" => s.log.retention_bytes = optional_limit(name, v)?,
+            "segment.bytes" => {
+                let x = parse_i64(name, v)?;
+                if x < 1024 {
+                    return Err(format!("segment.bytes={x} is below 1024"));
+                }
+                s.log.segment_bytes = x as u64;
+            }
+            "segment.ms" => {
+                let x = parse_i64(name, v)?;
+                if x < 1 {
+                    return Err(format!("segment.ms={x} must be positive"));
+                }
+                s.log.segment_ms = x as u64;
+            }
+            "max.message.bytes" => {
+                let x = parse_i64(name, v)?;
+                if x < 0 {
+                    return Err(format!("max.message.bytes={x} must be non-negative"));
+                }
+                s.message_bytes_max = x as usize;
+            }
+            "message.timestamp.type" => {
+                s.timestamp_type = match v.as_str() {
+                    "CreateTime" => TimestampType::CreateTime,
+                    "LogAppendTime" => TimestampType::LogAppendTime,
+                    _ => return Err(format!("message.timestamp.type={v:?} (CreateTime or LogAppendTime)")),
+                }
+            }
+            "min.insync.replicas" => {
+                if parse_i64(name, v)? != 1 {
+                    return Err("min.insync.replicas must be 1 on a single node".into());
+                }
+            }
+            "keel.fsync.policy" => s.fsync = v.parse()?,
+            other => return Err(format!("unknown topic config {other:?}")),
+        }
+    }
+    s.log.validate()?;
+    Ok(s)
+}
+
+/// Whether `name` is a legal topic name, as Kafka defines it.
+pub fn validate_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("topic name is empty".into());
+    }
+    if name == "." || name == ".." {
+        return Err("topic name cannot be '.' or '..'".into());
+    }
+    if name.len() > 249 {
+        return Err(format!("topic name is {} characters, the limit is 249", name.len()));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '.' || *c == '_' || *c == '-')) {
+        return Err(format!("topic name contains {c:?}; legal characters are ASCII alphanumerics, '.', '_' and '-'"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Overrides change the effective settings; unknown names and bad values are refused.
+    #[test]
+    fn overrides_validated() {
+        let b = BrokerConfig::default();
+        let mut o = BTreeMap::new();
+        o.insert("retention.ms".to_string(), "-1".to_string());
+        o.insert("message.timestamp.type".to_string(), "LogAppendTime".to_string());
+        o.insert("keel.fsync.policy".to_string(), "never".to_string());
+        let s = settings(&b, &o).unwrap();
+        assert_eq!(s.log.retention_ms, None);
+        assert_eq!(s.timestamp_type, TimestampType::LogAppendTime);
+        assert_eq!(s.fsync, FsyncPolicy::Never);
+        for (k, v) in [("nope", "1"), ("segment.bytes", "10"), ("cleanup.policy", "compact"), ("retention.ms", "x")] {
+            let o: BTreeMap<String, String> = [(k.to_string(), v.to_string())].into_iter().collect();
+            assert!(settings(&b, &o).is_err(), "{k}={v} accepted");
+        }
+        let d = describe(&b, &o);
+        assert_eq!(d.len(), TOPIC_CONFIGS.len());
+    }
+
+    /// Topic names follow Kafka's rules.
+    #[test]
+    fn topic_names() {
+        assert!(validate_topic_name("orders.v1_a-b").is_ok());
+        for bad in ["", ".", "..", "a b", "a/b", &"x".repeat(250)] {
+            assert!(validate_topic_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}
