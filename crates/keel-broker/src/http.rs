@@ -41,3 +41,15 @@ async fn health(State(b): State<Arc<Broker>>) -> impl IntoResponse {
     });
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string())
 }
+
+/// Serves the HTTP endpoints on `listener` until `shutdown` turns true.
+pub async fn serve(listener: tokio::net::TcpListener, broker: Arc<Broker>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let r = axum::serve(listener, router(broker))
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await;
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "http server stopped");
+    }
+}

@@ -1,1 +1,291 @@
+//! A small Kafka-protocol client for Keel's own tools (`keel topic|produce|consume|bench`).
+//!
+//! One TCP connection, one request in flight, versions negotiated with ApiVersions.
+//! Applications should use a full client (librdkafka and friends); this one exists so that
+//! the `keel` binary needs no C library and so that benchmarks measure the broker, not a
+//! client's batching heuristics.
 
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
+use kafka_protocol::messages::delete_topics_request::DeleteTopicState;
+use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
+use kafka_protocol::records::{Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// Largest response this client accepts.
+const RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+pub struct Client {
+    stream: BufReader<TcpStream>,
+    correlation: i32,
+    versions: HashMap<i16, (i16, i16)>,
+    pub addr: String,
+}
+
+/// Versions this client speaks, highest first preference.
+fn client_max(key: ApiKey) -> i16 {
+    match key {
+        ApiKey::Produce => 9,
+        ApiKey::Fetch => 12,
+        ApiKey::ListOffsets => 6,
+        ApiKey::Metadata => 12,
+        ApiKey::ApiVersions => 3,
+        ApiKey::CreateTopics => 7,
+        ApiKey::DeleteTopics => 6,
+        ApiKey::DescribeConfigs => 4,
+        ApiKey::CreatePartitions => 3,
+        _ => 0,
+    }
+}
+
+/// One record to produce.
+#[derive(Debug, Clone)]
+pub struct OutRecord {
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub timestamp: i64,
+}
+
+/// A record read back.
+#[derive(Debug, Clone)]
+pub struct InRecord {
+    pub offset: i64,
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(String, Option<Bytes>)>,
+}
+
+impl Client {
+    pub async fn connect(addr: &str) -> Result<Client> {
+        let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
+            .await
+            .map_err(|_| anyhow!("timed out connecting to {addr}"))?
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        let mut c = Client { stream: BufReader::new(stream), correlation: 0, versions: HashMap::new(), addr: addr.to_string() };
+        let resp: ApiVersionsResponse = c
+            .call_at(&ApiVersionsRequest::default()
+                .with_client_software_name(StrBytes::from_static_str("keel"))
+                .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION"))), 3)
+            .await
+            .context("ApiVersions")?;
+        if resp.error_code != 0 {
+            bail!("ApiVersions failed with error code {}", resp.error_code);
+        }
+        for k in resp.api_keys {
+            c.versions.insert(k.api_key, (k.min_version, k.max_version));
+        }
+        Ok(c)
+    }
+
+    fn version(&self, key: ApiKey) -> Result<i16> {
+        let (min, max) = self.versions.get(&(key as i16)).copied().ok_or_else(|| anyhow!("broker does not serve {key:?}"))?;
+        let v = client_max(key).min(max);
+        if v < min {
+            bail!("no common version of {key:?}");
+        }
+        Ok(v)
+    }
+
+    /// Sends a request at the negotiated version and reads its response.
+    pub async fn call<R: Request>(&mut self, req: &R) -> Result<R::Response> {
+        let key = ApiKey::try_from(R::KEY).map_err(|_| anyhow!("unknown api key"))?;
+        let v = self.version(key)?;
+        self.call_at(req, v).await
+    }
+
+    /// Sends a request at version `v`.
+    pub async fn call_at<R: Request>(&mut self, req: &R, v: i16) -> Result<R::Response> {
+        self.send(req, v).await?;
+        self.receive::<R>(v).await
+    }
+
+    async fn send<R: Request>(&mut self, req: &R, v: i16) -> Result<i32> {
+        let key = ApiKey::try_from(R::KEY).map_err(|_| anyhow!("unknown api key"))?;
+        self.correlation = self.correlation.wrapping_add(1);
+        let header = RequestHeader::default()
+            .with_request_api_key(R::KEY)
+            .with_request_api_version(v)
+            .with_correlation_id(self.correlation)
+            .with_client_id(Some(StrBytes::from_static_str("keel-cli")));
+        let mut buf = BytesMut::new();
+        buf.put_i32(0);
+        header.encode(&mut buf, key.request_header_version(v))?;
+        req.encode(&mut buf, v)?;
+        let len = (buf.len() - 4) as i32;
+        buf[..4].copy_from_slice(&len.to_be_bytes());
+        self.stream.get_mut().write_all(&buf).await?;
+        Ok(self.correlation)
+    }
+
+    async fn receive<R: Request>(&mut self, v: i16) -> Result<R::Response> {
+        let key = ApiKey::try_from(R::KEY).map_err(|_| anyhow!("unknown api key"))?;
+        let len = self.stream.read_i32().await.context("reading response length")?;
+        if len < 4 || len as usize > RESPONSE_BYTES_MAX {
+            bail!("bad response length {len}");
+        }
+        let mut buf = vec![0u8; len as usize];
+        self.stream.read_exact(&mut buf).await?;
+        let mut bytes = Bytes::from(buf);
+        let header = ResponseHeader::decode(&mut bytes, key.response_header_version(v))?;
+        if header.correlation_id != self.correlation {
+            bail!("correlation id {} does not match request {}", header.correlation_id, self.correlation);
+        }
+        Ok(R::Response::decode(&mut bytes, v)?)
+    }
+
+    pub async fn metadata(&mut self, topics: Option<&[&str]>) -> Result<MetadataResponse> {
+        let req = MetadataRequest::default()
+            .with_topics(topics.map(|ts| {
+                ts.iter().map(|t| MetadataRequestTopic::default().with_name(Some(TopicName(StrBytes::from_string(t.to_string()))))).collect()
+            }))
+            .with_allow_auto_topic_creation(false);
+        self.call(&req).await
+    }
+
+    pub async fn create_topic(&mut self, name: &str, partitions: i32, configs: &[(String, String)]) -> Result<CreateTopicsResponse> {
+        let topic = CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_string(name.to_string())))
+            .with_num_partitions(partitions)
+            .with_replication_factor(-1)
+            .with_configs(
+                configs
+                    .iter()
+                    .map(|(k, v)| CreatableTopicConfig::default().with_name(StrBytes::from_string(k.clone())).with_value(Some(StrBytes::from_string(v.clone()))))
+                    .collect(),
+            );
+        self.call(&CreateTopicsRequest::default().with_topics(vec![topic]).with_timeout_ms(30_000)).await
+    }
+
+    pub async fn delete_topic(&mut self, name: &str) -> Result<DeleteTopicsResponse> {
+        let n = TopicName(StrBytes::from_string(name.to_string()));
+        let req = DeleteTopicsRequest::default()
+            .with_topics(vec![DeleteTopicState::default().with_name(Some(n.clone()))])
+            .with_topic_names(vec![n])
+            .with_timeout_ms(30_000);
+        self.call(&req).await
+    }
+
+    pub async fn describe_topic_configs(&mut self, name: &str) -> Result<DescribeConfigsResponse> {
+        let req = DescribeConfigsRequest::default().with_resources(vec![DescribeConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from_string(name.to_string()))
+            .with_configuration_keys(None)]);
+        self.call(&req).await
+    }
+
+    /// Encodes `records` as one batch.
+    pub fn encode_batch(records: &[OutRecord], compression: Compression) -> Result<Bytes> {
+        let recs: Vec<Record> = records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i as i64,
+                sequence: i as i32,
+                timestamp: r.timestamp,
+                key: r.key.clone(),
+                value: r.value.clone(),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(&mut buf, &recs, &RecordEncodeOptions { version: 2, compression })?;
+        Ok(buf.freeze())
+    }
+
+    /// Produces one pre-encoded batch; returns the base offset.
+    pub async fn produce_batch(&mut self, topic: &str, partition: i32, batch: Bytes, acks: i16) -> Result<i64> {
+        let req = ProduceRequest::default().with_acks(acks).with_timeout_ms(30_000).with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partition_data(vec![PartitionProduceData::default().with_index(partition).with_records(Some(batch))])]);
+        if acks == 0 {
+            let v = self.version(ApiKey::Produce)?;
+            self.send(&req, v).await?;
+            return Ok(-1);
+        }
+        let resp = self.call(&req).await?;
+        let p = resp
+            .responses
+            .first()
+            .and_then(|t| t.partition_responses.first())
+            .ok_or_else(|| anyhow!("empty produce response"))?;
+        if p.error_code != 0 {
+            bail!(
+                "produce to {topic}-{partition} failed: error code {} {}",
+                p.error_code,
+                p.error_message.as_ref().map(|m| m.to_string()).unwrap_or_default()
+            );
+        }
+        Ok(p.base_offset)
+    }
+
+    /// ListOffsets for one partition: -1 latest, -2 earliest, or a timestamp.
+    pub async fn list_offset(&mut self, topic: &str, partition: i32, timestamp: i64) -> Result<i64> {
+        let req = ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![ListOffsetsTopic::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+            .with_partitions(vec![ListOffsetsPartition::default().with_partition_index(partition).with_timestamp(timestamp)])]);
+        let resp = self.call(&req).await?;
+        let p = resp.topics.first().and_then(|t| t.partitions.first()).ok_or_else(|| anyhow!("empty ListOffsets response"))?;
+        if p.error_code != 0 {
+            bail!("ListOffsets {topic}-{partition} failed: error code {}", p.error_code);
+        }
+        Ok(p.offset)
+    }
+
+    /// Fetches from one partition; returns records at or after `offset` and the high watermark.
+    pub async fn fetch(&mut self, topic: &str, partition: i32, offset: i64, max_wait_ms: i32, max_bytes: i32) -> Result<(Vec<InRecord>, i64)> {
+        let req = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(max_wait_ms)
+            .with_min_bytes(1)
+            .with_max_bytes(max_bytes)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(partition)
+                    .with_fetch_offset(offset)
+                    .with_partition_max_bytes(max_bytes)])]);
+        let resp = self.call(&req).await?;
+        let p = resp.responses.first().and_then(|t| t.partitions.first()).ok_or_else(|| anyhow!("empty fetch response"))?;
+        if p.error_code != 0 {
+            bail!("fetch {topic}-{partition} at {offset} failed: error code {}", p.error_code);
+        }
+        let mut out = Vec::new();
+        if let Some(mut records) = p.records.clone() {
+            while records.remaining() > 0 {
+                let set = RecordBatchDecoder::decode(&mut records)?;
+                for r in set.records {
+                    if r.offset >= offset {
+                        out.push(InRecord {
+                            offset: r.offset,
+                            timestamp: r.timestamp,
+                            key: r.key,
+                            value: r.value,
+                            headers: r.headers.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok((out, p.high_watermark))
+    }
+}

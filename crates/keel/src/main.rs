@@ -1,1 +1,50 @@
-fn main(){}
+//! The `keel` binary.
+//!
+//! - `keel serve`: run a broker (with no arguments: one node, data in `./keel-data`, Kafka
+//!   on 127.0.0.1:9092, HTTP metrics and health on 127.0.0.1:9644).
+//! - `keel topic|produce|consume`: tools that talk to any broker over the Kafka protocol.
+//! - `keel bench`: produce/consume throughput and latency percentiles.
+//!
+//! Settings of `serve` come from, in rising precedence: built-in defaults, a TOML file
+//! (`--config`, see `config/keel.example.toml`), `KEEL_*` environment variables and flags.
+
+mod bench;
+mod cli;
+mod serve;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "keel", version, about = "Keel: a Kafka-compatible event streaming platform")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a broker.
+    Serve(serve::ServeArgs),
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topic(cli::TopicCommand),
+    /// Produce lines from stdin as records.
+    Produce(cli::ProduceArgs),
+    /// Print records to stdout.
+    Consume(cli::ConsumeArgs),
+    /// Measure produce and consume throughput and latency.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Serve(args) => rt.block_on(serve::run(args)),
+        Command::Topic(cmd) => rt.block_on(cli::topic(cmd)),
+        Command::Produce(args) => rt.block_on(cli::produce(args)),
+        Command::Consume(args) => rt.block_on(cli::consume(args)),
+        Command::Bench(args) => rt.block_on(bench::run(args)),
+    }
+}

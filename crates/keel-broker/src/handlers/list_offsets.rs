@@ -11,7 +11,7 @@ use crate::Broker;
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
 
-pub async fn handle(b: &Arc<Broker>, req: ListOffsetsRequest, _v: i16) -> ListOffsetsResponse {
+pub async fn handle(b: &Arc<Broker>, req: ListOffsetsRequest, v: i16) -> ListOffsetsResponse {
     let mut r = ListOffsetsResponse::default();
     for t in req.topics {
         let mut tr = ListOffsetsTopicResponse::default();
@@ -27,7 +27,9 @@ pub async fn handle(b: &Arc<Broker>, req: ListOffsetsRequest, _v: i16) -> ListOf
                 tr.partitions.push(pr);
                 continue;
             };
-            pr.leader_epoch = 0;
+            if v >= 4 {
+                pr.leader_epoch = 0;
+            }
             match p.timestamp {
                 LATEST => pr.offset = part.high_watermark(),
                 EARLIEST => pr.offset = part.log_start_offset(),

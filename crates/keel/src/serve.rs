@@ -1,0 +1,164 @@
+//! `keel serve`: layered configuration, listeners, signals, clean shutdown.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use keel_broker::{Broker, BrokerConfig, FsyncPolicy};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// TOML config file (see config/keel.example.toml).
+    #[arg(long, env = "KEEL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: ./keel-data].
+    #[arg(long, env = "KEEL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Kafka listener address [default: 127.0.0.1:9092]; port 0 picks a free port.
+    #[arg(long, env = "KEEL_KAFKA_LISTEN")]
+    pub kafka_listen: Option<String>,
+    /// HTTP listener for /metrics and /health [default: 127.0.0.1:9644].
+    #[arg(long, env = "KEEL_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
+    /// Host advertised to clients in Metadata.
+    #[arg(long, env = "KEEL_ADVERTISED_HOST")]
+    pub advertised_host: Option<String>,
+    /// Port advertised to clients in Metadata.
+    #[arg(long, env = "KEEL_ADVERTISED_PORT")]
+    pub advertised_port: Option<u16>,
+    /// This node's id.
+    #[arg(long, env = "KEEL_NODE_ID")]
+    pub node_id: Option<i32>,
+    /// fsync policy: always (before acknowledging, group commit), interval, never.
+    #[arg(long, env = "KEEL_FSYNC")]
+    pub fsync: Option<FsyncPolicy>,
+    /// Create unknown topics on Metadata and Produce.
+    #[arg(long, env = "KEEL_AUTO_CREATE_TOPICS")]
+    pub auto_create_topics: Option<bool>,
+    /// Partitions of auto-created topics.
+    #[arg(long, env = "KEEL_DEFAULT_PARTITIONS")]
+    pub default_partitions: Option<i32>,
+    /// Largest request frame, bytes.
+    #[arg(long, env = "KEEL_REQUEST_BYTES_MAX")]
+    pub request_bytes_max: Option<usize>,
+    /// Segment size of new logs, bytes.
+    #[arg(long, env = "KEEL_SEGMENT_BYTES")]
+    pub segment_bytes: Option<u64>,
+    /// Log level filter (tracing syntax), e.g. info or keel_broker=debug.
+    #[arg(long, env = "KEEL_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// Defaults, then the file, then environment and flags.
+pub fn load_config(args: &ServeArgs) -> Result<BrokerConfig> {
+    let mut c = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            toml::from_str::<BrokerConfig>(&text).with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => BrokerConfig::default(),
+    };
+    if let Some(v) = &args.data_dir {
+        c.data_dir = v.clone();
+    }
+    if let Some(v) = &args.kafka_listen {
+        c.kafka_listen = v.clone();
+    }
+    if let Some(v) = &args.http_listen {
+        c.http_listen = v.clone();
+    }
+    if let Some(v) = &args.advertised_host {
+        c.advertised_host = Some(v.clone());
+    }
+    if let Some(v) = args.advertised_port {
+        c.advertised_port = Some(v);
+    }
+    if let Some(v) = args.node_id {
+        c.node_id = v;
+    }
+    if let Some(v) = args.fsync {
+        c.fsync = v;
+    }
+    if let Some(v) = args.auto_create_topics {
+        c.auto_create_topics = v;
+    }
+    if let Some(v) = args.default_partitions {
+        c.default_partitions = v;
+    }
+    if let Some(v) = args.request_bytes_max {
+        c.request_bytes_max = v;
+    }
+    if let Some(v) = args.segment_bytes {
+        c.log.segment_bytes = v;
+    }
+    c.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    Ok(c)
+}
+
+pub async fn run(args: ServeArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let config = load_config(&args)?;
+    let listener = TcpListener::bind(&config.kafka_listen).await.with_context(|| format!("binding {}", config.kafka_listen))?;
+    let http = TcpListener::bind(&config.http_listen).await.with_context(|| format!("binding {}", config.http_listen))?;
+    let kafka_addr = listener.local_addr()?;
+    let http_addr = http.local_addr()?;
+    let broker = tokio::task::block_in_place(|| Broker::open(config, kafka_addr.port()))?;
+    info!(data_dir = %broker.config.data_dir.display(), fsync = broker.config.fsync.as_str(), "broker opened");
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let http_task = tokio::spawn(keel_broker::http::serve(http, broker.clone(), shutdown_rx.clone()));
+    tokio::spawn(retention_loop(broker.clone(), shutdown_rx.clone()));
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("shutdown requested: finishing in-flight requests");
+        let _ = shutdown_tx.send(true);
+    });
+    // The line tests and scripts wait for; printed after both listeners are bound.
+    println!("keel ready: kafka={kafka_addr} http={http_addr}");
+
+    keel_broker::server::run(broker.clone(), listener, shutdown_rx).await?;
+    broker.sync_all().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
+    info!("stopped cleanly");
+    Ok(())
+}
+
+async fn retention_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+    let period = Duration::from_millis(broker.config.retention_check_ms.max(100));
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let now = keel_log::disk::now_ms();
+        for p in broker.topics.all_partitions() {
+            let p2 = p.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || p2.apply_retention(now)).await {
+                warn!(error = %e, "retention task failed");
+            }
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
