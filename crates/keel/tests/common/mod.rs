@@ -1,0 +1,125 @@
+//! Starts the real `keel` binary on free ports in a temporary data directory.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Keel {
+    pub child: Option<Child>,
+    pub kafka: String,
+    pub http: String,
+    pub data_dir: PathBuf,
+    extra: Vec<String>,
+}
+
+fn spawn(data_dir: &Path, kafka: &str, http: &str, extra: &[String]) -> (Child, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--kafka-listen")
+        .arg(kafka)
+        .arg("--http-listen")
+        .arg(http)
+        .args(extra)
+        .env("KEEL_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn keel");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "keel did not become ready");
+        let line = lines.next().expect("keel exited before it was ready").expect("read stdout");
+        if let Some(rest) = line.strip_prefix("keel ready: ") {
+            let mut kafka = String::new();
+            let mut http = String::new();
+            for part in rest.split_whitespace() {
+                if let Some(v) = part.strip_prefix("kafka=") {
+                    kafka = v.to_string();
+                }
+                if let Some(v) = part.strip_prefix("http=") {
+                    http = v.to_string();
+                }
+            }
+            // Keep draining stdout so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            return (child, kafka, http);
+        }
+    }
+}
+
+impl Keel {
+    /// Starts a broker in `data_dir` on free ports.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Keel {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let (child, kafka, http) = spawn(data_dir, "127.0.0.1:0", "127.0.0.1:0", &extra);
+        Keel { child: Some(child), kafka, http, data_dir: data_dir.to_path_buf(), extra }
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM; returns the exit status code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the broker again on the same ports and data directory.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            // The port may take a moment to be free again.
+            if std::net::TcpListener::bind(&self.kafka).is_ok() && std::net::TcpListener::bind(&self.http).is_ok() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "ports stayed busy");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let (child, kafka, http) = spawn(&self.data_dir, &self.kafka, &self.http, &self.extra);
+        assert_eq!(kafka, self.kafka);
+        self.child = Some(child);
+        self.http = http;
+    }
+
+    /// An HTTP GET against the broker's HTTP listener: (status, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.http).expect("connect http");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).unwrap();
+        let status = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (status, body)
+    }
+}
+
+impl Drop for Keel {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
