@@ -146,12 +146,18 @@ impl Client {
         Ok(R::Response::decode(&mut bytes, v)?)
     }
 
+    /// Metadata for `topics` (all when `None`), without creating unknown topics.
     pub async fn metadata(&mut self, topics: Option<&[&str]>) -> Result<MetadataResponse> {
+        self.metadata_creating(topics, false).await
+    }
+
+    /// Metadata that lets the broker auto-create unknown topics, as producers ask for it.
+    pub async fn metadata_creating(&mut self, topics: Option<&[&str]>, allow_create: bool) -> Result<MetadataResponse> {
         let req = MetadataRequest::default()
             .with_topics(topics.map(|ts| {
                 ts.iter().map(|t| MetadataRequestTopic::default().with_name(Some(TopicName(StrBytes::from_string(t.to_string()))))).collect()
             }))
-            .with_allow_auto_topic_creation(false);
+            .with_allow_auto_topic_creation(allow_create);
         self.call(&req).await
     }
 

@@ -177,8 +177,8 @@ pub fn murmur2(data: &[u8]) -> i32 {
     h as i32
 }
 
-async fn partition_count(c: &mut Client, topic: &str) -> Result<i32> {
-    let md = c.metadata(Some(&[topic])).await?;
+async fn partition_count(c: &mut Client, topic: &str, allow_create: bool) -> Result<i32> {
+    let md = c.metadata_creating(Some(&[topic]), allow_create).await?;
     let t = md.topics.first().ok_or_else(|| anyhow!("empty metadata"))?;
     if t.error_code != 0 {
         bail!("topic {topic}: error code {} (create it with `keel topic create {topic}`)", t.error_code);
@@ -189,7 +189,7 @@ async fn partition_count(c: &mut Client, topic: &str) -> Result<i32> {
 pub async fn produce(args: ProduceArgs) -> Result<()> {
     let acks = parse_acks(&args.acks)?;
     let mut c = Client::connect(&args.conn.bootstrap).await?;
-    let partitions = partition_count(&mut c, &args.topic).await?;
+    let partitions = partition_count(&mut c, &args.topic, true).await?;
     let stdin = std::io::stdin();
     let mut pending: Vec<Vec<OutRecord>> = vec![Vec::new(); partitions.max(1) as usize];
     let mut rr = 0i32;
@@ -257,7 +257,7 @@ pub async fn consume(args: ConsumeArgs) -> Result<()> {
     let mut c = Client::connect(&args.conn.bootstrap).await?;
     let partitions: Vec<i32> = match args.partition {
         Some(p) => vec![p],
-        None => (0..partition_count(&mut c, &args.topic).await?).collect(),
+        None => (0..partition_count(&mut c, &args.topic, false).await?).collect(),
     };
     let mut positions = Vec::new();
     for &p in &partitions {

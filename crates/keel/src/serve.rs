@@ -162,3 +162,32 @@ async fn wait_for_signal() {
         _ = tokio::signal::ctrl_c() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The documented example config parses and states exactly the built-in defaults.
+    #[test]
+    fn example_config_is_the_defaults() {
+        let text = include_str!("../../../config/keel.example.toml");
+        let parsed: BrokerConfig = toml::from_str(text).expect("example config parses");
+        assert_eq!(parsed, BrokerConfig::default());
+    }
+
+    /// Flags override the file; invalid combinations are refused.
+    #[test]
+    fn flags_override_file_and_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.toml");
+        std::fs::write(&path, "node_id = 3\nfsync = \"never\"\n[log]\nsegment_bytes = 4096\n").unwrap();
+        let args = ServeArgs { config: Some(path.clone()), fsync: Some(FsyncPolicy::Interval), ..Default::default() };
+        let c = load_config(&args).unwrap();
+        assert_eq!((c.node_id, c.fsync, c.log.segment_bytes), (3, FsyncPolicy::Interval, 4096));
+        let bad = ServeArgs { config: Some(path), default_partitions: Some(0), ..Default::default() };
+        assert!(load_config(&bad).is_err());
+        std::fs::write(dir.path().join("typo.toml"), "nod_id = 1\n").unwrap();
+        let typo = ServeArgs { config: Some(dir.path().join("typo.toml")), ..Default::default() };
+        assert!(load_config(&typo).is_err(), "unknown keys are refused");
+    }
+}

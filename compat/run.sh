@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Starts `keel serve` (the binary given as $1, default target/debug/keel) on free ports in a
+# fresh data directory, runs the kcat and confluent-kafka flows against it, stops it with
+# SIGTERM (which must exit 0) and prints "N passed, N failed".
+set -uo pipefail
+DIR="$(cd "$(dirname "$0")" && pwd)"
+KEEL="${1:-${DIR}/../target/debug/keel}"
+VENV="${VENV:-/tmp/keel-compat-venv}"
+WORK="$(mktemp -d /tmp/keel-compat.XXXXXX)"
+"${KEEL}" serve --data-dir "${WORK}/data" --kafka-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
+    >"${WORK}/stdout" 2>"${WORK}/stderr" &
+PID=$!
+trap 'kill -9 ${PID} 2>/dev/null; rm -rf "${WORK}"' EXIT
+for _ in $(seq 1 100); do
+    grep -q "keel ready" "${WORK}/stdout" 2>/dev/null && break
+    sleep 0.1
+done
+READY="$(grep "keel ready" "${WORK}/stdout" || true)"
+if [[ -z "${READY}" ]]; then
+    echo "keel did not start:"; cat "${WORK}/stderr"; echo "0 passed, 1 failed"; exit 1
+fi
+export BOOTSTRAP="$(echo "${READY}" | sed -E 's/.*kafka=([^ ]+).*/\1/')"
+HTTP="$(echo "${READY}" | sed -E 's/.*http=([^ ]+).*/\1/')"
+echo "keel at ${BOOTSTRAP} (http ${HTTP})"
+
+pass=0; fail=0
+run() {
+    local name="$1"; shift
+    echo "== ${name}"
+    if "$@"; then pass=$((pass+1)); else fail=$((fail+1)); echo "FAILED: ${name}"; fi
+}
+run "kcat produce/consume" env N=2000 bash "${DIR}/kcat_smoke.sh"
+run "confluent-kafka admin/produce/read" timeout 180 "${VENV}/bin/python" "${DIR}/ck_smoke.py"
+run "metrics endpoint" bash -c "curl -sf http://${HTTP}/metrics | grep -q '^keel_produced_records_total [1-9]'"
+run "health endpoint" bash -c "curl -sf http://${HTTP}/health | grep -q '\"status\":\"ok\"'"
+
+kill -TERM "${PID}"
+if wait "${PID}"; then pass=$((pass+1)); echo "== SIGTERM: clean exit 0"; else fail=$((fail+1)); echo "FAILED: SIGTERM exit status $?"; fi
+if [[ ${fail} -ne 0 ]]; then
+    echo "--- keel stderr (last 40 lines)"; tail -40 "${WORK}/stderr"
+fi
+echo "${pass} passed, ${fail} failed"
+[[ ${fail} -eq 0 ]]
