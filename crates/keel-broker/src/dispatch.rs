@@ -70,7 +70,15 @@ pub async fn handle(b: &Arc<Broker>, frame: Bytes) -> Outcome {
     }
     let started = Instant::now();
     let out = match api {
-        ApiKey::ApiVersions => route!(b, body, api, v, corr, ApiVersionsRequest, handlers::api_versions::handle),
+        ApiKey::ApiVersions => route!(
+            b,
+            body,
+            api,
+            v,
+            corr,
+            ApiVersionsRequest,
+            handlers::api_versions::handle
+        ),
         ApiKey::Metadata => route!(b, body, api, v, corr, MetadataRequest, handlers::metadata::handle),
         ApiKey::Produce => {
             let req: ProduceRequest = match decode_body(&mut body, v) {
@@ -83,25 +91,86 @@ pub async fn handle(b: &Arc<Broker>, frame: Bytes) -> Outcome {
             }
         }
         ApiKey::Fetch => route!(b, body, api, v, corr, FetchRequest, handlers::fetch::handle),
-        ApiKey::ListOffsets => route!(b, body, api, v, corr, ListOffsetsRequest, handlers::list_offsets::handle),
-        ApiKey::CreateTopics => route!(b, body, api, v, corr, CreateTopicsRequest, handlers::create_topics::handle),
-        ApiKey::DeleteTopics => route!(b, body, api, v, corr, DeleteTopicsRequest, handlers::delete_topics::handle),
+        ApiKey::ListOffsets => route!(
+            b,
+            body,
+            api,
+            v,
+            corr,
+            ListOffsetsRequest,
+            handlers::list_offsets::handle
+        ),
+        ApiKey::CreateTopics => route!(
+            b,
+            body,
+            api,
+            v,
+            corr,
+            CreateTopicsRequest,
+            handlers::create_topics::handle
+        ),
+        ApiKey::DeleteTopics => route!(
+            b,
+            body,
+            api,
+            v,
+            corr,
+            DeleteTopicsRequest,
+            handlers::delete_topics::handle
+        ),
         ApiKey::CreatePartitions => {
-            route!(b, body, api, v, corr, CreatePartitionsRequest, handlers::create_partitions::handle)
+            route!(
+                b,
+                body,
+                api,
+                v,
+                corr,
+                CreatePartitionsRequest,
+                handlers::create_partitions::handle
+            )
         }
         ApiKey::DescribeConfigs => {
-            route!(b, body, api, v, corr, DescribeConfigsRequest, handlers::describe_configs::handle)
+            route!(
+                b,
+                body,
+                api,
+                v,
+                corr,
+                DescribeConfigsRequest,
+                handlers::describe_configs::handle
+            )
         }
         ApiKey::DescribeCluster => {
-            route!(b, body, api, v, corr, DescribeClusterRequest, handlers::describe_cluster::handle)
+            route!(
+                b,
+                body,
+                api,
+                v,
+                corr,
+                DescribeClusterRequest,
+                handlers::describe_cluster::handle
+            )
         }
         ApiKey::InitProducerId => {
-            route!(b, body, api, v, corr, InitProducerIdRequest, handlers::init_producer_id::handle)
+            route!(
+                b,
+                body,
+                api,
+                v,
+                corr,
+                InitProducerIdRequest,
+                handlers::init_producer_id::handle
+            )
         }
         other => Outcome::Close(format!("{other:?} is advertised but has no handler")),
     };
-    let labels = ApiLabels { api: format!("{api:?}") };
+    let labels = ApiLabels {
+        api: format!("{api:?}"),
+    };
     b.metrics.requests.get_or_create(&labels).inc();
-    b.metrics.request_seconds.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    b.metrics
+        .request_seconds
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
     out
 }

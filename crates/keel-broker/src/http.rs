@@ -19,7 +19,13 @@ pub fn router(broker: Arc<Broker>) -> Router {
 }
 
 async fn metrics(State(b): State<Arc<Broker>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], b.metrics.encode())
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        b.metrics.encode(),
+    )
 }
 
 /// 200 with a JSON summary while every partition accepts writes; 503 if any is poisoned.
@@ -30,7 +36,11 @@ async fn health(State(b): State<Arc<Broker>>) -> impl IntoResponse {
         .filter(|p| p.committed().poisoned)
         .map(|p| format!("{}-{}", p.topic, p.index))
         .collect();
-    let status = if poisoned.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if poisoned.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     let body = serde_json::json!({
         "status": if poisoned.is_empty() { "ok" } else { "degraded" },
         "node_id": b.config.node_id,
@@ -43,7 +53,11 @@ async fn health(State(b): State<Arc<Broker>>) -> impl IntoResponse {
 }
 
 /// Serves the HTTP endpoints on `listener` until `shutdown` turns true.
-pub async fn serve(listener: tokio::net::TcpListener, broker: Arc<Broker>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    broker: Arc<Broker>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let r = axum::serve(listener, router(broker))
         .with_graceful_shutdown(async move {
             let _ = shutdown.changed().await;

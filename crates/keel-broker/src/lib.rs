@@ -16,6 +16,7 @@
 //!   group commit, high watermark and idempotent-producer dedup ([`producer_state`]).
 //! - [`metrics`] and [`http`]: Prometheus `/metrics` and `/health`.
 //! - [`error`]: broker errors and their Kafka error codes.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod config;
 pub mod dispatch;
@@ -105,7 +106,11 @@ impl ProducerIds {
             Ok(s) => s.trim().parse::<i64>().unwrap_or(0),
             Err(_) => 0,
         };
-        let ids = ProducerIds { path: path.to_path_buf(), next: AtomicI64::new(start), limit: std::sync::Mutex::new(start) };
+        let ids = ProducerIds {
+            path: path.to_path_buf(),
+            next: AtomicI64::new(start),
+            limit: std::sync::Mutex::new(start),
+        };
         Ok(ids)
     }
 

@@ -78,30 +78,74 @@ impl Metrics {
             registry: Registry::default(),
         };
         registry.register("requests", "Kafka requests handled, by API", m.requests.clone());
-        registry.register("request_errors", "Partition or topic errors returned, by API and Kafka error code", m.request_errors.clone());
-        registry.register("request_duration_seconds", "Time from a request's arrival to its response, by API", m.request_seconds.clone());
+        registry.register(
+            "request_errors",
+            "Partition or topic errors returned, by API and Kafka error code",
+            m.request_errors.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request's arrival to its response, by API",
+            m.request_seconds.clone(),
+        );
         registry.register("network_received_bytes", "Request bytes received", m.bytes_in.clone());
         registry.register("network_sent_bytes", "Response bytes sent", m.bytes_out.clone());
         registry.register("produced_records", "Records appended", m.produced_records.clone());
-        registry.register("produced_bytes", "Record batch bytes appended", m.produced_bytes.clone());
-        registry.register("fetched_bytes", "Record batch bytes served to fetches", m.fetched_bytes.clone());
+        registry.register(
+            "produced_bytes",
+            "Record batch bytes appended",
+            m.produced_bytes.clone(),
+        );
+        registry.register(
+            "fetched_bytes",
+            "Record batch bytes served to fetches",
+            m.fetched_bytes.clone(),
+        );
         registry.register("connections", "Open client connections", m.connections.clone());
-        registry.register("connections_refused", "Connections closed at accept because of connections_max", m.connections_refused.clone());
-        registry.register("malformed_requests", "Requests that could not be decoded (connection closed)", m.malformed_requests.clone());
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept because of connections_max",
+            m.connections_refused.clone(),
+        );
+        registry.register(
+            "malformed_requests",
+            "Requests that could not be decoded (connection closed)",
+            m.malformed_requests.clone(),
+        );
         registry.register("partitions", "Partitions hosted", m.partitions.clone());
         registry.register("topics", "Topics hosted", m.topics.clone());
-        registry.register("log_size_bytes", "Bytes on disk per partition log", m.log_size_bytes.clone());
-        registry.register("fsync_duration_seconds", "Duration of each log fsync (one covers every append that preceded it)", m.fsync_seconds.clone());
-        registry.register("poisoned_partitions", "Partitions refusing writes after an fsync or write failure", m.poisoned_partitions.clone());
+        registry.register(
+            "log_size_bytes",
+            "Bytes on disk per partition log",
+            m.log_size_bytes.clone(),
+        );
+        registry.register(
+            "fsync_duration_seconds",
+            "Duration of each log fsync (one covers every append that preceded it)",
+            m.fsync_seconds.clone(),
+        );
+        registry.register(
+            "poisoned_partitions",
+            "Partitions refusing writes after an fsync or write failure",
+            m.poisoned_partitions.clone(),
+        );
         Metrics { registry, ..m }
     }
 
     pub fn log_size(&self, topic: &str, partition: i32) -> Gauge {
-        self.log_size_bytes.get_or_create(&PartitionLabels { topic: topic.to_string(), partition }).clone()
+        self.log_size_bytes
+            .get_or_create(&PartitionLabels {
+                topic: topic.to_string(),
+                partition,
+            })
+            .clone()
     }
 
     pub fn forget_partition(&self, topic: &str, partition: i32) {
-        self.log_size_bytes.remove(&PartitionLabels { topic: topic.to_string(), partition });
+        self.log_size_bytes.remove(&PartitionLabels {
+            topic: topic.to_string(),
+            partition,
+        });
     }
 
     /// The Prometheus text exposition of every metric.

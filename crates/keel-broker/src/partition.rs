@@ -79,11 +79,19 @@ impl Partition {
         fsync_interval: Duration,
     ) -> Arc<Partition> {
         let producers = rebuild_producers(&log);
-        let committed = Committed { next_index: log.next_index(), next_offset: log.next_offset(), poisoned: false };
+        let committed = Committed {
+            next_index: log.next_index(),
+            next_offset: log.next_offset(),
+            poisoned: false,
+        };
         let p = Arc::new(Partition {
             topic: topic.to_string(),
             index,
-            inner: RwLock::new(Inner { log, producers, settings }),
+            inner: RwLock::new(Inner {
+                log,
+                producers,
+                settings,
+            }),
             committed: watch::Sender::new(committed),
             flush: Notify::new(),
             closed: AtomicBool::new(false),
@@ -151,7 +159,10 @@ impl Partition {
                     return Err(PartitionError::BatchTooLarge { size: bytes.len(), max });
                 }
                 if h.producer_id >= 0 {
-                    match g.producers.check(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count) {
+                    match g
+                        .producers
+                        .check(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count)
+                    {
                         Check::Append => {}
                         Check::Duplicate { base_offset } => {
                             first.get_or_insert(Appended {
@@ -182,7 +193,13 @@ impl Partition {
                 let entry = Entry::data(index, 0, base_offset, h.record_count as u32, max_ts, owned.freeze());
                 g.log.append(&entry)?;
                 if h.producer_id >= 0 {
-                    g.producers.record(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count, base_offset);
+                    g.producers.record(
+                        h.producer_id,
+                        h.producer_epoch,
+                        h.base_sequence,
+                        h.record_count,
+                        base_offset,
+                    );
                 }
                 last_index = Some(index);
                 first.get_or_insert(Appended {
@@ -192,9 +209,14 @@ impl Partition {
                     last_index: None,
                 });
             }
-            let mut a = first.ok_or_else(|| PartitionError::Proto(keel_proto::ProtoError::CorruptBatch("no batches".into())))?;
+            let mut a = first
+                .ok_or_else(|| PartitionError::Proto(keel_proto::ProtoError::CorruptBatch("no batches".into())))?;
             a.last_index = last_index;
-            let next = Committed { next_index: g.log.next_index(), next_offset: g.log.next_offset(), poisoned: false };
+            let next = Committed {
+                next_index: g.log.next_index(),
+                next_offset: g.log.next_offset(),
+                poisoned: false,
+            };
             let policy = g.settings.fsync;
             if policy != FsyncPolicy::Always && last_index.is_some() {
                 self.advance_committed(next);
@@ -238,7 +260,9 @@ impl Partition {
         if c.next_index > index {
             Ok(())
         } else {
-            Err(PartitionError::Storage(keel_log::LogError::Poisoned("fsync failed".into())))
+            Err(PartitionError::Storage(keel_log::LogError::Poisoned(
+                "fsync failed".into(),
+            )))
         }
     }
 
@@ -263,7 +287,11 @@ impl Partition {
         let r = tokio::task::spawn_blocking(move || handle.sync()).await;
         self.metrics.fsync_seconds.observe(started.elapsed().as_secs_f64());
         match r {
-            Ok(Ok(())) => self.advance_committed(Committed { next_index, next_offset, poisoned: false }),
+            Ok(Ok(())) => self.advance_committed(Committed {
+                next_index,
+                next_offset,
+                poisoned: false,
+            }),
             Ok(Err(e)) => self.poison(format!("fsync failed: {e}")),
             Err(e) => self.poison(format!("fsync task failed: {e}")),
         }
@@ -293,7 +321,11 @@ impl Partition {
                 out.extend_from_slice(&e.payload);
             }
         }
-        Ok(ReadResult { records: out.freeze(), high_watermark: hw, log_start_offset: start })
+        Ok(ReadResult {
+            records: out.freeze(),
+            high_watermark: hw,
+            log_start_offset: start,
+        })
     }
 
     /// The earliest offset whose record timestamp is at least `ts`, or `None`.
@@ -301,7 +333,9 @@ impl Partition {
         let g = self.read_inner();
         let hw = self.high_watermark();
         match g.log.entry_for_timestamp(ts)? {
-            Some(e) if e.offset < hw => Ok(Some(exact_offset_for_timestamp(&e.payload, ts).unwrap_or((e.offset, e.max_timestamp)))),
+            Some(e) if e.offset < hw => Ok(Some(
+                exact_offset_for_timestamp(&e.payload, ts).unwrap_or((e.offset, e.max_timestamp)),
+            )),
             _ => Ok(None),
         }
     }
@@ -315,7 +349,9 @@ impl Partition {
                 self.update_size_metric();
             }
             Ok(_) => {}
-            Err(e) => warn!(topic = %self.topic, partition = self.index, error = %e, "retention failed"),
+            Err(e) => {
+                warn!(topic = %self.topic, partition = self.index, error = %e, "retention failed")
+            }
         }
     }
 
@@ -368,7 +404,13 @@ fn rebuild_producers(log: &DiskLog) -> ProducerStates {
             for e in entries {
                 if let Ok(h) = BatchHeader::parse(&e.payload) {
                     if h.producer_id >= 0 {
-                        states.record(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count, h.base_offset);
+                        states.record(
+                            h.producer_id,
+                            h.producer_epoch,
+                            h.base_sequence,
+                            h.record_count,
+                            h.base_offset,
+                        );
                     }
                 }
             }

@@ -66,11 +66,21 @@ impl ProducerStates {
             return Check::Reject(INVALID_PRODUCER_EPOCH);
         }
         if epoch > p.epoch {
-            return if first_seq == 0 { Check::Append } else { Check::Reject(OUT_OF_ORDER_SEQUENCE_NUMBER) };
+            return if first_seq == 0 {
+                Check::Append
+            } else {
+                Check::Reject(OUT_OF_ORDER_SEQUENCE_NUMBER)
+            };
         }
         let last_seq = first_seq.wrapping_add(count - 1);
-        if let Some(b) = p.batches.iter().find(|b| b.first_seq == first_seq && b.last_seq == last_seq) {
-            return Check::Duplicate { base_offset: b.base_offset };
+        if let Some(b) = p
+            .batches
+            .iter()
+            .find(|b| b.first_seq == first_seq && b.last_seq == last_seq)
+        {
+            return Check::Duplicate {
+                base_offset: b.base_offset,
+            };
         }
         match p.batches.back() {
             Some(last) if first_seq != next_seq(last.last_seq) => Check::Reject(OUT_OF_ORDER_SEQUENCE_NUMBER),
@@ -87,13 +97,22 @@ impl ProducerStates {
             p.batches.clear();
             p.epoch = epoch;
         }
-        p.batches.push_back(BatchMeta { first_seq, last_seq: first_seq.wrapping_add(count - 1), base_offset });
+        p.batches.push_back(BatchMeta {
+            first_seq,
+            last_seq: first_seq.wrapping_add(count - 1),
+            base_offset,
+        });
         while p.batches.len() > BATCHES_KEPT {
             p.batches.pop_front();
         }
         p.last_write = clock;
         if self.producers.len() > PRODUCERS_MAX {
-            if let Some(oldest) = self.producers.iter().min_by_key(|(_, p)| p.last_write).map(|(id, _)| *id) {
+            if let Some(oldest) = self
+                .producers
+                .iter()
+                .min_by_key(|(_, p)| p.last_write)
+                .map(|(id, _)| *id)
+            {
                 self.producers.remove(&oldest);
             }
         }

@@ -25,7 +25,11 @@ const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Accepts connections until `shutdown` turns true, then waits (up to the grace period)
 /// for connections to finish the request they are handling.
-pub async fn run(broker: Arc<Broker>, listener: TcpListener, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub async fn run(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let conns = Arc::new(Semaphore::new(broker.config.connections_max));
     // Permits are counted in KiB so that any request_bytes_max fits a u32 permit count.
     let inflight = Arc::new(Semaphore::new((broker.config.inflight_bytes_max / 1024).max(1)));
@@ -63,8 +67,14 @@ pub async fn run(broker: Arc<Broker>, listener: TcpListener, mut shutdown: watch
     }
     drop(listener);
     let grace = Duration::from_millis(broker.config.shutdown_grace_ms);
-    if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await.is_err() {
-        warn!(open = tasks.len(), "connections still busy after the shutdown grace period; closing them");
+    if tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} })
+        .await
+        .is_err()
+    {
+        warn!(
+            open = tasks.len(),
+            "connections still busy after the shutdown grace period; closing them"
+        );
         tasks.abort_all();
     }
     Ok(())
@@ -100,7 +110,9 @@ async fn serve_connection(
             }
         };
         let kib = len.div_ceil(1024).max(1) as u32;
-        let Ok(_permit) = inflight.acquire_many(kib).await else { break };
+        let Ok(_permit) = inflight.acquire_many(kib).await else {
+            break;
+        };
         let mut buf = BytesMut::zeroed(len);
         match tokio::time::timeout(FRAME_READ_TIMEOUT, rd.read_exact(&mut buf)).await {
             Ok(Ok(_)) => {}

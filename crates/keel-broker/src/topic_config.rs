@@ -25,16 +25,31 @@ pub struct TopicSettings {
 
 /// Config names Keel accepts on a topic, with a one-line description each.
 pub const TOPIC_CONFIGS: &[(&str, &str)] = &[
-    ("cleanup.policy", "delete: whole segments are removed by retention (compaction is not supported)"),
-    ("compression.type", "producer: batches are stored as the producer compressed them"),
-    ("retention.ms", "delete segments whose newest record is older than this (-1: keep)"),
-    ("retention.bytes", "delete oldest segments while the partition is larger than this (-1: no limit)"),
+    (
+        "cleanup.policy",
+        "delete: whole segments are removed by retention (compaction is not supported)",
+    ),
+    (
+        "compression.type",
+        "producer: batches are stored as the producer compressed them",
+    ),
+    (
+        "retention.ms",
+        "delete segments whose newest record is older than this (-1: keep)",
+    ),
+    (
+        "retention.bytes",
+        "delete oldest segments while the partition is larger than this (-1: no limit)",
+    ),
     ("segment.bytes", "roll the active segment at this size"),
     ("segment.ms", "roll the active segment at this age"),
     ("max.message.bytes", "largest record batch accepted"),
     ("message.timestamp.type", "CreateTime or LogAppendTime"),
     ("min.insync.replicas", "replicas that must have a write for acks=all"),
-    ("keel.fsync.policy", "always (fsync before ack, group commit), interval or never"),
+    (
+        "keel.fsync.policy",
+        "always (fsync before ack, group commit), interval or never",
+    ),
 ];
 
 fn opt_ms(v: Option<u64>) -> String {
@@ -68,7 +83,9 @@ pub fn describe(broker: &BrokerConfig, overrides: &BTreeMap<String, String>) -> 
 }
 
 fn parse_i64(name: &str, v: &str) -> Result<i64, String> {
-    v.trim().parse::<i64>().map_err(|_| format!("{name}={v:?} is not an integer"))
+    v.trim()
+        .parse::<i64>()
+        .map_err(|_| format!("{name}={v:?} is not an integer"))
 }
 
 fn optional_limit(name: &str, v: &str) -> Result<Option<u64>, String> {
@@ -93,7 +110,9 @@ pub fn settings(broker: &BrokerConfig, overrides: &BTreeMap<String, String>) -> 
             "cleanup.policy" => return Err(format!("cleanup.policy={v:?} is not supported (only delete)")),
             "compression.type" if v == "producer" => {}
             "compression.type" => {
-                return Err(format!("compression.type={v:?} is not supported: Keel stores batches as the producer sent them"))
+                return Err(format!(
+                    "compression.type={v:?} is not supported: Keel stores batches as the producer sent them"
+                ))
             }
             "retention.ms" => s.log.retention_ms = optional_limit(name, v)?,
             "retention.bytes" => s.log.retention_bytes = optional_limit(name, v)?,
@@ -149,8 +168,13 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
     if name.len() > 249 {
         return Err(format!("topic name is {} characters, the limit is 249", name.len()));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '.' || *c == '_' || *c == '-')) {
-        return Err(format!("topic name contains {c:?}; legal characters are ASCII alphanumerics, '.', '_' and '-'"));
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '.' || *c == '_' || *c == '-'))
+    {
+        return Err(format!(
+            "topic name contains {c:?}; legal characters are ASCII alphanumerics, '.', '_' and '-'"
+        ));
     }
     Ok(())
 }
@@ -171,7 +195,12 @@ mod tests {
         assert_eq!(s.log.retention_ms, None);
         assert_eq!(s.timestamp_type, TimestampType::LogAppendTime);
         assert_eq!(s.fsync, FsyncPolicy::Never);
-        for (k, v) in [("nope", "1"), ("segment.bytes", "10"), ("cleanup.policy", "compact"), ("retention.ms", "x")] {
+        for (k, v) in [
+            ("nope", "1"),
+            ("segment.bytes", "10"),
+            ("cleanup.policy", "compact"),
+            ("retention.ms", "x"),
+        ] {
             let o: BTreeMap<String, String> = [(k.to_string(), v.to_string())].into_iter().collect();
             assert!(settings(&b, &o).is_err(), "{k}={v} accepted");
         }

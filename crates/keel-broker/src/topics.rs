@@ -59,7 +59,10 @@ pub struct AdminError {
 
 impl AdminError {
     fn new(e: E, message: impl Into<String>) -> AdminError {
-        AdminError { code: e.code(), message: message.into() }
+        AdminError {
+            code: e.code(),
+            message: message.into(),
+        }
     }
 }
 
@@ -87,7 +90,11 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 impl Topics {
     /// Opens every topic under the data directory (recovering each partition's log).
-    pub fn load(config: Arc<BrokerConfig>, metrics: Arc<Metrics>, data_changed: Arc<watch::Sender<u64>>) -> anyhow::Result<Topics> {
+    pub fn load(
+        config: Arc<BrokerConfig>,
+        metrics: Arc<Metrics>,
+        data_changed: Arc<watch::Sender<u64>>,
+    ) -> anyhow::Result<Topics> {
         let dir = config.data_dir.join("topics");
         std::fs::create_dir_all(&dir)?;
         let topics = Topics {
@@ -140,7 +147,10 @@ impl Topics {
     }
 
     fn insert(&self, meta: TopicMeta, parts: Vec<Arc<Partition>>) -> Arc<Topic> {
-        let topic = Arc::new(Topic { meta: RwLock::new(meta.clone()), partitions: RwLock::new(parts) });
+        let topic = Arc::new(Topic {
+            meta: RwLock::new(meta.clone()),
+            partitions: RwLock::new(parts),
+        });
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         map.insert(meta.name.clone(), topic.clone());
         self.refresh_gauges(&map);
@@ -149,7 +159,9 @@ impl Topics {
 
     fn refresh_gauges(&self, map: &BTreeMap<String, Arc<Topic>>) {
         self.metrics.topics.set(map.len() as i64);
-        self.metrics.partitions.set(map.values().map(|t| t.partition_list().len() as i64).sum());
+        self.metrics
+            .partitions
+            .set(map.values().map(|t| t.partition_list().len() as i64).sum());
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
@@ -161,7 +173,12 @@ impl Topics {
     }
 
     pub fn list(&self) -> Vec<Arc<Topic>> {
-        self.map.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+        self.map
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn all_partitions(&self) -> Vec<Arc<Partition>> {
@@ -178,9 +195,9 @@ impl Topics {
         }
         match self.create(name, -1, BTreeMap::new(), false).await {
             Ok(t) => Ok(t),
-            Err(e) if e.code == E::TopicAlreadyExists.code() => {
-                self.get(name).ok_or_else(|| AdminError::new(E::UnknownTopicOrPartition, "topic vanished"))
-            }
+            Err(e) if e.code == E::TopicAlreadyExists.code() => self
+                .get(name)
+                .ok_or_else(|| AdminError::new(E::UnknownTopicOrPartition, "topic vanished")),
             Err(e) => Err(e),
         }
     }
@@ -196,16 +213,35 @@ impl Topics {
         let _guard = self.admin.lock().await;
         topic_config::validate_topic_name(name).map_err(|m| AdminError::new(E::InvalidTopicException, m))?;
         if self.get(name).is_some() {
-            return Err(AdminError::new(E::TopicAlreadyExists, format!("topic '{name}' already exists")));
+            return Err(AdminError::new(
+                E::TopicAlreadyExists,
+                format!("topic '{name}' already exists"),
+            ));
         }
-        let partitions = if partitions == -1 { self.config.default_partitions } else { partitions };
+        let partitions = if partitions == -1 {
+            self.config.default_partitions
+        } else {
+            partitions
+        };
         if !(1..=PARTITIONS_MAX).contains(&partitions) {
-            return Err(AdminError::new(E::InvalidPartitions, format!("partitions must be between 1 and {PARTITIONS_MAX}")));
+            return Err(AdminError::new(
+                E::InvalidPartitions,
+                format!("partitions must be between 1 and {PARTITIONS_MAX}"),
+            ));
         }
-        let settings = topic_config::settings(&self.config, &configs).map_err(|m| AdminError::new(E::InvalidConfig, m))?;
-        let meta = TopicMeta { name: name.to_string(), id: Uuid::new_v4(), partitions, configs };
+        let settings =
+            topic_config::settings(&self.config, &configs).map_err(|m| AdminError::new(E::InvalidConfig, m))?;
+        let meta = TopicMeta {
+            name: name.to_string(),
+            id: Uuid::new_v4(),
+            partitions,
+            configs,
+        };
         if validate_only {
-            return Ok(Arc::new(Topic { meta: RwLock::new(meta), partitions: RwLock::new(Vec::new()) }));
+            return Ok(Arc::new(Topic {
+                meta: RwLock::new(meta),
+                partitions: RwLock::new(Vec::new()),
+            }));
         }
         let dir = self.topic_dir(name);
         let storage = |e: anyhow::Error| AdminError::new(E::KafkaStorageError, format!("{e:#}"));
@@ -226,7 +262,9 @@ impl Topics {
         let _guard = self.admin.lock().await;
         let topic = {
             let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-            let t = map.remove(name).ok_or_else(|| AdminError::new(E::UnknownTopicOrPartition, "topic does not exist"))?;
+            let t = map
+                .remove(name)
+                .ok_or_else(|| AdminError::new(E::UnknownTopicOrPartition, "topic does not exist"))?;
             self.refresh_gauges(&map);
             t
         };
@@ -246,21 +284,30 @@ impl Topics {
     /// Grows a topic to `count` partitions.
     pub async fn create_partitions(&self, name: &str, count: i32, validate_only: bool) -> Result<(), AdminError> {
         let _guard = self.admin.lock().await;
-        let topic = self.get(name).ok_or_else(|| AdminError::new(E::UnknownTopicOrPartition, "topic does not exist"))?;
+        let topic = self
+            .get(name)
+            .ok_or_else(|| AdminError::new(E::UnknownTopicOrPartition, "topic does not exist"))?;
         let mut meta = topic.meta();
         if count <= meta.partitions {
             return Err(AdminError::new(
                 E::InvalidPartitions,
-                format!("topic has {} partitions; the new count {} must be larger", meta.partitions, count),
+                format!(
+                    "topic has {} partitions; the new count {} must be larger",
+                    meta.partitions, count
+                ),
             ));
         }
         if count > PARTITIONS_MAX {
-            return Err(AdminError::new(E::InvalidPartitions, format!("at most {PARTITIONS_MAX} partitions")));
+            return Err(AdminError::new(
+                E::InvalidPartitions,
+                format!("at most {PARTITIONS_MAX} partitions"),
+            ));
         }
         if validate_only {
             return Ok(());
         }
-        let settings = topic_config::settings(&self.config, &meta.configs).map_err(|m| AdminError::new(E::InvalidConfig, m))?;
+        let settings =
+            topic_config::settings(&self.config, &meta.configs).map_err(|m| AdminError::new(E::InvalidConfig, m))?;
         let storage = |e: anyhow::Error| AdminError::new(E::KafkaStorageError, format!("{e:#}"));
         let mut new_parts = Vec::new();
         for p in meta.partitions..count {
@@ -270,7 +317,11 @@ impl Topics {
         let json = serde_json::to_vec_pretty(&meta).map_err(|e| storage(e.into()))?;
         write_atomic(&self.topic_dir(name).join("topic.json"), &json).map_err(|e| storage(e.into()))?;
         *topic.meta.write().unwrap_or_else(|e| e.into_inner()) = meta;
-        topic.partitions.write().unwrap_or_else(|e| e.into_inner()).extend(new_parts);
+        topic
+            .partitions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(new_parts);
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
         self.refresh_gauges(&map);
         info!(topic = name, partitions = count, "partitions added");

@@ -58,30 +58,48 @@ fn seeds() -> Vec<Bytes> {
         kafka_protocol::records::RecordBatchEncoder::encode(
             &mut b,
             &[rec],
-            &kafka_protocol::records::RecordEncodeOptions { version: 2, compression: kafka_protocol::records::Compression::None },
+            &kafka_protocol::records::RecordEncodeOptions {
+                version: 2,
+                compression: kafka_protocol::records::Compression::None,
+            },
         )
         .unwrap();
         b.freeze()
     };
-    let produce = ProduceRequest::default().with_acks(1).with_timeout_ms(1000).with_topic_data(vec![
-        produce_request::TopicProduceData::default().with_name(topic.clone()).with_partition_data(vec![
-            produce_request::PartitionProduceData::default().with_index(0).with_records(Some(batch)),
-        ]),
-    ]);
-    let fetch = FetchRequest::default().with_max_wait_ms(0).with_max_bytes(1 << 20).with_topics(vec![fetch_request::FetchTopic::default()
-        .with_topic(topic.clone())
-        .with_partitions(vec![fetch_request::FetchPartition::default().with_partition(0).with_partition_max_bytes(1 << 20)])]);
-    let metadata = MetadataRequest::default().with_topics(Some(vec![metadata_request::MetadataRequestTopic::default().with_name(Some(topic.clone()))]));
+    let produce = ProduceRequest::default()
+        .with_acks(1)
+        .with_timeout_ms(1000)
+        .with_topic_data(vec![produce_request::TopicProduceData::default()
+            .with_name(topic.clone())
+            .with_partition_data(vec![produce_request::PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(batch))])]);
+    let fetch = FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_max_bytes(1 << 20)
+        .with_topics(vec![fetch_request::FetchTopic::default()
+            .with_topic(topic.clone())
+            .with_partitions(vec![fetch_request::FetchPartition::default()
+                .with_partition(0)
+                .with_partition_max_bytes(1 << 20)])]);
+    let metadata =
+        MetadataRequest::default().with_topics(Some(vec![
+            metadata_request::MetadataRequestTopic::default().with_name(Some(topic.clone()))
+        ]));
     let list = ListOffsetsRequest::default().with_topics(vec![list_offsets_request::ListOffsetsTopic::default()
         .with_name(topic.clone())
-        .with_partitions(vec![list_offsets_request::ListOffsetsPartition::default().with_timestamp(3)])]);
+        .with_partitions(vec![
+            list_offsets_request::ListOffsetsPartition::default().with_timestamp(3)
+        ])]);
     let create = CreateTopicsRequest::default().with_topics(vec![create_topics_request::CreatableTopic::default()
         .with_name(TopicName(StrBytes::from_static_str("fz2")))
         .with_num_partitions(2)
         .with_replication_factor(1)]);
-    let configs = DescribeConfigsRequest::default().with_resources(vec![describe_configs_request::DescribeConfigsResource::default()
-        .with_resource_type(2)
-        .with_resource_name(StrBytes::from_static_str("fz"))]);
+    let configs = DescribeConfigsRequest::default().with_resources(vec![
+        describe_configs_request::DescribeConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from_static_str("fz")),
+    ]);
     let mut out = Vec::new();
     for v in [3, 7, 9] {
         out.push(frame(&produce, v));
@@ -104,9 +122,19 @@ fn seeds() -> Vec<Bytes> {
     for v in [0, 3] {
         out.push(frame(&ApiVersionsRequest::default(), v));
     }
-    out.push(frame(&InitProducerIdRequest::default().with_transaction_timeout_ms(1000), 4));
+    out.push(frame(
+        &InitProducerIdRequest::default().with_transaction_timeout_ms(1000),
+        4,
+    ));
     out.push(frame(&DescribeClusterRequest::default(), 1));
-    out.push(frame(&CreatePartitionsRequest::default().with_topics(vec![create_partitions_request::CreatePartitionsTopic::default().with_name(topic).with_count(3)]), 3));
+    out.push(frame(
+        &CreatePartitionsRequest::default().with_topics(vec![
+            create_partitions_request::CreatePartitionsTopic::default()
+                .with_name(topic)
+                .with_count(3),
+        ]),
+        3,
+    ));
     out
 }
 
@@ -126,7 +154,10 @@ async fn mutated_frames_never_crash_the_broker() {
     let broker: Arc<Broker> = Broker::open(config, 9092).unwrap();
     let seeds = seeds();
     for s in &seeds {
-        assert!(matches!(handle(&broker, s.clone()).await, Outcome::Respond(_)), "a valid seed was not answered");
+        assert!(
+            matches!(handle(&broker, s.clone()).await, Outcome::Respond(_)),
+            "a valid seed was not answered"
+        );
     }
     let mut rng = Rng(0x9e3779b97f4a7c15);
     let specials: [u8; 8] = [0x00, 0xff, 0x7f, 0x80, 0x01, 0xfe, 0x40, 0x10];

@@ -19,7 +19,9 @@ use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
-use kafka_protocol::records::{Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -74,11 +76,19 @@ impl Client {
             .map_err(|_| anyhow!("timed out connecting to {addr}"))?
             .with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
-        let mut c = Client { stream: BufReader::new(stream), correlation: 0, versions: HashMap::new(), addr: addr.to_string() };
+        let mut c = Client {
+            stream: BufReader::new(stream),
+            correlation: 0,
+            versions: HashMap::new(),
+            addr: addr.to_string(),
+        };
         let resp: ApiVersionsResponse = c
-            .call_at(&ApiVersionsRequest::default()
-                .with_client_software_name(StrBytes::from_static_str("keel"))
-                .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION"))), 3)
+            .call_at(
+                &ApiVersionsRequest::default()
+                    .with_client_software_name(StrBytes::from_static_str("keel"))
+                    .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION"))),
+                3,
+            )
             .await
             .context("ApiVersions")?;
         if resp.error_code != 0 {
@@ -91,7 +101,11 @@ impl Client {
     }
 
     fn version(&self, key: ApiKey) -> Result<i16> {
-        let (min, max) = self.versions.get(&(key as i16)).copied().ok_or_else(|| anyhow!("broker does not serve {key:?}"))?;
+        let (min, max) = self
+            .versions
+            .get(&(key as i16))
+            .copied()
+            .ok_or_else(|| anyhow!("broker does not serve {key:?}"))?;
         let v = client_max(key).min(max);
         if v < min {
             bail!("no common version of {key:?}");
@@ -141,9 +155,13 @@ impl Client {
         let mut bytes = Bytes::from(buf);
         let header = ResponseHeader::decode(&mut bytes, key.response_header_version(v))?;
         if header.correlation_id != self.correlation {
-            bail!("correlation id {} does not match request {}", header.correlation_id, self.correlation);
+            bail!(
+                "correlation id {} does not match request {}",
+                header.correlation_id,
+                self.correlation
+            );
         }
-        Ok(R::Response::decode(&mut bytes, v)?)
+        R::Response::decode(&mut bytes, v)
     }
 
     /// Metadata for `topics` (all when `None`), without creating unknown topics.
@@ -155,13 +173,22 @@ impl Client {
     pub async fn metadata_creating(&mut self, topics: Option<&[&str]>, allow_create: bool) -> Result<MetadataResponse> {
         let req = MetadataRequest::default()
             .with_topics(topics.map(|ts| {
-                ts.iter().map(|t| MetadataRequestTopic::default().with_name(Some(TopicName(StrBytes::from_string(t.to_string()))))).collect()
+                ts.iter()
+                    .map(|t| {
+                        MetadataRequestTopic::default().with_name(Some(TopicName(StrBytes::from_string(t.to_string()))))
+                    })
+                    .collect()
             }))
             .with_allow_auto_topic_creation(allow_create);
         self.call(&req).await
     }
 
-    pub async fn create_topic(&mut self, name: &str, partitions: i32, configs: &[(String, String)]) -> Result<CreateTopicsResponse> {
+    pub async fn create_topic(
+        &mut self,
+        name: &str,
+        partitions: i32,
+        configs: &[(String, String)],
+    ) -> Result<CreateTopicsResponse> {
         let topic = CreatableTopic::default()
             .with_name(TopicName(StrBytes::from_string(name.to_string())))
             .with_num_partitions(partitions)
@@ -169,10 +196,19 @@ impl Client {
             .with_configs(
                 configs
                     .iter()
-                    .map(|(k, v)| CreatableTopicConfig::default().with_name(StrBytes::from_string(k.clone())).with_value(Some(StrBytes::from_string(v.clone()))))
+                    .map(|(k, v)| {
+                        CreatableTopicConfig::default()
+                            .with_name(StrBytes::from_string(k.clone()))
+                            .with_value(Some(StrBytes::from_string(v.clone())))
+                    })
                     .collect(),
             );
-        self.call(&CreateTopicsRequest::default().with_topics(vec![topic]).with_timeout_ms(30_000)).await
+        self.call(
+            &CreateTopicsRequest::default()
+                .with_topics(vec![topic])
+                .with_timeout_ms(30_000),
+        )
+        .await
     }
 
     pub async fn delete_topic(&mut self, name: &str) -> Result<DeleteTopicsResponse> {
@@ -214,15 +250,27 @@ impl Client {
             })
             .collect();
         let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(&mut buf, &recs, &RecordEncodeOptions { version: 2, compression })?;
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &recs,
+            &RecordEncodeOptions {
+                version: 2,
+                compression,
+            },
+        )?;
         Ok(buf.freeze())
     }
 
     /// Produces one pre-encoded batch; returns the base offset.
     pub async fn produce_batch(&mut self, topic: &str, partition: i32, batch: Bytes, acks: i16) -> Result<i64> {
-        let req = ProduceRequest::default().with_acks(acks).with_timeout_ms(30_000).with_topic_data(vec![TopicProduceData::default()
-            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-            .with_partition_data(vec![PartitionProduceData::default().with_index(partition).with_records(Some(batch))])]);
+        let req = ProduceRequest::default()
+            .with_acks(acks)
+            .with_timeout_ms(30_000)
+            .with_topic_data(vec![TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partition_data(vec![PartitionProduceData::default()
+                    .with_index(partition)
+                    .with_records(Some(batch))])]);
         if acks == 0 {
             let v = self.version(ApiKey::Produce)?;
             self.send(&req, v).await?;
@@ -246,11 +294,19 @@ impl Client {
 
     /// ListOffsets for one partition: -1 latest, -2 earliest, or a timestamp.
     pub async fn list_offset(&mut self, topic: &str, partition: i32, timestamp: i64) -> Result<i64> {
-        let req = ListOffsetsRequest::default().with_replica_id(BrokerId(-1)).with_topics(vec![ListOffsetsTopic::default()
-            .with_name(TopicName(StrBytes::from_string(topic.to_string())))
-            .with_partitions(vec![ListOffsetsPartition::default().with_partition_index(partition).with_timestamp(timestamp)])]);
+        let req = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_topics(vec![ListOffsetsTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partitions(vec![ListOffsetsPartition::default()
+                    .with_partition_index(partition)
+                    .with_timestamp(timestamp)])]);
         let resp = self.call(&req).await?;
-        let p = resp.topics.first().and_then(|t| t.partitions.first()).ok_or_else(|| anyhow!("empty ListOffsets response"))?;
+        let p = resp
+            .topics
+            .first()
+            .and_then(|t| t.partitions.first())
+            .ok_or_else(|| anyhow!("empty ListOffsets response"))?;
         if p.error_code != 0 {
             bail!("ListOffsets {topic}-{partition} failed: error code {}", p.error_code);
         }
@@ -258,7 +314,14 @@ impl Client {
     }
 
     /// Fetches from one partition; returns records at or after `offset` and the high watermark.
-    pub async fn fetch(&mut self, topic: &str, partition: i32, offset: i64, max_wait_ms: i32, max_bytes: i32) -> Result<(Vec<InRecord>, i64)> {
+    pub async fn fetch(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_wait_ms: i32,
+        max_bytes: i32,
+    ) -> Result<(Vec<InRecord>, i64)> {
         let req = FetchRequest::default()
             .with_replica_id(BrokerId(-1))
             .with_max_wait_ms(max_wait_ms)
@@ -271,9 +334,16 @@ impl Client {
                     .with_fetch_offset(offset)
                     .with_partition_max_bytes(max_bytes)])]);
         let resp = self.call(&req).await?;
-        let p = resp.responses.first().and_then(|t| t.partitions.first()).ok_or_else(|| anyhow!("empty fetch response"))?;
+        let p = resp
+            .responses
+            .first()
+            .and_then(|t| t.partitions.first())
+            .ok_or_else(|| anyhow!("empty fetch response"))?;
         if p.error_code != 0 {
-            bail!("fetch {topic}-{partition} at {offset} failed: error code {}", p.error_code);
+            bail!(
+                "fetch {topic}-{partition} at {offset} failed: error code {}",
+                p.error_code
+            );
         }
         let mut out = Vec::new();
         if let Some(mut records) = p.records.clone() {

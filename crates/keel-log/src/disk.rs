@@ -12,7 +12,10 @@ use crate::{LogConfig, LogError, LogStore, SyncHandle, ENTRY_BYTES_MAX};
 
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 pub struct DiskLog {
@@ -71,7 +74,13 @@ impl DiskLog {
         if segments.is_empty() {
             segments.push(Segment::create(dir, 0, 0, now)?);
         }
-        let log = DiskLog { dir: dir.to_path_buf(), config, segments, poisoned: None, encode_buf: BytesMut::new() };
+        let log = DiskLog {
+            dir: dir.to_path_buf(),
+            config,
+            segments,
+            poisoned: None,
+            encode_buf: BytesMut::new(),
+        };
         info!(dir = %dir.display(), first = log.first_index(), next = log.next_index(),
             next_offset = log.next_offset(), segments = log.segments.len(), "log opened");
         Ok(log)
@@ -101,7 +110,8 @@ impl DiskLog {
         for seg in self.segments.drain(..) {
             seg.delete()?;
         }
-        self.segments.push(Segment::create(&self.dir, next_index, next_offset, now_ms())?);
+        self.segments
+            .push(Segment::create(&self.dir, next_index, next_offset, now_ms())?);
         Ok(())
     }
 
@@ -164,10 +174,16 @@ impl LogStore for DiskLog {
         self.check_writable()?;
         let expected = self.next_index();
         if entry.index != expected {
-            return Err(LogError::NonContiguous { expected, got: entry.index });
+            return Err(LogError::NonContiguous {
+                expected,
+                got: entry.index,
+            });
         }
         if entry.offset < self.next_offset() {
-            return Err(LogError::OffsetRegression { expected: self.next_offset(), got: entry.offset });
+            return Err(LogError::OffsetRegression {
+                expected: self.next_offset(),
+                got: entry.offset,
+            });
         }
         let len = entry.encoded_len();
         if len > ENTRY_BYTES_MAX {
@@ -201,8 +217,13 @@ impl LogStore for DiskLog {
         if from_index < self.first_index() {
             return Err(LogError::OutOfRange(from_index));
         }
-        let first = self.segments.partition_point(|s| s.base_index <= from_index).saturating_sub(1);
-        self.read_segments(first, max_bytes, |seg, budget, out| seg.read_from_index(from_index, budget, out))
+        let first = self
+            .segments
+            .partition_point(|s| s.base_index <= from_index)
+            .saturating_sub(1);
+        self.read_segments(first, max_bytes, |seg, budget, out| {
+            seg.read_from_index(from_index, budget, out)
+        })
     }
 
     fn read_from_offset(&self, offset: i64, max_bytes: usize) -> Result<Vec<Entry>, LogError> {
@@ -213,7 +234,9 @@ impl LogStore for DiskLog {
             .segments
             .partition_point(|s| s.first_offset <= offset && !s.is_empty())
             .saturating_sub(1);
-        self.read_segments(first, max_bytes, |seg, budget, out| seg.read_from_offset(offset, budget, out))
+        self.read_segments(first, max_bytes, |seg, budget, out| {
+            seg.read_from_offset(offset, budget, out)
+        })
     }
 
     fn entry_for_timestamp(&self, ts: i64) -> Result<Option<Entry>, LogError> {
@@ -256,7 +279,11 @@ impl LogStore for DiskLog {
     fn purge_before(&mut self, index: u64) -> Result<u64, LogError> {
         let mut removed = 0;
         while self.segments.len() > 1 {
-            let whole_below = self.segments.get(1).map(|next| next.base_index <= index).unwrap_or(false);
+            let whole_below = self
+                .segments
+                .get(1)
+                .map(|next| next.base_index <= index)
+                .unwrap_or(false);
             if !whole_below {
                 break;
             }
@@ -278,7 +305,10 @@ impl LogStore for DiskLog {
 
     fn sync_handle(&self) -> Result<SyncHandle, LogError> {
         self.check_writable()?;
-        Ok(SyncHandle { file: Some(self.active()?.try_clone_file()?), next_index: self.next_index() })
+        Ok(SyncHandle {
+            file: Some(self.active()?.try_clone_file()?),
+            next_index: self.next_index(),
+        })
     }
 
     fn poison(&mut self, reason: String) {

@@ -69,12 +69,28 @@ pub struct Entry {
 impl Entry {
     /// A data entry holding one record batch.
     pub fn data(index: u64, term: u64, offset: i64, offset_count: u32, max_timestamp: i64, payload: Bytes) -> Self {
-        Entry { index, term, kind: EntryKind::Data, offset, offset_count, max_timestamp, payload }
+        Entry {
+            index,
+            term,
+            kind: EntryKind::Data,
+            offset,
+            offset_count,
+            max_timestamp,
+            payload,
+        }
     }
 
     /// A non-data entry at `offset` (the log's next offset), covering none.
     pub fn control(index: u64, term: u64, kind: EntryKind, offset: i64, payload: Bytes) -> Self {
-        Entry { index, term, kind, offset, offset_count: 0, max_timestamp: -1, payload }
+        Entry {
+            index,
+            term,
+            kind,
+            offset,
+            offset_count: 0,
+            max_timestamp: -1,
+            payload,
+        }
     }
 
     /// The offset after this entry.
@@ -123,7 +139,7 @@ pub fn peek_len(buf: &[u8]) -> Result<usize, DecodeError> {
         return Err(DecodeError::Incomplete { needed: 4 });
     };
     let len = b.get_u32() as usize;
-    if len < HEADER_LEN - 4 || len > ENTRY_BYTES_MAX {
+    if !(HEADER_LEN - 4..=ENTRY_BYTES_MAX).contains(&len) {
         return Err(DecodeError::Invalid(format!("entry length {len} out of range")));
     }
     Ok(len + 4)
@@ -148,14 +164,25 @@ pub fn decode(buf: &Bytes) -> Result<(Entry, usize), DecodeError> {
     let index = h.get_u64();
     let term = h.get_u64();
     let kind_byte = h.get_u8();
-    let kind = EntryKind::from_u8(kind_byte)
-        .ok_or_else(|| DecodeError::Invalid(format!("unknown entry kind {kind_byte}")))?;
+    let kind =
+        EntryKind::from_u8(kind_byte).ok_or_else(|| DecodeError::Invalid(format!("unknown entry kind {kind_byte}")))?;
     h.advance(3);
     let offset_count = h.get_u32();
     let offset = h.get_i64();
     let max_timestamp = h.get_i64();
     let payload = buf.slice(HEADER_LEN..total);
-    Ok((Entry { index, term, kind, offset, offset_count, max_timestamp, payload }, total))
+    Ok((
+        Entry {
+            index,
+            term,
+            kind,
+            offset,
+            offset_count,
+            max_timestamp,
+            payload,
+        },
+        total,
+    ))
 }
 
 #[cfg(test)]
@@ -188,7 +215,10 @@ mod tests {
             assert!(decode(&Bytes::from(v)).is_err(), "flip at {i} passed");
         }
         for cut in 0..good.len() {
-            assert!(matches!(decode(&good.slice(..cut)), Err(DecodeError::Incomplete { .. })));
+            assert!(matches!(
+                decode(&good.slice(..cut)),
+                Err(DecodeError::Incomplete { .. })
+            ));
         }
     }
 }

@@ -17,7 +17,14 @@ pub struct MemLog {
 
 impl MemLog {
     pub fn new(config: LogConfig) -> MemLog {
-        MemLog { entries: VecDeque::new(), first_index: 0, start_offset: 0, next_offset: 0, config, poisoned: None }
+        MemLog {
+            entries: VecDeque::new(),
+            first_index: 0,
+            start_offset: 0,
+            next_offset: 0,
+            config,
+            poisoned: None,
+        }
     }
 
     fn check_writable(&self) -> Result<(), LogError> {
@@ -43,10 +50,16 @@ impl LogStore for MemLog {
     fn append(&mut self, entry: &Entry) -> Result<(), LogError> {
         self.check_writable()?;
         if entry.index != self.next_index() {
-            return Err(LogError::NonContiguous { expected: self.next_index(), got: entry.index });
+            return Err(LogError::NonContiguous {
+                expected: self.next_index(),
+                got: entry.index,
+            });
         }
         if entry.offset < self.next_offset {
-            return Err(LogError::OffsetRegression { expected: self.next_offset, got: entry.offset });
+            return Err(LogError::OffsetRegression {
+                expected: self.next_offset,
+                got: entry.offset,
+            });
         }
         if self.entries.is_empty() {
             self.start_offset = entry.offset;
@@ -67,12 +80,20 @@ impl LogStore for MemLog {
     }
 
     fn read_from_offset(&self, offset: i64, max_bytes: usize) -> Result<Vec<Entry>, LogError> {
-        let it = self.entries.iter().filter(|e| e.offset_count > 0).skip_while(|e| e.next_offset() <= offset);
+        let it = self
+            .entries
+            .iter()
+            .filter(|e| e.offset_count > 0)
+            .skip_while(|e| e.next_offset() <= offset);
         Ok(take_budget(it, max_bytes))
     }
 
     fn entry_for_timestamp(&self, ts: i64) -> Result<Option<Entry>, LogError> {
-        Ok(self.entries.iter().find(|e| e.offset_count > 0 && e.max_timestamp >= ts).cloned())
+        Ok(self
+            .entries
+            .iter()
+            .find(|e| e.offset_count > 0 && e.max_timestamp >= ts)
+            .cloned())
     }
 
     fn truncate_after(&mut self, index: u64) -> Result<(), LogError> {
@@ -100,7 +121,10 @@ impl LogStore for MemLog {
 
     fn sync_handle(&self) -> Result<SyncHandle, LogError> {
         self.check_writable()?;
-        Ok(SyncHandle { file: None, next_index: self.next_index() })
+        Ok(SyncHandle {
+            file: None,
+            next_index: self.next_index(),
+        })
     }
 
     fn poison(&mut self, reason: String) {
@@ -111,14 +135,23 @@ impl LogStore for MemLog {
         let mut removed = 0;
         if let Some(ms) = self.config.retention_ms {
             while self.entries.len() > 1
-                && self.entries.front().map(|e| e.max_timestamp >= 0 && now_ms.saturating_sub(e.max_timestamp) as u64 > ms).unwrap_or(false)
+                && self
+                    .entries
+                    .front()
+                    .map(|e| e.max_timestamp >= 0 && now_ms.saturating_sub(e.max_timestamp) as u64 > ms)
+                    .unwrap_or(false)
             {
                 self.pop_front();
                 removed += 1;
             }
         }
         if let Some(limit) = self.config.retention_bytes {
-            while self.entries.len() > 1 && self.size_bytes().saturating_sub(self.entries.front().map(|e| e.encoded_len() as u64).unwrap_or(0)) >= limit {
+            while self.entries.len() > 1
+                && self
+                    .size_bytes()
+                    .saturating_sub(self.entries.front().map(|e| e.encoded_len() as u64).unwrap_or(0))
+                    >= limit
+            {
                 self.pop_front();
                 removed += 1;
             }

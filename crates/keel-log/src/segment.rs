@@ -195,7 +195,10 @@ impl Segment {
         loop {
             if pos >= file_len {
                 self.size = pos;
-                return Ok(ScanResult { valid_end: pos, stopped: None });
+                return Ok(ScanResult {
+                    valid_end: pos,
+                    stopped: None,
+                });
             }
             let want = ((file_len - pos) as usize).min(SCAN_CHUNK_BYTES);
             let mut chunk = read_exact_at(&self.file, pos, want)?;
@@ -212,7 +215,10 @@ impl Segment {
                     Ok((e, n)) => {
                         if let Some(reason) = self.check_next(&e, first) {
                             self.size = pos + cursor as u64;
-                            return Ok(ScanResult { valid_end: self.size, stopped: Some(reason) });
+                            return Ok(ScanResult {
+                                valid_end: self.size,
+                                stopped: Some(reason),
+                            });
                         }
                         if first {
                             self.first_offset = e.offset;
@@ -236,7 +242,10 @@ impl Segment {
                     Err(DecodeError::Invalid(reason)) => {
                         let at = pos + cursor as u64;
                         self.size = at;
-                        return Ok(ScanResult { valid_end: at, stopped: Some(reason) });
+                        return Ok(ScanResult {
+                            valid_end: at,
+                            stopped: Some(reason),
+                        });
                     }
                 }
             }
@@ -247,7 +256,10 @@ impl Segment {
     /// Why `e` cannot follow the entries scanned so far, if it cannot.
     fn check_next(&self, e: &Entry, first: bool) -> Option<String> {
         if e.index != self.next_index {
-            return Some(format!("entry index {} where {} was expected", e.index, self.next_index));
+            return Some(format!(
+                "entry index {} where {} was expected",
+                e.index, self.next_index
+            ));
         }
         if !first && e.offset < self.next_offset {
             return Some(format!("entry offset {} below {}", e.offset, self.next_offset));
@@ -263,7 +275,12 @@ impl Segment {
     /// Updates state for an entry at `pos` of `len` bytes.
     fn note_entry(&mut self, e: &Entry, pos: u64, len: u64, interval: u64) {
         if self.bytes_since_point >= interval {
-            self.points.push(IndexPoint { index: e.index, offset: e.offset, pos, max_ts_before: self.max_timestamp });
+            self.points.push(IndexPoint {
+                index: e.index,
+                offset: e.offset,
+                pos,
+                max_ts_before: self.max_timestamp,
+            });
             self.bytes_since_point = 0;
         }
         self.bytes_since_point = self.bytes_since_point.saturating_add(len);
@@ -297,12 +314,20 @@ impl Segment {
     /// `past(point)` says the point lies at or before the wanted entry.
     fn start_pos(&self, past: impl Fn(&IndexPoint) -> bool) -> u64 {
         let i = self.points.partition_point(|p| past(p));
-        i.checked_sub(1).and_then(|i| self.points.get(i)).map(|p| p.pos).unwrap_or(0)
+        i.checked_sub(1)
+            .and_then(|i| self.points.get(i))
+            .map(|p| p.pos)
+            .unwrap_or(0)
     }
 
     /// Visits the entries from `pos` to the end of the segment, in order, verifying each.
     /// `f` gets each entry with its position and length and says whether to go on.
-    pub fn walk(&self, pos: u64, chunk_hint: usize, f: &mut dyn FnMut(Entry, u64, u64) -> bool) -> Result<(), LogError> {
+    pub fn walk(
+        &self,
+        pos: u64,
+        chunk_hint: usize,
+        f: &mut dyn FnMut(Entry, u64, u64) -> bool,
+    ) -> Result<(), LogError> {
         let mut pos = pos;
         let chunk_len = chunk_hint.clamp(64 * 1024, 1 << 26);
         while pos < self.size {
@@ -455,13 +480,19 @@ impl Segment {
                 return None;
             }
             if let Some(prev) = points.last() {
-                if index <= prev.index || offset < prev.offset || pos <= prev.pos || max_ts_before < prev.max_ts_before {
+                if index <= prev.index || offset < prev.offset || pos <= prev.pos || max_ts_before < prev.max_ts_before
+                {
                     return None;
                 }
             } else if index != self.base_index || pos != 0 {
                 return None;
             }
-            points.push(IndexPoint { index, offset, pos, max_ts_before });
+            points.push(IndexPoint {
+                index,
+                offset,
+                pos,
+                max_ts_before,
+            });
         }
         Some(points)
     }

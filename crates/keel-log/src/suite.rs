@@ -3,6 +3,9 @@
 //! Each check takes a fresh, empty log from the factory. Call [`run_all`] from the
 //! implementation's tests; a failing check panics with its name.
 
+// Test support: a failed check is meant to panic.
+#![allow(clippy::expect_used, clippy::indexing_slicing)]
+
 use bytes::Bytes;
 
 use crate::entry::{Entry, EntryKind};
@@ -20,7 +23,8 @@ pub fn fill<L: LogStore>(log: &mut L, n: u64) {
     for _ in 0..n {
         let i = log.next_index();
         let off = log.next_offset();
-        log.append(&data(i, off, 10, 1000 + 10 * i as i64, 100)).expect("append");
+        log.append(&data(i, off, 10, 1000 + 10 * i as i64, 100))
+            .expect("append");
     }
 }
 
@@ -46,20 +50,36 @@ pub fn append_and_read<L: LogStore>(mut log: L) {
     let all = log.read(0, usize::MAX).expect("read");
     assert_eq!(all.len(), 50, "append_and_read: all entries");
     for (i, e) in all.iter().enumerate() {
-        assert_eq!(*e, data(i as u64, 10 * i as i64, 10, 1000 + 10 * i as i64, 100), "append_and_read: entry {i}");
+        assert_eq!(
+            *e,
+            data(i as u64, 10 * i as i64, 10, 1000 + 10 * i as i64, 100),
+            "append_and_read: entry {i}"
+        );
     }
     let tail = log.read(37, usize::MAX).expect("read");
     assert_eq!(tail.first().map(|e| e.index), Some(37));
-    assert!(log.read(50, usize::MAX).expect("read").is_empty(), "append_and_read: read at end is empty");
+    assert!(
+        log.read(50, usize::MAX).expect("read").is_empty(),
+        "append_and_read: read at end is empty"
+    );
     log.sync().expect("sync");
 }
 
 /// Appends that skip or repeat an index, or move offsets backwards, are refused.
 pub fn non_contiguous_refused<L: LogStore>(mut log: L) {
     fill(&mut log, 3);
-    assert!(matches!(log.append(&data(5, 30, 1, 0, 1)), Err(LogError::NonContiguous { .. })));
-    assert!(matches!(log.append(&data(2, 30, 1, 0, 1)), Err(LogError::NonContiguous { .. })));
-    assert!(matches!(log.append(&data(3, 29, 1, 0, 1)), Err(LogError::OffsetRegression { .. })));
+    assert!(matches!(
+        log.append(&data(5, 30, 1, 0, 1)),
+        Err(LogError::NonContiguous { .. })
+    ));
+    assert!(matches!(
+        log.append(&data(2, 30, 1, 0, 1)),
+        Err(LogError::NonContiguous { .. })
+    ));
+    assert!(matches!(
+        log.append(&data(3, 29, 1, 0, 1)),
+        Err(LogError::OffsetRegression { .. })
+    ));
     assert_eq!(log.next_index(), 3);
 }
 
@@ -69,7 +89,11 @@ pub fn read_by_offset<L: LogStore>(mut log: L) {
     for off in [0i64, 5, 9, 10, 99, 100, 199] {
         let got = log.read_from_offset(off, 1).expect("read");
         let first = got.first().expect("an entry");
-        assert!(first.offset <= off && off < first.next_offset(), "read_by_offset {off}: got {}", first.offset);
+        assert!(
+            first.offset <= off && off < first.next_offset(),
+            "read_by_offset {off}: got {}",
+            first.offset
+        );
     }
     assert!(log.read_from_offset(200, 1000).expect("read").is_empty());
 }
@@ -77,14 +101,28 @@ pub fn read_by_offset<L: LogStore>(mut log: L) {
 /// Non-data entries take an index but no offsets, and are skipped by offset reads.
 pub fn non_data_entries<L: LogStore>(mut log: L) {
     fill(&mut log, 2);
-    log.append(&Entry::control(2, 2, EntryKind::Blank, 20, Bytes::new())).expect("blank");
-    log.append(&Entry::control(3, 2, EntryKind::Membership, 20, Bytes::from_static(b"{1,2,3}"))).expect("membership");
+    log.append(&Entry::control(2, 2, EntryKind::Blank, 20, Bytes::new()))
+        .expect("blank");
+    log.append(&Entry::control(
+        3,
+        2,
+        EntryKind::Membership,
+        20,
+        Bytes::from_static(b"{1,2,3}"),
+    ))
+    .expect("membership");
     fill(&mut log, 1);
     assert_eq!(log.next_offset(), 30);
     assert_eq!(log.last_term(), Some(1));
     let by_index = log.read(2, usize::MAX).expect("read");
-    assert_eq!(by_index.iter().map(|e| e.kind).collect::<Vec<_>>(), vec![EntryKind::Blank, EntryKind::Membership, EntryKind::Data]);
-    assert_eq!(by_index.get(1).map(|e| e.payload.clone()), Some(Bytes::from_static(b"{1,2,3}")));
+    assert_eq!(
+        by_index.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        vec![EntryKind::Blank, EntryKind::Membership, EntryKind::Data]
+    );
+    assert_eq!(
+        by_index.get(1).map(|e| e.payload.clone()),
+        Some(Bytes::from_static(b"{1,2,3}"))
+    );
     let by_offset = log.read_from_offset(20, usize::MAX).expect("read");
     assert_eq!(by_offset.iter().map(|e| e.index).collect::<Vec<_>>(), vec![4]);
 }
@@ -120,7 +158,10 @@ pub fn purge_before<L: LogStore>(mut log: L) {
     assert!(log.start_offset() <= 200);
     assert_eq!(log.next_index(), 40);
     let first = log.first_index();
-    assert_eq!(log.read(first, usize::MAX).expect("read").first().map(|e| e.index), Some(first));
+    assert_eq!(
+        log.read(first, usize::MAX).expect("read").first().map(|e| e.index),
+        Some(first)
+    );
     if first > 0 {
         assert!(matches!(log.read(first - 1, 10), Err(LogError::OutOfRange(_))));
     }

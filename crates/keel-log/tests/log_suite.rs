@@ -9,7 +9,11 @@ use keel_log::{DiskLog, LogConfig, LogStore, MemLog};
 
 /// Small segments so every check crosses segment boundaries.
 fn small() -> LogConfig {
-    LogConfig { segment_bytes: 1024, index_interval_bytes: 300, ..LogConfig::default() }
+    LogConfig {
+        segment_bytes: 1024,
+        index_interval_bytes: 300,
+        ..LogConfig::default()
+    }
 }
 
 fn segment_files(dir: &Path) -> Vec<PathBuf> {
@@ -77,13 +81,21 @@ fn recovery_cuts_torn_tail() {
     let seg = segment_files(tmp.path()).pop().unwrap();
     let len = std::fs::metadata(&seg).unwrap().len();
     // Chop the last entry in half.
-    OpenOptions::new().write(true).open(&seg).unwrap().set_len(len - 70).unwrap();
+    OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len - 70)
+        .unwrap();
     let mut log = DiskLog::open(tmp.path(), LogConfig::default()).unwrap();
     assert_eq!((log.next_index(), log.next_offset()), (9, 90));
     assert_eq!(log.read(0, usize::MAX).unwrap().len(), 9);
     fill(&mut log, 1);
     assert_eq!(log.read(9, 10).unwrap()[0].offset, 90);
-    let dropped: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains("dropped")).collect();
+    let dropped: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains("dropped"))
+        .collect();
     assert_eq!(dropped.len(), 1, "the cut bytes are kept beside the segment");
 }
 
@@ -109,7 +121,10 @@ fn recovery_detects_flipped_byte() {
     assert_eq!(log.next_index(), 6);
     let all = log.read(0, usize::MAX).unwrap();
     assert_eq!(all.len(), 6);
-    assert!(all.iter().enumerate().all(|(i, e)| *e == suite::data(i as u64, 10 * i as i64, 10, 1000 + 10 * i as i64, 100)));
+    assert!(all
+        .iter()
+        .enumerate()
+        .all(|(i, e)| *e == suite::data(i as u64, 10 * i as i64, 10, 1000 + 10 * i as i64, 100)));
 }
 
 /// A flipped byte in a closed segment is never served: the read reports corruption.
@@ -167,23 +182,38 @@ fn missing_or_bad_index_is_rebuilt() {
 #[test]
 fn retention_by_size_and_time() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = LogConfig { retention_bytes: Some(3000), retention_ms: None, ..small() };
+    let cfg = LogConfig {
+        retention_bytes: Some(3000),
+        retention_ms: None,
+        ..small()
+    };
     let mut log = DiskLog::open(&tmp.path().join("size"), cfg).unwrap();
     fill(&mut log, 60);
     let before = log.size_bytes();
     let removed = log.apply_retention(0).unwrap();
     assert!(removed > 0);
-    assert!(log.size_bytes() >= 3000 - 1024 && log.size_bytes() < before, "size {}", log.size_bytes());
+    assert!(
+        log.size_bytes() >= 3000 - 1024 && log.size_bytes() < before,
+        "size {}",
+        log.size_bytes()
+    );
     assert_eq!(log.next_index(), 60);
     assert!(log.read(log.first_index(), 10).is_ok());
 
-    let cfg = LogConfig { retention_ms: Some(100), retention_bytes: None, ..small() };
+    let cfg = LogConfig {
+        retention_ms: Some(100),
+        retention_bytes: None,
+        ..small()
+    };
     let mut log = DiskLog::open(&tmp.path().join("time"), cfg).unwrap();
     fill(&mut log, 60); // timestamps 1000..1590
     let removed = log.apply_retention(1300).unwrap();
     assert!(removed > 0);
     let first = log.read(log.first_index(), 1).unwrap()[0].clone();
-    assert!(first.max_timestamp >= 1100, "kept a segment entirely older than the limit");
+    assert!(
+        first.max_timestamp >= 1100,
+        "kept a segment entirely older than the limit"
+    );
     let removed_all = log.apply_retention(1_000_000).unwrap();
     assert!(removed_all > 0);
     assert_eq!(log.segment_count(), 1, "only the active segment is left");
@@ -194,7 +224,10 @@ fn retention_by_size_and_time() {
 #[test]
 fn roll_by_age() {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = LogConfig { segment_ms: 1, ..LogConfig::default() };
+    let cfg = LogConfig {
+        segment_ms: 1,
+        ..LogConfig::default()
+    };
     let mut log = DiskLog::open(tmp.path(), cfg).unwrap();
     fill(&mut log, 1);
     std::thread::sleep(std::time::Duration::from_millis(5));
@@ -216,5 +249,7 @@ fn truncate_then_reopen() {
     assert_eq!((log.next_index(), log.next_offset()), (20, 200));
     let all = log.read(0, usize::MAX).unwrap();
     assert_eq!(all.len(), 20);
-    assert!(all.windows(2).all(|w| w[1].index == w[0].index + 1 && w[1].offset == w[0].next_offset()));
+    assert!(all
+        .windows(2)
+        .all(|w| w[1].index == w[0].index + 1 && w[1].offset == w[0].next_offset()));
 }

@@ -123,7 +123,10 @@ pub fn verify_crc(batch: &[u8]) -> Result<(), ProtoError> {
     let h = BatchHeader::parse(batch)?;
     let computed = compute_crc(batch.get(..h.total_len()).unwrap_or(batch));
     if computed != h.crc {
-        return Err(ProtoError::CrcMismatch { stored: h.crc, computed });
+        return Err(ProtoError::CrcMismatch {
+            stored: h.crc,
+            computed,
+        });
     }
     Ok(())
 }
@@ -133,7 +136,10 @@ pub fn verify_crc(batch: &[u8]) -> Result<(), ProtoError> {
 pub fn validate_batch(batch: &[u8]) -> Result<BatchHeader, ProtoError> {
     let h = BatchHeader::parse(batch)?;
     if (h.batch_length as i64) < (HEADER_LEN - LENGTH_OFFSET) as i64 {
-        return Err(ProtoError::CorruptBatch(format!("batch_length {} too small", h.batch_length)));
+        return Err(ProtoError::CorruptBatch(format!(
+            "batch_length {} too small",
+            h.batch_length
+        )));
     }
     if h.total_len() != batch.len() {
         return Err(ProtoError::CorruptBatch(format!(
@@ -252,11 +258,10 @@ pub fn set_leader_epoch(batch: &mut [u8], epoch: i32) {
 
 /// Marks the batch as LogAppendTime with `now_ms` as its max timestamp, and re-seals the CRC.
 pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
-    let attrs = batch
-        .get(21..23)
-        .map(|b| i16::from_be_bytes([b[0], b[1]]))
-        .unwrap_or_default()
-        | ATTR_LOG_APPEND_TIME;
+    let attrs = match batch.get(21..23) {
+        Some(&[a, b]) => i16::from_be_bytes([a, b]),
+        _ => 0,
+    } | ATTR_LOG_APPEND_TIME;
     if let Some(b) = batch.get_mut(21..23) {
         b.copy_from_slice(&attrs.to_be_bytes());
     }
@@ -273,9 +278,7 @@ pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
 mod tests {
     use super::*;
     use bytes::BytesMut;
-    use kafka_protocol::records::{
-        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    };
+    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 
     pub(crate) fn encode(n: usize, compression: Compression) -> Bytes {
         let records: Vec<Record> = (0..n)
@@ -296,15 +299,28 @@ mod tests {
             })
             .collect();
         let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression })
-            .unwrap();
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &records,
+            &RecordEncodeOptions {
+                version: 2,
+                compression,
+            },
+        )
+        .unwrap();
         buf.freeze()
     }
 
     /// A well-formed batch from the reference encoder validates, with every codec.
     #[test]
     fn encoder_batches_validate() {
-        for c in [Compression::None, Compression::Gzip, Compression::Snappy, Compression::Lz4, Compression::Zstd] {
+        for c in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
             let b = encode(10, c);
             let batches = split_batches(&b).unwrap();
             assert_eq!(batches.len(), 1);
@@ -333,7 +349,10 @@ mod tests {
         v[23..27].copy_from_slice(&(i32::MAX - 1).to_be_bytes());
         let crc = compute_crc(&v);
         v[17..21].copy_from_slice(&crc.to_be_bytes());
-        assert!(matches!(split_batches(&Bytes::from(v)), Err(ProtoError::CorruptBatch(_))));
+        assert!(matches!(
+            split_batches(&Bytes::from(v)),
+            Err(ProtoError::CorruptBatch(_))
+        ));
     }
 
     /// Lengths that point past the bytes, or truncated batches, are refused.

@@ -34,8 +34,7 @@ pub fn peek_prefix(frame: &[u8]) -> Result<RequestPrefix, ProtoError> {
 /// Decodes the full request header of a known API, leaving `frame` at the request body.
 pub fn decode_header(frame: &mut Bytes, api_key: ApiKey, version: i16) -> Result<RequestHeader, ProtoError> {
     let header_version = api_key.request_header_version(version);
-    RequestHeader::decode(frame, header_version)
-        .map_err(|e| ProtoError::Malformed(format!("request header: {e}")))
+    RequestHeader::decode(frame, header_version).map_err(|e| ProtoError::Malformed(format!("request header: {e}")))
 }
 
 /// Writes a response header of `header_version` (0: correlation id; 1: plus empty tagged fields).

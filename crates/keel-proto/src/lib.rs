@@ -55,15 +55,11 @@ impl ProtoError {
         use kafka_protocol::ResponseError as E;
         match self {
             ProtoError::FrameTooLarge { .. } => E::MessageTooLarge.code(),
-            ProtoError::BadFrameLength(_)
-            | ProtoError::ShortHeader(_)
-            | ProtoError::Malformed(_) => E::InvalidRequest.code(),
-            ProtoError::UnknownApiKey(_) | ProtoError::UnsupportedVersion { .. } => {
-                E::UnsupportedVersion.code()
+            ProtoError::BadFrameLength(_) | ProtoError::ShortHeader(_) | ProtoError::Malformed(_) => {
+                E::InvalidRequest.code()
             }
-            ProtoError::CorruptBatch(_) | ProtoError::CrcMismatch { .. } => {
-                E::CorruptMessage.code()
-            }
+            ProtoError::UnknownApiKey(_) | ProtoError::UnsupportedVersion { .. } => E::UnsupportedVersion.code(),
+            ProtoError::CorruptBatch(_) | ProtoError::CrcMismatch { .. } => E::CorruptMessage.code(),
             ProtoError::UnsupportedMagic(_) => E::UnsupportedForMessageFormat.code(),
         }
     }

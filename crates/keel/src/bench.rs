@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use bytes::Bytes;
 use clap::Args;
-use keel_client::{Client, OutRecord};
 use kafka_protocol::records::Compression;
+use keel_client::{Client, OutRecord};
 use rand::RngCore;
 
 use crate::cli::{parse_acks, Conn};
@@ -112,7 +112,11 @@ async fn produce_phase(args: &BenchArgs, topic: &str) -> Result<(Duration, Vec<D
                 let n = args.batch.min(args.messages - i * args.batch);
                 let now = keel_log::disk::now_ms();
                 let recs: Vec<OutRecord> = (0..n)
-                    .map(|j| OutRecord { key: Some(Bytes::from(format!("{worker}-{i}-{j}"))), value: Some(value.clone()), timestamp: now })
+                    .map(|j| OutRecord {
+                        key: Some(Bytes::from(format!("{worker}-{i}-{j}"))),
+                        value: Some(value.clone()),
+                        timestamp: now,
+                    })
                     .collect();
                 let batch = Client::encode_batch(&recs, codec)?;
                 let partition = (i % args.partitions as usize) as i32;
@@ -158,9 +162,16 @@ async fn consume_phase(args: &BenchArgs, topic: &str) -> Result<f64> {
 }
 
 async fn one_run(args: &BenchArgs, policy: Option<&str>, round: usize) -> Result<RunResult> {
-    let topic = format!("keel-bench-{}-{}-{}", policy.unwrap_or("default"), std::process::id(), round);
+    let topic = format!(
+        "keel-bench-{}-{}-{}",
+        policy.unwrap_or("default"),
+        std::process::id(),
+        round
+    );
     let mut admin = Client::connect(&args.conn.bootstrap).await?;
-    let configs: Vec<(String, String)> = policy.map(|p| vec![("keel.fsync.policy".to_string(), p.to_string())]).unwrap_or_default();
+    let configs: Vec<(String, String)> = policy
+        .map(|p| vec![("keel.fsync.policy".to_string(), p.to_string())])
+        .unwrap_or_default();
     let r = admin.create_topic(&topic, args.partitions, &configs).await?;
     if let Some(t) = r.topics.first() {
         if t.error_code != 0 {
@@ -170,7 +181,11 @@ async fn one_run(args: &BenchArgs, policy: Option<&str>, round: usize) -> Result
     let (elapsed, mut lat) = produce_phase(args, &topic).await?;
     lat.sort_unstable();
     let secs = elapsed.as_secs_f64();
-    let consume_mb_per_s = if args.no_consume { None } else { Some(consume_phase(args, &topic).await?) };
+    let consume_mb_per_s = if args.no_consume {
+        None
+    } else {
+        Some(consume_phase(args, &topic).await?)
+    };
     let _ = admin.delete_topic(&topic).await;
     Ok(RunResult {
         msgs_per_s: args.messages as f64 / secs,
@@ -208,10 +223,15 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 ms(r.p99),
                 ms(r.p999),
                 ms(r.max),
-                r.consume_mb_per_s.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into()),
+                r.consume_mb_per_s
+                    .map(|m| format!("{m:.1}"))
+                    .unwrap_or_else(|| "-".into()),
             );
         }
     }
-    println!("latency is per produce request ({} messages), from send to acknowledgement", args.batch);
+    println!(
+        "latency is per produce request ({} messages), from send to acknowledgement",
+        args.batch
+    );
     Ok(())
 }

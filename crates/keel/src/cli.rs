@@ -5,8 +5,8 @@ use std::io::{BufRead, Write};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use clap::{Args, Subcommand};
-use keel_client::{Client, OutRecord};
 use kafka_protocol::records::Compression;
+use keel_client::{Client, OutRecord};
 
 #[derive(Args, Debug, Clone)]
 pub struct Conn {
@@ -49,24 +49,45 @@ pub enum TopicCommand {
 
 pub async fn topic(cmd: TopicCommand) -> Result<()> {
     match cmd {
-        TopicCommand::Create { name, partitions, configs, conn } => {
+        TopicCommand::Create {
+            name,
+            partitions,
+            configs,
+            conn,
+        } => {
             let configs = configs
                 .iter()
-                .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| anyhow!("config {kv:?} is not name=value")))
+                .map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .ok_or_else(|| anyhow!("config {kv:?} is not name=value"))
+                })
                 .collect::<Result<Vec<_>>>()?;
             let mut c = Client::connect(&conn.bootstrap).await?;
             let r = c.create_topic(&name, partitions, &configs).await?;
             let t = r.topics.first().ok_or_else(|| anyhow!("empty response"))?;
             if t.error_code != 0 {
-                bail!("create {name} failed: error code {} {}", t.error_code, t.error_message.as_ref().map(|m| m.to_string()).unwrap_or_default());
+                bail!(
+                    "create {name} failed: error code {} {}",
+                    t.error_code,
+                    t.error_message.as_ref().map(|m| m.to_string()).unwrap_or_default()
+                );
             }
             println!("created topic {name} with {} partitions", t.num_partitions);
         }
         TopicCommand::List { conn } => {
             let mut c = Client::connect(&conn.bootstrap).await?;
             let md = c.metadata(None).await?;
-            let mut names: Vec<(String, usize)> =
-                md.topics.iter().map(|t| (t.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default(), t.partitions.len())).collect();
+            let mut names: Vec<(String, usize)> = md
+                .topics
+                .iter()
+                .map(|t| {
+                    (
+                        t.name.as_ref().map(|n| n.0.to_string()).unwrap_or_default(),
+                        t.partitions.len(),
+                    )
+                })
+                .collect();
             names.sort();
             for (n, p) in names {
                 println!("{n}\t{p} partitions");
@@ -91,7 +112,11 @@ pub async fn topic(cmd: TopicCommand) -> Result<()> {
                 println!("configs:");
                 for e in &r.configs {
                     let src = if e.config_source == 1 { " (set on topic)" } else { "" };
-                    println!("  {}={}{src}", e.name.as_str(), e.value.as_ref().map(|v| v.as_str()).unwrap_or(""));
+                    println!(
+                        "  {}={}{src}",
+                        e.name.as_str(),
+                        e.value.as_ref().map(|v| v.as_str()).unwrap_or("")
+                    );
                 }
             }
         }
@@ -181,7 +206,10 @@ async fn partition_count(c: &mut Client, topic: &str, allow_create: bool) -> Res
     let md = c.metadata_creating(Some(&[topic]), allow_create).await?;
     let t = md.topics.first().ok_or_else(|| anyhow!("empty metadata"))?;
     if t.error_code != 0 {
-        bail!("topic {topic}: error code {} (create it with `keel topic create {topic}`)", t.error_code);
+        bail!(
+            "topic {topic}: error code {} (create it with `keel topic create {topic}`)",
+            t.error_code
+        );
     }
     Ok(t.partitions.len() as i32)
 }
@@ -209,19 +237,32 @@ pub async fn produce(args: ProduceArgs) -> Result<()> {
             (None, Some(k)) => (murmur2(k) & 0x7fff_ffff) % partitions,
             (None, None) => rr,
         };
-        let slot = pending.get_mut(p as usize).ok_or_else(|| anyhow!("partition {p} does not exist"))?;
-        slot.push(OutRecord { key, value: Some(Bytes::from(value)), timestamp: now });
+        let slot = pending
+            .get_mut(p as usize)
+            .ok_or_else(|| anyhow!("partition {p} does not exist"))?;
+        slot.push(OutRecord {
+            key,
+            value: Some(Bytes::from(value)),
+            timestamp: now,
+        });
         if slot.len() >= args.batch {
             let batch = std::mem::take(slot);
             sent += batch.len();
-            c.produce_batch(&args.topic, p, Client::encode_batch(&batch, Compression::None)?, acks).await?;
+            c.produce_batch(&args.topic, p, Client::encode_batch(&batch, Compression::None)?, acks)
+                .await?;
             rr = (rr + 1) % partitions;
         }
     }
     for (p, batch) in pending.into_iter().enumerate() {
         if !batch.is_empty() {
             sent += batch.len();
-            c.produce_batch(&args.topic, p as i32, Client::encode_batch(&batch, Compression::None)?, acks).await?;
+            c.produce_batch(
+                &args.topic,
+                p as i32,
+                Client::encode_batch(&batch, Compression::None)?,
+                acks,
+            )
+            .await?;
         }
     }
     eprintln!("produced {sent} records to {}", args.topic);
@@ -264,11 +305,17 @@ pub async fn consume(args: ConsumeArgs) -> Result<()> {
         let start = match (args.timestamp, args.offset.as_str()) {
             (Some(ts), _) => {
                 let o = c.list_offset(&args.topic, p, ts).await?;
-                if o < 0 { c.list_offset(&args.topic, p, -1).await? } else { o }
+                if o < 0 {
+                    c.list_offset(&args.topic, p, -1).await?
+                } else {
+                    o
+                }
             }
             (None, "earliest") => c.list_offset(&args.topic, p, -2).await?,
             (None, "latest") => c.list_offset(&args.topic, p, -1).await?,
-            (None, n) => n.parse::<i64>().context("--offset must be a number, earliest or latest")?,
+            (None, n) => n
+                .parse::<i64>()
+                .context("--offset must be a number, earliest or latest")?,
         };
         positions.push((p, start));
     }
@@ -278,11 +325,19 @@ pub async fn consume(args: ConsumeArgs) -> Result<()> {
     loop {
         let mut all_at_end = true;
         for (p, pos) in positions.iter_mut() {
-            let wait = if args.follow && positions_len_one(&partitions) { 1000 } else { 0 };
+            let wait = if args.follow && positions_len_one(&partitions) {
+                1000
+            } else {
+                0
+            };
             let (records, hw) = c.fetch(&args.topic, *p, *pos, wait, 4 * 1024 * 1024).await?;
             for r in records {
                 if args.verbose {
-                    let key = r.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()).unwrap_or_default();
+                    let key = r
+                        .key
+                        .as_ref()
+                        .map(|k| String::from_utf8_lossy(k).into_owned())
+                        .unwrap_or_default();
                     write!(out, "{}\t{}\t{}\t{}\t", p, r.offset, r.timestamp, key)?;
                 }
                 out.write_all(r.value.as_deref().unwrap_or_default())?;

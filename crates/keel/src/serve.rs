@@ -96,7 +96,8 @@ pub fn load_config(args: &ServeArgs) -> Result<BrokerConfig> {
     if let Some(v) = args.segment_bytes {
         c.log.segment_bytes = v;
     }
-    c.validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    c.validate()
+        .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     Ok(c)
 }
 
@@ -106,8 +107,12 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let config = load_config(&args)?;
-    let listener = TcpListener::bind(&config.kafka_listen).await.with_context(|| format!("binding {}", config.kafka_listen))?;
-    let http = TcpListener::bind(&config.http_listen).await.with_context(|| format!("binding {}", config.http_listen))?;
+    let listener = TcpListener::bind(&config.kafka_listen)
+        .await
+        .with_context(|| format!("binding {}", config.kafka_listen))?;
+    let http = TcpListener::bind(&config.http_listen)
+        .await
+        .with_context(|| format!("binding {}", config.http_listen))?;
     let kafka_addr = listener.local_addr()?;
     let http_addr = http.local_addr()?;
     let broker = tokio::task::block_in_place(|| Broker::open(config, kafka_addr.port()))?;
@@ -181,13 +186,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("k.toml");
         std::fs::write(&path, "node_id = 3\nfsync = \"never\"\n[log]\nsegment_bytes = 4096\n").unwrap();
-        let args = ServeArgs { config: Some(path.clone()), fsync: Some(FsyncPolicy::Interval), ..Default::default() };
+        let args = ServeArgs {
+            config: Some(path.clone()),
+            fsync: Some(FsyncPolicy::Interval),
+            ..Default::default()
+        };
         let c = load_config(&args).unwrap();
-        assert_eq!((c.node_id, c.fsync, c.log.segment_bytes), (3, FsyncPolicy::Interval, 4096));
-        let bad = ServeArgs { config: Some(path), default_partitions: Some(0), ..Default::default() };
+        assert_eq!(
+            (c.node_id, c.fsync, c.log.segment_bytes),
+            (3, FsyncPolicy::Interval, 4096)
+        );
+        let bad = ServeArgs {
+            config: Some(path),
+            default_partitions: Some(0),
+            ..Default::default()
+        };
         assert!(load_config(&bad).is_err());
         std::fs::write(dir.path().join("typo.toml"), "nod_id = 1\n").unwrap();
-        let typo = ServeArgs { config: Some(dir.path().join("typo.toml")), ..Default::default() };
+        let typo = ServeArgs {
+            config: Some(dir.path().join("typo.toml")),
+            ..Default::default()
+        };
         assert!(load_config(&typo).is_err(), "unknown keys are refused");
     }
 }

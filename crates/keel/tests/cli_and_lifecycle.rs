@@ -22,7 +22,11 @@ fn keel(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     }
     drop(input);
     let out = child.wait_with_output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// topic create/list/describe/delete, produce from stdin with keys, consume from an offset
@@ -32,7 +36,20 @@ fn command_line_tools() {
     let dir = tempfile::tempdir().unwrap();
     let k = Keel::start(dir.path(), &[]);
     let b = k.kafka.as_str();
-    let (ok, out, err) = keel(&["topic", "create", "orders", "-p", "3", "-c", "retention.ms=60000", "-b", b], None);
+    let (ok, out, err) = keel(
+        &[
+            "topic",
+            "create",
+            "orders",
+            "-p",
+            "3",
+            "-c",
+            "retention.ms=60000",
+            "-b",
+            b,
+        ],
+        None,
+    );
     assert!(ok, "{err}");
     assert!(out.contains("3 partitions"), "{out}");
     let (ok, _, _) = keel(&["topic", "create", "orders", "-b", b], None);
@@ -59,7 +76,22 @@ fn command_line_tools() {
     }
     assert_eq!(by_key.len(), 7);
 
-    let (ok, out, _) = keel(&["consume", "orders", "-p", "0", "-o", "2", "-n", "1", "--verbose", "-b", b], None);
+    let (ok, out, _) = keel(
+        &[
+            "consume",
+            "orders",
+            "-p",
+            "0",
+            "-o",
+            "2",
+            "-n",
+            "1",
+            "--verbose",
+            "-b",
+            b,
+        ],
+        None,
+    );
     assert!(ok);
     assert!(out.starts_with("0\t2\t"), "{out}");
 

@@ -64,16 +64,32 @@ fn batch(n: usize) -> Vec<u8> {
         })
         .collect();
     let mut buf = bytes::BytesMut::new();
-    RecordBatchEncoder::encode(&mut buf, &records, &RecordEncodeOptions { version: 2, compression: Compression::None }).unwrap();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .unwrap();
     buf.to_vec()
 }
 
 /// A Produce v9 request of `records` to `topic` partition 0.
 fn produce_frame(topic: &str, records: Vec<u8>) -> Vec<u8> {
-    let req = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![TopicProduceData::default()
-        .with_name(TopicName(StrBytes::from_string(topic.into())))
-        .with_partition_data(vec![PartitionProduceData::default().with_index(0).with_records(Some(records.into()))])]);
-    let header = RequestHeader::default().with_request_api_key(0).with_request_api_version(9).with_correlation_id(77);
+    let req = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(5000)
+        .with_topic_data(vec![TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(topic.into())))
+            .with_partition_data(vec![PartitionProduceData::default()
+                .with_index(0)
+                .with_records(Some(records.into()))])]);
+    let header = RequestHeader::default()
+        .with_request_api_key(0)
+        .with_request_api_version(9)
+        .with_correlation_id(77);
     let mut buf = bytes::BytesMut::new();
     header.encode(&mut buf, 2).unwrap();
     req.encode(&mut buf, 9).unwrap();
@@ -112,9 +128,15 @@ fn malformed_input_leaves_the_broker_serving() {
     assert!(closed_after(&k, &frame(&[3, 231, 0, 0, 0, 0, 0, 1, 0, 0])));
     assert!(closed_after(&k, &frame(&[0, 3, 0, 99, 0, 0, 0, 1, 0, 0])));
     // A Metadata v1 request whose topic array claims two billion entries.
-    assert!(closed_after(&k, &frame(&[0, 3, 0, 1, 0, 0, 0, 9, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff])));
+    assert!(closed_after(
+        &k,
+        &frame(&[0, 3, 0, 1, 0, 0, 0, 9, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff])
+    ));
     // A CreateTopics v4 request with an array count of i32::MAX.
-    assert!(closed_after(&k, &frame(&[0, 19, 0, 4, 0, 0, 0, 9, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff])));
+    assert!(closed_after(
+        &k,
+        &frame(&[0, 19, 0, 4, 0, 0, 0, 9, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff])
+    ));
 
     // ApiVersions at an unknown version gets a v0 UNSUPPORTED_VERSION answer (KIP-511).
     let body = round_trip(&k, &frame(&[0, 18, 0, 99, 0, 0, 0, 42, 0, 0])).expect("ApiVersions answer");

@@ -16,7 +16,10 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 fn admin(k: &Keel) -> AdminClient<DefaultClientContext> {
-    ClientConfig::new().set("bootstrap.servers", &k.kafka).create().expect("admin client")
+    ClientConfig::new()
+        .set("bootstrap.servers", &k.kafka)
+        .create()
+        .expect("admin client")
 }
 
 fn producer(k: &Keel, compression: &str) -> FutureProducer {
@@ -47,7 +50,10 @@ async fn create_topic(k: &Keel, name: &str, partitions: i32, configs: &[(&str, &
     for (key, v) in configs {
         t = t.set(key, v);
     }
-    let r = admin(k).create_topics(&[t], &AdminOptions::new()).await.expect("create_topics");
+    let r = admin(k)
+        .create_topics(&[t], &AdminOptions::new())
+        .await
+        .expect("create_topics");
     assert!(r[0].is_ok(), "create {name}: {:?}", r[0]);
 }
 
@@ -69,7 +75,16 @@ fn consume_all(k: &Keel, topic: &str, partitions: i32, n: usize) -> Vec<Got> {
             let m = m.expect("consume error");
             let headers = m
                 .headers()
-                .map(|h| h.iter().map(|x| (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned())).collect())
+                .map(|h| {
+                    h.iter()
+                        .map(|x| {
+                            (
+                                x.key.to_string(),
+                                String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
                 .unwrap_or_default();
             out.push((
                 m.partition(),
@@ -101,8 +116,20 @@ async fn every_codec_round_trips_10000_messages() {
         for i in 0..N {
             let key = format!("key-{i}");
             let value = format!("value-{i}-{}", "x".repeat(i % 50));
-            let headers = OwnedHeaders::new().insert(Header { key: "seq", value: Some(&i.to_string()) }).insert(Header { key: "codec", value: Some(codec) });
-            let rec = FutureRecord::to(&topic).key(&key).payload(&value).headers(headers).timestamp(base_ts + i as i64);
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "seq",
+                    value: Some(&i.to_string()),
+                })
+                .insert(Header {
+                    key: "codec",
+                    value: Some(codec),
+                });
+            let rec = FutureRecord::to(&topic)
+                .key(&key)
+                .payload(&value)
+                .headers(headers)
+                .timestamp(base_ts + i as i64);
             futures.push(p.send_result(rec).expect("queue"));
         }
         let mut acked: HashMap<String, (i32, i64)> = HashMap::new();
@@ -118,10 +145,24 @@ async fn every_codec_round_trips_10000_messages() {
         let mut last_seq: BTreeMap<i32, usize> = BTreeMap::new();
         for (part, off, key, value, ts, headers) in &got {
             let i: usize = key.strip_prefix("key-").unwrap().parse().unwrap();
-            assert_eq!(acked.get(key), Some(&(*part, *off)), "{codec}: {key} not at its acknowledged offset");
-            assert_eq!(*value, format!("value-{i}-{}", "x".repeat(i % 50)), "{codec}: value of {key}");
+            assert_eq!(
+                acked.get(key),
+                Some(&(*part, *off)),
+                "{codec}: {key} not at its acknowledged offset"
+            );
+            assert_eq!(
+                *value,
+                format!("value-{i}-{}", "x".repeat(i % 50)),
+                "{codec}: value of {key}"
+            );
             assert_eq!(*ts, base_ts + i as i64, "{codec}: timestamp of {key}");
-            assert_eq!(headers, &vec![("seq".to_string(), i.to_string()), ("codec".to_string(), codec.to_string())]);
+            assert_eq!(
+                headers,
+                &vec![
+                    ("seq".to_string(), i.to_string()),
+                    ("codec".to_string(), codec.to_string())
+                ]
+            );
             if let Some(prev) = last.insert(*part, *off) {
                 assert_eq!(*off, prev + 1, "{codec}: offsets not contiguous in partition {part}");
             }
@@ -185,7 +226,10 @@ async fn kill9_mid_produce_loses_no_acknowledged_message() {
     p.flush(Duration::from_secs(30)).unwrap();
     let acked = acked.lock().unwrap().clone();
     let after = acked.len();
-    eprintln!("acknowledged {before_kill} before the kill, {after} in all; {} failed", failed.lock().unwrap());
+    eprintln!(
+        "acknowledged {before_kill} before the kill, {after} in all; {} failed",
+        failed.lock().unwrap()
+    );
     assert!(before_kill > 0, "nothing was acknowledged before the kill");
     assert!(after > before_kill, "the producer made no progress after the restart");
 
@@ -208,8 +252,17 @@ async fn kill9_mid_produce_loses_no_acknowledged_message() {
         *count.entry(value).or_default() += 1;
     }
     for (v, part, off) in &acked {
-        assert_eq!(at.get(&(*part, *off)), Some(v), "acknowledged {v} is not at {part}/{off}");
-        assert_eq!(count.get(v), Some(&1), "acknowledged {v} appears {:?} times", count.get(v));
+        assert_eq!(
+            at.get(&(*part, *off)),
+            Some(v),
+            "acknowledged {v} is not at {part}/{off}"
+        );
+        assert_eq!(
+            count.get(v),
+            Some(&1),
+            "acknowledged {v} appears {:?} times",
+            count.get(v)
+        );
     }
 }
 
@@ -222,28 +275,49 @@ async fn admin_operations() {
     let a = admin(&k);
     let opts = AdminOptions::new();
     create_topic(&k, "adm", 2, &[("retention.ms", "3600000")]).await;
-    let dup = a.create_topics(&[NewTopic::new("adm", 1, TopicReplication::Fixed(1))], &opts).await.unwrap();
+    let dup = a
+        .create_topics(&[NewTopic::new("adm", 1, TopicReplication::Fixed(1))], &opts)
+        .await
+        .unwrap();
     assert!(dup[0].is_err(), "duplicate create accepted");
     let bad = a
-        .create_topics(&[NewTopic::new("adm-bad", 1, TopicReplication::Fixed(1)).set("no.such.config", "1")], &opts)
+        .create_topics(
+            &[NewTopic::new("adm-bad", 1, TopicReplication::Fixed(1)).set("no.such.config", "1")],
+            &opts,
+        )
         .await
         .unwrap();
     assert!(bad[0].is_err(), "unknown config accepted");
-    let rf3 = a.create_topics(&[NewTopic::new("adm-rf3", 1, TopicReplication::Fixed(3))], &opts).await.unwrap();
+    let rf3 = a
+        .create_topics(&[NewTopic::new("adm-rf3", 1, TopicReplication::Fixed(3))], &opts)
+        .await
+        .unwrap();
     assert!(rf3[0].is_err(), "replication factor 3 accepted on one node");
 
-    let cfg = a.describe_configs(&[ResourceSpecifier::Topic("adm")], &opts).await.unwrap();
+    let cfg = a
+        .describe_configs(&[ResourceSpecifier::Topic("adm")], &opts)
+        .await
+        .unwrap();
     let res = cfg[0].as_ref().expect("describe");
     let get = |name: &str| res.get(name).and_then(|e| e.value.clone());
     assert_eq!(get("retention.ms").as_deref(), Some("3600000"));
     assert_eq!(get("cleanup.policy").as_deref(), Some("delete"));
     assert!(get("segment.bytes").is_some());
-    let broker = a.describe_configs(&[ResourceSpecifier::Broker(0)], &opts).await.unwrap();
+    let broker = a
+        .describe_configs(&[ResourceSpecifier::Broker(0)], &opts)
+        .await
+        .unwrap();
     assert!(broker[0].as_ref().unwrap().get("log.segment.bytes").is_some());
 
-    let grow = a.create_partitions(&[NewPartitions::new("adm", 5)], &opts).await.unwrap();
+    let grow = a
+        .create_partitions(&[NewPartitions::new("adm", 5)], &opts)
+        .await
+        .unwrap();
     assert!(grow[0].is_ok(), "{:?}", grow[0]);
-    let shrink = a.create_partitions(&[NewPartitions::new("adm", 3)], &opts).await.unwrap();
+    let shrink = a
+        .create_partitions(&[NewPartitions::new("adm", 3)], &opts)
+        .await
+        .unwrap();
     assert!(shrink[0].is_err(), "shrinking accepted");
     let c = consumer(&k);
     let md = c.fetch_metadata(Some("adm"), Duration::from_secs(10)).unwrap();
@@ -252,7 +326,10 @@ async fn admin_operations() {
     let del = a.delete_topics(&["adm"], &opts).await.unwrap();
     assert!(del[0].is_ok());
     let md = c.fetch_metadata(None, Duration::from_secs(10)).unwrap();
-    assert!(md.topics().iter().all(|t| t.name() != "adm"), "deleted topic still listed");
+    assert!(
+        md.topics().iter().all(|t| t.name() != "adm"),
+        "deleted topic still listed"
+    );
 }
 
 /// LogAppendTime topics stamp records with the broker's clock, and ListOffsets by
@@ -266,16 +343,37 @@ async fn timestamps_and_offsets_for_times() {
     let p = producer(&k, "none");
     let before = chrono_ms();
     for i in 0..10 {
-        p.send(FutureRecord::to("lat").key("k").payload("v").timestamp(1000 + i), Duration::from_secs(10)).await.unwrap();
-        p.send(FutureRecord::to("ct").key("k").payload(&format!("{i}")).timestamp(1000 + 100 * i), Duration::from_secs(10)).await.unwrap();
+        p.send(
+            FutureRecord::to("lat").key("k").payload("v").timestamp(1000 + i),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+        p.send(
+            FutureRecord::to("ct")
+                .key("k")
+                .payload(&format!("{i}"))
+                .timestamp(1000 + 100 * i),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
     }
     let got = consume_all(&k, "lat", 1, 10);
-    assert!(got.iter().all(|g| g.4 >= before), "LogAppendTime not applied: {:?}", got.iter().map(|g| g.4).collect::<Vec<_>>());
+    assert!(
+        got.iter().all(|g| g.4 >= before),
+        "LogAppendTime not applied: {:?}",
+        got.iter().map(|g| g.4).collect::<Vec<_>>()
+    );
     let c = consumer(&k);
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset("ct", 0, Offset::Offset(1450)).unwrap();
     let r = c.offsets_for_times(tpl, Duration::from_secs(10)).unwrap();
-    assert_eq!(r.elements()[0].offset(), Offset::Offset(5), "first record at or after t=1450");
+    assert_eq!(
+        r.elements()[0].offset(),
+        Offset::Offset(5),
+        "first record at or after t=1450"
+    );
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset("ct", 0, Offset::Offset(999_999)).unwrap();
     let r = c.offsets_for_times(tpl, Duration::from_secs(10)).unwrap();
@@ -283,5 +381,8 @@ async fn timestamps_and_offsets_for_times() {
 }
 
 fn chrono_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }

@@ -23,7 +23,11 @@ pub async fn handle(b: &Arc<Broker>, req: CreatePartitionsRequest, _v: i16) -> C
         if bad_assignment {
             res.error_code = ResponseError::InvalidReplicaAssignment.code();
             res.error_message = Some(s(format!("new partitions must be assigned to broker {node} alone")));
-        } else if let Err(e) = b.topics.create_partitions(t.name.0.as_str(), t.count, req.validate_only).await {
+        } else if let Err(e) = b
+            .topics
+            .create_partitions(t.name.0.as_str(), t.count, req.validate_only)
+            .await
+        {
             res.error_code = e.code;
             res.error_message = Some(s(e.message));
         }

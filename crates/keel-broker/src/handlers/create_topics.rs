@@ -28,7 +28,11 @@ pub async fn handle(b: &Arc<Broker>, req: CreateTopicsRequest, _v: i16) -> Creat
             res.error_message = Some(s(m));
         };
         if seen.get(&name).copied().unwrap_or(0) > 1 {
-            fail(&mut res, ResponseError::InvalidRequest, format!("topic '{name}' appears more than once in the request"));
+            fail(
+                &mut res,
+                ResponseError::InvalidRequest,
+                format!("topic '{name}' appears more than once in the request"),
+            );
             r.topics.push(res);
             continue;
         }
@@ -36,7 +40,10 @@ pub async fn handle(b: &Arc<Broker>, req: CreateTopicsRequest, _v: i16) -> Creat
             fail(
                 &mut res,
                 ResponseError::InvalidReplicationFactor,
-                format!("replication factor {} is larger than the 1 available broker", t.replication_factor),
+                format!(
+                    "replication factor {} is larger than the 1 available broker",
+                    t.replication_factor
+                ),
             );
             r.topics.push(res);
             continue;
@@ -45,16 +52,27 @@ pub async fn handle(b: &Arc<Broker>, req: CreateTopicsRequest, _v: i16) -> Creat
         if !t.assignments.is_empty() {
             let node = b.config.node_id;
             if t.num_partitions != -1 || t.replication_factor != -1 {
-                fail(&mut res, ResponseError::InvalidRequest, "assignments require num_partitions and replication_factor of -1".into());
+                fail(
+                    &mut res,
+                    ResponseError::InvalidRequest,
+                    "assignments require num_partitions and replication_factor of -1".into(),
+                );
                 r.topics.push(res);
                 continue;
             }
             let mut idx: Vec<i32> = t.assignments.iter().map(|a| a.partition_index).collect();
             idx.sort_unstable();
             let contiguous = idx.iter().enumerate().all(|(i, p)| *p == i as i32);
-            let on_this_node = t.assignments.iter().all(|a| a.broker_ids.len() == 1 && a.broker_ids[0].0 == node);
+            let on_this_node = t
+                .assignments
+                .iter()
+                .all(|a| a.broker_ids.len() == 1 && a.broker_ids[0].0 == node);
             if !contiguous || !on_this_node {
-                fail(&mut res, ResponseError::InvalidReplicaAssignment, format!("every partition must be assigned to broker {node} alone"));
+                fail(
+                    &mut res,
+                    ResponseError::InvalidReplicaAssignment,
+                    format!("every partition must be assigned to broker {node} alone"),
+                );
                 r.topics.push(res);
                 continue;
             }
@@ -65,7 +83,11 @@ pub async fn handle(b: &Arc<Broker>, req: CreateTopicsRequest, _v: i16) -> Creat
             .iter()
             .filter_map(|c| c.value.as_ref().map(|v| (c.name.to_string(), v.to_string())))
             .collect();
-        match b.topics.create(&name, partitions, configs.clone(), req.validate_only).await {
+        match b
+            .topics
+            .create(&name, partitions, configs.clone(), req.validate_only)
+            .await
+        {
             Ok(topic) => {
                 let meta = topic.meta();
                 res.topic_id = if req.validate_only { uuid::Uuid::nil() } else { meta.id };

@@ -12,9 +12,15 @@ use crate::Broker;
 pub async fn handle(b: &Arc<Broker>, req: DeleteTopicsRequest, v: i16) -> DeleteTopicsResponse {
     let mut r = DeleteTopicsResponse::default();
     let targets: Vec<(Option<String>, uuid::Uuid)> = if v >= 6 {
-        req.topics.iter().map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id)).collect()
+        req.topics
+            .iter()
+            .map(|t| (t.name.as_ref().map(|n| n.0.to_string()), t.topic_id))
+            .collect()
     } else {
-        req.topic_names.iter().map(|n| (Some(n.0.to_string()), uuid::Uuid::nil())).collect()
+        req.topic_names
+            .iter()
+            .map(|n| (Some(n.0.to_string()), uuid::Uuid::nil()))
+            .collect()
     };
     for (name, id) in targets {
         let mut res = DeletableTopicResult::default();

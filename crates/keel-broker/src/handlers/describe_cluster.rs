@@ -25,7 +25,11 @@ pub async fn handle(b: &Arc<Broker>, req: DescribeClusterRequest, _v: i16) -> De
     broker.host = s(b.advertised.0.clone());
     broker.port = b.advertised.1 as i32;
     r.brokers = vec![broker];
-    r.cluster_authorized_operations = if req.include_cluster_authorized_operations { CLUSTER_OPS } else { i32::MIN };
+    r.cluster_authorized_operations = if req.include_cluster_authorized_operations {
+        CLUSTER_OPS
+    } else {
+        i32::MIN
+    };
     r
 }
 

@@ -27,16 +27,35 @@ fn config_type(name: &str) -> i8 {
     const LIST: i8 = 7;
     match name {
         "cleanup.policy" => LIST,
-        "retention.ms" | "retention.bytes" | "segment.ms" | "log.retention.ms" | "log.retention.bytes" | "log.roll.ms"
+        "retention.ms"
+        | "retention.bytes"
+        | "segment.ms"
+        | "log.retention.ms"
+        | "log.retention.bytes"
+        | "log.roll.ms"
         | "keel.fsync.interval.ms" => LONG,
-        "segment.bytes" | "max.message.bytes" | "min.insync.replicas" | "num.partitions" | "message.max.bytes"
-        | "socket.request.max.bytes" | "log.segment.bytes" | "broker.id" | "max.connections" => INT,
+        "segment.bytes"
+        | "max.message.bytes"
+        | "min.insync.replicas"
+        | "num.partitions"
+        | "message.max.bytes"
+        | "socket.request.max.bytes"
+        | "log.segment.bytes"
+        | "broker.id"
+        | "max.connections" => INT,
         "auto.create.topics.enable" => BOOLEAN,
         _ => STRING,
     }
 }
 
-fn entry(name: String, value: String, source: i8, read_only: bool, synonyms: bool, docs: Option<&str>) -> DescribeConfigsResourceResult {
+fn entry(
+    name: String,
+    value: String,
+    source: i8,
+    read_only: bool,
+    synonyms: bool,
+    docs: Option<&str>,
+) -> DescribeConfigsResourceResult {
     let mut c = DescribeConfigsResourceResult::default();
     c.config_type = config_type(&name);
     if synonyms {
@@ -93,8 +112,19 @@ pub async fn handle(b: &Arc<Broker>, req: DescribeConfigsRequest, _v: i16) -> De
                         .into_iter()
                         .filter(|(n, _, _)| wanted(n))
                         .map(|(n, v, set)| {
-                            let doc = TOPIC_CONFIGS.iter().find(|(k, _)| *k == n).map(|(_, d)| *d).filter(|_| docs);
-                            entry(n, v, if set { SOURCE_DYNAMIC_TOPIC } else { SOURCE_DEFAULT }, false, req.include_synonyms, doc)
+                            let doc = TOPIC_CONFIGS
+                                .iter()
+                                .find(|(k, _)| *k == n)
+                                .map(|(_, d)| *d)
+                                .filter(|_| docs);
+                            entry(
+                                n,
+                                v,
+                                if set { SOURCE_DYNAMIC_TOPIC } else { SOURCE_DEFAULT },
+                                false,
+                                req.include_synonyms,
+                                doc,
+                            )
                         })
                         .collect();
                 }

@@ -45,7 +45,12 @@ fn read_once(b: &Broker, req: &FetchRequest, max_bytes: usize) -> (Vec<Fetchable
         for fp in &t.partitions {
             let Some(part) = topic.as_ref().and_then(|topic| topic.partition(fp.partition)) else {
                 any_error = true;
-                tr.partitions.push(partition_error(fp.partition, ResponseError::UnknownTopicOrPartition.code(), -1, -1));
+                tr.partitions.push(partition_error(
+                    fp.partition,
+                    ResponseError::UnknownTopicOrPartition.code(),
+                    -1,
+                    -1,
+                ));
                 continue;
             };
             // Once the response budget is spent, remaining partitions report their
@@ -76,7 +81,13 @@ fn read_once(b: &Broker, req: &FetchRequest, max_bytes: usize) -> (Vec<Fetchable
                     if !matches!(e, PartitionError::OffsetOutOfRange { .. }) {
                         tracing::warn!(topic = %part.topic, partition = part.index, error = %e, "fetch failed");
                     }
-                    b.metrics.request_errors.get_or_create(&ErrorLabels { api: "Fetch".into(), code: e.code() }).inc();
+                    b.metrics
+                        .request_errors
+                        .get_or_create(&ErrorLabels {
+                            api: "Fetch".into(),
+                            code: e.code(),
+                        })
+                        .inc();
                     tr.partitions.push(partition_error(fp.partition, e.code(), hw, start));
                 }
             }

@@ -72,7 +72,9 @@ pub async fn handle(b: &Arc<Broker>, req: MetadataRequest, v: i16) -> MetadataRe
                 let entry = match &want.name {
                     Some(name) => {
                         let name = name.0.as_str();
-                        let found = if allow_create { b.topics.get_or_auto_create(name).await } else {
+                        let found = if allow_create {
+                            b.topics.get_or_auto_create(name).await
+                        } else {
                             b.topics.get(name).ok_or(crate::topics::AdminError {
                                 code: ResponseError::UnknownTopicOrPartition.code(),
                                 message: String::new(),

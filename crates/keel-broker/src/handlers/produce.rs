@@ -62,7 +62,8 @@ pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, _v: i16) -> Option<Pro
                 }
             };
             let Some(part) = topic.partition(index) else {
-                tr.partition_responses.push(failed(index, ResponseError::UnknownTopicOrPartition.code(), None));
+                tr.partition_responses
+                    .push(failed(index, ResponseError::UnknownTopicOrPartition.code(), None));
                 continue;
             };
             let records = pd.records.unwrap_or_default();
@@ -70,7 +71,8 @@ pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, _v: i16) -> Option<Pro
                 Ok(x) => x,
                 Err(e) => {
                     warn!(topic = %name, partition = index, error = %e, "produce refused");
-                    tr.partition_responses.push(failed(index, e.error_code(), Some(e.to_string())));
+                    tr.partition_responses
+                        .push(failed(index, e.error_code(), Some(e.to_string())));
                     continue;
                 }
             };
@@ -95,7 +97,8 @@ pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, _v: i16) -> Option<Pro
                 }
                 Err(e) => {
                     warn!(topic = %name, partition = index, error = %e, "append failed");
-                    tr.partition_responses.push(failed(index, e.code(), Some(e.to_string())));
+                    tr.partition_responses
+                        .push(failed(index, e.code(), Some(e.to_string())));
                 }
             }
         }
@@ -118,7 +121,13 @@ pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, _v: i16) -> Option<Pro
     for tr in &responses {
         for p in &tr.partition_responses {
             if p.error_code != 0 {
-                b.metrics.request_errors.get_or_create(&ErrorLabels { api: "Produce".into(), code: p.error_code }).inc();
+                b.metrics
+                    .request_errors
+                    .get_or_create(&ErrorLabels {
+                        api: "Produce".into(),
+                        code: p.error_code,
+                    })
+                    .inc();
             }
         }
     }

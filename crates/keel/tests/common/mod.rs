@@ -1,5 +1,7 @@
 //! Starts the real `keel` binary on free ports in a temporary data directory.
 #![allow(dead_code)]
+// The child is waited on by `Keel::kill9`/`terminate` (and on drop).
+#![allow(clippy::zombie_processes)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -34,7 +36,10 @@ fn spawn(data_dir: &Path, kafka: &str, http: &str, extra: &[String]) -> (Child, 
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         assert!(Instant::now() < deadline, "keel did not become ready");
-        let line = lines.next().expect("keel exited before it was ready").expect("read stdout");
+        let line = lines
+            .next()
+            .expect("keel exited before it was ready")
+            .expect("read stdout");
         if let Some(rest) = line.strip_prefix("keel ready: ") {
             let mut kafka = String::new();
             let mut http = String::new();
@@ -58,7 +63,13 @@ impl Keel {
     pub fn start(data_dir: &Path, extra: &[&str]) -> Keel {
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let (child, kafka, http) = spawn(data_dir, "127.0.0.1:0", "127.0.0.1:0", &extra);
-        Keel { child: Some(child), kafka, http, data_dir: data_dir.to_path_buf(), extra }
+        Keel {
+            child: Some(child),
+            kafka,
+            http,
+            data_dir: data_dir.to_path_buf(),
+            extra,
+        }
     }
 
     /// kill -9.
@@ -113,7 +124,10 @@ impl Keel {
         let mut buf = String::new();
         s.read_to_string(&mut buf).unwrap();
         let status = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let body = buf
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         (status, body)
     }
 }
