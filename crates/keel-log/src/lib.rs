@@ -21,6 +21,7 @@
 
 pub mod disk;
 pub mod entry;
+pub mod fault;
 pub mod mem;
 pub mod segment;
 pub mod suite;
@@ -109,6 +110,7 @@ pub struct SyncHandle {
 impl SyncHandle {
     /// Performs the fsync (fdatasync) this handle stands for.
     pub fn sync(&self) -> std::io::Result<()> {
+        fault::fsync()?;
         match &self.file {
             Some(f) => f.sync_data(),
             None => Ok(()),

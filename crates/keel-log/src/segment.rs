@@ -297,6 +297,7 @@ impl Segment {
             self.first_offset = e.offset;
         }
         let pos = self.size;
+        crate::fault::write()?;
         self.file.write_all_at(encoded, pos)?;
         self.note_entry(e, pos, encoded.len() as u64, interval);
         Ok(())
@@ -520,6 +521,7 @@ impl Segment {
     }
 
     pub fn sync(&self) -> Result<(), LogError> {
+        crate::fault::fsync()?;
         self.file.sync_data()?;
         Ok(())
     }
