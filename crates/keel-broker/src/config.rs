@@ -82,6 +82,9 @@ pub struct BrokerConfig {
     pub fetch_bytes_max: usize,
     /// How long a clean shutdown waits for in-flight requests.
     pub shutdown_grace_ms: u64,
+    /// How long the first rebalance of an empty group waits for more members to join
+    /// (Kafka's `group.initial.rebalance.delay.ms`).
+    pub group_initial_rebalance_delay_ms: u64,
     /// Default log settings of partitions.
     pub log: LogConfig,
 }
@@ -108,6 +111,7 @@ impl Default for BrokerConfig {
             fetch_wait_ms_max: 30_000,
             fetch_bytes_max: 64 * 1024 * 1024,
             shutdown_grace_ms: 10_000,
+            group_initial_rebalance_delay_ms: 1000,
             log: LogConfig::default(),
         }
     }

@@ -14,6 +14,8 @@
 //! - [`dispatch`]: decodes a frame and routes it to one module per Kafka API in [`handlers`].
 //! - [`topics`]: create, grow, delete and load topics; [`partition`]: one partition's log,
 //!   group commit, high watermark and idempotent-producer dedup ([`producer_state`]).
+//! - [`group`]: consumer groups (classic protocol) and committed offsets, kept in the
+//!   internal `__consumer_offsets` topic.
 //! - [`metrics`] and [`http`]: Prometheus `/metrics` and `/health`.
 //! - [`error`]: broker errors and their Kafka error codes.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
@@ -21,6 +23,7 @@
 pub mod config;
 pub mod dispatch;
 pub mod error;
+pub mod group;
 pub mod handlers;
 pub mod http;
 pub mod metrics;
@@ -46,6 +49,7 @@ pub struct Broker {
     /// Bumped whenever any partition's high watermark moves; long-polling fetches wait on it.
     pub data_changed: Arc<watch::Sender<u64>>,
     pub producer_ids: ProducerIds,
+    pub groups: group::coordinator::Coordinator,
     /// Host and port clients are told to connect to.
     pub advertised: (String, u16),
     pub started: Instant,
@@ -54,7 +58,7 @@ pub struct Broker {
 impl Broker {
     /// Opens the data directory and every topic in it. `kafka_port` is the bound port (the
     /// configured one may be 0).
-    pub fn open(config: BrokerConfig, kafka_port: u16) -> anyhow::Result<Arc<Broker>> {
+    pub async fn open(config: BrokerConfig, kafka_port: u16) -> anyhow::Result<Arc<Broker>> {
         config.validate().map_err(anyhow::Error::msg)?;
         std::fs::create_dir_all(&config.data_dir)?;
         let config = Arc::new(config);
@@ -71,15 +75,32 @@ impl Broker {
         });
         let port = config.advertised_port.unwrap_or(kafka_port);
         let producer_ids = ProducerIds::open(&config.data_dir.join("producer_ids"))?;
-        Ok(Arc::new(Broker {
+        let offsets_topic = match topics.get(group::offsets::OFFSETS_TOPIC) {
+            Some(t) => t,
+            None => {
+                let configs = [("retention.ms".to_string(), "-1".to_string())].into_iter().collect();
+                topics
+                    .create_internal(group::offsets::OFFSETS_TOPIC, 1, configs)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("creating {}: {}", group::offsets::OFFSETS_TOPIC, e.message))?
+            }
+        };
+        let offsets_partition =
+            offsets_topic.partition(0).ok_or_else(|| anyhow::anyhow!("{} has no partition 0", group::offsets::OFFSETS_TOPIC))?;
+        let offsets = group::offsets::OffsetStore::load(offsets_partition);
+        let timing = group::state::GroupTiming { initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms };
+        let broker = Arc::new(Broker {
             config,
             topics,
             metrics,
             data_changed,
             producer_ids,
+            groups: group::coordinator::Coordinator::new(offsets, timing),
             advertised: (host, port),
             started: Instant::now(),
-        }))
+        });
+        tokio::spawn(group_clock(Arc::downgrade(&broker)));
+        Ok(broker)
     }
 
     /// fsyncs every partition (clean shutdown).
@@ -88,6 +109,26 @@ impl Broker {
             p.sync_now().await;
         }
     }
+}
+
+/// Expires group sessions every 100 ms and refreshes group metrics every second, until
+/// the broker is dropped.
+async fn group_clock(broker: std::sync::Weak<Broker>) {
+    let mut n = 0u64;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let Some(b) = broker.upgrade() else { return };
+        b.groups.tick().await;
+        n += 1;
+        if n % 10 == 0 {
+            b.groups.refresh_metrics(&b.metrics, &b.topics).await;
+        }
+    }
+}
+
+/// Whether clients may write to or delete this topic (internal topics are Keel's own).
+pub fn is_internal_topic(name: &str) -> bool {
+    name == group::offsets::OFFSETS_TOPIC
 }
 
 /// Allocates idempotent-producer ids that are never reused across restarts: ids are

@@ -24,6 +24,18 @@ pub struct PartitionLabels {
     pub partition: i32,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GroupLabels {
+    pub group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LagLabels {
+    pub group: String,
+    pub topic: String,
+    pub partition: i32,
+}
+
 pub struct Metrics {
     pub registry: Registry,
     pub requests: Family<ApiLabels, Counter>,
@@ -42,6 +54,9 @@ pub struct Metrics {
     pub log_size_bytes: Family<PartitionLabels, Gauge>,
     pub fsync_seconds: Histogram,
     pub poisoned_partitions: Gauge,
+    pub group_members_gauge: Family<GroupLabels, Gauge>,
+    pub group_rebalances_total: Family<GroupLabels, Counter>,
+    pub consumer_lag_gauge: Family<LagLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -75,6 +90,9 @@ impl Metrics {
             log_size_bytes: Family::default(),
             fsync_seconds: latency_histogram(),
             poisoned_partitions: Gauge::default(),
+            group_members_gauge: Family::default(),
+            group_rebalances_total: Family::default(),
+            consumer_lag_gauge: Family::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Kafka requests handled, by API", m.requests.clone());
@@ -129,6 +147,13 @@ impl Metrics {
             "Partitions refusing writes after an fsync or write failure",
             m.poisoned_partitions.clone(),
         );
+        registry.register("group_members", "Members of each consumer group", m.group_members_gauge.clone());
+        registry.register("group_rebalances", "Completed rebalances of each consumer group", m.group_rebalances_total.clone());
+        registry.register(
+            "consumer_lag",
+            "Log end offset minus committed offset, per group and partition",
+            m.consumer_lag_gauge.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -138,6 +163,20 @@ impl Metrics {
                 topic: topic.to_string(),
                 partition,
             })
+            .clone()
+    }
+
+    pub fn group_members(&self, group: &str) -> Gauge {
+        self.group_members_gauge.get_or_create(&GroupLabels { group: group.to_string() }).clone()
+    }
+
+    pub fn group_rebalances(&self, group: &str) -> Counter {
+        self.group_rebalances_total.get_or_create(&GroupLabels { group: group.to_string() }).clone()
+    }
+
+    pub fn consumer_lag(&self, group: &str, topic: &str, partition: i32) -> Gauge {
+        self.consumer_lag_gauge
+            .get_or_create(&LagLabels { group: group.to_string(), topic: topic.to_string(), partition })
             .clone()
     }
 

@@ -202,6 +202,16 @@ impl Topics {
         }
     }
 
+    /// Creates one of Keel's internal topics (names clients may not create).
+    pub async fn create_internal(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: BTreeMap<String, String>,
+    ) -> Result<Arc<Topic>, AdminError> {
+        self.create_checked(name, partitions, configs, false, true).await
+    }
+
     /// Creates a topic. `partitions == -1` takes the broker default.
     pub async fn create(
         &self,
@@ -210,8 +220,22 @@ impl Topics {
         configs: BTreeMap<String, String>,
         validate_only: bool,
     ) -> Result<Arc<Topic>, AdminError> {
+        self.create_checked(name, partitions, configs, validate_only, false).await
+    }
+
+    async fn create_checked(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+        internal: bool,
+    ) -> Result<Arc<Topic>, AdminError> {
         let _guard = self.admin.lock().await;
         topic_config::validate_topic_name(name).map_err(|m| AdminError::new(E::InvalidTopicException, m))?;
+        if crate::is_internal_topic(name) && !internal {
+            return Err(AdminError::new(E::InvalidTopicException, format!("'{name}' is an internal topic")));
+        }
         if self.get(name).is_some() {
             return Err(AdminError::new(
                 E::TopicAlreadyExists,
@@ -260,6 +284,9 @@ impl Topics {
     /// Deletes a topic and its data.
     pub async fn delete(&self, name: &str) -> Result<Uuid, AdminError> {
         let _guard = self.admin.lock().await;
+        if crate::is_internal_topic(name) {
+            return Err(AdminError::new(E::InvalidTopicException, format!("'{name}' is an internal topic")));
+        }
         let topic = {
             let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
             let t = map

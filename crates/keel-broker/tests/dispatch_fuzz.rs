@@ -151,7 +151,7 @@ async fn mutated_frames_never_crash_the_broker() {
         fsync: keel_broker::FsyncPolicy::Never,
         ..BrokerConfig::default()
     };
-    let broker: Arc<Broker> = Broker::open(config, 9092).unwrap();
+    let broker: Arc<Broker> = Broker::open(config, 9092).await.unwrap();
     let seeds = seeds();
     for s in &seeds {
         assert!(

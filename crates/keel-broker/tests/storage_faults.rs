@@ -66,6 +66,7 @@ async fn failed_fsync_poisons_the_partition() {
         },
         9092,
     )
+    .await
     .unwrap();
     let a = part(&broker, "a").await;
     let b = part(&broker, "b").await;
@@ -109,6 +110,7 @@ async fn failed_write_poisons_the_partition() {
         },
         9092,
     )
+    .await
     .unwrap();
     let c = part(&broker, "c").await;
     assert_eq!(c.append(batch("x"), true).await.unwrap().base_offset, 0);

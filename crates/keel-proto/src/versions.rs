@@ -33,6 +33,17 @@ pub const SUPPORTED: &[Supported] = &[
     s(ApiKey::DescribeConfigs, 1, 4),
     s(ApiKey::CreatePartitions, 0, 3),
     s(ApiKey::DescribeCluster, 0, 1),
+    s(ApiKey::FindCoordinator, 0, 4),
+    s(ApiKey::JoinGroup, 0, 7),
+    s(ApiKey::SyncGroup, 0, 5),
+    s(ApiKey::Heartbeat, 0, 4),
+    s(ApiKey::LeaveGroup, 0, 4),
+    s(ApiKey::OffsetCommit, 2, 8),
+    s(ApiKey::OffsetFetch, 1, 7),
+    s(ApiKey::ListGroups, 0, 4),
+    s(ApiKey::DescribeGroups, 0, 5),
+    s(ApiKey::DeleteGroups, 0, 2),
+    s(ApiKey::OffsetDelete, 0, 0),
 ];
 
 /// The advertised range for `api_key`, if Keel serves it.

@@ -115,7 +115,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .with_context(|| format!("binding {}", config.http_listen))?;
     let kafka_addr = listener.local_addr()?;
     let http_addr = http.local_addr()?;
-    let broker = tokio::task::block_in_place(|| Broker::open(config, kafka_addr.port()))?;
+    let broker = Broker::open(config, kafka_addr.port()).await?;
     info!(data_dir = %broker.config.data_dir.display(), fsync = broker.config.fsync.as_str(), "broker opened");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

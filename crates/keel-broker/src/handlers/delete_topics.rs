@@ -33,7 +33,12 @@ pub async fn handle(b: &Arc<Broker>, req: DeleteTopicsRequest, v: i16) -> Delete
         match name {
             None => res.error_code = ResponseError::UnknownTopicId.code(),
             Some(n) => match b.topics.delete(&n).await {
-                Ok(deleted_id) => res.topic_id = deleted_id,
+                Ok(deleted_id) => {
+                    res.topic_id = deleted_id;
+                    if let Err(e) = b.groups.offsets.delete_topic(&n).await {
+                        tracing::warn!(topic = %n, error = %e, "could not remove committed offsets of the deleted topic");
+                    }
+                }
                 Err(e) => {
                     res.error_code = e.code;
                     res.error_message = Some(s(e.message));

@@ -22,6 +22,7 @@ pub(crate) fn topic_entry(b: &Broker, t: &Topic, ops: bool) -> MetadataResponseT
     let mut out = MetadataResponseTopic::default();
     out.name = Some(TopicName(s(meta.name.clone())));
     out.topic_id = meta.id;
+    out.is_internal = crate::is_internal_topic(&meta.name);
     out.topic_authorized_operations = if ops { TOPIC_OPS } else { i32::MIN };
     out.partitions = (0..meta.partitions)
         .map(|i| {

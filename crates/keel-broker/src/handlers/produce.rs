@@ -47,6 +47,8 @@ pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, _v: i16) -> Option<Pro
         tr.name = topic.name.clone();
         let found = if acks != 0 && acks != 1 && acks != -1 {
             Err(ResponseError::InvalidRequiredAcks.code())
+        } else if crate::is_internal_topic(&name) {
+            Err(ResponseError::InvalidTopicException.code())
         } else if req.transactional_id.is_some() {
             Err(ResponseError::TransactionalIdAuthorizationFailed.code())
         } else {

@@ -1,0 +1,19 @@
+//! DeleteGroups: removes empty groups and their committed offsets.
+
+use std::sync::Arc;
+
+use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
+use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse};
+
+use crate::Broker;
+
+pub async fn handle(b: &Arc<Broker>, req: DeleteGroupsRequest, _v: i16) -> DeleteGroupsResponse {
+    let mut r = DeleteGroupsResponse::default();
+    for id in req.groups_names {
+        let mut res = DeletableGroupResult::default();
+        res.error_code = b.groups.delete_group(id.0.as_str()).await;
+        res.group_id = id;
+        r.results.push(res);
+    }
+    r
+}

@@ -1,0 +1,63 @@
+//! JoinGroup: waits until the group's rebalance completes (or this member is refused).
+
+use std::sync::Arc;
+
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::{JoinGroupRequest, JoinGroupResponse};
+use kafka_protocol::ResponseError;
+
+use super::s;
+use crate::group::state::JoinRequest;
+use crate::Broker;
+
+/// Session timeouts a member may ask for (Kafka's group.min/max.session.timeout.ms).
+pub const SESSION_TIMEOUT_MS_MIN: i32 = 1000;
+pub const SESSION_TIMEOUT_MS_MAX: i32 = 1_800_000;
+
+pub async fn handle(b: &Arc<Broker>, req: JoinGroupRequest, v: i16) -> JoinGroupResponse {
+    let mut r = JoinGroupResponse::default();
+    r.member_id = req.member_id.clone();
+    r.generation_id = -1;
+    if req.group_id.0.is_empty() {
+        r.error_code = ResponseError::InvalidGroupId.code();
+        return r;
+    }
+    if !(SESSION_TIMEOUT_MS_MIN..=SESSION_TIMEOUT_MS_MAX).contains(&req.session_timeout_ms) {
+        r.error_code = ResponseError::InvalidSessionTimeout.code();
+        return r;
+    }
+    let rebalance_timeout = if v >= 1 { req.rebalance_timeout_ms } else { req.session_timeout_ms };
+    let join = JoinRequest {
+        member_id: req.member_id.to_string(),
+        instance_id: req.group_instance_id.as_ref().map(|i| i.to_string()),
+        client_id: String::new(),
+        client_host: String::new(),
+        session_timeout_ms: req.session_timeout_ms as u64,
+        rebalance_timeout_ms: rebalance_timeout.max(0) as u64,
+        protocol_type: req.protocol_type.to_string(),
+        protocols: req.protocols.iter().map(|p| (p.name.to_string(), p.metadata.clone())).collect(),
+    };
+    let j = b.groups.join(req.group_id.0.as_str(), join).await;
+    r.error_code = j.error;
+    r.generation_id = j.generation;
+    r.member_id = s(j.member_id);
+    r.leader = s(j.leader);
+    r.protocol_name = j.protocol_name.map(s);
+    if v >= 7 {
+        r.protocol_type = j.protocol_type.map(s);
+    }
+    r.members = j
+        .members
+        .into_iter()
+        .map(|(id, instance, metadata)| {
+            let mut m = JoinGroupResponseMember::default();
+            m.member_id = s(id);
+            if v >= 5 {
+                m.group_instance_id = instance.map(s);
+            }
+            m.metadata = metadata;
+            m
+        })
+        .collect();
+    r
+}

@@ -1,0 +1,49 @@
+//! OffsetFetch: committed offsets of a group (all of them when no topics are named).
+
+use std::sync::Arc;
+
+use kafka_protocol::messages::offset_fetch_response::{OffsetFetchResponsePartition, OffsetFetchResponseTopic};
+use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse, TopicName};
+
+use super::s;
+use crate::Broker;
+
+pub async fn handle(b: &Arc<Broker>, req: OffsetFetchRequest, v: i16) -> OffsetFetchResponse {
+    let group = req.group_id.0.as_str();
+    let mut r = OffsetFetchResponse::default();
+    let wanted: Vec<(String, Vec<i32>)> = match &req.topics {
+        Some(topics) => topics.iter().map(|t| (t.name.0.to_string(), t.partition_indexes.clone())).collect(),
+        None => {
+            let mut by_topic: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
+            for (topic, part) in b.groups.offsets.group_offsets(group).into_keys() {
+                by_topic.entry(topic).or_default().push(part);
+            }
+            by_topic.into_iter().collect()
+        }
+    };
+    for (topic, parts) in wanted {
+        let mut tr = OffsetFetchResponseTopic::default();
+        tr.name = TopicName(s(topic.clone()));
+        for part in parts {
+            let mut pr = OffsetFetchResponsePartition::default();
+            pr.partition_index = part;
+            match b.groups.offsets.fetch(group, &topic, part) {
+                Some(c) => {
+                    pr.committed_offset = c.offset;
+                    if v >= 5 {
+                        pr.committed_leader_epoch = c.leader_epoch;
+                    }
+                    pr.metadata = Some(s(c.metadata.unwrap_or_default()));
+                }
+                None => {
+                    pr.committed_offset = -1;
+                    pr.committed_leader_epoch = -1;
+                    pr.metadata = Some(s(""));
+                }
+            }
+            tr.partitions.push(pr);
+        }
+        r.topics.push(tr);
+    }
+    r
+}
