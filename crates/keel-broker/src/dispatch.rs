@@ -163,18 +163,66 @@ pub async fn handle(b: &Arc<Broker>, frame: Bytes) -> Outcome {
             )
         }
         ApiKey::FindCoordinator => {
-            route!(b, body, api, v, corr, FindCoordinatorRequest, handlers::find_coordinator::handle)
+            route!(
+                b,
+                body,
+                api,
+                v,
+                corr,
+                FindCoordinatorRequest,
+                handlers::find_coordinator::handle
+            )
         }
         ApiKey::JoinGroup => route!(b, body, api, v, corr, JoinGroupRequest, handlers::join_group::handle),
         ApiKey::SyncGroup => route!(b, body, api, v, corr, SyncGroupRequest, handlers::sync_group::handle),
         ApiKey::Heartbeat => route!(b, body, api, v, corr, HeartbeatRequest, handlers::heartbeat::handle),
         ApiKey::LeaveGroup => route!(b, body, api, v, corr, LeaveGroupRequest, handlers::leave_group::handle),
-        ApiKey::OffsetCommit => route!(b, body, api, v, corr, OffsetCommitRequest, handlers::offset_commit::handle),
-        ApiKey::OffsetFetch => route!(b, body, api, v, corr, OffsetFetchRequest, handlers::offset_fetch::handle),
+        ApiKey::OffsetCommit => route!(
+            b,
+            body,
+            api,
+            v,
+            corr,
+            OffsetCommitRequest,
+            handlers::offset_commit::handle
+        ),
+        ApiKey::OffsetFetch => route!(
+            b,
+            body,
+            api,
+            v,
+            corr,
+            OffsetFetchRequest,
+            handlers::offset_fetch::handle
+        ),
         ApiKey::ListGroups => route!(b, body, api, v, corr, ListGroupsRequest, handlers::list_groups::handle),
-        ApiKey::DescribeGroups => route!(b, body, api, v, corr, DescribeGroupsRequest, handlers::describe_groups::handle),
-        ApiKey::DeleteGroups => route!(b, body, api, v, corr, DeleteGroupsRequest, handlers::delete_groups::handle),
-        ApiKey::OffsetDelete => route!(b, body, api, v, corr, OffsetDeleteRequest, handlers::offset_delete::handle),
+        ApiKey::DescribeGroups => route!(
+            b,
+            body,
+            api,
+            v,
+            corr,
+            DescribeGroupsRequest,
+            handlers::describe_groups::handle
+        ),
+        ApiKey::DeleteGroups => route!(
+            b,
+            body,
+            api,
+            v,
+            corr,
+            DeleteGroupsRequest,
+            handlers::delete_groups::handle
+        ),
+        ApiKey::OffsetDelete => route!(
+            b,
+            body,
+            api,
+            v,
+            corr,
+            OffsetDeleteRequest,
+            handlers::offset_delete::handle
+        ),
         other => Outcome::Close(format!("{other:?} is advertised but has no handler")),
     };
     let labels = ApiLabels {

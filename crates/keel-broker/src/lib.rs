@@ -85,10 +85,13 @@ impl Broker {
                     .map_err(|e| anyhow::anyhow!("creating {}: {}", group::offsets::OFFSETS_TOPIC, e.message))?
             }
         };
-        let offsets_partition =
-            offsets_topic.partition(0).ok_or_else(|| anyhow::anyhow!("{} has no partition 0", group::offsets::OFFSETS_TOPIC))?;
+        let offsets_partition = offsets_topic
+            .partition(0)
+            .ok_or_else(|| anyhow::anyhow!("{} has no partition 0", group::offsets::OFFSETS_TOPIC))?;
         let offsets = group::offsets::OffsetStore::load(offsets_partition);
-        let timing = group::state::GroupTiming { initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms };
+        let timing = group::state::GroupTiming {
+            initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms,
+        };
         let broker = Arc::new(Broker {
             config,
             topics,

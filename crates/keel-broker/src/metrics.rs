@@ -147,8 +147,16 @@ impl Metrics {
             "Partitions refusing writes after an fsync or write failure",
             m.poisoned_partitions.clone(),
         );
-        registry.register("group_members", "Members of each consumer group", m.group_members_gauge.clone());
-        registry.register("group_rebalances", "Completed rebalances of each consumer group", m.group_rebalances_total.clone());
+        registry.register(
+            "group_members",
+            "Members of each consumer group",
+            m.group_members_gauge.clone(),
+        );
+        registry.register(
+            "group_rebalances",
+            "Completed rebalances of each consumer group",
+            m.group_rebalances_total.clone(),
+        );
         registry.register(
             "consumer_lag",
             "Log end offset minus committed offset, per group and partition",
@@ -167,16 +175,28 @@ impl Metrics {
     }
 
     pub fn group_members(&self, group: &str) -> Gauge {
-        self.group_members_gauge.get_or_create(&GroupLabels { group: group.to_string() }).clone()
+        self.group_members_gauge
+            .get_or_create(&GroupLabels {
+                group: group.to_string(),
+            })
+            .clone()
     }
 
     pub fn group_rebalances(&self, group: &str) -> Counter {
-        self.group_rebalances_total.get_or_create(&GroupLabels { group: group.to_string() }).clone()
+        self.group_rebalances_total
+            .get_or_create(&GroupLabels {
+                group: group.to_string(),
+            })
+            .clone()
     }
 
     pub fn consumer_lag(&self, group: &str, topic: &str, partition: i32) -> Gauge {
         self.consumer_lag_gauge
-            .get_or_create(&LagLabels { group: group.to_string(), topic: topic.to_string(), partition })
+            .get_or_create(&LagLabels {
+                group: group.to_string(),
+                topic: topic.to_string(),
+                partition,
+            })
             .clone()
     }
 

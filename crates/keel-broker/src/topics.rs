@@ -220,7 +220,8 @@ impl Topics {
         configs: BTreeMap<String, String>,
         validate_only: bool,
     ) -> Result<Arc<Topic>, AdminError> {
-        self.create_checked(name, partitions, configs, validate_only, false).await
+        self.create_checked(name, partitions, configs, validate_only, false)
+            .await
     }
 
     async fn create_checked(
@@ -234,7 +235,10 @@ impl Topics {
         let _guard = self.admin.lock().await;
         topic_config::validate_topic_name(name).map_err(|m| AdminError::new(E::InvalidTopicException, m))?;
         if crate::is_internal_topic(name) && !internal {
-            return Err(AdminError::new(E::InvalidTopicException, format!("'{name}' is an internal topic")));
+            return Err(AdminError::new(
+                E::InvalidTopicException,
+                format!("'{name}' is an internal topic"),
+            ));
         }
         if self.get(name).is_some() {
             return Err(AdminError::new(
@@ -285,7 +289,10 @@ impl Topics {
     pub async fn delete(&self, name: &str) -> Result<Uuid, AdminError> {
         let _guard = self.admin.lock().await;
         if crate::is_internal_topic(name) {
-            return Err(AdminError::new(E::InvalidTopicException, format!("'{name}' is an internal topic")));
+            return Err(AdminError::new(
+                E::InvalidTopicException,
+                format!("'{name}' is an internal topic"),
+            ));
         }
         let topic = {
             let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());

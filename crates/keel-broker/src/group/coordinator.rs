@@ -96,7 +96,13 @@ impl Coordinator {
         }
     }
 
-    pub async fn sync(&self, group_id: &str, member_id: &str, generation: i32, assignments: Vec<(String, Bytes)>) -> SyncResult {
+    pub async fn sync(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        generation: i32,
+        assignments: Vec<(String, Bytes)>,
+    ) -> SyncResult {
         let Some(group) = self.group(group_id, false) else {
             return sync_failure(super::state::UNKNOWN_MEMBER_ID);
         };
@@ -130,7 +136,13 @@ impl Coordinator {
     }
 
     /// Error code for an OffsetCommit from this member.
-    pub async fn commit_allowed(&self, group_id: &str, member_id: &str, instance_id: Option<&str>, generation: i32) -> i16 {
+    pub async fn commit_allowed(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        generation: i32,
+    ) -> i16 {
         match self.group(group_id, generation < 0 && member_id.is_empty()) {
             Some(g) => g.lock().await.commit_allowed(member_id, instance_id, generation),
             None => super::state::UNKNOWN_MEMBER_ID,
@@ -144,13 +156,25 @@ impl Coordinator {
         for g in self.offsets.groups() {
             out.insert(g, ("consumer".to_string(), GroupState::Empty.name()));
         }
-        let groups: Vec<(String, SharedGroup)> = self.groups.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let groups: Vec<(String, SharedGroup)> = self
+            .groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         for (id, g) in groups {
             let g = g.lock().await;
             if g.is_empty() && !out.contains_key(&id) && g.generation == 0 {
                 continue;
             }
-            out.insert(id, (g.protocol_type.clone().unwrap_or_else(|| "consumer".into()), g.state.name()));
+            out.insert(
+                id,
+                (
+                    g.protocol_type.clone().unwrap_or_else(|| "consumer".into()),
+                    g.state.name(),
+                ),
+            );
         }
         out.into_iter().map(|(id, (pt, st))| (id, pt, st)).collect()
     }
@@ -177,8 +201,20 @@ impl Coordinator {
                 .members
                 .values()
                 .map(|m| {
-                    let meta = m.protocols.iter().find(|(n, _)| *n == protocol).map(|(_, b)| b.clone()).unwrap_or_default();
-                    (m.id.clone(), m.instance_id.clone(), m.client_id.clone(), m.client_host.clone(), meta, m.assignment.clone())
+                    let meta = m
+                        .protocols
+                        .iter()
+                        .find(|(n, _)| *n == protocol)
+                        .map(|(_, b)| b.clone())
+                        .unwrap_or_default();
+                    (
+                        m.id.clone(),
+                        m.instance_id.clone(),
+                        m.client_id.clone(),
+                        m.client_host.clone(),
+                        meta,
+                        m.assignment.clone(),
+                    )
                 })
                 .collect(),
         })
@@ -212,7 +248,13 @@ impl Coordinator {
 
     /// Expires sessions and finishes due rebalances in every group.
     pub async fn tick(&self) {
-        let groups: Vec<SharedGroup> = self.groups.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let groups: Vec<SharedGroup> = self
+            .groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
         let now = self.now_ms();
         for g in groups {
             let replies = g.lock().await.tick(now);
@@ -222,7 +264,13 @@ impl Coordinator {
 
     /// Refreshes member counts, rebalance counts and consumer lag in the metrics.
     pub async fn refresh_metrics(&self, metrics: &Metrics, topics: &Topics) {
-        let groups: Vec<(String, SharedGroup)> = self.groups.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let groups: Vec<(String, SharedGroup)> = self
+            .groups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         for (id, g) in groups {
             let g = g.lock().await;
             metrics.group_members(&id).set(g.members.len() as i64);
@@ -236,7 +284,9 @@ impl Coordinator {
         for group in self.offsets.groups() {
             for ((topic, part), c) in self.offsets.group_offsets(&group) {
                 if let Some(p) = topics.get(&topic).and_then(|t| t.partition(part)) {
-                    metrics.consumer_lag(&group, &topic, part).set((p.high_watermark() - c.offset).max(0));
+                    metrics
+                        .consumer_lag(&group, &topic, part)
+                        .set((p.high_watermark() - c.offset).max(0));
                 }
             }
         }
@@ -256,5 +306,10 @@ fn join_failure(code: i16, member_id: &str) -> JoinResult {
 }
 
 fn sync_failure(code: i16) -> SyncResult {
-    SyncResult { error: code, protocol_type: None, protocol_name: None, assignment: Bytes::new() }
+    SyncResult {
+        error: code,
+        protocol_type: None,
+        protocol_name: None,
+        assignment: Bytes::new(),
+    }
 }

@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::records::{Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+};
 use tracing::{info, warn};
 
 use crate::error::PartitionError;
@@ -110,7 +112,12 @@ fn decode_value(mut b: Bytes) -> Option<CommittedOffset> {
         }
         Some(String::from_utf8_lossy(&b.split_to(len as usize)).into_owned())
     };
-    Some(CommittedOffset { offset, leader_epoch, metadata, commit_ms })
+    Some(CommittedOffset {
+        offset,
+        leader_epoch,
+        metadata,
+        commit_ms,
+    })
 }
 
 impl OffsetStore {
@@ -143,7 +150,9 @@ impl OffsetStore {
                 for r in set.records {
                     pos = pos.max(r.offset + 1);
                     records += 1;
-                    let Some((group, topic, part)) = r.key.and_then(decode_key) else { continue };
+                    let Some((group, topic, part)) = r.key.and_then(decode_key) else {
+                        continue;
+                    };
                     match r.value.and_then(decode_value) {
                         Some(c) => {
                             map.entry(group).or_default().insert((topic, part), c);
@@ -164,7 +173,11 @@ impl OffsetStore {
             }
         }
         info!(groups = map.len(), records, "committed offsets loaded");
-        OffsetStore { partition, map: RwLock::new(map), write: tokio::sync::Mutex::new(()) }
+        OffsetStore {
+            partition,
+            map: RwLock::new(map),
+            write: tokio::sync::Mutex::new(()),
+        }
     }
 
     fn read_map(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, GroupOffsets>> {
@@ -172,7 +185,11 @@ impl OffsetStore {
     }
 
     /// Appends `records` (key, value-or-tombstone) durably, then applies them in memory.
-    async fn write(&self, group: &str, records: Vec<((String, i32), Option<CommittedOffset>)>) -> Result<(), PartitionError> {
+    async fn write(
+        &self,
+        group: &str,
+        records: Vec<((String, i32), Option<CommittedOffset>)>,
+    ) -> Result<(), PartitionError> {
         if records.is_empty() {
             return Ok(());
         }
@@ -198,8 +215,15 @@ impl OffsetStore {
             })
             .collect();
         let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(&mut buf, &recs, &RecordEncodeOptions { version: 2, compression: Compression::None })
-            .map_err(|e| PartitionError::Proto(keel_proto::ProtoError::Malformed(format!("{e:#}"))))?;
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &recs,
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .map_err(|e| PartitionError::Proto(keel_proto::ProtoError::Malformed(format!("{e:#}"))))?;
         let batches = keel_proto::batch::split_batches(&buf.freeze())?;
         self.partition.append(batches, true).await?;
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
@@ -221,20 +245,32 @@ impl OffsetStore {
         Ok(())
     }
 
-    pub async fn commit(&self, group: &str, offsets: Vec<((String, i32), CommittedOffset)>) -> Result<(), PartitionError> {
-        self.write(group, offsets.into_iter().map(|(k, v)| (k, Some(v))).collect()).await
+    pub async fn commit(
+        &self,
+        group: &str,
+        offsets: Vec<((String, i32), CommittedOffset)>,
+    ) -> Result<(), PartitionError> {
+        self.write(group, offsets.into_iter().map(|(k, v)| (k, Some(v))).collect())
+            .await
     }
 
     pub async fn delete(&self, group: &str, keys: Vec<(String, i32)>) -> Result<(), PartitionError> {
         let present: Vec<_> = {
             let map = self.read_map();
-            keys.into_iter().filter(|k| map.get(group).map(|g| g.contains_key(k)).unwrap_or(false)).collect()
+            keys.into_iter()
+                .filter(|k| map.get(group).map(|g| g.contains_key(k)).unwrap_or(false))
+                .collect()
         };
-        self.write(group, present.into_iter().map(|k| (k, None)).collect()).await
+        self.write(group, present.into_iter().map(|k| (k, None)).collect())
+            .await
     }
 
     pub async fn delete_group(&self, group: &str) -> Result<(), PartitionError> {
-        let keys: Vec<_> = self.read_map().get(group).map(|g| g.keys().cloned().collect()).unwrap_or_default();
+        let keys: Vec<_> = self
+            .read_map()
+            .get(group)
+            .map(|g| g.keys().cloned().collect())
+            .unwrap_or_default();
         self.delete(group, keys).await
     }
 
@@ -243,7 +279,12 @@ impl OffsetStore {
         let per_group: Vec<(String, Vec<(String, i32)>)> = self
             .read_map()
             .iter()
-            .map(|(g, offs)| (g.clone(), offs.keys().filter(|(t, _)| t == topic).cloned().collect::<Vec<_>>()))
+            .map(|(g, offs)| {
+                (
+                    g.clone(),
+                    offs.keys().filter(|(t, _)| t == topic).cloned().collect::<Vec<_>>(),
+                )
+            })
             .filter(|(_, keys)| !keys.is_empty())
             .collect();
         for (group, keys) in per_group {
@@ -253,7 +294,9 @@ impl OffsetStore {
     }
 
     pub fn fetch(&self, group: &str, topic: &str, partition: i32) -> Option<CommittedOffset> {
-        self.read_map().get(group).and_then(|g| g.get(&(topic.to_string(), partition)).cloned())
+        self.read_map()
+            .get(group)
+            .and_then(|g| g.get(&(topic.to_string(), partition)).cloned())
     }
 
     pub fn group_offsets(&self, group: &str) -> GroupOffsets {
@@ -275,7 +318,12 @@ mod tests {
         let k = encode_key("grp", "orders", 7);
         assert_eq!(decode_key(k), Some(("grp".into(), "orders".into(), 7)));
         for metadata in [None, Some("meta ✓".to_string()), Some(String::new())] {
-            let c = CommittedOffset { offset: 42, leader_epoch: 3, metadata, commit_ms: 99 };
+            let c = CommittedOffset {
+                offset: 42,
+                leader_epoch: 3,
+                metadata,
+                commit_ms: 99,
+            };
             assert_eq!(decode_value(encode_value(&c)), Some(c));
         }
         assert_eq!(decode_key(Bytes::from_static(b"\x00\x01\x00\x09ab")), None);

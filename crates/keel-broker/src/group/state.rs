@@ -142,7 +142,15 @@ fn join_error<T>(token: T, error: i16, member_id: &str) -> (T, Reply) {
 }
 
 fn sync_error<T>(token: T, error: i16) -> (T, Reply) {
-    (token, Reply::Sync(SyncResult { error, protocol_type: None, protocol_name: None, assignment: Bytes::new() }))
+    (
+        token,
+        Reply::Sync(SyncResult {
+            error,
+            protocol_type: None,
+            protocol_name: None,
+            assignment: Bytes::new(),
+        }),
+    )
 }
 
 impl<T> Group<T> {
@@ -168,7 +176,12 @@ impl<T> Group<T> {
 
     fn new_member_id(&mut self, client_id: &str) -> String {
         self.member_seq += 1;
-        format!("{}-{}-{}", if client_id.is_empty() { "member" } else { client_id }, self.generation, self.member_seq)
+        format!(
+            "{}-{}-{}",
+            if client_id.is_empty() { "member" } else { client_id },
+            self.generation,
+            self.member_seq
+        )
     }
 
     /// Protocols every member (and `extra`, if given) supports, by votes of first choice.
@@ -184,7 +197,10 @@ impl<T> Group<T> {
                 *votes.entry(n.as_str()).or_default() += 1;
             }
         }
-        candidates.iter().max_by_key(|c| (votes.get(*c).copied().unwrap_or(0), std::cmp::Reverse(**c))).map(|c| c.to_string())
+        candidates
+            .iter()
+            .max_by_key(|c| (votes.get(*c).copied().unwrap_or(0), std::cmp::Reverse(**c)))
+            .map(|c| c.to_string())
     }
 
     fn compatible(&self, req: &JoinRequest) -> bool {
@@ -196,7 +212,10 @@ impl<T> Group<T> {
         }
         // Some protocol must be supported by every other member and the joiner.
         req.protocols.iter().any(|(n, _)| {
-            self.members.values().filter(|m| m.id != req.member_id).all(|m| m.protocols.iter().any(|(p, _)| p == n))
+            self.members
+                .values()
+                .filter(|m| m.id != req.member_id)
+                .all(|m| m.protocols.iter().any(|(p, _)| p == n))
         })
     }
 
@@ -231,9 +250,12 @@ impl<T> Group<T> {
                         if was_leader {
                             self.leader = Some(new_id.clone());
                         }
-                        if self.state == GroupState::Stable && same_protocols && !was_leader {
+                        if self.state == GroupState::Stable && same_protocols {
                             // No rebalance: the member gets the current generation and
-                            // fetches its unchanged assignment with SyncGroup.
+                            // fetches its unchanged assignment with SyncGroup. A returning
+                            // leader also gets the member list, as Kafka gives it; the
+                            // assignment it computes is ignored in Stable (KIP-345/814).
+                            let members = if was_leader { self.member_metadata() } else { Vec::new() };
                             out.push((
                                 token,
                                 Reply::Join(JoinResult {
@@ -243,7 +265,7 @@ impl<T> Group<T> {
                                     protocol_name: self.protocol.clone(),
                                     leader: self.leader.clone().unwrap_or_default(),
                                     member_id: new_id,
-                                    members: Vec::new(),
+                                    members,
                                 }),
                             ));
                             return out;
@@ -296,8 +318,11 @@ impl<T> Group<T> {
         self.state = GroupState::PreparingRebalance;
         let timeout = self.members.values().map(|m| m.rebalance_timeout_ms).max().unwrap_or(0);
         self.rebalance_deadline_ms = now_ms + timeout;
-        self.initial_wait_until_ms =
-            if from_empty { now_ms + self.timing.initial_rebalance_delay_ms.min(timeout) } else { now_ms };
+        self.initial_wait_until_ms = if from_empty {
+            now_ms + self.timing.initial_rebalance_delay_ms.min(timeout)
+        } else {
+            now_ms
+        };
         for (_, t) in std::mem::take(&mut self.pending_syncs) {
             out.push(sync_error(t, REBALANCE_IN_PROGRESS));
         }
@@ -313,7 +338,12 @@ impl<T> Group<T> {
             return;
         }
         // Members that did not rejoin in time are out.
-        let missing: Vec<String> = self.members.keys().filter(|id| !self.pending_joins.contains_key(*id)).cloned().collect();
+        let missing: Vec<String> = self
+            .members
+            .keys()
+            .filter(|id| !self.pending_joins.contains_key(*id))
+            .cloned()
+            .collect();
         for id in missing {
             self.remove_member(&id, out);
         }
@@ -327,19 +357,16 @@ impl<T> Group<T> {
         self.generation += 1;
         self.rebalances += 1;
         self.protocol = self.select_protocol();
-        if !self.leader.as_ref().map(|l| self.members.contains_key(l)).unwrap_or(false) {
+        if !self
+            .leader
+            .as_ref()
+            .map(|l| self.members.contains_key(l))
+            .unwrap_or(false)
+        {
             self.leader = self.members.keys().next().cloned();
         }
-        let protocol = self.protocol.clone().unwrap_or_default();
         let leader = self.leader.clone().unwrap_or_default();
-        let metadata: Vec<(String, Option<String>, Bytes)> = self
-            .members
-            .values()
-            .map(|m| {
-                let meta = m.protocols.iter().find(|(n, _)| *n == protocol).map(|(_, b)| b.clone()).unwrap_or_default();
-                (m.id.clone(), m.instance_id.clone(), meta)
-            })
-            .collect();
+        let metadata = self.member_metadata();
         for m in self.members.values_mut() {
             m.assignment = Bytes::new();
             m.last_heartbeat_ms = now_ms;
@@ -360,6 +387,23 @@ impl<T> Group<T> {
             ));
         }
         self.state = GroupState::CompletingRebalance;
+    }
+
+    /// (member id, instance id, metadata for the selected protocol) of every member.
+    fn member_metadata(&self) -> Vec<(String, Option<String>, Bytes)> {
+        let protocol = self.protocol.clone().unwrap_or_default();
+        self.members
+            .values()
+            .map(|m| {
+                let meta = m
+                    .protocols
+                    .iter()
+                    .find(|(n, _)| *n == protocol)
+                    .map(|(_, b)| b.clone())
+                    .unwrap_or_default();
+                (m.id.clone(), m.instance_id.clone(), meta)
+            })
+            .collect()
     }
 
     fn remove_member(&mut self, id: &str, out: &mut Vec<(T, Reply)>) {
@@ -521,7 +565,11 @@ impl<T> Group<T> {
     /// protocol (assign() users, admin tools) and is allowed while the group has no members.
     pub fn commit_allowed(&self, member_id: &str, instance_id: Option<&str>, generation: i32) -> i16 {
         if generation < 0 && member_id.is_empty() {
-            return if self.members.is_empty() { NONE } else { ILLEGAL_GENERATION };
+            return if self.members.is_empty() {
+                NONE
+            } else {
+                ILLEGAL_GENERATION
+            };
         }
         if let Some(inst) = instance_id {
             if let Some(cur) = self.instances.get(inst) {

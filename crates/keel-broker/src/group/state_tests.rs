@@ -4,7 +4,9 @@ use bytes::Bytes;
 
 use super::state::*;
 
-const TIMING: GroupTiming = GroupTiming { initial_rebalance_delay_ms: 100 };
+const TIMING: GroupTiming = GroupTiming {
+    initial_rebalance_delay_ms: 100,
+};
 
 fn req(member: &str, instance: Option<&str>, protocols: &[&str]) -> JoinRequest {
     JoinRequest {
@@ -15,7 +17,10 @@ fn req(member: &str, instance: Option<&str>, protocols: &[&str]) -> JoinRequest 
         session_timeout_ms: 1000,
         rebalance_timeout_ms: 5000,
         protocol_type: "consumer".into(),
-        protocols: protocols.iter().map(|p| (p.to_string(), Bytes::from(format!("meta-{p}")))).collect(),
+        protocols: protocols
+            .iter()
+            .map(|p| (p.to_string(), Bytes::from(format!("meta-{p}"))))
+            .collect(),
     }
 }
 
@@ -41,7 +46,10 @@ fn synced(replies: &[(u32, Reply)], token: u32) -> SyncResult {
 
 /// Forms a stable group of members "a", "b" (from empty ids); returns their member ids.
 fn stable_pair(g: &mut Group<u32>) -> (String, String) {
-    assert!(g.join(0, req("", None, &["range"]), 1).is_empty(), "first join waits for the initial delay");
+    assert!(
+        g.join(0, req("", None, &["range"]), 1).is_empty(),
+        "first join waits for the initial delay"
+    );
     assert!(g.join(10, req("", None, &["range"]), 2).is_empty());
     let r = g.tick(150);
     let (a, b) = (joined(&r, 1), joined(&r, 2));
@@ -49,12 +57,18 @@ fn stable_pair(g: &mut Group<u32>) -> (String, String) {
     let (leader, follower) = if a.leader == a.member_id { (a, b) } else { (b, a) };
     assert_eq!(leader.members.len(), 2, "the leader sees every member's metadata");
     assert!(follower.members.is_empty());
-    assert!(g.sync(160, &follower.member_id, 1, vec![], 3).is_empty(), "follower waits for the leader");
+    assert!(
+        g.sync(160, &follower.member_id, 1, vec![], 3).is_empty(),
+        "follower waits for the leader"
+    );
     let r = g.sync(
         170,
         &leader.member_id,
         1,
-        vec![(leader.member_id.clone(), Bytes::from("A")), (follower.member_id.clone(), Bytes::from("B"))],
+        vec![
+            (leader.member_id.clone(), Bytes::from("A")),
+            (follower.member_id.clone(), Bytes::from("B")),
+        ],
         4,
     );
     assert_eq!(synced(&r, 3).assignment, Bytes::from("B"));
@@ -85,7 +99,11 @@ fn heartbeat_errors() {
     assert_eq!(g.heartbeat(310, &follower, 1), REBALANCE_IN_PROGRESS);
     assert!(g.join(320, req(&leader, None, &["range"]), 6).is_empty());
     let r = g.join(330, req(&follower, None, &["range"]), 7);
-    assert_eq!(joined(&r, 7).generation, 2, "all known members rejoined: the join completes at once");
+    assert_eq!(
+        joined(&r, 7).generation,
+        2,
+        "all known members rejoined: the join completes at once"
+    );
     assert_eq!(joined(&r, 5).generation, 2);
 }
 
@@ -117,13 +135,20 @@ fn static_member_rejoins_without_rebalance() {
     let (a, b) = (joined(&r, 1), joined(&r, 2));
     let leader = if a.leader == a.member_id { &a } else { &b };
     let follower = if a.leader == a.member_id { &b } else { &a };
-    let follower_instance = if follower.member_id == a.member_id { "i-1" } else { "i-2" };
+    let follower_instance = if follower.member_id == a.member_id {
+        "i-1"
+    } else {
+        "i-2"
+    };
     g.sync(160, &follower.member_id, 1, vec![], 3);
     g.sync(
         170,
         &leader.member_id,
         1,
-        vec![(leader.member_id.clone(), Bytes::from("L")), (follower.member_id.clone(), Bytes::from("F"))],
+        vec![
+            (leader.member_id.clone(), Bytes::from("L")),
+            (follower.member_id.clone(), Bytes::from("F")),
+        ],
         4,
     );
     // The follower process restarts: a new join with an empty member id and its instance id.
@@ -135,8 +160,16 @@ fn static_member_rejoins_without_rebalance() {
     assert_eq!(g.state, GroupState::Stable);
     let r = g.sync(510, &j.member_id, 1, vec![], 10);
     assert_eq!(synced(&r, 10).assignment, Bytes::from("F"));
-    assert_eq!(g.heartbeat(520, &leader.member_id, 1), NONE, "the leader saw no rebalance");
-    assert_eq!(g.heartbeat(520, &follower.member_id, 1), UNKNOWN_MEMBER_ID, "the old member id is fenced");
+    assert_eq!(
+        g.heartbeat(520, &leader.member_id, 1),
+        NONE,
+        "the leader saw no rebalance"
+    );
+    assert_eq!(
+        g.heartbeat(520, &follower.member_id, 1),
+        UNKNOWN_MEMBER_ID,
+        "the old member id is fenced"
+    );
 }
 
 /// The protocol every member supports wins; a joiner with none in common is refused.
@@ -193,4 +226,47 @@ fn slow_rejoiner_is_dropped() {
     let j = joined(&r, 5);
     assert_eq!(j.members.len(), 1);
     assert!(!g.members.contains_key(&follower));
+}
+
+/// A static leader restarting within its session timeout gets the member list back with
+/// the current generation; its recomputed assignment is ignored and nobody rebalances.
+#[test]
+fn static_leader_rejoins_without_rebalance() {
+    let mut g = Group::new("g", TIMING);
+    g.join(0, req("", Some("i-1"), &["range"]), 1);
+    g.join(0, req("", Some("i-2"), &["range"]), 2);
+    let r = g.tick(150);
+    let a = joined(&r, 1);
+    let leader_instance = if a.leader == a.member_id { "i-1" } else { "i-2" };
+    let (leader, follower) = if a.leader == a.member_id {
+        (a.clone(), joined(&r, 2))
+    } else {
+        (joined(&r, 2), a.clone())
+    };
+    g.sync(160, &follower.member_id, 1, vec![], 3);
+    g.sync(
+        170,
+        &leader.member_id,
+        1,
+        vec![
+            (leader.member_id.clone(), Bytes::from("L")),
+            (follower.member_id.clone(), Bytes::from("F")),
+        ],
+        4,
+    );
+    let r = g.join(500, req("", Some(leader_instance), &["range"]), 5);
+    let j = joined(&r, 5);
+    assert_eq!((j.error, j.generation), (NONE, 1));
+    assert_eq!(j.leader, j.member_id, "the returning member is still the leader");
+    assert_eq!(j.members.len(), 2);
+    let r = g.sync(
+        510,
+        &j.member_id,
+        1,
+        vec![(follower.member_id.clone(), Bytes::from("changed"))],
+        6,
+    );
+    assert_eq!(synced(&r, 6).assignment, Bytes::from("L"));
+    assert_eq!(g.heartbeat(520, &follower.member_id, 1), NONE);
+    assert_eq!(g.state, GroupState::Stable);
 }

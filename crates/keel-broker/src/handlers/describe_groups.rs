@@ -16,7 +16,11 @@ pub async fn handle(b: &Arc<Broker>, req: DescribeGroupsRequest, v: i16) -> Desc
     for id in req.groups {
         let mut g = DescribedGroup::default();
         g.group_id = id.clone();
-        g.authorized_operations = if req.include_authorized_operations { GROUP_OPS } else { i32::MIN };
+        g.authorized_operations = if req.include_authorized_operations {
+            GROUP_OPS
+        } else {
+            i32::MIN
+        };
         match b.groups.describe(id.0.as_str()).await {
             Some(view) => {
                 g.group_state = s(view.state);

@@ -17,7 +17,10 @@ fn check(key_type: i8) -> (i16, Option<&'static str>) {
     if key_type == KEY_TYPE_GROUP {
         (0, None)
     } else {
-        (ResponseError::CoordinatorNotAvailable.code(), Some("transactions are not supported"))
+        (
+            ResponseError::CoordinatorNotAvailable.code(),
+            Some("transactions are not supported"),
+        )
     }
 }
 

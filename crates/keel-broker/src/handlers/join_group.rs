@@ -26,7 +26,11 @@ pub async fn handle(b: &Arc<Broker>, req: JoinGroupRequest, v: i16) -> JoinGroup
         r.error_code = ResponseError::InvalidSessionTimeout.code();
         return r;
     }
-    let rebalance_timeout = if v >= 1 { req.rebalance_timeout_ms } else { req.session_timeout_ms };
+    let rebalance_timeout = if v >= 1 {
+        req.rebalance_timeout_ms
+    } else {
+        req.session_timeout_ms
+    };
     let join = JoinRequest {
         member_id: req.member_id.to_string(),
         instance_id: req.group_instance_id.as_ref().map(|i| i.to_string()),
@@ -35,7 +39,11 @@ pub async fn handle(b: &Arc<Broker>, req: JoinGroupRequest, v: i16) -> JoinGroup
         session_timeout_ms: req.session_timeout_ms as u64,
         rebalance_timeout_ms: rebalance_timeout.max(0) as u64,
         protocol_type: req.protocol_type.to_string(),
-        protocols: req.protocols.iter().map(|p| (p.name.to_string(), p.metadata.clone())).collect(),
+        protocols: req
+            .protocols
+            .iter()
+            .map(|p| (p.name.to_string(), p.metadata.clone()))
+            .collect(),
     };
     let j = b.groups.join(req.group_id.0.as_str(), join).await;
     r.error_code = j.error;

@@ -15,7 +15,14 @@ pub async fn handle(b: &Arc<Broker>, req: LeaveGroupRequest, v: i16) -> LeaveGro
         return r;
     }
     for m in &req.members {
-        let code = b.groups.leave(group, m.member_id.as_str(), m.group_instance_id.as_ref().map(|i| i.as_str())).await;
+        let code = b
+            .groups
+            .leave(
+                group,
+                m.member_id.as_str(),
+                m.group_instance_id.as_ref().map(|i| i.as_str()),
+            )
+            .await;
         let mut mr = MemberResponse::default();
         mr.member_id = m.member_id.clone();
         mr.group_instance_id = m.group_instance_id.clone();

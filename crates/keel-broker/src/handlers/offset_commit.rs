@@ -16,7 +16,14 @@ pub async fn handle(b: &Arc<Broker>, req: OffsetCommitRequest, _v: i16) -> Offse
         ResponseError::InvalidGroupId.code()
     } else {
         let instance = req.group_instance_id.as_ref().map(|i| i.as_str());
-        b.groups.commit_allowed(&group, req.member_id.as_str(), instance, req.generation_id_or_member_epoch).await
+        b.groups
+            .commit_allowed(
+                &group,
+                req.member_id.as_str(),
+                instance,
+                req.generation_id_or_member_epoch,
+            )
+            .await
     };
     let now = keel_log::disk::now_ms();
     // (topic index, partition index) of each accepted entry, to report a write failure.
@@ -34,7 +41,12 @@ pub async fn handle(b: &Arc<Broker>, req: OffsetCommitRequest, _v: i16) -> Offse
                 fence
             } else if topic.as_ref().and_then(|t| t.partition(p.partition_index)).is_none() {
                 ResponseError::UnknownTopicOrPartition.code()
-            } else if p.committed_metadata.as_ref().map(|m| m.len() > METADATA_BYTES_MAX).unwrap_or(false) {
+            } else if p
+                .committed_metadata
+                .as_ref()
+                .map(|m| m.len() > METADATA_BYTES_MAX)
+                .unwrap_or(false)
+            {
                 ResponseError::OffsetMetadataTooLarge.code()
             } else {
                 accepted.push((ti, tr.partitions.len()));

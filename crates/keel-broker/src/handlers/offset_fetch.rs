@@ -12,7 +12,10 @@ pub async fn handle(b: &Arc<Broker>, req: OffsetFetchRequest, v: i16) -> OffsetF
     let group = req.group_id.0.as_str();
     let mut r = OffsetFetchResponse::default();
     let wanted: Vec<(String, Vec<i32>)> = match &req.topics {
-        Some(topics) => topics.iter().map(|t| (t.name.0.to_string(), t.partition_indexes.clone())).collect(),
+        Some(topics) => topics
+            .iter()
+            .map(|t| (t.name.0.to_string(), t.partition_indexes.clone()))
+            .collect(),
         None => {
             let mut by_topic: std::collections::BTreeMap<String, Vec<i32>> = Default::default();
             for (topic, part) in b.groups.offsets.group_offsets(group).into_keys() {

@@ -8,8 +8,20 @@ use super::s;
 use crate::Broker;
 
 pub async fn handle(b: &Arc<Broker>, req: SyncGroupRequest, v: i16) -> SyncGroupResponse {
-    let assignments = req.assignments.iter().map(|a| (a.member_id.to_string(), a.assignment.clone())).collect();
-    let res = b.groups.sync(req.group_id.0.as_str(), req.member_id.as_str(), req.generation_id, assignments).await;
+    let assignments = req
+        .assignments
+        .iter()
+        .map(|a| (a.member_id.to_string(), a.assignment.clone()))
+        .collect();
+    let res = b
+        .groups
+        .sync(
+            req.group_id.0.as_str(),
+            req.member_id.as_str(),
+            req.generation_id,
+            assignments,
+        )
+        .await;
     let mut r = SyncGroupResponse::default();
     r.error_code = res.error;
     r.assignment = res.assignment;
