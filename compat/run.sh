@@ -31,6 +31,7 @@ run() {
 }
 run "kcat produce/consume" env N=2000 bash "${DIR}/kcat_smoke.sh"
 run "confluent-kafka admin/produce/read" timeout 180 "${VENV}/bin/python" "${DIR}/ck_smoke.py"
+run "confluent-kafka consumer group (2 members, sync commits)" timeout 180 "${VENV}/bin/python" "${DIR}/ck_group_smoke.py"
 run "metrics endpoint" bash -c "curl -sf http://${HTTP}/metrics | grep -q '^keel_produced_records_total [1-9]'"
 run "health endpoint" bash -c "curl -sf http://${HTTP}/health | grep -q '\"status\":\"ok\"'"
 

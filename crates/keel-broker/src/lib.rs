@@ -123,7 +123,7 @@ async fn group_clock(broker: std::sync::Weak<Broker>) {
         let Some(b) = broker.upgrade() else { return };
         b.groups.tick().await;
         n += 1;
-        if n % 10 == 0 {
+        if n.is_multiple_of(10) {
             b.groups.refresh_metrics(&b.metrics, &b.topics).await;
         }
     }

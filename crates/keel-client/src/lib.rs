@@ -16,6 +16,7 @@ use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
@@ -47,6 +48,11 @@ fn client_max(key: ApiKey) -> i16 {
         ApiKey::DeleteTopics => 6,
         ApiKey::DescribeConfigs => 4,
         ApiKey::CreatePartitions => 3,
+        ApiKey::ListGroups => 4,
+        ApiKey::DescribeGroups => 5,
+        ApiKey::OffsetFetch => 7,
+        ApiKey::OffsetCommit => 8,
+        ApiKey::FindCoordinator => 4,
         _ => 0,
     }
 }
@@ -226,6 +232,86 @@ impl Client {
             .with_resource_name(StrBytes::from_string(name.to_string()))
             .with_configuration_keys(None)]);
         self.call(&req).await
+    }
+
+    pub async fn list_groups(&mut self) -> Result<ListGroupsResponse> {
+        self.call(&ListGroupsRequest::default()).await
+    }
+
+    pub async fn describe_group(&mut self, group: &str) -> Result<DescribeGroupsResponse> {
+        self.call(
+            &DescribeGroupsRequest::default().with_groups(vec![GroupId(StrBytes::from_string(group.to_string()))]),
+        )
+        .await
+    }
+
+    /// Every committed offset of `group`: (topic, partition, offset, metadata).
+    pub async fn committed_offsets(&mut self, group: &str) -> Result<Vec<(String, i32, i64, String)>> {
+        let req = OffsetFetchRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+            .with_topics(None);
+        let resp = self.call(&req).await?;
+        if resp.error_code != 0 {
+            bail!("OffsetFetch failed: error code {}", resp.error_code);
+        }
+        let mut out = Vec::new();
+        for t in resp.topics {
+            for p in t.partitions {
+                if p.error_code == 0 && p.committed_offset >= 0 {
+                    out.push((
+                        t.name.0.to_string(),
+                        p.partition_index,
+                        p.committed_offset,
+                        p.metadata.map(|m| m.to_string()).unwrap_or_default(),
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Commits offsets for `group` from outside the group protocol (generation -1), as
+    /// admin tools do; the broker accepts it only while the group has no members.
+    pub async fn commit_offsets(&mut self, group: &str, offsets: &[(String, i32, i64)]) -> Result<()> {
+        let mut by_topic: HashMap<&str, Vec<(i32, i64)>> = HashMap::new();
+        for (t, p, o) in offsets {
+            by_topic.entry(t.as_str()).or_default().push((*p, *o));
+        }
+        let topics = by_topic
+            .into_iter()
+            .map(|(t, parts)| {
+                OffsetCommitRequestTopic::default()
+                    .with_name(TopicName(StrBytes::from_string(t.to_string())))
+                    .with_partitions(
+                        parts
+                            .into_iter()
+                            .map(|(p, o)| {
+                                OffsetCommitRequestPartition::default()
+                                    .with_partition_index(p)
+                                    .with_committed_offset(o)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect();
+        let req = OffsetCommitRequest::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
+            .with_generation_id_or_member_epoch(-1)
+            .with_topics(topics);
+        let resp = self.call(&req).await?;
+        for t in resp.topics {
+            for p in t.partitions {
+                if p.error_code != 0 {
+                    bail!(
+                        "commit of {}-{} failed: error code {}",
+                        t.name.0.as_str(),
+                        p.partition_index,
+                        p.error_code
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Encodes `records` as one batch.

@@ -2,7 +2,7 @@
 //!
 //! - `keel serve`: run a broker (with no arguments: one node, data in `./keel-data`, Kafka
 //!   on 127.0.0.1:9092, HTTP metrics and health on 127.0.0.1:9644).
-//! - `keel topic|produce|consume`: tools that talk to any broker over the Kafka protocol.
+//! - `keel topic|group|produce|consume`: tools that talk to any broker over the Kafka protocol.
 //! - `keel bench`: produce/consume throughput and latency percentiles.
 //!
 //! Settings of `serve` come from, in rising precedence: built-in defaults, a TOML file
@@ -10,6 +10,7 @@
 
 mod bench;
 mod cli;
+mod group;
 mod serve;
 
 use anyhow::Result;
@@ -29,6 +30,9 @@ enum Command {
     /// Create, list, describe and delete topics.
     #[command(subcommand)]
     Topic(cli::TopicCommand),
+    /// List, describe and reset consumer groups.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
     /// Produce lines from stdin as records.
     Produce(cli::ProduceArgs),
     /// Print records to stdout.
@@ -43,6 +47,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Serve(args) => rt.block_on(serve::run(args)),
         Command::Topic(cmd) => rt.block_on(cli::topic(cmd)),
+        Command::Group(cmd) => rt.block_on(group::run(cmd)),
         Command::Produce(args) => rt.block_on(cli::produce(args)),
         Command::Consume(args) => rt.block_on(cli::consume(args)),
         Command::Bench(args) => rt.block_on(bench::run(args)),

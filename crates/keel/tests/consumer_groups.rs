@@ -81,7 +81,7 @@ struct Member {
 impl Member {
     fn start(k: &Keel, group: &str, topic: &str, instance: Option<&str>) -> Member {
         let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args(["--exact", "group_member_process", "--nocapture", "--test-threads", "1"])
+        cmd.args(["--exact", "group_member_process", "--ignored", "--nocapture", "--test-threads", "1"])
             .env("KEEL_GROUP_MEMBER", &k.kafka)
             .env("KEEL_GROUP", group)
             .env("KEEL_TOPIC", topic)
@@ -332,4 +332,113 @@ async fn static_member_restart_causes_no_rebalance() {
         "the other member was rebalanced: {events:?}"
     );
     let _ = HashMap::<i32, i32>::new();
+}
+
+fn keel_cli(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_keel")).args(args).output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Sum of the lag column of `keel group describe`.
+fn described_lag(k: &Keel, group: &str) -> (i64, String) {
+    let (ok, out) = keel_cli(&["group", "describe", group, "-b", &k.kafka]);
+    assert!(ok, "{out}");
+    let lag = out
+        .lines()
+        .skip_while(|l| !l.starts_with("topic\t"))
+        .skip(1)
+        .map(|l| l.split('\t').nth(4).unwrap().parse::<i64>().unwrap())
+        .sum();
+    (lag, out)
+}
+
+/// `keel group describe` shows the lag of a consumer that fell behind (and /metrics
+/// agrees); `reset-offsets` is refused while the group has a member and works once the
+/// dead member's session has expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_cli_lag_and_reset() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = Keel::start(dir.path(), &[]);
+    let (topic, group) = ("lagging", "lag-group");
+    setup_topic(&k, topic, 2).await;
+    produce(&k, topic, 0, 100).await;
+    let mut m = Member::start(&k, group, topic, None);
+    wait_until("the member to consume 100", Duration::from_secs(60), || {
+        m.seen.lock().unwrap().len() >= 100
+    });
+    wait_until("commits to reach the end", Duration::from_secs(30), || {
+        described_lag(&k, group).0 == 0
+    });
+    m.kill9();
+    produce(&k, topic, 100, 150).await;
+    let (lag, out) = described_lag(&k, group);
+    assert_eq!(lag, 50, "{out}");
+    assert!(
+        out.contains("members 1"),
+        "the killed member is still in the group until its session expires:\n{out}"
+    );
+    let (ok, out) = keel_cli(&[
+        "group",
+        "reset-offsets",
+        group,
+        "--topic",
+        topic,
+        "--to",
+        "earliest",
+        "-b",
+        &k.kafka,
+    ]);
+    assert!(!ok && out.contains("active"), "reset of an active group: {out}");
+    wait_until("/metrics to report the lag", Duration::from_secs(10), || {
+        let (_, metrics) = k.http_get("/metrics");
+        let total: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("keel_consumer_lag{") && l.contains("group=\"lag-group\""))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+            .sum();
+        total == 50.0
+    });
+    wait_until(
+        "the dead member's session to expire",
+        Duration::from_millis(SESSION_TIMEOUT_MS + 5000),
+        || {
+            keel_cli(&["group", "describe", group, "-b", &k.kafka])
+                .1
+                .contains("members 0")
+        },
+    );
+    let (ok, out) = keel_cli(&[
+        "group",
+        "reset-offsets",
+        group,
+        "--topic",
+        topic,
+        "--to",
+        "earliest",
+        "-b",
+        &k.kafka,
+    ]);
+    assert!(ok, "{out}");
+    assert_eq!(described_lag(&k, group).0, 150);
+    let (ok, out) = keel_cli(&[
+        "group",
+        "reset-offsets",
+        group,
+        "--topic",
+        topic,
+        "--to",
+        "offset:10",
+        "-b",
+        &k.kafka,
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = keel_cli(&["group", "list", "-b", &k.kafka]);
+    assert!(ok && out.contains("lag-group\tEmpty"), "{out}");
 }
