@@ -35,13 +35,13 @@ impl ConsumerContext for Printer {
     }
 }
 
-/// Not a test on its own: the body of a group member child process. Consumes, prints
-/// every record and commits synchronously after each one.
+/// Not a test on its own: the body of a group member child process (run with
+/// `--ignored` by `Member::start`). Consumes, prints every record and commits
+/// synchronously after each one.
 #[test]
+#[ignore = "helper: runs only as a group member child process"]
 fn group_member_process() {
-    let Ok(bootstrap) = std::env::var("KEEL_GROUP_MEMBER") else {
-        return;
-    };
+    let bootstrap = std::env::var("KEEL_GROUP_MEMBER").expect("KEEL_GROUP_MEMBER: run by Member::start only");
     let group = std::env::var("KEEL_GROUP").unwrap();
     let topic = std::env::var("KEEL_TOPIC").unwrap();
     let mut cfg = ClientConfig::new();
@@ -81,12 +81,19 @@ struct Member {
 impl Member {
     fn start(k: &Keel, group: &str, topic: &str, instance: Option<&str>) -> Member {
         let mut cmd = Command::new(std::env::current_exe().unwrap());
-        cmd.args(["--exact", "group_member_process", "--ignored", "--nocapture", "--test-threads", "1"])
-            .env("KEEL_GROUP_MEMBER", &k.kafka)
-            .env("KEEL_GROUP", group)
-            .env("KEEL_TOPIC", topic)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+        cmd.args([
+            "--exact",
+            "group_member_process",
+            "--ignored",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env("KEEL_GROUP_MEMBER", &k.kafka)
+        .env("KEEL_GROUP", group)
+        .env("KEEL_TOPIC", topic)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
         if let Some(i) = instance {
             cmd.env("KEEL_INSTANCE", i);
         }
