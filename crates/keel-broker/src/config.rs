@@ -85,6 +85,12 @@ pub struct BrokerConfig {
     /// How long the first rebalance of an empty group waits for more members to join
     /// (Kafka's `group.initial.rebalance.delay.ms`).
     pub group_initial_rebalance_delay_ms: u64,
+    /// Segment size of the internal `__consumer_offsets` topic; small segments let the
+    /// offsets snapshot drop old records early.
+    pub offsets_segment_bytes: u64,
+    /// Snapshot the committed offsets and drop older segments once the internal topic is
+    /// larger than this.
+    pub offsets_compact_bytes: u64,
     /// Default log settings of partitions.
     pub log: LogConfig,
 }
@@ -112,6 +118,8 @@ impl Default for BrokerConfig {
             fetch_bytes_max: 64 * 1024 * 1024,
             shutdown_grace_ms: 10_000,
             group_initial_rebalance_delay_ms: 1000,
+            offsets_segment_bytes: 16 * 1024 * 1024,
+            offsets_compact_bytes: 64 * 1024 * 1024,
             log: LogConfig::default(),
         }
     }

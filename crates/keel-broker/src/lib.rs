@@ -78,7 +78,12 @@ impl Broker {
         let offsets_topic = match topics.get(group::offsets::OFFSETS_TOPIC) {
             Some(t) => t,
             None => {
-                let configs = [("retention.ms".to_string(), "-1".to_string())].into_iter().collect();
+                let configs = [
+                    ("retention.ms".to_string(), "-1".to_string()),
+                    ("segment.bytes".to_string(), config.offsets_segment_bytes.to_string()),
+                ]
+                .into_iter()
+                .collect();
                 topics
                     .create_internal(group::offsets::OFFSETS_TOPIC, 1, configs)
                     .await
@@ -125,6 +130,16 @@ async fn group_clock(broker: std::sync::Weak<Broker>) {
         n += 1;
         if n.is_multiple_of(10) {
             b.groups.refresh_metrics(&b.metrics, &b.topics).await;
+        }
+        if n.is_multiple_of(100) {
+            if let Err(e) = b
+                .groups
+                .offsets
+                .compact_if_larger_than(b.config.offsets_compact_bytes)
+                .await
+            {
+                tracing::warn!(error = %e, "could not compact committed offsets");
+            }
         }
     }
 }

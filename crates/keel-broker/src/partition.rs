@@ -340,6 +340,19 @@ impl Partition {
         }
     }
 
+    /// Removes whole segments that hold only offsets below `offset`. Returns entries removed.
+    pub fn purge_before_offset(&self, offset: i64) -> Result<u64, PartitionError> {
+        let mut g = self.write_inner();
+        let index = match g.log.read_from_offset(offset, 1)?.first() {
+            Some(e) => e.index,
+            None => g.log.next_index(),
+        };
+        let removed = g.log.purge_before(index)?;
+        drop(g);
+        self.update_size_metric();
+        Ok(removed)
+    }
+
     /// Deletes segments past retention.
     pub fn apply_retention(&self, now_ms: i64) {
         let r = self.write_inner().log.apply_retention(now_ms);

@@ -190,10 +190,19 @@ impl OffsetStore {
         group: &str,
         records: Vec<((String, i32), Option<CommittedOffset>)>,
     ) -> Result<(), PartitionError> {
+        let _turn = self.write.lock().await;
+        self.write_locked(group, records).await
+    }
+
+    /// `write` for a caller that already holds the write turn.
+    async fn write_locked(
+        &self,
+        group: &str,
+        records: Vec<((String, i32), Option<CommittedOffset>)>,
+    ) -> Result<(), PartitionError> {
         if records.is_empty() {
             return Ok(());
         }
-        let _turn = self.write.lock().await;
         let now = keel_log::disk::now_ms();
         let recs: Vec<Record> = records
             .iter()
@@ -243,6 +252,34 @@ impl OffsetStore {
             }
         }
         Ok(())
+    }
+
+    /// Bytes the internal partition holds.
+    pub fn size_bytes(&self) -> u64 {
+        self.partition.size_bytes()
+    }
+
+    /// Snapshots the live offsets into the log and drops the segments before the snapshot,
+    /// when the partition is larger than `threshold_bytes`. Replay then reads the snapshot
+    /// and what followed it: every key live at the snapshot is restated after the purge
+    /// point, so nothing older is needed. Returns entries purged.
+    pub async fn compact_if_larger_than(&self, threshold_bytes: u64) -> Result<u64, PartitionError> {
+        if self.partition.size_bytes() <= threshold_bytes {
+            return Ok(0);
+        }
+        let _turn = self.write.lock().await;
+        let snapshot_start = self.partition.high_watermark();
+        let live: Vec<(String, GroupOffsets)> = self.read_map().iter().map(|(g, o)| (g.clone(), o.clone())).collect();
+        for (group, offsets) in live {
+            // Bounded batches: a group with many partitions is written in chunks.
+            let entries: Vec<_> = offsets.into_iter().map(|(k, v)| (k, Some(v))).collect();
+            for chunk in entries.chunks(1000) {
+                self.write_locked(&group, chunk.to_vec()).await?;
+            }
+        }
+        let purged = self.partition.purge_before_offset(snapshot_start)?;
+        info!(purged, size = self.partition.size_bytes(), "compacted {OFFSETS_TOPIC}");
+        Ok(purged)
     }
 
     pub async fn commit(
