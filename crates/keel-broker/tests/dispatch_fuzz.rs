@@ -127,6 +127,64 @@ fn seeds() -> Vec<Bytes> {
         4,
     ));
     out.push(frame(&DescribeClusterRequest::default(), 1));
+    let group = GroupId(StrBytes::from_static_str("fzg"));
+    let join = JoinGroupRequest::default()
+        .with_group_id(group.clone())
+        .with_session_timeout_ms(6000)
+        .with_rebalance_timeout_ms(10)
+        .with_protocol_type(StrBytes::from_static_str("consumer"))
+        .with_protocols(vec![join_group_request::JoinGroupRequestProtocol::default()
+            .with_name(StrBytes::from_static_str("range"))
+            .with_metadata(Bytes::from_static(
+                b"\x00\x01\x00\x00\x00\x01\x00\x02fz\xff\xff\xff\xff",
+            ))]);
+    for v in [0, 5, 7] {
+        out.push(frame(&join, v));
+    }
+    out.push(frame(
+        &SyncGroupRequest::default()
+            .with_group_id(group.clone())
+            .with_member_id(StrBytes::from_static_str("m")),
+        5,
+    ));
+    out.push(frame(&HeartbeatRequest::default().with_group_id(group.clone()), 4));
+    out.push(frame(
+        &LeaveGroupRequest::default()
+            .with_group_id(group.clone())
+            .with_members(vec![leave_group_request::MemberIdentity::default()]),
+        4,
+    ));
+    let commit = OffsetCommitRequest::default()
+        .with_group_id(group.clone())
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(vec![offset_commit_request::OffsetCommitRequestTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str("fz")))
+            .with_partitions(vec![
+                offset_commit_request::OffsetCommitRequestPartition::default()
+                    .with_committed_offset(1)
+                    .with_committed_metadata(Some(StrBytes::from_static_str("md"))),
+            ])]);
+    for v in [2, 8] {
+        out.push(frame(&commit, v));
+    }
+    for v in [1, 7] {
+        out.push(frame(
+            &OffsetFetchRequest::default()
+                .with_group_id(group.clone())
+                .with_topics(None),
+            v,
+        ));
+    }
+    out.push(frame(
+        &FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("fzg")),
+        3,
+    ));
+    out.push(frame(&ListGroupsRequest::default(), 4));
+    out.push(frame(
+        &DescribeGroupsRequest::default().with_groups(vec![group.clone()]),
+        5,
+    ));
+    out.push(frame(&DeleteGroupsRequest::default().with_groups_names(vec![group]), 2));
     out.push(frame(
         &CreatePartitionsRequest::default().with_topics(vec![
             create_partitions_request::CreatePartitionsTopic::default()
@@ -149,6 +207,7 @@ async fn mutated_frames_never_crash_the_broker() {
         data_dir: dir.path().to_path_buf(),
         fetch_wait_ms_max: 0,
         fsync: keel_broker::FsyncPolicy::Never,
+        group_initial_rebalance_delay_ms: 0,
         ..BrokerConfig::default()
     };
     let broker: Arc<Broker> = Broker::open(config, 9092).await.unwrap();
@@ -194,7 +253,8 @@ async fn mutated_frames_never_crash_the_broker() {
                 }
             }
         }
-        let _ = handle(&broker, Bytes::from(v)).await;
+        // Group requests may legitimately wait for a rebalance: bound each call.
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(10), handle(&broker, Bytes::from(v))).await;
     }
     let p = broker.topics.get("fz").expect("topic").partition(0).expect("partition");
     let read = p.read(0, 1 << 20).expect("partition still readable");
