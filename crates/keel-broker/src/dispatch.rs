@@ -223,6 +223,26 @@ pub async fn handle(b: &Arc<Broker>, frame: Bytes) -> Outcome {
             OffsetDeleteRequest,
             handlers::offset_delete::handle
         ),
+        ApiKey::AlterConfigs => route!(
+            b,
+            body,
+            api,
+            v,
+            corr,
+            AlterConfigsRequest,
+            handlers::alter_configs::handle
+        ),
+        ApiKey::IncrementalAlterConfigs => {
+            route!(
+                b,
+                body,
+                api,
+                v,
+                corr,
+                IncrementalAlterConfigsRequest,
+                handlers::alter_configs::handle_incremental
+            )
+        }
         other => Outcome::Close(format!("{other:?} is advertised but has no handler")),
     };
     let labels = ApiLabels {

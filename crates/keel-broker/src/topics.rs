@@ -315,6 +315,36 @@ impl Topics {
         Ok(topic.meta().id)
     }
 
+    /// Replaces a topic's config overrides (validated as a whole), persists them and
+    /// applies them to every partition.
+    pub async fn alter_configs(
+        &self,
+        name: &str,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<(), AdminError> {
+        let _guard = self.admin.lock().await;
+        let topic = self
+            .get(name)
+            .ok_or_else(|| AdminError::new(E::UnknownTopicOrPartition, "topic does not exist"))?;
+        let settings =
+            topic_config::settings(&self.config, &configs).map_err(|m| AdminError::new(E::InvalidConfig, m))?;
+        if validate_only {
+            return Ok(());
+        }
+        let mut meta = topic.meta();
+        meta.configs = configs;
+        let storage = |e: anyhow::Error| AdminError::new(E::KafkaStorageError, format!("{e:#}"));
+        let json = serde_json::to_vec_pretty(&meta).map_err(|e| storage(e.into()))?;
+        write_atomic(&self.topic_dir(name).join("topic.json"), &json).map_err(|e| storage(e.into()))?;
+        *topic.meta.write().unwrap_or_else(|e| e.into_inner()) = meta;
+        for p in topic.partition_list() {
+            p.set_settings(settings.clone());
+        }
+        info!(topic = name, "topic configs altered");
+        Ok(())
+    }
+
     /// Grows a topic to `count` partitions.
     pub async fn create_partitions(&self, name: &str, count: i32, validate_only: bool) -> Result<(), AdminError> {
         let _guard = self.admin.lock().await;

@@ -44,6 +44,8 @@ pub const SUPPORTED: &[Supported] = &[
     s(ApiKey::DescribeGroups, 0, 5),
     s(ApiKey::DeleteGroups, 0, 2),
     s(ApiKey::OffsetDelete, 0, 0),
+    s(ApiKey::AlterConfigs, 0, 2),
+    s(ApiKey::IncrementalAlterConfigs, 0, 1),
 ];
 
 /// The advertised range for `api_key`, if Keel serves it.

@@ -1,6 +1,7 @@
 //! One module per Kafka API. Each takes the decoded request and returns the response;
 //! partition- and topic-level failures are error codes inside the response.
 
+pub mod alter_configs;
 pub mod api_versions;
 pub mod create_partitions;
 pub mod create_topics;

@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Writes docs/compat.md, the report card of librdkafka's broker tests against Keel.
+
+Inputs: broker_tests.txt (every broker test of the librdkafka version in use),
+results.tsv (written by suite.sh: test, status, seconds), notes.tsv (test, verdict, why)
+for tests that do not apply or whose failure has a known cause, allow_list.txt (tests CI
+requires to pass).  Run:  python3 compat/librdkafka/report.py
+"""
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+def read_lines(name):
+    path = os.path.join(HERE, name)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [l.rstrip("\n") for l in f if l.strip() and not l.startswith("#")]
+
+
+tests = read_lines("broker_tests.txt")
+results = {}
+for line in read_lines("results.tsv"):
+    t, status, secs = line.split("\t")
+    results[t] = (status, secs)
+notes = {}
+for line in read_lines("notes.tsv"):
+    t, verdict, why = line.split("\t", 2)
+    notes[t] = (verdict, why)
+allow = set(read_lines("allow_list.txt"))
+
+rows = []
+counts = {"passed": 0, "failed": 0, "not applicable": 0, "not run": 0}
+for t in tests:
+    status, secs = results.get(t, ("not run", ""))
+    verdict, why = notes.get(t, ("", ""))
+    if verdict == "n/a":
+        shown = "not applicable"
+    elif status == "passed":
+        shown = "passed"
+    elif status in ("failed", "skipped"):
+        shown = "failed"
+    else:
+        shown = "not run"
+    counts[shown] += 1
+    rows.append((t, shown, secs, "yes" if t in allow else "", why))
+
+out = []
+out.append("# Client conformance: librdkafka's test suite")
+out.append("")
+out.append("librdkafka 2.12.1's own integration tests (the source the `rdkafka` crate vendors),")
+out.append("run against a single `keel serve` with `TEST_KAFKA_VERSION=2.8.0`, by")
+out.append("`compat/librdkafka/suite.sh`; this page is regenerated from its results by")
+out.append("`python3 compat/librdkafka/report.py`. Tests in the allow-list must pass in CI")
+out.append("(`compat/librdkafka/allow_list.txt`, run by `.ci/run`).")
+out.append("")
+out.append(f"**{counts['passed']} passed, {counts['failed']} failed, {counts['not applicable']} not applicable"
+           + (f", {counts['not run']} not run" if counts["not run"] else "") + f"** of {len(tests)} broker tests.")
+out.append("")
+out.append("The whole suite: `cargo build -p keel && compat/librdkafka/suite.sh target/debug/keel`")
+out.append("(builds the test-runner on first use; about 40 minutes on 2 cores).")
+out.append("")
+out.append("| test | result | seconds | in CI | notes |")
+out.append("|---|---|---|---|---|")
+for t, shown, secs, ci, why in rows:
+    out.append(f"| {t} | {shown} | {secs} | {ci} | {why} |")
+out.append("")
+with open(os.path.join(ROOT, "docs", "compat.md"), "w") as f:
+    f.write("\n".join(out))
+print(f"docs/compat.md: {counts}")
+missing = [t for t in allow if t not in tests]
+if missing:
+    sys.exit(f"allow-list names unknown tests: {missing}")
