@@ -311,6 +311,45 @@ async fn admin_operations() {
         .unwrap();
     assert!(broker[0].as_ref().unwrap().get("log.segment.bytes").is_some());
 
+    // AlterConfigs replaces the topic's overrides; DescribeConfigs shows the change.
+    let alter = AlterConfig::new(ResourceSpecifier::Topic("adm"))
+        .set("retention.ms", "7200000")
+        .set("message.timestamp.type", "LogAppendTime");
+    let altered = a.alter_configs(&[alter], &opts).await.unwrap();
+    assert!(altered[0].is_ok(), "{:?}", altered[0]);
+    let cfg = a
+        .describe_configs(&[ResourceSpecifier::Topic("adm")], &opts)
+        .await
+        .unwrap();
+    let res = cfg[0].as_ref().unwrap();
+    assert_eq!(
+        res.get("retention.ms").and_then(|e| e.value.clone()).as_deref(),
+        Some("7200000")
+    );
+    assert_eq!(
+        res.get("message.timestamp.type")
+            .and_then(|e| e.value.clone())
+            .as_deref(),
+        Some("LogAppendTime")
+    );
+    let bad_alter = AlterConfig::new(ResourceSpecifier::Topic("adm")).set("segment.bytes", "12");
+    // (rdkafka's AlterConfigs result does not carry per-resource errors: check the effect.)
+    let _ = a.alter_configs(&[bad_alter], &opts).await.unwrap();
+    let cfg = a
+        .describe_configs(&[ResourceSpecifier::Topic("adm")], &opts)
+        .await
+        .unwrap();
+    let res = cfg[0].as_ref().unwrap();
+    assert_ne!(
+        res.get("segment.bytes").and_then(|e| e.value.clone()).as_deref(),
+        Some("12"),
+        "invalid value applied"
+    );
+    assert_eq!(
+        res.get("retention.ms").and_then(|e| e.value.clone()).as_deref(),
+        Some("7200000")
+    );
+
     let grow = a
         .create_partitions(&[NewPartitions::new("adm", 5)], &opts)
         .await
