@@ -54,37 +54,59 @@ start_keel() {
     BOOTSTRAP="$(sed -nE 's/.*kafka=([^ ]+).*/\1/p' "${WORK}/stdout" | tail -1)"
     printf 'bootstrap.servers=%s\n' "${BOOTSTRAP}" > "${SRC_DIR}/tests/test.conf"
 }
-trap '[[ -n "${PID}" ]] && kill -9 "${PID}" 2>/dev/null; rm -rf "${WORK}"' EXIT
+trap '[[ -n "${PID}" ]] && { kill -9 "${PID}"; wait "${PID}"; } 2>/dev/null; rm -rf "${WORK}"' EXIT
 start_keel
 echo "keel at ${BOOTSTRAP}; TEST_KAFKA_VERSION=${TEST_KAFKA_VERSION}"
 
-if [[ $# -gt 0 ]]; then TESTS_LIST="$*"; else TESTS_LIST="$(cat "${HERE}/broker_tests.txt")"; fi
+# Tests are selected by number: every broker test sharing a number runs together (-L
+# leaves out the local ones) and each gets its own row in the runner's summary.
+if [[ $# -gt 0 ]]; then NUMBERS="$*"; else NUMBERS="$(cut -c1-4 "${HERE}/broker_tests.txt" | uniq)"; fi
 export LD_LIBRARY_PATH="${SRC_DIR}/src:${SRC_DIR}/src-cpp"
-pass=0; fail=0; failed=""
 : > "${RESULTS}.new"
-for t in ${TESTS_LIST}; do
+for n in ${NUMBERS}; do
+    n="${n:0:4}"
     if ! kill -0 "${PID}" 2>/dev/null; then
-        echo "keel was not running before ${t}; restarting it"; start_keel
+        echo "keel was not running before ${n}; restarting it"; start_keel
     fi
     start=$(date +%s)
     # -E: skip tests that need the socket fault-injection shim; -p1: one at a time.
-    (cd "${SRC_DIR}/tests" && TESTS="${t}" timeout "${TIMEOUT_S}" ./test-runner -p1 -E >"${LOGS}/${t}.log" 2>&1)
+    (cd "${SRC_DIR}/tests" && TESTS="${n}" timeout "${TIMEOUT_S}" ./test-runner -p1 -E -L >"${LOGS}/${n}.log" 2>&1)
     rc=$?
     secs=$(( $(date +%s) - start ))
-    # Judge each row of the runner's summary: a test that was skipped passed nothing.
-    summary="$(sed 's/\x1b\[[0-9;]*m//g' "${LOGS}/${t}.log" | grep -E '^\| [0-9]{4}_' || true)"
-    if [[ ${rc} -eq 0 ]] && grep -q PASSED <<<"${summary}" && ! grep -qE 'SKIPPED|FAILED' <<<"${summary}"; then
-        pass=$((pass+1)); status=passed; echo "PASS ${t} (${secs}s)"
-    elif [[ ${rc} -eq 0 ]]; then
-        status=skipped; echo "SKIP ${t} (${secs}s)"
-    else
-        fail=$((fail+1)); status=failed; failed="${failed} ${t}"; echo "FAIL ${t} (${secs}s, log ${LOGS}/${t}.log)"
-    fi
-    printf '%s\t%s\t%s\n' "${t}" "${status}" "${secs}" >> "${RESULTS}.new"
+    # Judge each row of the runner's summary (| name | STATUS | seconds |).
+    rows="$(sed 's/\x1b\[[0-9;]*m//g' "${LOGS}/${n}.log" | grep -E '^\| [0-9]{4}_' | tr -d '|' | awk '{print $1, $2, $3}')"
+    for t in $(grep "^${n}" "${HERE}/broker_tests.txt"); do
+        row="$(awk -v t="${t}" '$1 == t' <<<"${rows}")"
+        status="$(awk '{print tolower($2)}' <<<"${row}")"
+        tsecs="$(awk '{sub(/s$/, "", $3); print $3}' <<<"${row}")"
+        if [[ -z "${status}" ]]; then
+            # No row: the runner timed out or crashed before its summary.
+            if [[ ${rc} -ne 0 ]]; then status=failed; else status=skipped; fi
+            tsecs="${secs}"
+        fi
+        printf '%s\t%s\t%s\n' "${t}" "${status}" "${tsecs}" >> "${RESULTS}.new"
+        echo "${status^^} ${t} (${tsecs}s)"
+    done
 done
 mv "${RESULTS}.new" "${RESULTS}"
+pass=$(awk -F'\t' '$2 == "passed"' "${RESULTS}" | wc -l)
+fail=$(awk -F'\t' '$2 == "failed"' "${RESULTS}" | wc -l)
+skip=$(awk -F'\t' '$2 == "skipped"' "${RESULTS}" | wc -l)
 if ! kill -0 "${PID}" 2>/dev/null; then
     echo "keel is not running at the end of the suite"; fail=$((fail+1))
 fi
-echo "${pass} passed, ${fail} failed${failed:+ (${failed# })}"
+# With REQUIRE=<file>, only the tests it lists decide the outcome (CI's allow-list).
+if [[ -n "${REQUIRE:-}" ]]; then
+    pass=0; fail=0
+    for t in $(grep -v '^#' "${REQUIRE}"); do
+        if awk -F'\t' -v t="${t}" '$1 == t && $2 == "passed" {found=1} END {exit !found}' "${RESULTS}"; then
+            pass=$((pass+1))
+        else
+            fail=$((fail+1)); echo "required test ${t} did not pass (log ${LOGS}/${t:0:4}.log)"
+        fi
+    done
+    skip=0
+fi
+echo "${skip} skipped"
+echo "${pass} passed, ${fail} failed"
 [[ ${fail} -eq 0 ]]

@@ -188,7 +188,9 @@ fn count_records(mut records: &[u8]) -> Result<usize, ProtoError> {
     let mut n = 0usize;
     while !records.is_empty() {
         let len = read_varint(&mut records)?;
-        if len < 7 || len as usize > records.len() {
+        // Smallest record body: attributes, timestamp delta, offset delta, key length,
+        // value length and header count, one byte each (null key and value, no headers).
+        if len < RECORD_BODY_BYTES_MIN || len as usize > records.len() {
             return Err(ProtoError::CorruptBatch(format!("record length {len} out of range")));
         }
         records = records.get(len as usize..).unwrap_or_default();
@@ -196,6 +198,8 @@ fn count_records(mut records: &[u8]) -> Result<usize, ProtoError> {
     }
     Ok(n)
 }
+
+const RECORD_BODY_BYTES_MIN: i64 = 6;
 
 /// Reads a zigzag varint (as record lengths are written).
 pub fn read_varint(buf: &mut &[u8]) -> Result<i64, ProtoError> {
@@ -365,6 +369,32 @@ mod tests {
         v[8..12].copy_from_slice(&i32::MAX.to_be_bytes());
         assert!(split_batches(&Bytes::from(v)).is_err());
         assert!(split_batches(&Bytes::new()).is_err());
+    }
+
+    /// A record with a null key and a null value (six bytes) is valid.
+    #[test]
+    fn null_key_and_value_record_validates() {
+        let rec = Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: 0,
+            sequence: 0,
+            timestamp: 1,
+            key: None,
+            value: None,
+            headers: Default::default(),
+        };
+        let mut buf = BytesMut::new();
+        let second = Record { offset: 1, sequence: 1, ..rec.clone() };
+        RecordBatchEncoder::encode(&mut buf, &[rec, second], &RecordEncodeOptions { version: 2, compression: Compression::None })
+            .unwrap();
+        let batches = split_batches(&buf.freeze()).unwrap();
+        assert_eq!(batches[0].0.record_count, 2);
     }
 
     /// LogAppendTime rewrites keep the batch valid and carry the new timestamp.
