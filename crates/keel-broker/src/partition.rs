@@ -304,8 +304,20 @@ impl Partition {
         self.committed.send_modify(|c| c.poisoned = true);
     }
 
-    /// Reads committed records from `offset`, at most `max_bytes` (at least one batch).
+    /// Reads committed records from `offset`, at most `max_bytes`, except that the first
+    /// batch comes whole even when larger (so a large batch still makes progress).
     pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, PartitionError> {
+        self.read_bounded(offset, max_bytes, true)
+    }
+
+    /// As [`Partition::read`]; with `oversized_first` false, `max_bytes` is a hard limit
+    /// (KIP-74: only the first partition of a Fetch response may exceed the budget).
+    pub fn read_bounded(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        oversized_first: bool,
+    ) -> Result<ReadResult, PartitionError> {
         let g = self.read_inner();
         let hw = self.high_watermark();
         let start = g.log.start_offset();
@@ -316,6 +328,10 @@ impl Partition {
         if offset < hw {
             for e in g.log.read_from_offset(offset, max_bytes)? {
                 if e.offset >= hw {
+                    break;
+                }
+                let fits = out.len() + e.payload.len() <= max_bytes;
+                if !fits && !(out.is_empty() && oversized_first) {
                     break;
                 }
                 out.extend_from_slice(&e.payload);

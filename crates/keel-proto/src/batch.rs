@@ -390,9 +390,20 @@ mod tests {
             headers: Default::default(),
         };
         let mut buf = BytesMut::new();
-        let second = Record { offset: 1, sequence: 1, ..rec.clone() };
-        RecordBatchEncoder::encode(&mut buf, &[rec, second], &RecordEncodeOptions { version: 2, compression: Compression::None })
-            .unwrap();
+        let second = Record {
+            offset: 1,
+            sequence: 1,
+            ..rec.clone()
+        };
+        RecordBatchEncoder::encode(
+            &mut buf,
+            &[rec, second],
+            &RecordEncodeOptions {
+                version: 2,
+                compression: Compression::None,
+            },
+        )
+        .unwrap();
         let batches = split_batches(&buf.freeze()).unwrap();
         assert_eq!(batches[0].0.record_count, 2);
     }

@@ -56,10 +56,13 @@ fn read_once(b: &Broker, req: &FetchRequest, max_bytes: usize) -> (Vec<Fetchable
             // Once the response budget is spent, remaining partitions report their
             // watermarks without records.
             let want = (fp.partition_max_bytes.max(0) as usize).min(budget);
+            // Only the first batch of the response may exceed the limits (KIP-74); after
+            // that the remaining budget is a hard limit, or the response outgrows what
+            // the client agreed to receive.
             let result = if want == 0 && total > 0 {
                 Ok(None)
             } else {
-                part.read(fp.fetch_offset, want.max(1)).map(Some)
+                part.read_bounded(fp.fetch_offset, want.max(1), total == 0).map(Some)
             };
             match result {
                 Ok(read) => {
