@@ -43,9 +43,12 @@ fi
 
 WORK="$(mktemp -d /tmp/keel-rdk.XXXXXX)"
 PID=""
+AUTO_CREATE=true
 start_keel() {
+    [[ -n "${PID}" ]] && { kill -9 "${PID}"; wait "${PID}"; } 2>/dev/null
+    : > "${WORK}/stdout"
     "${KEEL}" serve --data-dir "${WORK}/data" --kafka-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
-        --default-partitions 4 >"${WORK}/stdout" 2>>"${WORK}/stderr" &
+        --default-partitions 4 --auto-create-topics "${AUTO_CREATE}" >"${WORK}/stdout" 2>>"${WORK}/stderr" &
     PID=$!
     for _ in $(seq 1 100); do
         grep -q "keel ready" "${WORK}/stdout" 2>/dev/null && break
@@ -55,40 +58,64 @@ start_keel() {
     printf 'bootstrap.servers=%s\n' "${BOOTSTRAP}" > "${SRC_DIR}/tests/test.conf"
 }
 trap '[[ -n "${PID}" ]] && { kill -9 "${PID}"; wait "${PID}"; } 2>/dev/null; rm -rf "${WORK}"' EXIT
+export LD_LIBRARY_PATH="${SRC_DIR}/src:${SRC_DIR}/src-cpp"
+declare -A STATUS SECS
+
+# Runs the broker tests with the given numbers in one scenario. Tests are selected by
+# number: every broker test sharing a number runs together (-L leaves out the local ones)
+# and each gets its own row in the runner's summary. A "skipped" row never replaces a
+# result another scenario produced.
+run_numbers() {
+    local scenario="$1"; shift
+    local n t rc start secs rows row status tsecs
+    for n in "$@"; do
+        n="${n:0:4}"
+        if ! kill -0 "${PID}" 2>/dev/null; then
+            echo "keel was not running before ${n}; restarting it"; start_keel
+        fi
+        start=$(date +%s)
+        # -E: skip tests that need the socket fault-injection shim; -p1: one at a time.
+        (cd "${SRC_DIR}/tests" && TESTS="${n}" timeout "${TIMEOUT_S}" ./test-runner -p1 -E -L -s "${scenario}" \
+            >"${LOGS}/${n}-${scenario}.log" 2>&1)
+        rc=$?
+        secs=$(( $(date +%s) - start ))
+        # Judge each row of the runner's summary (| name | STATUS | seconds |).
+        rows="$(sed 's/\x1b\[[0-9;]*m//g' "${LOGS}/${n}-${scenario}.log" | grep -E '^\| [0-9]{4}_' | tr -d '|' | awk '{print $1, $2, $3}')"
+        for t in $(grep "^${n}" "${HERE}/broker_tests.txt"); do
+            row="$(awk -v t="${t}" '$1 == t' <<<"${rows}")"
+            status="$(awk '{print tolower($2)}' <<<"${row}")"
+            tsecs="$(awk '{sub(/s$/, "", $3); print $3}' <<<"${row}")"
+            if [[ -z "${status}" ]]; then
+                # No row: the runner timed out or crashed before its summary.
+                if [[ ${rc} -ne 0 ]]; then status=failed; else status=skipped; fi
+                tsecs="${secs}"
+            fi
+            if [[ "${status}" == skipped && -n "${STATUS[$t]:-}" ]]; then continue; fi
+            STATUS[$t]="${status}"; SECS[$t]="${tsecs}"
+            echo "${status^^} ${t} [${scenario}] (${tsecs}s)"
+        done
+    done
+}
+
+if [[ $# -gt 0 ]]; then NUMBERS="$*"; else NUMBERS="$(cut -c1-4 "${HERE}/broker_tests.txt" | uniq)"; fi
 start_keel
 echo "keel at ${BOOTSTRAP}; TEST_KAFKA_VERSION=${TEST_KAFKA_VERSION}"
-
-# Tests are selected by number: every broker test sharing a number runs together (-L
-# leaves out the local ones) and each gets its own row in the runner's summary.
-if [[ $# -gt 0 ]]; then NUMBERS="$*"; else NUMBERS="$(cut -c1-4 "${HERE}/broker_tests.txt" | uniq)"; fi
-export LD_LIBRARY_PATH="${SRC_DIR}/src:${SRC_DIR}/src-cpp"
-: > "${RESULTS}.new"
-for n in ${NUMBERS}; do
-    n="${n:0:4}"
-    if ! kill -0 "${PID}" 2>/dev/null; then
-        echo "keel was not running before ${n}; restarting it"; start_keel
-    fi
-    start=$(date +%s)
-    # -E: skip tests that need the socket fault-injection shim; -p1: one at a time.
-    (cd "${SRC_DIR}/tests" && TESTS="${n}" timeout "${TIMEOUT_S}" ./test-runner -p1 -E -L >"${LOGS}/${n}.log" 2>&1)
-    rc=$?
-    secs=$(( $(date +%s) - start ))
-    # Judge each row of the runner's summary (| name | STATUS | seconds |).
-    rows="$(sed 's/\x1b\[[0-9;]*m//g' "${LOGS}/${n}.log" | grep -E '^\| [0-9]{4}_' | tr -d '|' | awk '{print $1, $2, $3}')"
-    for t in $(grep "^${n}" "${HERE}/broker_tests.txt"); do
-        row="$(awk -v t="${t}" '$1 == t' <<<"${rows}")"
-        status="$(awk '{print tolower($2)}' <<<"${row}")"
-        tsecs="$(awk '{sub(/s$/, "", $3); print $3}' <<<"${row}")"
-        if [[ -z "${status}" ]]; then
-            # No row: the runner timed out or crashed before its summary.
-            if [[ ${rc} -ne 0 ]]; then status=failed; else status=skipped; fi
-            tsecs="${secs}"
-        fi
-        printf '%s\t%s\t%s\n' "${t}" "${status}" "${tsecs}" >> "${RESULTS}.new"
-        echo "${status^^} ${t} (${tsecs}s)"
-    done
+run_numbers default ${NUMBERS}
+# Tests written for a cluster without topic auto-creation.
+NOAUTO=""
+for n in 0045 0107 0111; do
+    grep -qw "${n}" <<<"${NUMBERS}" && NOAUTO="${NOAUTO} ${n}"
 done
-mv "${RESULTS}.new" "${RESULTS}"
+if [[ -n "${NOAUTO}" ]]; then
+    AUTO_CREATE=false; start_keel
+    echo "keel restarted without topic auto-creation at ${BOOTSTRAP}"
+    run_numbers noautocreate ${NOAUTO}
+fi
+
+: > "${RESULTS}"
+for t in $(cat "${HERE}/broker_tests.txt"); do
+    [[ -n "${STATUS[$t]:-}" ]] && printf '%s\t%s\t%s\n' "${t}" "${STATUS[$t]}" "${SECS[$t]}" >> "${RESULTS}"
+done
 pass=$(awk -F'\t' '$2 == "passed"' "${RESULTS}" | wc -l)
 fail=$(awk -F'\t' '$2 == "failed"' "${RESULTS}" | wc -l)
 skip=$(awk -F'\t' '$2 == "skipped"' "${RESULTS}" | wc -l)
@@ -97,15 +124,14 @@ if ! kill -0 "${PID}" 2>/dev/null; then
 fi
 # With REQUIRE=<file>, only the tests it lists decide the outcome (CI's allow-list).
 if [[ -n "${REQUIRE:-}" ]]; then
-    pass=0; fail=0
+    pass=0; fail=0; skip=0
     for t in $(grep -v '^#' "${REQUIRE}"); do
-        if awk -F'\t' -v t="${t}" '$1 == t && $2 == "passed" {found=1} END {exit !found}' "${RESULTS}"; then
+        if [[ "${STATUS[$t]:-}" == passed ]]; then
             pass=$((pass+1))
         else
-            fail=$((fail+1)); echo "required test ${t} did not pass (log ${LOGS}/${t:0:4}.log)"
+            fail=$((fail+1)); echo "required test ${t} did not pass (${STATUS[$t]:-not run}; logs in ${LOGS})"
         fi
     done
-    skip=0
 fi
 echo "${skip} skipped"
 echo "${pass} passed, ${fail} failed"

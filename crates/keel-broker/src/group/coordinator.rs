@@ -100,6 +100,7 @@ impl Coordinator {
         &self,
         group_id: &str,
         member_id: &str,
+        instance_id: Option<&str>,
         generation: i32,
         assignments: Vec<(String, Bytes)>,
     ) -> SyncResult {
@@ -110,7 +111,10 @@ impl Coordinator {
         let (replies, wait) = {
             let mut g = group.lock().await;
             let wait = g.members.values().map(|m| m.session_timeout_ms).max().unwrap_or(0) + 5_000;
-            (g.sync(self.now_ms(), member_id, generation, assignments, tx), wait)
+            (
+                g.sync(self.now_ms(), member_id, instance_id, generation, assignments, tx),
+                wait,
+            )
         };
         Self::send_all(replies);
         match tokio::time::timeout(Duration::from_millis(wait), rx).await {
@@ -119,9 +123,12 @@ impl Coordinator {
         }
     }
 
-    pub async fn heartbeat(&self, group_id: &str, member_id: &str, generation: i32) -> i16 {
+    pub async fn heartbeat(&self, group_id: &str, member_id: &str, instance_id: Option<&str>, generation: i32) -> i16 {
         match self.group(group_id, false) {
-            Some(g) => g.lock().await.heartbeat(self.now_ms(), member_id, generation),
+            Some(g) => g
+                .lock()
+                .await
+                .heartbeat(self.now_ms(), member_id, instance_id, generation),
             None => super::state::UNKNOWN_MEMBER_ID,
         }
     }

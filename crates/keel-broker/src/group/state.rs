@@ -229,7 +229,12 @@ impl<T> Group<T> {
         // A static member rejoining: take over its old member id.
         if let Some(instance) = req.instance_id.clone() {
             if let Some(old_id) = self.instances.get(&instance).cloned() {
-                if req.member_id.is_empty() || req.member_id != old_id {
+                if !req.member_id.is_empty() && req.member_id != old_id {
+                    // An older incarnation of a static member that was replaced.
+                    out.push(join_error(token, FENCED_INSTANCE_ID, &req.member_id));
+                    return out;
+                }
+                if req.member_id.is_empty() {
                     let new_id = self.new_member_id(&req.client_id);
                     if let Some(mut m) = self.members.remove(&old_id) {
                         if let Some(t) = self.pending_joins.remove(&old_id) {
@@ -430,11 +435,16 @@ impl<T> Group<T> {
         &mut self,
         now_ms: u64,
         member_id: &str,
+        instance_id: Option<&str>,
         generation: i32,
         assignments: Vec<(String, Bytes)>,
         token: T,
     ) -> Vec<(T, Reply)> {
         let mut out = Vec::new();
+        if self.fenced(member_id, instance_id) {
+            out.push(sync_error(token, FENCED_INSTANCE_ID));
+            return out;
+        }
         let Some(member) = self.members.get_mut(member_id) else {
             out.push(sync_error(token, UNKNOWN_MEMBER_ID));
             return out;
@@ -486,7 +496,10 @@ impl<T> Group<T> {
     }
 
     /// Handles a Heartbeat; returns its error code.
-    pub fn heartbeat(&mut self, now_ms: u64, member_id: &str, generation: i32) -> i16 {
+    pub fn heartbeat(&mut self, now_ms: u64, member_id: &str, instance_id: Option<&str>, generation: i32) -> i16 {
+        if self.fenced(member_id, instance_id) {
+            return FENCED_INSTANCE_ID;
+        }
         let state = self.state;
         let current = self.generation;
         let Some(m) = self.members.get_mut(member_id) else {
@@ -500,6 +513,15 @@ impl<T> Group<T> {
             GroupState::PreparingRebalance => REBALANCE_IN_PROGRESS,
             GroupState::Empty => UNKNOWN_MEMBER_ID,
             GroupState::CompletingRebalance | GroupState::Stable => NONE,
+        }
+    }
+
+    /// Whether a request from `member_id` carries a static instance id that now belongs to
+    /// another member (a newer incarnation replaced it).
+    fn fenced(&self, member_id: &str, instance_id: Option<&str>) -> bool {
+        match instance_id.and_then(|i| self.instances.get(i)) {
+            Some(current) => current != member_id,
+            None => false,
         }
     }
 
@@ -571,12 +593,8 @@ impl<T> Group<T> {
                 ILLEGAL_GENERATION
             };
         }
-        if let Some(inst) = instance_id {
-            if let Some(cur) = self.instances.get(inst) {
-                if cur != member_id {
-                    return FENCED_INSTANCE_ID;
-                }
-            }
+        if self.fenced(member_id, instance_id) {
+            return FENCED_INSTANCE_ID;
         }
         if !self.members.contains_key(member_id) {
             return UNKNOWN_MEMBER_ID;

@@ -58,12 +58,13 @@ fn stable_pair(g: &mut Group<u32>) -> (String, String) {
     assert_eq!(leader.members.len(), 2, "the leader sees every member's metadata");
     assert!(follower.members.is_empty());
     assert!(
-        g.sync(160, &follower.member_id, 1, vec![], 3).is_empty(),
+        g.sync(160, &follower.member_id, None, 1, vec![], 3).is_empty(),
         "follower waits for the leader"
     );
     let r = g.sync(
         170,
         &leader.member_id,
+        None,
         1,
         vec![
             (leader.member_id.clone(), Bytes::from("A")),
@@ -91,12 +92,12 @@ fn members_join_and_receive_assignments() {
 fn heartbeat_errors() {
     let mut g = Group::new("g", TIMING);
     let (leader, follower) = stable_pair(&mut g);
-    assert_eq!(g.heartbeat(200, &leader, 1), NONE);
-    assert_eq!(g.heartbeat(200, "nobody", 1), UNKNOWN_MEMBER_ID);
-    assert_eq!(g.heartbeat(200, &leader, 0), ILLEGAL_GENERATION);
+    assert_eq!(g.heartbeat(200, &leader, None, 1), NONE);
+    assert_eq!(g.heartbeat(200, "nobody", None, 1), UNKNOWN_MEMBER_ID);
+    assert_eq!(g.heartbeat(200, &leader, None, 0), ILLEGAL_GENERATION);
     // A third member joins: the others are told to rejoin.
     assert!(g.join(300, req("", None, &["range"]), 5).is_empty());
-    assert_eq!(g.heartbeat(310, &follower, 1), REBALANCE_IN_PROGRESS);
+    assert_eq!(g.heartbeat(310, &follower, None, 1), REBALANCE_IN_PROGRESS);
     assert!(g.join(320, req(&leader, None, &["range"]), 6).is_empty());
     let r = g.join(330, req(&follower, None, &["range"]), 7);
     assert_eq!(
@@ -113,7 +114,7 @@ fn heartbeat_errors() {
 fn session_expiry_triggers_rebalance() {
     let mut g = Group::new("g", TIMING);
     let (leader, follower) = stable_pair(&mut g);
-    assert_eq!(g.heartbeat(900, &leader, 1), NONE);
+    assert_eq!(g.heartbeat(900, &leader, None, 1), NONE);
     assert!(g.tick(1000).is_empty(), "nobody expired yet");
     let r = g.tick(1200); // follower's last heartbeat was at 170
     assert!(r.is_empty());
@@ -140,10 +141,11 @@ fn static_member_rejoins_without_rebalance() {
     } else {
         "i-2"
     };
-    g.sync(160, &follower.member_id, 1, vec![], 3);
+    g.sync(160, &follower.member_id, None, 1, vec![], 3);
     g.sync(
         170,
         &leader.member_id,
+        None,
         1,
         vec![
             (leader.member_id.clone(), Bytes::from("L")),
@@ -158,15 +160,15 @@ fn static_member_rejoins_without_rebalance() {
     assert_eq!(j.generation, 1, "a static rejoin must not start a new generation");
     assert_ne!(j.member_id, follower.member_id);
     assert_eq!(g.state, GroupState::Stable);
-    let r = g.sync(510, &j.member_id, 1, vec![], 10);
+    let r = g.sync(510, &j.member_id, None, 1, vec![], 10);
     assert_eq!(synced(&r, 10).assignment, Bytes::from("F"));
     assert_eq!(
-        g.heartbeat(520, &leader.member_id, 1),
+        g.heartbeat(520, &leader.member_id, None, 1),
         NONE,
         "the leader saw no rebalance"
     );
     assert_eq!(
-        g.heartbeat(520, &follower.member_id, 1),
+        g.heartbeat(520, &follower.member_id, None, 1),
         UNKNOWN_MEMBER_ID,
         "the old member id is fenced"
     );
@@ -221,7 +223,7 @@ fn slow_rejoiner_is_dropped() {
     let mut g = Group::new("g", TIMING);
     let (leader, follower) = stable_pair(&mut g);
     g.join(300, req(&leader, None, &["range"]), 5); // starts a rebalance; follower must rejoin
-    assert_eq!(g.heartbeat(400, &follower, 1), REBALANCE_IN_PROGRESS);
+    assert_eq!(g.heartbeat(400, &follower, None, 1), REBALANCE_IN_PROGRESS);
     let r = g.tick(300 + 5000 + 1);
     let j = joined(&r, 5);
     assert_eq!(j.members.len(), 1);
@@ -243,10 +245,11 @@ fn static_leader_rejoins_without_rebalance() {
     } else {
         (joined(&r, 2), a.clone())
     };
-    g.sync(160, &follower.member_id, 1, vec![], 3);
+    g.sync(160, &follower.member_id, None, 1, vec![], 3);
     g.sync(
         170,
         &leader.member_id,
+        None,
         1,
         vec![
             (leader.member_id.clone(), Bytes::from("L")),
@@ -262,11 +265,42 @@ fn static_leader_rejoins_without_rebalance() {
     let r = g.sync(
         510,
         &j.member_id,
+        None,
         1,
         vec![(follower.member_id.clone(), Bytes::from("changed"))],
         6,
     );
     assert_eq!(synced(&r, 6).assignment, Bytes::from("L"));
-    assert_eq!(g.heartbeat(520, &follower.member_id, 1), NONE);
+    assert_eq!(g.heartbeat(520, &follower.member_id, None, 1), NONE);
     assert_eq!(g.state, GroupState::Stable);
+}
+
+/// A second process with the same static instance id replaces the first; the first one's
+/// heartbeats, syncs, commits and rejoins are then fenced with FENCED_INSTANCE_ID.
+#[test]
+fn replaced_static_member_is_fenced() {
+    let mut g = Group::new("g", TIMING);
+    g.join(0, req("", Some("i-1"), &["range"]), 1);
+    g.join(0, req("", Some("i-2"), &["range"]), 2);
+    let r = g.tick(150);
+    let (a, b) = (joined(&r, 1), joined(&r, 2));
+    let (leader, follower) = if a.leader == a.member_id { (a, b) } else { (b, a) };
+    let follower_instance = if g.instances.get("i-1") == Some(&follower.member_id) {
+        "i-1"
+    } else {
+        "i-2"
+    };
+    g.sync(160, &follower.member_id, Some(follower_instance), 1, vec![], 3);
+    g.sync(170, &leader.member_id, None, 1, vec![], 4);
+    let r = g.join(500, req("", Some(follower_instance), &["range"]), 5);
+    let newer = joined(&r, 5);
+    assert_eq!(newer.error, NONE);
+    let old = &follower.member_id;
+    assert_eq!(g.heartbeat(510, old, Some(follower_instance), 1), FENCED_INSTANCE_ID);
+    assert_eq!(g.commit_allowed(old, Some(follower_instance), 1), FENCED_INSTANCE_ID);
+    let r = g.sync(520, old, Some(follower_instance), 1, vec![], 6);
+    assert_eq!(synced(&r, 6).error, FENCED_INSTANCE_ID);
+    let r = g.join(530, req(old, Some(follower_instance), &["range"]), 7);
+    assert_eq!(joined(&r, 7).error, FENCED_INSTANCE_ID);
+    assert_eq!(g.heartbeat(540, &newer.member_id, Some(follower_instance), 1), NONE);
 }

@@ -8,9 +8,15 @@ use crate::Broker;
 
 pub async fn handle(b: &Arc<Broker>, req: HeartbeatRequest, _v: i16) -> HeartbeatResponse {
     let mut r = HeartbeatResponse::default();
+    let instance = req.group_instance_id.as_ref().map(|i| i.as_str());
     r.error_code = b
         .groups
-        .heartbeat(req.group_id.0.as_str(), req.member_id.as_str(), req.generation_id)
+        .heartbeat(
+            req.group_id.0.as_str(),
+            req.member_id.as_str(),
+            instance,
+            req.generation_id,
+        )
         .await;
     r
 }

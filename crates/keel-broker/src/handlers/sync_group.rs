@@ -18,6 +18,7 @@ pub async fn handle(b: &Arc<Broker>, req: SyncGroupRequest, v: i16) -> SyncGroup
         .sync(
             req.group_id.0.as_str(),
             req.member_id.as_str(),
+            req.group_instance_id.as_ref().map(|i| i.as_str()),
             req.generation_id,
             assignments,
         )
