@@ -331,7 +331,8 @@ impl Partition {
                     break;
                 }
                 let fits = out.len() + e.payload.len() <= max_bytes;
-                if !fits && !(out.is_empty() && oversized_first) {
+                let may_exceed = out.is_empty() && oversized_first;
+                if !(fits || may_exceed) {
                     break;
                 }
                 out.extend_from_slice(&e.payload);
