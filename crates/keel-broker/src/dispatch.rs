@@ -44,8 +44,13 @@ fn respond<T: kafka_protocol::protocol::Encodable>(api: ApiKey, v: i16, corr: i3
     }
 }
 
-/// Handles one request frame.
+/// Handles one request frame from an unknown peer.
 pub async fn handle(b: &Arc<Broker>, frame: Bytes) -> Outcome {
+    handle_from(b, frame, None).await
+}
+
+/// Handles one request frame from `peer`.
+pub async fn handle_from(b: &Arc<Broker>, frame: Bytes, peer: Option<std::net::SocketAddr>) -> Outcome {
     let prefix = match peek_prefix(&frame) {
         Ok(p) => p,
         Err(e) => return Outcome::Close(e.to_string()),
@@ -65,9 +70,10 @@ pub async fn handle(b: &Arc<Broker>, frame: Bytes) -> Outcome {
         }
     };
     let mut body = frame;
-    if let Err(e) = decode_header(&mut body, api, v) {
-        return Outcome::Close(e.to_string());
-    }
+    let header = match decode_header(&mut body, api, v) {
+        Ok(h) => h,
+        Err(e) => return Outcome::Close(e.to_string()),
+    };
     let started = Instant::now();
     let out = match api {
         ApiKey::ApiVersions => route!(
@@ -173,7 +179,17 @@ pub async fn handle(b: &Arc<Broker>, frame: Bytes) -> Outcome {
                 handlers::find_coordinator::handle
             )
         }
-        ApiKey::JoinGroup => route!(b, body, api, v, corr, JoinGroupRequest, handlers::join_group::handle),
+        ApiKey::JoinGroup => {
+            let req: JoinGroupRequest = match decode_body(&mut body, v) {
+                Ok(r) => r,
+                Err(e) => return Outcome::Close(format!("JoinGroup v{v}: {e}")),
+            };
+            let client = handlers::join_group::Client {
+                id: header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default(),
+                host: peer.map(|p| format!("/{}", p.ip())).unwrap_or_default(),
+            };
+            respond(api, v, corr, &handlers::join_group::handle(b, req, v, client).await)
+        }
         ApiKey::SyncGroup => route!(b, body, api, v, corr, SyncGroupRequest, handlers::sync_group::handle),
         ApiKey::Heartbeat => route!(b, body, api, v, corr, HeartbeatRequest, handlers::heartbeat::handle),
         ApiKey::LeaveGroup => route!(b, body, api, v, corr, LeaveGroupRequest, handlers::leave_group::handle),

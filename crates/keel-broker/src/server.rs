@@ -126,7 +126,7 @@ async fn serve_connection(
             }
         }
         b.metrics.bytes_in.inc_by(len as u64 + 4);
-        match dispatch::handle(b, buf.freeze()).await {
+        match dispatch::handle_from(b, buf.freeze(), Some(peer)).await {
             Outcome::Respond(resp) => {
                 b.metrics.bytes_out.inc_by(resp.len() as u64);
                 if wr.write_all(&resp).await.is_err() || wr.flush().await.is_err() {

@@ -174,13 +174,18 @@ impl<T> Group<T> {
         }
     }
 
+    /// A new member id as Kafka makes them: the client id, a dash, a unique suffix (range
+    /// and round-robin assignors order members by id, and clients expect this shape). The
+    /// suffix is a per-group sequence number, zero-padded so ids sort in creation order,
+    /// and a random part so ids are never reused across broker restarts.
     fn new_member_id(&mut self, client_id: &str) -> String {
         self.member_seq += 1;
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        let prefix = if client_id.is_empty() { "member" } else { client_id };
         format!(
-            "{}-{}-{}",
-            if client_id.is_empty() { "member" } else { client_id },
-            self.generation,
-            self.member_seq
+            "{prefix}-{:08}-{}",
+            self.member_seq,
+            random.get(..12).unwrap_or_default()
         )
     }
 

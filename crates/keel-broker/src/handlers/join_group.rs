@@ -14,7 +14,13 @@ use crate::Broker;
 pub const SESSION_TIMEOUT_MS_MIN: i32 = 1000;
 pub const SESSION_TIMEOUT_MS_MAX: i32 = 1_800_000;
 
-pub async fn handle(b: &Arc<Broker>, req: JoinGroupRequest, v: i16) -> JoinGroupResponse {
+/// Who sent the JoinGroup: the request header's client id and the connection's address.
+pub struct Client {
+    pub id: String,
+    pub host: String,
+}
+
+pub async fn handle(b: &Arc<Broker>, req: JoinGroupRequest, v: i16, client: Client) -> JoinGroupResponse {
     let mut r = JoinGroupResponse::default();
     r.member_id = req.member_id.clone();
     r.generation_id = -1;
@@ -34,8 +40,8 @@ pub async fn handle(b: &Arc<Broker>, req: JoinGroupRequest, v: i16) -> JoinGroup
     let join = JoinRequest {
         member_id: req.member_id.to_string(),
         instance_id: req.group_instance_id.as_ref().map(|i| i.to_string()),
-        client_id: String::new(),
-        client_host: String::new(),
+        client_id: client.id,
+        client_host: client.host,
         session_timeout_ms: req.session_timeout_ms as u64,
         rebalance_timeout_ms: rebalance_timeout.max(0) as u64,
         protocol_type: req.protocol_type.to_string(),
