@@ -20,9 +20,7 @@ use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartiti
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Compression, RecordBatchDecoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -58,12 +56,7 @@ fn client_max(key: ApiKey) -> i16 {
 }
 
 /// One record to produce.
-#[derive(Debug, Clone)]
-pub struct OutRecord {
-    pub key: Option<Bytes>,
-    pub value: Option<Bytes>,
-    pub timestamp: i64,
-}
+pub type OutRecord = keel_proto::batch::NewRecord;
 
 /// A record read back.
 #[derive(Debug, Clone)]
@@ -316,35 +309,7 @@ impl Client {
 
     /// Encodes `records` as one batch.
     pub fn encode_batch(records: &[OutRecord], compression: Compression) -> Result<Bytes> {
-        let recs: Vec<Record> = records
-            .iter()
-            .enumerate()
-            .map(|(i, r)| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                sequence: i as i32,
-                timestamp: r.timestamp,
-                key: r.key.clone(),
-                value: r.value.clone(),
-                headers: Default::default(),
-            })
-            .collect();
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            &recs,
-            &RecordEncodeOptions {
-                version: 2,
-                compression,
-            },
-        )?;
-        Ok(buf.freeze())
+        Ok(keel_proto::batch::encode_batch(records, compression)?)
     }
 
     /// Produces one pre-encoded batch; returns the base offset.

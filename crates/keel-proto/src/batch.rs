@@ -278,6 +278,53 @@ pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
     }
 }
 
+/// One record for [`encode_batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRecord {
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub timestamp: i64,
+}
+
+/// Encodes records as one v2 batch (relative offsets from 0, no producer id), as Keel's own
+/// writers (the internal offsets topic, the command-line tools) need.
+pub fn encode_batch(
+    records: &[NewRecord],
+    compression: kafka_protocol::records::Compression,
+) -> Result<Bytes, ProtoError> {
+    use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    let records: Vec<Record> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: i as i32,
+            timestamp: r.timestamp,
+            key: r.key.clone(),
+            value: r.value.clone(),
+            headers: Default::default(),
+        })
+        .collect();
+    let mut buf = bytes::BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression,
+        },
+    )
+    .map_err(|e| ProtoError::Malformed(format!("encoding a batch: {e:#}")))?;
+    Ok(buf.freeze())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,9 +14,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Compression, RecordBatchDecoder};
+use keel_proto::batch::NewRecord;
 use tracing::{info, warn};
 
 use crate::error::PartitionError;
@@ -204,36 +203,16 @@ impl OffsetStore {
             return Ok(());
         }
         let now = keel_log::disk::now_ms();
-        let recs: Vec<Record> = records
+        let recs: Vec<NewRecord> = records
             .iter()
-            .enumerate()
-            .map(|(i, ((topic, part), value))| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                sequence: -1,
-                timestamp: now,
+            .map(|((topic, part), value)| NewRecord {
                 key: Some(encode_key(group, topic, *part)),
                 value: value.as_ref().map(encode_value),
-                headers: Default::default(),
+                timestamp: now,
             })
             .collect();
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            &recs,
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
-        )
-        .map_err(|e| PartitionError::Proto(keel_proto::ProtoError::Malformed(format!("{e:#}"))))?;
-        let batches = keel_proto::batch::split_batches(&buf.freeze())?;
+        let batch = keel_proto::batch::encode_batch(&recs, Compression::None)?;
+        let batches = keel_proto::batch::split_batches(&batch)?;
         self.partition.append(batches, true).await?;
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         for (key, value) in records {
