@@ -607,8 +607,11 @@ impl<T> Group<T> {
         if generation != self.generation {
             return ILLEGAL_GENERATION;
         }
+        // As Kafka: members keep committing what they consumed while others (re)join (the
+        // cooperative protocol depends on it); between the join and the leader's
+        // assignment the generation is not settled yet.
         match self.state {
-            GroupState::PreparingRebalance => REBALANCE_IN_PROGRESS,
+            GroupState::CompletingRebalance => REBALANCE_IN_PROGRESS,
             _ => NONE,
         }
     }

@@ -214,6 +214,18 @@ fn commit_fencing() {
     assert_eq!(g.commit_allowed(&leader, None, 0), ILLEGAL_GENERATION);
     assert_eq!(g.commit_allowed("stranger", None, 1), UNKNOWN_MEMBER_ID);
     assert_eq!(g.commit_allowed("", None, -1), ILLEGAL_GENERATION);
+    // A rebalance starts: members of the current generation may still commit...
+    g.join(300, req("", None, &["range"]), 9);
+    assert_eq!(g.state, GroupState::PreparingRebalance);
+    assert_eq!(g.commit_allowed(&leader, None, 1), NONE);
+    // ...but not once the new generation is formed and awaits its assignment.
+    let r = g.tick(300 + 5000 + 1);
+    let j = joined(&r, 9);
+    assert_eq!(g.state, GroupState::CompletingRebalance);
+    assert_eq!(
+        g.commit_allowed(&j.member_id, None, j.generation),
+        REBALANCE_IN_PROGRESS
+    );
 }
 
 /// Members that do not rejoin within the rebalance timeout are dropped from the new
