@@ -328,38 +328,17 @@ pub fn encode_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::BytesMut;
-    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    use kafka_protocol::records::Compression;
 
     pub(crate) fn encode(n: usize, compression: Compression) -> Bytes {
-        let records: Vec<Record> = (0..n)
-            .map(|i| Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                sequence: i as i32,
-                timestamp: 1_700_000_000_000 + i as i64,
+        let records: Vec<NewRecord> = (0..n)
+            .map(|i| NewRecord {
                 key: Some(Bytes::from(format!("k{i}"))),
                 value: Some(Bytes::from(format!("value-{i}"))),
-                headers: Default::default(),
+                timestamp: 1_700_000_000_000 + i as i64,
             })
             .collect();
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            &records,
-            &RecordEncodeOptions {
-                version: 2,
-                compression,
-            },
-        )
-        .unwrap();
-        buf.freeze()
+        encode_batch(&records, compression).unwrap()
     }
 
     /// A well-formed batch from the reference encoder validates, with every codec.
@@ -421,37 +400,13 @@ mod tests {
     /// A record with a null key and a null value (six bytes) is valid.
     #[test]
     fn null_key_and_value_record_validates() {
-        let rec = Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: 0,
-            sequence: 0,
-            timestamp: 1,
+        let rec = NewRecord {
             key: None,
             value: None,
-            headers: Default::default(),
+            timestamp: 1,
         };
-        let mut buf = BytesMut::new();
-        let second = Record {
-            offset: 1,
-            sequence: 1,
-            ..rec.clone()
-        };
-        RecordBatchEncoder::encode(
-            &mut buf,
-            &[rec, second],
-            &RecordEncodeOptions {
-                version: 2,
-                compression: Compression::None,
-            },
-        )
-        .unwrap();
-        let batches = split_batches(&buf.freeze()).unwrap();
+        let batch = encode_batch(&[rec.clone(), rec], Compression::None).unwrap();
+        let batches = split_batches(&batch).unwrap();
         assert_eq!(batches[0].0.record_count, 2);
     }
 
