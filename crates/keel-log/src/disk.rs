@@ -103,18 +103,6 @@ impl DiskLog {
         self.segments.len()
     }
 
-    /// Empty log state for a log that will start at `next_index`/`next_offset` (e.g. a
-    /// replica that catches up from a leader's purge point).
-    pub fn reset(&mut self, next_index: u64, next_offset: i64) -> Result<(), LogError> {
-        self.check_writable()?;
-        for seg in self.segments.drain(..) {
-            seg.delete()?;
-        }
-        self.segments
-            .push(Segment::create(&self.dir, next_index, next_offset, now_ms())?);
-        Ok(())
-    }
-
     fn active(&self) -> Result<&Segment, LogError> {
         self.segments.last().ok_or(LogError::OutOfRange(0))
     }
@@ -274,6 +262,16 @@ impl LogStore for DiskLog {
         }
         let r = a.truncate_after(index, interval).and_then(|_| a.sync());
         self.poison_on_err(r)
+    }
+
+    fn reset(&mut self, next_index: u64, next_offset: i64) -> Result<(), LogError> {
+        self.check_writable()?;
+        for seg in self.segments.drain(..) {
+            seg.delete()?;
+        }
+        self.segments
+            .push(Segment::create(&self.dir, next_index, next_offset, now_ms())?);
+        Ok(())
     }
 
     fn purge_before(&mut self, index: u64) -> Result<u64, LogError> {

@@ -20,14 +20,14 @@ mod imp {
         WRITE_FAILS.store(on, Ordering::SeqCst);
     }
 
-    pub(crate) fn fsync() -> std::io::Result<()> {
+    pub fn fsync() -> std::io::Result<()> {
         if FSYNC_FAILS.load(Ordering::SeqCst) {
             return Err(std::io::Error::from_raw_os_error(5));
         }
         Ok(())
     }
 
-    pub(crate) fn write() -> std::io::Result<()> {
+    pub fn write() -> std::io::Result<()> {
         if WRITE_FAILS.load(Ordering::SeqCst) {
             return Err(std::io::Error::from_raw_os_error(28));
         }
@@ -39,16 +39,16 @@ mod imp {
 pub use imp::{set_fsync_fails, set_write_fails};
 
 #[cfg(feature = "fault-injection")]
-pub(crate) use imp::{fsync, write};
+pub use imp::{fsync, write};
 
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
-pub(crate) fn fsync() -> std::io::Result<()> {
+pub fn fsync() -> std::io::Result<()> {
     Ok(())
 }
 
 #[cfg(not(feature = "fault-injection"))]
 #[inline(always)]
-pub(crate) fn write() -> std::io::Result<()> {
+pub fn write() -> std::io::Result<()> {
     Ok(())
 }

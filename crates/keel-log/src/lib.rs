@@ -132,6 +132,9 @@ pub trait LogStore: Send + Sync {
     fn entry_for_timestamp(&self, ts: i64) -> Result<Option<Entry>, LogError>;
     /// Removes every entry after `index` (keeps `index` itself).
     fn truncate_after(&mut self, index: u64) -> Result<(), LogError>;
+    /// Empties the log; the next append must have `next_index` and an offset of at least
+    /// `next_offset` (a replica that catches up from a leader's purge point).
+    fn reset(&mut self, next_index: u64, next_offset: i64) -> Result<(), LogError>;
     /// Removes whole segments that lie entirely below `index`. Returns entries removed.
     fn purge_before(&mut self, index: u64) -> Result<u64, LogError>;
     /// Makes every appended entry durable.

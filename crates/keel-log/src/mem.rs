@@ -106,6 +106,15 @@ impl LogStore for MemLog {
         Ok(())
     }
 
+    fn reset(&mut self, next_index: u64, next_offset: i64) -> Result<(), LogError> {
+        self.check_writable()?;
+        self.entries.clear();
+        self.first_index = next_index;
+        self.start_offset = next_offset;
+        self.next_offset = next_offset;
+        Ok(())
+    }
+
     fn purge_before(&mut self, index: u64) -> Result<u64, LogError> {
         let mut removed = 0;
         while self.entries.front().map(|e| e.index < index).unwrap_or(false) && self.entries.len() > 1 {

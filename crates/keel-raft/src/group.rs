@@ -1,0 +1,177 @@
+//! One running Raft group on this node: a partition replica or the controller.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use keel_log::LogStore;
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{Config, ServerState, SnapshotPolicy};
+use tracing::info;
+
+use crate::store::{LogStorage, Shared, StateMachine};
+use crate::transport::Transport;
+use crate::{Applied, Apply, EntryFormat, Node, NodeId, Payload, Raft, RaftMetrics};
+
+/// Timing and durability of a group.
+#[derive(Debug, Clone)]
+pub struct GroupOptions {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// fsync before an append counts towards a commit.
+    pub fsync: bool,
+    pub format: EntryFormat,
+}
+
+impl Default for GroupOptions {
+    fn default() -> Self {
+        GroupOptions {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 300,
+            election_timeout_max_ms: 600,
+            fsync: true,
+            format: EntryFormat::KafkaBatches,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProposeError {
+    #[error("not the leader (leader is {0:?})")]
+    NotLeader(Option<NodeId>),
+    #[error("replication failed: {0}")]
+    Failed(String),
+}
+
+/// A running group: its Raft instance and its storage.
+pub struct Group {
+    pub name: String,
+    pub raft: Raft,
+    pub shared: Arc<Shared>,
+    node_id: NodeId,
+    transport: Arc<Transport>,
+    options: GroupOptions,
+}
+
+impl Group {
+    /// Opens the group's storage over `log` and starts its Raft instance. The group takes
+    /// part in elections once it has a membership (its own log's, or [`Group::initialize`]).
+    pub async fn start(
+        name: &str,
+        node_id: NodeId,
+        transport: Arc<Transport>,
+        log: Box<dyn LogStore>,
+        dir: Option<PathBuf>,
+        hook: Arc<dyn Apply>,
+        options: GroupOptions,
+    ) -> Result<Group, String> {
+        let shared = Shared::open(log, dir, options.format, options.fsync, hook).map_err(|e| e.to_string())?;
+        let config = Config {
+            cluster_name: name.to_string(),
+            heartbeat_interval: options.heartbeat_ms,
+            election_timeout_min: options.election_timeout_min_ms,
+            election_timeout_max: options.election_timeout_max_ms,
+            // The log is the partition's data: openraft must never purge it on its own.
+            snapshot_policy: SnapshotPolicy::Never,
+            max_in_snapshot_log_to_keep: u64::MAX,
+            max_payload_entries: 1024,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| e.to_string())?;
+        let raft = Raft::new(
+            node_id,
+            Arc::new(config),
+            transport.network(name),
+            LogStorage::new(shared.clone()),
+            StateMachine::new(shared.clone()),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        transport.register(name, raft.clone());
+        Ok(Group {
+            name: name.to_string(),
+            raft,
+            shared,
+            node_id,
+            transport,
+            options,
+        })
+    }
+
+    /// Writes the initial membership if the group has none yet. Every replica may call it
+    /// with the same members: they all write the same first entry.
+    pub async fn initialize(&self, members: BTreeMap<NodeId, Node>) -> Result<(), String> {
+        match self.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Replicates `payload`; returns once a majority has it durably and it is applied here.
+    pub async fn propose(&self, payload: Bytes) -> Result<Applied, ProposeError> {
+        match self.raft.client_write(Payload(payload)).await {
+            Ok(resp) => Ok(resp.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ProposeError::NotLeader(f.leader_id)),
+            Err(e) => Err(ProposeError::Failed(e.to_string())),
+        }
+    }
+
+    pub fn metrics(&self) -> RaftMetrics {
+        self.raft.metrics().borrow().clone()
+    }
+
+    pub fn leader(&self) -> Option<NodeId> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// This replica leads and heard from a majority within the election timeout: it may
+    /// serve reads. A leader cut off from its majority stops within that time.
+    pub fn is_serving_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader
+            && m.current_leader == Some(self.node_id)
+            && m.millis_since_quorum_ack
+                .map(|ms| ms <= self.options.election_timeout_min_ms)
+                .unwrap_or(false)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.node_id)
+    }
+
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
+    /// Asks this replica to start an election now (used to move leadership to a preferred
+    /// replica).
+    pub async fn elect(&self) {
+        let _ = self.raft.trigger().elect().await;
+    }
+
+    /// Waits until some node leads the group, up to `timeout`.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<NodeId> {
+        let mut rx = self.raft.metrics();
+        let r = tokio::time::timeout(timeout, rx.wait_for(|m| m.current_leader.is_some())).await;
+        match r {
+            Ok(Ok(m)) => m.current_leader,
+            _ => None,
+        }
+    }
+
+    /// Stops the group's Raft instance and detaches it from the transport.
+    pub async fn shutdown(&self) {
+        self.transport.unregister(&self.name);
+        let _ = self.raft.shutdown().await;
+        self.shared.persist_applied();
+        info!(group = %self.name, node = self.node_id, "group stopped");
+    }
+}

@@ -1,0 +1,101 @@
+//! Keel's replication layer: every partition is its own Raft group (openraft), and the
+//! partition log is the Raft log.
+//!
+//! - [`store`]: openraft's log storage over a [`keel_log::LogStore`] (one entry per record
+//!   batch, fsync with group commit before an append counts as durable), the offset
+//!   translator (Kafka offsets are assigned as entries are appended, skipping non-data
+//!   entries), the vote file, and the state machine, whose "applied" position is the
+//!   high watermark.
+//! - [`transport`]: node-to-node TCP, one connection per node pair carrying the RPCs of
+//!   every group, with its own framing and a switch to cut links in tests.
+//! - [`group`]: one running Raft group (a partition replica or the controller) and what the
+//!   broker asks of it: propose, wait for commit, who leads, read committed entries.
+//!
+//! Nothing here knows Kafka requests; the broker supplies an [`Apply`] hook per group.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+// openraft's StorageError is large and is the error type its traits require.
+#![allow(clippy::result_large_err)]
+
+pub mod group;
+pub mod store;
+pub mod transport;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+pub use group::{Group, GroupOptions, ProposeError};
+pub use transport::{Transport, TransportError};
+
+/// A node's id in the cluster (`keel serve --node-id`).
+pub type NodeId = u64;
+
+/// The address a node's transport listens on, as the other nodes reach it.
+pub type Node = openraft::BasicNode;
+
+/// What is proposed and replicated: a Kafka record batch for a partition group, an
+/// encoded command for the controller group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payload(pub Bytes);
+
+/// What applying an entry returns to its proposer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// Log position of the entry.
+    pub index: u64,
+    /// First offset the entry covers (for a partition batch, its Kafka base offset).
+    pub base_offset: i64,
+    /// The offset after the entry: the high watermark once it is applied.
+    pub next_offset: i64,
+}
+
+/// A snapshot carries no records: a partition's records stay in its log. It says where
+/// the log continues (`next_offset` after the snapshot's last entry) and, for the
+/// controller, the encoded metadata at that point.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotBody {
+    pub next_offset: i64,
+    pub state: Vec<u8>,
+}
+
+openraft::declare_raft_types!(
+    /// openraft's types for every Keel group.
+    pub TypeConfig:
+        D = Payload,
+        R = Applied,
+        NodeId = NodeId,
+        Node = Node,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = SnapshotBody,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Vote = openraft::Vote<NodeId>;
+pub type StorageError = openraft::StorageError<NodeId>;
+pub type Membership = openraft::Membership<NodeId, Node>;
+pub type StoredMembership = openraft::StoredMembership<NodeId, Node>;
+pub type RaftMetrics = openraft::RaftMetrics<NodeId, Node>;
+
+/// The application side of one group: called for each committed entry, in order, on every
+/// replica. Implementations must be deterministic in the entry bytes.
+pub trait Apply: Send + Sync + 'static {
+    /// A data entry at `index` covering `base_offset .. next_offset` was committed.
+    fn apply(&self, index: u64, base_offset: i64, next_offset: i64, payload: &Bytes);
+    /// The application state to put in a snapshot (empty for partitions).
+    fn snapshot(&self) -> Vec<u8> {
+        Vec::new()
+    }
+    /// Replaces the application state with a snapshot's (a replica that caught up from a
+    /// leader's purge point).
+    fn restore(&self, _state: &[u8]) {}
+}
+
+/// How entries are turned into log entries: Kafka record batches (offsets assigned from
+/// the batch's record count, base offset written into the batch) or opaque commands that
+/// cover one offset each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryFormat {
+    KafkaBatches,
+    Commands,
+}

@@ -1,0 +1,697 @@
+//! openraft's storage over Keel's partition log: the partition log is the Raft log.
+//!
+//! One Raft entry is one log entry. A data entry (a Kafka record batch) is given its Kafka
+//! offsets as it is appended: the next offset of the log, which counts only data entries,
+//! so Raft blank and membership entries take a log position but no offset. Every replica
+//! appends the same entries in the same order and so assigns the same offsets: that is the
+//! offset translator, and it needs no table of its own because each entry stores its
+//! offset range.
+//!
+//! Durability: [`LogStorage::append`] writes to the OS and hands openraft's callback to a
+//! flusher task, which fsyncs once for everything queued (group commit) before reporting
+//! the entries durable. openraft counts a replica's entries towards a commit only after
+//! that callback, so an `acks=all` write is on disk on a majority before it is applied.
+//!
+//! The state machine is the high watermark: applying an entry advances `next_offset`.
+//! Snapshots carry no records (they stay in the log); a snapshot says where the log
+//! continues after a purge, so a replica that fell behind the leader's retention starts
+//! its log at the leader's log start.
+//!
+//! Files beside the segments: `raft-vote.json` (fsynced on every change, as Raft needs),
+//! `raft-purged.json` (fsynced; where the log was purged), `raft-applied.json` (written
+//! about once a second without fsync: a stale one only makes a restart re-apply more).
+
+use std::fmt::Debug;
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use keel_log::{Entry, EntryKind, LogStore};
+use keel_proto::batch::{self, BatchHeader};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, CommittedLeaderId, EntryPayload, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageIOError,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tracing::{error, warn};
+
+use crate::{
+    Applied, Apply, EntryFormat, LogId, Membership, Payload, SnapshotBody, StorageError, StoredMembership, TypeConfig,
+    Vote,
+};
+
+/// Largest total payload one AppendEntries carries (the first entry always goes whole).
+pub const REPLICATION_BYTES_MAX: usize = 1024 * 1024;
+
+/// How often the applied position is written to disk.
+const APPLIED_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The committed state of a group, as its state machine has applied it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedState {
+    pub last_applied: Option<LogId>,
+    /// Offset after the last applied data entry: the high watermark.
+    pub next_offset: i64,
+    pub membership: StoredMembership,
+}
+
+/// Where the log was purged, kept durably so the log's prefix can be described after the
+/// entries themselves are gone.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Purged {
+    last_purged: Option<LogId>,
+    /// Offset after the last purged entry.
+    next_offset: i64,
+    /// The membership in effect at the purge point.
+    membership: StoredMembership,
+}
+
+/// State shared by a group's log storage, log readers, state machine and the broker.
+pub struct Shared {
+    log: Mutex<Box<dyn LogStore>>,
+    dir: Option<PathBuf>,
+    format: EntryFormat,
+    fsync: bool,
+    hook: Arc<dyn Apply>,
+    vote: Mutex<Option<Vote>>,
+    purged: Mutex<Purged>,
+    /// Every membership applied since the purge point, oldest first.
+    memberships: Mutex<Vec<StoredMembership>>,
+    applied: watch::Sender<AppliedState>,
+    applied_persisted_at: Mutex<Instant>,
+}
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+fn storage_err(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::write_logs(AnyError::error(e.to_string())).into()
+}
+
+fn read_err(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::read_logs(AnyError::error(e.to_string())).into()
+}
+
+/// Writes `value` to `dir/name` atomically (temp file, fsync, rename, fsync of the
+/// directory when `durable`).
+fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T, durable: bool) -> io::Result<()> {
+    let bytes = serde_json::to_vec(value).map_err(io_err)?;
+    let tmp = dir.join(format!("{name}.tmp"));
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        if durable {
+            crate::store::sync_file(&f)?;
+        }
+    }
+    std::fs::rename(&tmp, dir.join(name))?;
+    if durable {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn sync_file(f: &std::fs::File) -> io::Result<()> {
+    keel_log::fault::fsync()?;
+    f.sync_data()
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(dir: &Path, name: &str) -> io::Result<Option<T>> {
+    match std::fs::read(dir.join(name)) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(io_err),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn log_id(term: u64, index: u64) -> LogId {
+    LogId::new(CommittedLeaderId::new(term, 0), index)
+}
+
+impl Shared {
+    /// Opens a group's storage over `log`. `dir` holds the Raft files (`None` keeps them in
+    /// memory, for tests). `fsync` false acknowledges appends before they are durable.
+    pub fn open(
+        log: Box<dyn LogStore>,
+        dir: Option<PathBuf>,
+        format: EntryFormat,
+        fsync: bool,
+        hook: Arc<dyn Apply>,
+    ) -> io::Result<Arc<Shared>> {
+        let (vote, purged, applied) = match &dir {
+            Some(d) => (
+                read_json::<Vote>(d, "raft-vote.json")?,
+                read_json::<Purged>(d, "raft-purged.json")?.unwrap_or_default(),
+                read_json::<AppliedState>(d, "raft-applied.json").unwrap_or_else(|e| {
+                    warn!(dir = %d.display(), error = %e, "ignoring unreadable raft-applied.json");
+                    None
+                }),
+            ),
+            None => (None, Purged::default(), None),
+        };
+        if purged.last_purged.is_none() && log.first_index() > 0 {
+            return Err(io::Error::other(format!(
+                "log starts at index {} but no purge point is recorded",
+                log.first_index()
+            )));
+        }
+        let from_purge = AppliedState {
+            last_applied: purged.last_purged,
+            next_offset: if purged.last_purged.is_some() {
+                purged.next_offset
+            } else {
+                log.start_offset()
+            },
+            membership: purged.membership.clone(),
+        };
+        // Believe the applied file only if the log still holds that entry with that term.
+        let applied = match applied {
+            Some(a) if a.last_applied.map(|l| l.index) > purged.last_purged.map(|l| l.index) => {
+                let ok = a
+                    .last_applied
+                    .and_then(|l| {
+                        log.read(l.index, 1).ok().and_then(|es| {
+                            es.first().map(|e| {
+                                e.index == l.index && e.term == l.leader_id.term && e.next_offset() == a.next_offset
+                            })
+                        })
+                    })
+                    .unwrap_or(false);
+                if ok {
+                    a
+                } else {
+                    warn!("applied position is not in the log any more; re-applying from the purge point");
+                    from_purge
+                }
+            }
+            _ => from_purge,
+        };
+        let shared = Arc::new(Shared {
+            log: Mutex::new(log),
+            dir,
+            format,
+            fsync,
+            hook,
+            vote: Mutex::new(vote),
+            memberships: Mutex::new(vec![applied.membership.clone()]),
+            purged: Mutex::new(purged),
+            applied: watch::Sender::new(applied),
+            applied_persisted_at: Mutex::new(Instant::now()),
+        });
+        Ok(shared)
+    }
+
+    /// The log, for reads by the broker. Hold the guard briefly.
+    pub fn log(&self) -> MutexGuard<'_, Box<dyn LogStore>> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn applied(&self) -> AppliedState {
+        self.applied.borrow().clone()
+    }
+
+    /// Watches the applied state (the high watermark moves with it).
+    pub fn subscribe(&self) -> watch::Receiver<AppliedState> {
+        self.applied.subscribe()
+    }
+
+    fn purged(&self) -> Purged {
+        self.purged.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Writes the applied position (best effort; a stale file only costs re-applying).
+    pub fn persist_applied(&self) {
+        let Some(dir) = &self.dir else { return };
+        let a = self.applied();
+        if let Err(e) = write_json(dir, "raft-applied.json", &a, false) {
+            warn!(dir = %dir.display(), error = %e, "could not write raft-applied.json");
+        }
+        *self.applied_persisted_at.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    fn save_purged(&self, p: &Purged) -> io::Result<()> {
+        if let Some(dir) = &self.dir {
+            write_json(dir, "raft-purged.json", p, true)?;
+        }
+        *self.purged.lock().unwrap_or_else(|e| e.into_inner()) = p.clone();
+        Ok(())
+    }
+
+    /// Turns an openraft entry into a log entry at the log's next offset.
+    fn to_log_entry(&self, e: &openraft::Entry<TypeConfig>, next_offset: i64) -> Result<Entry, String> {
+        let index = e.log_id.index;
+        let term = e.log_id.leader_id.term;
+        let non_data = |kind, payload| Entry {
+            index,
+            term,
+            kind,
+            offset: next_offset,
+            offset_count: 0,
+            max_timestamp: -1,
+            payload,
+        };
+        Ok(match &e.payload {
+            EntryPayload::Blank => non_data(EntryKind::Blank, Bytes::new()),
+            EntryPayload::Membership(m) => non_data(
+                EntryKind::Membership,
+                Bytes::from(serde_json::to_vec(m).map_err(|e| e.to_string())?),
+            ),
+            EntryPayload::Normal(Payload(bytes)) => match self.format {
+                EntryFormat::KafkaBatches => {
+                    let h = BatchHeader::parse(bytes).map_err(|e| e.to_string())?;
+                    let count = u32::try_from(h.record_count).map_err(|_| "negative record count".to_string())?;
+                    let mut owned = BytesMut::from(&bytes[..]);
+                    batch::set_base_offset(&mut owned, next_offset);
+                    Entry::data(index, term, next_offset, count, h.max_timestamp, owned.freeze())
+                }
+                EntryFormat::Commands => Entry::data(index, term, next_offset, 1, -1, bytes.clone()),
+            },
+        })
+    }
+
+    fn from_log_entry(e: Entry) -> Result<openraft::Entry<TypeConfig>, String> {
+        let payload = match e.kind {
+            EntryKind::Data => EntryPayload::Normal(Payload(e.payload)),
+            EntryKind::Blank => EntryPayload::Blank,
+            EntryKind::Membership => {
+                let m: Membership = serde_json::from_slice(&e.payload).map_err(|err| err.to_string())?;
+                EntryPayload::Membership(m)
+            }
+        };
+        Ok(openraft::Entry {
+            log_id: log_id(e.term, e.index),
+            payload,
+        })
+    }
+
+    fn read_range(
+        &self,
+        start: u64,
+        end: u64,
+        max_bytes: usize,
+    ) -> Result<Vec<openraft::Entry<TypeConfig>>, StorageError> {
+        let mut out = Vec::new();
+        let mut next = start;
+        let mut budget = max_bytes;
+        let log = self.log();
+        while next < end {
+            let entries = log.read(next, budget.max(1)).map_err(read_err)?;
+            if entries.is_empty() {
+                break;
+            }
+            for e in entries {
+                if e.index >= end {
+                    return Ok(out);
+                }
+                if e.index != next {
+                    return Err(read_err(format!(
+                        "log returned index {} where {} was expected",
+                        e.index, next
+                    )));
+                }
+                next += 1;
+                budget = budget.saturating_sub(e.payload.len());
+                out.push(Self::from_log_entry(e).map_err(read_err)?);
+            }
+            if budget == 0 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    fn snapshot_at_purge_point(&self) -> Option<Snapshot<TypeConfig>> {
+        let p = self.purged();
+        let last = p.last_purged?;
+        Some(Snapshot {
+            meta: SnapshotMeta {
+                last_log_id: Some(last),
+                last_membership: p.membership.clone(),
+                snapshot_id: format!("{}-{}", last.leader_id.term, last.index),
+            },
+            snapshot: Box::new(SnapshotBody {
+                next_offset: p.next_offset,
+                state: self.hook.snapshot(),
+            }),
+        })
+    }
+}
+
+fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
+    let start = match range.start_bound() {
+        Bound::Included(s) => *s,
+        Bound::Excluded(s) => s.saturating_add(1),
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(e) => e.saturating_add(1),
+        Bound::Excluded(e) => *e,
+        Bound::Unbounded => u64::MAX,
+    };
+    (start, end)
+}
+
+/// openraft's log storage for one group.
+pub struct LogStorage {
+    shared: Arc<Shared>,
+    flusher: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+}
+
+impl LogStorage {
+    /// Must be called inside a tokio runtime: starts the group-commit flusher.
+    pub fn new(shared: Arc<Shared>) -> LogStorage {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(flusher(shared.clone(), rx));
+        LogStorage { shared, flusher: tx }
+    }
+}
+
+/// Fsyncs once for every append queued since the last fsync, then reports them durable.
+async fn flusher(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>) {
+    while let Some(first) = rx.recv().await {
+        let mut waiting = vec![first];
+        while let Ok(cb) = rx.try_recv() {
+            waiting.push(cb);
+        }
+        let handle = shared.log().sync_handle();
+        let result: Result<(), String> = match handle {
+            Ok(h) => match tokio::task::spawn_blocking(move || h.sync()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(format!("fsync failed: {e}")),
+                Err(e) => Err(format!("fsync task failed: {e}")),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(reason) = &result {
+            error!(%reason, "replicated log poisoned");
+            shared.log().poison(reason.clone());
+        }
+        for cb in waiting {
+            cb.log_io_completed(result.clone().map_err(io::Error::other));
+        }
+    }
+}
+
+/// A read handle used by openraft's replication tasks.
+#[derive(Clone)]
+pub struct LogReader {
+    shared: Arc<Shared>,
+}
+
+impl RaftLogReader<TypeConfig> for LogReader {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<openraft::Entry<TypeConfig>>, StorageError> {
+        let (start, end) = bounds(&range);
+        self.shared.read_range(start, end, usize::MAX)
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<openraft::Entry<TypeConfig>>, StorageError> {
+        self.shared.read_range(start, end, REPLICATION_BYTES_MAX)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStorage {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<openraft::Entry<TypeConfig>>, StorageError> {
+        let (start, end) = bounds(&range);
+        self.shared.read_range(start, end, usize::MAX)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStorage {
+    type LogReader = LogReader;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let purged = self.shared.purged().last_purged;
+        let log = self.shared.log();
+        let last = match log.last_term() {
+            Some(term) if log.next_index() > log.first_index() => Some(log_id(term, log.next_index() - 1)),
+            _ => purged,
+        };
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: last.max(purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        LogReader {
+            shared: self.shared.clone(),
+        }
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        if let Some(dir) = &self.shared.dir {
+            write_json(dir, "raft-vote.json", vote, true)
+                .map_err(|e| StorageError::from(StorageIOError::write_vote(AnyError::error(e.to_string()))))?;
+        }
+        *self.shared.vote.lock().unwrap_or_else(|e| e.into_inner()) = Some(*vote);
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        Ok(*self.shared.vote.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        {
+            let mut log = self.shared.log();
+            for e in entries {
+                let entry = self.shared.to_log_entry(&e, log.next_offset()).map_err(storage_err)?;
+                log.append(&entry).map_err(storage_err)?;
+            }
+        }
+        if self.shared.fsync {
+            self.flusher
+                .send(callback)
+                .map_err(|_| storage_err("the log's flusher has stopped"))?;
+        } else {
+            callback.log_io_completed(Ok(()));
+        }
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut log = self.shared.log();
+        if log_id.index <= log.first_index() {
+            let start = log.start_offset();
+            log.reset(log_id.index, start).map_err(storage_err)?;
+        } else {
+            log.truncate_after(log_id.index - 1).map_err(storage_err)?;
+        }
+        Ok(())
+    }
+
+    async fn purge(&mut self, upto: LogId) -> Result<(), StorageError> {
+        let current = self.shared.purged();
+        if current.last_purged.map(|l| l.index) >= Some(upto.index) {
+            return Ok(());
+        }
+        let next_offset = {
+            let log = self.shared.log();
+            match log.read(upto.index, 1).map_err(read_err)?.first() {
+                Some(e) if e.index == upto.index => e.next_offset(),
+                _ => {
+                    return Err(storage_err(format!(
+                        "purge to {} which the log does not hold",
+                        upto.index
+                    )))
+                }
+            }
+        };
+        let membership = {
+            let ms = self.shared.memberships.lock().unwrap_or_else(|e| e.into_inner());
+            ms.iter()
+                .rev()
+                .find(|m| m.log_id().map(|l| l.index) <= Some(upto.index))
+                .cloned()
+                .unwrap_or(current.membership.clone())
+        };
+        let p = Purged {
+            last_purged: Some(upto),
+            next_offset,
+            membership,
+        };
+        self.shared.save_purged(&p).map_err(storage_err)?;
+        self.shared
+            .memberships
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|m| m.log_id().map(|l| l.index) >= Some(upto.index) || *m == p.membership);
+        self.shared.log().purge_before(upto.index + 1).map_err(storage_err)?;
+        Ok(())
+    }
+}
+
+/// openraft's state machine for one group: applying advances the high watermark and calls
+/// the broker's [`Apply`] hook.
+pub struct StateMachine {
+    shared: Arc<Shared>,
+}
+
+impl StateMachine {
+    pub fn new(shared: Arc<Shared>) -> StateMachine {
+        StateMachine { shared }
+    }
+}
+
+/// Builds metadata-only snapshots at the applied position.
+pub struct SnapshotBuilder {
+    shared: Arc<Shared>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let a = self.shared.applied();
+        let id = a
+            .last_applied
+            .map(|l| format!("{}-{}", l.leader_id.term, l.index))
+            .unwrap_or_default();
+        Ok(Snapshot {
+            meta: SnapshotMeta {
+                last_log_id: a.last_applied,
+                last_membership: a.membership.clone(),
+                snapshot_id: id,
+            },
+            snapshot: Box::new(SnapshotBody {
+                next_offset: a.next_offset,
+                state: self.shared.hook.snapshot(),
+            }),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let a = self.shared.applied();
+        Ok((a.last_applied, a.membership))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>
+    where
+        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut state = self.shared.applied();
+        let mut out = Vec::new();
+        let mut membership_changed = false;
+        for e in entries {
+            let base = state.next_offset;
+            match &e.payload {
+                EntryPayload::Normal(Payload(bytes)) => {
+                    let count = match self.shared.format {
+                        EntryFormat::KafkaBatches => BatchHeader::parse(bytes)
+                            .map(|h| i64::from(h.record_count))
+                            .map_err(|err| StorageError::from(StorageIOError::apply(e.log_id, AnyError::error(err))))?,
+                        EntryFormat::Commands => 1,
+                    };
+                    state.next_offset = base + count;
+                    self.shared.hook.apply(e.log_id.index, base, state.next_offset, bytes);
+                }
+                EntryPayload::Membership(m) => {
+                    state.membership = StoredMembership::new(Some(e.log_id), m.clone());
+                    self.shared
+                        .memberships
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(state.membership.clone());
+                    membership_changed = true;
+                }
+                EntryPayload::Blank => {}
+            }
+            state.last_applied = Some(e.log_id);
+            out.push(Applied {
+                index: e.log_id.index,
+                base_offset: base,
+                next_offset: state.next_offset,
+            });
+        }
+        self.shared.applied.send_replace(state);
+        let due = self
+            .shared
+            .applied_persisted_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+            >= APPLIED_PERSIST_INTERVAL;
+        if membership_changed || due {
+            self.shared.persist_applied();
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            shared: self.shared.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotBody>, StorageError> {
+        Ok(Box::default())
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<crate::NodeId, crate::Node>,
+        snapshot: Box<SnapshotBody>,
+    ) -> Result<(), StorageError> {
+        let Some(last) = meta.last_log_id else {
+            return Ok(());
+        };
+        // Keep the log if it already holds the snapshot's last entry; otherwise start over
+        // where the leader's log continues.
+        {
+            let mut log = self.shared.log();
+            let holds = log
+                .read(last.index, 1)
+                .ok()
+                .and_then(|es| {
+                    es.first()
+                        .map(|e| e.index == last.index && e.term == last.leader_id.term)
+                })
+                .unwrap_or(false);
+            if !holds {
+                log.reset(last.index + 1, snapshot.next_offset).map_err(storage_err)?;
+            }
+        }
+        let p = Purged {
+            last_purged: Some(last),
+            next_offset: snapshot.next_offset,
+            membership: meta.last_membership.clone(),
+        };
+        self.shared.save_purged(&p).map_err(storage_err)?;
+        *self.shared.memberships.lock().unwrap_or_else(|e| e.into_inner()) = vec![meta.last_membership.clone()];
+        self.shared.hook.restore(&snapshot.state);
+        self.shared.applied.send_replace(AppliedState {
+            last_applied: Some(last),
+            next_offset: snapshot.next_offset,
+            membership: meta.last_membership.clone(),
+        });
+        self.shared.persist_applied();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        Ok(self.shared.snapshot_at_purge_point())
+    }
+}

@@ -1,0 +1,573 @@
+//! Node-to-node transport: one TCP connection per node pair (per direction) carries the
+//! Raft RPCs of every group and the application's own requests (forwarding to the
+//! controller leader).
+//!
+//! ```text
+//!  0 len u32     bytes after this field          9 request id u64
+//!  4 crc u32     CRC-32C of bytes 8 .. 4+len    17 from node u64
+//!  8 kind u8                                    25 group length u16, group, body
+//! ```
+//!
+//! Requests are answered out of order (each carries its id); a writer task drains the
+//! outgoing queue and flushes when it is empty, so the heartbeats and appends of many
+//! groups that are ready together share one write. Bodies are postcard-encoded openraft
+//! messages. A frame that fails its checksum or its limits closes the connection.
+//!
+//! [`Transport::cut`] drops all traffic to and from a node, for tests and the chaos
+//! nemesis: a cut link behaves like a silent network (requests time out).
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use openraft::error::{
+    Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError, Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse};
+use openraft::{RPCTypes, SnapshotMeta};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::{Node, NodeId, Raft, SnapshotBody, TypeConfig, Vote};
+
+/// Largest frame accepted from a peer.
+pub const FRAME_BYTES_MAX: usize = 128 * 1024 * 1024;
+const HEADER_LEN: usize = 4 + 4 + 1 + 8 + 8 + 2;
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Requests queued per connection before senders wait.
+const QUEUE_DEPTH: usize = 4096;
+
+const KIND_APPEND: u8 = 1;
+const KIND_VOTE: u8 = 2;
+const KIND_SNAPSHOT: u8 = 3;
+const KIND_APP: u8 = 4;
+const KIND_RESPONSE: u8 = 0x80;
+const KIND_ERROR: u8 = 0xFF;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum TransportError {
+    #[error("node {0} is unreachable: {1}")]
+    Unreachable(NodeId, String),
+    #[error("request to node {0} timed out")]
+    Timeout(NodeId),
+    #[error("node {0} refused the request: {1}")]
+    Refused(NodeId, String),
+    #[error("bad message: {0}")]
+    Codec(String),
+}
+
+type AppFuture = Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>>;
+/// Handles application requests (kind "app") addressed to this node.
+pub type AppHandler = Arc<dyn Fn(NodeId, String, Bytes) -> AppFuture + Send + Sync>;
+
+struct Conn {
+    tx: mpsc::Sender<Bytes>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Result<Bytes, TransportError>>>>,
+    alive: AtomicBool,
+}
+
+impl Conn {
+    fn fail_all(&self, why: &str, peer: NodeId) {
+        self.alive.store(false, Ordering::Release);
+        let pending: Vec<_> = self.pending.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+        for (_, tx) in pending {
+            let _ = tx.send(Err(TransportError::Unreachable(peer, why.to_string())));
+        }
+    }
+}
+
+/// One peer's connection, created on first use and replaced after it fails.
+type ConnSlot = Arc<tokio::sync::Mutex<Option<Arc<Conn>>>>;
+
+/// This node's end of the node-to-node network.
+pub struct Transport {
+    id: NodeId,
+    peers: RwLock<HashMap<NodeId, String>>,
+    conns: Mutex<HashMap<NodeId, ConnSlot>>,
+    groups: RwLock<HashMap<String, Raft>>,
+    app: RwLock<Option<AppHandler>>,
+    cut: RwLock<HashSet<NodeId>>,
+    next_request: AtomicU64,
+}
+
+fn encode_frame(kind: u8, request: u64, from: NodeId, group: &str, body: &[u8]) -> Result<Bytes, TransportError> {
+    let group_len = u16::try_from(group.len()).map_err(|_| TransportError::Codec("group name too long".into()))?;
+    let len = HEADER_LEN - 4 + group.len() + body.len();
+    if len > FRAME_BYTES_MAX {
+        return Err(TransportError::Codec(format!("frame of {len} bytes exceeds the limit")));
+    }
+    let mut b = BytesMut::with_capacity(4 + len);
+    b.put_u32(len as u32);
+    b.put_u32(0);
+    b.put_u8(kind);
+    b.put_u64(request);
+    b.put_u64(from);
+    b.put_u16(group_len);
+    b.put_slice(group.as_bytes());
+    b.put_slice(body);
+    let crc = crc32c::crc32c(b.get(8..).unwrap_or_default());
+    if let Some(slot) = b.get_mut(4..8) {
+        slot.copy_from_slice(&crc.to_be_bytes());
+    }
+    Ok(b.freeze())
+}
+
+struct Frame {
+    kind: u8,
+    request: u64,
+    from: NodeId,
+    group: String,
+    body: Bytes,
+}
+
+async fn read_frame(r: &mut (impl AsyncReadExt + Unpin)) -> Result<Option<Frame>, String> {
+    let len = match r.read_u32().await {
+        Ok(n) => n as usize,
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    if !(HEADER_LEN - 4..=FRAME_BYTES_MAX).contains(&len) {
+        return Err(format!("frame length {len} outside limits"));
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+    let mut b = Bytes::from(buf);
+    let crc = b.get_u32();
+    if crc32c::crc32c(&b) != crc {
+        return Err("frame checksum mismatch".into());
+    }
+    let kind = b.get_u8();
+    let request = b.get_u64();
+    let from = b.get_u64();
+    let glen = b.get_u16() as usize;
+    if glen > b.remaining() {
+        return Err("group name overruns the frame".into());
+    }
+    let group = String::from_utf8(b.split_to(glen).to_vec()).map_err(|_| "group name is not UTF-8".to_string())?;
+    Ok(Some(Frame {
+        kind,
+        request,
+        from,
+        group,
+        body: b,
+    }))
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, TransportError> {
+    postcard::to_stdvec(v).map_err(|e| TransportError::Codec(e.to_string()))
+}
+
+fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, TransportError> {
+    postcard::from_bytes(b).map_err(|e| TransportError::Codec(e.to_string()))
+}
+
+impl Transport {
+    pub fn new(id: NodeId) -> Arc<Transport> {
+        Arc::new(Transport {
+            id,
+            peers: RwLock::new(HashMap::new()),
+            conns: Mutex::new(HashMap::new()),
+            groups: RwLock::new(HashMap::new()),
+            app: RwLock::new(None),
+            cut: RwLock::new(HashSet::new()),
+            next_request: AtomicU64::new(1),
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// Where `node`'s transport listens.
+    pub fn set_peer(&self, node: NodeId, addr: String) {
+        let mut peers = self.peers.write().unwrap_or_else(|e| e.into_inner());
+        if peers.get(&node) != Some(&addr) {
+            peers.insert(node, addr);
+        }
+    }
+
+    pub fn peer_addr(&self, node: NodeId) -> Option<String> {
+        self.peers.read().unwrap_or_else(|e| e.into_inner()).get(&node).cloned()
+    }
+
+    pub fn register(&self, group: &str, raft: Raft) {
+        self.groups
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(group.to_string(), raft);
+    }
+
+    pub fn unregister(&self, group: &str) {
+        self.groups.write().unwrap_or_else(|e| e.into_inner()).remove(group);
+    }
+
+    fn group(&self, group: &str) -> Option<Raft> {
+        self.groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(group)
+            .cloned()
+    }
+
+    pub fn set_app_handler(&self, handler: AppHandler) {
+        *self.app.write().unwrap_or_else(|e| e.into_inner()) = Some(handler);
+    }
+
+    /// Drops all traffic to and from `node` (or restores it).
+    pub fn cut(&self, node: NodeId, cut: bool) {
+        let mut c = self.cut.write().unwrap_or_else(|e| e.into_inner());
+        if cut {
+            c.insert(node);
+        } else {
+            c.remove(&node);
+        }
+    }
+
+    fn is_cut(&self, node: NodeId) -> bool {
+        self.cut.read().unwrap_or_else(|e| e.into_inner()).contains(&node)
+    }
+
+    /// Accepts peers' connections until the listener fails.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    debug!(%addr, "peer connected");
+                    tokio::spawn(self.clone().serve_conn(stream));
+                }
+                Err(e) => {
+                    warn!(error = %e, "transport accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn serve_conn(self: Arc<Self>, stream: TcpStream) {
+        let (mut r, w) = stream.into_split();
+        let (tx, rx) = mpsc::channel::<Bytes>(QUEUE_DEPTH);
+        tokio::spawn(writer(w, rx));
+        loop {
+            let frame = match read_frame(&mut r).await {
+                Ok(Some(f)) => f,
+                Ok(None) => return,
+                Err(e) => {
+                    warn!(error = %e, "closing peer connection");
+                    return;
+                }
+            };
+            if self.is_cut(frame.from) {
+                continue;
+            }
+            let me = self.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let (kind, body) = match me.handle(&frame).await {
+                    Ok(b) => (frame.kind | KIND_RESPONSE, b),
+                    Err(e) => (KIND_ERROR, Bytes::from(e)),
+                };
+                if me.is_cut(frame.from) {
+                    return;
+                }
+                if let Ok(f) = encode_frame(kind, frame.request, me.id, &frame.group, &body) {
+                    let _ = tx.send(f).await;
+                }
+            });
+        }
+    }
+
+    async fn handle(&self, f: &Frame) -> Result<Bytes, String> {
+        let e = |e: TransportError| e.to_string();
+        if f.kind == KIND_APP {
+            let handler = self.app.read().unwrap_or_else(|e| e.into_inner()).clone();
+            return match handler {
+                Some(h) => h(f.from, f.group.clone(), f.body.clone()).await,
+                None => Err("no application handler".into()),
+            };
+        }
+        let raft = self.group(&f.group).ok_or_else(|| format!("no group {}", f.group))?;
+        let out = match f.kind {
+            KIND_APPEND => {
+                let req: AppendEntriesRequest<TypeConfig> = decode(&f.body).map_err(e)?;
+                encode(&raft.append_entries(req).await).map_err(e)?
+            }
+            KIND_VOTE => {
+                let req: VoteRequest<NodeId> = decode(&f.body).map_err(e)?;
+                encode(&raft.vote(req).await).map_err(e)?
+            }
+            KIND_SNAPSHOT => {
+                let (vote, meta, body): (Vote, SnapshotMeta<NodeId, Node>, SnapshotBody) =
+                    decode(&f.body).map_err(e)?;
+                let snapshot = openraft::Snapshot {
+                    meta,
+                    snapshot: Box::new(body),
+                };
+                encode(&raft.install_full_snapshot(vote, snapshot).await).map_err(e)?
+            }
+            k => return Err(format!("unknown request kind {k}")),
+        };
+        Ok(Bytes::from(out))
+    }
+
+    async fn conn(&self, target: NodeId) -> Result<Arc<Conn>, TransportError> {
+        let slot = {
+            let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+            conns.entry(target).or_default().clone()
+        };
+        let mut slot = slot.lock().await;
+        if let Some(c) = slot.as_ref() {
+            if c.alive.load(Ordering::Acquire) {
+                return Ok(c.clone());
+            }
+        }
+        let addr = self
+            .peer_addr(target)
+            .ok_or_else(|| TransportError::Unreachable(target, "address unknown".into()))?;
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
+            .await
+            .map_err(|_| TransportError::Unreachable(target, format!("connect to {addr} timed out")))?
+            .map_err(|e| TransportError::Unreachable(target, format!("connect to {addr}: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        let (mut r, w) = stream.into_split();
+        let (tx, rx) = mpsc::channel::<Bytes>(QUEUE_DEPTH);
+        tokio::spawn(writer(w, rx));
+        let conn = Arc::new(Conn {
+            tx,
+            pending: Mutex::new(HashMap::new()),
+            alive: AtomicBool::new(true),
+        });
+        let reader_conn = conn.clone();
+        tokio::spawn(async move {
+            loop {
+                match read_frame(&mut r).await {
+                    Ok(Some(f)) => {
+                        let waiter = reader_conn
+                            .pending
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&f.request);
+                        if let Some(w) = waiter {
+                            let r = if f.kind == KIND_ERROR {
+                                Err(TransportError::Refused(
+                                    target,
+                                    String::from_utf8_lossy(&f.body).into_owned(),
+                                ))
+                            } else {
+                                Ok(f.body)
+                            };
+                            let _ = w.send(r);
+                        }
+                    }
+                    Ok(None) => {
+                        reader_conn.fail_all("connection closed", target);
+                        return;
+                    }
+                    Err(e) => {
+                        reader_conn.fail_all(&e, target);
+                        return;
+                    }
+                }
+            }
+        });
+        info!(peer = target, %addr, "connected to peer");
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Sends one request and waits for its answer.
+    pub async fn call(
+        &self,
+        target: NodeId,
+        kind: u8,
+        group: &str,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<Bytes, TransportError> {
+        if self.is_cut(target) {
+            tokio::time::sleep(timeout).await;
+            return Err(TransportError::Timeout(target));
+        }
+        let fut = async {
+            let conn = self.conn(target).await?;
+            let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+            let frame = encode_frame(kind, id, self.id, group, body)?;
+            let (tx, rx) = oneshot::channel();
+            conn.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(id, tx);
+            if conn.tx.send(frame).await.is_err() {
+                conn.fail_all("writer stopped", target);
+            }
+            let r = rx
+                .await
+                .unwrap_or_else(|_| Err(TransportError::Unreachable(target, "connection dropped".into())));
+            if r.is_err() {
+                conn.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            }
+            r
+        };
+        let r = tokio::time::timeout(timeout, fut)
+            .await
+            .unwrap_or(Err(TransportError::Timeout(target)));
+        if self.is_cut(target) {
+            return Err(TransportError::Timeout(target));
+        }
+        r
+    }
+
+    /// Sends an application request to `target` (handled by its [`AppHandler`]).
+    pub async fn call_app(
+        &self,
+        target: NodeId,
+        topic: &str,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<Bytes, TransportError> {
+        self.call(target, KIND_APP, topic, body, timeout).await
+    }
+
+    /// A network factory for openraft, scoped to one group.
+    pub fn network(self: &Arc<Self>, group: &str) -> GroupNetworkFactory {
+        GroupNetworkFactory {
+            transport: self.clone(),
+            group: group.to_string(),
+        }
+    }
+}
+
+async fn writer(w: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
+    let mut w = BufWriter::with_capacity(256 * 1024, w);
+    while let Some(first) = rx.recv().await {
+        if w.write_all(&first).await.is_err() {
+            return;
+        }
+        while let Ok(more) = rx.try_recv() {
+            if w.write_all(&more).await.is_err() {
+                return;
+            }
+        }
+        if w.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+pub struct GroupNetworkFactory {
+    transport: Arc<Transport>,
+    group: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
+    type Network = GroupNetwork;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> GroupNetwork {
+        if !node.addr.is_empty() {
+            self.transport.set_peer(target, node.addr.clone());
+        }
+        GroupNetwork {
+            transport: self.transport.clone(),
+            group: self.group.clone(),
+            target,
+        }
+    }
+}
+
+pub struct GroupNetwork {
+    transport: Arc<Transport>,
+    group: String,
+    target: NodeId,
+}
+
+type RpcErr = RPCError<NodeId, Node, RaftError<NodeId>>;
+
+impl GroupNetwork {
+    fn rpc_error(&self, e: TransportError, action: RPCTypes, timeout: Duration) -> RpcErr {
+        match e {
+            TransportError::Timeout(_) => RPCError::Timeout(Timeout {
+                action,
+                id: self.transport.id,
+                target: self.target,
+                timeout,
+            }),
+            TransportError::Codec(_) => RPCError::Network(NetworkError::new(&e)),
+            TransportError::Unreachable(..) | TransportError::Refused(..) => {
+                RPCError::Unreachable(Unreachable::new(&e))
+            }
+        }
+    }
+
+    async fn rpc<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        kind: u8,
+        action: RPCTypes,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RpcErr> {
+        let body = encode(req).map_err(|e| self.rpc_error(e, action, timeout))?;
+        let out = self
+            .transport
+            .call(self.target, kind, &self.group, &body, timeout)
+            .await
+            .map_err(|e| self.rpc_error(e, action, timeout))?;
+        let r: Result<Resp, RaftError<NodeId>> = decode(&out).map_err(|e| self.rpc_error(e, action, timeout))?;
+        r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for GroupNetwork {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        self.rpc(KIND_APPEND, RPCTypes::AppendEntries, &rpc, option.hard_ttl())
+            .await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcErr> {
+        self.rpc(KIND_VOTE, RPCTypes::Vote, &rpc, option.hard_ttl()).await
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: openraft::Snapshot<TypeConfig>,
+        _cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let timeout = option.hard_ttl();
+        let req = (vote, snapshot.meta, *snapshot.snapshot);
+        let map = |e: TransportError| -> StreamingError<TypeConfig, Fatal<NodeId>> {
+            match e {
+                TransportError::Timeout(_) => StreamingError::Timeout(Timeout {
+                    action: RPCTypes::InstallSnapshot,
+                    id: self.transport.id,
+                    target: self.target,
+                    timeout,
+                }),
+                TransportError::Codec(_) => StreamingError::Network(NetworkError::new(&e)),
+                _ => StreamingError::Unreachable(Unreachable::new(&e)),
+            }
+        };
+        let body = encode(&req).map_err(map)?;
+        let out = self
+            .transport
+            .call(self.target, KIND_SNAPSHOT, &self.group, &body, timeout)
+            .await
+            .map_err(map)?;
+        let r: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> = decode(&out).map_err(map)?;
+        r.map_err(|e| StreamingError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(200)))
+    }
+}
