@@ -21,6 +21,12 @@ pub enum PartitionError {
     Storage(#[from] LogError),
     #[error("partition was deleted")]
     Deleted,
+    /// This replica does not lead the partition (or has lost its quorum).
+    #[error("this node is not the partition's leader")]
+    NotLeader,
+    /// The write may or may not have been replicated (leadership lost, timeout).
+    #[error("replication failed: {0}")]
+    Replication(String),
 }
 
 impl PartitionError {
@@ -34,6 +40,8 @@ impl PartitionError {
             PartitionError::Storage(LogError::EntryTooLarge(_)) => E::MessageTooLarge.code(),
             PartitionError::Storage(_) => E::KafkaStorageError.code(),
             PartitionError::Deleted => E::UnknownTopicOrPartition.code(),
+            PartitionError::NotLeader => E::NotLeaderOrFollower.code(),
+            PartitionError::Replication(_) => E::RequestTimedOut.code(),
         }
     }
 }

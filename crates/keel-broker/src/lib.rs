@@ -64,7 +64,15 @@ impl Broker {
         let config = Arc::new(config);
         let metrics = Arc::new(metrics::Metrics::new());
         let data_changed = Arc::new(watch::Sender::new(0u64));
-        let topics = topics::Topics::load(config.clone(), metrics.clone(), data_changed.clone())?;
+        let replica = partition::ReplicaContext {
+            node_id: config.node_id.max(0) as u64,
+            transport: keel_raft::Transport::new(config.node_id.max(0) as u64),
+            members: [(config.node_id.max(0) as u64, keel_raft::Node::default())]
+                .into_iter()
+                .collect(),
+            options: keel_raft::GroupOptions::default(),
+        };
+        let topics = topics::Topics::load(config.clone(), metrics.clone(), data_changed.clone(), replica).await?;
         let listen: std::net::SocketAddr = config.kafka_listen.parse()?;
         let host = config.advertised_host.clone().unwrap_or_else(|| {
             if listen.ip().is_unspecified() {

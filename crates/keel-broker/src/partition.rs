@@ -1,21 +1,27 @@
-//! One partition: its log, group commit, the high watermark, idempotent-producer state.
+//! One partition replica: a Raft group (keel-raft) over the partition's log, the high
+//! watermark, and idempotent-producer dedup.
 //!
-//! Appends are serialised by the log's write lock, which also assigns offsets. Under the
-//! `always` fsync policy, an append is acknowledged once a flusher task has fsynced past
-//! it. The flusher takes a [`keel_log::SyncHandle`] under the lock and fsyncs outside it,
-//! so producers that arrive during an fsync are all covered by the next one: that is the
-//! group commit. Consumers see records up to the high watermark, which under `always` is
-//! the durable end of the log, so nothing can be read that a crash could take back.
+//! Writes go through the group's leader: each record batch is proposed as one Raft entry
+//! and acknowledged once a majority of replicas has it durably (fsync with group commit on
+//! each replica under the `always` policy) and it is applied here. Kafka offsets are
+//! assigned as entries are appended to the log (see `keel_raft::store`), so every replica
+//! gives every batch the same offsets. The high watermark is the offset after the last
+//! applied entry: consumers never see a record a failover could take back.
+//!
+//! Producer dedup state is built from applied entries only, on every replica, so a new
+//! leader knows what the old one committed; a leader accepts writes only once it has
+//! applied an entry of its own term (everything earlier leaders committed).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use keel_log::{DiskLog, Entry, LogStore};
+use keel_log::{DiskLog, LogStore};
 use keel_proto::batch::{self, BatchHeader};
-use tokio::sync::{watch, Notify};
-use tracing::{error, warn};
+use keel_raft::{Apply, Group, GroupOptions, ProposeError};
+use tokio::sync::watch;
+use tracing::{error, info, warn};
 
 use crate::config::FsyncPolicy;
 use crate::error::PartitionError;
@@ -26,27 +32,59 @@ use crate::topic_config::{TimestampType, TopicSettings};
 /// The committed (visible, acknowledged) end of the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Committed {
-    pub next_index: u64,
     pub next_offset: i64,
     pub poisoned: bool,
 }
 
-struct Inner {
-    log: DiskLog,
-    producers: ProducerStates,
-    settings: TopicSettings,
+/// What applying committed entries maintains on every replica.
+struct PartitionHook {
+    producers: Mutex<ProducerStates>,
+    data_changed: Arc<watch::Sender<u64>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Apply for PartitionHook {
+    fn apply(&self, _index: u64, base_offset: i64, _next_offset: i64, payload: &Bytes) {
+        if let Ok(h) = BatchHeader::parse(payload) {
+            if h.producer_id >= 0 {
+                self.producers.lock().unwrap_or_else(|e| e.into_inner()).record(
+                    h.producer_id,
+                    h.producer_epoch,
+                    h.base_sequence,
+                    h.record_count,
+                    base_offset,
+                );
+            }
+        }
+        self.data_changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    fn fsynced(&self, seconds: f64) {
+        self.metrics.fsync_seconds.observe(seconds);
+    }
+}
+
+/// Where a partition replica lives in the cluster.
+#[derive(Clone)]
+pub struct ReplicaContext {
+    pub node_id: u64,
+    pub transport: Arc<keel_raft::Transport>,
+    /// The replicas' nodes (id and transport address) to initialize a new group with.
+    pub members: std::collections::BTreeMap<u64, keel_raft::Node>,
+    pub options: GroupOptions,
 }
 
 pub struct Partition {
     pub topic: String,
     pub index: i32,
-    inner: RwLock<Inner>,
-    committed: watch::Sender<Committed>,
-    flush: Notify,
+    group: Group,
+    hook: Arc<PartitionHook>,
+    settings: RwLock<TopicSettings>,
+    /// Orders dedup checks and proposals, so that the log holds batches in check order.
+    propose: tokio::sync::Mutex<()>,
     closed: AtomicBool,
+    poisoned: AtomicBool,
     metrics: Arc<Metrics>,
-    /// Broker-wide counter bumped whenever any high watermark moves (wakes long polls).
-    data_changed: Arc<watch::Sender<u64>>,
 }
 
 /// Result of an append.
@@ -55,8 +93,6 @@ pub struct Appended {
     pub base_offset: i64,
     pub log_append_time: i64,
     pub log_start_offset: i64,
-    /// Index of the last entry written; `None` if every batch was a duplicate.
-    pub last_index: Option<u64>,
 }
 
 /// Result of a read.
@@ -67,9 +103,17 @@ pub struct ReadResult {
     pub log_start_offset: i64,
 }
 
+fn propose_error(e: ProposeError) -> PartitionError {
+    match e {
+        ProposeError::NotLeader(_) => PartitionError::NotLeader,
+        ProposeError::Failed(m) => PartitionError::Replication(m),
+    }
+}
+
 impl Partition {
-    /// Opens the partition's log and starts its flusher.
-    pub fn open(
+    /// Opens the replica's log and starts its Raft group (initializing the group with
+    /// `ctx.members` when it is new).
+    pub async fn open(
         topic: &str,
         index: i32,
         log: DiskLog,
@@ -77,231 +121,254 @@ impl Partition {
         metrics: Arc<Metrics>,
         data_changed: Arc<watch::Sender<u64>>,
         fsync_interval: Duration,
-    ) -> Arc<Partition> {
-        let producers = rebuild_producers(&log);
-        let committed = Committed {
-            next_index: log.next_index(),
-            next_offset: log.next_offset(),
-            poisoned: false,
+        ctx: &ReplicaContext,
+    ) -> anyhow::Result<Arc<Partition>> {
+        let dir = log.dir().to_path_buf();
+        let producers = rebuild_producers(&log, &dir);
+        let hook = Arc::new(PartitionHook {
+            producers: Mutex::new(producers),
+            data_changed: data_changed.clone(),
+            metrics: metrics.clone(),
+        });
+        let options = GroupOptions {
+            fsync: settings.fsync == FsyncPolicy::Always,
+            ..ctx.options.clone()
         };
+        let fresh = log.next_index() == 0;
+        let group = Group::start(
+            &group_name(topic, index),
+            ctx.node_id,
+            ctx.transport.clone(),
+            Box::new(log),
+            Some(dir),
+            hook.clone(),
+            options,
+        )
+        .await
+        .map_err(anyhow::Error::msg)?;
+        if fresh {
+            group
+                .initialize(ctx.members.clone())
+                .await
+                .map_err(anyhow::Error::msg)?;
+        }
+        // A replica that is its group's only voter leads it: wait for that (bounded), so
+        // the partition takes writes as soon as it is open.
+        if ctx.members.len() == 1 && ctx.members.contains_key(&ctx.node_id) {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !group.is_ready_leader() && Instant::now() < deadline {
+                if group.leader().is_none() {
+                    group.elect().await;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         let p = Arc::new(Partition {
             topic: topic.to_string(),
             index,
-            inner: RwLock::new(Inner {
-                log,
-                producers,
-                settings,
-            }),
-            committed: watch::Sender::new(committed),
-            flush: Notify::new(),
+            group,
+            hook,
+            settings: RwLock::new(settings),
+            propose: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
+            poisoned: AtomicBool::new(false),
             metrics,
-            data_changed,
         });
         p.update_size_metric();
-        tokio::spawn(flusher(p.clone(), fsync_interval));
-        p
+        tokio::spawn(flusher(Arc::downgrade(&p), fsync_interval));
+        Ok(p)
     }
 
-    fn read_inner(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
-        self.inner.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write_inner(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
-        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    pub fn group(&self) -> &Group {
+        &self.group
     }
 
     pub fn settings(&self) -> TopicSettings {
-        self.read_inner().settings.clone()
+        self.settings.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn set_settings(&self, settings: TopicSettings) {
-        let mut g = self.write_inner();
-        g.log.set_config(settings.log.clone());
-        g.settings = settings;
+        self.group.shared.log().set_config(settings.log.clone());
+        self.group.shared.set_fsync(settings.fsync == FsyncPolicy::Always);
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = settings;
     }
 
     pub fn committed(&self) -> Committed {
-        *self.committed.borrow()
+        Committed {
+            next_offset: self.high_watermark(),
+            poisoned: self.poisoned.load(Ordering::Acquire),
+        }
     }
 
     pub fn high_watermark(&self) -> i64 {
-        self.committed().next_offset
+        self.group.shared.applied().next_offset
     }
 
     pub fn log_start_offset(&self) -> i64 {
-        self.read_inner().log.start_offset()
+        self.group.shared.log().start_offset()
     }
 
     pub fn size_bytes(&self) -> u64 {
-        self.read_inner().log.size_bytes()
+        self.group.shared.log().size_bytes()
+    }
+
+    /// The replica leads and may serve reads and writes.
+    pub fn is_leader(&self) -> bool {
+        self.group.is_serving_leader() && self.group.is_ready_leader()
+    }
+
+    /// Reads are served by the leader; a poisoned replica that is its partition's only
+    /// copy still serves what it committed before its storage failed.
+    fn may_serve_reads(&self) -> bool {
+        self.is_leader() || (self.poisoned.load(Ordering::Acquire) && self.group.voters() == [self.group_node()])
+    }
+
+    fn group_node(&self) -> u64 {
+        self.group.metrics().id
     }
 
     fn update_size_metric(&self) {
-        let size = self.read_inner().log.size_bytes();
+        let size = self.size_bytes();
         self.metrics.log_size(&self.topic, self.index).set(size as i64);
     }
 
-    /// Validates, assigns offsets to and writes `batches`; waits for durability as the
-    /// policy says unless `wait` is false (acks=0).
+    /// Validates and replicates `batches`; with `wait`, returns once they are committed
+    /// (acks=1 and acks=all), otherwise once they are handed to the leader's log (acks=0).
     pub async fn append(&self, batches: Vec<(BatchHeader, Bytes)>, wait: bool) -> Result<Appended, PartitionError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(PartitionError::Deleted);
         }
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(PartitionError::Storage(keel_log::LogError::Poisoned(
+                "fsync failed".into(),
+            )));
+        }
+        if !self.group.is_ready_leader() {
+            self.check_poisoned();
+            if self.poisoned.load(Ordering::Acquire) {
+                return Err(PartitionError::Storage(keel_log::LogError::Poisoned(
+                    "fsync failed".into(),
+                )));
+            }
+            return Err(PartitionError::NotLeader);
+        }
         let now = keel_log::disk::now_ms();
-        let (appended, policy) = {
-            let mut g = self.write_inner();
-            let max = g.settings.message_bytes_max;
-            let mut first: Option<Appended> = None;
-            let mut last_index = None;
+        let settings = self.settings();
+        let max = settings.message_bytes_max;
+        let log_append = settings.timestamp_type == TimestampType::LogAppendTime;
+        let mut first: Option<Result<Appended, i64>> = None;
+        let mut waits = Vec::new();
+        {
+            let _turn = self.propose.lock().await;
             for (h, bytes) in &batches {
                 if bytes.len() > max {
                     return Err(PartitionError::BatchTooLarge { size: bytes.len(), max });
                 }
                 if h.producer_id >= 0 {
-                    match g
-                        .producers
-                        .check(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count)
-                    {
+                    let check = self.hook.producers.lock().unwrap_or_else(|e| e.into_inner()).check(
+                        h.producer_id,
+                        h.producer_epoch,
+                        h.base_sequence,
+                        h.record_count,
+                    );
+                    match check {
                         Check::Append => {}
                         Check::Duplicate { base_offset } => {
-                            first.get_or_insert(Appended {
+                            first.get_or_insert(Ok(Appended {
                                 base_offset,
                                 log_append_time: -1,
-                                log_start_offset: g.log.start_offset(),
-                                last_index: None,
-                            });
+                                log_start_offset: self.log_start_offset(),
+                            }));
                             continue;
                         }
                         Check::Reject(code) => return Err(PartitionError::Producer(code)),
                     }
                 }
-                let base_offset = g.log.next_offset();
                 let mut owned = BytesMut::from(&bytes[..]);
-                batch::set_base_offset(&mut owned, base_offset);
-                batch::set_leader_epoch(&mut owned, 0);
-                let log_append = g.settings.timestamp_type == TimestampType::LogAppendTime;
-                let max_ts = if log_append {
+                batch::set_leader_epoch(&mut owned, self.group.term().min(i32::MAX as u64) as i32);
+                if log_append {
                     batch::set_log_append_time(&mut owned, now);
-                    now
-                } else {
-                    h.max_timestamp
-                };
-                // Paired assertion: the bytes about to be written still carry a valid CRC.
-                debug_assert!(batch::verify_crc(&owned).is_ok());
-                let index = g.log.next_index();
-                let entry = Entry::data(index, 0, base_offset, h.record_count as u32, max_ts, owned.freeze());
-                g.log.append(&entry)?;
-                if h.producer_id >= 0 {
-                    g.producers.record(
-                        h.producer_id,
-                        h.producer_epoch,
-                        h.base_sequence,
-                        h.record_count,
-                        base_offset,
-                    );
                 }
-                last_index = Some(index);
-                first.get_or_insert(Appended {
-                    base_offset,
-                    log_append_time: if log_append { now } else { -1 },
-                    log_start_offset: g.log.start_offset(),
-                    last_index: None,
+                // Paired assertion: the bytes about to be replicated still carry a valid CRC.
+                debug_assert!(batch::verify_crc(&owned).is_ok());
+                let fut = self.group.propose_start(owned.freeze()).await.map_err(propose_error)?;
+                if first.is_none() {
+                    first = Some(Err(waits.len() as i64));
+                }
+                waits.push(fut);
+            }
+        }
+        let first =
+            first.ok_or_else(|| PartitionError::Proto(keel_proto::ProtoError::CorruptBatch("no batches".into())))?;
+        if !wait {
+            // acks=0: the proposals go on without us.
+            for w in waits {
+                tokio::spawn(async move {
+                    let _ = w.await;
                 });
             }
-            let mut a = first
-                .ok_or_else(|| PartitionError::Proto(keel_proto::ProtoError::CorruptBatch("no batches".into())))?;
-            a.last_index = last_index;
-            let next = Committed {
-                next_index: g.log.next_index(),
-                next_offset: g.log.next_offset(),
-                poisoned: false,
-            };
-            let policy = g.settings.fsync;
-            if policy != FsyncPolicy::Always && last_index.is_some() {
-                self.advance_committed(next);
+            return Ok(Appended {
+                base_offset: -1,
+                log_append_time: -1,
+                log_start_offset: self.log_start_offset(),
+            });
+        }
+        let mut base_offset = None;
+        let mut failure = None;
+        for (i, w) in waits.into_iter().enumerate() {
+            match w.await {
+                Ok(a) => {
+                    if first.as_ref().err() == Some(&(i as i64)) {
+                        base_offset = Some(a.base_offset);
+                    }
+                }
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
             }
-            (a, policy)
-        };
+        }
         self.update_size_metric();
-        let Some(last_index) = appended.last_index else {
-            return Ok(appended);
-        };
-        if policy == FsyncPolicy::Always {
-            self.flush.notify_one();
-            if wait {
-                self.wait_durable(last_index).await?;
+        if let Some(e) = failure {
+            self.check_poisoned();
+            if self.poisoned.load(Ordering::Acquire) {
+                return Err(PartitionError::Storage(keel_log::LogError::Poisoned(e.to_string())));
             }
+            return Err(propose_error(e));
         }
-        Ok(appended)
-    }
-
-    fn advance_committed(&self, next: Committed) {
-        let moved = self.committed.send_if_modified(|c| {
-            if next.next_index > c.next_index {
-                c.next_index = next.next_index;
-                c.next_offset = next.next_offset;
-                true
-            } else {
-                false
-            }
-        });
-        if moved {
-            self.data_changed.send_modify(|v| *v = v.wrapping_add(1));
-        }
-    }
-
-    pub async fn wait_durable(&self, index: u64) -> Result<(), PartitionError> {
-        let mut rx = self.committed.subscribe();
-        let c = rx
-            .wait_for(|c| c.next_index > index || c.poisoned)
-            .await
-            .map_err(|_| PartitionError::Deleted)?;
-        if c.next_index > index {
-            Ok(())
-        } else {
-            Err(PartitionError::Storage(keel_log::LogError::Poisoned(
-                "fsync failed".into(),
-            )))
-        }
-    }
-
-    /// Performs one fsync covering everything appended so far.
-    pub async fn sync_now(&self) {
-        let taken = {
-            let g = self.read_inner();
-            g.log.sync_handle().map(|h| (h, g.log.next_offset()))
-        };
-        let (handle, next_offset) = match taken {
-            Ok(x) => x,
-            Err(_) => {
-                self.committed.send_modify(|c| c.poisoned = true);
-                return;
-            }
-        };
-        if handle.next_index <= self.committed().next_index && self.settings().fsync == FsyncPolicy::Always {
-            return;
-        }
-        let next_index = handle.next_index;
-        let started = Instant::now();
-        let r = tokio::task::spawn_blocking(move || handle.sync()).await;
-        self.metrics.fsync_seconds.observe(started.elapsed().as_secs_f64());
-        match r {
-            Ok(Ok(())) => self.advance_committed(Committed {
-                next_index,
-                next_offset,
-                poisoned: false,
+        match first {
+            Ok(dup) => Ok(dup),
+            Err(_) => Ok(Appended {
+                base_offset: base_offset.unwrap_or(-1),
+                log_append_time: if log_append { now } else { -1 },
+                log_start_offset: self.log_start_offset(),
             }),
-            Ok(Err(e)) => self.poison(format!("fsync failed: {e}")),
-            Err(e) => self.poison(format!("fsync task failed: {e}")),
         }
     }
 
-    fn poison(&self, reason: String) {
-        error!(topic = %self.topic, partition = self.index, %reason, "partition poisoned");
-        self.write_inner().log.poison(reason);
-        self.metrics.poisoned_partitions.inc();
-        self.committed.send_modify(|c| c.poisoned = true);
+    fn check_poisoned(&self) {
+        if self.group.shared.log().sync_handle().is_err() && !self.poisoned.swap(true, Ordering::AcqRel) {
+            error!(topic = %self.topic, partition = self.index, "partition poisoned");
+            self.metrics.poisoned_partitions.inc();
+        }
+    }
+
+    /// fsyncs everything appended so far (the `interval` policy, clean shutdown).
+    pub async fn sync_now(&self) {
+        let shared = self.group.shared.clone();
+        let started = Instant::now();
+        let r = tokio::task::spawn_blocking(move || shared.sync()).await;
+        self.metrics.fsync_seconds.observe(started.elapsed().as_secs_f64());
+        let failed = match r {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(reason) = failed {
+            if !reason.contains("poisoned") {
+                self.group.shared.log().poison(format!("fsync failed: {reason}"));
+            }
+            self.check_poisoned();
+        }
     }
 
     /// Reads committed records from `offset`, at most `max_bytes`, except that the first
@@ -318,17 +385,23 @@ impl Partition {
         max_bytes: usize,
         oversized_first: bool,
     ) -> Result<ReadResult, PartitionError> {
-        let g = self.read_inner();
+        if !self.may_serve_reads() {
+            return Err(PartitionError::NotLeader);
+        }
         let hw = self.high_watermark();
-        let start = g.log.start_offset();
+        let log = self.group.shared.log();
+        let start = log.start_offset();
         if offset < start || offset > hw {
             return Err(PartitionError::OffsetOutOfRange { offset, start, end: hw });
         }
         let mut out = BytesMut::new();
         if offset < hw {
-            for e in g.log.read_from_offset(offset, max_bytes)? {
+            for e in log.read_from_offset(offset, max_bytes)? {
                 if e.offset >= hw {
                     break;
+                }
+                if e.kind != keel_log::EntryKind::Data {
+                    continue;
                 }
                 let fits = out.len() + e.payload.len() <= max_bytes;
                 let may_exceed = out.is_empty() && oversized_first;
@@ -347,9 +420,12 @@ impl Partition {
 
     /// The earliest offset whose record timestamp is at least `ts`, or `None`.
     pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, PartitionError> {
-        let g = self.read_inner();
+        if !self.may_serve_reads() {
+            return Err(PartitionError::NotLeader);
+        }
         let hw = self.high_watermark();
-        match g.log.entry_for_timestamp(ts)? {
+        let log = self.group.shared.log();
+        match log.entry_for_timestamp(ts)? {
             Some(e) if e.offset < hw => Ok(Some(
                 exact_offset_for_timestamp(&e.payload, ts).unwrap_or((e.offset, e.max_timestamp)),
             )),
@@ -357,38 +433,57 @@ impl Partition {
         }
     }
 
-    /// Removes whole segments that hold only offsets below `offset`. Returns entries removed.
-    pub fn purge_before_offset(&self, offset: i64) -> Result<u64, PartitionError> {
-        let mut g = self.write_inner();
-        let index = match g.log.read_from_offset(offset, 1)?.first() {
-            Some(e) => e.index,
-            None => g.log.next_index(),
+    /// Drops whole segments that hold only offsets below `offset`, through the group (so
+    /// the Raft log knows where it now starts). Returns whether anything was dropped.
+    pub async fn purge_before_offset(&self, offset: i64) -> Result<bool, PartitionError> {
+        let index = {
+            let log = self.group.shared.log();
+            match log.read_from_offset(offset, 1)?.first() {
+                Some(e) => e.index,
+                None => log.next_index(),
+            }
         };
-        let removed = g.log.purge_before(index)?;
-        drop(g);
-        self.update_size_metric();
-        Ok(removed)
+        self.purge_before_index(index).await
     }
 
-    /// Deletes segments past retention.
-    pub fn apply_retention(&self, now_ms: i64) {
-        let r = self.write_inner().log.apply_retention(now_ms);
-        match r {
-            Ok(n) if n > 0 => {
-                tracing::info!(topic = %self.topic, partition = self.index, entries = n, "retention removed segments");
-                self.update_size_metric();
+    async fn purge_before_index(&self, index: u64) -> Result<bool, PartitionError> {
+        let first = self.group.shared.log().first_index();
+        tracing::debug!(topic = %self.topic, partition = self.index, index, first, "purge requested");
+        if index <= first {
+            return Ok(false);
+        }
+        let applied = self.group.shared.applied().last_applied.map(|l| l.index);
+        let upto = (index - 1).min(applied.unwrap_or(0));
+        if Some(upto) > applied || upto < first {
+            return Ok(false);
+        }
+        self.group.purge_to(upto).await.map_err(PartitionError::Replication)?;
+        self.update_size_metric();
+        Ok(true)
+    }
+
+    /// Deletes segments past retention (through the group) and rolls an aged segment.
+    pub async fn apply_retention(&self, now_ms: i64) {
+        let point = {
+            let mut log = self.group.shared.log();
+            if let Err(e) = log.roll_if_aged(now_ms) {
+                warn!(topic = %self.topic, partition = self.index, error = %e, "segment roll failed");
             }
-            Ok(_) => {}
-            Err(e) => {
-                warn!(topic = %self.topic, partition = self.index, error = %e, "retention failed")
+            log.retention_point(now_ms)
+        };
+        if let Some(keep_from) = point {
+            match self.purge_before_index(keep_from).await {
+                Ok(true) => info!(topic = %self.topic, partition = self.index, keep_from, "retention removed segments"),
+                Ok(false) => {}
+                Err(e) => warn!(topic = %self.topic, partition = self.index, error = %e, "retention failed"),
             }
         }
     }
 
-    /// Stops the flusher; the partition refuses further appends.
-    pub fn close(&self) {
+    /// Stops the group; the partition refuses further appends.
+    pub async fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        self.flush.notify_one();
+        self.group.shutdown().await;
         self.metrics.forget_partition(&self.topic, self.index);
     }
 
@@ -397,41 +492,49 @@ impl Partition {
     }
 }
 
-async fn flusher(p: Arc<Partition>, interval: Duration) {
+/// The Raft group name of a partition (topic names cannot contain '/').
+pub fn group_name(topic: &str, index: i32) -> String {
+    format!("{topic}/{index}")
+}
+
+/// fsyncs on the `interval` policy; the `always` policy fsyncs in the group itself.
+async fn flusher(p: std::sync::Weak<Partition>, interval: Duration) {
     loop {
+        tokio::time::sleep(interval).await;
+        let Some(p) = p.upgrade() else { return };
         if p.is_closed() {
             return;
         }
-        match p.settings().fsync {
-            FsyncPolicy::Always => p.flush.notified().await,
-            FsyncPolicy::Interval => {
-                let _ = tokio::time::timeout(interval, p.flush.notified()).await;
-            }
-            FsyncPolicy::Never => {
-                // Only a shutdown or a policy change wakes it.
-                let _ = tokio::time::timeout(interval, p.flush.notified()).await;
-                if p.settings().fsync == FsyncPolicy::Never {
-                    continue;
-                }
-            }
+        if p.settings().fsync == FsyncPolicy::Interval {
+            p.sync_now().await;
         }
-        if p.is_closed() {
-            return;
-        }
-        p.sync_now().await;
     }
 }
 
-/// Rebuilds idempotent-producer state from the newest entries of the log, so that a
-/// producer retrying across a broker restart is still deduplicated.
-fn rebuild_producers(log: &DiskLog) -> ProducerStates {
+/// Rebuilds idempotent-producer state from the newest applied entries of the log, so that
+/// a producer retrying across a restart is still deduplicated. Entries past the applied
+/// position are applied again by the group and recorded then.
+fn rebuild_producers(log: &DiskLog, dir: &std::path::Path) -> ProducerStates {
     const ENTRIES_SCANNED: u64 = 20_000;
     const BYTES_SCANNED: usize = 256 * 1024 * 1024;
     let mut states = ProducerStates::default();
-    let from = log.first_index().max(log.next_index().saturating_sub(ENTRIES_SCANNED));
+    let applied_end = std::fs::read(dir.join("raft-applied.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<keel_raft::store::AppliedState>(&b).ok())
+        .and_then(|a| a.last_applied)
+        .map(|l| l.index + 1)
+        .unwrap_or(0)
+        .min(log.next_index());
+    let from = log.first_index().max(applied_end.saturating_sub(ENTRIES_SCANNED));
+    if from >= applied_end {
+        return states;
+    }
     match log.read(from, BYTES_SCANNED) {
         Ok(entries) => {
-            for e in entries {
+            for e in entries.into_iter().filter(|e| e.index < applied_end) {
+                if e.kind != keel_log::EntryKind::Data {
+                    continue;
+                }
                 if let Ok(h) = BatchHeader::parse(&e.payload) {
                     if h.producer_id >= 0 {
                         states.record(
@@ -439,7 +542,7 @@ fn rebuild_producers(log: &DiskLog) -> ProducerStates {
                             h.producer_epoch,
                             h.base_sequence,
                             h.record_count,
-                            h.base_offset,
+                            e.offset,
                         );
                     }
                 }

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::config::BrokerConfig;
 use crate::metrics::Metrics;
-use crate::partition::Partition;
+use crate::partition::{Partition, ReplicaContext};
 use crate::topic_config::{self, TopicSettings};
 
 /// Most partitions one topic may have.
@@ -74,6 +74,7 @@ pub struct Topics {
     data_changed: Arc<watch::Sender<u64>>,
     /// Serialises create/delete/grow so that two clients cannot race on one name.
     admin: tokio::sync::Mutex<()>,
+    replica: ReplicaContext,
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -90,10 +91,11 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 
 impl Topics {
     /// Opens every topic under the data directory (recovering each partition's log).
-    pub fn load(
+    pub async fn load(
         config: Arc<BrokerConfig>,
         metrics: Arc<Metrics>,
         data_changed: Arc<watch::Sender<u64>>,
+        replica: ReplicaContext,
     ) -> anyhow::Result<Topics> {
         let dir = config.data_dir.join("topics");
         std::fs::create_dir_all(&dir)?;
@@ -104,6 +106,7 @@ impl Topics {
             metrics,
             data_changed,
             admin: tokio::sync::Mutex::new(()),
+            replica,
         };
         for ent in std::fs::read_dir(&dir)? {
             let path = ent?.path();
@@ -121,7 +124,7 @@ impl Topics {
                 .map_err(|e| anyhow::anyhow!("topic {}: {e}", meta.name))?;
             let mut parts = Vec::with_capacity(meta.partitions.max(0) as usize);
             for p in 0..meta.partitions {
-                parts.push(topics.open_partition(&meta.name, p, &settings)?);
+                parts.push(topics.open_partition(&meta.name, p, &settings).await?);
             }
             info!(topic = %meta.name, partitions = meta.partitions, "topic loaded");
             topics.insert(meta, parts);
@@ -133,9 +136,9 @@ impl Topics {
         self.dir.join(name)
     }
 
-    fn open_partition(&self, topic: &str, p: i32, settings: &TopicSettings) -> anyhow::Result<Arc<Partition>> {
+    async fn open_partition(&self, topic: &str, p: i32, settings: &TopicSettings) -> anyhow::Result<Arc<Partition>> {
         let log = DiskLog::open(&self.topic_dir(topic).join(p.to_string()), settings.log.clone())?;
-        Ok(Partition::open(
+        Partition::open(
             topic,
             p,
             log,
@@ -143,7 +146,9 @@ impl Topics {
             self.metrics.clone(),
             self.data_changed.clone(),
             Duration::from_millis(self.config.fsync_interval_ms),
-        ))
+            &self.replica,
+        )
+        .await
     }
 
     fn insert(&self, meta: TopicMeta, parts: Vec<Arc<Partition>>) -> Arc<Topic> {
@@ -276,7 +281,7 @@ impl Topics {
         std::fs::create_dir_all(&dir).map_err(|e| storage(e.into()))?;
         let mut parts = Vec::with_capacity(partitions as usize);
         for p in 0..partitions {
-            parts.push(self.open_partition(name, p, &settings).map_err(storage)?);
+            parts.push(self.open_partition(name, p, &settings).await.map_err(storage)?);
         }
         // topic.json last: a crash before it leaves a directory that load() cleans up.
         let json = serde_json::to_vec_pretty(&meta).map_err(|e| storage(e.into()))?;
@@ -303,7 +308,7 @@ impl Topics {
             t
         };
         for p in topic.partition_list() {
-            p.close();
+            p.close().await;
         }
         let dir = self.topic_dir(name);
         // Remove topic.json first so that a crash mid-delete cannot resurrect the topic.
@@ -375,7 +380,7 @@ impl Topics {
         let storage = |e: anyhow::Error| AdminError::new(E::KafkaStorageError, format!("{e:#}"));
         let mut new_parts = Vec::new();
         for p in meta.partitions..count {
-            new_parts.push(self.open_partition(name, p, &settings).map_err(storage)?);
+            new_parts.push(self.open_partition(name, p, &settings).await.map_err(storage)?);
         }
         meta.partitions = count;
         let json = serde_json::to_vec_pretty(&meta).map_err(|e| storage(e.into()))?;

@@ -94,11 +94,6 @@ impl DiskLog {
         &self.config
     }
 
-    /// Replaces the config (topic config changes); takes effect at the next roll.
-    pub fn set_config(&mut self, config: LogConfig) {
-        self.config = config;
-    }
-
     pub fn segment_count(&self) -> usize {
         self.segments.len()
     }
@@ -264,6 +259,10 @@ impl LogStore for DiskLog {
         self.poison_on_err(r)
     }
 
+    fn set_config(&mut self, config: LogConfig) {
+        self.config = config;
+    }
+
     fn reset(&mut self, next_index: u64, next_offset: i64) -> Result<(), LogError> {
         self.check_writable()?;
         for seg in self.segments.drain(..) {
@@ -314,6 +313,51 @@ impl LogStore for DiskLog {
             tracing::error!(dir = %self.dir.display(), %reason, "log poisoned; refusing further writes");
             self.poisoned = Some(reason);
         }
+    }
+
+    fn retention_point(&self, now: i64) -> Option<u64> {
+        let mut keep = 0usize;
+        if let Some(ms) = self.config.retention_ms {
+            while keep + 1 < self.segments.len() {
+                let expired = self
+                    .segments
+                    .get(keep)
+                    .map(|s| s.max_timestamp >= 0 && now.saturating_sub(s.max_timestamp) as u64 > ms)
+                    .unwrap_or(false);
+                if !expired {
+                    break;
+                }
+                keep += 1;
+            }
+        }
+        if let Some(limit) = self.config.retention_bytes {
+            let mut size: u64 = self.segments.iter().skip(keep).map(|s| s.size).sum();
+            while keep + 1 < self.segments.len() {
+                let first = self.segments.get(keep).map(|s| s.size).unwrap_or(0);
+                if size.saturating_sub(first) < limit {
+                    break;
+                }
+                size -= first;
+                keep += 1;
+            }
+        }
+        if keep == 0 {
+            return None;
+        }
+        self.segments.get(keep).map(|s| s.base_index)
+    }
+
+    fn roll_if_aged(&mut self, now: i64) -> Result<(), LogError> {
+        let aged = self
+            .segments
+            .last()
+            .map(|a| !a.is_empty() && now.saturating_sub(a.created_ms) as u64 >= self.config.segment_ms)
+            .unwrap_or(false);
+        if aged && self.poisoned.is_none() {
+            let r = self.roll(now);
+            self.poison_on_err(r)?;
+        }
+        Ok(())
     }
 
     fn apply_retention(&mut self, now: i64) -> Result<u64, LogError> {

@@ -132,6 +132,8 @@ pub trait LogStore: Send + Sync {
     fn entry_for_timestamp(&self, ts: i64) -> Result<Option<Entry>, LogError>;
     /// Removes every entry after `index` (keeps `index` itself).
     fn truncate_after(&mut self, index: u64) -> Result<(), LogError>;
+    /// Replaces the config (topic config changes); takes effect at the next roll.
+    fn set_config(&mut self, config: LogConfig);
     /// Empties the log; the next append must have `next_index` and an offset of at least
     /// `next_offset` (a replica that catches up from a leader's purge point).
     fn reset(&mut self, next_index: u64, next_offset: i64) -> Result<(), LogError>;
@@ -143,6 +145,15 @@ pub trait LogStore: Send + Sync {
     fn sync_handle(&self) -> Result<SyncHandle, LogError>;
     /// Records that an fsync failed: the log refuses writes from now on.
     fn poison(&mut self, reason: String);
+    /// The first index retention would keep, when retention would delete whole segments
+    /// (without deleting them: a replicated log purges through its consensus layer).
+    fn retention_point(&self, _now_ms: i64) -> Option<u64> {
+        None
+    }
+    /// Rolls the active segment once it is older than `segment_ms`, so it can expire.
+    fn roll_if_aged(&mut self, _now_ms: i64) -> Result<(), LogError> {
+        Ok(())
+    }
     /// Deletes segments past the retention limits. Returns entries removed.
     fn apply_retention(&mut self, now_ms: i64) -> Result<u64, LogError>;
     /// Index of the first entry (equals `next_index()` when empty).

@@ -106,6 +106,10 @@ impl LogStore for MemLog {
         Ok(())
     }
 
+    fn set_config(&mut self, config: LogConfig) {
+        self.config = config;
+    }
+
     fn reset(&mut self, next_index: u64, next_offset: i64) -> Result<(), LogError> {
         self.check_writable()?;
         self.entries.clear();

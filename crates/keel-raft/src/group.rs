@@ -121,6 +121,76 @@ impl Group {
         }
     }
 
+    /// Starts replicating `payload` and returns at once; the returned future resolves when
+    /// it is committed and applied. Calls made in order are logged in that order.
+    pub async fn propose_start(
+        &self,
+        payload: Bytes,
+    ) -> Result<impl std::future::Future<Output = Result<Applied, ProposeError>>, ProposeError> {
+        let rx = self
+            .raft
+            .client_write_ff(Payload(payload))
+            .await
+            .map_err(|e| ProposeError::Failed(e.to_string()))?;
+        Ok(async move {
+            match rx.await {
+                Ok(Ok(resp)) => Ok(resp.data),
+                Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(ProposeError::NotLeader(f.leader_id)),
+                Ok(Err(e)) => Err(ProposeError::Failed(e.to_string())),
+                Err(_) => Err(ProposeError::Failed("the group stopped before answering".into())),
+            }
+        })
+    }
+
+    /// The voters of the group's current membership.
+    pub fn voters(&self) -> Vec<NodeId> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
+    /// This replica leads and has applied an entry of its own term: everything committed
+    /// by earlier leaders is applied here, so it may accept writes that depend on it.
+    pub fn is_ready_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader
+            && m.current_leader == Some(self.node_id)
+            && m.last_applied.map(|l| l.leader_id.term) == Some(m.current_term)
+    }
+
+    /// Lets the log drop every entry up to and including `upto` (retention, compaction):
+    /// takes a snapshot (metadata only) and asks openraft to purge behind it.
+    pub async fn purge_to(&self, upto: u64) -> Result<(), String> {
+        let applied = self.shared.applied().last_applied.map(|l| l.index);
+        if applied < Some(upto) {
+            return Err(format!("cannot purge to {upto}: applied only to {applied:?}"));
+        }
+        self.raft.trigger().snapshot().await.map_err(|e| e.to_string())?;
+        let mut rx = self.raft.metrics();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            rx.wait_for(|m| m.snapshot.map(|l| l.index) >= Some(upto)),
+        )
+        .await
+        .map_err(|_| "snapshot not taken in time".to_string())?
+        .map_err(|e| e.to_string())?;
+        self.raft.trigger().purge_log(upto).await.map_err(|e| e.to_string())?;
+        let mut rx = self.raft.metrics();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            rx.wait_for(|m| m.purged.map(|l| l.index) >= Some(upto)),
+        )
+        .await
+        .map_err(|_| "purge not done in time".to_string())?
+        .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
     pub fn metrics(&self) -> RaftMetrics {
         self.raft.metrics().borrow().clone()
     }
@@ -134,11 +204,13 @@ impl Group {
     pub fn is_serving_leader(&self) -> bool {
         let m = self.raft.metrics();
         let m = m.borrow();
+        let sole_voter = m.membership_config.membership().voter_ids().eq([self.node_id]);
         m.state == ServerState::Leader
             && m.current_leader == Some(self.node_id)
-            && m.millis_since_quorum_ack
-                .map(|ms| ms <= self.options.election_timeout_min_ms)
-                .unwrap_or(false)
+            && (sole_voter
+                || m.millis_since_quorum_ack
+                    .map(|ms| ms <= self.options.election_timeout_min_ms)
+                    .unwrap_or(false))
     }
 
     pub fn is_leader(&self) -> bool {

@@ -89,6 +89,8 @@ pub trait Apply: Send + Sync + 'static {
     /// Replaces the application state with a snapshot's (a replica that caught up from a
     /// leader's purge point).
     fn restore(&self, _state: &[u8]) {}
+    /// The group's log was fsynced (group commit), taking `seconds`.
+    fn fsynced(&self, _seconds: f64) {}
 }
 
 /// How entries are turned into log entries: Kafka record batches (offsets assigned from

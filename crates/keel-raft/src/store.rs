@@ -75,7 +75,7 @@ pub struct Shared {
     log: Mutex<Box<dyn LogStore>>,
     dir: Option<PathBuf>,
     format: EntryFormat,
-    fsync: bool,
+    fsync: std::sync::atomic::AtomicBool,
     hook: Arc<dyn Apply>,
     vote: Mutex<Option<Vote>>,
     purged: Mutex<Purged>,
@@ -196,7 +196,7 @@ impl Shared {
             log: Mutex::new(log),
             dir,
             format,
-            fsync,
+            fsync: std::sync::atomic::AtomicBool::new(fsync),
             hook,
             vote: Mutex::new(vote),
             memberships: Mutex::new(vec![applied.membership.clone()]),
@@ -210,6 +210,17 @@ impl Shared {
     /// The log, for reads by the broker. Hold the guard briefly.
     pub fn log(&self) -> MutexGuard<'_, Box<dyn LogStore>> {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether appends are fsynced before they count (a topic's flush policy can change).
+    pub fn set_fsync(&self, fsync: bool) {
+        self.fsync.store(fsync, std::sync::atomic::Ordering::Release);
+    }
+
+    /// fsyncs everything appended so far (for policies that do not fsync every append).
+    pub fn sync(&self) -> Result<(), String> {
+        let h = self.log().sync_handle().map_err(|e| e.to_string())?;
+        h.sync().map_err(|e| e.to_string())
     }
 
     pub fn applied(&self) -> AppliedState {
@@ -380,6 +391,7 @@ async fn flusher(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<LogFlushed
             waiting.push(cb);
         }
         let handle = shared.log().sync_handle();
+        let started = Instant::now();
         let result: Result<(), String> = match handle {
             Ok(h) => match tokio::task::spawn_blocking(move || h.sync()).await {
                 Ok(Ok(())) => Ok(()),
@@ -388,6 +400,7 @@ async fn flusher(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<LogFlushed
             },
             Err(e) => Err(e.to_string()),
         };
+        shared.hook.fsynced(started.elapsed().as_secs_f64());
         if let Err(reason) = &result {
             error!(%reason, "replicated log poisoned");
             shared.log().poison(reason.clone());
@@ -479,7 +492,7 @@ impl RaftLogStorage<TypeConfig> for LogStorage {
                 log.append(&entry).map_err(storage_err)?;
             }
         }
-        if self.shared.fsync {
+        if self.shared.fsync.load(std::sync::atomic::Ordering::Acquire) {
             self.flusher
                 .send(callback)
                 .map_err(|_| storage_err("the log's flusher has stopped"))?;

@@ -9,7 +9,7 @@ use clap::Args;
 use keel_broker::{Broker, BrokerConfig, FsyncPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::info;
 
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
@@ -145,10 +145,7 @@ async fn retention_loop(broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>
         }
         let now = keel_log::disk::now_ms();
         for p in broker.topics.all_partitions() {
-            let p2 = p.clone();
-            if let Err(e) = tokio::task::spawn_blocking(move || p2.apply_retention(now)).await {
-                warn!(error = %e, "retention task failed");
-            }
+            p.apply_retention(now).await;
         }
     }
 }

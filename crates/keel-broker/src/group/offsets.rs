@@ -256,9 +256,9 @@ impl OffsetStore {
                 self.write_locked(&group, chunk.to_vec()).await?;
             }
         }
-        let purged = self.partition.purge_before_offset(snapshot_start)?;
+        let purged = self.partition.purge_before_offset(snapshot_start).await?;
         info!(purged, size = self.partition.size_bytes(), "compacted {OFFSETS_TOPIC}");
-        Ok(purged)
+        Ok(u64::from(purged))
     }
 
     pub async fn commit(

@@ -1,6 +1,6 @@
-//! Produce: validate each partition's batches, append them (offsets assigned by the
-//! partition), then wait for durability of all partitions together, bounded by the
-//! request's timeout. acks=0 gets no response.
+//! Produce: validate each partition's batches, replicate every partition's batches
+//! concurrently (offsets assigned as the leader's log appends them), and answer once all
+//! are committed, bounded by the request's timeout. acks=0 gets no response.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,6 +12,7 @@ use keel_proto::batch;
 use tracing::warn;
 
 use super::s;
+use crate::error::PartitionError;
 use crate::metrics::ErrorLabels;
 use crate::partition::{Appended, Partition};
 use crate::Broker;
@@ -36,11 +37,36 @@ fn ok(index: i32, a: &Appended) -> PartitionProduceResponse {
     p
 }
 
+/// One partition's replication in flight: where its answer goes and what it carries.
+struct Pending {
+    topic: usize,
+    slot: usize,
+    task: tokio::task::JoinHandle<Result<Appended, PartitionError>>,
+    records: u64,
+    bytes: u64,
+}
+
+/// Replicates one partition's batches, bounded by the request's timeout.
+async fn replicate(
+    part: Arc<Partition>,
+    batches: Vec<(keel_proto::batch::BatchHeader, bytes::Bytes)>,
+    wait: bool,
+    timeout: Duration,
+) -> Result<Appended, PartitionError> {
+    match tokio::time::timeout(timeout, part.append(batches, wait)).await {
+        Ok(r) => r,
+        Err(_) => Err(PartitionError::Replication(
+            "not committed within the request timeout".into(),
+        )),
+    }
+}
+
 pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, _v: i16) -> Option<ProduceResponse> {
     let acks = req.acks;
     let mut responses = Vec::with_capacity(req.topic_data.len());
-    // (response slot, partition, last index written) for the durability wait.
-    let mut pending: Vec<(usize, usize, Arc<Partition>, u64)> = Vec::new();
+    // (response slot, partition slot, replication task) for the commit wait.
+    let mut pending: Vec<Pending> = Vec::new();
+    let timeout = Duration::from_millis(req.timeout_ms.max(0) as u64);
     for topic in req.topic_data {
         let name = topic.name.0.to_string();
         let mut tr = TopicProduceResponse::default();
@@ -88,37 +114,47 @@ pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, _v: i16) -> Option<Pro
             }
             let count: i64 = batches.iter().map(|(h, _)| h.record_count as i64).sum();
             let bytes: usize = batches.iter().map(|(_, b)| b.len()).sum();
-            match part.append(batches, false).await {
-                Ok(a) => {
-                    b.metrics.produced_records.inc_by(count as u64);
-                    b.metrics.produced_bytes.inc_by(bytes as u64);
-                    if let Some(last) = a.last_index {
-                        pending.push((responses.len(), tr.partition_responses.len(), part.clone(), last));
-                    }
-                    tr.partition_responses.push(ok(index, &a));
-                }
-                Err(e) => {
-                    warn!(topic = %name, partition = index, error = %e, "append failed");
-                    tr.partition_responses
-                        .push(failed(index, e.code(), Some(e.to_string())));
-                }
-            }
+            let task = tokio::spawn(replicate(part, batches, acks != 0, timeout));
+            pending.push(Pending {
+                topic: responses.len(),
+                slot: tr.partition_responses.len(),
+                task,
+                records: count as u64,
+                bytes: bytes as u64,
+            });
+            tr.partition_responses
+                .push(failed(index, ResponseError::RequestTimedOut.code(), None));
         }
         responses.push(tr);
     }
     if acks == 0 {
         return None;
     }
-    let timeout = Duration::from_millis(req.timeout_ms.max(0) as u64);
-    for (t, p, part, last) in pending {
-        let code = match tokio::time::timeout(timeout, part.wait_durable(last)).await {
-            Ok(Ok(())) => continue,
-            Ok(Err(e)) => e.code(),
-            Err(_) => ResponseError::RequestTimedOut.code(),
+    for p in pending {
+        let Some(slot) = responses
+            .get_mut(p.topic)
+            .and_then(|tr| tr.partition_responses.get_mut(p.slot))
+        else {
+            continue;
         };
-        if let Some(slot) = responses.get_mut(t).and_then(|tr| tr.partition_responses.get_mut(p)) {
-            *slot = failed(slot.index, code, None);
-        }
+        *slot = match p.task.await {
+            Ok(Ok(a)) => {
+                b.metrics.produced_records.inc_by(p.records);
+                b.metrics.produced_bytes.inc_by(p.bytes);
+                ok(slot.index, &a)
+            }
+            Ok(Err(e)) => {
+                if !matches!(e, PartitionError::NotLeader) {
+                    warn!(partition = slot.index, error = %e, "produce failed");
+                }
+                failed(slot.index, e.code(), Some(e.to_string()))
+            }
+            Err(e) => failed(
+                slot.index,
+                ResponseError::UnknownServerError.code(),
+                Some(e.to_string()),
+            ),
+        };
     }
     for tr in &responses {
         for p in &tr.partition_responses {

@@ -26,7 +26,10 @@ fn spawn(data_dir: &Path, kafka: &str, http: &str, extra: &[String]) -> (Child, 
         .arg("--http-listen")
         .arg(http)
         .args(extra)
-        .env("KEEL_LOG", "warn")
+        .env(
+            "KEEL_LOG",
+            std::env::var("KEEL_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
