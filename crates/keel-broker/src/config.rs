@@ -91,6 +91,20 @@ pub struct BrokerConfig {
     /// Snapshot the committed offsets and drop older segments once the internal topic is
     /// larger than this.
     pub offsets_compact_bytes: u64,
+    /// Replicas of a new topic's partitions (capped at the number of nodes).
+    pub default_replication_factor: i32,
+    /// Node-to-node (Raft) listener; `None` runs a single node without one.
+    pub raft_listen: Option<String>,
+    /// Address other nodes reach this node's Raft listener at; defaults to `raft_listen`.
+    pub advertised_raft: Option<String>,
+    /// The cluster's voting nodes as `id@host:port` (Raft addresses), this node included.
+    /// Empty: this node alone.
+    pub peers: Vec<String>,
+    /// Raft heartbeat period.
+    pub raft_heartbeat_ms: u64,
+    /// A follower that hears no leader for a random time in [this, 2 x this] starts an
+    /// election.
+    pub raft_election_timeout_ms: u64,
     /// Default log settings of partitions.
     pub log: LogConfig,
 }
@@ -120,12 +134,34 @@ impl Default for BrokerConfig {
             group_initial_rebalance_delay_ms: 1000,
             offsets_segment_bytes: 16 * 1024 * 1024,
             offsets_compact_bytes: 64 * 1024 * 1024,
+            default_replication_factor: 3,
+            raft_listen: None,
+            advertised_raft: None,
+            peers: Vec::new(),
+            raft_heartbeat_ms: 100,
+            raft_election_timeout_ms: 300,
             log: LogConfig::default(),
         }
     }
 }
 
 impl BrokerConfig {
+    /// The peers as (node id, Raft address).
+    pub fn parse_peers(&self) -> Result<Vec<(u64, String)>, String> {
+        let mut out = Vec::new();
+        for p in &self.peers {
+            let (id, addr) = p
+                .split_once('@')
+                .ok_or_else(|| format!("peer {p:?}: expected id@host:port"))?;
+            let id: u64 = id.parse().map_err(|_| format!("peer {p:?}: bad node id"))?;
+            if out.iter().any(|(i, _)| *i == id) {
+                return Err(format!("peer id {id} appears twice"));
+            }
+            out.push((id, addr.to_string()));
+        }
+        Ok(out)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         self.log.validate()?;
         if self.default_partitions < 1 {
@@ -142,6 +178,21 @@ impl BrokerConfig {
         }
         if self.fsync_interval_ms == 0 {
             return Err("fsync_interval_ms must be positive".into());
+        }
+        if self.default_replication_factor < 1 {
+            return Err("default_replication_factor must be at least 1".into());
+        }
+        if self.raft_heartbeat_ms == 0 || self.raft_election_timeout_ms <= self.raft_heartbeat_ms {
+            return Err("raft_election_timeout_ms must exceed raft_heartbeat_ms, which must be positive".into());
+        }
+        let peers = self.parse_peers()?;
+        if !peers.is_empty() {
+            if self.node_id < 0 || !peers.iter().any(|(id, _)| *id == self.node_id as u64) {
+                return Err(format!("node_id {} is not among the peers", self.node_id));
+            }
+            if self.raft_listen.is_none() {
+                return Err("a node with peers needs raft_listen".into());
+            }
         }
         self.kafka_listen
             .parse::<std::net::SocketAddr>()

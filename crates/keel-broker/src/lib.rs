@@ -21,6 +21,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod config;
+pub mod controller;
 pub mod dispatch;
 pub mod error;
 pub mod group;
@@ -44,7 +45,8 @@ pub use config::{BrokerConfig, FsyncPolicy};
 /// Everything a request handler can reach.
 pub struct Broker {
     pub config: Arc<BrokerConfig>,
-    pub topics: topics::Topics,
+    pub topics: Arc<topics::Topics>,
+    pub controller: Arc<controller::Controller>,
     pub metrics: Arc<metrics::Metrics>,
     /// Bumped whenever any partition's high watermark moves; long-polling fetches wait on it.
     pub data_changed: Arc<watch::Sender<u64>>,
@@ -64,15 +66,6 @@ impl Broker {
         let config = Arc::new(config);
         let metrics = Arc::new(metrics::Metrics::new());
         let data_changed = Arc::new(watch::Sender::new(0u64));
-        let replica = partition::ReplicaContext {
-            node_id: config.node_id.max(0) as u64,
-            transport: keel_raft::Transport::new(config.node_id.max(0) as u64),
-            members: [(config.node_id.max(0) as u64, keel_raft::Node::default())]
-                .into_iter()
-                .collect(),
-            options: keel_raft::GroupOptions::default(),
-        };
-        let topics = topics::Topics::load(config.clone(), metrics.clone(), data_changed.clone(), replica).await?;
         let listen: std::net::SocketAddr = config.kafka_listen.parse()?;
         let host = config.advertised_host.clone().unwrap_or_else(|| {
             if listen.ip().is_unspecified() {
@@ -82,6 +75,7 @@ impl Broker {
             }
         });
         let port = config.advertised_port.unwrap_or(kafka_port);
+        let (controller, topics) = start_replication(&config, &metrics, &data_changed, &host, port).await?;
         let producer_ids = ProducerIds::open(&config.data_dir.join("producer_ids"))?;
         let offsets_topic = match topics.get(group::offsets::OFFSETS_TOPIC) {
             Some(t) => t,
@@ -108,6 +102,7 @@ impl Broker {
         let broker = Arc::new(Broker {
             config,
             topics,
+            controller,
             metrics,
             data_changed,
             producer_ids,
@@ -123,6 +118,99 @@ impl Broker {
     pub async fn sync_all(&self) {
         for p in self.topics.all_partitions() {
             p.sync_now().await;
+        }
+    }
+}
+
+/// Starts the node-to-node transport, joins the controller group, and starts applying
+/// its topic commands to this node's replicas (replaying them all at start).
+async fn start_replication(
+    config: &Arc<BrokerConfig>,
+    metrics: &Arc<metrics::Metrics>,
+    data_changed: &Arc<watch::Sender<u64>>,
+    kafka_host: &str,
+    kafka_port: u16,
+) -> anyhow::Result<(Arc<controller::Controller>, Arc<topics::Topics>)> {
+    let node_id = config.node_id.max(0) as u64;
+    let transport = keel_raft::Transport::new(node_id);
+    let mut raft_addr = config
+        .advertised_raft
+        .clone()
+        .or(config.raft_listen.clone())
+        .unwrap_or_default();
+    if let Some(listen) = &config.raft_listen {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("raft listener {listen}: {e}"))?;
+        let bound = listener.local_addr()?;
+        if config.advertised_raft.is_none() {
+            raft_addr = bound.to_string();
+        }
+        tracing::info!(addr = %bound, "raft listener ready");
+        tokio::spawn(transport.clone().serve(listener));
+    }
+    let peers = config.parse_peers().map_err(anyhow::Error::msg)?;
+    let voters: std::collections::BTreeMap<u64, keel_raft::Node> = if peers.is_empty() {
+        [(
+            node_id,
+            keel_raft::Node {
+                addr: raft_addr.clone(),
+            },
+        )]
+        .into_iter()
+        .collect()
+    } else {
+        peers
+            .into_iter()
+            .map(|(id, addr)| (id, keel_raft::Node { addr }))
+            .collect()
+    };
+    let options = keel_raft::GroupOptions {
+        heartbeat_ms: config.raft_heartbeat_ms,
+        election_timeout_min_ms: config.raft_election_timeout_ms,
+        election_timeout_max_ms: config.raft_election_timeout_ms * 2,
+        ..Default::default()
+    };
+    let controller = controller::Controller::start(
+        &config.data_dir.join("controller"),
+        node_id,
+        transport.clone(),
+        voters.clone(),
+        options.clone(),
+    )
+    .await?;
+    let replica = partition::ReplicaContext {
+        node_id,
+        transport,
+        members: voters,
+        options,
+        metrics: metrics.clone(),
+        data_changed: data_changed.clone(),
+        fsync_interval: std::time::Duration::from_millis(config.fsync_interval_ms),
+    };
+    let topics = topics::Topics::start(config.clone(), metrics.clone(), replica, controller.clone())?;
+    let info = controller::NodeInfo {
+        kafka_host: kafka_host.to_string(),
+        kafka_port,
+        raft_addr,
+    };
+    tokio::spawn(register_node(controller.clone(), node_id, info));
+    Ok((controller, topics))
+}
+
+/// Records this node's addresses in the cluster metadata (retried until it is there).
+async fn register_node(c: Arc<controller::Controller>, id: u64, info: controller::NodeInfo) {
+    loop {
+        if c.meta().nodes.get(&id) == Some(&info) {
+            return;
+        }
+        let cmd = controller::Command::RegisterNode { id, info: info.clone() };
+        match c.propose(&cmd, std::time::Duration::from_secs(5)).await {
+            Ok(_) => tracing::info!(node = id, "node registered with the controller"),
+            Err(e) => {
+                tracing::debug!(error = %e, "node registration pending");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
         }
     }
 }

@@ -72,6 +72,11 @@ pub struct ReplicaContext {
     /// The replicas' nodes (id and transport address) to initialize a new group with.
     pub members: std::collections::BTreeMap<u64, keel_raft::Node>,
     pub options: GroupOptions,
+    pub metrics: Arc<Metrics>,
+    /// Broker-wide counter bumped whenever any high watermark moves (wakes long polls).
+    pub data_changed: Arc<watch::Sender<u64>>,
+    /// Period of the `interval` fsync policy.
+    pub fsync_interval: Duration,
 }
 
 pub struct Partition {
@@ -118,11 +123,10 @@ impl Partition {
         index: i32,
         log: DiskLog,
         settings: TopicSettings,
-        metrics: Arc<Metrics>,
-        data_changed: Arc<watch::Sender<u64>>,
-        fsync_interval: Duration,
         ctx: &ReplicaContext,
     ) -> anyhow::Result<Arc<Partition>> {
+        let (metrics, data_changed, fsync_interval) =
+            (ctx.metrics.clone(), ctx.data_changed.clone(), ctx.fsync_interval);
         let dir = log.dir().to_path_buf();
         let producers = rebuild_producers(&log, &dir);
         let hook = Arc::new(PartitionHook {

@@ -1,9 +1,13 @@
-//! The topics a broker hosts: created, listed, grown and deleted, persisted under
-//! `<data_dir>/topics/<name>/` as `topic.json` plus one log directory per partition.
+//! The topics of the cluster and this node's replicas of their partitions.
+//!
+//! Topic metadata lives in the controller (see [`crate::controller`]): creating, growing,
+//! altering or deleting a topic proposes a command there and waits until this node has
+//! applied it. Applying commands (on every node, in log order, also when the controller's
+//! log is replayed at start) opens or closes the partition replicas assigned to this node,
+//! each a Raft group whose log lives in `<data_dir>/topics/<name>/<partition>/`.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -15,6 +19,7 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::config::BrokerConfig;
+use crate::controller::{Command, Controller, Event, TopicRecord};
 use crate::metrics::Metrics;
 use crate::partition::{Partition, ReplicaContext};
 use crate::topic_config::{self, TopicSettings};
@@ -28,11 +33,15 @@ pub struct TopicMeta {
     pub id: Uuid,
     pub partitions: i32,
     pub configs: BTreeMap<String, String>,
+    /// Replica node ids per partition; the first is the preferred leader.
+    #[serde(default)]
+    pub replicas: Vec<Vec<u64>>,
 }
 
 pub struct Topic {
     pub meta: RwLock<TopicMeta>,
-    pub partitions: RwLock<Vec<Arc<Partition>>>,
+    /// This node's replicas, by partition index.
+    pub partitions: RwLock<BTreeMap<i32, Arc<Partition>>>,
 }
 
 impl Topic {
@@ -40,13 +49,23 @@ impl Topic {
         self.meta.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// This node's replica of partition `index`, if it hosts one.
     pub fn partition(&self, index: i32) -> Option<Arc<Partition>> {
-        let parts = self.partitions.read().unwrap_or_else(|e| e.into_inner());
-        usize::try_from(index).ok().and_then(|i| parts.get(i).cloned())
+        self.partitions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&index)
+            .cloned()
     }
 
+    /// This node's replicas of the topic's partitions.
     pub fn partition_list(&self) -> Vec<Arc<Partition>> {
-        self.partitions.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.partitions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 }
 
@@ -71,87 +90,205 @@ pub struct Topics {
     config: Arc<BrokerConfig>,
     map: RwLock<BTreeMap<String, Arc<Topic>>>,
     metrics: Arc<Metrics>,
-    data_changed: Arc<watch::Sender<u64>>,
-    /// Serialises create/delete/grow so that two clients cannot race on one name.
     admin: tokio::sync::Mutex<()>,
     replica: ReplicaContext,
+    pub controller: Arc<Controller>,
+    /// Controller index up to which this node's replicas match the metadata.
+    reconciled: watch::Sender<u64>,
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(parent) = path.parent() {
-        std::fs::File::open(parent)?.sync_all()?;
-    }
-    Ok(())
-}
+/// How long an admin operation waits for the controller.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Topics {
-    /// Opens every topic under the data directory (recovering each partition's log).
-    pub async fn load(
+    /// Starts applying the controller's topic commands to this node's replicas.
+    pub fn start(
         config: Arc<BrokerConfig>,
         metrics: Arc<Metrics>,
-        data_changed: Arc<watch::Sender<u64>>,
         replica: ReplicaContext,
-    ) -> anyhow::Result<Topics> {
+        controller: Arc<Controller>,
+    ) -> anyhow::Result<Arc<Topics>> {
         let dir = config.data_dir.join("topics");
         std::fs::create_dir_all(&dir)?;
-        let topics = Topics {
-            dir: dir.clone(),
+        let events = controller
+            .take_events()
+            .ok_or_else(|| anyhow::anyhow!("the controller's events are already taken"))?;
+        let topics = Arc::new(Topics {
+            dir,
             config,
             map: RwLock::new(BTreeMap::new()),
             metrics,
-            data_changed,
             admin: tokio::sync::Mutex::new(()),
             replica,
-        };
-        for ent in std::fs::read_dir(&dir)? {
-            let path = ent?.path();
-            let meta_path = path.join("topic.json");
-            if !meta_path.exists() {
-                if path.is_dir() {
-                    warn!(dir = %path.display(), "topic directory without topic.json; removing leftover of an interrupted create or delete");
-                    let _ = std::fs::remove_dir_all(&path);
-                }
-                continue;
-            }
-            let meta: TopicMeta = serde_json::from_slice(&std::fs::read(&meta_path)?)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", meta_path.display()))?;
-            let settings = topic_config::settings(&topics.config, &meta.configs)
-                .map_err(|e| anyhow::anyhow!("topic {}: {e}", meta.name))?;
-            let mut parts = Vec::with_capacity(meta.partitions.max(0) as usize);
-            for p in 0..meta.partitions {
-                parts.push(topics.open_partition(&meta.name, p, &settings).await?);
-            }
-            info!(topic = %meta.name, partitions = meta.partitions, "topic loaded");
-            topics.insert(meta, parts);
-        }
+            controller,
+            reconciled: watch::Sender::new(0),
+        });
+        tokio::spawn(reconcile(Arc::downgrade(&topics), events));
         Ok(topics)
+    }
+
+    /// Waits until this node has applied the controller's commands up to `index`.
+    pub async fn wait_reconciled(&self, index: u64, timeout: Duration) -> Result<(), AdminError> {
+        let mut rx = self.reconciled.subscribe();
+        let done = matches!(
+            tokio::time::timeout(timeout, rx.wait_for(|i| *i >= index)).await,
+            Ok(Ok(_))
+        );
+        if done {
+            Ok(())
+        } else {
+            Err(AdminError::new(
+                E::RequestTimedOut,
+                "topic change not applied on this node in time",
+            ))
+        }
+    }
+
+    /// Waits until this node has applied everything the controller had applied when called
+    /// (its topics are complete as far as this node knows).
+    pub async fn wait_caught_up(&self, timeout: Duration) -> Result<(), AdminError> {
+        let index = self.controller.meta().applied_index;
+        self.wait_reconciled(index, timeout).await
+    }
+
+    async fn apply_event(&self, ev: Event) {
+        if !ev.applies {
+            return;
+        }
+        match (&ev.command, ev.topic) {
+            (Command::CreateTopic { name, .. }, Some(record)) => {
+                if let Err(e) = self.open_topic(name, record).await {
+                    tracing::error!(topic = %name, error = %format!("{e:#}"), "could not open the topic's replicas");
+                }
+            }
+            (Command::DeleteTopic { name }, _) => self.remove_topic(name).await,
+            (Command::AddPartitions { name, .. }, Some(record))
+            | (Command::AlterConfigs { name, .. }, Some(record)) => {
+                if let Err(e) = self.update_topic(name, record).await {
+                    tracing::error!(topic = %name, error = %format!("{e:#}"), "could not apply the topic change");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn members(&self, replicas: &[u64]) -> BTreeMap<u64, keel_raft::Node> {
+        let meta = self.controller.meta();
+        replicas
+            .iter()
+            .map(|id| {
+                let addr = meta
+                    .nodes
+                    .get(id)
+                    .map(|n| n.raft_addr.clone())
+                    .or_else(|| self.controller.voters.get(id).map(|n| n.addr.clone()))
+                    .unwrap_or_default();
+                (*id, keel_raft::Node { addr })
+            })
+            .collect()
+    }
+
+    async fn open_topic(&self, name: &str, record: TopicRecord) -> anyhow::Result<()> {
+        let meta = TopicMeta {
+            name: name.to_string(),
+            id: record.id,
+            partitions: record.replicas.len() as i32,
+            configs: record.configs.clone(),
+            replicas: record.replicas.clone(),
+        };
+        let settings =
+            topic_config::settings(&self.config, &meta.configs).map_err(|e| anyhow::anyhow!("topic {name}: {e}"))?;
+        let mut parts = BTreeMap::new();
+        for (p, replicas) in record.replicas.iter().enumerate() {
+            if replicas.contains(&self.replica.node_id) {
+                let p = p as i32;
+                parts.insert(p, self.open_partition(name, p, &settings, replicas).await?);
+            }
+        }
+        info!(
+            topic = name,
+            partitions = meta.partitions,
+            local = parts.len(),
+            "topic opened"
+        );
+        self.insert(meta, parts);
+        Ok(())
+    }
+
+    async fn update_topic(&self, name: &str, record: TopicRecord) -> anyhow::Result<()> {
+        let Some(topic) = self.get(name) else {
+            return self.open_topic(name, record).await;
+        };
+        let settings =
+            topic_config::settings(&self.config, &record.configs).map_err(|e| anyhow::anyhow!("topic {name}: {e}"))?;
+        let mut added = BTreeMap::new();
+        let known = topic.meta().partitions;
+        for (p, replicas) in record.replicas.iter().enumerate().skip(known.max(0) as usize) {
+            if replicas.contains(&self.replica.node_id) {
+                let p = p as i32;
+                added.insert(p, self.open_partition(name, p, &settings, replicas).await?);
+            }
+        }
+        {
+            let mut meta = topic.meta.write().unwrap_or_else(|e| e.into_inner());
+            meta.partitions = record.replicas.len() as i32;
+            meta.replicas = record.replicas.clone();
+            meta.configs = record.configs.clone();
+        }
+        topic
+            .partitions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(added);
+        for p in topic.partition_list() {
+            p.set_settings(settings.clone());
+        }
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        self.refresh_gauges(&map);
+        Ok(())
+    }
+
+    async fn remove_topic(&self, name: &str) {
+        let topic = {
+            let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+            let t = map.remove(name);
+            self.refresh_gauges(&map);
+            t
+        };
+        if let Some(topic) = topic {
+            for p in topic.partition_list() {
+                p.close().await;
+            }
+        }
+        let dir = self.topic_dir(name);
+        if dir.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                warn!(topic = name, error = %e, "could not remove topic directory");
+            }
+        }
+        info!(topic = name, "topic deleted");
     }
 
     fn topic_dir(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 
-    async fn open_partition(&self, topic: &str, p: i32, settings: &TopicSettings) -> anyhow::Result<Arc<Partition>> {
+    async fn open_partition(
+        &self,
+        topic: &str,
+        p: i32,
+        settings: &TopicSettings,
+        replicas: &[u64],
+    ) -> anyhow::Result<Arc<Partition>> {
         let log = DiskLog::open(&self.topic_dir(topic).join(p.to_string()), settings.log.clone())?;
-        Partition::open(
-            topic,
-            p,
-            log,
-            settings.clone(),
-            self.metrics.clone(),
-            self.data_changed.clone(),
-            Duration::from_millis(self.config.fsync_interval_ms),
-            &self.replica,
-        )
-        .await
+        let ctx = ReplicaContext {
+            members: self.members(replicas),
+            ..self.replica.clone()
+        };
+        Partition::open(topic, p, log, settings.clone(), &ctx).await
     }
 
-    fn insert(&self, meta: TopicMeta, parts: Vec<Arc<Partition>>) -> Arc<Topic> {
+    fn insert(&self, meta: TopicMeta, parts: BTreeMap<i32, Arc<Partition>>) -> Arc<Topic> {
         let topic = Arc::new(Topic {
             meta: RwLock::new(meta.clone()),
             partitions: RwLock::new(parts),
@@ -166,7 +303,7 @@ impl Topics {
         self.metrics.topics.set(map.len() as i64);
         self.metrics
             .partitions
-            .set(map.values().map(|t| t.partition_list().len() as i64).sum());
+            .set(map.values().map(|t| t.meta().partitions as i64).sum());
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
@@ -245,7 +382,11 @@ impl Topics {
                 format!("'{name}' is an internal topic"),
             ));
         }
-        if self.get(name).is_some() {
+        self.wait_caught_up(ADMIN_TIMEOUT).await?;
+        if let Some(t) = self.get(name) {
+            if internal {
+                return Ok(t);
+            }
             return Err(AdminError::new(
                 E::TopicAlreadyExists,
                 format!("topic '{name}' already exists"),
@@ -262,35 +403,54 @@ impl Topics {
                 format!("partitions must be between 1 and {PARTITIONS_MAX}"),
             ));
         }
-        let settings =
-            topic_config::settings(&self.config, &configs).map_err(|m| AdminError::new(E::InvalidConfig, m))?;
-        let meta = TopicMeta {
-            name: name.to_string(),
+        topic_config::settings(&self.config, &configs).map_err(|m| AdminError::new(E::InvalidConfig, m))?;
+        let rf = self.config.default_replication_factor.max(1) as usize;
+        let record = TopicRecord {
             id: Uuid::new_v4(),
-            partitions,
+            replicas: self.controller.assign(name, 0, partitions, rf),
             configs,
         };
         if validate_only {
             return Ok(Arc::new(Topic {
-                meta: RwLock::new(meta),
-                partitions: RwLock::new(Vec::new()),
+                meta: RwLock::new(TopicMeta {
+                    name: name.to_string(),
+                    id: record.id,
+                    partitions,
+                    configs: record.configs,
+                    replicas: record.replicas,
+                }),
+                partitions: RwLock::new(BTreeMap::new()),
             }));
         }
-        let dir = self.topic_dir(name);
-        let storage = |e: anyhow::Error| AdminError::new(E::KafkaStorageError, format!("{e:#}"));
-        std::fs::create_dir_all(&dir).map_err(|e| storage(e.into()))?;
-        let mut parts = Vec::with_capacity(partitions as usize);
-        for p in 0..partitions {
-            parts.push(self.open_partition(name, p, &settings).await.map_err(storage)?);
+        let id = record.id;
+        self.commit(Command::CreateTopic {
+            name: name.to_string(),
+            record,
+        })
+        .await?;
+        match self.get(name) {
+            Some(t) if t.meta().id == id || internal => Ok(t),
+            Some(_) => Err(AdminError::new(
+                E::TopicAlreadyExists,
+                format!("topic '{name}' already exists"),
+            )),
+            None => Err(AdminError::new(
+                E::KafkaStorageError,
+                "the topic's replicas could not be opened",
+            )),
         }
-        // topic.json last: a crash before it leaves a directory that load() cleans up.
-        let json = serde_json::to_vec_pretty(&meta).map_err(|e| storage(e.into()))?;
-        write_atomic(&dir.join("topic.json"), &json).map_err(|e| storage(e.into()))?;
-        info!(topic = name, partitions, "topic created");
-        Ok(self.insert(meta, parts))
     }
 
-    /// Deletes a topic and its data.
+    /// Commits a topic command through the controller and waits until this node applied it.
+    async fn commit(&self, command: Command) -> Result<(), AdminError> {
+        let index = self
+            .controller
+            .propose(&command, ADMIN_TIMEOUT)
+            .await
+            .map_err(|e| AdminError::new(E::RequestTimedOut, e.to_string()))?;
+        self.wait_reconciled(index, ADMIN_TIMEOUT).await
+    }
+
     pub async fn delete(&self, name: &str) -> Result<Uuid, AdminError> {
         let _guard = self.admin.lock().await;
         if crate::is_internal_topic(name) {
@@ -299,29 +459,15 @@ impl Topics {
                 format!("'{name}' is an internal topic"),
             ));
         }
-        let topic = {
-            let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-            let t = map
-                .remove(name)
-                .ok_or_else(|| AdminError::new(E::UnknownTopicOrPartition, "topic does not exist"))?;
-            self.refresh_gauges(&map);
-            t
-        };
-        for p in topic.partition_list() {
-            p.close().await;
-        }
-        let dir = self.topic_dir(name);
-        // Remove topic.json first so that a crash mid-delete cannot resurrect the topic.
-        let _ = std::fs::remove_file(dir.join("topic.json"));
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            warn!(topic = name, error = %e, "could not remove topic directory");
-        }
-        info!(topic = name, "topic deleted");
+        self.wait_caught_up(ADMIN_TIMEOUT).await?;
+        let topic = self
+            .get(name)
+            .ok_or_else(|| AdminError::new(E::UnknownTopicOrPartition, "topic does not exist"))?;
+        self.commit(Command::DeleteTopic { name: name.to_string() }).await?;
         Ok(topic.meta().id)
     }
 
-    /// Replaces a topic's config overrides (validated as a whole), persists them and
-    /// applies them to every partition.
+    /// Replaces a topic's config overrides (validated as a whole) through the controller.
     pub async fn alter_configs(
         &self,
         name: &str,
@@ -329,23 +475,17 @@ impl Topics {
         validate_only: bool,
     ) -> Result<(), AdminError> {
         let _guard = self.admin.lock().await;
-        let topic = self
-            .get(name)
+        self.get(name)
             .ok_or_else(|| AdminError::new(E::UnknownTopicOrPartition, "topic does not exist"))?;
-        let settings =
-            topic_config::settings(&self.config, &configs).map_err(|m| AdminError::new(E::InvalidConfig, m))?;
+        topic_config::settings(&self.config, &configs).map_err(|m| AdminError::new(E::InvalidConfig, m))?;
         if validate_only {
             return Ok(());
         }
-        let mut meta = topic.meta();
-        meta.configs = configs;
-        let storage = |e: anyhow::Error| AdminError::new(E::KafkaStorageError, format!("{e:#}"));
-        let json = serde_json::to_vec_pretty(&meta).map_err(|e| storage(e.into()))?;
-        write_atomic(&self.topic_dir(name).join("topic.json"), &json).map_err(|e| storage(e.into()))?;
-        *topic.meta.write().unwrap_or_else(|e| e.into_inner()) = meta;
-        for p in topic.partition_list() {
-            p.set_settings(settings.clone());
-        }
+        self.commit(Command::AlterConfigs {
+            name: name.to_string(),
+            configs,
+        })
+        .await?;
         info!(topic = name, "topic configs altered");
         Ok(())
     }
@@ -356,7 +496,7 @@ impl Topics {
         let topic = self
             .get(name)
             .ok_or_else(|| AdminError::new(E::UnknownTopicOrPartition, "topic does not exist"))?;
-        let mut meta = topic.meta();
+        let meta = topic.meta();
         if count <= meta.partitions {
             return Err(AdminError::new(
                 E::InvalidPartitions,
@@ -375,25 +515,30 @@ impl Topics {
         if validate_only {
             return Ok(());
         }
-        let settings =
-            topic_config::settings(&self.config, &meta.configs).map_err(|m| AdminError::new(E::InvalidConfig, m))?;
-        let storage = |e: anyhow::Error| AdminError::new(E::KafkaStorageError, format!("{e:#}"));
-        let mut new_parts = Vec::new();
-        for p in meta.partitions..count {
-            new_parts.push(self.open_partition(name, p, &settings).await.map_err(storage)?);
-        }
-        meta.partitions = count;
-        let json = serde_json::to_vec_pretty(&meta).map_err(|e| storage(e.into()))?;
-        write_atomic(&self.topic_dir(name).join("topic.json"), &json).map_err(|e| storage(e.into()))?;
-        *topic.meta.write().unwrap_or_else(|e| e.into_inner()) = meta;
-        topic
-            .partitions
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(new_parts);
-        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-        self.refresh_gauges(&map);
+        let rf = meta
+            .replicas
+            .first()
+            .map(|r| r.len())
+            .unwrap_or(self.config.default_replication_factor.max(1) as usize);
+        let replicas = self
+            .controller
+            .assign(name, meta.partitions, count - meta.partitions, rf);
+        self.commit(Command::AddPartitions {
+            name: name.to_string(),
+            replicas,
+        })
+        .await?;
         info!(topic = name, partitions = count, "partitions added");
         Ok(())
+    }
+}
+
+/// Applies the controller's commands to this node's replicas, in order.
+async fn reconcile(topics: std::sync::Weak<Topics>, mut events: tokio::sync::mpsc::UnboundedReceiver<Event>) {
+    while let Some(ev) = events.recv().await {
+        let Some(t) = topics.upgrade() else { return };
+        let index = ev.index;
+        t.apply_event(ev).await;
+        t.reconciled.send_modify(|i| *i = (*i).max(index));
     }
 }

@@ -4,12 +4,14 @@
 //!   on 127.0.0.1:9092, HTTP metrics and health on 127.0.0.1:9644).
 //! - `keel topic|group|produce|consume`: tools that talk to any broker over the Kafka protocol.
 //! - `keel bench`: produce/consume throughput and latency percentiles.
+//! - `keel dev --nodes 3`: a local cluster for trying replication and failover.
 //!
 //! Settings of `serve` come from, in rising precedence: built-in defaults, a TOML file
 //! (`--config`, see `config/keel.example.toml`), `KEEL_*` environment variables and flags.
 
 mod bench;
 mod cli;
+mod dev;
 mod group;
 mod serve;
 
@@ -39,6 +41,8 @@ enum Command {
     Consume(cli::ConsumeArgs),
     /// Measure produce and consume throughput and latency.
     Bench(bench::BenchArgs),
+    /// Run a local multi-node cluster (child processes on 127.0.0.1) for trying failover.
+    Dev(dev::DevArgs),
 }
 
 fn main() -> Result<()> {
@@ -51,5 +55,6 @@ fn main() -> Result<()> {
         Command::Produce(args) => rt.block_on(cli::produce(args)),
         Command::Consume(args) => rt.block_on(cli::consume(args)),
         Command::Bench(args) => rt.block_on(bench::run(args)),
+        Command::Dev(args) => rt.block_on(dev::run(args)),
     }
 }

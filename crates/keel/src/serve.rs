@@ -49,8 +49,20 @@ pub struct ServeArgs {
     /// Segment size of new logs, bytes.
     #[arg(long, env = "KEEL_SEGMENT_BYTES")]
     pub segment_bytes: Option<u64>,
+    /// Node-to-node (Raft) listener, e.g. 127.0.0.1:9093; needed with --peers.
+    #[arg(long, env = "KEEL_RAFT_LISTEN")]
+    pub raft_listen: Option<String>,
+    /// Address other nodes reach this node's Raft listener at [default: --raft-listen].
+    #[arg(long, env = "KEEL_ADVERTISED_RAFT")]
+    pub advertised_raft: Option<String>,
+    /// The cluster's voting nodes, this one included: id@host:port,... (their Raft listeners).
+    #[arg(long, env = "KEEL_PEERS", value_delimiter = ',')]
+    pub peers: Option<Vec<String>>,
+    /// Replicas of new topics' partitions [default: 3, capped at the number of nodes].
+    #[arg(long, env = "KEEL_REPLICATION_FACTOR")]
+    pub replication_factor: Option<i32>,
     /// Log level filter (tracing syntax), e.g. info or keel_broker=debug.
-    #[arg(long, env = "KEEL_LOG", default_value = "info")]
+    #[arg(long, env = "KEEL_LOG", default_value = "info,openraft=warn")]
     pub log: String,
 }
 
@@ -95,6 +107,18 @@ pub fn load_config(args: &ServeArgs) -> Result<BrokerConfig> {
     }
     if let Some(v) = args.segment_bytes {
         c.log.segment_bytes = v;
+    }
+    if let Some(v) = &args.raft_listen {
+        c.raft_listen = Some(v.clone());
+    }
+    if let Some(v) = &args.advertised_raft {
+        c.advertised_raft = Some(v.clone());
+    }
+    if let Some(v) = &args.peers {
+        c.peers = v.iter().filter(|p| !p.is_empty()).cloned().collect();
+    }
+    if let Some(v) = args.replication_factor {
+        c.default_replication_factor = v;
     }
     c.validate()
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;

@@ -1,4 +1,4 @@
-//! DescribeCluster: this node, the cluster id and the controller.
+//! DescribeCluster: the cluster's nodes, the cluster id and the controller's leader.
 
 use std::sync::Arc;
 
@@ -18,13 +18,18 @@ pub async fn handle(b: &Arc<Broker>, req: DescribeClusterRequest, _v: i16) -> De
         return r;
     }
     r.cluster_id = s(b.config.cluster_id.clone());
-    r.controller_id = BrokerId(b.config.node_id);
+    r.controller_id = BrokerId(b.controller.group.leader().map(|l| l as i32).unwrap_or(-1));
     r.endpoint_type = 1;
-    let mut broker = DescribeClusterBroker::default();
-    broker.broker_id = BrokerId(b.config.node_id);
-    broker.host = s(b.advertised.0.clone());
-    broker.port = b.advertised.1 as i32;
-    r.brokers = vec![broker];
+    r.brokers = super::metadata::nodes(b)
+        .into_iter()
+        .map(|(id, host, port)| {
+            let mut broker = DescribeClusterBroker::default();
+            broker.broker_id = BrokerId(id);
+            broker.host = s(host);
+            broker.port = port;
+            broker
+        })
+        .collect();
     r.cluster_authorized_operations = if req.include_cluster_authorized_operations {
         CLUSTER_OPS
     } else {

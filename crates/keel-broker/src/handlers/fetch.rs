@@ -81,7 +81,7 @@ fn read_once(b: &Broker, req: &FetchRequest, max_bytes: usize) -> (Vec<Fetchable
                 Err(e) => {
                     any_error = true;
                     let (hw, start) = (part.high_watermark(), part.log_start_offset());
-                    if !matches!(e, PartitionError::OffsetOutOfRange { .. }) {
+                    if !matches!(e, PartitionError::OffsetOutOfRange { .. } | PartitionError::NotLeader) {
                         tracing::warn!(topic = %part.topic, partition = part.index, error = %e, "fetch failed");
                     }
                     b.metrics

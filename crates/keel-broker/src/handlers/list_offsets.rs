@@ -27,8 +27,13 @@ pub async fn handle(b: &Arc<Broker>, req: ListOffsetsRequest, v: i16) -> ListOff
                 tr.partitions.push(pr);
                 continue;
             };
+            if !part.is_leader() {
+                pr.error_code = ResponseError::NotLeaderOrFollower.code();
+                tr.partitions.push(pr);
+                continue;
+            }
             if v >= 4 {
-                pr.leader_epoch = 0;
+                pr.leader_epoch = part.group().term().min(i32::MAX as u64) as i32;
             }
             match p.timestamp {
                 LATEST => pr.offset = part.high_watermark(),

@@ -1,5 +1,6 @@
-//! Metadata: this node as the only broker, and the requested topics (auto-creating them
-//! when the client allows it and the broker is configured to).
+//! Metadata: the cluster's nodes, and the requested topics (auto-creating them when the
+//! client allows it and the broker is configured to) with each partition's leader, leader
+//! epoch (its Raft term), replicas and in-sync replicas as this node's replicas see them.
 
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ pub const TOPIC_OPS: i32 = (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7) 
 
 pub(crate) fn topic_entry(b: &Broker, t: &Topic, ops: bool) -> MetadataResponseTopic {
     let meta = t.meta();
-    let node = BrokerId(b.config.node_id);
+    let me = b.config.node_id;
     let mut out = MetadataResponseTopic::default();
     out.name = Some(TopicName(s(meta.name.clone())));
     out.topic_id = meta.id;
@@ -26,15 +27,75 @@ pub(crate) fn topic_entry(b: &Broker, t: &Topic, ops: bool) -> MetadataResponseT
     out.topic_authorized_operations = if ops { TOPIC_OPS } else { i32::MIN };
     out.partitions = (0..meta.partitions)
         .map(|i| {
+            let replicas: Vec<BrokerId> = match meta.replicas.get(i as usize) {
+                Some(r) => r.iter().map(|n| BrokerId(*n as i32)).collect(),
+                None => vec![BrokerId(me)],
+            };
             let mut p = MetadataResponsePartition::default();
             p.partition_index = i;
-            p.leader_id = node;
-            p.leader_epoch = 0;
-            p.replica_nodes = vec![node];
-            p.isr_nodes = vec![node];
+            p.replica_nodes = replicas.clone();
+            match t.partition(i).map(|part| partition_view(&part)) {
+                Some(view) if view.leader.is_some() => {
+                    p.leader_id = BrokerId(view.leader.map(|l| l as i32).unwrap_or(-1));
+                    p.leader_epoch = view.epoch;
+                    p.isr_nodes = match view.in_sync {
+                        Some(isr) => isr.into_iter().map(|n| BrokerId(n as i32)).collect(),
+                        None => replicas,
+                    };
+                }
+                _ => {
+                    p.error_code = ResponseError::LeaderNotAvailable.code();
+                    p.leader_id = BrokerId(-1);
+                    p.leader_epoch = -1;
+                    p.isr_nodes = replicas;
+                }
+            }
             p
         })
         .collect();
+    out
+}
+
+/// A partition as this node's replica sees it.
+pub(crate) struct PartitionView {
+    pub leader: Option<u64>,
+    pub epoch: i32,
+    /// Known on the leader: replicas whose log is within reach of the leader's.
+    pub in_sync: Option<Vec<u64>>,
+}
+
+/// Replicas more than this many entries behind the leader are out of sync.
+const IN_SYNC_ENTRIES: u64 = 1000;
+
+pub(crate) fn partition_view(p: &crate::partition::Partition) -> PartitionView {
+    let m = p.group().metrics();
+    let in_sync = m.replication.as_ref().map(|rep| {
+        let last = m.last_log_index.unwrap_or(0);
+        rep.iter()
+            .filter(|(_, matched)| matched.map(|l| l.index + IN_SYNC_ENTRIES >= last).unwrap_or(false))
+            .map(|(id, _)| *id)
+            .collect()
+    });
+    PartitionView {
+        leader: m.current_leader,
+        epoch: m.current_term.min(i32::MAX as u64) as i32,
+        in_sync,
+    }
+}
+
+/// The cluster's nodes as Metadata and DescribeCluster list them: every registered node,
+/// and this one even before its registration is committed.
+pub(crate) fn nodes(b: &Broker) -> Vec<(i32, String, i32)> {
+    let meta = b.controller.meta();
+    let mut out: Vec<(i32, String, i32)> = meta
+        .nodes
+        .iter()
+        .map(|(id, n)| (*id as i32, n.kafka_host.clone(), n.kafka_port as i32))
+        .collect();
+    if !out.iter().any(|(id, _, _)| *id == b.config.node_id) {
+        out.push((b.config.node_id, b.advertised.0.clone(), b.advertised.1 as i32));
+    }
+    out.sort();
     out
 }
 
@@ -48,13 +109,18 @@ fn error_entry(name: Option<&str>, id: uuid::Uuid, code: i16) -> MetadataRespons
 
 pub async fn handle(b: &Arc<Broker>, req: MetadataRequest, v: i16) -> MetadataResponse {
     let mut r = MetadataResponse::default();
-    let mut broker = MetadataResponseBroker::default();
-    broker.node_id = BrokerId(b.config.node_id);
-    broker.host = s(b.advertised.0.clone());
-    broker.port = b.advertised.1 as i32;
-    r.brokers = vec![broker];
+    r.brokers = nodes(b)
+        .into_iter()
+        .map(|(id, host, port)| {
+            let mut broker = MetadataResponseBroker::default();
+            broker.node_id = BrokerId(id);
+            broker.host = s(host);
+            broker.port = port;
+            broker
+        })
+        .collect();
     r.cluster_id = Some(s(b.config.cluster_id.clone()));
-    r.controller_id = BrokerId(b.config.node_id);
+    r.controller_id = BrokerId(b.controller.group.leader().map(|l| l as i32).unwrap_or(-1));
     r.cluster_authorized_operations = i32::MIN;
     let ops = req.include_topic_authorized_operations;
     // v0: an empty list means all topics; v1+: null means all, empty means none.

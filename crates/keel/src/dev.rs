@@ -1,0 +1,99 @@
+//! `keel dev --nodes 3`: a local cluster of `keel serve` processes on 127.0.0.1, for
+//! trying replication and failover by hand (kill one, watch the others carry on).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+#[derive(Args, Debug)]
+pub struct DevArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u16,
+    /// Node N listens for Kafka on base+N-1, for Raft on base+100+N-1, for HTTP on
+    /// base+200+N-1.
+    #[arg(long, default_value_t = 9092)]
+    pub base_port: u16,
+    /// Each node's data lives in DIR/node-N.
+    #[arg(long, default_value = "keel-dev")]
+    pub data_dir: PathBuf,
+}
+
+/// The ports of node `n` (1-based): Kafka, Raft, HTTP.
+pub fn ports(base: u16, n: u16) -> (u16, u16, u16) {
+    (base + n - 1, base + 100 + n - 1, base + 200 + n - 1)
+}
+
+pub async fn run(args: DevArgs) -> Result<()> {
+    anyhow::ensure!((1..=9).contains(&args.nodes), "--nodes must be between 1 and 9");
+    let exe = std::env::current_exe().context("locating the keel binary")?;
+    let peers: Vec<String> = (1..=args.nodes)
+        .map(|n| format!("{n}@127.0.0.1:{}", ports(args.base_port, n).1))
+        .collect();
+    let mut children: Vec<(u16, Child)> = Vec::new();
+    for n in 1..=args.nodes {
+        let (kafka, raft, http) = ports(args.base_port, n);
+        let dir = args.data_dir.join(format!("node-{n}"));
+        let child = Command::new(&exe)
+            .arg("serve")
+            .args(["--node-id", &n.to_string()])
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["--kafka-listen", &format!("127.0.0.1:{kafka}")])
+            .args(["--raft-listen", &format!("127.0.0.1:{raft}")])
+            .args(["--http-listen", &format!("127.0.0.1:{http}")])
+            .args(["--peers", &peers.join(",")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting node {n}"))?;
+        eprintln!(
+            "node {n}: pid {} kafka=127.0.0.1:{kafka} raft=127.0.0.1:{raft} http=127.0.0.1:{http} data={}",
+            child.id(),
+            dir.display()
+        );
+        children.push((n, child));
+    }
+    let bootstrap: Vec<String> = (1..=args.nodes)
+        .map(|n| format!("127.0.0.1:{}", ports(args.base_port, n).0))
+        .collect();
+    println!(
+        "keel dev: {} nodes; bootstrap servers {}",
+        args.nodes,
+        bootstrap.join(",")
+    );
+    println!("kill a node (kill -9 PID) and watch the others elect new leaders; Ctrl-C stops all");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = watch_children(&mut children) => {}
+    }
+    for (n, c) in &mut children {
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = (n, c.wait());
+    }
+    Ok(())
+}
+
+/// Returns once every node has exited (each reported as it goes).
+async fn watch_children(children: &mut [(u16, Child)]) {
+    let mut reported = vec![false; children.len()];
+    loop {
+        for (i, (n, c)) in children.iter_mut().enumerate() {
+            if let Ok(Some(status)) = c.try_wait() {
+                if !reported.get(i).copied().unwrap_or(true) {
+                    eprintln!("node {n} exited: {status}");
+                    if let Some(r) = reported.get_mut(i) {
+                        *r = true;
+                    }
+                }
+            }
+        }
+        if reported.iter().all(|r| *r) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
