@@ -76,7 +76,7 @@ impl Broker {
         });
         let port = config.advertised_port.unwrap_or(kafka_port);
         let (controller, topics) = start_replication(&config, &metrics, &data_changed, &host, port).await?;
-        let producer_ids = ProducerIds::open(&config.data_dir.join("producer_ids"))?;
+        let producer_ids = ProducerIds::open(&config.data_dir.join("producer_ids"), config.node_id.max(0) as i64)?;
         let offsets_topic = match topics.get(group::offsets::OFFSETS_TOPIC) {
             Some(t) => t,
             None => {
@@ -171,6 +171,7 @@ async fn start_replication(
         election_timeout_max_ms: config.raft_election_timeout_ms * 2,
         ..Default::default()
     };
+    transport.start_pings();
     let controller = controller::Controller::start(
         &config.data_dir.join("controller"),
         node_id,
@@ -245,9 +246,11 @@ pub fn is_internal_topic(name: &str) -> bool {
     name == group::offsets::OFFSETS_TOPIC
 }
 
-/// Allocates idempotent-producer ids that are never reused across restarts: ids are
-/// handed out from blocks whose upper bound is persisted before the block is used.
+/// Allocates idempotent-producer ids that are never reused across restarts (ids are
+/// handed out from blocks whose upper bound is persisted before the block is used) nor
+/// across nodes (the low 10 bits are the node id).
 pub struct ProducerIds {
+    node_bits: i64,
     path: std::path::PathBuf,
     next: AtomicI64,
     limit: std::sync::Mutex<i64>,
@@ -256,12 +259,13 @@ pub struct ProducerIds {
 const PRODUCER_ID_BLOCK: i64 = 1000;
 
 impl ProducerIds {
-    fn open(path: &std::path::Path) -> anyhow::Result<ProducerIds> {
+    fn open(path: &std::path::Path, node_id: i64) -> anyhow::Result<ProducerIds> {
         let start = match std::fs::read_to_string(path) {
             Ok(s) => s.trim().parse::<i64>().unwrap_or(0),
             Err(_) => 0,
         };
         let ids = ProducerIds {
+            node_bits: node_id & 0x3FF,
             path: path.to_path_buf(),
             next: AtomicI64::new(start),
             limit: std::sync::Mutex::new(start),
@@ -281,6 +285,6 @@ impl ProducerIds {
             std::fs::rename(&tmp, &self.path)?;
             *limit = new_limit;
         }
-        Ok(id)
+        Ok((id << 10) | self.node_bits)
     }
 }

@@ -351,7 +351,8 @@ impl Topics {
         partitions: i32,
         configs: BTreeMap<String, String>,
     ) -> Result<Arc<Topic>, AdminError> {
-        self.create_checked(name, partitions, configs, false, true).await
+        self.create_checked(name, partitions, None, None, configs, false, true)
+            .await
     }
 
     /// Creates a topic. `partitions == -1` takes the broker default.
@@ -362,14 +363,49 @@ impl Topics {
         configs: BTreeMap<String, String>,
         validate_only: bool,
     ) -> Result<Arc<Topic>, AdminError> {
-        self.create_checked(name, partitions, configs, validate_only, false)
+        self.create_checked(name, partitions, None, None, configs, validate_only, false)
             .await
     }
 
+    /// `create` with a replication factor (default: the configured one) or an explicit
+    /// replica list per partition.
+    pub async fn create_placed(
+        &self,
+        name: &str,
+        partitions: i32,
+        replication_factor: Option<usize>,
+        replicas: Option<Vec<Vec<u64>>>,
+        configs: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<Arc<Topic>, AdminError> {
+        self.create_checked(
+            name,
+            partitions,
+            replication_factor,
+            replicas,
+            configs,
+            validate_only,
+            false,
+        )
+        .await
+    }
+
+    /// The nodes the cluster knows: the controller's voters and every registered node.
+    pub fn node_ids(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.controller.voters.keys().copied().collect();
+        ids.extend(self.controller.meta().nodes.keys().copied());
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    #[allow(clippy::too_many_arguments)]
     async fn create_checked(
         &self,
         name: &str,
         partitions: i32,
+        replication_factor: Option<usize>,
+        replicas: Option<Vec<Vec<u64>>>,
         configs: BTreeMap<String, String>,
         validate_only: bool,
         internal: bool,
@@ -404,10 +440,10 @@ impl Topics {
             ));
         }
         topic_config::settings(&self.config, &configs).map_err(|m| AdminError::new(E::InvalidConfig, m))?;
-        let rf = self.config.default_replication_factor.max(1) as usize;
+        let rf = replication_factor.unwrap_or(self.config.default_replication_factor.max(1) as usize);
         let record = TopicRecord {
             id: Uuid::new_v4(),
-            replicas: self.controller.assign(name, 0, partitions, rf),
+            replicas: replicas.unwrap_or_else(|| self.controller.assign(name, 0, partitions, rf)),
             configs,
         };
         if validate_only {

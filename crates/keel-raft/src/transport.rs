@@ -50,6 +50,11 @@ const KIND_APPEND: u8 = 1;
 const KIND_VOTE: u8 = 2;
 const KIND_SNAPSHOT: u8 = 3;
 const KIND_APP: u8 = 4;
+const KIND_PING: u8 = 5;
+/// How often every peer is pinged, and how long a peer may stay silent and still count as
+/// alive.
+const PING_INTERVAL: Duration = Duration::from_millis(200);
+const ALIVE_WITHIN: Duration = Duration::from_millis(1500);
 const KIND_RESPONSE: u8 = 0x80;
 const KIND_ERROR: u8 = 0xFF;
 
@@ -97,6 +102,9 @@ pub struct Transport {
     app: RwLock<Option<AppHandler>>,
     cut: RwLock<HashSet<NodeId>>,
     next_request: AtomicU64,
+    /// When each peer was last heard from (a request or an answer).
+    heard: Mutex<HashMap<NodeId, std::time::Instant>>,
+    me: std::sync::Weak<Transport>,
 }
 
 fn encode_frame(kind: u8, request: u64, from: NodeId, group: &str, body: &[u8]) -> Result<Bytes, TransportError> {
@@ -172,7 +180,8 @@ fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, TransportError> {
 
 impl Transport {
     pub fn new(id: NodeId) -> Arc<Transport> {
-        Arc::new(Transport {
+        Arc::new_cyclic(|me| Transport {
+            me: me.clone(),
             id,
             peers: RwLock::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
@@ -180,7 +189,53 @@ impl Transport {
             app: RwLock::new(None),
             cut: RwLock::new(HashSet::new()),
             next_request: AtomicU64::new(1),
+            heard: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn heard_from(&self, node: NodeId) {
+        self.heard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node, std::time::Instant::now());
+    }
+
+    /// Whether `node` answered or called within the last moments (this node always is).
+    pub fn is_alive(&self, node: NodeId) -> bool {
+        node == self.id
+            || self
+                .heard
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&node)
+                .map(|t| t.elapsed() <= ALIVE_WITHIN)
+                .unwrap_or(false)
+    }
+
+    /// Pings every known peer periodically so that [`Transport::is_alive`] stays current
+    /// even between peers that share no group. Runs until the transport is dropped.
+    pub fn start_pings(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PING_INTERVAL).await;
+                let Some(t) = weak.upgrade() else { return };
+                let peers: Vec<NodeId> = t
+                    .peers
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .keys()
+                    .copied()
+                    .filter(|p| *p != t.id)
+                    .collect();
+                for p in peers {
+                    let t = t.clone();
+                    tokio::spawn(async move {
+                        let _ = t.call(p, KIND_PING, "", &[], ALIVE_WITHIN).await;
+                    });
+                }
+            }
+        });
     }
 
     pub fn id(&self) -> NodeId {
@@ -269,6 +324,7 @@ impl Transport {
             if self.is_cut(frame.from) {
                 continue;
             }
+            self.heard_from(frame.from);
             let me = self.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
@@ -288,6 +344,9 @@ impl Transport {
 
     async fn handle(&self, f: &Frame) -> Result<Bytes, String> {
         let e = |e: TransportError| e.to_string();
+        if f.kind == KIND_PING {
+            return Ok(Bytes::new());
+        }
         if f.kind == KIND_APP {
             let handler = self.app.read().unwrap_or_else(|e| e.into_inner()).clone();
             return match handler {
@@ -347,10 +406,14 @@ impl Transport {
             alive: AtomicBool::new(true),
         });
         let reader_conn = conn.clone();
+        let heard = self.heard_handle();
         tokio::spawn(async move {
             loop {
                 match read_frame(&mut r).await {
                     Ok(Some(f)) => {
+                        if let Some(t) = heard.upgrade() {
+                            t.heard_from(target);
+                        }
                         let waiter = reader_conn
                             .pending
                             .lock()
@@ -382,6 +445,10 @@ impl Transport {
         info!(peer = target, %addr, "connected to peer");
         *slot = Some(conn.clone());
         Ok(conn)
+    }
+
+    fn heard_handle(&self) -> std::sync::Weak<Transport> {
+        self.me.clone()
     }
 
     /// Sends one request and waits for its answer.

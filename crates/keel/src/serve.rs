@@ -62,7 +62,7 @@ pub struct ServeArgs {
     #[arg(long, env = "KEEL_REPLICATION_FACTOR")]
     pub replication_factor: Option<i32>,
     /// Log level filter (tracing syntax), e.g. info or keel_broker=debug.
-    #[arg(long, env = "KEEL_LOG", default_value = "info,openraft=warn")]
+    #[arg(long, env = "KEEL_LOG", default_value = "info,openraft=off")]
     pub log: String,
 }
 

@@ -36,21 +36,24 @@ pub async fn handle(b: &Arc<Broker>, req: CreateTopicsRequest, _v: i16) -> Creat
             r.topics.push(res);
             continue;
         }
-        if t.replication_factor != -1 && t.replication_factor != 1 {
+        let nodes = b.topics.node_ids();
+        if t.replication_factor != -1 && (t.replication_factor < 1 || t.replication_factor as usize > nodes.len()) {
             fail(
                 &mut res,
                 ResponseError::InvalidReplicationFactor,
                 format!(
-                    "replication factor {} is larger than the 1 available broker",
-                    t.replication_factor
+                    "replication factor {} is not between 1 and the {} available nodes",
+                    t.replication_factor,
+                    nodes.len()
                 ),
             );
             r.topics.push(res);
             continue;
         }
+        let rf = (t.replication_factor > 0).then_some(t.replication_factor as usize);
+        let mut explicit: Option<Vec<Vec<u64>>> = None;
         let mut partitions = t.num_partitions;
         if !t.assignments.is_empty() {
-            let node = b.config.node_id;
             if t.num_partitions != -1 || t.replication_factor != -1 {
                 fail(
                     &mut res,
@@ -60,23 +63,36 @@ pub async fn handle(b: &Arc<Broker>, req: CreateTopicsRequest, _v: i16) -> Creat
                 r.topics.push(res);
                 continue;
             }
-            let mut idx: Vec<i32> = t.assignments.iter().map(|a| a.partition_index).collect();
-            idx.sort_unstable();
-            let contiguous = idx.iter().enumerate().all(|(i, p)| *p == i as i32);
-            let on_this_node = t
-                .assignments
+            let mut assignments: Vec<_> = t.assignments.iter().collect();
+            assignments.sort_by_key(|a| a.partition_index);
+            let contiguous = assignments
                 .iter()
-                .all(|a| a.broker_ids.len() == 1 && a.broker_ids[0].0 == node);
-            if !contiguous || !on_this_node {
+                .enumerate()
+                .all(|(i, a)| a.partition_index == i as i32);
+            let valid = assignments.iter().all(|a| {
+                let mut ids: Vec<i32> = a.broker_ids.iter().map(|b| b.0).collect();
+                ids.sort_unstable();
+                ids.dedup();
+                !ids.is_empty()
+                    && ids.len() == a.broker_ids.len()
+                    && ids.iter().all(|id| *id >= 0 && nodes.contains(&(*id as u64)))
+            });
+            if !contiguous || !valid {
                 fail(
                     &mut res,
                     ResponseError::InvalidReplicaAssignment,
-                    format!("every partition must be assigned to broker {node} alone"),
+                    "partitions must be numbered from 0, each on distinct known nodes".into(),
                 );
                 r.topics.push(res);
                 continue;
             }
-            partitions = t.assignments.len() as i32;
+            partitions = assignments.len() as i32;
+            explicit = Some(
+                assignments
+                    .iter()
+                    .map(|a| a.broker_ids.iter().map(|b| b.0 as u64).collect())
+                    .collect(),
+            );
         }
         let configs: BTreeMap<String, String> = t
             .configs
@@ -85,14 +101,14 @@ pub async fn handle(b: &Arc<Broker>, req: CreateTopicsRequest, _v: i16) -> Creat
             .collect();
         match b
             .topics
-            .create(&name, partitions, configs.clone(), req.validate_only)
+            .create_placed(&name, partitions, rf, explicit, configs.clone(), req.validate_only)
             .await
         {
             Ok(topic) => {
                 let meta = topic.meta();
                 res.topic_id = if req.validate_only { uuid::Uuid::nil() } else { meta.id };
                 res.num_partitions = meta.partitions;
-                res.replication_factor = 1;
+                res.replication_factor = meta.replicas.first().map(|r| r.len() as i16).unwrap_or(1);
                 res.configs = Some(
                     topic_config::describe(&b.config, &configs)
                         .into_iter()

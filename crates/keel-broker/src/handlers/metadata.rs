@@ -34,12 +34,13 @@ pub(crate) fn topic_entry(b: &Broker, t: &Topic, ops: bool) -> MetadataResponseT
             let mut p = MetadataResponsePartition::default();
             p.partition_index = i;
             p.replica_nodes = replicas.clone();
+            let alive = |n: &u64| b.controller.transport.is_alive(*n);
             match t.partition(i).map(|part| partition_view(&part)) {
-                Some(view) if view.leader.is_some() => {
+                Some(view) if view.leader.as_ref().map(alive).unwrap_or(false) => {
                     p.leader_id = BrokerId(view.leader.map(|l| l as i32).unwrap_or(-1));
                     p.leader_epoch = view.epoch;
                     p.isr_nodes = match view.in_sync {
-                        Some(isr) => isr.into_iter().map(|n| BrokerId(n as i32)).collect(),
+                        Some(isr) => isr.into_iter().filter(alive).map(|n| BrokerId(n as i32)).collect(),
                         None => replicas,
                     };
                 }
@@ -83,13 +84,15 @@ pub(crate) fn partition_view(p: &crate::partition::Partition) -> PartitionView {
     }
 }
 
-/// The cluster's nodes as Metadata and DescribeCluster list them: every registered node,
-/// and this one even before its registration is committed.
+/// The cluster's nodes as Metadata and DescribeCluster list them: every registered node
+/// this node hears from (a stopped or cut-off node drops out, so clients stop sending to
+/// it), and this one even before its registration is committed.
 pub(crate) fn nodes(b: &Broker) -> Vec<(i32, String, i32)> {
     let meta = b.controller.meta();
     let mut out: Vec<(i32, String, i32)> = meta
         .nodes
         .iter()
+        .filter(|(id, _)| b.controller.transport.is_alive(**id))
         .map(|(id, n)| (*id as i32, n.kafka_host.clone(), n.kafka_port as i32))
         .collect();
     if !out.iter().any(|(id, _, _)| *id == b.config.node_id) {

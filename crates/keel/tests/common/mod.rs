@@ -28,7 +28,7 @@ fn spawn(data_dir: &Path, kafka: &str, http: &str, extra: &[String]) -> (Child, 
         .args(extra)
         .env(
             "KEEL_LOG",
-            std::env::var("KEEL_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            std::env::var("KEEL_TEST_LOG").unwrap_or_else(|_| "warn,openraft=off".into()),
         )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -73,6 +73,11 @@ impl Keel {
             data_dir: data_dir.to_path_buf(),
             extra,
         }
+    }
+
+    /// The running process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     /// kill -9.
@@ -139,4 +144,47 @@ impl Drop for Keel {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// A free 127.0.0.1 port (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Starts `n` nodes of one cluster (node ids 1..=n) with data in `root/node-<id>`. Nodes
+/// start together: each waits for a controller quorum before it reports ready.
+pub fn start_cluster(root: &Path, n: usize, extra: &[&str]) -> Vec<Keel> {
+    let raft: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let peers: Vec<String> = raft
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
+        .collect();
+    let peers = peers.join(",");
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..n)
+            .map(|i| {
+                let dir = root.join(format!("node-{}", i + 1));
+                let mut args: Vec<String> = vec![
+                    "--node-id".into(),
+                    (i + 1).to_string(),
+                    "--raft-listen".into(),
+                    format!("127.0.0.1:{}", raft[i]),
+                    "--peers".into(),
+                    peers.clone(),
+                ];
+                args.extend(extra.iter().map(|s| s.to_string()));
+                s.spawn(move || {
+                    std::fs::create_dir_all(&dir).unwrap();
+                    let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+                    Keel::start(&dir, &refs)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("node start")).collect()
+    })
 }

@@ -1,0 +1,192 @@
+//! Three `keel serve` processes forming one cluster, driven by librdkafka (the rdkafka
+//! crate): an RF=3 topic keeps every acknowledged write through a leader's kill -9, a
+//! leader's SIGSTOP and the old leader's return, and a new leader takes writes quickly.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{start_cluster, Keel};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+const TOPIC: &str = "ha";
+
+fn bootstrap(nodes: &[Keel]) -> String {
+    nodes.iter().map(|k| k.kafka.clone()).collect::<Vec<_>>().join(",")
+}
+
+/// librdkafka's log lines go to the test's stderr.
+struct Logs;
+impl rdkafka::ClientContext for Logs {
+    fn log(&self, _level: rdkafka::config::RDKafkaLogLevel, fac: &str, msg: &str) {
+        eprintln!("rdkafka {fac}: {msg}");
+    }
+}
+
+fn producer(bootstrap: &str) -> FutureProducer<Logs> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "0")
+        .set("retry.backoff.ms", "20")
+        // A paused (SIGSTOP) leader keeps its connections open: the client gives up on a
+        // request after this long and retries against the new leader.
+        .set("request.timeout.ms", "3000")
+        .set("socket.timeout.ms", "3000")
+        .set("topic.metadata.refresh.interval.ms", "1000")
+        .set("message.timeout.ms", "60000")
+        .create_with_context(Logs)
+        .expect("producer")
+}
+
+/// The node id leading partition 0 of `TOPIC`, as Metadata reports it.
+fn leader(bootstrap: &str) -> Option<i32> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("metadata client");
+    let md = c.fetch_metadata(Some(TOPIC), Duration::from_secs(5)).ok()?;
+    let t = md.topics().iter().find(|t| t.name() == TOPIC)?;
+    let p = t.partitions().first()?;
+    (p.error().is_none() && p.leader() >= 0).then_some(p.leader())
+}
+
+async fn wait_leader(bootstrap: &str, not: Option<i32>) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(l) = leader(bootstrap) {
+            if Some(l) != not {
+                return l;
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader reported");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends `n` messages one at a time; returns (value, offset, acknowledged at).
+async fn send(p: &FutureProducer<Logs>, from: usize, n: usize) -> Vec<(String, i64, Instant)> {
+    let mut out = Vec::new();
+    for i in from..from + n {
+        let value = format!("m-{i:06}");
+        let r = p
+            .send(
+                FutureRecord::<(), _>::to(TOPIC).partition(0).payload(&value),
+                Duration::from_secs(60),
+            )
+            .await;
+        match r {
+            Ok(d) => out.push((value, d.offset, Instant::now())),
+            Err((e, _)) => panic!("message {value} not delivered: {e}"),
+        }
+    }
+    out
+}
+
+fn read_all(bootstrap: &str, expect: usize) -> Vec<(i64, String)> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "ha-reader")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "100")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(TOPIC, 0, Offset::Beginning).unwrap();
+    c.assign(&tpl).unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.len() < expect && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            let v = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+            got.push((m.offset(), v));
+        }
+    }
+    got
+}
+
+fn node_of(nodes: &mut [Keel], id: i32) -> &mut Keel {
+    &mut nodes[(id - 1) as usize]
+}
+
+fn pid(k: &Keel) -> String {
+    k.pid().expect("running").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_leader_kill_pause_and_return() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(root.path(), 3, &[]);
+    let bs = bootstrap(&nodes);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &bs).create().unwrap();
+    let res = admin
+        .create_topics(
+            &[NewTopic::new(TOPIC, 1, TopicReplication::Fixed(3))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
+        )
+        .await
+        .unwrap();
+    assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
+    let p = producer(&bs);
+    let mut acked = send(&p, 0, 300).await;
+
+    // 1. kill -9 the leader: a new one is elected and takes the next write.
+    let first = wait_leader(&bs, None).await;
+    let killed_at = Instant::now();
+    node_of(&mut nodes, first).kill9();
+    let after = send(&p, 300, 300).await;
+    let gap = after[0].2 - killed_at;
+    eprintln!("kill -9 of leader {first}: first acknowledged write {gap:?} later");
+    acked.extend(after);
+    let second = wait_leader(&bs, Some(first)).await;
+    assert_ne!(second, first);
+
+    // 2. The old leader returns from its disk and catches up.
+    node_of(&mut nodes, first).restart();
+    acked.extend(send(&p, 600, 300).await);
+
+    // 3. SIGSTOP the current leader: it stops answering; the others carry on without it.
+    let paused = wait_leader(&bs, None).await;
+    let paused_pid = pid(node_of(&mut nodes, paused));
+    assert!(std::process::Command::new("kill")
+        .args(["-STOP", &paused_pid])
+        .status()
+        .unwrap()
+        .success());
+    let stopped_at = Instant::now();
+    let after = send(&p, 900, 300).await;
+    eprintln!(
+        "SIGSTOP of leader {paused}: first acknowledged write {:?} later",
+        after[0].2 - stopped_at
+    );
+    acked.extend(after);
+    assert!(std::process::Command::new("kill")
+        .args(["-CONT", &paused_pid])
+        .status()
+        .unwrap()
+        .success());
+    acked.extend(send(&p, 1200, 300).await);
+
+    // Every acknowledged message is there exactly once, at the offset it was acknowledged
+    // with, in the order it was sent.
+    let got = read_all(&bs, acked.len());
+    let by_value: BTreeMap<&str, i64> = got.iter().map(|(o, v)| (v.as_str(), *o)).collect();
+    assert_eq!(by_value.len(), got.len(), "a value appears twice");
+    for (value, offset, _) in &acked {
+        assert_eq!(
+            by_value.get(value.as_str()),
+            Some(offset),
+            "acknowledged {value} lost or moved"
+        );
+    }
+    assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "offsets not increasing");
+    assert!(got.windows(2).all(|w| w[0].1 < w[1].1), "records out of order");
+    assert_eq!(got.len(), acked.len(), "records that were never acknowledged appeared");
+}
