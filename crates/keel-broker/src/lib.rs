@@ -55,6 +55,9 @@ pub struct Broker {
     /// Host and port clients are told to connect to.
     pub advertised: (String, u16),
     pub started: Instant,
+    /// The `__consumer_offsets` leader term whose offsets are loaded here (this node
+    /// coordinates groups only while it leads that partition and has replayed it).
+    offsets_term: std::sync::Mutex<Option<u64>>,
 }
 
 impl Broker {
@@ -95,6 +98,9 @@ impl Broker {
         let offsets_partition = offsets_topic
             .partition(0)
             .ok_or_else(|| anyhow::anyhow!("{} has no partition 0", group::offsets::OFFSETS_TOPIC))?;
+        let loaded_term = offsets_partition
+            .is_leader()
+            .then(|| offsets_partition.group().term());
         let offsets = group::offsets::OffsetStore::load(offsets_partition);
         let timing = group::state::GroupTiming {
             initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms,
@@ -109,9 +115,48 @@ impl Broker {
             groups: group::coordinator::Coordinator::new(offsets, timing),
             advertised: (host, port),
             started: Instant::now(),
+            offsets_term: std::sync::Mutex::new(loaded_term),
         });
         tokio::spawn(group_clock(Arc::downgrade(&broker)));
         Ok(broker)
+    }
+
+    /// `None` when this node coordinates groups now; otherwise the error to answer with.
+    pub fn coordinator_error(&self) -> Option<i16> {
+        let p = self.groups.offsets.partition();
+        if !p.is_leader() {
+            return Some(kafka_protocol::ResponseError::NotCoordinator.code());
+        }
+        let loaded = *self.offsets_term.lock().unwrap_or_else(|e| e.into_inner());
+        if loaded != Some(p.group().term()) {
+            return Some(kafka_protocol::ResponseError::CoordinatorLoadInProgress.code());
+        }
+        None
+    }
+
+    /// The node coordinating groups (leading `__consumer_offsets`): id, host, port.
+    pub fn coordinator_node(&self) -> Option<(i32, String, i32)> {
+        let leader = self.groups.offsets.partition().group().leader()? as i32;
+        handlers::metadata::nodes(self).into_iter().find(|(id, _, _)| *id == leader)
+    }
+
+    /// Follows leadership of `__consumer_offsets`: on becoming its leader, replays the
+    /// committed offsets and starts with no group state; on losing it, drops group state.
+    async fn follow_offsets_leadership(&self) {
+        let p = self.groups.offsets.partition().clone();
+        let leading = p.is_leader();
+        let term = p.group().term();
+        let loaded = *self.offsets_term.lock().unwrap_or_else(|e| e.into_inner());
+        if leading && loaded != Some(term) {
+            self.groups.reset().await;
+            self.groups.offsets.reload().await;
+            *self.offsets_term.lock().unwrap_or_else(|e| e.into_inner()) = Some(term);
+            tracing::info!(term, "this node now coordinates consumer groups");
+        } else if !leading && loaded.is_some() {
+            *self.offsets_term.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            self.groups.reset().await;
+            tracing::info!("this node no longer coordinates consumer groups");
+        }
     }
 
     /// fsyncs every partition (clean shutdown).
@@ -223,6 +268,7 @@ async fn group_clock(broker: std::sync::Weak<Broker>) {
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         let Some(b) = broker.upgrade() else { return };
+        b.follow_offsets_leadership().await;
         b.groups.tick().await;
         n += 1;
         if n.is_multiple_of(10) {

@@ -58,6 +58,12 @@ impl Coordinator {
     }
 
     /// Milliseconds on the coordinator's monotonic clock.
+    /// Forgets every group's membership (coordination moved to or from this node; members
+    /// rejoin). Committed offsets stay.
+    pub async fn reset(&self) {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     pub fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }

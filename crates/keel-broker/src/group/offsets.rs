@@ -120,8 +120,34 @@ fn decode_value(mut b: Bytes) -> Option<CommittedOffset> {
 }
 
 impl OffsetStore {
-    /// Replays the internal partition into memory.
+    /// Replays the internal partition into memory (empty if this replica does not lead).
     pub fn load(partition: Arc<Partition>) -> OffsetStore {
+        let map = replay(&partition);
+        OffsetStore {
+            partition,
+            map: RwLock::new(map),
+            write: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Replays the internal partition again: this replica has just become its leader, and
+    /// the offsets other coordinators committed are in its log.
+    pub async fn reload(&self) {
+        let _turn = self.write.lock().await;
+        let map = replay(&self.partition);
+        *self.map.write().unwrap_or_else(|e| e.into_inner()) = map;
+    }
+
+    pub fn partition(&self) -> &Arc<Partition> {
+        &self.partition
+    }
+}
+
+fn replay(partition: &Partition) -> BTreeMap<String, GroupOffsets> {
+    if !partition.is_leader() {
+        return BTreeMap::new();
+    }
+    {
         let mut map: BTreeMap<String, GroupOffsets> = BTreeMap::new();
         let mut pos = partition.log_start_offset();
         let mut records = 0usize;
@@ -172,12 +198,11 @@ impl OffsetStore {
             }
         }
         info!(groups = map.len(), records, "committed offsets loaded");
-        OffsetStore {
-            partition,
-            map: RwLock::new(map),
-            write: tokio::sync::Mutex::new(()),
-        }
+        map
     }
+}
+
+impl OffsetStore {
 
     fn read_map(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, GroupOffsets>> {
         self.map.read().unwrap_or_else(|e| e.into_inner())

@@ -11,7 +11,10 @@ pub async fn handle(b: &Arc<Broker>, req: DeleteGroupsRequest, _v: i16) -> Delet
     let mut r = DeleteGroupsResponse::default();
     for id in req.groups_names {
         let mut res = DeletableGroupResult::default();
-        res.error_code = b.groups.delete_group(id.0.as_str()).await;
+        res.error_code = match b.coordinator_error() {
+            Some(code) => code,
+            None => b.groups.delete_group(id.0.as_str()).await,
+        };
         res.group_id = id;
         r.results.push(res);
     }

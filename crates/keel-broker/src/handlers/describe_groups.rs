@@ -16,6 +16,11 @@ pub async fn handle(b: &Arc<Broker>, req: DescribeGroupsRequest, v: i16) -> Desc
     for id in req.groups {
         let mut g = DescribedGroup::default();
         g.group_id = id.clone();
+        if let Some(code) = b.coordinator_error() {
+            g.error_code = code;
+            r.groups.push(g);
+            continue;
+        }
         g.authorized_operations = if req.include_authorized_operations {
             GROUP_OPS
         } else {

@@ -1,4 +1,5 @@
-//! FindCoordinator: this node coordinates every group (v0-3 one key, v4 a batch of keys).
+//! FindCoordinator: the leader of `__consumer_offsets` coordinates every group (v0-3 one
+//! key, v4 a batch of keys).
 
 use std::sync::Arc;
 
@@ -26,8 +27,19 @@ fn check(key_type: i8) -> (i16, Option<&'static str>) {
 
 pub async fn handle(b: &Arc<Broker>, req: FindCoordinatorRequest, v: i16) -> FindCoordinatorResponse {
     let mut r = FindCoordinatorResponse::default();
-    let node = BrokerId(b.config.node_id);
-    let (host, port) = (s(b.advertised.0.clone()), b.advertised.1 as i32);
+    let coordinator = b.coordinator_node();
+    let node = BrokerId(coordinator.as_ref().map(|c| c.0).unwrap_or(-1));
+    let (host, port) = match &coordinator {
+        Some((_, h, p)) => (s(h.clone()), *p),
+        None => (s(""), -1),
+    };
+    let check = |key_type: i8| match check(key_type) {
+        (0, _) if coordinator.is_none() => (
+            ResponseError::CoordinatorNotAvailable.code(),
+            Some("the group coordinator has no leader yet"),
+        ),
+        other => other,
+    };
     if v >= 4 {
         r.coordinators = req
             .coordinator_keys

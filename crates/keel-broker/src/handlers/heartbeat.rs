@@ -8,6 +8,10 @@ use crate::Broker;
 
 pub async fn handle(b: &Arc<Broker>, req: HeartbeatRequest, _v: i16) -> HeartbeatResponse {
     let mut r = HeartbeatResponse::default();
+    if let Some(code) = b.coordinator_error() {
+        r.error_code = code;
+        return r;
+    }
     let instance = req.group_instance_id.as_ref().map(|i| i.as_str());
     r.error_code = b
         .groups

@@ -24,6 +24,10 @@ pub async fn handle(b: &Arc<Broker>, req: JoinGroupRequest, v: i16, client: Clie
     let mut r = JoinGroupResponse::default();
     r.member_id = req.member_id.clone();
     r.generation_id = -1;
+    if let Some(code) = b.coordinator_error() {
+        r.error_code = code;
+        return r;
+    }
     if req.group_id.0.is_empty() {
         r.error_code = ResponseError::InvalidGroupId.code();
         return r;

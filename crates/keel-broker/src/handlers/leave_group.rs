@@ -9,6 +9,10 @@ use crate::Broker;
 
 pub async fn handle(b: &Arc<Broker>, req: LeaveGroupRequest, v: i16) -> LeaveGroupResponse {
     let mut r = LeaveGroupResponse::default();
+    if let Some(code) = b.coordinator_error() {
+        r.error_code = code;
+        return r;
+    }
     let group = req.group_id.0.as_str();
     if v < 3 {
         r.error_code = b.groups.leave(group, req.member_id.as_str(), None).await;

@@ -10,6 +10,10 @@ use crate::Broker;
 
 pub async fn handle(b: &Arc<Broker>, req: ListGroupsRequest, v: i16) -> ListGroupsResponse {
     let mut r = ListGroupsResponse::default();
+    // Each node lists the groups it coordinates; the others list none.
+    if b.coordinator_error().is_some() {
+        return r;
+    }
     for (id, protocol_type, state) in b.groups.list().await {
         if !req.states_filter.is_empty() && !req.states_filter.iter().any(|f| f.as_str().eq_ignore_ascii_case(state)) {
             continue;

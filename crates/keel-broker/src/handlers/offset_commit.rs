@@ -12,7 +12,9 @@ use crate::Broker;
 
 pub async fn handle(b: &Arc<Broker>, req: OffsetCommitRequest, _v: i16) -> OffsetCommitResponse {
     let group = req.group_id.0.to_string();
-    let fence = if group.is_empty() {
+    let fence = if let Some(code) = b.coordinator_error() {
+        code
+    } else if group.is_empty() {
         ResponseError::InvalidGroupId.code()
     } else {
         let instance = req.group_instance_id.as_ref().map(|i| i.as_str());

@@ -11,6 +11,10 @@ use crate::Broker;
 pub async fn handle(b: &Arc<Broker>, req: OffsetDeleteRequest, _v: i16) -> OffsetDeleteResponse {
     let group = req.group_id.0.to_string();
     let mut r = OffsetDeleteResponse::default();
+    if let Some(code) = b.coordinator_error() {
+        r.error_code = code;
+        return r;
+    }
     if b.groups.describe(&group).await.is_none() {
         r.error_code = ResponseError::GroupIdNotFound.code();
         return r;

@@ -11,6 +11,11 @@ use crate::Broker;
 pub async fn handle(b: &Arc<Broker>, req: OffsetFetchRequest, v: i16) -> OffsetFetchResponse {
     let group = req.group_id.0.as_str();
     let mut r = OffsetFetchResponse::default();
+    let not_coordinator = b.coordinator_error();
+    if let (Some(code), true) = (not_coordinator, v >= 2) {
+        r.error_code = code;
+        return r;
+    }
     let wanted: Vec<(String, Vec<i32>)> = match &req.topics {
         Some(topics) => topics
             .iter()
@@ -30,6 +35,12 @@ pub async fn handle(b: &Arc<Broker>, req: OffsetFetchRequest, v: i16) -> OffsetF
         for part in parts {
             let mut pr = OffsetFetchResponsePartition::default();
             pr.partition_index = part;
+            if let Some(code) = not_coordinator {
+                pr.error_code = code;
+                pr.committed_offset = -1;
+                tr.partitions.push(pr);
+                continue;
+            }
             match b.groups.offsets.fetch(group, &topic, part) {
                 Some(c) => {
                     pr.committed_offset = c.offset;

@@ -8,6 +8,11 @@ use super::s;
 use crate::Broker;
 
 pub async fn handle(b: &Arc<Broker>, req: SyncGroupRequest, v: i16) -> SyncGroupResponse {
+    if let Some(code) = b.coordinator_error() {
+        let mut r = SyncGroupResponse::default();
+        r.error_code = code;
+        return r;
+    }
     let assignments = req
         .assignments
         .iter()
