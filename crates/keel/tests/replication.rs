@@ -190,3 +190,63 @@ async fn acknowledged_writes_survive_leader_kill_pause_and_return() {
     assert!(got.windows(2).all(|w| w[0].1 < w[1].1), "records out of order");
     assert_eq!(got.len(), acked.len(), "records that were never acknowledged appeared");
 }
+
+/// The leader of `partition` of `topic`, as Metadata reports it.
+fn leader_of(bootstrap: &str, topic: &str, partition: i32) -> Option<i32> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("metadata client");
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(5)).ok()?;
+    let t = md.topics().iter().find(|t| t.name() == topic)?;
+    let p = t.partitions().iter().find(|p| p.id() == partition)?;
+    (p.error().is_none() && p.leader() >= 0).then_some(p.leader())
+}
+
+/// A consumer group's committed offset survives a kill -9 of the node coordinating the
+/// group: the offsets are replicated, and the new coordinator replays them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_offsets_survive_the_coordinator_dying() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(root.path(), 3, &[]);
+    let bs = bootstrap(&nodes);
+    let p = producer(&bs);
+    for i in 0..100 {
+        let v = format!("r-{i}");
+        p.send(FutureRecord::<(), _>::to("resume").partition(0).payload(&v), Duration::from_secs(30))
+            .await
+            .expect("delivered");
+    }
+    let consumer = |bs: &str| -> BaseConsumer {
+        ClientConfig::new()
+            .set("bootstrap.servers", bs)
+            .set("group.id", "resumers")
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("socket.timeout.ms", "3000")
+            .create()
+            .expect("consumer")
+    };
+    {
+        let c = consumer(&bs);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset("resume", 0, Offset::Offset(42)).unwrap();
+        c.commit(&tpl, rdkafka::consumer::CommitMode::Sync).expect("commit");
+    }
+    let coordinator = leader_of(&bs, "__consumer_offsets", 0).expect("coordinator");
+    node_of(&mut nodes, coordinator).kill9();
+    let live: Vec<String> = nodes.iter().filter(|k| k.pid().is_some()).map(|k| k.kafka.clone()).collect();
+    let live = live.join(",");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let c = consumer(&live);
+    c.subscribe(&["resume"]).unwrap();
+    let first = loop {
+        assert!(Instant::now() < deadline, "the group did not resume");
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            break m.offset();
+        }
+    };
+    assert_eq!(first, 42, "the group resumed somewhere else than its committed offset");
+    let new = leader_of(&live, "__consumer_offsets", 0).expect("new coordinator");
+    assert_ne!(new, coordinator);
+}
