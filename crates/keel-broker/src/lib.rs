@@ -98,9 +98,7 @@ impl Broker {
         let offsets_partition = offsets_topic
             .partition(0)
             .ok_or_else(|| anyhow::anyhow!("{} has no partition 0", group::offsets::OFFSETS_TOPIC))?;
-        let loaded_term = offsets_partition
-            .is_leader()
-            .then(|| offsets_partition.group().term());
+        let loaded_term = offsets_partition.is_leader().then(|| offsets_partition.group().term());
         let offsets = group::offsets::OffsetStore::load(offsets_partition);
         let timing = group::state::GroupTiming {
             initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms,
@@ -137,7 +135,9 @@ impl Broker {
     /// The node coordinating groups (leading `__consumer_offsets`): id, host, port.
     pub fn coordinator_node(&self) -> Option<(i32, String, i32)> {
         let leader = self.groups.offsets.partition().group().leader()? as i32;
-        handlers::metadata::nodes(self).into_iter().find(|(id, _, _)| *id == leader)
+        handlers::metadata::nodes(self)
+            .into_iter()
+            .find(|(id, _, _)| *id == leader)
     }
 
     /// Follows leadership of `__consumer_offsets`: on becoming its leader, replays the
@@ -229,6 +229,7 @@ async fn start_replication(
         node_id,
         transport,
         members: voters,
+        preferred_leader: None,
         options,
         metrics: metrics.clone(),
         data_changed: data_changed.clone(),

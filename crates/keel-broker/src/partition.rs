@@ -71,6 +71,8 @@ pub struct ReplicaContext {
     pub transport: Arc<keel_raft::Transport>,
     /// The replicas' nodes (id and transport address) to initialize a new group with.
     pub members: std::collections::BTreeMap<u64, keel_raft::Node>,
+    /// The replica that should lead (the first of the assignment).
+    pub preferred_leader: Option<u64>,
     pub options: GroupOptions,
     pub metrics: Arc<Metrics>,
     /// Broker-wide counter bumped whenever any high watermark moves (wakes long polls).
@@ -82,6 +84,7 @@ pub struct ReplicaContext {
 pub struct Partition {
     pub topic: String,
     pub index: i32,
+    pub preferred_leader: Option<u64>,
     group: Group,
     hook: Arc<PartitionHook>,
     settings: RwLock<TopicSettings>,
@@ -170,6 +173,7 @@ impl Partition {
         let p = Arc::new(Partition {
             topic: topic.to_string(),
             index,
+            preferred_leader: ctx.preferred_leader,
             group,
             hook,
             settings: RwLock::new(settings),
@@ -482,6 +486,21 @@ impl Partition {
                 Err(e) => warn!(topic = %self.topic, partition = self.index, error = %e, "retention failed"),
             }
         }
+    }
+
+    /// When this replica is the preferred leader, follows a live leader and is caught up,
+    /// stands for election so leadership returns to it (load balancing after a node
+    /// rejoins). Returns whether it did.
+    pub async fn reclaim_leadership(&self, leader_alive: impl Fn(u64) -> bool) -> bool {
+        let m = self.group.metrics();
+        let me = m.id;
+        let caught_up = m.last_applied.map(|l| l.index) == m.last_log_index && m.last_log_index.is_some();
+        let follows_live_leader = m.current_leader.map(|l| l != me && leader_alive(l)).unwrap_or(false);
+        if self.preferred_leader == Some(me) && follows_live_leader && caught_up && !self.is_closed() {
+            self.group.elect().await;
+            return true;
+        }
+        false
     }
 
     /// Stops the group; the partition refuses further appends.

@@ -124,6 +124,7 @@ impl Topics {
             reconciled: watch::Sender::new(0),
         });
         tokio::spawn(reconcile(Arc::downgrade(&topics), events));
+        tokio::spawn(balance_leaders(Arc::downgrade(&topics), Duration::from_secs(5)));
         Ok(topics)
     }
 
@@ -283,6 +284,7 @@ impl Topics {
         let log = DiskLog::open(&self.topic_dir(topic).join(p.to_string()), settings.log.clone())?;
         let ctx = ReplicaContext {
             members: self.members(replicas),
+            preferred_leader: replicas.first().copied(),
             ..self.replica.clone()
         };
         Partition::open(topic, p, log, settings.clone(), &ctx).await
@@ -566,6 +568,24 @@ impl Topics {
         .await?;
         info!(topic = name, partitions = count, "partitions added");
         Ok(())
+    }
+}
+
+/// Moves leadership back to preferred replicas, one partition per round, so leaders spread
+/// over the nodes again after one rejoins.
+pub async fn balance_leaders(topics: std::sync::Weak<Topics>, every: Duration) {
+    // Let a starting node catch up before it claims anything.
+    tokio::time::sleep(every).await;
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(t) = topics.upgrade() else { return };
+        let transport = t.controller.transport.clone();
+        for p in t.all_partitions() {
+            if p.reclaim_leadership(|n| transport.is_alive(n)).await {
+                info!(topic = %p.topic, partition = p.index, "preferred replica reclaims leadership");
+                break;
+            }
+        }
     }
 }
 

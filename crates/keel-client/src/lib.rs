@@ -1,6 +1,9 @@
 //! A small Kafka-protocol client for Keel's own tools (`keel topic|produce|consume|bench`).
 //!
-//! One TCP connection, one request in flight, versions negotiated with ApiVersions.
+//! One request in flight per connection, versions negotiated with ApiVersions. Partition
+//! requests (produce, fetch, list offsets) go to the partition's leader and group requests
+//! to the group's coordinator, found through Metadata and FindCoordinator and retried once
+//! leadership moves; connections to other nodes are opened as needed.
 //! Applications should use a full client (librdkafka and friends); this one exists so that
 //! the `keel` binary needs no C library and so that benchmarks measure the broker, not a
 //! client's batching heuristics.
@@ -32,6 +35,34 @@ pub struct Client {
     correlation: i32,
     versions: HashMap<i16, (i16, i16)>,
     pub addr: String,
+    /// Connections to the other nodes of the cluster, by address.
+    peers: HashMap<String, Box<Client>>,
+    /// Leader address per (topic, partition), from the last Metadata.
+    leaders: HashMap<(String, i32), String>,
+}
+
+/// A Kafka error code returned for one partition or group.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} failed: error code {code}{detail}")]
+pub struct KafkaError {
+    pub op: String,
+    pub code: i16,
+    pub detail: String,
+}
+
+/// How often a request is retried after the leadership moved.
+const ROUTE_ATTEMPTS: usize = 20;
+
+fn leadership_moved(e: &anyhow::Error) -> bool {
+    // NOT_LEADER_OR_FOLLOWER, LEADER_NOT_AVAILABLE, NOT_COORDINATOR,
+    // COORDINATOR_NOT_AVAILABLE, COORDINATOR_LOAD_IN_PROGRESS, REQUEST_TIMED_OUT.
+    e.downcast_ref::<KafkaError>()
+        .map(|k| matches!(k.code, 6 | 5 | 16 | 15 | 14 | 7))
+        .unwrap_or(false)
+}
+
+fn kafka_err(op: String, code: i16, detail: String) -> anyhow::Error {
+    anyhow::Error::new(KafkaError { op, code, detail })
 }
 
 /// Versions this client speaks, highest first preference.
@@ -69,7 +100,19 @@ pub struct InRecord {
 }
 
 impl Client {
-    pub async fn connect(addr: &str) -> Result<Client> {
+    /// Connects to the first reachable address of a comma-separated list.
+    pub async fn connect(addrs: &str) -> Result<Client> {
+        let mut last = None;
+        for addr in addrs.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            match Self::connect_one(addr).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow!("no broker address given")))
+    }
+
+    async fn connect_one(addr: &str) -> Result<Client> {
         let stream = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
             .await
             .map_err(|_| anyhow!("timed out connecting to {addr}"))?
@@ -80,6 +123,8 @@ impl Client {
             correlation: 0,
             versions: HashMap::new(),
             addr: addr.to_string(),
+            peers: HashMap::new(),
+            leaders: HashMap::new(),
         };
         let resp: ApiVersionsResponse = c
             .call_at(
@@ -227,11 +272,36 @@ impl Client {
         self.call(&req).await
     }
 
+    /// Groups of every node (each lists the groups it coordinates).
     pub async fn list_groups(&mut self) -> Result<ListGroupsResponse> {
-        self.call(&ListGroupsRequest::default()).await
+        let md = self.metadata(Some(&[])).await?;
+        let addrs: Vec<String> = md
+            .brokers
+            .iter()
+            .map(|b| format!("{}:{}", b.host.as_str(), b.port))
+            .collect();
+        let mut all = self.call(&ListGroupsRequest::default()).await?;
+        let me = self.addr.clone();
+        for addr in addrs.iter().filter(|a| **a != me) {
+            if let Ok(c) = self.peer(addr).await {
+                if let Ok(r) = c.call(&ListGroupsRequest::default()).await {
+                    for g in r.groups {
+                        if !all.groups.iter().any(|x| x.group_id == g.group_id) {
+                            all.groups.push(g);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(all)
     }
 
     pub async fn describe_group(&mut self, group: &str) -> Result<DescribeGroupsResponse> {
+        let addr = self.coordinator_addr(group).await?;
+        self.at(&addr).await?.describe_group_here(group).await
+    }
+
+    async fn describe_group_here(&mut self, group: &str) -> Result<DescribeGroupsResponse> {
         self.call(
             &DescribeGroupsRequest::default().with_groups(vec![GroupId(StrBytes::from_string(group.to_string()))]),
         )
@@ -240,6 +310,11 @@ impl Client {
 
     /// Every committed offset of `group`: (topic, partition, offset, metadata).
     pub async fn committed_offsets(&mut self, group: &str) -> Result<Vec<(String, i32, i64, String)>> {
+        let addr = self.coordinator_addr(group).await?;
+        self.at(&addr).await?.committed_offsets_here(group).await
+    }
+
+    async fn committed_offsets_here(&mut self, group: &str) -> Result<Vec<(String, i32, i64, String)>> {
         let req = OffsetFetchRequest::default()
             .with_group_id(GroupId(StrBytes::from_string(group.to_string())))
             .with_topics(None);
@@ -266,6 +341,11 @@ impl Client {
     /// Commits offsets for `group` from outside the group protocol (generation -1), as
     /// admin tools do; the broker accepts it only while the group has no members.
     pub async fn commit_offsets(&mut self, group: &str, offsets: &[(String, i32, i64)]) -> Result<()> {
+        let addr = self.coordinator_addr(group).await?;
+        self.at(&addr).await?.commit_offsets_here(group, offsets).await
+    }
+
+    async fn commit_offsets_here(&mut self, group: &str, offsets: &[(String, i32, i64)]) -> Result<()> {
         let mut by_topic: HashMap<&str, Vec<(i32, i64)>> = HashMap::new();
         for (t, p, o) in offsets {
             by_topic.entry(t.as_str()).or_default().push((*p, *o));
@@ -307,13 +387,102 @@ impl Client {
         Ok(())
     }
 
+    async fn peer(&mut self, addr: &str) -> Result<&mut Client> {
+        if !self.peers.contains_key(addr) {
+            let c = Client::connect_one(addr).await?;
+            self.peers.insert(addr.to_string(), Box::new(c));
+        }
+        self.peers
+            .get_mut(addr)
+            .map(|c| c.as_mut())
+            .ok_or_else(|| anyhow!("no connection to {addr}"))
+    }
+
+    /// The connection to `addr` (this one, or another node's).
+    async fn at(&mut self, addr: &str) -> Result<&mut Client> {
+        if addr == self.addr {
+            Ok(self)
+        } else {
+            self.peer(addr).await
+        }
+    }
+
+    /// The address of `topic`-`partition`'s leader (from Metadata when not cached or
+    /// when `refresh`).
+    pub async fn leader_addr(&mut self, topic: &str, partition: i32, refresh: bool) -> Result<String> {
+        let key = (topic.to_string(), partition);
+        if !refresh {
+            if let Some(a) = self.leaders.get(&key) {
+                return Ok(a.clone());
+            }
+        }
+        let md = self.metadata(Some(&[topic])).await?;
+        let brokers: HashMap<i32, String> = md
+            .brokers
+            .iter()
+            .map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port)))
+            .collect();
+        for t in &md.topics {
+            for p in &t.partitions {
+                if let Some(addr) = brokers.get(&p.leader_id.0) {
+                    self.leaders
+                        .insert((topic.to_string(), p.partition_index), addr.clone());
+                } else {
+                    self.leaders.remove(&(topic.to_string(), p.partition_index));
+                }
+            }
+        }
+        self.leaders
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| kafka_err(format!("finding the leader of {topic}-{partition}"), 5, String::new()))
+    }
+
+    /// The address of `group`'s coordinator.
+    pub async fn coordinator_addr(&mut self, group: &str) -> Result<String> {
+        let req = FindCoordinatorRequest::default().with_key(StrBytes::from_string(group.to_string()));
+        let resp = self.call_at(&req, 3).await?;
+        if resp.error_code != 0 {
+            return Err(kafka_err(
+                format!("FindCoordinator {group}"),
+                resp.error_code,
+                String::new(),
+            ));
+        }
+        Ok(format!("{}:{}", resp.host.as_str(), resp.port))
+    }
+
     /// Encodes `records` as one batch.
     pub fn encode_batch(records: &[OutRecord], compression: Compression) -> Result<Bytes> {
         Ok(keel_proto::batch::encode_batch(records, compression)?)
     }
 
-    /// Produces one pre-encoded batch; returns the base offset.
+    /// Produces one pre-encoded batch to the partition's leader; returns the base offset.
     pub async fn produce_batch(&mut self, topic: &str, partition: i32, batch: Bytes, acks: i16) -> Result<i64> {
+        let mut last = None;
+        for attempt in 0..ROUTE_ATTEMPTS {
+            let addr = self.leader_addr(topic, partition, attempt > 0).await;
+            let r = match addr {
+                Ok(addr) => {
+                    self.at(&addr)
+                        .await?
+                        .produce_batch_here(topic, partition, batch.clone(), acks)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match r {
+                Err(e) if leadership_moved(&e) => {
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow!("no leader")))
+    }
+
+    async fn produce_batch_here(&mut self, topic: &str, partition: i32, batch: Bytes, acks: i16) -> Result<i64> {
         let req = ProduceRequest::default()
             .with_acks(acks)
             .with_timeout_ms(30_000)
@@ -334,17 +503,41 @@ impl Client {
             .and_then(|t| t.partition_responses.first())
             .ok_or_else(|| anyhow!("empty produce response"))?;
         if p.error_code != 0 {
-            bail!(
-                "produce to {topic}-{partition} failed: error code {} {}",
+            return Err(kafka_err(
+                format!("produce to {topic}-{partition}"),
                 p.error_code,
-                p.error_message.as_ref().map(|m| m.to_string()).unwrap_or_default()
-            );
+                p.error_message.as_ref().map(|m| format!(" {m}")).unwrap_or_default(),
+            ));
         }
         Ok(p.base_offset)
     }
 
-    /// ListOffsets for one partition: -1 latest, -2 earliest, or a timestamp.
+    /// ListOffsets for one partition (at its leader): -1 latest, -2 earliest, or a timestamp.
     pub async fn list_offset(&mut self, topic: &str, partition: i32, timestamp: i64) -> Result<i64> {
+        let mut last = None;
+        for attempt in 0..ROUTE_ATTEMPTS {
+            let addr = self.leader_addr(topic, partition, attempt > 0).await;
+            let r = match addr {
+                Ok(addr) => {
+                    self.at(&addr)
+                        .await?
+                        .list_offset_here(topic, partition, timestamp)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match r {
+                Err(e) if leadership_moved(&e) => {
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow!("no leader")))
+    }
+
+    async fn list_offset_here(&mut self, topic: &str, partition: i32, timestamp: i64) -> Result<i64> {
         let req = ListOffsetsRequest::default()
             .with_replica_id(BrokerId(-1))
             .with_topics(vec![ListOffsetsTopic::default()
@@ -359,13 +552,49 @@ impl Client {
             .and_then(|t| t.partitions.first())
             .ok_or_else(|| anyhow!("empty ListOffsets response"))?;
         if p.error_code != 0 {
-            bail!("ListOffsets {topic}-{partition} failed: error code {}", p.error_code);
+            return Err(kafka_err(
+                format!("ListOffsets {topic}-{partition}"),
+                p.error_code,
+                String::new(),
+            ));
         }
         Ok(p.offset)
     }
 
-    /// Fetches from one partition; returns records at or after `offset` and the high watermark.
+    /// Fetches from one partition's leader; returns records at or after `offset` and the
+    /// high watermark.
     pub async fn fetch(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_wait_ms: i32,
+        max_bytes: i32,
+    ) -> Result<(Vec<InRecord>, i64)> {
+        let mut last = None;
+        for attempt in 0..ROUTE_ATTEMPTS {
+            let addr = self.leader_addr(topic, partition, attempt > 0).await;
+            let r = match addr {
+                Ok(addr) => {
+                    self.at(&addr)
+                        .await?
+                        .fetch_here(topic, partition, offset, max_wait_ms, max_bytes)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match r {
+                Err(e) if leadership_moved(&e) => {
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow!("no leader")))
+    }
+
+    async fn fetch_here(
         &mut self,
         topic: &str,
         partition: i32,
@@ -391,10 +620,11 @@ impl Client {
             .and_then(|t| t.partitions.first())
             .ok_or_else(|| anyhow!("empty fetch response"))?;
         if p.error_code != 0 {
-            bail!(
-                "fetch {topic}-{partition} at {offset} failed: error code {}",
-                p.error_code
-            );
+            return Err(kafka_err(
+                format!("fetch {topic}-{partition} at {offset}"),
+                p.error_code,
+                String::new(),
+            ));
         }
         let mut out = Vec::new();
         if let Some(mut records) = p.records.clone() {

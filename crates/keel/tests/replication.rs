@@ -213,9 +213,12 @@ async fn committed_offsets_survive_the_coordinator_dying() {
     let p = producer(&bs);
     for i in 0..100 {
         let v = format!("r-{i}");
-        p.send(FutureRecord::<(), _>::to("resume").partition(0).payload(&v), Duration::from_secs(30))
-            .await
-            .expect("delivered");
+        p.send(
+            FutureRecord::<(), _>::to("resume").partition(0).payload(&v),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("delivered");
     }
     let consumer = |bs: &str| -> BaseConsumer {
         ClientConfig::new()
@@ -235,7 +238,11 @@ async fn committed_offsets_survive_the_coordinator_dying() {
     }
     let coordinator = leader_of(&bs, "__consumer_offsets", 0).expect("coordinator");
     node_of(&mut nodes, coordinator).kill9();
-    let live: Vec<String> = nodes.iter().filter(|k| k.pid().is_some()).map(|k| k.kafka.clone()).collect();
+    let live: Vec<String> = nodes
+        .iter()
+        .filter(|k| k.pid().is_some())
+        .map(|k| k.kafka.clone())
+        .collect();
     let live = live.join(",");
     let deadline = Instant::now() + Duration::from_secs(60);
     let c = consumer(&live);

@@ -203,7 +203,6 @@ fn replay(partition: &Partition) -> BTreeMap<String, GroupOffsets> {
 }
 
 impl OffsetStore {
-
     fn read_map(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, GroupOffsets>> {
         self.map.read().unwrap_or_else(|e| e.into_inner())
     }

@@ -41,7 +41,10 @@ pub(crate) fn topic_entry(b: &Broker, t: &Topic, ops: bool) -> MetadataResponseT
                     p.leader_epoch = view.epoch;
                     p.isr_nodes = match view.in_sync {
                         Some(isr) => isr.into_iter().filter(alive).map(|n| BrokerId(n as i32)).collect(),
-                        None => replicas,
+                        None => replicas
+                            .into_iter()
+                            .filter(|n| b.controller.transport.is_alive(n.0.max(0) as u64))
+                            .collect(),
                     };
                 }
                 _ => {
