@@ -25,6 +25,13 @@ pub struct PartitionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaLabels {
+    pub topic: String,
+    pub partition: i32,
+    pub replica: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct GroupLabels {
     pub group: String,
 }
@@ -57,6 +64,14 @@ pub struct Metrics {
     pub group_members_gauge: Family<GroupLabels, Gauge>,
     pub group_rebalances_total: Family<GroupLabels, Counter>,
     pub consumer_lag_gauge: Family<LagLabels, Gauge>,
+    pub raft_term: Family<PartitionLabels, Gauge>,
+    pub raft_leader: Family<PartitionLabels, Gauge>,
+    pub leader_changes: Family<PartitionLabels, Counter>,
+    pub replica_lag_entries: Family<ReplicaLabels, Gauge>,
+    pub under_replicated: Family<PartitionLabels, Gauge>,
+    pub under_replicated_partitions: Gauge,
+    pub leaderless_seconds: Histogram,
+    pub repaired_replicas: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -93,6 +108,14 @@ impl Metrics {
             group_members_gauge: Family::default(),
             group_rebalances_total: Family::default(),
             consumer_lag_gauge: Family::default(),
+            raft_term: Family::default(),
+            raft_leader: Family::default(),
+            leader_changes: Family::default(),
+            replica_lag_entries: Family::default(),
+            under_replicated: Family::default(),
+            under_replicated_partitions: Gauge::default(),
+            leaderless_seconds: latency_histogram(),
+            repaired_replicas: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Kafka requests handled, by API", m.requests.clone());
@@ -162,6 +185,42 @@ impl Metrics {
             "Log end offset minus committed offset, per group and partition",
             m.consumer_lag_gauge.clone(),
         );
+        registry.register("raft_term", "Raft term of each partition replica", m.raft_term.clone());
+        registry.register(
+            "raft_leader",
+            "1 where this node leads the partition, else 0",
+            m.raft_leader.clone(),
+        );
+        registry.register(
+            "leader_changes",
+            "Leader changes each partition replica has seen",
+            m.leader_changes.clone(),
+        );
+        registry.register(
+            "replica_lag_entries",
+            "On a leader: entries each replica is behind the leader's log",
+            m.replica_lag_entries.clone(),
+        );
+        registry.register(
+            "under_replicated",
+            "On a leader: 1 where a replica is missing or behind",
+            m.under_replicated.clone(),
+        );
+        registry.register(
+            "under_replicated_partitions",
+            "Partitions this node leads with a replica missing or behind",
+            m.under_replicated_partitions.clone(),
+        );
+        registry.register(
+            "leaderless_duration_seconds",
+            "How long a replica saw its partition without a leader (election time)",
+            m.leaderless_seconds.clone(),
+        );
+        registry.register(
+            "repaired_replicas",
+            "Partition replicas whose log failed a checksum at open and was cut back to re-fetch",
+            m.repaired_replicas.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -201,10 +260,18 @@ impl Metrics {
     }
 
     pub fn forget_partition(&self, topic: &str, partition: i32) {
-        self.log_size_bytes.remove(&PartitionLabels {
+        let l = PartitionLabels {
             topic: topic.to_string(),
             partition,
-        });
+        };
+        self.log_size_bytes.remove(&l);
+        self.raft_term.remove(&l);
+        self.raft_leader.remove(&l);
+        self.leader_changes.remove(&l);
+        if self.under_replicated.get_or_create(&l).get() > 0 {
+            self.under_replicated_partitions.dec();
+        }
+        self.under_replicated.remove(&l);
     }
 
     /// The Prometheus text exposition of every metric.

@@ -130,6 +130,11 @@ impl Partition {
     ) -> anyhow::Result<Arc<Partition>> {
         let (metrics, data_changed, fsync_interval) =
             (ctx.metrics.clone(), ctx.data_changed.clone(), ctx.fsync_interval);
+        let mut log = log;
+        let repaired = repair_log(&mut log, topic, index)?;
+        if repaired.is_some() {
+            metrics.repaired_replicas.inc();
+        }
         let dir = log.dir().to_path_buf();
         let producers = rebuild_producers(&log, &dir);
         let hook = Arc::new(PartitionHook {
@@ -141,7 +146,7 @@ impl Partition {
             fsync: settings.fsync == FsyncPolicy::Always,
             ..ctx.options.clone()
         };
-        let fresh = log.next_index() == 0;
+        let fresh = log.next_index() == 0 && repaired.is_none() && !dir.join("raft-vote.json").exists();
         let group = Group::start(
             &group_name(topic, index),
             ctx.node_id,
@@ -153,11 +158,30 @@ impl Partition {
         )
         .await
         .map_err(anyhow::Error::msg)?;
+        if let Some(lost_up_to) = repaired {
+            group.hold_votes_until(lost_up_to);
+        }
         if fresh {
-            group
-                .initialize(ctx.members.clone())
-                .await
-                .map_err(anyhow::Error::msg)?;
+            // The preferred replica initializes the group (and so stands first and leads);
+            // the others join when it replicates to them, or initialize it themselves if it
+            // stays silent (it may be down while the topic is created).
+            let preferred = ctx.preferred_leader.unwrap_or(ctx.node_id);
+            if preferred == ctx.node_id || ctx.members.len() == 1 {
+                group
+                    .initialize(ctx.members.clone())
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+            } else {
+                let raft = group.raft.clone();
+                let members = ctx.members.clone();
+                let wait = Duration::from_millis(ctx.options.election_timeout_max_ms * 5);
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    if raft.metrics().borrow().current_leader.is_none() {
+                        let _ = raft.initialize(members).await;
+                    }
+                });
+            }
         }
         // A replica that is its group's only voter leads it: wait for that (bounded), so
         // the partition takes writes as soon as it is open.
@@ -184,6 +208,7 @@ impl Partition {
         });
         p.update_size_metric();
         tokio::spawn(flusher(Arc::downgrade(&p), fsync_interval));
+        tokio::spawn(watch_raft(Arc::downgrade(&p)));
         Ok(p)
     }
 
@@ -518,6 +543,113 @@ impl Partition {
 /// The Raft group name of a partition (topic names cannot contain '/').
 pub fn group_name(topic: &str, index: i32) -> String {
     format!("{topic}/{index}")
+}
+
+/// Reads every entry of the log, checking each one's checksum. At the first entry that
+/// fails, the log is cut back to the entry before it (the replica re-fetches the rest from
+/// the leader) and the index of the last entry it had is returned: until its log reaches
+/// that index again, the replica must not vote, because some of what it lost may have been
+/// committed with its acknowledgement.
+fn repair_log(log: &mut DiskLog, topic: &str, index: i32) -> anyhow::Result<Option<u64>> {
+    const CHUNK_BYTES: usize = 8 * 1024 * 1024;
+    let (first, next) = (log.first_index(), log.next_index());
+    let mut at = first;
+    while at < next {
+        match log.read(at, CHUNK_BYTES) {
+            Ok(entries) => match entries.last() {
+                Some(e) => at = e.index + 1,
+                None => break,
+            },
+            Err(keel_log::LogError::Corrupt { .. }) => {
+                // Find the first bad entry one by one from here.
+                let mut bad = at;
+                while bad < next && log.read(bad, 1).is_ok() {
+                    bad += 1;
+                }
+                error!(
+                    topic,
+                    partition = index,
+                    entry = bad,
+                    last = next - 1,
+                    "damaged entry in the log; cutting the log back to re-fetch the rest from the leader"
+                );
+                if bad > log.first_index() {
+                    log.truncate_after(bad - 1)?;
+                } else {
+                    let start = log.start_offset();
+                    log.reset(bad, start)?;
+                }
+                return Ok(Some(next - 1));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(None)
+}
+
+/// Replicas more than this many entries behind the leader count as under-replicated.
+const REPLICA_LAG_ENTRIES_MAX: u64 = 1000;
+
+/// Keeps the partition's Raft metrics current: term, leadership, leader changes, how long
+/// it was without a leader, and (on the leader) each replica's lag.
+async fn watch_raft(p: std::sync::Weak<Partition>) {
+    let Some(mut rx) = p.upgrade().map(|p| p.group.raft.metrics()) else {
+        return;
+    };
+    let mut leader: Option<u64> = None;
+    let mut leaderless_since: Option<Instant> = Some(Instant::now());
+    while rx.changed().await.is_ok() {
+        let Some(p) = p.upgrade() else { return };
+        if p.is_closed() {
+            return;
+        }
+        let m = rx.borrow_and_update().clone();
+        let labels = crate::metrics::PartitionLabels {
+            topic: p.topic.clone(),
+            partition: p.index,
+        };
+        p.metrics.raft_term.get_or_create(&labels).set(m.current_term as i64);
+        let leads = m.current_leader == Some(m.id);
+        p.metrics.raft_leader.get_or_create(&labels).set(i64::from(leads));
+        if m.current_leader != leader {
+            match (leader, m.current_leader) {
+                (_, None) => leaderless_since = Some(Instant::now()),
+                (_, Some(_)) => {
+                    if let Some(since) = leaderless_since.take() {
+                        p.metrics.leaderless_seconds.observe(since.elapsed().as_secs_f64());
+                    }
+                    p.metrics.leader_changes.get_or_create(&labels).inc();
+                }
+            }
+            leader = m.current_leader;
+        }
+        let mut behind = false;
+        if let (true, Some(rep)) = (leads, m.replication.as_ref()) {
+            let last = m.last_log_index.unwrap_or(0);
+            for (replica, matched) in rep.iter() {
+                let lag = last.saturating_sub(matched.map(|l| l.index).unwrap_or(0));
+                behind |= matched.is_none() || lag > REPLICA_LAG_ENTRIES_MAX;
+                p.metrics
+                    .replica_lag_entries
+                    .get_or_create(&crate::metrics::ReplicaLabels {
+                        topic: p.topic.clone(),
+                        partition: p.index,
+                        replica: *replica,
+                    })
+                    .set(lag as i64);
+            }
+        }
+        let g = p.metrics.under_replicated.get_or_create(&labels);
+        let was = g.get() > 0;
+        if behind != was {
+            g.set(i64::from(behind));
+            if behind {
+                p.metrics.under_replicated_partitions.inc();
+            } else {
+                p.metrics.under_replicated_partitions.dec();
+            }
+        }
+    }
 }
 
 /// fsyncs on the `interval` policy; the `always` policy fsyncs in the group itself.

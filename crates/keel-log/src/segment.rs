@@ -437,12 +437,14 @@ impl Segment {
             None => (0, self.base_index, self.first_offset, -1),
         };
         let mut kept = Vec::new();
+        // Stop at `index` itself: what follows may be the damage being cut away.
         self.walk(pos0, 64 * 1024, &mut |e, pos, len| {
             if e.index > index {
                 return false;
             }
+            let more = e.index < index;
             kept.push((e, pos, len));
-            true
+            more
         })?;
         self.points.retain(|p| p.pos < pos0);
         self.next_index = next_index;

@@ -49,6 +49,8 @@ pub enum ProposeError {
 /// A running group: its Raft instance and its storage.
 pub struct Group {
     pub name: String,
+    /// Set while the replica repairs a damaged log: it answers no vote requests.
+    pub hold_votes: Arc<std::sync::atomic::AtomicBool>,
     pub raft: Raft,
     pub shared: Arc<Shared>,
     node_id: NodeId,
@@ -91,8 +93,10 @@ impl Group {
         )
         .await
         .map_err(|e| e.to_string())?;
-        transport.register(name, raft.clone());
+        let hold_votes = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        transport.register(name, raft.clone(), hold_votes.clone());
         Ok(Group {
+            hold_votes,
             name: name.to_string(),
             raft,
             shared,
@@ -110,6 +114,23 @@ impl Group {
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
             Err(e) => Err(e.to_string()),
         }
+    }
+
+    /// Holds this replica's vote until its log again reaches `index` with entries from a
+    /// leader: it lost entries to damage, and some may have been committed with its help.
+    pub fn hold_votes_until(&self, index: u64) {
+        use std::sync::atomic::Ordering;
+        self.hold_votes.store(true, Ordering::Release);
+        let hold = self.hold_votes.clone();
+        let mut rx = self.raft.metrics();
+        let group = self.name.clone();
+        tokio::spawn(async move {
+            let _ = rx
+                .wait_for(|m| m.current_leader.is_some() && m.last_log_index.map(|l| l >= index).unwrap_or(false))
+                .await;
+            hold.store(false, Ordering::Release);
+            info!(%group, index, "repaired log caught up; voting again");
+        });
     }
 
     /// Replicates `payload`; returns once a majority has it durably and it is applied here.

@@ -98,7 +98,7 @@ pub struct Transport {
     id: NodeId,
     peers: RwLock<HashMap<NodeId, String>>,
     conns: Mutex<HashMap<NodeId, ConnSlot>>,
-    groups: RwLock<HashMap<String, Raft>>,
+    groups: RwLock<HashMap<String, (Raft, Arc<AtomicBool>)>>,
     app: RwLock<Option<AppHandler>>,
     cut: RwLock<HashSet<NodeId>>,
     next_request: AtomicU64,
@@ -254,18 +254,20 @@ impl Transport {
         self.peers.read().unwrap_or_else(|e| e.into_inner()).get(&node).cloned()
     }
 
-    pub fn register(&self, group: &str, raft: Raft) {
+    /// Routes `group`'s RPCs to `raft`. While `hold_votes` is set the replica answers no
+    /// vote requests (its log is being repaired and may lack entries it once acknowledged).
+    pub fn register(&self, group: &str, raft: Raft, hold_votes: Arc<AtomicBool>) {
         self.groups
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(group.to_string(), raft);
+            .insert(group.to_string(), (raft, hold_votes));
     }
 
     pub fn unregister(&self, group: &str) {
         self.groups.write().unwrap_or_else(|e| e.into_inner()).remove(group);
     }
 
-    fn group(&self, group: &str) -> Option<Raft> {
+    fn group(&self, group: &str) -> Option<(Raft, Arc<AtomicBool>)> {
         self.groups
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -354,7 +356,10 @@ impl Transport {
                 None => Err("no application handler".into()),
             };
         }
-        let raft = self.group(&f.group).ok_or_else(|| format!("no group {}", f.group))?;
+        let (raft, hold_votes) = self.group(&f.group).ok_or_else(|| format!("no group {}", f.group))?;
+        if f.kind == KIND_VOTE && hold_votes.load(Ordering::Acquire) {
+            return Err(format!("group {} is repairing its log and holds its vote", f.group));
+        }
         let out = match f.kind {
             KIND_APPEND => {
                 let req: AppendEntriesRequest<TypeConfig> = decode(&f.body).map_err(e)?;

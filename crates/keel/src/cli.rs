@@ -10,7 +10,7 @@ use keel_client::{Client, OutRecord};
 
 #[derive(Args, Debug, Clone)]
 pub struct Conn {
-    /// Broker address.
+    /// Broker addresses (comma-separated; the first that answers is used).
     #[arg(long, short = 'b', env = "KEEL_BOOTSTRAP", default_value = "127.0.0.1:9092")]
     pub bootstrap: String,
 }

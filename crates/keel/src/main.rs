@@ -5,12 +5,14 @@
 //! - `keel topic|group|produce|consume`: tools that talk to any broker over the Kafka protocol.
 //! - `keel bench`: produce/consume throughput and latency percentiles.
 //! - `keel dev --nodes 3`: a local cluster for trying replication and failover.
+//! - `keel cluster status`: nodes, partition leaders, under-replicated partitions.
 //!
 //! Settings of `serve` come from, in rising precedence: built-in defaults, a TOML file
 //! (`--config`, see `config/keel.example.toml`), `KEEL_*` environment variables and flags.
 
 mod bench;
 mod cli;
+mod cluster;
 mod dev;
 mod group;
 mod serve;
@@ -43,6 +45,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Run a local multi-node cluster (child processes on 127.0.0.1) for trying failover.
     Dev(dev::DevArgs),
+    /// Cluster state: nodes, partition leaders, under-replicated partitions.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 fn main() -> Result<()> {
@@ -56,5 +61,6 @@ fn main() -> Result<()> {
         Command::Consume(args) => rt.block_on(cli::consume(args)),
         Command::Bench(args) => rt.block_on(bench::run(args)),
         Command::Dev(args) => rt.block_on(dev::run(args)),
+        Command::Cluster(cmd) => rt.block_on(cluster::run(cmd)),
     }
 }
