@@ -102,8 +102,8 @@ pub struct BrokerConfig {
     pub peers: Vec<String>,
     /// Raft heartbeat period.
     pub raft_heartbeat_ms: u64,
-    /// A follower that hears no leader for a random time in [this, 2 x this] starts an
-    /// election.
+    /// Raft election timeout: a follower that hears no leader for twice this (the leader's
+    /// lease) plus a random time in [this, 2 x this] starts an election.
     pub raft_election_timeout_ms: u64,
     /// Default log settings of partitions.
     pub log: LogConfig,
@@ -138,8 +138,8 @@ impl Default for BrokerConfig {
             raft_listen: None,
             advertised_raft: None,
             peers: Vec::new(),
-            raft_heartbeat_ms: 100,
-            raft_election_timeout_ms: 300,
+            raft_heartbeat_ms: 50,
+            raft_election_timeout_ms: 150,
             log: LogConfig::default(),
         }
     }

@@ -75,6 +75,7 @@ type AppFuture = Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send>>;
 pub type AppHandler = Arc<dyn Fn(NodeId, String, Bytes) -> AppFuture + Send + Sync>;
 
 struct Conn {
+    transport: std::sync::Weak<Transport>,
     tx: mpsc::Sender<Bytes>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Result<Bytes, TransportError>>>>,
     alive: AtomicBool,
@@ -82,6 +83,9 @@ struct Conn {
 
 impl Conn {
     fn fail_all(&self, why: &str, peer: NodeId) {
+        if let Some(t) = self.transport.upgrade() {
+            t.forget(peer);
+        }
         self.alive.store(false, Ordering::Release);
         let pending: Vec<_> = self.pending.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
         for (_, tx) in pending {
@@ -191,6 +195,11 @@ impl Transport {
             next_request: AtomicU64::new(1),
             heard: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// A connection to `node` failed: it counts as gone until it answers again.
+    fn forget(&self, node: NodeId) {
+        self.heard.lock().unwrap_or_else(|e| e.into_inner()).remove(&node);
     }
 
     fn heard_from(&self, node: NodeId) {
@@ -397,15 +406,25 @@ impl Transport {
         let addr = self
             .peer_addr(target)
             .ok_or_else(|| TransportError::Unreachable(target, "address unknown".into()))?;
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
-            .await
-            .map_err(|_| TransportError::Unreachable(target, format!("connect to {addr} timed out")))?
-            .map_err(|e| TransportError::Unreachable(target, format!("connect to {addr}: {e}")))?;
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                self.forget(target);
+                return Err(TransportError::Unreachable(target, format!("connect to {addr}: {e}")));
+            }
+            Err(_) => {
+                return Err(TransportError::Unreachable(
+                    target,
+                    format!("connect to {addr} timed out"),
+                ))
+            }
+        };
         let _ = stream.set_nodelay(true);
         let (mut r, w) = stream.into_split();
         let (tx, rx) = mpsc::channel::<Bytes>(QUEUE_DEPTH);
         tokio::spawn(writer(w, rx));
         let conn = Arc::new(Conn {
+            transport: self.me.clone(),
             tx,
             pending: Mutex::new(HashMap::new()),
             alive: AtomicBool::new(true),

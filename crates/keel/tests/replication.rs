@@ -36,6 +36,7 @@ fn producer(bootstrap: &str) -> FutureProducer<Logs> {
         .set("enable.idempotence", "true")
         .set("linger.ms", "0")
         .set("retry.backoff.ms", "20")
+        .set("retry.backoff.max.ms", "100")
         // A paused (SIGSTOP) leader keeps its connections open: the client gives up on a
         // request after this long and retries against the new leader.
         .set("request.timeout.ms", "3000")
@@ -258,7 +259,7 @@ async fn committed_offsets_survive_the_coordinator_dying() {
     assert_ne!(new, coordinator);
 }
 
-/// `keel_<name>` for `replica` as the leader's /metrics reports it.
+/// How many entries `replica` is behind, as the leader's /metrics reports it.
 fn replica_lag(k: &Keel, replica: i32) -> Option<i64> {
     let (_, text) = k.http_get("/metrics");
     let want = format!("keel_replica_lag_entries{{topic=\"{TOPIC}\",partition=\"0\",replica=\"{replica}\"}}");
@@ -295,7 +296,7 @@ async fn damaged_replicas_repair_from_the_leader() {
         node_of(&mut nodes, *f).kill9();
     }
     let log_dir = |n: i32| root.path().join(format!("node-{n}/topics/{TOPIC}/0"));
-    let mut segments = |n: i32| {
+    let segments = |n: i32| {
         let mut v: Vec<_> = std::fs::read_dir(log_dir(n))
             .unwrap()
             .filter_map(|e| e.ok().map(|e| e.path()))
