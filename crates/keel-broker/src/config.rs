@@ -105,6 +105,9 @@ pub struct BrokerConfig {
     /// Raft election timeout: a follower that hears no leader for twice this (the leader's
     /// lease) plus a random time in [this, 2 x this] starts an election.
     pub raft_election_timeout_ms: u64,
+    /// Serve `POST /fault/cut` and `/fault/heal` on the HTTP listener, which cut this node's
+    /// links to other nodes (for chaos tests). Never enable in production.
+    pub fault_injection: bool,
     /// Default log settings of partitions.
     pub log: LogConfig,
 }
@@ -140,6 +143,7 @@ impl Default for BrokerConfig {
             peers: Vec::new(),
             raft_heartbeat_ms: 50,
             raft_election_timeout_ms: 150,
+            fault_injection: false,
             log: LogConfig::default(),
         }
     }

@@ -1,21 +1,52 @@
-//! HTTP endpoints: Prometheus `/metrics`, `/health` (liveness) and `/ready`.
+//! HTTP endpoints: Prometheus `/metrics`, `/health` (liveness) and `/ready`; with
+//! `fault_injection` on, `POST /fault/cut?peers=2,3` and `POST /fault/heal` for chaos tests.
 
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 
 use crate::Broker;
 
 pub fn router(broker: Arc<Broker>) -> Router {
-    Router::new()
+    let mut r = Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))
-        .route("/ready", get(health))
-        .with_state(broker)
+        .route("/ready", get(health));
+    if broker.config.fault_injection {
+        r = r.route("/fault/cut", post(cut)).route("/fault/heal", post(heal));
+    }
+    r.with_state(broker)
+}
+
+/// Drops all traffic between this node and the listed nodes (both directions, as far as
+/// this node is concerned; cut the other side too for a symmetric partition).
+async fn cut(State(b): State<Arc<Broker>>, uri: axum::http::Uri) -> impl IntoResponse {
+    let peers: Vec<u64> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("peers="))
+        .flat_map(|v| v.split(',').filter_map(|p| p.trim().parse().ok()).collect::<Vec<u64>>())
+        .collect();
+    if peers.is_empty() {
+        return (StatusCode::BAD_REQUEST, "peers=ID[,ID...] required\n".to_string());
+    }
+    for p in &peers {
+        b.controller.transport.cut(*p, true);
+    }
+    tracing::warn!(?peers, "fault injection: links cut");
+    (StatusCode::OK, format!("cut {peers:?}\n"))
+}
+
+/// Restores every link this node cut.
+async fn heal(State(b): State<Arc<Broker>>) -> impl IntoResponse {
+    b.controller.transport.heal_all();
+    tracing::warn!("fault injection: links healed");
+    (StatusCode::OK, "healed\n".to_string())
 }
 
 async fn metrics(State(b): State<Arc<Broker>>) -> impl IntoResponse {

@@ -298,6 +298,11 @@ impl Transport {
         }
     }
 
+    /// Restores every cut link.
+    pub fn heal_all(&self) {
+        self.cut.write().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     fn is_cut(&self, node: NodeId) -> bool {
         self.cut.read().unwrap_or_else(|e| e.into_inner()).contains(&node)
     }

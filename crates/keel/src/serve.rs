@@ -61,6 +61,9 @@ pub struct ServeArgs {
     /// Replicas of new topics' partitions [default: 3, capped at the number of nodes].
     #[arg(long, env = "KEEL_REPLICATION_FACTOR")]
     pub replication_factor: Option<i32>,
+    /// Serve POST /fault/cut?peers=.. and /fault/heal (chaos tests only).
+    #[arg(long, env = "KEEL_FAULT_INJECTION")]
+    pub fault_injection: bool,
     /// Log level filter (tracing syntax), e.g. info or keel_broker=debug.
     #[arg(long, env = "KEEL_LOG", default_value = "info,openraft=off")]
     pub log: String,
@@ -119,6 +122,9 @@ pub fn load_config(args: &ServeArgs) -> Result<BrokerConfig> {
     }
     if let Some(v) = args.replication_factor {
         c.default_replication_factor = v;
+    }
+    if args.fault_injection {
+        c.fault_injection = true;
     }
     c.validate()
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;

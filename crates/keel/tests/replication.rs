@@ -359,3 +359,80 @@ async fn damaged_replicas_repair_from_the_leader() {
     }
     assert_eq!(got.len(), acked.len());
 }
+
+/// A network partition isolates the leader from both followers (links cut inside each
+/// node with fault injection; clients still reach every node). The isolated leader
+/// acknowledges nothing and refuses reads; the majority elects a leader and takes writes;
+/// after healing, the write sent to the isolated side is gone and every acknowledged one
+/// is there exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolated_leader_acknowledges_nothing_and_the_majority_carries_on() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(root.path(), 3, &["--fault-injection"]);
+    let bs = bootstrap(&nodes);
+    let p = producer(&bs);
+    let mut acked = send(&p, 0, 200).await;
+    let old = wait_leader(&bs, None).await;
+    let others: Vec<i32> = (1..=3).filter(|n| *n != old).collect();
+    let list = |v: &[i32]| v.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",");
+    let (status, _) = node_of(&mut nodes, old).http_post(&format!("/fault/cut?peers={}", list(&others)));
+    assert_eq!(status, 200);
+    for o in &others {
+        let (status, _) = node_of(&mut nodes, *o).http_post(&format!("/fault/cut?peers={old}"));
+        assert_eq!(status, 200);
+    }
+
+    // A client that only reaches the isolated node gets no acknowledgement ...
+    let isolated = node_of(&mut nodes, old).kafka.clone();
+    let lonely: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &isolated)
+        .set("acks", "all")
+        .set("message.timeout.ms", "3000")
+        .create()
+        .unwrap();
+    let r = lonely
+        .send(
+            FutureRecord::<(), _>::to(TOPIC).partition(0).payload("minority-write"),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(r.is_err(), "the isolated leader acknowledged a write: {r:?}");
+    // ... and cannot read from it.
+    let mut c = keel_client::Client::connect(&isolated).await.unwrap();
+    assert!(
+        c.fetch(TOPIC, 0, 0, 100, 1 << 20).await.is_err(),
+        "the isolated leader served a read"
+    );
+
+    // The majority elects a leader and takes writes.
+    let majority = others
+        .iter()
+        .map(|o| node_of(&mut nodes, *o).kafka.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    let new = wait_leader(&majority, Some(old)).await;
+    assert_ne!(new, old);
+    acked.extend(send(&producer(&majority), 200, 200).await);
+
+    // Heal: the old leader follows, and its unacknowledged write is gone.
+    for n in 1..=3 {
+        let (status, _) = node_of(&mut nodes, n).http_post("/fault/heal");
+        assert_eq!(status, 200);
+    }
+    acked.extend(send(&p, 400, 100).await);
+    let got = read_all(&bs, acked.len());
+    assert!(
+        !got.iter().any(|(_, v)| v == "minority-write"),
+        "an unacknowledged write survived"
+    );
+    let by_value: BTreeMap<&str, i64> = got.iter().map(|(o, v)| (v.as_str(), *o)).collect();
+    assert_eq!(by_value.len(), got.len(), "a value appears twice");
+    for (value, offset, _) in &acked {
+        assert_eq!(
+            by_value.get(value.as_str()),
+            Some(offset),
+            "acknowledged {value} lost or moved"
+        );
+    }
+    assert_eq!(got.len(), acked.len());
+}
