@@ -54,7 +54,8 @@ pub struct Group {
     pub raft: Raft,
     pub shared: Arc<Shared>,
     node_id: NodeId,
-    transport: Arc<Transport>,
+    /// The TCP transport the group is registered with (`None` for a custom network).
+    transport: Option<Arc<Transport>>,
     options: GroupOptions,
 }
 
@@ -65,6 +66,23 @@ impl Group {
         name: &str,
         node_id: NodeId,
         transport: Arc<Transport>,
+        log: Box<dyn LogStore>,
+        dir: Option<PathBuf>,
+        hook: Arc<dyn Apply>,
+        options: GroupOptions,
+    ) -> Result<Group, String> {
+        let mut g = Self::start_with_network(name, node_id, transport.network(name), log, dir, hook, options).await?;
+        transport.register(name, g.raft.clone(), g.hold_votes.clone());
+        g.transport = Some(transport);
+        Ok(g)
+    }
+
+    /// [`Group::start`] over any openraft network (the deterministic simulation uses an
+    /// in-memory one); the caller routes incoming RPCs to [`Group::raft`].
+    pub async fn start_with_network<N: openraft::network::RaftNetworkFactory<crate::TypeConfig>>(
+        name: &str,
+        node_id: NodeId,
+        network: N,
         log: Box<dyn LogStore>,
         dir: Option<PathBuf>,
         hook: Arc<dyn Apply>,
@@ -87,21 +105,19 @@ impl Group {
         let raft = Raft::new(
             node_id,
             Arc::new(config),
-            transport.network(name),
+            network,
             LogStorage::new(shared.clone()),
             StateMachine::new(shared.clone()),
         )
         .await
         .map_err(|e| e.to_string())?;
-        let hold_votes = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        transport.register(name, raft.clone(), hold_votes.clone());
         Ok(Group {
-            hold_votes,
+            hold_votes: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             name: name.to_string(),
             raft,
             shared,
             node_id,
-            transport,
+            transport: None,
             options,
         })
     }
@@ -262,7 +278,9 @@ impl Group {
 
     /// Stops the group's Raft instance and detaches it from the transport.
     pub async fn shutdown(&self) {
-        self.transport.unregister(&self.name);
+        if let Some(t) = &self.transport {
+            t.unregister(&self.name);
+        }
         let _ = self.raft.shutdown().await;
         self.shared.persist_applied();
         info!(group = %self.name, node = self.node_id, "group stopped");
