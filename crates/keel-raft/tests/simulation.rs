@@ -251,8 +251,8 @@ async fn run(seed: u64, steps: usize, root: &Path) {
             }
             68..78 => {
                 for id in NODES {
-                    if !nodes.contains_key(&id) {
-                        nodes.insert(id, start(&net, id, &dirs[&id]).await);
+                    if let std::collections::btree_map::Entry::Vacant(slot) = nodes.entry(id) {
+                        slot.insert(start(&net, id, &dirs[&id]).await);
                     }
                 }
             }
@@ -276,8 +276,8 @@ async fn run(seed: u64, steps: usize, root: &Path) {
         s.drop_per_mille = 0;
     }
     for id in NODES {
-        if !nodes.contains_key(&id) {
-            nodes.insert(id, start(&net, id, &dirs[&id]).await);
+        if let std::collections::btree_map::Entry::Vacant(slot) = nodes.entry(id) {
+            slot.insert(start(&net, id, &dirs[&id]).await);
         }
     }
     // Liveness: a leader is elected and takes a write.
