@@ -1,0 +1,157 @@
+//! The checker on hand-made histories: a clean one passes, and each anomaly is caught.
+
+use std::collections::BTreeMap;
+
+use keel_chaos::{check, Anomaly, Event, Outcome};
+
+fn produce(value: &str, offset: Option<i64>, t: u64) -> Event {
+    Event::Produce {
+        process: 0,
+        partition: 0,
+        value: value.into(),
+        invoke_ms: t,
+        complete_ms: t + 5,
+        outcome: match offset {
+            Some(o) => Outcome::Ok { offset: Some(o) },
+            None => Outcome::Unknown {
+                error: "timeout".into(),
+            },
+        },
+    }
+}
+
+fn read(records: &[(i64, &str)], t: u64) -> Event {
+    Event::Read {
+        process: 1,
+        partition: 0,
+        from: 0,
+        records: records.iter().map(|(o, v)| (*o, v.to_string())).collect(),
+        invoke_ms: t,
+        complete_ms: t + 1,
+    }
+}
+
+fn finals(records: &[(i64, &str)]) -> BTreeMap<i32, Vec<(i64, String)>> {
+    [(0, records.iter().map(|(o, v)| (*o, v.to_string())).collect())]
+        .into_iter()
+        .collect()
+}
+
+fn clean() -> Vec<Event> {
+    vec![
+        produce("a", Some(0), 0),
+        produce("b", Some(1), 10),
+        produce("c", None, 20),
+        read(&[(0, "a"), (1, "b")], 30),
+    ]
+}
+
+#[test]
+fn a_clean_history_is_valid_and_an_unknown_write_may_land_or_not() {
+    let v = check(&clean(), &finals(&[(0, "a"), (1, "b")]));
+    assert!(v.valid, "{:?}", v.anomalies);
+    assert_eq!((v.acknowledged, v.unknown, v.reads), (2, 1, 1));
+    let v = check(&clean(), &finals(&[(0, "a"), (1, "b"), (2, "c")]));
+    assert!(v.valid, "{:?}", v.anomalies);
+}
+
+#[test]
+fn a_lost_write_is_caught() {
+    let v = check(&clean(), &finals(&[(0, "a")]));
+    assert!(v.anomalies.contains(&Anomaly::Lost {
+        partition: 0,
+        value: "b".into(),
+        offset: 1
+    }));
+    assert!(!v.valid);
+}
+
+#[test]
+fn a_moved_write_is_caught() {
+    let v = check(&clean(), &finals(&[(0, "a"), (2, "b")]));
+    assert!(
+        v.anomalies
+            .iter()
+            .any(|a| matches!(a, Anomaly::Moved { value, acknowledged: 1, found: 2, .. } if value == "b")),
+        "{:?}",
+        v.anomalies
+    );
+}
+
+#[test]
+fn a_duplicate_is_caught() {
+    let v = check(&clean(), &finals(&[(0, "a"), (1, "b"), (2, "b")]));
+    assert!(
+        v.anomalies.contains(&Anomaly::Duplicate {
+            partition: 0,
+            value: "b".into(),
+            offsets: vec![1, 2]
+        }),
+        "{:?}",
+        v.anomalies
+    );
+}
+
+#[test]
+fn two_records_at_one_offset_are_caught() {
+    let mut h = clean();
+    h.push(read(&[(1, "c")], 40));
+    let v = check(&h, &finals(&[(0, "a"), (1, "b")]));
+    assert!(v.anomalies.iter().any(|a| matches!(a, Anomaly::InconsistentOffset { offset: 1, values, .. } if values == &vec!["b".to_string(), "c".to_string()])), "{:?}", v.anomalies);
+}
+
+#[test]
+fn a_phantom_and_a_dirty_read_are_caught() {
+    let mut h = clean();
+    h.push(read(&[(2, "never-sent")], 40));
+    h.push(read(&[(2, "c")], 50));
+    let v = check(&h, &finals(&[(0, "a"), (1, "b")]));
+    assert!(
+        v.anomalies.contains(&Anomaly::Phantom {
+            partition: 0,
+            value: "never-sent".into(),
+            offset: 2
+        }),
+        "{:?}",
+        v.anomalies
+    );
+    assert!(
+        v.anomalies.contains(&Anomaly::ReadThenVanished {
+            partition: 0,
+            value: "c".into(),
+            offset: 2
+        }),
+        "{:?}",
+        v.anomalies
+    );
+}
+
+#[test]
+fn unavailability_is_the_longest_gap_between_acknowledgements_per_fault() {
+    let mut h = vec![
+        produce("a", Some(0), 0),
+        produce("b", Some(1), 1000),
+        produce("c", Some(2), 1100),
+    ];
+    h.push(Event::Fault {
+        name: "kill".into(),
+        node: Some(2),
+        start_ms: 100,
+        end_ms: 200,
+    });
+    let v = check(&h, &finals(&[(0, "a"), (1, "b"), (2, "c")]));
+    assert!(v.valid);
+    assert_eq!(v.longest_unavailable_ms, 1000);
+    assert_eq!(
+        v.unavailable_per_fault,
+        vec![("kill node 2 at 100 ms".to_string(), 1000)]
+    );
+}
+
+#[test]
+fn history_lines_round_trip_as_json() {
+    for e in clean() {
+        let line = serde_json::to_string(&e).unwrap();
+        assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), e);
+    }
+}
