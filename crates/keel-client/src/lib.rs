@@ -458,7 +458,38 @@ impl Client {
     }
 
     /// Produces one pre-encoded batch to the partition's leader; returns the base offset.
+    /// Retried when the leadership moved, including after a timeout (so the batch may be
+    /// stored twice); see [`Client::produce_batch_at_most_once`].
     pub async fn produce_batch(&mut self, topic: &str, partition: i32, batch: Bytes, acks: i16) -> Result<i64> {
+        self.produce_routed(topic, partition, batch, acks, leadership_moved)
+            .await
+    }
+
+    /// As [`Client::produce_batch`], but retried only after answers that guarantee the
+    /// batch was not stored (not the leader, no leader); a timeout is returned as an error.
+    pub async fn produce_batch_at_most_once(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        batch: Bytes,
+        acks: i16,
+    ) -> Result<i64> {
+        fn refused(e: &anyhow::Error) -> bool {
+            e.downcast_ref::<KafkaError>()
+                .map(|k| matches!(k.code, 6 | 5))
+                .unwrap_or(false)
+        }
+        self.produce_routed(topic, partition, batch, acks, refused).await
+    }
+
+    async fn produce_routed(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        batch: Bytes,
+        acks: i16,
+        retry: fn(&anyhow::Error) -> bool,
+    ) -> Result<i64> {
         let mut last = None;
         for attempt in 0..ROUTE_ATTEMPTS {
             let addr = self.leader_addr(topic, partition, attempt > 0).await;
@@ -472,7 +503,7 @@ impl Client {
                 Err(e) => Err(e),
             };
             match r {
-                Err(e) if leadership_moved(&e) => {
+                Err(e) if retry(&e) => {
                     last = Some(e);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }

@@ -6,11 +6,13 @@
 //! - `keel bench`: produce/consume throughput and latency percentiles.
 //! - `keel dev --nodes 3`: a local cluster for trying replication and failover.
 //! - `keel cluster status`: nodes, partition leaders, under-replicated partitions.
+//! - `keel chaos run|monkey`: fault injection under a workload, with a checker.
 //!
 //! Settings of `serve` come from, in rising precedence: built-in defaults, a TOML file
 //! (`--config`, see `config/keel.example.toml`), `KEEL_*` environment variables and flags.
 
 mod bench;
+mod chaos;
 mod cli;
 mod cluster;
 mod dev;
@@ -48,6 +50,9 @@ enum Command {
     /// Cluster state: nodes, partition leaders, under-replicated partitions.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Chaos engineering: a cluster under workload and faults, judged record by record.
+    #[command(subcommand)]
+    Chaos(chaos::ChaosCommand),
 }
 
 fn main() -> Result<()> {
@@ -62,5 +67,6 @@ fn main() -> Result<()> {
         Command::Bench(args) => rt.block_on(bench::run(args)),
         Command::Dev(args) => rt.block_on(dev::run(args)),
         Command::Cluster(cmd) => rt.block_on(cluster::run(cmd)),
+        Command::Chaos(cmd) => rt.block_on(chaos::run(cmd)),
     }
 }

@@ -1,0 +1,629 @@
+//! `keel chaos run`: a local cluster of `keel serve` processes under a produce-and-read
+//! workload while a nemesis kills, pauses and partitions nodes; then the faults stop, the
+//! cluster heals, every partition is read back whole, and `keel_chaos::check` judges the
+//! history. Writes `history.jsonl` and `verdict.json`, prints a one-line verdict, and exits
+//! non-zero on any anomaly. `--seed` fixes the fault schedule and the workload's choices.
+//!
+//! `keel chaos monkey`: kills and restarts random nodes of a `keel dev` cluster until
+//! `--duration` is over.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use keel_chaos::{Event, Outcome};
+use keel_client::{Client, OutRecord};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+const TOPIC: &str = "chaos";
+
+#[derive(Subcommand, Debug)]
+pub enum ChaosCommand {
+    /// Start a cluster, run a workload under faults, check every acknowledged record.
+    Run(RunArgs),
+    /// Kill and restart random nodes of a running `keel dev` cluster.
+    Monkey(MonkeyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Nodes in the cluster (replication factor is min(3, nodes)).
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u16,
+    /// Seconds of workload under faults.
+    #[arg(long, default_value_t = 60)]
+    pub duration: u64,
+    /// Seed of the fault schedule and workload choices [default: from the clock].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Partitions of the workload topic.
+    #[arg(long, default_value_t = 3)]
+    pub partitions: i32,
+    /// Concurrent producers.
+    #[arg(long, default_value_t = 3)]
+    pub producers: usize,
+    /// Faults to inject, comma-separated: kill, pause, partition.
+    #[arg(long, default_value = "kill,pause,partition")]
+    pub faults: String,
+    /// Milliseconds between the end of one fault and the start of the next.
+    #[arg(long, default_value_t = 2000)]
+    pub interval_ms: u64,
+    /// Where the nodes' data, logs, history.jsonl and verdict.json go [default: ./keel-chaos/<seed>].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct MonkeyArgs {
+    /// Nodes of the `keel dev` cluster.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u16,
+    /// The `keel dev --base-port`.
+    #[arg(long, default_value_t = 9092)]
+    pub base_port: u16,
+    /// The `keel dev --data-dir`.
+    #[arg(long, default_value = "keel-dev")]
+    pub data_dir: PathBuf,
+    /// Seconds to keep going.
+    #[arg(long, default_value_t = 60)]
+    pub duration: u64,
+    /// Seconds between kills.
+    #[arg(long, default_value_t = 10)]
+    pub every: u64,
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+pub async fn run(cmd: ChaosCommand) -> Result<()> {
+    match cmd {
+        ChaosCommand::Run(args) => run_chaos(args).await,
+        ChaosCommand::Monkey(args) => monkey(args).await,
+    }
+}
+
+/// One node's process and how to start it again.
+struct NodeProc {
+    id: u64,
+    args: Vec<String>,
+    kafka: String,
+    http: String,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl NodeProc {
+    fn start(&mut self) -> Result<()> {
+        let exe = std::env::current_exe()?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let mut child = Command::new(exe)
+            .arg("serve")
+            .args(&self.args)
+            .env("KEEL_LOG", "info,openraft=off")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("starting node {}", self.id))?;
+        let stdout = child.stdout.take().context("node stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            for line in lines.by_ref() {
+                match line {
+                    Ok(l) if l.starts_with("keel ready") => {
+                        let _ = tx.send(());
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(_) => return,
+                }
+            }
+            for _ in lines {}
+        });
+        self.child = Some(child);
+        // A node waits for a controller quorum before it is ready: do not block on it here.
+        std::thread::spawn(move || {
+            let _ = rx.recv_timeout(Duration::from_secs(60));
+        });
+        Ok(())
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+
+    fn post(&self, path: &str) -> bool {
+        let Ok(mut s) = std::net::TcpStream::connect(&self.http) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let req = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        if s.write_all(req.as_bytes()).is_err() {
+            return false;
+        }
+        let mut buf = String::new();
+        let _ = std::io::Read::read_to_string(&mut s, &mut buf);
+        buf.starts_with("HTTP/1.1 200")
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn now_ms(start: Instant) -> u64 {
+    start.elapsed().as_millis() as u64
+}
+
+type History = Arc<Mutex<Vec<Event>>>;
+
+async fn run_chaos(args: RunArgs) -> Result<()> {
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(1)
+    });
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("keel-chaos/{seed}")));
+    if out.exists() {
+        std::fs::remove_dir_all(&out).with_context(|| format!("clearing {}", out.display()))?;
+    }
+    std::fs::create_dir_all(&out)?;
+    let faults: Vec<String> = args
+        .faults
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for f in &faults {
+        if !["kill", "pause", "partition"].contains(&f.as_str()) {
+            bail!("unknown fault {f:?} (kill, pause, partition)");
+        }
+    }
+    eprintln!(
+        "keel chaos: seed {seed}, {} nodes, {} s, faults {}, output {}",
+        args.nodes,
+        args.duration,
+        faults.join(","),
+        out.display()
+    );
+
+    let mut nodes = start_cluster(&out, args.nodes)?;
+    let bootstrap: String = nodes.iter().map(|n| n.kafka.clone()).collect::<Vec<_>>().join(",");
+    create_topic(&bootstrap, args.partitions).await?;
+
+    let start = Instant::now();
+    let history: History = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for p in 0..args.producers {
+        tasks.push(tokio::spawn(producer(
+            p,
+            bootstrap.clone(),
+            args.partitions,
+            seed.wrapping_add(p as u64 + 1),
+            history.clone(),
+            stop.clone(),
+            start,
+        )));
+    }
+    tasks.push(tokio::spawn(reader(
+        args.producers,
+        bootstrap.clone(),
+        args.partitions,
+        seed.wrapping_add(1000),
+        history.clone(),
+        stop.clone(),
+        start,
+    )));
+
+    // The nemesis: one fault at a time, chosen by the seed.
+    let mut rng = StdRng::seed_from_u64(seed);
+    let deadline = start + Duration::from_secs(args.duration);
+    let mut round = 0usize;
+    while Instant::now() + Duration::from_millis(args.interval_ms) < deadline && !faults.is_empty() {
+        tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
+        // Every kind once first, then a random mix.
+        let pick = if round < faults.len() {
+            round
+        } else {
+            rng.random_range(0..faults.len())
+        };
+        round += 1;
+        let fault = faults[pick].clone();
+        let i = rng.random_range(0..nodes.len());
+        let hold = Duration::from_millis(rng.random_range(1000..4000));
+        let t0 = now_ms(start);
+        let id = nodes[i].id;
+        match fault.as_str() {
+            "kill" => {
+                nodes[i].kill9();
+                tokio::time::sleep(hold).await;
+                nodes[i].start()?;
+            }
+            "pause" => {
+                nodes[i].signal("STOP");
+                tokio::time::sleep(hold).await;
+                nodes[i].signal("CONT");
+            }
+            _ => {
+                let others: Vec<String> = nodes.iter().filter(|n| n.id != id).map(|n| n.id.to_string()).collect();
+                nodes[i].post(&format!("/fault/cut?peers={}", others.join(",")));
+                for n in nodes.iter().filter(|n| n.id != id) {
+                    n.post(&format!("/fault/cut?peers={id}"));
+                }
+                tokio::time::sleep(hold).await;
+                for n in &nodes {
+                    n.post("/fault/heal");
+                }
+            }
+        }
+        let t1 = now_ms(start);
+        eprintln!("fault {fault} on node {id}: {t0}-{t1} ms");
+        history.lock().unwrap_or_else(|e| e.into_inner()).push(Event::Fault {
+            name: fault,
+            node: Some(id),
+            start_ms: t0,
+            end_ms: t1,
+        });
+    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    tokio::time::sleep(left).await;
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    for t in tasks {
+        let _ = t.await;
+    }
+
+    // Heal: every node running, every link whole; then read everything back.
+    for n in &mut nodes {
+        n.signal("CONT");
+        n.post("/fault/heal");
+        if n.child.is_none() {
+            n.start()?;
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let finals = read_back(&bootstrap, args.partitions).await?;
+    let events = history.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let verdict = keel_chaos::check(&events, &finals);
+
+    let mut f = std::io::BufWriter::new(std::fs::File::create(out.join("history.jsonl"))?);
+    for e in &events {
+        serde_json::to_writer(&mut f, e)?;
+        f.write_all(b"\n")?;
+    }
+    f.flush()?;
+    let verdict_json = serde_json::json!({ "seed": seed, "nodes": args.nodes, "duration_s": args.duration,
+        "faults": faults, "verdict": verdict });
+    std::fs::write(out.join("verdict.json"), serde_json::to_vec_pretty(&verdict_json)?)?;
+    for n in &mut nodes {
+        n.signal("TERM");
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for n in &mut nodes {
+        n.kill9();
+    }
+    let line = format!(
+        "keel chaos: seed {seed}: {} — {} acknowledged, {} failed, {} unknown, {} reads, {} anomalies, longest without an acknowledged write {} ms ({})",
+        if verdict.valid { "VALID" } else { "INVALID" },
+        verdict.acknowledged,
+        verdict.failed,
+        verdict.unknown,
+        verdict.reads,
+        verdict.anomalies.len(),
+        verdict.longest_unavailable_ms,
+        out.join("verdict.json").display()
+    );
+    println!("{line}");
+    if !verdict.valid {
+        for a in verdict.anomalies.iter().take(20) {
+            eprintln!("anomaly: {}", serde_json::to_string(a)?);
+        }
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn start_cluster(out: &Path, n: u16) -> Result<Vec<NodeProc>> {
+    let mut ports = Vec::new();
+    for _ in 0..n {
+        ports.push((free_port()?, free_port()?, free_port()?));
+    }
+    let peers: Vec<String> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{}@127.0.0.1:{}", i + 1, p.1))
+        .collect();
+    let mut nodes = Vec::new();
+    for (i, (kafka, raft, http)) in ports.into_iter().enumerate() {
+        let id = i as u64 + 1;
+        let args = vec![
+            "--node-id".into(),
+            id.to_string(),
+            "--data-dir".into(),
+            out.join(format!("data/node-{id}")).display().to_string(),
+            "--kafka-listen".into(),
+            format!("127.0.0.1:{kafka}"),
+            "--raft-listen".into(),
+            format!("127.0.0.1:{raft}"),
+            "--http-listen".into(),
+            format!("127.0.0.1:{http}"),
+            "--peers".into(),
+            peers.join(","),
+            "--fault-injection".into(),
+        ];
+        let mut node = NodeProc {
+            id,
+            args,
+            kafka: format!("127.0.0.1:{kafka}"),
+            http: format!("127.0.0.1:{http}"),
+            log: out.join(format!("node-{id}.log")),
+            child: None,
+        };
+        node.start()?;
+        nodes.push(node);
+    }
+    Ok(nodes)
+}
+
+/// The workload topic, with the broker's default replication factor (3, capped at the
+/// number of nodes).
+async fn create_topic(bootstrap: &str, partitions: i32) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let attempt = async {
+            let mut c = Client::connect(bootstrap).await?;
+            let r = c.create_topic(TOPIC, partitions, &[]).await?;
+            let code = r.topics.first().map(|t| t.error_code).unwrap_or(-1);
+            if code == 0 || code == 36 {
+                Ok(())
+            } else {
+                bail!("CreateTopics error code {code}")
+            }
+        };
+        match attempt.await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e.context("creating the workload topic")),
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+async fn producer(
+    process: usize,
+    bootstrap: String,
+    partitions: i32,
+    seed: u64,
+    history: History,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    start: Instant,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut client: Option<Client> = None;
+    let mut seq = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        let partition = rng.random_range(0..partitions);
+        let value = format!("p{process}-{seq}");
+        seq += 1;
+        let invoke_ms = now_ms(start);
+        let record = OutRecord {
+            key: None,
+            value: Some(Bytes::from(value.clone())),
+            timestamp: 0,
+        };
+        let outcome = match Client::encode_batch(&[record], kafka_protocol::records::Compression::None) {
+            Err(e) => Outcome::Failed { error: e.to_string() },
+            Ok(batch) => {
+                if client.is_none() {
+                    client = Client::connect(&bootstrap).await.ok();
+                }
+                match client.as_mut() {
+                    None => Outcome::Failed {
+                        error: "no broker reachable".into(),
+                    },
+                    Some(c) => {
+                        let r = tokio::time::timeout(
+                            Duration::from_secs(10),
+                            c.produce_batch_at_most_once(TOPIC, partition, batch, -1),
+                        )
+                        .await;
+                        match r {
+                            Ok(Ok(offset)) => Outcome::Ok { offset: Some(offset) },
+                            Ok(Err(e)) => {
+                                client = None;
+                                let refused = e
+                                    .downcast_ref::<keel_client::KafkaError>()
+                                    .map(|k| matches!(k.code, 5 | 6))
+                                    .unwrap_or(false);
+                                if refused {
+                                    Outcome::Failed { error: e.to_string() }
+                                } else {
+                                    Outcome::Unknown { error: e.to_string() }
+                                }
+                            }
+                            Err(_) => {
+                                client = None;
+                                Outcome::Unknown {
+                                    error: "timed out".into(),
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let failed = !matches!(outcome, Outcome::Ok { .. });
+        history.lock().unwrap_or_else(|e| e.into_inner()).push(Event::Produce {
+            process,
+            partition,
+            value,
+            invoke_ms,
+            complete_ms: now_ms(start),
+            outcome,
+        });
+        if failed {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn reader(
+    process: usize,
+    bootstrap: String,
+    partitions: i32,
+    seed: u64,
+    history: History,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    start: Instant,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut client: Option<Client> = None;
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if client.is_none() {
+            client = Client::connect(&bootstrap).await.ok();
+        }
+        let Some(c) = client.as_mut() else { continue };
+        let partition = rng.random_range(0..partitions);
+        let invoke_ms = now_ms(start);
+        let end = match tokio::time::timeout(Duration::from_secs(5), c.list_offset(TOPIC, partition, -1)).await {
+            Ok(Ok(o)) => o,
+            _ => {
+                client = None;
+                continue;
+            }
+        };
+        if end <= 0 {
+            continue;
+        }
+        let from = rng.random_range(0..end);
+        match tokio::time::timeout(Duration::from_secs(5), c.fetch(TOPIC, partition, from, 100, 64 * 1024)).await {
+            Ok(Ok((records, _))) => {
+                let records = records
+                    .into_iter()
+                    .map(|r| {
+                        let v = r
+                            .value
+                            .map(|v| String::from_utf8_lossy(&v).into_owned())
+                            .unwrap_or_default();
+                        (r.offset, v)
+                    })
+                    .collect();
+                history.lock().unwrap_or_else(|e| e.into_inner()).push(Event::Read {
+                    process,
+                    partition,
+                    from,
+                    records,
+                    invoke_ms,
+                    complete_ms: now_ms(start),
+                });
+            }
+            _ => client = None,
+        }
+    }
+}
+
+/// Every record of every partition, read from the leaders after healing.
+async fn read_back(bootstrap: &str, partitions: i32) -> Result<BTreeMap<i32, Vec<(i64, String)>>> {
+    let mut out = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for p in 0..partitions {
+        let records = loop {
+            let attempt = async {
+                let mut c = Client::connect(bootstrap).await?;
+                let start = c.list_offset(TOPIC, p, -2).await?;
+                let end = c.list_offset(TOPIC, p, -1).await?;
+                let mut pos = start;
+                let mut records = Vec::new();
+                while pos < end {
+                    let (batch, _) = c.fetch(TOPIC, p, pos, 100, 4 << 20).await?;
+                    let Some(last) = batch.last() else { break };
+                    pos = last.offset + 1;
+                    for r in batch {
+                        let v = r
+                            .value
+                            .map(|v| String::from_utf8_lossy(&v).into_owned())
+                            .unwrap_or_default();
+                        records.push((r.offset, v));
+                    }
+                }
+                anyhow::Ok(records)
+            };
+            match attempt.await {
+                Ok(r) => break r,
+                Err(e) if Instant::now() > deadline => return Err(e.context(format!("reading back partition {p}"))),
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        };
+        out.insert(p, records);
+    }
+    Ok(out)
+}
+
+async fn monkey(args: MonkeyArgs) -> Result<()> {
+    let seed = args.seed.unwrap_or(1);
+    let mut rng = StdRng::seed_from_u64(seed);
+    let deadline = Instant::now() + Duration::from_secs(args.duration);
+    eprintln!(
+        "keel chaos monkey: seed {seed}, every {} s for {} s",
+        args.every, args.duration
+    );
+    while Instant::now() + Duration::from_secs(args.every) < deadline {
+        tokio::time::sleep(Duration::from_secs(args.every)).await;
+        let n = rng.random_range(1..=args.nodes);
+        let pattern = format!("keel serve --node-id {n} ");
+        let out = Command::new("pgrep").args(["-f", &pattern]).output()?;
+        let pids = String::from_utf8_lossy(&out.stdout).to_string();
+        let Some(pid) = pids.split_whitespace().next() else {
+            eprintln!("node {n} is not running");
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let argv: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        eprintln!("monkey: kill -9 node {n} (pid {pid})");
+        Command::new("kill").args(["-9", pid]).status()?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if let Some((exe, rest)) = argv.split_first() {
+            let log = args.data_dir.join(format!("node-{n}.monkey.log"));
+            let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+            Command::new(exe)
+                .args(rest)
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(log))
+                .spawn()
+                .with_context(|| format!("restarting node {n}"))?;
+            eprintln!("monkey: restarted node {n}");
+        }
+    }
+    let _ = args.base_port;
+    Ok(())
+}
