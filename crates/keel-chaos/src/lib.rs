@@ -280,3 +280,123 @@ pub fn check(history: &[Event], finals: &BTreeMap<i32, Vec<(i64, String)>>) -> V
         unavailable_per_fault: per_fault,
     }
 }
+
+/// A self-contained HTML report (no network needed to view it): the verdict, a timeline of
+/// acknowledged writes per second and the slowest acknowledgement per second with the faults
+/// drawn as bands, the unavailability per fault, and every anomaly.
+pub fn report_html(seed: u64, history: &[Event], verdict: &Verdict) -> String {
+    let end_ms = history
+        .iter()
+        .map(|e| match e {
+            Event::Produce { complete_ms, .. } | Event::Read { complete_ms, .. } => *complete_ms,
+            Event::Fault { end_ms, .. } => *end_ms,
+        })
+        .max()
+        .unwrap_or(0);
+    let seconds = (end_ms / 1000 + 1) as usize;
+    let mut acks = vec![0u64; seconds];
+    let mut slowest = vec![0u64; seconds];
+    for e in history {
+        if let Event::Produce {
+            invoke_ms,
+            complete_ms,
+            outcome: Outcome::Ok { .. },
+            ..
+        } = e
+        {
+            let s = (*complete_ms / 1000) as usize;
+            if let Some(a) = acks.get_mut(s) {
+                *a += 1;
+            }
+            if let Some(m) = slowest.get_mut(s) {
+                *m = (*m).max(complete_ms.saturating_sub(*invoke_ms));
+            }
+        }
+    }
+    let (w, h) = (900.0f64, 160.0f64);
+    let x = |ms: f64| ms / (end_ms.max(1) as f64) * w;
+    let mut bands = String::new();
+    for e in history {
+        if let Event::Fault {
+            name,
+            node,
+            start_ms,
+            end_ms: fe,
+            ..
+        } = e
+        {
+            let color = match name.as_str() {
+                "kill" => "#f4a3a3",
+                "pause" => "#f7d48b",
+                _ => "#a9c8f5",
+            };
+            bands.push_str(&format!(
+                "<rect x='{:.1}' y='0' width='{:.1}' height='{h}' fill='{color}' opacity='0.6'><title>{name} node {}</title></rect>",
+                x(*start_ms as f64),
+                (x(*fe as f64) - x(*start_ms as f64)).max(1.0),
+                node.map(|n| n.to_string()).unwrap_or_default()
+            ));
+        }
+    }
+    let bars = |values: &[u64], color: &str| {
+        let max = values.iter().copied().max().unwrap_or(1).max(1) as f64;
+        let bw = w / values.len().max(1) as f64;
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let bh = *v as f64 / max * (h - 10.0);
+                format!(
+                    "<rect x='{:.1}' y='{:.1}' width='{:.1}' height='{:.1}' fill='{color}'><title>{i} s: {v}</title></rect>",
+                    i as f64 * bw,
+                    h - bh,
+                    (bw - 1.0).max(0.5),
+                    bh
+                )
+            })
+            .collect::<String>()
+    };
+    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    let faults_rows: String = verdict
+        .unavailable_per_fault
+        .iter()
+        .map(|(f, ms)| format!("<tr><td>{}</td><td>{ms}</td></tr>", esc(f)))
+        .collect();
+    let anomaly_rows: String = if verdict.anomalies.is_empty() {
+        "<tr><td>none</td></tr>".to_string()
+    } else {
+        verdict
+            .anomalies
+            .iter()
+            .map(|a| {
+                format!(
+                    "<tr><td><code>{}</code></td></tr>",
+                    esc(&serde_json::to_string(a).unwrap_or_default())
+                )
+            })
+            .collect()
+    };
+    format!(
+        "<!doctype html><html><head><meta charset='utf-8'><title>keel chaos seed {seed}</title>\
+<style>body{{font-family:sans-serif;margin:2em;max-width:960px}} .ok{{color:#196c2e}} .bad{{color:#b00020}} \
+table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}} svg{{border:1px solid #ddd}}</style>\
+</head><body><h1>keel chaos, seed {seed}: <span class='{cls}'>{word}</span></h1>\
+<p>{ack} acknowledged writes, {failed} refused, {unknown} with unknown outcome, {reads} reads, {n} anomalies. \
+Longest time without an acknowledged write: {longest} ms.</p>\
+<h2>Acknowledged writes per second</h2><p>Bands: kill (red), pause (yellow), network partition (blue).</p>\
+<svg width='{w}' height='{h}'>{bands}{ack_bars}</svg>\
+<h2>Slowest acknowledgement in each second (ms)</h2><svg width='{w}' height='{h}'>{bands}{lat_bars}</svg>\
+<h2>Unavailability per fault (ms without an acknowledged write)</h2><table><tr><th>fault</th><th>ms</th></tr>{faults_rows}</table>\
+<h2>Anomalies</h2><table>{anomaly_rows}</table></body></html>\n",
+        cls = if verdict.valid { "ok" } else { "bad" },
+        word = if verdict.valid { "valid" } else { "INVALID" },
+        ack = verdict.acknowledged,
+        failed = verdict.failed,
+        unknown = verdict.unknown,
+        reads = verdict.reads,
+        n = verdict.anomalies.len(),
+        longest = verdict.longest_unavailable_ms,
+        ack_bars = bars(&acks, "#2e7d32"),
+        lat_bars = bars(&slowest, "#6a1b9a"),
+    )
+}

@@ -155,3 +155,23 @@ fn history_lines_round_trip_as_json() {
         assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), e);
     }
 }
+
+#[test]
+fn the_report_shows_the_verdict_faults_and_anomalies() {
+    let mut h = clean();
+    h.push(Event::Fault {
+        name: "pause".into(),
+        node: Some(3),
+        start_ms: 5,
+        end_ms: 15,
+    });
+    let v = check(&h, &finals(&[(0, "a")]));
+    let html = keel_chaos::report_html(7, &h, &v);
+    assert!(html.contains("INVALID"));
+    assert!(html.contains("pause node 3"));
+    assert!(html.contains("\"kind\":\"lost\""), "{html}");
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "the report must not fetch anything"
+    );
+}

@@ -1,7 +1,8 @@
 //! `keel chaos run`: a local cluster of `keel serve` processes under a produce-and-read
 //! workload while a nemesis kills, pauses and partitions nodes; then the faults stop, the
 //! cluster heals, every partition is read back whole, and `keel_chaos::check` judges the
-//! history. Writes `history.jsonl` and `verdict.json`, prints a one-line verdict, and exits
+//! history. Writes `history.jsonl`, `verdict.json` and `report.html`, prints a one-line
+//! verdict, and exits
 //! non-zero on any anomaly. `--seed` fixes the fault schedule and the workload's choices.
 //!
 //! `keel chaos monkey`: kills and restarts random nodes of a `keel dev` cluster until
@@ -321,6 +322,10 @@ async fn run_chaos(args: RunArgs) -> Result<()> {
     let verdict_json = serde_json::json!({ "seed": seed, "nodes": args.nodes, "duration_s": args.duration,
         "faults": faults, "verdict": verdict });
     std::fs::write(out.join("verdict.json"), serde_json::to_vec_pretty(&verdict_json)?)?;
+    std::fs::write(
+        out.join("report.html"),
+        keel_chaos::report_html(seed, &events, &verdict),
+    )?;
     for n in &mut nodes {
         n.signal("TERM");
     }
