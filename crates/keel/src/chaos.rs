@@ -50,8 +50,9 @@ pub struct RunArgs {
     /// Concurrent producers.
     #[arg(long, default_value_t = 3)]
     pub producers: usize,
-    /// Faults to inject, comma-separated: kill, pause, partition.
-    #[arg(long, default_value = "kill,pause,partition")]
+    /// Faults to inject, comma-separated: kill, pause, partition, corrupt (stop a node,
+    /// flip a byte in or cut the tail of one of its segments, restart it).
+    #[arg(long, default_value = "kill,pause,partition,corrupt")]
     pub faults: String,
     /// Milliseconds between the end of one fault and the start of the next.
     #[arg(long, default_value_t = 2000)]
@@ -202,8 +203,8 @@ async fn run_chaos(args: RunArgs) -> Result<()> {
         .filter(|s| !s.is_empty())
         .collect();
     for f in &faults {
-        if !["kill", "pause", "partition"].contains(&f.as_str()) {
-            bail!("unknown fault {f:?} (kill, pause, partition)");
+        if !["kill", "pause", "partition", "corrupt"].contains(&f.as_str()) {
+            bail!("unknown fault {f:?} (kill, pause, partition, corrupt)");
         }
     }
     eprintln!(
@@ -264,6 +265,13 @@ async fn run_chaos(args: RunArgs) -> Result<()> {
         match fault.as_str() {
             "kill" => {
                 nodes[i].kill9();
+                tokio::time::sleep(hold).await;
+                nodes[i].start()?;
+            }
+            "corrupt" => {
+                nodes[i].kill9();
+                let what = damage_segment(&out, id, &mut rng)?;
+                eprintln!("corrupt node {id}: {what}");
                 tokio::time::sleep(hold).await;
                 nodes[i].start()?;
             }
@@ -352,6 +360,47 @@ async fn run_chaos(args: RunArgs) -> Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// Flips one byte in, or cuts the tail of, a segment of one of the workload topic's
+/// partitions on a stopped node. Returns what it did.
+fn damage_segment(out: &Path, node: u64, rng: &mut StdRng) -> Result<String> {
+    let topic_dir = out.join(format!("data/node-{node}/topics/{TOPIC}"));
+    let mut segments: Vec<PathBuf> = Vec::new();
+    if let Ok(parts) = std::fs::read_dir(&topic_dir) {
+        for part in parts.flatten() {
+            if let Ok(files) = std::fs::read_dir(part.path()) {
+                for f in files.flatten() {
+                    let p = f.path();
+                    if p.extension().map(|e| e == "log").unwrap_or(false) {
+                        segments.push(p);
+                    }
+                }
+            }
+        }
+    }
+    segments.sort();
+    if segments.is_empty() {
+        return Ok("no segment to damage".into());
+    }
+    let seg = segments[rng.random_range(0..segments.len())].clone();
+    let len = std::fs::metadata(&seg)?.len();
+    if len < 64 {
+        return Ok(format!("{} too small to damage", seg.display()));
+    }
+    if rng.random_bool(0.5) {
+        let pos = rng.random_range(0..len);
+        let mut bytes = std::fs::read(&seg)?;
+        if let Some(b) = bytes.get_mut(pos as usize) {
+            *b ^= 1 << rng.random_range(0..8);
+        }
+        std::fs::write(&seg, bytes)?;
+        Ok(format!("flipped a bit at byte {pos} of {}", seg.display()))
+    } else {
+        let cut = rng.random_range(1..len.min(4096));
+        std::fs::OpenOptions::new().write(true).open(&seg)?.set_len(len - cut)?;
+        Ok(format!("cut {cut} bytes off {}", seg.display()))
+    }
 }
 
 fn start_cluster(out: &Path, n: u16) -> Result<Vec<NodeProc>> {
