@@ -50,7 +50,8 @@ start_keel() {
     "${KEEL}" serve --data-dir "${WORK}/data" --kafka-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
         --default-partitions 4 --auto-create-topics "${AUTO_CREATE}" >"${WORK}/stdout" 2>>"${WORK}/stderr" &
     PID=$!
-    for _ in $(seq 1 100); do
+    # A restart reopens every partition the suite created so far: allow it time.
+    for _ in $(seq 1 1200); do
         grep -q "keel ready" "${WORK}/stdout" 2>/dev/null && break
         sleep 0.1
     done

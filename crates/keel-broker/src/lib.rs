@@ -80,19 +80,39 @@ impl Broker {
         let port = config.advertised_port.unwrap_or(kafka_port);
         let (controller, topics) = start_replication(&config, &metrics, &data_changed, &host, port).await?;
         let producer_ids = ProducerIds::open(&config.data_dir.join("producer_ids"), config.node_id.max(0) as i64)?;
+        // At start the controller's log is replayed and every local replica reopened; a node
+        // with many partitions takes a while, and serves nothing until it is done.
+        let started = Instant::now();
+        while topics.wait_caught_up(std::time::Duration::from_secs(10)).await.is_err() {
+            tracing::info!(
+                waited_s = started.elapsed().as_secs(),
+                "still reopening partition replicas (or waiting for a controller quorum)"
+            );
+        }
         let offsets_topic = match topics.get(group::offsets::OFFSETS_TOPIC) {
             Some(t) => t,
             None => {
-                let configs = [
+                let configs: std::collections::BTreeMap<String, String> = [
                     ("retention.ms".to_string(), "-1".to_string()),
                     ("segment.bytes".to_string(), config.offsets_segment_bytes.to_string()),
                 ]
                 .into_iter()
                 .collect();
-                topics
-                    .create_internal(group::offsets::OFFSETS_TOPIC, 1, configs)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("creating {}: {}", group::offsets::OFFSETS_TOPIC, e.message))?
+                // Needs a controller quorum: a node that starts before its peers waits here.
+                loop {
+                    match topics
+                        .create_internal(group::offsets::OFFSETS_TOPIC, 1, configs.clone())
+                        .await
+                    {
+                        Ok(t) => break t,
+                        Err(e) if e.code == kafka_protocol::ResponseError::RequestTimedOut.code() => {
+                            tracing::info!(reason = %e.message, "waiting for the controller to create {}", group::offsets::OFFSETS_TOPIC);
+                        }
+                        Err(e) => {
+                            anyhow::bail!("creating {}: {}", group::offsets::OFFSETS_TOPIC, e.message)
+                        }
+                    }
+                }
             }
         };
         let offsets_partition = offsets_topic
