@@ -1,5 +1,6 @@
 //! HTTP endpoints: Prometheus `/metrics`, `/health` (liveness) and `/ready`; with
-//! `fault_injection` on, `POST /fault/cut?peers=2,3` and `POST /fault/heal` for chaos tests.
+//! `fault_injection` on, `POST /fault/cut?peers=2,3`, `POST /fault/slow?peers=2,3&delay_ms=50&drop_per_mille=100`
+//! and `POST /fault/heal` for chaos tests.
 
 use std::sync::Arc;
 
@@ -17,21 +18,49 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/health", get(health))
         .route("/ready", get(health));
     if broker.config.fault_injection {
-        r = r.route("/fault/cut", post(cut)).route("/fault/heal", post(heal));
+        r = r
+            .route("/fault/cut", post(cut))
+            .route("/fault/slow", post(slow))
+            .route("/fault/heal", post(heal));
     }
     r.with_state(broker)
+}
+
+fn query_u64(uri: &axum::http::Uri, key: &str) -> Option<u64> {
+    uri.query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+        .and_then(|v| v.parse().ok())
+}
+
+fn query_peers(uri: &axum::http::Uri) -> Vec<u64> {
+    uri.query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.strip_prefix("peers="))
+        .flat_map(|v| v.split(',').filter_map(|p| p.trim().parse().ok()).collect::<Vec<u64>>())
+        .collect()
+}
+
+/// Delays (and drops some of) this node's requests to the listed nodes.
+async fn slow(State(b): State<Arc<Broker>>, uri: axum::http::Uri) -> impl IntoResponse {
+    let peers = query_peers(&uri);
+    if peers.is_empty() {
+        return (StatusCode::BAD_REQUEST, "peers=ID[,ID...] required\n".to_string());
+    }
+    let delay = std::time::Duration::from_millis(query_u64(&uri, "delay_ms").unwrap_or(0).min(10_000));
+    let drop = query_u64(&uri, "drop_per_mille").unwrap_or(0).min(1000) as u32;
+    for p in &peers {
+        b.controller.transport.slow(*p, delay, drop);
+    }
+    tracing::warn!(?peers, ?delay, drop_per_mille = drop, "fault injection: links slowed");
+    (StatusCode::OK, format!("slowed {peers:?}\n"))
 }
 
 /// Drops all traffic between this node and the listed nodes (both directions, as far as
 /// this node is concerned; cut the other side too for a symmetric partition).
 async fn cut(State(b): State<Arc<Broker>>, uri: axum::http::Uri) -> impl IntoResponse {
-    let peers: Vec<u64> = uri
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.strip_prefix("peers="))
-        .flat_map(|v| v.split(',').filter_map(|p| p.trim().parse().ok()).collect::<Vec<u64>>())
-        .collect();
+    let peers = query_peers(&uri);
     if peers.is_empty() {
         return (StatusCode::BAD_REQUEST, "peers=ID[,ID...] required\n".to_string());
     }

@@ -105,6 +105,8 @@ pub struct Transport {
     groups: RwLock<HashMap<String, (Raft, Arc<AtomicBool>)>>,
     app: RwLock<Option<AppHandler>>,
     cut: RwLock<HashSet<NodeId>>,
+    /// Slow links (tests and chaos): delay before sending, and drops per thousand.
+    slow: RwLock<HashMap<NodeId, (Duration, u32)>>,
     next_request: AtomicU64,
     /// When each peer was last heard from (a request or an answer).
     heard: Mutex<HashMap<NodeId, std::time::Instant>>,
@@ -192,6 +194,7 @@ impl Transport {
             groups: RwLock::new(HashMap::new()),
             app: RwLock::new(None),
             cut: RwLock::new(HashSet::new()),
+            slow: RwLock::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             heard: Mutex::new(HashMap::new()),
         })
@@ -298,9 +301,29 @@ impl Transport {
         }
     }
 
-    /// Restores every cut link.
+    /// Restores every cut or slowed link.
     pub fn heal_all(&self) {
         self.cut.write().unwrap_or_else(|e| e.into_inner()).clear();
+        self.slow.write().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Delays every request to `node` by `delay` and drops `drop_per_mille` of them (they
+    /// time out, as on a lossy network).
+    pub fn slow(&self, node: NodeId, delay: Duration, drop_per_mille: u32) {
+        self.slow
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node, (delay, drop_per_mille.min(1000)));
+    }
+
+    fn slow_link(&self, node: NodeId) -> Option<(Duration, bool)> {
+        let (delay, drop) = *self.slow.read().unwrap_or_else(|e| e.into_inner()).get(&node)?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let roll = (nanos ^ (nanos >> 7)).wrapping_mul(2_654_435_761) % 1000;
+        Some((delay, roll < drop))
     }
 
     fn is_cut(&self, node: NodeId) -> bool {
@@ -492,6 +515,13 @@ impl Transport {
         if self.is_cut(target) {
             tokio::time::sleep(timeout).await;
             return Err(TransportError::Timeout(target));
+        }
+        if let Some((delay, dropped)) = self.slow_link(target) {
+            if dropped {
+                tokio::time::sleep(timeout).await;
+                return Err(TransportError::Timeout(target));
+            }
+            tokio::time::sleep(delay.min(timeout)).await;
         }
         let fut = async {
             let conn = self.conn(target).await?;

@@ -51,8 +51,9 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 3)]
     pub producers: usize,
     /// Faults to inject, comma-separated: kill, pause, partition, corrupt (stop a node,
-    /// flip a byte in or cut the tail of one of its segments, restart it).
-    #[arg(long, default_value = "kill,pause,partition,corrupt")]
+    /// flip a byte in or cut the tail of one of its segments, restart it), slow (delay and
+    /// drop a node's messages to and from the others).
+    #[arg(long, default_value = "kill,pause,partition,corrupt,slow")]
     pub faults: String,
     /// Milliseconds between the end of one fault and the start of the next.
     #[arg(long, default_value_t = 2000)]
@@ -203,8 +204,8 @@ async fn run_chaos(args: RunArgs) -> Result<()> {
         .filter(|s| !s.is_empty())
         .collect();
     for f in &faults {
-        if !["kill", "pause", "partition", "corrupt"].contains(&f.as_str()) {
-            bail!("unknown fault {f:?} (kill, pause, partition, corrupt)");
+        if !["kill", "pause", "partition", "corrupt", "slow"].contains(&f.as_str()) {
+            bail!("unknown fault {f:?} (kill, pause, partition, corrupt, slow)");
         }
     }
     eprintln!(
@@ -274,6 +275,21 @@ async fn run_chaos(args: RunArgs) -> Result<()> {
                 eprintln!("corrupt node {id}: {what}");
                 tokio::time::sleep(hold).await;
                 nodes[i].start()?;
+            }
+            "slow" => {
+                let delay = rng.random_range(5..120);
+                let drop = rng.random_range(0..300);
+                let others: Vec<String> = nodes.iter().filter(|n| n.id != id).map(|n| n.id.to_string()).collect();
+                let q = format!("delay_ms={delay}&drop_per_mille={drop}");
+                nodes[i].post(&format!("/fault/slow?peers={}&{q}", others.join(",")));
+                for n in nodes.iter().filter(|n| n.id != id) {
+                    n.post(&format!("/fault/slow?peers={id}&{q}"));
+                }
+                eprintln!("slow node {id}: {delay} ms delay, {drop}/1000 dropped");
+                tokio::time::sleep(hold).await;
+                for n in &nodes {
+                    n.post("/fault/heal");
+                }
             }
             "pause" => {
                 nodes[i].signal("STOP");
