@@ -131,6 +131,9 @@ impl Partition {
         let (metrics, data_changed, fsync_interval) =
             (ctx.metrics.clone(), ctx.data_changed.clone(), ctx.fsync_interval);
         let mut log = log;
+        // A bad entry found by the scan is cut with everything after it: entries this replica
+        // may have acknowledged. (A torn tail cut by recovery is not counted: it cannot be
+        // told apart from writes that were never fsynced, hence never acknowledged.)
         let repaired = repair_log(&mut log, topic, index)?;
         if repaired.is_some() {
             metrics.repaired_replicas.inc();
@@ -158,8 +161,8 @@ impl Partition {
         )
         .await
         .map_err(anyhow::Error::msg)?;
-        if let Some(lost_up_to) = repaired {
-            group.hold_votes_until(lost_up_to);
+        if let (Some(last), true) = (repaired, ctx.members.len() > 1) {
+            group.hold_votes(last);
         }
         if fresh {
             // The preferred replica initializes the group (and so stands first and leads);

@@ -94,6 +94,12 @@ impl DiskLog {
         &self.config
     }
 
+    /// Bytes recovery cut from segment tails when the log was opened (a torn or damaged
+    /// tail): entries this replica may once have acknowledged.
+    pub fn recovered_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.recovered_bytes).sum()
+    }
+
     pub fn segment_count(&self) -> usize {
         self.segments.len()
     }

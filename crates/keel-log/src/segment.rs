@@ -57,6 +57,8 @@ pub struct Segment {
     bytes_since_point: u64,
     /// Wall-clock ms when the segment was created or opened, for age-based rolling.
     pub created_ms: i64,
+    /// Bytes recovery cut from this segment's tail when it was opened.
+    pub recovered_bytes: u64,
 }
 
 pub fn log_path(dir: &Path, base_index: u64) -> PathBuf {
@@ -100,6 +102,7 @@ impl Segment {
             points: Vec::new(),
             bytes_since_point: u64::MAX,
             created_ms: now_ms,
+            recovered_bytes: 0,
         })
     }
 
@@ -123,6 +126,7 @@ impl Segment {
             points: Vec::new(),
             bytes_since_point: u64::MAX,
             created_ms: now_ms,
+            recovered_bytes: 0,
         };
         if !active {
             if let Some(points) = seg.load_points() {
@@ -183,6 +187,7 @@ impl Segment {
         self.file.set_len(valid_end)?;
         self.file.sync_all()?;
         self.size = valid_end;
+        self.recovered_bytes += dropped;
         Ok(())
     }
 

@@ -49,8 +49,9 @@ pub enum ProposeError {
 /// A running group: its Raft instance and its storage.
 pub struct Group {
     pub name: String,
-    /// Set while the replica repairs a damaged log: it answers no vote requests.
-    pub hold_votes: Arc<std::sync::atomic::AtomicBool>,
+    /// Non-zero while the replica repairs a damaged log: one past the last index it had,
+    /// which a candidate's log must reach for this replica to vote for it.
+    pub hold_votes: Arc<std::sync::atomic::AtomicU64>,
     pub raft: Raft,
     pub shared: Arc<Shared>,
     node_id: NodeId,
@@ -112,7 +113,7 @@ impl Group {
         .await
         .map_err(|e| e.to_string())?;
         Ok(Group {
-            hold_votes: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            hold_votes: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             name: name.to_string(),
             raft,
             shared,
@@ -132,21 +133,14 @@ impl Group {
         }
     }
 
-    /// Holds this replica's vote until its log again reaches `index` with entries from a
-    /// leader: it lost entries to damage, and some may have been committed with its help.
-    pub fn hold_votes_until(&self, index: u64) {
-        use std::sync::atomic::Ordering;
-        self.hold_votes.store(true, Ordering::Release);
-        let hold = self.hold_votes.clone();
-        let mut rx = self.raft.metrics();
-        let group = self.name.clone();
-        tokio::spawn(async move {
-            let _ = rx
-                .wait_for(|m| m.current_leader.is_some() && m.last_log_index.map(|l| l >= index).unwrap_or(false))
-                .await;
-            hold.store(false, Ordering::Release);
-            info!(%group, index, "repaired log caught up; voting again");
-        });
+    /// Until its log holds everything a leader has committed (checked by the transport on
+    /// each AppendEntries), this replica votes only for candidates whose log reaches
+    /// `last_index`, the last index it had before it lost entries to damage: some of them
+    /// may have been committed with its acknowledgement.
+    pub fn hold_votes(&self, last_index: u64) {
+        self.hold_votes
+            .store(last_index.saturating_add(1), std::sync::atomic::Ordering::Release);
+        info!(group = %self.name, "log was repaired; holding this replica's vote until it has caught up");
     }
 
     /// Replicates `payload`; returns once a majority has it durably and it is applied here.

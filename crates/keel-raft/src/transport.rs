@@ -102,7 +102,7 @@ pub struct Transport {
     id: NodeId,
     peers: RwLock<HashMap<NodeId, String>>,
     conns: Mutex<HashMap<NodeId, ConnSlot>>,
-    groups: RwLock<HashMap<String, (Raft, Arc<AtomicBool>)>>,
+    groups: RwLock<HashMap<String, (Raft, Arc<AtomicU64>)>>,
     app: RwLock<Option<AppHandler>>,
     cut: RwLock<HashSet<NodeId>>,
     /// Slow links (tests and chaos): delay before sending, and drops per thousand.
@@ -266,9 +266,10 @@ impl Transport {
         self.peers.read().unwrap_or_else(|e| e.into_inner()).get(&node).cloned()
     }
 
-    /// Routes `group`'s RPCs to `raft`. While `hold_votes` is set the replica answers no
-    /// vote requests (its log is being repaired and may lack entries it once acknowledged).
-    pub fn register(&self, group: &str, raft: Raft, hold_votes: Arc<AtomicBool>) {
+    /// Routes `group`'s RPCs to `raft`. While `hold_votes` is non-zero the replica is
+    /// repairing its log, which may lack entries it once acknowledged: it votes only for
+    /// candidates whose log reaches index `hold_votes - 1` (what it had before the damage).
+    pub fn register(&self, group: &str, raft: Raft, hold_votes: Arc<AtomicU64>) {
         self.groups
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -279,7 +280,7 @@ impl Transport {
         self.groups.write().unwrap_or_else(|e| e.into_inner()).remove(group);
     }
 
-    fn group(&self, group: &str) -> Option<(Raft, Arc<AtomicBool>)> {
+    fn group(&self, group: &str) -> Option<(Raft, Arc<AtomicU64>)> {
         self.groups
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -394,16 +395,33 @@ impl Transport {
             };
         }
         let (raft, hold_votes) = self.group(&f.group).ok_or_else(|| format!("no group {}", f.group))?;
-        if f.kind == KIND_VOTE && hold_votes.load(Ordering::Acquire) {
-            return Err(format!("group {} is repairing its log and holds its vote", f.group));
-        }
+
         let out = match f.kind {
             KIND_APPEND => {
                 let req: AppendEntriesRequest<TypeConfig> = decode(&f.body).map_err(e)?;
-                encode(&raft.append_entries(req).await).map_err(e)?
+                let leader_commit = req.leader_commit.map(|l| l.index);
+                let resp = raft.append_entries(req).await;
+                // A replica holding its vote votes again once its log holds everything a
+                // leader has committed.
+                if hold_votes.load(Ordering::Acquire) > 0 && resp.is_ok() {
+                    let last = raft.metrics().borrow().last_log_index;
+                    if leader_commit.is_some() && last >= leader_commit {
+                        hold_votes.store(0, Ordering::Release);
+                        info!(group = %f.group, ?leader_commit, "repaired log holds the leader's commit; voting again");
+                    }
+                }
+                encode(&resp).map_err(e)?
             }
             KIND_VOTE => {
                 let req: VoteRequest<NodeId> = decode(&f.body).map_err(e)?;
+                let hold = hold_votes.load(Ordering::Acquire);
+                if hold > 0 && req.last_log_id.map(|l| l.index + 1) < Some(hold) {
+                    return Err(format!(
+                        "group {} is repairing its log and votes only for a candidate holding index {}",
+                        f.group,
+                        hold - 1
+                    ));
+                }
                 encode(&raft.vote(req).await).map_err(e)?
             }
             KIND_SNAPSHOT => {
