@@ -320,14 +320,18 @@ impl Partition {
                         Check::Reject(code) => return Err(PartitionError::Producer(code)),
                     }
                 }
-                let mut owned = BytesMut::from(&bytes[..]);
-                batch::set_leader_epoch(&mut owned, self.group.term().min(i32::MAX as u64) as i32);
-                if log_append {
+                // The log store writes the base offset and leader epoch as it appends; only
+                // LogAppendTime needs a copy here.
+                let payload = if log_append {
+                    let mut owned = BytesMut::from(&bytes[..]);
                     batch::set_log_append_time(&mut owned, now);
-                }
-                // Paired assertion: the bytes about to be replicated still carry a valid CRC.
-                debug_assert!(batch::verify_crc(&owned).is_ok());
-                let fut = self.group.propose_start(owned.freeze()).await.map_err(propose_error)?;
+                    // Paired assertion: the rewritten bytes still carry a valid CRC.
+                    debug_assert!(batch::verify_crc(&owned).is_ok());
+                    owned.freeze()
+                } else {
+                    bytes.clone()
+                };
+                let fut = self.group.propose_start(payload).await.map_err(propose_error)?;
                 if first.is_none() {
                     first = Some(Err(waits.len() as i64));
                 }

@@ -50,6 +50,9 @@ pub struct KafkaError {
     pub detail: String,
 }
 
+/// A request in flight on one borrowed connection.
+type RoutedFuture<'c, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send + 'c>>;
+
 /// How often a request is retried after the leadership moved.
 const ROUTE_ATTEMPTS: usize = 20;
 
@@ -438,6 +441,33 @@ impl Client {
             .ok_or_else(|| kafka_err(format!("finding the leader of {topic}-{partition}"), 5, String::new()))
     }
 
+    #[allow(clippy::type_complexity)]
+    /// Runs `op` on the connection to `topic`-`partition`'s leader, refreshing the leader and
+    /// retrying (up to [`ROUTE_ATTEMPTS`] times) while `retry` says the leadership moved.
+    async fn routed<T>(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        retry: fn(&anyhow::Error) -> bool,
+        mut op: impl for<'c> FnMut(&'c mut Client) -> RoutedFuture<'c, T>,
+    ) -> Result<T> {
+        let mut last = None;
+        for attempt in 0..ROUTE_ATTEMPTS {
+            let r = match self.leader_addr(topic, partition, attempt > 0).await {
+                Ok(addr) => op(self.at(&addr).await?).await,
+                Err(e) => Err(e),
+            };
+            match r {
+                Err(e) if retry(&e) => {
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow!("no leader")))
+    }
+
     /// The address of `group`'s coordinator.
     pub async fn coordinator_addr(&mut self, group: &str) -> Result<String> {
         let req = FindCoordinatorRequest::default().with_key(StrBytes::from_string(group.to_string()));
@@ -490,27 +520,12 @@ impl Client {
         acks: i16,
         retry: fn(&anyhow::Error) -> bool,
     ) -> Result<i64> {
-        let mut last = None;
-        for attempt in 0..ROUTE_ATTEMPTS {
-            let addr = self.leader_addr(topic, partition, attempt > 0).await;
-            let r = match addr {
-                Ok(addr) => {
-                    self.at(&addr)
-                        .await?
-                        .produce_batch_here(topic, partition, batch.clone(), acks)
-                        .await
-                }
-                Err(e) => Err(e),
-            };
-            match r {
-                Err(e) if retry(&e) => {
-                    last = Some(e);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                other => return other,
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow!("no leader")))
+        let t = topic.to_string();
+        self.routed(topic, partition, retry, |c| {
+            let (t, batch) = (t.clone(), batch.clone());
+            Box::pin(async move { c.produce_batch_here(&t, partition, batch, acks).await })
+        })
+        .await
     }
 
     async fn produce_batch_here(&mut self, topic: &str, partition: i32, batch: Bytes, acks: i16) -> Result<i64> {
@@ -545,27 +560,12 @@ impl Client {
 
     /// ListOffsets for one partition (at its leader): -1 latest, -2 earliest, or a timestamp.
     pub async fn list_offset(&mut self, topic: &str, partition: i32, timestamp: i64) -> Result<i64> {
-        let mut last = None;
-        for attempt in 0..ROUTE_ATTEMPTS {
-            let addr = self.leader_addr(topic, partition, attempt > 0).await;
-            let r = match addr {
-                Ok(addr) => {
-                    self.at(&addr)
-                        .await?
-                        .list_offset_here(topic, partition, timestamp)
-                        .await
-                }
-                Err(e) => Err(e),
-            };
-            match r {
-                Err(e) if leadership_moved(&e) => {
-                    last = Some(e);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                other => return other,
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow!("no leader")))
+        let t = topic.to_string();
+        self.routed(topic, partition, leadership_moved, |c| {
+            let t = t.clone();
+            Box::pin(async move { c.list_offset_here(&t, partition, timestamp).await })
+        })
+        .await
     }
 
     async fn list_offset_here(&mut self, topic: &str, partition: i32, timestamp: i64) -> Result<i64> {
@@ -602,27 +602,12 @@ impl Client {
         max_wait_ms: i32,
         max_bytes: i32,
     ) -> Result<(Vec<InRecord>, i64)> {
-        let mut last = None;
-        for attempt in 0..ROUTE_ATTEMPTS {
-            let addr = self.leader_addr(topic, partition, attempt > 0).await;
-            let r = match addr {
-                Ok(addr) => {
-                    self.at(&addr)
-                        .await?
-                        .fetch_here(topic, partition, offset, max_wait_ms, max_bytes)
-                        .await
-                }
-                Err(e) => Err(e),
-            };
-            match r {
-                Err(e) if leadership_moved(&e) => {
-                    last = Some(e);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                other => return other,
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow!("no leader")))
+        let t = topic.to_string();
+        self.routed(topic, partition, leadership_moved, |c| {
+            let t = t.clone();
+            Box::pin(async move { c.fetch_here(&t, partition, offset, max_wait_ms, max_bytes).await })
+        })
+        .await
     }
 
     async fn fetch_here(

@@ -279,6 +279,8 @@ impl Shared {
                     let count = u32::try_from(h.record_count).map_err(|_| "negative record count".to_string())?;
                     let mut owned = BytesMut::from(&bytes[..]);
                     batch::set_base_offset(&mut owned, next_offset);
+                    // Kafka's partition leader epoch is the Raft term of the entry.
+                    batch::set_leader_epoch(&mut owned, term.min(i32::MAX as u64) as i32);
                     Entry::data(index, term, next_offset, count, h.max_timestamp, owned.freeze())
                 }
                 EntryFormat::Commands => Entry::data(index, term, next_offset, 1, -1, bytes.clone()),
