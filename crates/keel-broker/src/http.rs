@@ -1,6 +1,7 @@
 //! HTTP endpoints: Prometheus `/metrics`, `/health` (liveness) and `/ready`; with
-//! `fault_injection` on, `POST /fault/cut?peers=2,3`, `POST /fault/slow?peers=2,3&delay_ms=50&drop_per_mille=100`
-//! and `POST /fault/heal` for chaos tests.
+//! `fault_injection` on, `POST /fault/cut?peers=2,3`, `POST /fault/slow?peers=2,3&delay_ms=50&drop_per_mille=100`,
+//! `POST /fault/disk-full` (every log write fails with ENOSPC) and `POST /fault/heal` (undoes
+//! them all) for chaos tests.
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         r = r
             .route("/fault/cut", post(cut))
             .route("/fault/slow", post(slow))
+            .route("/fault/disk-full", post(disk_full))
             .route("/fault/heal", post(heal));
     }
     r.with_state(broker)
@@ -71,10 +73,18 @@ async fn cut(State(b): State<Arc<Broker>>, uri: axum::http::Uri) -> impl IntoRes
     (StatusCode::OK, format!("cut {peers:?}\n"))
 }
 
-/// Restores every link this node cut.
+/// Makes every log write on this node fail with ENOSPC, as a full disk does.
+async fn disk_full() -> impl IntoResponse {
+    keel_log::fault::set_write_fails(true);
+    tracing::warn!("fault injection: disk full");
+    (StatusCode::OK, "disk full\n".to_string())
+}
+
+/// Restores every link this node cut and frees the disk.
 async fn heal(State(b): State<Arc<Broker>>) -> impl IntoResponse {
     b.controller.transport.heal_all();
-    tracing::warn!("fault injection: links healed");
+    keel_log::fault::set_write_fails(false);
+    tracing::warn!("fault injection: links healed, disk freed");
     (StatusCode::OK, "healed\n".to_string())
 }
 

@@ -279,6 +279,11 @@ impl Partition {
                 "fsync failed".into(),
             )));
         }
+        if self.group.shared.write_stalled() {
+            return Err(PartitionError::Storage(keel_log::LogError::Io(std::io::Error::from_raw_os_error(
+                28,
+            ))));
+        }
         if !self.group.is_ready_leader() {
             self.check_poisoned();
             if self.poisoned.load(Ordering::Acquire) {

@@ -1,6 +1,8 @@
-//! A failed fsync or write poisons the partition it hit: that partition refuses writes with
+//! A failed fsync poisons the partition it hit: that partition refuses writes with
 //! KAFKA_STORAGE_ERROR from then on (even once the disk recovers), keeps serving what was
-//! durable, and no other partition is affected.
+//! durable, and no other partition is affected. A full disk poisons nothing: appends wait
+//! for space, new writes are refused with KAFKA_STORAGE_ERROR meanwhile, and everything
+//! carries on once space is freed.
 
 use std::sync::Arc;
 
@@ -98,9 +100,11 @@ async fn failed_fsync_poisons_the_partition() {
     assert!(text.lines().any(|l| l == "keel_poisoned_partitions 1"), "{text}");
 }
 
-/// A failed write (e.g. a full disk) poisons the partition the same way.
+/// A full disk (writes fail with ENOSPC) holds the write that hit it until space is freed,
+/// refuses new ones with KAFKA_STORAGE_ERROR meanwhile, and then carries on: nothing is
+/// poisoned and nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_write_poisons_the_partition() {
+async fn a_full_disk_holds_writes_until_space_is_freed() {
     let _turn = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let broker = Broker::open(
@@ -115,12 +119,31 @@ async fn failed_write_poisons_the_partition() {
     let c = part(&broker, "c").await;
     assert_eq!(c.append(batch("x"), true).await.unwrap().base_offset, 0);
     fault::set_write_fails(true);
-    let err = c.append(batch("y"), true).await.unwrap_err();
+    let held = {
+        let c = c.clone();
+        tokio::spawn(async move { c.append(batch("y"), true).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let refused = c.append(batch("meanwhile"), true).await;
+    let still_held = !held.is_finished();
+    let hw_while_full = c.read(0, 1 << 20).map(|r| r.high_watermark);
     fault::set_write_fails(false);
-    assert_eq!(err.code(), KAFKA_STORAGE_ERROR, "{err}");
+    assert!(still_held, "the write that hit the full disk did not wait for space");
     assert_eq!(
-        c.append(batch("z"), true).await.unwrap_err().code(),
-        KAFKA_STORAGE_ERROR
+        refused.map(|a| a.base_offset).unwrap_err().code(),
+        KAFKA_STORAGE_ERROR,
+        "a write was accepted while the disk was full"
     );
-    assert_eq!(c.read(0, 1 << 20).unwrap().high_watermark, 1);
+    assert_eq!(hw_while_full.unwrap(), 1);
+    let y = tokio::time::timeout(std::time::Duration::from_secs(10), held)
+        .await
+        .expect("the held write did not complete once space was freed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(y.base_offset, 1);
+    assert!(!c.committed().poisoned);
+    assert_eq!(c.append(batch("z"), true).await.unwrap().base_offset, 2);
+    let read = c.read(0, 1 << 20).unwrap();
+    assert_eq!(read.high_watermark, 3);
+    assert_eq!(keel_proto::batch::split_batches(&read.records).unwrap().len(), 3);
 }

@@ -54,6 +54,29 @@ pub enum Event {
         start_ms: u64,
         end_ms: u64,
     },
+    /// A consumer-group member committing `offset` (the next offset to read) for
+    /// `partition` as a member of `generation`.
+    Commit {
+        process: usize,
+        group: String,
+        generation: i32,
+        partition: i32,
+        offset: i64,
+        invoke_ms: u64,
+        complete_ms: u64,
+        outcome: Outcome,
+    },
+    /// The committed offset of `partition` for `group`, as OffsetFetch returned it (-1: none).
+    Committed {
+        process: usize,
+        group: String,
+        partition: i32,
+        offset: i64,
+        invoke_ms: u64,
+        complete_ms: u64,
+    },
+    /// The leader of each partition (None: no leader) as Metadata showed it at `at_ms`.
+    Leaders { at_ms: u64, leaders: Vec<(i32, Option<u64>)> },
 }
 
 /// One thing the checker found wrong.
@@ -87,6 +110,23 @@ pub enum Anomaly {
     ReadThenVanished { partition: i32, value: String, offset: i64 },
     /// Offsets in the final log that do not increase.
     NonMonotonic { partition: i32, offset: i64, after: i64 },
+    /// Within one generation, an acknowledged commit lower than one acknowledged before it.
+    CommitWentBackwards {
+        group: String,
+        partition: i32,
+        generation: i32,
+        offset: i64,
+        after: i64,
+    },
+    /// A committed offset read (or committed) after a higher commit had been acknowledged:
+    /// the group's committed position went backwards.
+    CommittedOffsetRegressed {
+        group: String,
+        partition: i32,
+        acknowledged: i64,
+        read: i64,
+        read_at_ms: u64,
+    },
 }
 
 /// The checker's result.
@@ -97,6 +137,9 @@ pub struct Verdict {
     pub failed: usize,
     pub unknown: usize,
     pub reads: usize,
+    /// Consumer-group commits acknowledged.
+    #[serde(default)]
+    pub commits: usize,
     pub anomalies: Vec<Anomaly>,
     /// Longest time, ms, between two acknowledged writes (or from the first invoke).
     pub longest_unavailable_ms: u64,
@@ -237,6 +280,8 @@ pub fn check(history: &[Event], finals: &BTreeMap<i32, Vec<(i64, String)>>) -> V
         }
     }
 
+    let commits = check_commits(history, &mut anomalies);
+
     // Unavailability: gaps between acknowledgements.
     ack_times.sort_unstable();
     let mut gaps: Vec<(u64, u64)> = Vec::new();
@@ -275,10 +320,94 @@ pub fn check(history: &[Event], finals: &BTreeMap<i32, Vec<(i64, String)>>) -> V
         failed,
         unknown,
         reads,
+        commits,
         anomalies,
         longest_unavailable_ms: longest,
         unavailable_per_fault: per_fault,
     }
+}
+
+/// Committed offsets never go backwards: within a generation, acknowledged commits of a
+/// partition (in completion order) do not decrease; and no committed offset read, or commit
+/// acknowledged, after a commit was acknowledged is lower than it. Returns the number of
+/// acknowledged commits. A commit with an unknown outcome sets no floor: it may never land.
+/// An acknowledged commit: (complete_ms, offset, generation).
+type AckedCommit = (u64, i64, i32);
+
+fn check_commits(history: &[Event], anomalies: &mut Vec<Anomaly>) -> usize {
+    // (group, partition) -> acknowledged commits as (complete_ms, offset, generation).
+    let mut acked: BTreeMap<(&str, i32), Vec<AckedCommit>> = BTreeMap::new();
+    // (group, partition) -> observations as (invoke_ms, offset): reads and acked commits.
+    let mut seen: BTreeMap<(&str, i32), Vec<(u64, i64)>> = BTreeMap::new();
+    for e in history {
+        match e {
+            Event::Commit {
+                group,
+                generation,
+                partition,
+                offset,
+                invoke_ms,
+                complete_ms,
+                outcome: Outcome::Ok { .. },
+                ..
+            } => {
+                acked
+                    .entry((group.as_str(), *partition))
+                    .or_default()
+                    .push((*complete_ms, *offset, *generation));
+                seen.entry((group.as_str(), *partition)).or_default().push((*invoke_ms, *offset));
+            }
+            Event::Committed {
+                group,
+                partition,
+                offset,
+                invoke_ms,
+                ..
+            } => seen.entry((group.as_str(), *partition)).or_default().push((*invoke_ms, *offset)),
+            _ => {}
+        }
+    }
+    let mut count = 0;
+    for ((group, partition), commits) in &mut acked {
+        count += commits.len();
+        commits.sort_unstable();
+        let mut last_in_gen: HashMap<i32, i64> = HashMap::new();
+        for (_, offset, generation) in commits.iter() {
+            if let Some(prev) = last_in_gen.get(generation) {
+                if offset < prev {
+                    anomalies.push(Anomaly::CommitWentBackwards {
+                        group: group.to_string(),
+                        partition: *partition,
+                        generation: *generation,
+                        offset: *offset,
+                        after: *prev,
+                    });
+                }
+            }
+            last_in_gen.insert(*generation, *offset);
+        }
+        // Sweep observations by invoke time; the floor is the highest commit acknowledged
+        // before the observation began.
+        let mut obs = seen.remove(&(*group, *partition)).unwrap_or_default();
+        obs.sort_unstable();
+        let (mut floor, mut i) = (i64::MIN, 0);
+        for (at, read) in obs {
+            while i < commits.len() && commits[i].0 < at {
+                floor = floor.max(commits[i].1);
+                i += 1;
+            }
+            if read < floor {
+                anomalies.push(Anomaly::CommittedOffsetRegressed {
+                    group: group.to_string(),
+                    partition: *partition,
+                    acknowledged: floor,
+                    read,
+                    read_at_ms: at,
+                });
+            }
+        }
+    }
+    count
 }
 
 /// A self-contained HTML report (no network needed to view it): the verdict, a timeline of
@@ -288,8 +417,12 @@ pub fn report_html(seed: u64, history: &[Event], verdict: &Verdict) -> String {
     let end_ms = history
         .iter()
         .map(|e| match e {
-            Event::Produce { complete_ms, .. } | Event::Read { complete_ms, .. } => *complete_ms,
+            Event::Produce { complete_ms, .. }
+            | Event::Read { complete_ms, .. }
+            | Event::Commit { complete_ms, .. }
+            | Event::Committed { complete_ms, .. } => *complete_ms,
             Event::Fault { end_ms, .. } => *end_ms,
+            Event::Leaders { at_ms, .. } => *at_ms,
         })
         .max()
         .unwrap_or(0);
@@ -325,11 +458,7 @@ pub fn report_html(seed: u64, history: &[Event], verdict: &Verdict) -> String {
             ..
         } = e
         {
-            let color = match name.as_str() {
-                "kill" => "#f4a3a3",
-                "pause" => "#f7d48b",
-                _ => "#a9c8f5",
-            };
+            let color = fault_color(name);
             bands.push_str(&format!(
                 "<rect x='{:.1}' y='0' width='{:.1}' height='{h}' fill='{color}' opacity='0.6'><title>{name} node {}</title></rect>",
                 x(*start_ms as f64),
@@ -356,6 +485,7 @@ pub fn report_html(seed: u64, history: &[Event], verdict: &Verdict) -> String {
             })
             .collect::<String>()
     };
+    let lanes = leader_lanes(history, end_ms, w);
     let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
     let faults_rows: String = verdict
         .unavailable_per_fault
@@ -381,11 +511,15 @@ pub fn report_html(seed: u64, history: &[Event], verdict: &Verdict) -> String {
 <style>body{{font-family:sans-serif;margin:2em;max-width:960px}} .ok{{color:#196c2e}} .bad{{color:#b00020}} \
 table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:2px 8px;text-align:left}} svg{{border:1px solid #ddd}}</style>\
 </head><body><h1>keel chaos, seed {seed}: <span class='{cls}'>{word}</span></h1>\
-<p>{ack} acknowledged writes, {failed} refused, {unknown} with unknown outcome, {reads} reads, {n} anomalies. \
+<p>{ack} acknowledged writes, {failed} refused, {unknown} with unknown outcome, {reads} reads, \
+{commits} acknowledged consumer-group commits, {n} anomalies. \
 Longest time without an acknowledged write: {longest} ms.</p>\
-<h2>Acknowledged writes per second</h2><p>Bands: kill (red), pause (yellow), network partition (blue).</p>\
+<h2>Acknowledged writes per second</h2><p>Bands: kill (red), pause (yellow), network partition or bridge (blue), \
+slow links (green), corrupted segment (grey), full disk (purple). Hover for details.</p>\
 <svg width='{w}' height='{h}'>{bands}{ack_bars}</svg>\
 <h2>Slowest acknowledgement in each second (ms)</h2><svg width='{w}' height='{h}'>{bands}{lat_bars}</svg>\
+<h2>Leader of each partition</h2><p>One lane per partition, coloured by the node Metadata named as its leader; \
+white where it named none.</p>{lanes}\
 <h2>Unavailability per fault (ms without an acknowledged write)</h2><table><tr><th>fault</th><th>ms</th></tr>{faults_rows}</table>\
 <h2>Anomalies</h2><table>{anomaly_rows}</table></body></html>\n",
         cls = if verdict.valid { "ok" } else { "bad" },
@@ -394,9 +528,85 @@ Longest time without an acknowledged write: {longest} ms.</p>\
         failed = verdict.failed,
         unknown = verdict.unknown,
         reads = verdict.reads,
+        commits = verdict.commits,
         n = verdict.anomalies.len(),
         longest = verdict.longest_unavailable_ms,
         ack_bars = bars(&acks, "#2e7d32"),
         lat_bars = bars(&slowest, "#6a1b9a"),
+    )
+}
+
+fn fault_color(name: &str) -> &'static str {
+    match name {
+        "kill" => "#f4a3a3",
+        "pause" => "#f7d48b",
+        "slow" => "#b7e4b0",
+        "corrupt" => "#c8c8c8",
+        "disk-full" => "#d6b4f0",
+        _ => "#a9c8f5",
+    }
+}
+
+/// When a Metadata was read, and each partition's leader in it.
+type LeaderSample<'a> = (u64, &'a [(i32, Option<u64>)]);
+
+/// The leader-per-partition lanes: an SVG with one row per partition, each stretch of time
+/// coloured by the leader the last Metadata before it named.
+fn leader_lanes(history: &[Event], end_ms: u64, w: f64) -> String {
+    const PALETTE: [&str; 6] = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"];
+    let mut samples: Vec<LeaderSample> = history
+        .iter()
+        .filter_map(|e| match e {
+            Event::Leaders { at_ms, leaders } => Some((*at_ms, leaders.as_slice())),
+            _ => None,
+        })
+        .collect();
+    samples.sort_by_key(|(t, _)| *t);
+    let mut partitions: Vec<i32> = samples.iter().flat_map(|(_, l)| l.iter().map(|(p, _)| *p)).collect();
+    partitions.sort_unstable();
+    partitions.dedup();
+    if partitions.is_empty() {
+        return "<p>No leader samples.</p>".to_string();
+    }
+    let lane_h = 16.0;
+    let x = |ms: u64| ms as f64 / (end_ms.max(1) as f64) * w;
+    let mut rects = String::new();
+    let mut nodes: Vec<u64> = Vec::new();
+    for (row, p) in partitions.iter().enumerate() {
+        let y = row as f64 * lane_h;
+        rects.push_str(&format!(
+            "<text x='2' y='{:.1}' font-size='11'>p{p}</text>",
+            y + lane_h - 4.0
+        ));
+        for (i, (t, leaders)) in samples.iter().enumerate() {
+            let until = samples.get(i + 1).map(|(t, _)| *t).unwrap_or(end_ms);
+            let Some(Some(node)) = leaders.iter().find(|(q, _)| q == p).map(|(_, l)| *l) else {
+                continue;
+            };
+            if !nodes.contains(&node) {
+                nodes.push(node);
+            }
+            let color = PALETTE[(node as usize) % PALETTE.len()];
+            rects.push_str(&format!(
+                "<rect x='{:.1}' y='{y:.1}' width='{:.1}' height='{:.1}' fill='{color}'><title>p{p}: node {node} from {t} ms</title></rect>",
+                30.0 + x(*t) * (w - 30.0) / w,
+                ((x(until) - x(*t)) * (w - 30.0) / w).max(0.5),
+                lane_h - 2.0
+            ));
+        }
+    }
+    nodes.sort_unstable();
+    let legend: String = nodes
+        .iter()
+        .map(|n| {
+            format!(
+                "<span style='color:{}'>&#9632; node {n}</span> ",
+                PALETTE[(*n as usize) % PALETTE.len()]
+            )
+        })
+        .collect();
+    format!(
+        "<svg width='{w}' height='{:.0}'>{rects}</svg><p>{legend}</p>",
+        partitions.len() as f64 * lane_h
     )
 }

@@ -175,3 +175,112 @@ fn the_report_shows_the_verdict_faults_and_anomalies() {
         "the report must not fetch anything"
     );
 }
+
+fn commit(generation: i32, offset: i64, t: u64, acked: bool) -> Event {
+    Event::Commit {
+        process: 5,
+        group: "g".into(),
+        generation,
+        partition: 0,
+        offset,
+        invoke_ms: t,
+        complete_ms: t + 5,
+        outcome: if acked {
+            Outcome::Ok { offset: None }
+        } else {
+            Outcome::Unknown {
+                error: "timeout".into(),
+            }
+        },
+    }
+}
+
+fn committed(offset: i64, t: u64) -> Event {
+    Event::Committed {
+        process: 6,
+        group: "g".into(),
+        partition: 0,
+        offset,
+        invoke_ms: t,
+        complete_ms: t + 1,
+    }
+}
+
+#[test]
+fn commits_that_only_move_forward_across_generations_are_valid() {
+    let mut h = clean();
+    h.extend([
+        commit(1, 1, 100, true),
+        commit(1, 2, 200, true),
+        committed(2, 300),
+        // A new generation starts from what was committed.
+        commit(2, 2, 400, true),
+        commit(2, 3, 500, true),
+        // A commit with an unknown outcome sets no floor.
+        commit(2, 9, 600, false),
+        committed(3, 700),
+    ]);
+    let v = check(&h, &finals(&[(0, "a"), (1, "b")]));
+    assert!(v.valid, "{:?}", v.anomalies);
+    assert_eq!(v.commits, 4);
+}
+
+#[test]
+fn a_commit_going_backwards_within_a_generation_is_caught() {
+    let mut h = clean();
+    h.extend([commit(3, 5, 100, true), commit(3, 4, 200, true)]);
+    let v = check(&h, &finals(&[(0, "a"), (1, "b")]));
+    assert!(
+        v.anomalies.contains(&Anomaly::CommitWentBackwards {
+            group: "g".into(),
+            partition: 0,
+            generation: 3,
+            offset: 4,
+            after: 5
+        }),
+        "{:?}",
+        v.anomalies
+    );
+}
+
+#[test]
+fn a_committed_offset_read_below_an_acknowledged_commit_is_caught() {
+    let mut h = clean();
+    // Acknowledged at 105 ms; a read invoked at 150 ms sees an older value (a lost commit).
+    h.extend([commit(1, 7, 100, true), committed(3, 150)]);
+    let v = check(&h, &finals(&[(0, "a"), (1, "b")]));
+    assert!(
+        v.anomalies.contains(&Anomaly::CommittedOffsetRegressed {
+            group: "g".into(),
+            partition: 0,
+            acknowledged: 7,
+            read: 3,
+            read_at_ms: 150
+        }),
+        "{:?}",
+        v.anomalies
+    );
+    // A read that began before the commit was acknowledged may see the older value.
+    let mut h = clean();
+    h.extend([commit(1, 7, 100, true), committed(3, 104)]);
+    assert!(check(&h, &finals(&[(0, "a"), (1, "b")])).valid);
+}
+
+#[test]
+fn the_report_draws_a_leader_lane_per_partition() {
+    let mut h = clean();
+    h.push(Event::Leaders {
+        at_ms: 0,
+        leaders: vec![(0, Some(1)), (1, None)],
+    });
+    h.push(Event::Leaders {
+        at_ms: 20,
+        leaders: vec![(0, Some(2)), (1, Some(3))],
+    });
+    let v = check(&h, &finals(&[(0, "a"), (1, "b")]));
+    let html = keel_chaos::report_html(7, &h, &v);
+    assert!(html.contains("p0: node 1 from 0 ms"), "{html}");
+    assert!(html.contains("p0: node 2 from 20 ms"));
+    assert!(html.contains("p1: node 3 from 20 ms"));
+    assert!(!html.contains("p1: node 3 from 0 ms"));
+}

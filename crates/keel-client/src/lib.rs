@@ -27,6 +27,9 @@ use kafka_protocol::records::{Compression, RecordBatchDecoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+pub mod group;
+pub use group::{assign_round_robin, Membership};
+
 /// Largest response this client accepts.
 const RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
 

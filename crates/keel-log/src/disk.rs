@@ -195,8 +195,13 @@ impl LogStore for DiskLog {
         let interval = self.config.index_interval_bytes;
         let r = self.active_mut().and_then(|a| a.append(entry, &buf, interval));
         self.encode_buf = buf;
-        // A failed write leaves the file in an unknown state, as a failed fsync does.
-        self.poison_on_err(r)
+        // A full disk leaves the log as it was: the entry was not counted, and the next
+        // append writes at the same position. Any other failed write leaves the file in an
+        // unknown state, as a failed fsync does.
+        match r {
+            Err(e) if e.is_disk_full() => Err(e),
+            r => self.poison_on_err(r),
+        }
     }
 
     fn read(&self, from_index: u64, max_bytes: usize) -> Result<Vec<Entry>, LogError> {

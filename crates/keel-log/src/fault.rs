@@ -1,4 +1,4 @@
-//! Fault points at the log's I/O boundaries, for tests.
+//! Fault points at the log's I/O boundaries, for tests and `keel serve --fault-injection`.
 //!
 //! With the `fault-injection` feature, tests can make every fsync or every write fail
 //! until the fault is cleared. Without it these are no-ops that the compiler removes.

@@ -53,6 +53,15 @@ pub enum LogError {
     OutOfRange(u64),
 }
 
+impl LogError {
+    /// The disk is full (ENOSPC). An append that fails so leaves the log as it was (the
+    /// entry is not counted, and the next append writes over whatever part of it reached the
+    /// file), so it may be retried once space is freed.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, LogError::Io(e) if e.raw_os_error() == Some(28) || e.kind() == std::io::ErrorKind::StorageFull)
+    }
+}
+
 /// Limits and policies of one log. One struct per layer, validated once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

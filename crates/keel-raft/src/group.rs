@@ -192,6 +192,7 @@ impl Group {
         m.state == ServerState::Leader
             && m.current_leader == Some(self.node_id)
             && m.last_applied.map(|l| l.leader_id.term) == Some(m.current_term)
+            && !self.stalled(&m)
     }
 
     /// Lets the log drop every entry up to and including `upto` (retention, compaction):
@@ -238,6 +239,7 @@ impl Group {
         let sole_voter = m.membership_config.membership().voter_ids().eq([self.node_id]);
         m.state == ServerState::Leader
             && m.current_leader == Some(self.node_id)
+            && !self.stalled(&m)
             && (sole_voter
                 || m.millis_since_quorum_ack
                     .map(|ms| ms <= self.options.election_timeout_min_ms)
@@ -247,7 +249,13 @@ impl Group {
     pub fn is_leader(&self) -> bool {
         let m = self.raft.metrics();
         let m = m.borrow();
-        m.state == ServerState::Leader && m.current_leader == Some(self.node_id)
+        m.state == ServerState::Leader && m.current_leader == Some(self.node_id) && !self.stalled(&m)
+    }
+
+    /// Waiting for disk space with other voters around: this replica's Raft core is held in
+    /// an append, so what its metrics say about leadership is stale. A sole voter still leads.
+    fn stalled(&self, m: &openraft::RaftMetrics<u64, crate::Node>) -> bool {
+        self.shared.write_stalled() && !m.membership_config.membership().voter_ids().eq([self.node_id])
     }
 
     pub fn term(&self) -> u64 {

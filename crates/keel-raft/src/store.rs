@@ -83,6 +83,9 @@ pub struct Shared {
     memberships: Mutex<Vec<StoredMembership>>,
     applied: watch::Sender<AppliedState>,
     applied_persisted_at: Mutex<Instant>,
+    /// An append is waiting for disk space: the group's Raft core is held in the append
+    /// until it succeeds, so this replica neither acknowledges nor leads meanwhile.
+    write_stalled: std::sync::atomic::AtomicBool,
 }
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
@@ -203,6 +206,7 @@ impl Shared {
             purged: Mutex::new(purged),
             applied: watch::Sender::new(applied),
             applied_persisted_at: Mutex::new(Instant::now()),
+            write_stalled: std::sync::atomic::AtomicBool::new(false),
         });
         Ok(shared)
     }
@@ -213,6 +217,11 @@ impl Shared {
     }
 
     /// Whether appends are fsynced before they count (a topic's flush policy can change).
+    /// Is an append waiting for disk space?
+    pub fn write_stalled(&self) -> bool {
+        self.write_stalled.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub fn set_fsync(&self, fsync: bool) {
         self.fsync.store(fsync, std::sync::atomic::Ordering::Release);
     }
@@ -487,11 +496,30 @@ impl RaftLogStorage<TypeConfig> for LogStorage {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        {
-            let mut log = self.shared.log();
-            for e in entries {
-                let entry = self.shared.to_log_entry(&e, log.next_offset()).map_err(storage_err)?;
-                log.append(&entry).map_err(storage_err)?;
+        for e in entries {
+            // A full disk is waited out: the append is retried (it left the log as it was)
+            // until space is freed. Any other failure is fatal to this replica's group.
+            let mut backoff = Duration::from_millis(10);
+            loop {
+                let r = {
+                    let mut log = self.shared.log();
+                    let entry = self.shared.to_log_entry(&e, log.next_offset()).map_err(storage_err)?;
+                    log.append(&entry)
+                };
+                match r {
+                    Ok(()) => break,
+                    Err(err) if err.is_disk_full() => {
+                        if !self.shared.write_stalled.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                            warn!(dir = ?self.shared.dir, "disk full: holding this replica's appends until space is freed");
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
+                    Err(err) => return Err(storage_err(err)),
+                }
+            }
+            if self.shared.write_stalled.swap(false, std::sync::atomic::Ordering::AcqRel) {
+                warn!(dir = ?self.shared.dir, "disk space freed: appends resume");
             }
         }
         if self.shared.fsync.load(std::sync::atomic::Ordering::Acquire) {

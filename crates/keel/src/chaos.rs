@@ -24,6 +24,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const TOPIC: &str = "chaos";
+const GROUP: &str = "keel-chaos";
+const FAULTS: [&str; 7] = ["kill", "pause", "partition", "bridge", "corrupt", "slow", "disk-full"];
 
 #[derive(Subcommand, Debug)]
 pub enum ChaosCommand {
@@ -47,13 +49,19 @@ pub struct RunArgs {
     /// Partitions of the workload topic.
     #[arg(long, default_value_t = 3)]
     pub partitions: i32,
-    /// Concurrent producers.
+    /// Concurrent producers (half of their records carry keys).
     #[arg(long, default_value_t = 3)]
     pub producers: usize,
-    /// Faults to inject, comma-separated: kill, pause, partition, corrupt (stop a node,
-    /// flip a byte in or cut the tail of one of its segments, restart it), slow (delay and
-    /// drop a node's messages to and from the others).
-    #[arg(long, default_value = "kill,pause,partition,corrupt,slow")]
+    /// Members of the consumer group that reads the topic and commits offsets.
+    #[arg(long, default_value_t = 2)]
+    pub consumers: usize,
+    /// Faults to inject, comma-separated: kill (-9, then restart), pause (SIGSTOP, then
+    /// SIGCONT), partition (cut a minority of nodes off from the rest), bridge (split the
+    /// others in two, with one node still talking to both sides), corrupt (stop a node, flip
+    /// a bit in or cut the tail of one of its segments, restart it), slow (delay and drop a
+    /// node's messages to and from the others), disk-full (a node's writes fail with ENOSPC).
+    /// kill, pause and partition pick the node leading the most partitions half the time.
+    #[arg(long, default_value = "kill,pause,partition,bridge,corrupt,slow,disk-full")]
     pub faults: String,
     /// Milliseconds between the end of one fault and the start of the next.
     #[arg(long, default_value_t = 2000)]
@@ -204,8 +212,8 @@ async fn run_chaos(args: RunArgs) -> Result<()> {
         .filter(|s| !s.is_empty())
         .collect();
     for f in &faults {
-        if !["kill", "pause", "partition", "corrupt", "slow"].contains(&f.as_str()) {
-            bail!("unknown fault {f:?} (kill, pause, partition, corrupt, slow)");
+        if !FAULTS.contains(&f.as_str()) {
+            bail!("unknown fault {f:?} ({})", FAULTS.join(", "));
         }
     }
     eprintln!(
@@ -244,6 +252,24 @@ async fn run_chaos(args: RunArgs) -> Result<()> {
         stop.clone(),
         start,
     )));
+    for c in 0..args.consumers {
+        tasks.push(tokio::spawn(consumer(
+            args.producers + 1 + c,
+            bootstrap.clone(),
+            args.partitions,
+            history.clone(),
+            stop.clone(),
+            start,
+        )));
+    }
+    let leaders: Leaders = Arc::new(Mutex::new(Vec::new()));
+    tasks.push(tokio::spawn(watch_leaders(
+        bootstrap.clone(),
+        leaders.clone(),
+        history.clone(),
+        stop.clone(),
+        start,
+    )));
 
     // The nemesis: one fault at a time, chosen by the seed.
     let mut rng = StdRng::seed_from_u64(seed);
@@ -259,7 +285,13 @@ async fn run_chaos(args: RunArgs) -> Result<()> {
         };
         round += 1;
         let fault = faults[pick].clone();
-        let i = rng.random_range(0..nodes.len());
+        let ids: Vec<u64> = nodes.iter().map(|n| n.id).collect();
+        let mut i = rng.random_range(0..nodes.len());
+        if matches!(fault.as_str(), "kill" | "pause" | "partition") && rng.random_bool(0.5) {
+            if let Some(busiest) = busiest_leader(&leaders) {
+                i = nodes.iter().position(|n| n.id == busiest).unwrap_or(i);
+            }
+        }
         let hold = Duration::from_millis(rng.random_range(1000..4000));
         let t0 = now_ms(start);
         let id = nodes[i].id;
@@ -279,33 +311,50 @@ async fn run_chaos(args: RunArgs) -> Result<()> {
             "slow" => {
                 let delay = rng.random_range(5..120);
                 let drop = rng.random_range(0..300);
-                let others: Vec<String> = nodes.iter().filter(|n| n.id != id).map(|n| n.id.to_string()).collect();
                 let q = format!("delay_ms={delay}&drop_per_mille={drop}");
-                nodes[i].post(&format!("/fault/slow?peers={}&{q}", others.join(",")));
+                let others: Vec<u64> = ids.iter().copied().filter(|n| *n != id).collect();
+                nodes[i].post(&format!("/fault/slow?peers={}&{q}", join_ids(&others)));
                 for n in nodes.iter().filter(|n| n.id != id) {
                     n.post(&format!("/fault/slow?peers={id}&{q}"));
                 }
                 eprintln!("slow node {id}: {delay} ms delay, {drop}/1000 dropped");
                 tokio::time::sleep(hold).await;
-                for n in &nodes {
-                    n.post("/fault/heal");
-                }
+                heal_all(&nodes);
             }
             "pause" => {
                 nodes[i].signal("STOP");
                 tokio::time::sleep(hold).await;
                 nodes[i].signal("CONT");
             }
-            _ => {
-                let others: Vec<String> = nodes.iter().filter(|n| n.id != id).map(|n| n.id.to_string()).collect();
-                nodes[i].post(&format!("/fault/cut?peers={}", others.join(",")));
-                for n in nodes.iter().filter(|n| n.id != id) {
-                    n.post(&format!("/fault/cut?peers={id}"));
+            "disk-full" => {
+                if !nodes[i].post("/fault/disk-full") {
+                    eprintln!("node {id} did not take the disk-full fault");
                 }
                 tokio::time::sleep(hold).await;
-                for n in &nodes {
-                    n.post("/fault/heal");
-                }
+                heal_all(&nodes);
+            }
+            "bridge" => {
+                // The bridge node talks to everyone; the others split into two sides that
+                // cannot reach each other.
+                let mut others: Vec<u64> = ids.iter().copied().filter(|n| *n != id).collect();
+                shuffle(&mut others, &mut rng);
+                let (a, b) = others.split_at(others.len() / 2);
+                cut(&nodes, a, b);
+                eprintln!("bridge through node {id}: {a:?} | {b:?}");
+                tokio::time::sleep(hold).await;
+                heal_all(&nodes);
+            }
+            _ => {
+                // A minority containing the chosen node, cut off from the majority.
+                let mut others: Vec<u64> = ids.iter().copied().filter(|n| *n != id).collect();
+                shuffle(&mut others, &mut rng);
+                let extra = rng.random_range(0..=(ids.len().saturating_sub(1) / 2).saturating_sub(1));
+                let mut minority = vec![id];
+                minority.extend(others.drain(..extra));
+                cut(&nodes, &minority, &others);
+                eprintln!("partition: {minority:?} | {others:?}");
+                tokio::time::sleep(hold).await;
+                heal_all(&nodes);
             }
         }
         let t1 = now_ms(start);
@@ -334,6 +383,7 @@ async fn run_chaos(args: RunArgs) -> Result<()> {
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
     let finals = read_back(&bootstrap, args.partitions).await?;
+    final_commits(&bootstrap, args.partitions, &history, start).await?;
     let events = history.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let verdict = keel_chaos::check(&events, &finals);
 
@@ -358,12 +408,13 @@ async fn run_chaos(args: RunArgs) -> Result<()> {
         n.kill9();
     }
     let line = format!(
-        "keel chaos: seed {seed}: {} — {} acknowledged, {} failed, {} unknown, {} reads, {} anomalies, longest without an acknowledged write {} ms ({})",
+        "keel chaos: seed {seed}: {} — {} acknowledged, {} failed, {} unknown, {} reads, {} commits, {} anomalies, longest without an acknowledged write {} ms ({})",
         if verdict.valid { "VALID" } else { "INVALID" },
         verdict.acknowledged,
         verdict.failed,
         verdict.unknown,
         verdict.reads,
+        verdict.commits,
         verdict.anomalies.len(),
         verdict.longest_unavailable_ms,
         out.join("verdict.json").display()
@@ -497,13 +548,21 @@ async fn producer(
     let mut client: Option<Client> = None;
     let mut seq = 0u64;
     while !stop.load(std::sync::atomic::Ordering::Acquire) {
-        let partition = rng.random_range(0..partitions);
-        let value = format!("p{process}-{seq}");
+        // Half the records carry a key and go to their key's partition.
+        let text = format!("p{process}-{seq}");
         seq += 1;
+        let (key, partition) = if rng.random_bool(0.5) {
+            let key = format!("k{}", rng.random_range(0..64));
+            let partition = (crc32c::crc32c(key.as_bytes()) % partitions.max(1) as u32) as i32;
+            (Some(key), partition)
+        } else {
+            (None, rng.random_range(0..partitions))
+        };
+        let value = record_ident(key.as_deref().map(str::as_bytes), Some(text.as_bytes()));
         let invoke_ms = now_ms(start);
         let record = OutRecord {
-            key: None,
-            value: Some(Bytes::from(value.clone())),
+            key: key.map(Bytes::from),
+            value: Some(Bytes::from(text)),
             timestamp: 0,
         };
         let outcome = match Client::encode_batch(&[record], kafka_protocol::records::Compression::None) {
@@ -596,13 +655,7 @@ async fn reader(
             Ok(Ok((records, _))) => {
                 let records = records
                     .into_iter()
-                    .map(|r| {
-                        let v = r
-                            .value
-                            .map(|v| String::from_utf8_lossy(&v).into_owned())
-                            .unwrap_or_default();
-                        (r.offset, v)
-                    })
+                    .map(|r| (r.offset, record_ident(r.key.as_deref(), r.value.as_deref())))
                     .collect();
                 history.lock().unwrap_or_else(|e| e.into_inner()).push(Event::Read {
                     process,
@@ -614,6 +667,308 @@ async fn reader(
                 });
             }
             _ => client = None,
+        }
+    }
+}
+
+/// How the checker names a record: its value, prefixed by `key=` when it has a key, so a
+/// record whose key was lost or changed reads as one never written.
+fn record_ident(key: Option<&[u8]>, value: Option<&[u8]>) -> String {
+    let v = value.map(String::from_utf8_lossy).unwrap_or_default();
+    match key {
+        Some(k) => format!("{}={v}", String::from_utf8_lossy(k)),
+        None => v.into_owned(),
+    }
+}
+
+type Leaders = Arc<Mutex<Vec<(i32, Option<u64>)>>>;
+
+/// Samples every partition's leader from Metadata twice a second into the history (the
+/// report's leader lanes) and into `leaders` (for the nemesis to aim at).
+async fn watch_leaders(
+    bootstrap: String,
+    leaders: Leaders,
+    history: History,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    start: Instant,
+) {
+    let mut client: Option<Client> = None;
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        if client.is_none() {
+            client = Client::connect(&bootstrap).await.ok();
+        }
+        if let Some(c) = client.as_mut() {
+            match tokio::time::timeout(Duration::from_secs(2), c.metadata(Some(&[TOPIC]))).await {
+                Ok(Ok(md)) => {
+                    let mut now: Vec<(i32, Option<u64>)> = md
+                        .topics
+                        .iter()
+                        .flat_map(|t| t.partitions.iter())
+                        .map(|p| (p.partition_index, (p.leader_id.0 >= 0).then_some(p.leader_id.0 as u64)))
+                        .collect();
+                    now.sort_unstable();
+                    *leaders.lock().unwrap_or_else(|e| e.into_inner()) = now.clone();
+                    history.lock().unwrap_or_else(|e| e.into_inner()).push(Event::Leaders {
+                        at_ms: now_ms(start),
+                        leaders: now,
+                    });
+                }
+                _ => client = None,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The node that leads the most partitions in the last sample.
+fn busiest_leader(leaders: &Leaders) -> Option<u64> {
+    let l = leaders.lock().unwrap_or_else(|e| e.into_inner());
+    let mut count: BTreeMap<u64, usize> = BTreeMap::new();
+    for (_, n) in l.iter() {
+        if let Some(n) = n {
+            *count.entry(*n).or_default() += 1;
+        }
+    }
+    count.into_iter().max_by_key(|(n, c)| (*c, std::cmp::Reverse(*n))).map(|(n, _)| n)
+}
+
+fn join_ids(ids: &[u64]) -> String {
+    ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn shuffle(v: &mut [u64], rng: &mut StdRng) {
+    for i in (1..v.len()).rev() {
+        v.swap(i, rng.random_range(0..=i));
+    }
+}
+
+/// Cuts every link between side `a` and side `b` (both directions).
+fn cut(nodes: &[NodeProc], a: &[u64], b: &[u64]) {
+    if a.is_empty() || b.is_empty() {
+        return;
+    }
+    for n in nodes {
+        if a.contains(&n.id) {
+            n.post(&format!("/fault/cut?peers={}", join_ids(b)));
+        } else if b.contains(&n.id) {
+            n.post(&format!("/fault/cut?peers={}", join_ids(a)));
+        }
+    }
+}
+
+fn heal_all(nodes: &[NodeProc]) {
+    for n in nodes {
+        n.post("/fault/heal");
+    }
+}
+
+/// The kind of answer a group operation got: refused outright (the coordinator said no:
+/// nothing was written), or no answer (it may have been written).
+fn group_outcome(e: &anyhow::Error) -> Outcome {
+    match e.downcast_ref::<keel_client::KafkaError>() {
+        Some(k) if k.code != 7 => Outcome::Failed { error: e.to_string() },
+        _ => Outcome::Unknown { error: e.to_string() },
+    }
+}
+
+/// Does this error tell a member to join the group again? (ILLEGAL_GENERATION,
+/// UNKNOWN_MEMBER_ID, REBALANCE_IN_PROGRESS, FENCED_INSTANCE_ID.)
+fn must_rejoin(e: &anyhow::Error) -> Option<i16> {
+    e.downcast_ref::<keel_client::KafkaError>()
+        .map(|k| k.code)
+        .filter(|c| matches!(c, 22 | 25 | 27 | 82))
+}
+
+/// A member of the workload's consumer group: joins, reads its partitions from the
+/// committed offsets, commits its position twice a second within its generation, and
+/// joins again whenever the group rebalances. Every read, commit and committed-offset
+/// lookup goes into the history.
+async fn consumer(
+    process: usize,
+    bootstrap: String,
+    partitions: i32,
+    history: History,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    start: Instant,
+) {
+    let record = |e: Event| history.lock().unwrap_or_else(|e| e.into_inner()).push(e);
+    let all: Vec<i32> = (0..partitions).collect();
+    let mut client: Option<Client> = None;
+    let mut member_id = String::new();
+    let running = || !stop.load(std::sync::atomic::Ordering::Acquire);
+    'join: while running() {
+        if client.is_none() {
+            client = Client::connect(&bootstrap).await.ok();
+        }
+        let Some(c) = client.as_mut() else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        let joined = tokio::time::timeout(
+            Duration::from_secs(20),
+            c.join_group(GROUP, &member_id, &[TOPIC.to_string()], 6000),
+        )
+        .await;
+        let m = match joined {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
+                if must_rejoin(&e) == Some(25) {
+                    member_id.clear();
+                }
+                if must_rejoin(&e).is_none() {
+                    client = None;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            Err(_) => {
+                client = None;
+                continue;
+            }
+        };
+        member_id = m.member_id.clone();
+        let mine: Vec<i32> = m.assigned.iter().filter(|(t, _)| t == TOPIC).map(|(_, p)| *p).collect();
+        // Start from the committed offsets.
+        let invoke_ms = now_ms(start);
+        let committed = match tokio::time::timeout(Duration::from_secs(5), c.committed(GROUP, TOPIC, &all)).await {
+            Ok(Ok(v)) => v,
+            _ => {
+                client = None;
+                continue;
+            }
+        };
+        let complete_ms = now_ms(start);
+        let mut position: BTreeMap<i32, i64> = BTreeMap::new();
+        for (p, o) in &committed {
+            record(Event::Committed {
+                process,
+                group: GROUP.into(),
+                partition: *p,
+                offset: *o,
+                invoke_ms,
+                complete_ms,
+            });
+            if mine.contains(p) {
+                position.insert(*p, (*o).max(0));
+            }
+        }
+        let mut last_commit = Instant::now();
+        while running() {
+            for (p, pos) in position.iter_mut() {
+                let invoke_ms = now_ms(start);
+                match tokio::time::timeout(Duration::from_secs(5), c.fetch(TOPIC, *p, *pos, 100, 64 * 1024)).await {
+                    Ok(Ok((records, _))) => {
+                        if let Some(last) = records.last() {
+                            *pos = last.offset + 1;
+                        }
+                        let records: Vec<(i64, String)> = records
+                            .into_iter()
+                            .map(|r| (r.offset, record_ident(r.key.as_deref(), r.value.as_deref())))
+                            .collect();
+                        if !records.is_empty() {
+                            record(Event::Read {
+                                process,
+                                partition: *p,
+                                from: records[0].0,
+                                records,
+                                invoke_ms,
+                                complete_ms: now_ms(start),
+                            });
+                        }
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+            if position.is_empty() {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            if last_commit.elapsed() < Duration::from_millis(500) {
+                continue;
+            }
+            last_commit = Instant::now();
+            let offsets: Vec<(String, i32, i64)> = position.iter().map(|(p, o)| (TOPIC.to_string(), *p, *o)).collect();
+            let invoke_ms = now_ms(start);
+            let r = if offsets.is_empty() {
+                Ok(Ok(()))
+            } else {
+                tokio::time::timeout(Duration::from_secs(5), c.commit_as_member(GROUP, &m, &offsets)).await
+            };
+            let complete_ms = now_ms(start);
+            let (outcome, rejoin, reconnect) = match &r {
+                Ok(Ok(())) => (Outcome::Ok { offset: None }, false, false),
+                Ok(Err(e)) => (group_outcome(e), must_rejoin(e).is_some(), must_rejoin(e).is_none()),
+                Err(_) => (
+                    Outcome::Unknown {
+                        error: "timed out".into(),
+                    },
+                    false,
+                    true,
+                ),
+            };
+            for (_, p, o) in &offsets {
+                record(Event::Commit {
+                    process,
+                    group: GROUP.into(),
+                    generation: m.generation,
+                    partition: *p,
+                    offset: *o,
+                    invoke_ms,
+                    complete_ms,
+                    outcome: outcome.clone(),
+                });
+            }
+            if reconnect {
+                client = None;
+                continue 'join;
+            }
+            if rejoin {
+                continue 'join;
+            }
+            match tokio::time::timeout(Duration::from_secs(5), c.heartbeat(GROUP, &m)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if must_rejoin(&e).is_some() => continue 'join,
+                _ => {
+                    client = None;
+                    continue 'join;
+                }
+            }
+        }
+        if let Some(c) = client.as_mut() {
+            let _ = tokio::time::timeout(Duration::from_secs(2), c.leave_group(GROUP, &member_id)).await;
+        }
+    }
+}
+
+/// After healing: the group's committed offset of every partition, as the last word the
+/// checker holds every acknowledged commit against.
+async fn final_commits(bootstrap: &str, partitions: i32, history: &History, start: Instant) -> Result<()> {
+    let all: Vec<i32> = (0..partitions).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let invoke_ms = now_ms(start);
+        let attempt = async {
+            let mut c = Client::connect(bootstrap).await?;
+            c.committed(GROUP, TOPIC, &all).await
+        };
+        match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+            Ok(Ok(v)) => {
+                let complete_ms = now_ms(start);
+                let mut h = history.lock().unwrap_or_else(|e| e.into_inner());
+                for (p, o) in v {
+                    h.push(Event::Committed {
+                        process: usize::MAX,
+                        group: GROUP.into(),
+                        partition: p,
+                        offset: o,
+                        invoke_ms,
+                        complete_ms,
+                    });
+                }
+                return Ok(());
+            }
+            Ok(Err(e)) if Instant::now() > deadline => return Err(e.context("reading the group's committed offsets")),
+            Err(_) if Instant::now() > deadline => bail!("timed out reading the group's committed offsets"),
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
 }
@@ -635,11 +990,7 @@ async fn read_back(bootstrap: &str, partitions: i32) -> Result<BTreeMap<i32, Vec
                     let Some(last) = batch.last() else { break };
                     pos = last.offset + 1;
                     for r in batch {
-                        let v = r
-                            .value
-                            .map(|v| String::from_utf8_lossy(&v).into_owned())
-                            .unwrap_or_default();
-                        records.push((r.offset, v));
+                        records.push((r.offset, record_ident(r.key.as_deref(), r.value.as_deref())));
                     }
                 }
                 anyhow::Ok(records)
