@@ -239,10 +239,22 @@ impl Client {
         partitions: i32,
         configs: &[(String, String)],
     ) -> Result<CreateTopicsResponse> {
+        self.create_topic_replicated(name, partitions, -1, configs).await
+    }
+
+    /// Creates a topic with `replication_factor` replicas per partition (-1: the broker's
+    /// default).
+    pub async fn create_topic_replicated(
+        &mut self,
+        name: &str,
+        partitions: i32,
+        replication_factor: i16,
+        configs: &[(String, String)],
+    ) -> Result<CreateTopicsResponse> {
         let topic = CreatableTopic::default()
             .with_name(TopicName(StrBytes::from_string(name.to_string())))
             .with_num_partitions(partitions)
-            .with_replication_factor(-1)
+            .with_replication_factor(replication_factor)
             .with_configs(
                 configs
                     .iter()
@@ -259,6 +271,27 @@ impl Client {
                 .with_timeout_ms(30_000),
         )
         .await
+    }
+
+    /// Grows `name` to `count` partitions (CreatePartitions); a Kafka error comes back as a
+    /// [`KafkaError`].
+    pub async fn create_partitions(&mut self, name: &str, count: i32) -> Result<()> {
+        let req = CreatePartitionsRequest::default()
+            .with_topics(vec![create_partitions_request::CreatePartitionsTopic::default()
+                .with_name(TopicName(StrBytes::from_string(name.to_string())))
+                .with_count(count)])
+            .with_timeout_ms(30_000);
+        let resp = self.call(&req).await?;
+        for r in resp.results {
+            if r.error_code != 0 {
+                return Err(kafka_err(
+                    format!("CreatePartitions {name}"),
+                    r.error_code,
+                    r.error_message.map(|m| format!(": {m}")).unwrap_or_default(),
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub async fn delete_topic(&mut self, name: &str) -> Result<DeleteTopicsResponse> {

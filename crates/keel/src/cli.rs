@@ -22,6 +22,9 @@ pub enum TopicCommand {
         name: String,
         #[arg(long, short = 'p', default_value_t = 1)]
         partitions: i32,
+        /// Replicas per partition [default: the broker's default_replication_factor].
+        #[arg(long, short = 'r', default_value_t = -1)]
+        replication_factor: i16,
         /// Topic config as name=value (repeatable), e.g. retention.ms=86400000.
         #[arg(long = "config", short = 'c')]
         configs: Vec<String>,
@@ -45,13 +48,28 @@ pub enum TopicCommand {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Grow a topic to more partitions (existing records stay where they are).
+    AddPartitions {
+        name: String,
+        /// The new total number of partitions.
+        #[arg(long, short = 'p')]
+        partitions: i32,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 pub async fn topic(cmd: TopicCommand) -> Result<()> {
     match cmd {
+        TopicCommand::AddPartitions { name, partitions, conn } => {
+            let mut c = Client::connect(&conn.bootstrap).await?;
+            c.create_partitions(&name, partitions).await?;
+            println!("topic {name} now has {partitions} partitions");
+        }
         TopicCommand::Create {
             name,
             partitions,
+            replication_factor,
             configs,
             conn,
         } => {
@@ -64,7 +82,9 @@ pub async fn topic(cmd: TopicCommand) -> Result<()> {
                 })
                 .collect::<Result<Vec<_>>>()?;
             let mut c = Client::connect(&conn.bootstrap).await?;
-            let r = c.create_topic(&name, partitions, &configs).await?;
+            let r = c
+                .create_topic_replicated(&name, partitions, replication_factor, &configs)
+                .await?;
             let t = r.topics.first().ok_or_else(|| anyhow!("empty response"))?;
             if t.error_code != 0 {
                 bail!(
