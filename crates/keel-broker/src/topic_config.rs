@@ -21,13 +21,18 @@ pub struct TopicSettings {
     pub fsync: FsyncPolicy,
     pub timestamp_type: TimestampType,
     pub message_bytes_max: usize,
+    /// cleanup.policy includes compact: every record must have a key. (Keel keeps every
+    /// record of such a topic: it does not compact yet.)
+    pub compacted: bool,
 }
 
 /// Config names Keel accepts on a topic, with a one-line description each.
 pub const TOPIC_CONFIGS: &[(&str, &str)] = &[
     (
         "cleanup.policy",
-        "delete: whole segments are removed by retention (compaction is not supported)",
+        "delete, compact or delete,compact. delete: retention removes whole segments. compact: \
+         records must have keys; Keel does not compact yet, so every record is kept (which \
+         meets Kafka's compaction guarantees, at the cost of space)",
     ),
     (
         "compression.type",
@@ -103,11 +108,22 @@ pub fn settings(broker: &BrokerConfig, overrides: &BTreeMap<String, String>) -> 
         fsync: broker.fsync,
         timestamp_type: TimestampType::CreateTime,
         message_bytes_max: broker.message_bytes_max,
+        compacted: false,
     };
+    let mut compact_only = false;
     for (name, v) in overrides {
         match name.as_str() {
-            "cleanup.policy" if v == "delete" => {}
-            "cleanup.policy" => return Err(format!("cleanup.policy={v:?} is not supported (only delete)")),
+            "cleanup.policy" => {
+                let mut policies: Vec<&str> = v.split(',').map(str::trim).collect();
+                policies.sort_unstable();
+                policies.dedup();
+                match policies.as_slice() {
+                    ["delete"] => {}
+                    ["compact"] | ["compact", "delete"] => s.compacted = true,
+                    _ => return Err(format!("cleanup.policy={v:?} (delete, compact or delete,compact)")),
+                }
+                compact_only = !policies.contains(&"delete");
+            }
             "compression.type" if v == "producer" => {}
             "compression.type" => {
                 return Err(format!(
@@ -152,6 +168,11 @@ pub fn settings(broker: &BrokerConfig, overrides: &BTreeMap<String, String>) -> 
             "keel.fsync.policy" => s.fsync = v.parse()?,
             other => return Err(format!("unknown topic config {other:?}")),
         }
+    }
+    // Retention does not delete from a topic that is only compacted.
+    if compact_only {
+        s.log.retention_ms = None;
+        s.log.retention_bytes = None;
     }
     s.log.validate()?;
     Ok(s)
@@ -198,7 +219,7 @@ mod tests {
         for (k, v) in [
             ("nope", "1"),
             ("segment.bytes", "10"),
-            ("cleanup.policy", "compact"),
+            ("cleanup.policy", "shred"),
             ("retention.ms", "x"),
         ] {
             let o: BTreeMap<String, String> = [(k.to_string(), v.to_string())].into_iter().collect();
@@ -206,6 +227,25 @@ mod tests {
         }
         let d = describe(&b, &o);
         assert_eq!(d.len(), TOPIC_CONFIGS.len());
+    }
+
+    /// cleanup.policy: delete, compact, or both in either order; compact asks for keys.
+    #[test]
+    fn cleanup_policies() {
+        let b = BrokerConfig::default();
+        for (v, compacted) in [
+            ("delete", false),
+            ("compact", true),
+            ("delete,compact", true),
+            ("compact, delete", true),
+        ] {
+            let o: BTreeMap<String, String> = [("cleanup.policy".to_string(), v.to_string())].into_iter().collect();
+            assert_eq!(settings(&b, &o).unwrap().compacted, compacted, "{v}");
+        }
+        for v in ["", "compact,shred", "none"] {
+            let o: BTreeMap<String, String> = [("cleanup.policy".to_string(), v.to_string())].into_iter().collect();
+            assert!(settings(&b, &o).is_err(), "{v:?} accepted");
+        }
     }
 
     /// Topic names follow Kafka's rules.

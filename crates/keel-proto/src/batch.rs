@@ -325,6 +325,56 @@ pub fn encode_batch(
     Ok(buf.freeze())
 }
 
+/// Indexes (within the batch) of the records that have no key. A compacted topic keeps the
+/// last record of each key, so it refuses keyless records. Compressed batches are inflated
+/// to at most `inflated_max` bytes; a batch that inflates further is refused as corrupt.
+pub fn keyless_records(batch: &Bytes, inflated_max: usize) -> Result<Vec<i32>, ProtoError> {
+    use kafka_protocol::records::{Compression, RecordBatchDecoder};
+    let inflate = |src: &mut Bytes, c: Compression| -> anyhow::Result<Bytes> {
+        use bytes::Buf;
+        use std::io::Read;
+        let limit = inflated_max as u64 + 1;
+        let mut out = Vec::new();
+        let src = std::mem::take(src);
+        match c {
+            Compression::None => return Ok(src),
+            Compression::Gzip => {
+                flate2::read::GzDecoder::new(src.reader())
+                    .take(limit)
+                    .read_to_end(&mut out)?;
+            }
+            Compression::Lz4 => {
+                lz4::Decoder::new(src.reader())?.take(limit).read_to_end(&mut out)?;
+            }
+            Compression::Zstd => {
+                zstd::stream::read::Decoder::new(src.reader())?
+                    .take(limit)
+                    .read_to_end(&mut out)?;
+            }
+            Compression::Snappy => {
+                // Snappy cannot expand more than about 32 times what it was given.
+                use kafka_protocol::compression::{Decompressor, Snappy};
+                let mut src = src;
+                out = Snappy::decompress(&mut src, |b: &mut Bytes| Ok(b.to_vec()))?;
+            }
+        }
+        if out.len() > inflated_max {
+            anyhow::bail!("batch inflates past {inflated_max} bytes");
+        }
+        Ok(Bytes::from(out))
+    };
+    let mut buf = batch.clone();
+    let set = RecordBatchDecoder::decode_with_custom_compression(&mut buf, Some(inflate))
+        .map_err(|e| ProtoError::CorruptBatch(format!("{e:#}")))?;
+    Ok(set
+        .records
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.key.is_none())
+        .map(|(i, _)| i as i32)
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,5 +470,26 @@ mod tests {
         let h = validate_batch(&v).unwrap();
         assert!(h.is_log_append_time());
         assert_eq!((h.base_offset, h.max_timestamp, h.last_offset()), (1000, 42, 1003));
+    }
+
+    /// Keyless records are found by index in plain and compressed batches; a compressed
+    /// batch that inflates past the limit is refused rather than inflated.
+    #[test]
+    fn keyless_records_are_found_and_inflation_is_bounded() {
+        let records: Vec<NewRecord> = (0..4)
+            .map(|i| NewRecord {
+                key: (i % 2 == 1).then(|| Bytes::from_static(b"k")),
+                value: Some(Bytes::from(vec![0u8; 100_000])),
+                timestamp: 1,
+            })
+            .collect();
+        for c in [Compression::None, Compression::Gzip, Compression::Zstd, Compression::Lz4, Compression::Snappy] {
+            let b = encode_batch(&records, c).unwrap();
+            assert_eq!(keyless_records(&b, 1 << 20).unwrap(), vec![0, 2], "{c:?}");
+            if c != Compression::None {
+                assert!(b.len() < 50_000, "{c:?} did not compress");
+                assert!(keyless_records(&b, 200_000).is_err(), "{c:?} inflated past the limit");
+            }
+        }
     }
 }

@@ -421,6 +421,38 @@ async fn timestamps_and_offsets_for_times() {
     assert_eq!(r.elements()[0].offset(), Offset::End, "no record that late");
 }
 
+/// A compacted topic refuses keyless records with INVALID_RECORD (plain and compressed
+/// batches alike) and takes keyed ones; it keeps every record, tombstones included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compacted_topic_takes_only_keyed_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = Keel::start(dir.path(), &[]);
+    create_topic(&k, "kv", 1, &[("cleanup.policy", "compact")]).await;
+    for codec in ["none", "gzip", "zstd", "lz4", "snappy"] {
+        let p = producer(&k, codec);
+        let keyless = p
+            .send(FutureRecord::<(), _>::to("kv").payload("no key"), Duration::from_secs(10))
+            .await;
+        let err = keyless.expect_err("a keyless record was accepted").0;
+        assert_eq!(
+            err.rdkafka_error_code(),
+            Some(rdkafka::types::RDKafkaErrorCode::InvalidRecord),
+            "{codec}: {err}"
+        );
+        p.send(FutureRecord::to("kv").key("a").payload(codec), Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("{codec}: keyed record refused: {:?}", e.0));
+    }
+    let p = producer(&k, "none");
+    p.send(FutureRecord::<_, ()>::to("kv").key("a"), Duration::from_secs(10))
+        .await
+        .expect("tombstone refused");
+    let got = consume_all(&k, "kv", 1, 6);
+    let values: Vec<&str> = got.iter().map(|g| g.3.as_str()).collect();
+    assert_eq!(values, ["none", "gzip", "zstd", "lz4", "snappy", ""]);
+    assert!(got.iter().all(|g| g.2 == "a"));
+}
+
 fn chrono_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

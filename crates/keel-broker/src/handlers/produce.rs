@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::produce_response::{
+    BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
+};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
 use kafka_protocol::ResponseError;
 use keel_proto::batch;
@@ -35,6 +37,35 @@ fn ok(index: i32, a: &Appended) -> PartitionProduceResponse {
     p.log_append_time_ms = a.log_append_time;
     p.log_start_offset = a.log_start_offset;
     p
+}
+
+/// Most bytes a compressed batch may inflate to when its records must be looked at.
+const INFLATED_BATCH_MAX: usize = 64 << 20;
+
+/// A compacted topic takes only records with keys. Returns the refusal (INVALID_RECORD,
+/// naming each keyless record by its index in the batch, as Kafka does) when a batch
+/// holds one.
+fn keyless(topic: &str, index: i32, batches: &[(batch::BatchHeader, bytes::Bytes)]) -> Option<PartitionProduceResponse> {
+    for (_, bytes) in batches {
+        let bad = match batch::keyless_records(bytes, INFLATED_BATCH_MAX) {
+            Ok(bad) if bad.is_empty() => continue,
+            Ok(bad) => bad,
+            Err(e) => return Some(failed(index, e.error_code(), Some(e.to_string()))),
+        };
+        let message = format!("Compacted topic cannot accept message without key in topic partition {topic}-{index}.");
+        let mut p = failed(index, ResponseError::InvalidRecord.code(), Some(message.clone()));
+        p.record_errors = bad
+            .into_iter()
+            .map(|i| {
+                let mut e = BatchIndexAndErrorMessage::default();
+                e.batch_index = i;
+                e.batch_index_error_message = Some(s(message.clone()));
+                e
+            })
+            .collect();
+        return Some(p);
+    }
+    None
 }
 
 /// One partition's replication in flight: where its answer goes and what it carries.
@@ -111,6 +142,12 @@ pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, _v: i16) -> Option<Pro
                     Some("transactional batches are not supported".into()),
                 ));
                 continue;
+            }
+            if part.settings().compacted {
+                if let Some(refused) = keyless(&name, index, &batches) {
+                    tr.partition_responses.push(refused);
+                    continue;
+                }
             }
             let count: i64 = batches.iter().map(|(h, _)| h.record_count as i64).sum();
             let bytes: usize = batches.iter().map(|(_, b)| b.len()).sum();
