@@ -50,6 +50,10 @@ pub const TOPIC_CONFIGS: &[(&str, &str)] = &[
     ("segment.ms", "roll the active segment at this age"),
     ("max.message.bytes", "largest record batch accepted"),
     ("message.timestamp.type", "CreateTime or LogAppendTime"),
+    (
+        "message.format.version",
+        "accepted and ignored, as Kafka 3.0 and later do (KIP-724): batches are kept in format v2",
+    ),
     ("min.insync.replicas", "replicas that must have a write for acks=all"),
     (
         "keel.fsync.policy",
@@ -73,6 +77,7 @@ pub fn describe(broker: &BrokerConfig, overrides: &BTreeMap<String, String>) -> 
         ("segment.ms", broker.log.segment_ms.to_string()),
         ("max.message.bytes", broker.message_bytes_max.to_string()),
         ("message.timestamp.type", "CreateTime".to_string()),
+        ("message.format.version", "3.0-IV1".to_string()),
         ("min.insync.replicas", "1".to_string()),
         ("keel.fsync.policy", broker.fsync.as_str().to_string()),
     ]
@@ -166,6 +171,13 @@ pub fn settings(broker: &BrokerConfig, overrides: &BTreeMap<String, String>) -> 
                 }
             }
             "keel.fsync.policy" => s.fsync = v.parse()?,
+            // A Kafka version such as 0.10.0, 2.8-IV1 or 3.0-IV1.
+            "message.format.version" => {
+                let ok = v.split(['.', '-']).next().is_some_and(|major| major.parse::<u32>().is_ok());
+                if !ok {
+                    return Err(format!("message.format.version={v:?} is not a Kafka version"));
+                }
+            }
             other => return Err(format!("unknown topic config {other:?}")),
         }
     }
@@ -212,6 +224,7 @@ mod tests {
         o.insert("retention.ms".to_string(), "-1".to_string());
         o.insert("message.timestamp.type".to_string(), "LogAppendTime".to_string());
         o.insert("keel.fsync.policy".to_string(), "never".to_string());
+        o.insert("message.format.version".to_string(), "0.10.0.0".to_string());
         let s = settings(&b, &o).unwrap();
         assert_eq!(s.log.retention_ms, None);
         assert_eq!(s.timestamp_type, TimestampType::LogAppendTime);
@@ -220,6 +233,7 @@ mod tests {
             ("nope", "1"),
             ("segment.bytes", "10"),
             ("cleanup.policy", "shred"),
+            ("message.format.version", "latest"),
             ("retention.ms", "x"),
         ] {
             let o: BTreeMap<String, String> = [(k.to_string(), v.to_string())].into_iter().collect();
