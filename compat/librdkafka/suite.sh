@@ -49,11 +49,13 @@ fi
 WORK="$(mktemp -d /tmp/keel-rdk.XXXXXX)"
 PID=""
 AUTO_CREATE=true
+KEEL_EXTRA=""      # more `keel serve` flags for a scenario
+CLIENT_EXTRA=""    # more test.conf lines for a scenario
 start_keel() {
     [[ -n "${PID}" ]] && { kill -9 "${PID}"; wait "${PID}"; } 2>/dev/null
     : > "${WORK}/stdout"
     "${KEEL}" serve --data-dir "${WORK}/data" --kafka-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
-        --default-partitions 4 --auto-create-topics "${AUTO_CREATE}" >"${WORK}/stdout" 2>>"${WORK}/stderr" &
+        --default-partitions 4 --auto-create-topics "${AUTO_CREATE}" ${KEEL_EXTRA} >"${WORK}/stdout" 2>>"${WORK}/stderr" &
     PID=$!
     # A restart reopens every partition the suite created so far: allow it time.
     for _ in $(seq 1 1200); do
@@ -61,7 +63,7 @@ start_keel() {
         sleep 0.1
     done
     BOOTSTRAP="$(sed -nE 's/.*kafka=([^ ]+).*/\1/p' "${WORK}/stdout" | tail -1)"
-    printf 'bootstrap.servers=%s\n' "${BOOTSTRAP}" > "${SRC_DIR}/tests/test.conf"
+    printf 'bootstrap.servers=%s\n%s' "${BOOTSTRAP}" "${CLIENT_EXTRA}" > "${SRC_DIR}/tests/test.conf"
 }
 trap '[[ -n "${PID}" ]] && { kill -9 "${PID}"; wait "${PID}"; } 2>/dev/null; rm -rf "${WORK}"' EXIT
 export LD_LIBRARY_PATH="${SRC_DIR}/src:${SRC_DIR}/src-cpp"
@@ -70,9 +72,10 @@ declare -A STATUS SECS
 # Runs the broker tests with the given numbers in one scenario. Tests are selected by
 # number: every broker test sharing a number runs together (-L leaves out the local ones)
 # and each gets its own row in the runner's summary. A "skipped" row never replaces a
-# result another scenario produced.
+# result another scenario produced. The first argument is the runner's scenario, or
+# scenario:label to run it against a differently configured Keel under another name.
 run_numbers() {
-    local scenario="$1" only="$2"; shift 2
+    local scenario="${1%%:*}" label="${1##*:}" only="$2"; shift 2
     local n t rc start secs rows row status tsecs
     for n in "$@"; do
         n="${n:0:4}"
@@ -85,11 +88,11 @@ run_numbers() {
         # through `keel topic` (the tests that run it need no ZooKeeper or JVM here).
         (cd "${SRC_DIR}/tests" && TESTS="${n}" KAFKA_PATH="${HERE}/kafka" ZK_ADDRESS="${BOOTSTRAP}" \
             BROKERS="${BOOTSTRAP}" KEEL_BIN="${KEEL}" timeout "${TIMEOUT_S}" ./test-runner -p1 -E -L -s "${scenario}" \
-            >"${LOGS}/${n}-${scenario}.log" 2>&1)
+            >"${LOGS}/${n}-${label}.log" 2>&1)
         rc=$?
         secs=$(( $(date +%s) - start ))
         # Judge each row of the runner's summary (| name | STATUS | seconds |).
-        rows="$(sed 's/\x1b\[[0-9;]*m//g' "${LOGS}/${n}-${scenario}.log" | grep -E '^\| [0-9]{4}_' | tr -d '|' | awk '{print $1, $2, $3}')"
+        rows="$(sed 's/\x1b\[[0-9;]*m//g' "${LOGS}/${n}-${label}.log" | grep -E '^\| [0-9]{4}_' | tr -d '|' | awk '{print $1, $2, $3}')"
         for t in $(grep "^${n}" "${HERE}/broker_tests.txt" | grep -E "${only}"); do
             row="$(awk -v t="${t}" '$1 == t' <<<"${rows}")"
             status="$(awk '{print tolower($2)}' <<<"${row}")"
@@ -101,7 +104,7 @@ run_numbers() {
             fi
             if [[ "${status}" == skipped && -n "${STATUS[$t]:-}" ]]; then continue; fi
             STATUS[$t]="${status}"; SECS[$t]="${tsecs}"
-            echo "${status^^} ${t} [${scenario}] (${tsecs}s)"
+            echo "${status^^} ${t} [${label}] (${tsecs}s)"
         done
     done
 }
@@ -121,6 +124,15 @@ if [[ -n "${NOAUTO}" ]]; then
     AUTO_CREATE=false; start_keel
     echo "keel restarted without topic auto-creation at ${BOOTSTRAP}"
     run_numbers noautocreate "${NOAUTO_TESTS}" ${NOAUTO}
+fi
+# Tests of SASL authentication, against a Keel that requires SASL/PLAIN.
+if grep -qw 0135 <<<"${NUMBERS}"; then
+    printf '[sasl_plain_users]\nsuite = "suite-secret"\n' > "${WORK}/sasl.toml"
+    AUTO_CREATE=true; KEEL_EXTRA="--config ${WORK}/sasl.toml"
+    CLIENT_EXTRA="$(printf 'security.protocol=SASL_PLAINTEXT\nsasl.mechanism=PLAIN\nsasl.username=suite\nsasl.password=suite-secret\n')"
+    start_keel
+    echo "keel restarted with SASL/PLAIN at ${BOOTSTRAP}"
+    run_numbers default:sasl '^0135_sasl_credentials$' 0135
 fi
 
 : > "${RESULTS}"

@@ -108,6 +108,10 @@ pub struct BrokerConfig {
     /// Serve `POST /fault/cut` and `/fault/heal` on the HTTP listener, which cut this node's
     /// links to other nodes (for chaos tests). Never enable in production.
     pub fault_injection: bool,
+    /// SASL/PLAIN users and their passwords. When any is set, every Kafka connection must
+    /// authenticate (SaslHandshake, SaslAuthenticate) before any request but ApiVersions.
+    /// PLAIN sends the password as it is: use it on trusted networks (TLS is not built yet).
+    pub sasl_plain_users: std::collections::BTreeMap<String, String>,
     /// Default log settings of partitions.
     pub log: LogConfig,
 }
@@ -144,6 +148,7 @@ impl Default for BrokerConfig {
             raft_heartbeat_ms: 50,
             raft_election_timeout_ms: 150,
             fault_injection: false,
+            sasl_plain_users: Default::default(),
             log: LogConfig::default(),
         }
     }
@@ -168,6 +173,9 @@ impl BrokerConfig {
 
     pub fn validate(&self) -> Result<(), String> {
         self.log.validate()?;
+        if self.sasl_plain_users.keys().any(|u| u.is_empty() || u.contains('\0')) {
+            return Err("sasl_plain_users: a user name is empty or holds a NUL byte".into());
+        }
         if self.default_partitions < 1 {
             return Err("default_partitions must be at least 1".into());
         }

@@ -24,6 +24,8 @@ pub enum Outcome {
     NoResponse,
     /// Close the connection, logging the reason.
     Close(String),
+    /// Send this response, then close the connection (a failed authentication).
+    RespondThenClose(BytesMut, String),
 }
 
 macro_rules! route {
@@ -44,13 +46,19 @@ fn respond<T: kafka_protocol::protocol::Encodable>(api: ApiKey, v: i16, corr: i3
     }
 }
 
-/// Handles one request frame from an unknown peer.
+/// Handles one request frame from an unknown peer, on a connection of its own.
 pub async fn handle(b: &Arc<Broker>, frame: Bytes) -> Outcome {
-    handle_from(b, frame, None).await
+    let mut session = handlers::sasl::Session::new(&b.config.sasl_plain_users);
+    handle_from(b, frame, None, &mut session).await
 }
 
-/// Handles one request frame from `peer`.
-pub async fn handle_from(b: &Arc<Broker>, frame: Bytes, peer: Option<std::net::SocketAddr>) -> Outcome {
+/// Handles one request frame from `peer` on a connection in state `session`.
+pub async fn handle_from(
+    b: &Arc<Broker>,
+    frame: Bytes,
+    peer: Option<std::net::SocketAddr>,
+    session: &mut handlers::sasl::Session,
+) -> Outcome {
     let prefix = match peek_prefix(&frame) {
         Ok(p) => p,
         Err(e) => return Outcome::Close(e.to_string()),
@@ -74,8 +82,38 @@ pub async fn handle_from(b: &Arc<Broker>, frame: Bytes, peer: Option<std::net::S
         Ok(h) => h,
         Err(e) => return Outcome::Close(e.to_string()),
     };
+    if !session.authenticated && !matches!(api, ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate) {
+        return Outcome::Close(format!("{api:?} request before SASL authentication"));
+    }
     let started = Instant::now();
     let out = match api {
+        ApiKey::SaslHandshake => {
+            let req: SaslHandshakeRequest = match decode_body(&mut body, v) {
+                Ok(r) => r,
+                Err(e) => return Outcome::Close(format!("SaslHandshake v{v}: {e}")),
+            };
+            let resp = handlers::sasl::handshake(&b.config.sasl_plain_users, session, req);
+            respond(api, v, corr, &resp)
+        }
+        ApiKey::SaslAuthenticate => {
+            let req: SaslAuthenticateRequest = match decode_body(&mut body, v) {
+                Ok(r) => r,
+                Err(e) => return Outcome::Close(format!("SaslAuthenticate v{v}: {e}")),
+            };
+            let (resp, close) = handlers::sasl::authenticate(&b.config.sasl_plain_users, session, req);
+            if resp.error_code == 0 {
+                tracing::info!(peer = ?peer, user = session.user.as_deref().unwrap_or(""), "SASL/PLAIN authenticated");
+            } else {
+                b.metrics.sasl_failures.inc();
+            }
+            match (respond(api, v, corr, &resp), close) {
+                (Outcome::Respond(buf), true) => Outcome::RespondThenClose(
+                    buf,
+                    resp.error_message.map(|m| m.to_string()).unwrap_or_default(),
+                ),
+                (out, _) => out,
+            }
+        }
         ApiKey::ApiVersions => route!(
             b,
             body,

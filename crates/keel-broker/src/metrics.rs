@@ -56,6 +56,7 @@ pub struct Metrics {
     pub connections: Gauge,
     pub connections_refused: Counter,
     pub malformed_requests: Counter,
+    pub sasl_failures: Counter,
     pub partitions: Gauge,
     pub topics: Gauge,
     pub log_size_bytes: Family<PartitionLabels, Gauge>,
@@ -100,6 +101,7 @@ impl Metrics {
             connections: Gauge::default(),
             connections_refused: Counter::default(),
             malformed_requests: Counter::default(),
+            sasl_failures: Counter::default(),
             partitions: Gauge::default(),
             topics: Gauge::default(),
             log_size_bytes: Family::default(),
@@ -152,6 +154,11 @@ impl Metrics {
             "malformed_requests",
             "Requests that could not be decoded (connection closed)",
             m.malformed_requests.clone(),
+        );
+        registry.register(
+            "sasl_authentication_failures",
+            "SASL authentications refused (connection closed)",
+            m.sasl_failures.clone(),
         );
         registry.register("partitions", "Partitions hosted", m.partitions.clone());
         registry.register("topics", "Topics hosted", m.topics.clone());

@@ -92,6 +92,7 @@ async fn serve_connection(
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let mut wr = BufWriter::with_capacity(64 * 1024, wr);
     let max = b.config.request_bytes_max;
+    let mut session = crate::handlers::sasl::Session::new(&b.config.sasl_plain_users);
     loop {
         let len = tokio::select! {
             biased;
@@ -126,7 +127,7 @@ async fn serve_connection(
             }
         }
         b.metrics.bytes_in.inc_by(len as u64 + 4);
-        match dispatch::handle_from(b, buf.freeze(), Some(peer)).await {
+        match dispatch::handle_from(b, buf.freeze(), Some(peer), &mut session).await {
             Outcome::Respond(resp) => {
                 b.metrics.bytes_out.inc_by(resp.len() as u64);
                 if wr.write_all(&resp).await.is_err() || wr.flush().await.is_err() {
@@ -134,6 +135,12 @@ async fn serve_connection(
                 }
             }
             Outcome::NoResponse => {}
+            Outcome::RespondThenClose(resp, reason) => {
+                warn!(%peer, %reason, "closing connection");
+                let _ = wr.write_all(&resp).await;
+                let _ = wr.flush().await;
+                break;
+            }
             Outcome::Close(reason) => {
                 b.metrics.malformed_requests.inc();
                 warn!(%peer, %reason, "closing connection");

@@ -46,6 +46,10 @@ pub const SUPPORTED: &[Supported] = &[
     s(ApiKey::OffsetDelete, 0, 0),
     s(ApiKey::AlterConfigs, 0, 2),
     s(ApiKey::IncrementalAlterConfigs, 0, 1),
+    // v0 of SaslHandshake hands the connection to raw SASL tokens; only v1 (tokens inside
+    // SaslAuthenticate) is served.
+    s(ApiKey::SaslHandshake, 1, 1),
+    s(ApiKey::SaslAuthenticate, 0, 2),
 ];
 
 /// The advertised range for `api_key`, if Keel serves it.
