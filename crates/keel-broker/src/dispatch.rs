@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::*;
 use keel_proto::codec::{decode_body, encode_response};
 use keel_proto::header::{decode_header, peek_prefix};
@@ -124,6 +124,23 @@ pub async fn handle_from(
             handlers::api_versions::handle
         ),
         ApiKey::Metadata => route!(b, body, api, v, corr, MetadataRequest, handlers::metadata::handle),
+        ApiKey::Produce if v < keel_proto::versions::PRODUCE_DECODE_MIN => {
+            let req = match keel_proto::legacy::decode_produce(&mut body) {
+                Ok(r) => r,
+                Err(e) => return Outcome::Close(format!("Produce v{v}: {e}")),
+            };
+            match handlers::produce::handle_legacy(b, req).await {
+                Some(answers) => {
+                    let mut buf = BytesMut::new();
+                    buf.put_i32(0);
+                    buf.put_i32(corr);
+                    buf.extend_from_slice(&keel_proto::legacy::encode_produce_response(v, &answers));
+                    keel_proto::codec::patch_len(&mut buf);
+                    Outcome::Respond(buf)
+                }
+                None => Outcome::NoResponse,
+            }
+        }
         ApiKey::Produce => {
             let req: ProduceRequest = match decode_body(&mut body, v) {
                 Ok(r) => r,

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Encodable, Request, StrBytes};
 use keel_broker::dispatch::{handle, Outcome};
@@ -193,6 +193,40 @@ fn seeds() -> Vec<Bytes> {
         ]),
         3,
     ));
+    // Produce v0-2 with a legacy message set (format v1), decoded by hand, not by the
+    // message crate.
+    for v in [0i16, 2] {
+        let mut body = BytesMut::new();
+        body.put_i8(1); // magic
+        body.put_i8(0); // attributes
+        body.put_i64(5); // timestamp
+        body.put_i32(1);
+        body.put_slice(b"k");
+        body.put_i32(5);
+        body.put_slice(b"value");
+        let mut set = BytesMut::new();
+        set.put_i64(0);
+        set.put_i32(body.len() as i32 + 4);
+        set.put_u32(crc32fast::hash(&body));
+        set.put_slice(&body);
+        let header = RequestHeader::default()
+            .with_request_api_key(0)
+            .with_request_api_version(v)
+            .with_correlation_id(1)
+            .with_client_id(Some(StrBytes::from_static_str("fuzz")));
+        let mut buf = BytesMut::new();
+        header.encode(&mut buf, 1).unwrap();
+        buf.put_i16(1);
+        buf.put_i32(1000);
+        buf.put_i32(1);
+        buf.put_i16(2);
+        buf.put_slice(b"fz");
+        buf.put_i32(1);
+        buf.put_i32(0);
+        buf.put_i32(set.len() as i32);
+        buf.put_slice(&set);
+        out.push(buf.freeze());
+    }
     out
 }
 

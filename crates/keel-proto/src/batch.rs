@@ -17,6 +17,7 @@
 //! count is bounded instead.
 
 use bytes::{Buf, Bytes};
+use kafka_protocol::records::Compression;
 
 use crate::ProtoError;
 
@@ -325,44 +326,47 @@ pub fn encode_batch(
     Ok(buf.freeze())
 }
 
+/// Decompresses `src` (compressed with `c`) to at most `inflated_max` bytes; larger output
+/// is refused without being produced (Snappy, which cannot expand more than about 32
+/// times, is checked after).
+pub(crate) fn inflate(src: Bytes, c: Compression, inflated_max: usize) -> anyhow::Result<Bytes> {
+    use bytes::Buf;
+    use std::io::Read;
+    let limit = inflated_max as u64 + 1;
+    let mut out = Vec::new();
+    match c {
+        Compression::None => return Ok(src),
+        Compression::Gzip => {
+            flate2::read::GzDecoder::new(src.reader())
+                .take(limit)
+                .read_to_end(&mut out)?;
+        }
+        Compression::Lz4 => {
+            lz4::Decoder::new(src.reader())?.take(limit).read_to_end(&mut out)?;
+        }
+        Compression::Zstd => {
+            zstd::stream::read::Decoder::new(src.reader())?
+                .take(limit)
+                .read_to_end(&mut out)?;
+        }
+        Compression::Snappy => {
+            use kafka_protocol::compression::{Decompressor, Snappy};
+            let mut src = src;
+            out = Snappy::decompress(&mut src, |b: &mut Bytes| Ok(b.to_vec()))?;
+        }
+    }
+    if out.len() > inflated_max {
+        anyhow::bail!("batch inflates past {inflated_max} bytes");
+    }
+    Ok(Bytes::from(out))
+}
+
 /// Indexes (within the batch) of the records that have no key. A compacted topic keeps the
 /// last record of each key, so it refuses keyless records. Compressed batches are inflated
 /// to at most `inflated_max` bytes; a batch that inflates further is refused as corrupt.
 pub fn keyless_records(batch: &Bytes, inflated_max: usize) -> Result<Vec<i32>, ProtoError> {
-    use kafka_protocol::records::{Compression, RecordBatchDecoder};
-    let inflate = |src: &mut Bytes, c: Compression| -> anyhow::Result<Bytes> {
-        use bytes::Buf;
-        use std::io::Read;
-        let limit = inflated_max as u64 + 1;
-        let mut out = Vec::new();
-        let src = std::mem::take(src);
-        match c {
-            Compression::None => return Ok(src),
-            Compression::Gzip => {
-                flate2::read::GzDecoder::new(src.reader())
-                    .take(limit)
-                    .read_to_end(&mut out)?;
-            }
-            Compression::Lz4 => {
-                lz4::Decoder::new(src.reader())?.take(limit).read_to_end(&mut out)?;
-            }
-            Compression::Zstd => {
-                zstd::stream::read::Decoder::new(src.reader())?
-                    .take(limit)
-                    .read_to_end(&mut out)?;
-            }
-            Compression::Snappy => {
-                // Snappy cannot expand more than about 32 times what it was given.
-                use kafka_protocol::compression::{Decompressor, Snappy};
-                let mut src = src;
-                out = Snappy::decompress(&mut src, |b: &mut Bytes| Ok(b.to_vec()))?;
-            }
-        }
-        if out.len() > inflated_max {
-            anyhow::bail!("batch inflates past {inflated_max} bytes");
-        }
-        Ok(Bytes::from(out))
-    };
+    use kafka_protocol::records::RecordBatchDecoder;
+    let inflate = |src: &mut Bytes, c: Compression| inflate(std::mem::take(src), c, inflated_max);
     let mut buf = batch.clone();
     let set = RecordBatchDecoder::decode_with_custom_compression(&mut buf, Some(inflate))
         .map_err(|e| ProtoError::CorruptBatch(format!("{e:#}")))?;

@@ -21,6 +21,7 @@ pub mod batch;
 pub mod codec;
 pub mod frame;
 pub mod header;
+pub mod legacy;
 pub mod versions;
 
 pub use kafka_protocol;

@@ -10,17 +10,16 @@ pub struct Supported {
     pub max: i16,
 }
 
-/// The lowest Produce version Keel decodes. Versions 0-2 carry the pre-0.11 message
-/// format, which Keel does not store.
+/// The lowest Produce version the message crate decodes; versions 0-2 (the pre-0.11
+/// message format) are decoded and converted by [`crate::legacy`].
 pub const PRODUCE_DECODE_MIN: i16 = 3;
 
 const fn s(key: ApiKey, min: i16, max: i16) -> Supported {
     Supported { key, min, max }
 }
 
-/// Every API Keel serves. Produce advertises a minimum of 0 although only v3+ is served:
-/// librdkafka before 2.x only compresses with gzip/snappy/lz4 when the broker lists
-/// Produce v0, and every client that lists v3+ picks the highest common version anyway.
+/// Every API Keel serves. Produce v0-2 carry the pre-0.11 message format, which is
+/// converted to v2 batches on the way in (see [`crate::legacy`]).
 pub const SUPPORTED: &[Supported] = &[
     s(ApiKey::Produce, 0, 9),
     s(ApiKey::Fetch, 4, 12),
@@ -60,7 +59,6 @@ pub fn supported(api_key: i16) -> Option<Supported> {
 /// Whether a request of this key and version can be decoded and served.
 pub fn is_servable(api_key: i16, version: i16) -> bool {
     match supported(api_key) {
-        Some(s) if s.key == ApiKey::Produce => (PRODUCE_DECODE_MIN..=s.max).contains(&version),
         Some(s) => (s.min..=s.max).contains(&version),
         None => false,
     }
@@ -85,10 +83,11 @@ mod tests {
         assert_eq!(ProduceRequest::VERSIONS.min, PRODUCE_DECODE_MIN);
     }
 
-    /// Produce v0-2 is listed but refused, Fetch below 4 is neither.
+    /// Produce v0-2 are served (converted), Fetch below 4 is not.
     #[test]
     fn servable_ranges() {
-        assert!(!is_servable(0, 2));
+        assert!(is_servable(0, 0));
+        assert!(is_servable(0, 2));
         assert!(is_servable(0, 3));
         assert!(!is_servable(1, 3));
         assert!(is_servable(18, 3));

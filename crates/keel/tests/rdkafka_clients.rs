@@ -453,6 +453,54 @@ async fn a_compacted_topic_takes_only_keyed_records() {
     assert!(got.iter().all(|g| g.2 == "a"));
 }
 
+/// A producer told the broker is old (no ApiVersions) sends Produce v1 with message format
+/// v0, or v2 with format v1, plain or gzip-compressed: Keel converts the message sets to v2
+/// batches, and a current consumer reads every record with its key, value and timestamp.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_message_formats_are_converted_on_produce() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = Keel::start(dir.path(), &[]);
+    create_topic(&k, "old", 1, &[]).await;
+    let mut expected = Vec::new();
+    for (fallback, codec) in [("0.9.0", "none"), ("0.9.0", "gzip"), ("0.10.0", "none"), ("0.10.0", "gzip")] {
+        let p: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &k.kafka)
+            .set("api.version.request", "false")
+            .set("broker.version.fallback", fallback)
+            .set("enable.idempotence", "false")
+            .set("compression.codec", codec)
+            .set("linger.ms", "20")
+            .set("message.timeout.ms", "20000")
+            .create()
+            .unwrap();
+        // Enqueued together, so that linger.ms packs them into shared message sets.
+        let mut deliveries = Vec::new();
+        for i in 0..20 {
+            let value = format!("{fallback}-{codec}-{i}");
+            expected.push((format!("k{i}"), value.clone(), fallback == "0.10.0"));
+            let key = format!("k{i}");
+            let record = FutureRecord::to("old").key(&key).payload(&value).timestamp(5_000 + i);
+            deliveries.push(p.send_result(record).map_err(|e| e.0).expect("enqueue"));
+        }
+        for d in deliveries {
+            d.await
+                .expect("delivery dropped")
+                .unwrap_or_else(|e| panic!("{fallback}/{codec}: produce failed: {:?}", e.0));
+        }
+    }
+    let got = consume_all(&k, "old", 1, expected.len());
+    assert_eq!(got.len(), expected.len());
+    for ((key, value, has_ts), g) in expected.iter().zip(&got) {
+        assert_eq!((&g.2, &g.3), (key, value));
+        // Format v0 has no timestamps; format v1 keeps the producer's.
+        if *has_ts {
+            assert!((5_000..5_020).contains(&g.4), "{value}: timestamp {}", g.4);
+        } else {
+            assert!(g.4 < 0, "{value}: timestamp {}", g.4);
+        }
+    }
+}
+
 fn sasl_client(k: &Keel, user: &str, password: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &k.kafka)

@@ -8,7 +8,8 @@ use std::time::Duration;
 use kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
 };
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse};
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::ResponseError;
 use keel_proto::batch;
 use tracing::warn;
@@ -66,6 +67,78 @@ fn keyless(topic: &str, index: i32, batches: &[(batch::BatchHeader, bytes::Bytes
         return Some(p);
     }
     None
+}
+
+/// Produce v0-2: each partition's legacy message set becomes one v2 batch (see
+/// `keel_proto::legacy`), then the request is served as a v3 one; a set that cannot be
+/// converted gets its error code. Returns (topic, answers) in the request's order, or
+/// `None` for acks=0.
+pub async fn handle_legacy(
+    b: &Arc<Broker>,
+    req: keel_proto::legacy::ProduceV0,
+) -> Option<Vec<(String, Vec<keel_proto::legacy::PartitionAnswer>)>> {
+    use keel_proto::legacy::{upconvert, PartitionAnswer};
+    let mut refused: std::collections::HashMap<(String, i32), i16> = Default::default();
+    let mut topic_data = Vec::new();
+    for (name, parts) in &req.topics {
+        let mut partition_data = Vec::new();
+        for (index, set) in parts {
+            match upconvert(set, INFLATED_BATCH_MAX) {
+                Ok(batch) => {
+                    let mut pd = PartitionProduceData::default();
+                    pd.index = *index;
+                    pd.records = Some(batch);
+                    partition_data.push(pd);
+                }
+                Err(e) => {
+                    warn!(topic = %name, partition = index, error = %e, "legacy produce refused");
+                    refused.insert((name.clone(), *index), e.error_code());
+                }
+            }
+        }
+        let mut td = TopicProduceData::default();
+        td.name = TopicName(s(name.clone()));
+        td.partition_data = partition_data;
+        topic_data.push(td);
+    }
+    let mut v3 = ProduceRequest::default();
+    v3.acks = req.acks;
+    v3.timeout_ms = req.timeout_ms;
+    v3.topic_data = topic_data;
+    let resp = handle(b, v3, 3).await?;
+    let answered: std::collections::HashMap<(String, i32), &PartitionProduceResponse> = resp
+        .responses
+        .iter()
+        .flat_map(|t| t.partition_responses.iter().map(move |p| ((t.name.0.to_string(), p.index), p)))
+        .collect();
+    Some(
+        req.topics
+            .iter()
+            .map(|(name, parts)| {
+                let answers = parts
+                    .iter()
+                    .map(|(index, _)| {
+                        let key = (name.clone(), *index);
+                        match (refused.get(&key), answered.get(&key)) {
+                            (None, Some(p)) => PartitionAnswer {
+                                partition: *index,
+                                error_code: p.error_code,
+                                base_offset: p.base_offset,
+                                log_append_time: p.log_append_time_ms,
+                            },
+                            (code, _) => PartitionAnswer {
+                                partition: *index,
+                                error_code: code.copied().unwrap_or(ResponseError::UnknownServerError.code()),
+                                base_offset: -1,
+                                log_append_time: -1,
+                            },
+                        }
+                    })
+                    .collect();
+                (name.clone(), answers)
+            })
+            .collect(),
+    )
 }
 
 /// One partition's replication in flight: where its answer goes and what it carries.
