@@ -353,7 +353,11 @@ impl Topics {
         partitions: i32,
         configs: BTreeMap<String, String>,
     ) -> Result<Arc<Topic>, AdminError> {
-        self.create_checked(name, partitions, None, None, configs, false, true)
+        // Every node holds a replica of each internal partition: a node's group
+        // coordinator works on its own replica of __consumer_offsets (and takes over
+        // coordination when that replica becomes the leader).
+        let everyone = self.node_ids().len();
+        self.create_checked(name, partitions, Some(everyone), None, configs, false, true)
             .await
     }
 

@@ -55,6 +55,10 @@ const KIND_PING: u8 = 5;
 /// alive.
 const PING_INTERVAL: Duration = Duration::from_millis(200);
 const ALIVE_WITHIN: Duration = Duration::from_millis(1500);
+/// Every this many pings carries the groups the sender leads (see [`Transport::reported_leader`]).
+const LEADERS_EVERY_PINGS: u64 = 3;
+/// Most groups one leadership report names.
+const LEADERS_REPORT_MAX: usize = 100_000;
 const KIND_RESPONSE: u8 = 0x80;
 const KIND_ERROR: u8 = 0xFF;
 
@@ -110,7 +114,48 @@ pub struct Transport {
     next_request: AtomicU64,
     /// When each peer was last heard from (a request or an answer).
     heard: Mutex<HashMap<NodeId, std::time::Instant>>,
+    /// The groups each peer said it leads, with their terms, and when it said so.
+    reported: Mutex<HashMap<NodeId, (std::time::Instant, HashMap<String, u64>)>>,
     me: std::sync::Weak<Transport>,
+}
+
+/// A leadership report: count, then (name length, name, term) per group.
+fn encode_leaders(led: &[(String, u64)]) -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_u32(led.len() as u32);
+    for (name, term) in led {
+        let name = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
+        b.put_u16(name.len() as u16);
+        b.put_slice(name);
+        b.put_u64(*term);
+    }
+    b.freeze()
+}
+
+fn decode_leaders(body: &[u8]) -> Result<HashMap<String, u64>, TransportError> {
+    let bad = || TransportError::Codec("bad leadership report".into());
+    let mut b = body;
+    if b.remaining() < 4 {
+        return Err(bad());
+    }
+    let n = b.get_u32() as usize;
+    if n > LEADERS_REPORT_MAX || n > b.remaining() / 10 {
+        return Err(bad());
+    }
+    let mut out = HashMap::with_capacity(n);
+    for _ in 0..n {
+        if b.remaining() < 2 {
+            return Err(bad());
+        }
+        let len = b.get_u16() as usize;
+        if b.remaining() < len + 8 {
+            return Err(bad());
+        }
+        let name = std::str::from_utf8(&b[..len]).map_err(|_| bad())?.to_string();
+        b.advance(len);
+        out.insert(name, b.get_u64());
+    }
+    Ok(out)
 }
 
 fn encode_frame(kind: u8, request: u64, from: NodeId, group: &str, body: &[u8]) -> Result<Bytes, TransportError> {
@@ -197,6 +242,7 @@ impl Transport {
             slow: RwLock::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             heard: Mutex::new(HashMap::new()),
+            reported: Mutex::new(HashMap::new()),
         })
     }
 
@@ -229,9 +275,16 @@ impl Transport {
     pub fn start_pings(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
+            let mut round = 0u64;
             loop {
                 tokio::time::sleep(PING_INTERVAL).await;
                 let Some(t) = weak.upgrade() else { return };
+                round += 1;
+                let body = if round % LEADERS_EVERY_PINGS == 0 {
+                    encode_leaders(&t.led_groups())
+                } else {
+                    Bytes::new()
+                };
                 let peers: Vec<NodeId> = t
                     .peers
                     .read()
@@ -242,8 +295,9 @@ impl Transport {
                     .collect();
                 for p in peers {
                     let t = t.clone();
+                    let body = body.clone();
                     tokio::spawn(async move {
-                        let _ = t.call(p, KIND_PING, "", &[], ALIVE_WITHIN).await;
+                        let _ = t.call(p, KIND_PING, "", &body, ALIVE_WITHIN).await;
                     });
                 }
             }
@@ -252,6 +306,36 @@ impl Transport {
 
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// The groups this node leads, with their terms.
+    fn led_groups(&self) -> Vec<(String, u64)> {
+        self.groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(|(name, (raft, _))| {
+                let m = raft.metrics();
+                let m = m.borrow();
+                (m.state == openraft::ServerState::Leader && m.current_leader == Some(self.id))
+                    .then(|| (name.clone(), m.current_term))
+            })
+            .take(LEADERS_REPORT_MAX)
+            .collect()
+    }
+
+    /// The leader of `group` and its term as the nodes that lead groups report it in their
+    /// pings: for a node that hosts no replica of the group (Metadata must still name its
+    /// leader). Only reports from nodes alive now and made within the last few pings count;
+    /// the highest term wins.
+    pub fn reported_leader(&self, group: &str) -> Option<(NodeId, u64)> {
+        let fresh = PING_INTERVAL * (LEADERS_EVERY_PINGS as u32) * 2 + PING_INTERVAL;
+        let reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
+        reported
+            .iter()
+            .filter(|(node, (at, _))| at.elapsed() <= fresh && self.is_alive(**node))
+            .filter_map(|(node, (_, led))| led.get(group).map(|term| (*node, *term)))
+            .max_by_key(|(_, term)| *term)
     }
 
     /// Where `node`'s transport listens.
@@ -385,6 +469,13 @@ impl Transport {
     async fn handle(&self, f: &Frame) -> Result<Bytes, String> {
         let e = |e: TransportError| e.to_string();
         if f.kind == KIND_PING {
+            if !f.body.is_empty() {
+                let led = decode_leaders(&f.body).map_err(|e| e.to_string())?;
+                self.reported
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(f.from, (std::time::Instant::now(), led));
+            }
             return Ok(Bytes::new());
         }
         if f.kind == KIND_APP {

@@ -436,3 +436,74 @@ async fn isolated_leader_acknowledges_nothing_and_the_majority_carries_on() {
     }
     assert_eq!(got.len(), acked.len());
 }
+
+/// On four nodes with a replication factor of 2, every node hosts only some partitions:
+/// each node's Metadata still names the leader of every partition (as the leaders report
+/// themselves), all four agree, every node runs (each holds `__consumer_offsets`), and a
+/// librdkafka producer bootstrapped from one node writes to every partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_names_the_leaders_of_partitions_it_does_not_host() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(root.path(), 4, &[]);
+    let bs = bootstrap(&nodes);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &bs)
+        .create()
+        .expect("admin");
+    let r = admin
+        .create_topics(
+            &[NewTopic::new("spread", 8, TopicReplication::Fixed(2))],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("create_topics");
+    assert!(r[0].is_ok(), "{:?}", r[0]);
+
+    // Each node alone answers Metadata for all eight partitions with the same leaders.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let views = loop {
+        let mut views = Vec::new();
+        for k in &nodes {
+            let mut c = keel_client::Client::connect(&k.kafka).await.expect("connect");
+            let md = c.metadata(Some(&["spread"])).await.expect("metadata");
+            let t = md.topics.first().expect("topic");
+            let mut leaders: Vec<(i32, i32, Vec<i32>)> = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    (
+                        p.partition_index,
+                        p.leader_id.0,
+                        p.replica_nodes.iter().map(|n| n.0).collect(),
+                    )
+                })
+                .collect();
+            leaders.sort();
+            views.push(leaders);
+        }
+        let complete = views
+            .iter()
+            .all(|v| v.len() == 8 && v.iter().all(|(_, leader, replicas)| replicas.contains(leader)));
+        if complete && views.iter().all(|v| v == &views[0]) {
+            break views;
+        }
+        assert!(Instant::now() < deadline, "nodes disagree or miss leaders: {views:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    for (p, _, replicas) in &views[0] {
+        assert_eq!(replicas.len(), 2, "partition {p}: {replicas:?}");
+    }
+    // Some node hosts fewer than all partitions, so the check above was not vacuous.
+    let hosted_by_1 = views[0].iter().filter(|(_, _, r)| r.contains(&1)).count();
+    assert!(hosted_by_1 < 8);
+
+    let p = producer(&nodes[0].kafka);
+    for partition in 0..8 {
+        p.send(
+            FutureRecord::<(), _>::to("spread").partition(partition).payload("x"),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("partition {partition}: {:?}", e.0));
+    }
+}

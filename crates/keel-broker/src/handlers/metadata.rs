@@ -1,6 +1,7 @@
 //! Metadata: the cluster's nodes, and the requested topics (auto-creating them when the
 //! client allows it and the broker is configured to) with each partition's leader, leader
-//! epoch (its Raft term), replicas and in-sync replicas as this node's replicas see them.
+//! epoch (its Raft term), replicas and in-sync replicas as this node's replicas see them;
+//! for partitions this node hosts no replica of, as their leaders report themselves.
 
 use std::sync::Arc;
 
@@ -35,7 +36,20 @@ pub(crate) fn topic_entry(b: &Broker, t: &Topic, ops: bool) -> MetadataResponseT
             p.partition_index = i;
             p.replica_nodes = replicas.clone();
             let alive = |n: &u64| b.controller.transport.is_alive(*n);
-            match t.partition(i).map(|part| partition_view(&part)) {
+            let view = match t.partition(i) {
+                Some(part) => Some(partition_view(&part)),
+                // Not hosted here: the leader as it reports itself in its pings.
+                None => b
+                    .controller
+                    .transport
+                    .reported_leader(&crate::partition::group_name(&meta.name, i))
+                    .map(|(leader, term)| PartitionView {
+                        leader: Some(leader),
+                        epoch: term.min(i32::MAX as u64) as i32,
+                        in_sync: None,
+                    }),
+            };
+            match view {
                 Some(view) if view.leader.as_ref().map(alive).unwrap_or(false) => {
                     p.leader_id = BrokerId(view.leader.map(|l| l as i32).unwrap_or(-1));
                     p.leader_epoch = view.epoch;
