@@ -115,19 +115,26 @@ pub struct Transport {
     /// When each peer was last heard from (a request or an answer).
     heard: Mutex<HashMap<NodeId, std::time::Instant>>,
     /// The groups each peer said it leads, with their terms, and when it said so.
-    reported: Mutex<HashMap<NodeId, (std::time::Instant, HashMap<String, u64>)>>,
+    reported: Mutex<HashMap<NodeId, LeadershipReport>>,
     me: std::sync::Weak<Transport>,
 }
 
+/// When a peer last reported the groups it leads, and their terms.
+type LeadershipReport = (std::time::Instant, HashMap<String, u64>);
+
 /// A leadership report: count, then (name length, name, term) per group.
 fn encode_leaders(led: &[(String, u64)]) -> Bytes {
+    // Group names are topic/partition, far below u16::MAX bytes; a longer one is left out.
+    let led: Vec<(u16, &str, u64)> = led
+        .iter()
+        .filter_map(|(name, term)| Some((u16::try_from(name.len()).ok()?, name.as_str(), *term)))
+        .collect();
     let mut b = BytesMut::new();
     b.put_u32(led.len() as u32);
-    for (name, term) in led {
-        let name = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
-        b.put_u16(name.len() as u16);
-        b.put_slice(name);
-        b.put_u64(*term);
+    for (len, name, term) in led {
+        b.put_u16(len);
+        b.put_slice(name.as_bytes());
+        b.put_u64(term);
     }
     b.freeze()
 }
@@ -151,7 +158,9 @@ fn decode_leaders(body: &[u8]) -> Result<HashMap<String, u64>, TransportError> {
         if b.remaining() < len + 8 {
             return Err(bad());
         }
-        let name = std::str::from_utf8(&b[..len]).map_err(|_| bad())?.to_string();
+        let name = std::str::from_utf8(b.get(..len).ok_or_else(bad)?)
+            .map_err(|_| bad())?
+            .to_string();
         b.advance(len);
         out.insert(name, b.get_u64());
     }
@@ -280,7 +289,7 @@ impl Transport {
                 tokio::time::sleep(PING_INTERVAL).await;
                 let Some(t) = weak.upgrade() else { return };
                 round += 1;
-                let body = if round % LEADERS_EVERY_PINGS == 0 {
+                let body = if round.is_multiple_of(LEADERS_EVERY_PINGS) {
                     encode_leaders(&t.led_groups())
                 } else {
                     Bytes::new()
