@@ -815,3 +815,23 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
         openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(200)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Leadership reports round-trip; truncated or inflated ones are refused.
+    #[test]
+    fn leadership_reports_round_trip_and_bad_ones_are_refused() {
+        let led = vec![("orders/0".to_string(), 7), ("orders/3".to_string(), 2)];
+        let b = encode_leaders(&led);
+        let back = decode_leaders(&b).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back["orders/0"], 7);
+        assert_eq!(back["orders/3"], 2);
+        assert!(decode_leaders(&b[..b.len() - 1]).is_err());
+        assert!(decode_leaders(&[0xff, 0xff, 0xff, 0xff]).is_err());
+        assert!(decode_leaders(&[]).is_err());
+        assert!(decode_leaders(&encode_leaders(&[])).unwrap().is_empty());
+    }
+}
