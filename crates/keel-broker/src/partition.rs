@@ -95,6 +95,32 @@ pub struct Partition {
     metrics: Arc<Metrics>,
 }
 
+/// How much of a write must be in place before it is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acks {
+    /// acks=0: handed to the leader's log.
+    None,
+    /// acks=1: durable in the leader's own log (not yet committed: a leader that dies
+    /// before replicating it can lose it).
+    Leader,
+    /// acks=all: durable on a majority of replicas, committed.
+    All,
+}
+
+impl Acks {
+    /// From the Produce request's acks field (0, 1 or -1).
+    pub fn from_kafka(acks: i16) -> Acks {
+        match acks {
+            0 => Acks::None,
+            1 => Acks::Leader,
+            _ => Acks::All,
+        }
+    }
+}
+
+/// A proposal in flight; resolves to the base offset the log gave it.
+type ProposalFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<i64, ProposeError>> + Send>>;
+
 /// Result of an append.
 #[derive(Debug, Clone, Copy)]
 pub struct Appended {
@@ -268,9 +294,17 @@ impl Partition {
         self.metrics.log_size(&self.topic, self.index).set(size as i64);
     }
 
-    /// Validates and replicates `batches`; with `wait`, returns once they are committed
-    /// (acks=1 and acks=all), otherwise once they are handed to the leader's log (acks=0).
+    /// Validates and replicates `batches`; with `wait`, returns once they are committed,
+    /// otherwise once they are handed to the leader's log.
     pub async fn append(&self, batches: Vec<(BatchHeader, Bytes)>, wait: bool) -> Result<Appended, PartitionError> {
+        self.append_acks(batches, if wait { Acks::All } else { Acks::None }).await
+    }
+
+    /// Validates and replicates `batches`, returning when `acks` says: at once (acks=0),
+    /// once the leader's own log has them durably (acks=1), or once a majority of replicas
+    /// has them durably and they are committed (acks=all).
+    pub async fn append_acks(&self, batches: Vec<(BatchHeader, Bytes)>, acks: Acks) -> Result<Appended, PartitionError> {
+        let wait = acks != Acks::None;
         if self.closed.load(Ordering::Acquire) {
             return Err(PartitionError::Deleted);
         }
@@ -291,6 +325,12 @@ impl Partition {
                     "fsync failed".into(),
                 )));
             }
+            return Err(PartitionError::NotLeader);
+        }
+        // acks=1 does not wait for the majority, so it asks for recent word from one: a
+        // leader cut off from its majority stops acknowledging within an election timeout
+        // instead of acknowledging writes the new leader will never have.
+        if acks == Acks::Leader && !self.group.is_serving_leader() {
             return Err(PartitionError::NotLeader);
         }
         let now = keel_log::disk::now_ms();
@@ -336,7 +376,13 @@ impl Partition {
                 } else {
                     bytes.clone()
                 };
-                let fut = self.group.propose_start(payload).await.map_err(propose_error)?;
+                let fut: ProposalFuture = if acks == Acks::Leader {
+                    let f = self.group.propose_start_local(payload).await.map_err(propose_error)?;
+                    Box::pin(async move { f.await.map(|p| p.base_offset) })
+                } else {
+                    let f = self.group.propose_start(payload).await.map_err(propose_error)?;
+                    Box::pin(async move { f.await.map(|a| a.base_offset) })
+                };
                 if first.is_none() {
                     first = Some(Err(waits.len() as i64));
                 }
@@ -362,9 +408,9 @@ impl Partition {
         let mut failure = None;
         for (i, w) in waits.into_iter().enumerate() {
             match w.await {
-                Ok(a) => {
+                Ok(base) => {
                     if first.as_ref().err() == Some(&(i as i64)) {
-                        base_offset = Some(a.base_offset);
+                        base_offset = Some(base);
                     }
                 }
                 Err(e) => {

@@ -13,7 +13,7 @@ use tracing::info;
 
 use crate::store::{LogStorage, Shared, StateMachine};
 use crate::transport::Transport;
-use crate::{Applied, Apply, EntryFormat, Node, NodeId, Payload, Raft, RaftMetrics};
+use crate::{Applied, Apply, EntryFormat, Node, NodeId, Payload, Placed, Raft, RaftMetrics};
 
 /// Timing and durability of a group.
 #[derive(Debug, Clone)]
@@ -145,7 +145,7 @@ impl Group {
 
     /// Replicates `payload`; returns once a majority has it durably and it is applied here.
     pub async fn propose(&self, payload: Bytes) -> Result<Applied, ProposeError> {
-        match self.raft.client_write(Payload(payload)).await {
+        match self.raft.client_write(Payload(payload, None)).await {
             Ok(resp) => Ok(resp.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ProposeError::NotLeader(f.leader_id)),
             Err(e) => Err(ProposeError::Failed(e.to_string())),
@@ -160,7 +160,7 @@ impl Group {
     ) -> Result<impl std::future::Future<Output = Result<Applied, ProposeError>>, ProposeError> {
         let rx = self
             .raft
-            .client_write_ff(Payload(payload))
+            .client_write_ff(Payload(payload, None))
             .await
             .map_err(|e| ProposeError::Failed(e.to_string()))?;
         Ok(async move {
@@ -170,6 +170,49 @@ impl Group {
                 Ok(Err(e)) => Err(ProposeError::Failed(e.to_string())),
                 Err(_) => Err(ProposeError::Failed("the group stopped before answering".into())),
             }
+        })
+    }
+
+    /// As [`Group::propose_start`], but the returned future resolves as soon as this
+    /// leader's own log has the entry durably (acks=1), with where it was placed; or when the
+    /// entry is committed, whichever comes first. The entry is not visible to readers until
+    /// it is committed, and a leader that fails before replicating it may lose it.
+    pub async fn propose_start_local(
+        &self,
+        payload: Bytes,
+    ) -> Result<impl std::future::Future<Output = Result<Placed, ProposeError>>, ProposeError> {
+        let shared = self.shared.clone();
+        let (ticket, local) = shared.local_ack_ticket();
+        let rx = match self.raft.client_write_ff(Payload(payload, Some(ticket))).await {
+            Ok(rx) => rx,
+            Err(e) => {
+                shared.forget_ticket(ticket);
+                return Err(ProposeError::Failed(e.to_string()));
+            }
+        };
+        Ok(async move {
+            let committed = async move {
+                match rx.await {
+                    Ok(Ok(resp)) => Ok(Placed {
+                        index: resp.data.index,
+                        base_offset: resp.data.base_offset,
+                    }),
+                    Ok(Err(ClientWriteError::ForwardToLeader(f))) => Err(ProposeError::NotLeader(f.leader_id)),
+                    Ok(Err(e)) => Err(ProposeError::Failed(e.to_string())),
+                    Err(_) => Err(ProposeError::Failed("the group stopped before answering".into())),
+                }
+            };
+            tokio::pin!(committed);
+            let out = tokio::select! {
+                placed = local => match placed {
+                    Ok(p) => Ok(p),
+                    // The store dropped the ticket (a failed append): the commit tells why.
+                    Err(_) => committed.await,
+                },
+                c = &mut committed => c,
+            };
+            shared.forget_ticket(ticket);
+            out
         })
     }
 

@@ -33,9 +33,18 @@ pub type NodeId = u64;
 pub type Node = openraft::BasicNode;
 
 /// What is proposed and replicated: a Kafka record batch for a partition group, an
-/// encoded command for the controller group.
+/// encoded command for the controller group. The second field, never replicated or
+/// stored, is the leader's local-acknowledgement ticket (acks=1): the log store reports
+/// the entry's position under it once the leader's own copy is durable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Payload(pub Bytes);
+pub struct Payload(pub Bytes, #[serde(skip)] pub Option<u64>);
+
+/// Where the leader's log put an entry: its log index and first offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    pub index: u64,
+    pub base_offset: i64,
+}
 
 /// What applying an entry returns to its proposer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

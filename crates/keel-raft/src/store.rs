@@ -21,6 +21,7 @@
 //! `raft-purged.json` (fsynced; where the log was purged), `raft-applied.json` (written
 //! about once a second without fsync: a stale one only makes a restart re-apply more).
 
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
@@ -36,11 +37,12 @@ use openraft::{
     AnyError, CommittedLeaderId, EntryPayload, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageIOError,
 };
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, warn};
 
 use crate::{
-    Applied, Apply, EntryFormat, LogId, Membership, Payload, SnapshotBody, StorageError, StoredMembership, TypeConfig,
+    Applied, Apply, EntryFormat, LogId, Membership, Payload, Placed, SnapshotBody, StorageError, StoredMembership,
+    TypeConfig,
     Vote,
 };
 
@@ -86,6 +88,10 @@ pub struct Shared {
     /// An append is waiting for disk space: the group's Raft core is held in the append
     /// until it succeeds, so this replica neither acknowledges nor leads meanwhile.
     write_stalled: std::sync::atomic::AtomicBool,
+    /// Proposers waiting for the leader's own copy of an entry to be durable (acks=1),
+    /// by ticket.
+    local_acks: Mutex<HashMap<u64, oneshot::Sender<Placed>>>,
+    next_ticket: std::sync::atomic::AtomicU64,
 }
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
@@ -207,6 +213,8 @@ impl Shared {
             applied: watch::Sender::new(applied),
             applied_persisted_at: Mutex::new(Instant::now()),
             write_stalled: std::sync::atomic::AtomicBool::new(false),
+            local_acks: Mutex::new(HashMap::new()),
+            next_ticket: std::sync::atomic::AtomicU64::new(1),
         });
         Ok(shared)
     }
@@ -217,6 +225,33 @@ impl Shared {
     }
 
     /// Whether appends are fsynced before they count (a topic's flush policy can change).
+    /// A ticket to put in a proposal's [`Payload`]: the receiver gets the entry's position
+    /// once the leader's log has it durably (or is dropped if the append fails).
+    pub fn local_ack_ticket(&self) -> (u64, oneshot::Receiver<Placed>) {
+        let ticket = self.next_ticket.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.local_acks.lock().unwrap_or_else(|e| e.into_inner()).insert(ticket, tx);
+        (ticket, rx)
+    }
+
+    /// Stops waiting on `ticket` (its proposal was refused or already committed).
+    pub fn forget_ticket(&self, ticket: u64) {
+        self.local_acks.lock().unwrap_or_else(|e| e.into_inner()).remove(&ticket);
+    }
+
+    /// The entries under these tickets are durable here: tell their proposers.
+    fn locally_durable(&self, placed: Vec<(u64, Placed)>) {
+        if placed.is_empty() {
+            return;
+        }
+        let mut acks = self.local_acks.lock().unwrap_or_else(|e| e.into_inner());
+        for (ticket, p) in placed {
+            if let Some(tx) = acks.remove(&ticket) {
+                let _ = tx.send(p);
+            }
+        }
+    }
+
     /// Is an append waiting for disk space?
     pub fn write_stalled(&self) -> bool {
         self.write_stalled.load(std::sync::atomic::Ordering::Acquire)
@@ -282,7 +317,7 @@ impl Shared {
                 EntryKind::Membership,
                 Bytes::from(serde_json::to_vec(m).map_err(|e| e.to_string())?),
             ),
-            EntryPayload::Normal(Payload(bytes)) => match self.format {
+            EntryPayload::Normal(Payload(bytes, _)) => match self.format {
                 EntryFormat::KafkaBatches => {
                     let h = BatchHeader::parse(bytes).map_err(|e| e.to_string())?;
                     let count = u32::try_from(h.record_count).map_err(|_| "negative record count".to_string())?;
@@ -299,7 +334,7 @@ impl Shared {
 
     fn from_log_entry(e: Entry) -> Result<openraft::Entry<TypeConfig>, String> {
         let payload = match e.kind {
-            EntryKind::Data => EntryPayload::Normal(Payload(e.payload)),
+            EntryKind::Data => EntryPayload::Normal(Payload(e.payload, None)),
             EntryKind::Blank => EntryPayload::Blank,
             EntryKind::Membership => {
                 let m: Membership = serde_json::from_slice(&e.payload).map_err(|err| err.to_string())?;
@@ -382,7 +417,7 @@ fn bounds(range: &impl RangeBounds<u64>) -> (u64, u64) {
 /// openraft's log storage for one group.
 pub struct LogStorage {
     shared: Arc<Shared>,
-    flusher: mpsc::UnboundedSender<LogFlushed<TypeConfig>>,
+    flusher: mpsc::UnboundedSender<FlushRequest>,
 }
 
 impl LogStorage {
@@ -394,12 +429,21 @@ impl LogStorage {
     }
 }
 
+/// An append waiting for the fsync: openraft's callback, and the (ticket, position) of each
+/// entry a proposer waits on locally (acks=1).
+type FlushRequest = (LogFlushed<TypeConfig>, Vec<(u64, Placed)>);
+
 /// Fsyncs once for every append queued since the last fsync, then reports them durable.
-async fn flusher(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<LogFlushed<TypeConfig>>) {
-    while let Some(first) = rx.recv().await {
+async fn flusher(
+    shared: Arc<Shared>,
+    mut rx: mpsc::UnboundedReceiver<FlushRequest>,
+) {
+    while let Some((first, placed)) = rx.recv().await {
         let mut waiting = vec![first];
-        while let Ok(cb) = rx.try_recv() {
+        let mut placed = placed;
+        while let Ok((cb, more)) = rx.try_recv() {
             waiting.push(cb);
+            placed.extend(more);
         }
         let handle = shared.log().sync_handle();
         let started = Instant::now();
@@ -415,6 +459,8 @@ async fn flusher(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<LogFlushed
         if let Err(reason) = &result {
             error!(%reason, "replicated log poisoned");
             shared.log().poison(reason.clone());
+        } else {
+            shared.locally_durable(placed);
         }
         for cb in waiting {
             cb.log_io_completed(result.clone().map_err(io::Error::other));
@@ -496,6 +542,7 @@ impl RaftLogStorage<TypeConfig> for LogStorage {
         I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
+        let mut placed = Vec::new();
         for e in entries {
             // A full disk is waited out: the append is retried (it left the log as it was)
             // until space is freed. Any other failure is fatal to this replica's group.
@@ -504,10 +551,21 @@ impl RaftLogStorage<TypeConfig> for LogStorage {
                 let r = {
                     let mut log = self.shared.log();
                     let entry = self.shared.to_log_entry(&e, log.next_offset()).map_err(storage_err)?;
-                    log.append(&entry)
+                    log.append(&entry).map(|()| entry.offset)
                 };
                 match r {
-                    Ok(()) => break,
+                    Ok(base_offset) => {
+                        if let EntryPayload::Normal(Payload(_, Some(ticket))) = &e.payload {
+                            placed.push((
+                                *ticket,
+                                Placed {
+                                    index: e.log_id.index,
+                                    base_offset,
+                                },
+                            ));
+                        }
+                        break;
+                    }
                     Err(err) if err.is_disk_full() => {
                         if !self.shared.write_stalled.swap(true, std::sync::atomic::Ordering::AcqRel) {
                             warn!(dir = ?self.shared.dir, "disk full: holding this replica's appends until space is freed");
@@ -524,9 +582,10 @@ impl RaftLogStorage<TypeConfig> for LogStorage {
         }
         if self.shared.fsync.load(std::sync::atomic::Ordering::Acquire) {
             self.flusher
-                .send(callback)
+                .send((callback, placed))
                 .map_err(|_| storage_err("the log's flusher has stopped"))?;
         } else {
+            self.shared.locally_durable(placed);
             callback.log_io_completed(Ok(()));
         }
         Ok(())
@@ -641,7 +700,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for e in entries {
             let base = state.next_offset;
             match &e.payload {
-                EntryPayload::Normal(Payload(bytes)) => {
+                EntryPayload::Normal(Payload(bytes, _)) => {
                     let count = match self.shared.format {
                         EntryFormat::KafkaBatches => BatchHeader::parse(bytes)
                             .map(|h| i64::from(h.record_count))

@@ -249,3 +249,61 @@ async fn isolated_leader_stops_acknowledging_and_rejoins_as_follower() {
         r.group.take().unwrap().shutdown().await;
     }
 }
+
+/// A leader-local acknowledgement (acks=1) comes once the leader's own log has the entry
+/// durably, without waiting for a majority: with the followers cut off it still arrives,
+/// at the offset the log gave the entry, while the commit does not; once the links heal,
+/// the same entry commits at that offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_acknowledgement_does_not_wait_for_the_majority() {
+    let root = tempfile::tempdir().unwrap();
+    let (mut replicas, _) = cluster(root.path()).await;
+    let l = leader_of(&replicas, None, Duration::from_secs(5)).await;
+    let next = propose_n(replicas[l].group.as_ref().unwrap(), 3, 2, "a", 0).await;
+    wait_converged(&replicas, next, Duration::from_secs(5)).await;
+
+    let leader = replicas[l].id;
+    for r in &replicas {
+        if r.id != leader {
+            r.transport.cut(leader, true);
+            replicas[l].transport.cut(r.id, true);
+        }
+    }
+    let g = replicas[l].group.as_ref().unwrap();
+    let local = g.propose_start_local(batch(5, "local")).await.expect("proposed");
+    let placed = tokio::time::timeout(Duration::from_secs(2), local)
+        .await
+        .expect("no local acknowledgement without a majority")
+        .expect("local acknowledgement failed");
+    assert_eq!(placed.base_offset, next, "placed at the log's next offset");
+    let commit = g.propose_start(batch(1, "needs-majority")).await.expect("proposed");
+    tokio::pin!(commit);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut commit).await.is_err(),
+        "committed without a majority"
+    );
+    assert_eq!(g.shared.applied().next_offset, next, "the unreplicated entry became visible");
+
+    for r in &replicas {
+        if r.id != leader {
+            r.transport.cut(leader, false);
+            replicas[l].transport.cut(r.id, false);
+        }
+    }
+    // The leader may keep its term (the entries then commit) or lose it to a follower that
+    // timed out (they are dropped, as acks=1 allows). Either way every replica agrees.
+    let after = match tokio::time::timeout(Duration::from_secs(10), &mut commit).await {
+        Ok(Ok(a)) => {
+            assert_eq!(a.base_offset, next + 5, "the local entry was not committed before it");
+            a.next_offset
+        }
+        _ => {
+            let l2 = leader_of(&replicas, None, Duration::from_secs(10)).await;
+            replicas[l2].group.as_ref().unwrap().shared.applied().next_offset
+        }
+    };
+    wait_converged(&replicas, after, Duration::from_secs(10)).await;
+    for r in &mut replicas {
+        r.group.take().unwrap().shutdown().await;
+    }
+}

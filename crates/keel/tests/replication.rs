@@ -17,6 +17,10 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 
 const TOPIC: &str = "ha";
 
+/// Each test runs a cluster of three or four processes; on a small machine, running them
+/// side by side starves their timers (elections, sessions). They take turns.
+static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn bootstrap(nodes: &[Keel]) -> String {
     nodes.iter().map(|k| k.kafka.clone()).collect::<Vec<_>>().join(",")
 }
@@ -123,6 +127,7 @@ fn pid(k: &Keel) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_leader_kill_pause_and_return() {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
     let root = tempfile::tempdir().unwrap();
     let mut nodes = start_cluster(root.path(), 3, &[]);
     let bs = bootstrap(&nodes);
@@ -208,6 +213,7 @@ fn leader_of(bootstrap: &str, topic: &str, partition: i32) -> Option<i32> {
 /// group: the offsets are replicated, and the new coordinator replays them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_offsets_survive_the_coordinator_dying() {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
     let root = tempfile::tempdir().unwrap();
     let mut nodes = start_cluster(root.path(), 3, &[]);
     let bs = bootstrap(&nodes);
@@ -275,6 +281,7 @@ fn replica_lag(k: &Keel, replica: i32) -> Option<i64> {
 /// acknowledged message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_replicas_repair_from_the_leader() {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
     let root = tempfile::tempdir().unwrap();
     let mut nodes = start_cluster(root.path(), 3, &["--segment-bytes", "16384"]);
     let bs = bootstrap(&nodes);
@@ -367,6 +374,7 @@ async fn damaged_replicas_repair_from_the_leader() {
 /// is there exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolated_leader_acknowledges_nothing_and_the_majority_carries_on() {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
     let root = tempfile::tempdir().unwrap();
     let mut nodes = start_cluster(root.path(), 3, &["--fault-injection"]);
     let bs = bootstrap(&nodes);
@@ -443,6 +451,7 @@ async fn isolated_leader_acknowledges_nothing_and_the_majority_carries_on() {
 /// librdkafka producer bootstrapped from one node writes to every partition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_names_the_leaders_of_partitions_it_does_not_host() {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
     let root = tempfile::tempdir().unwrap();
     let nodes = start_cluster(root.path(), 4, &[]);
     let bs = bootstrap(&nodes);
@@ -506,4 +515,42 @@ async fn every_node_names_the_leaders_of_partitions_it_does_not_host() {
         .await
         .unwrap_or_else(|e| panic!("partition {partition}: {:?}", e.0));
     }
+    // acks=1 (the leader's durable local append): acknowledged at consecutive offsets, and
+    // every record becomes readable once the followers have it.
+    let quick: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &nodes[0].kafka)
+        .set("acks", "1")
+        .set("message.timeout.ms", "30000")
+        .create()
+        .expect("acks=1 producer");
+    let mut offsets = Vec::new();
+    for i in 0..50 {
+        let delivery = quick
+            .send(
+                FutureRecord::<(), _>::to("spread").partition(3).payload(&format!("one-{i}")),
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("acks=1 write {i}: {:?}", e.0));
+        offsets.push(delivery.offset);
+    }
+    assert_eq!(offsets, (1..51).collect::<Vec<i64>>());
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bs)
+        .set("group.id", "spread-readers")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("spread", 3, Offset::Beginning).unwrap();
+    c.assign(&tpl).unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.len() < 51 && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            got.push(String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned());
+        }
+    }
+    assert_eq!(got.len(), 51, "acks=1 records not all readable");
+    assert_eq!(got[1], "one-0");
+    assert_eq!(got[50], "one-49");
 }

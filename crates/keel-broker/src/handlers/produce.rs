@@ -17,7 +17,7 @@ use tracing::warn;
 use super::s;
 use crate::error::PartitionError;
 use crate::metrics::ErrorLabels;
-use crate::partition::{Appended, Partition};
+use crate::partition::{Acks, Appended, Partition};
 use crate::Broker;
 
 fn failed(index: i32, code: i16, message: Option<String>) -> PartitionProduceResponse {
@@ -154,10 +154,10 @@ struct Pending {
 async fn replicate(
     part: Arc<Partition>,
     batches: Vec<(keel_proto::batch::BatchHeader, bytes::Bytes)>,
-    wait: bool,
+    acks: Acks,
     timeout: Duration,
 ) -> Result<Appended, PartitionError> {
-    match tokio::time::timeout(timeout, part.append(batches, wait)).await {
+    match tokio::time::timeout(timeout, part.append_acks(batches, acks)).await {
         Ok(r) => r,
         Err(_) => Err(PartitionError::Replication(
             "not committed within the request timeout".into(),
@@ -224,7 +224,7 @@ pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, _v: i16) -> Option<Pro
             }
             let count: i64 = batches.iter().map(|(h, _)| h.record_count as i64).sum();
             let bytes: usize = batches.iter().map(|(_, b)| b.len()).sum();
-            let task = tokio::spawn(replicate(part, batches, acks != 0, timeout));
+            let task = tokio::spawn(replicate(part, batches, Acks::from_kafka(acks), timeout));
             pending.push(Pending {
                 topic: responses.len(),
                 slot: tr.partition_responses.len(),
