@@ -158,9 +158,10 @@ impl Partition {
             (ctx.metrics.clone(), ctx.data_changed.clone(), ctx.fsync_interval);
         let mut log = log;
         // A bad entry found by the scan is cut with everything after it: entries this replica
-        // may have acknowledged. (A torn tail cut by recovery is not counted: it cannot be
-        // told apart from writes that were never fsynced, hence never acknowledged.)
-        let repaired = repair_log(&mut log, topic, index)?;
+        // may have acknowledged. So is damage recovery cut from the active segment when
+        // valid entries followed the bad one. (A torn tail, with nothing valid after it, is
+        // not counted: those writes were never fsynced, hence never acknowledged.)
+        let repaired = repair_log(&mut log, topic, index)?.max(log.damaged_through());
         if repaired.is_some() {
             metrics.repaired_replicas.inc();
         }

@@ -100,6 +100,13 @@ impl DiskLog {
         self.segments.iter().map(|s| s.recovered_bytes).sum()
     }
 
+    /// When recovery cut damage out of the active segment (valid entries followed the bad
+    /// one), the highest index it cut: this replica had entries up to there, and may have
+    /// acknowledged them.
+    pub fn damaged_through(&self) -> Option<u64> {
+        self.segments.iter().filter_map(|s| s.damaged_through).max()
+    }
+
     pub fn segment_count(&self) -> usize {
         self.segments.len()
     }

@@ -59,6 +59,9 @@ pub struct Segment {
     pub created_ms: i64,
     /// Bytes recovery cut from this segment's tail when it was opened.
     pub recovered_bytes: u64,
+    /// When the cut bytes held valid entries after the bad one, the highest index among
+    /// them: the cut was damage inside the log, not a torn tail (see [`Segment::open`]).
+    pub damaged_through: Option<u64>,
 }
 
 pub fn log_path(dir: &Path, base_index: u64) -> PathBuf {
@@ -103,6 +106,7 @@ impl Segment {
             bytes_since_point: u64::MAX,
             created_ms: now_ms,
             recovered_bytes: 0,
+            damaged_through: None,
         })
     }
 
@@ -127,6 +131,7 @@ impl Segment {
             bytes_since_point: u64::MAX,
             created_ms: now_ms,
             recovered_bytes: 0,
+            damaged_through: None,
         };
         if !active {
             if let Some(points) = seg.load_points() {
@@ -178,6 +183,14 @@ impl Segment {
             let mut f = File::create(&side)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
+            self.damaged_through = valid_entries_after_damage(&bytes, self.next_index);
+            if let Some(last) = self.damaged_through {
+                error!(
+                    segment = %log_path(&self.dir, self.base_index).display(),
+                    pos = valid_end, last_valid_index = last,
+                    "valid entries follow the bad one: the log was damaged, not torn"
+                );
+            }
         }
         error!(
             segment = %log_path(&self.dir, self.base_index).display(),
@@ -544,4 +557,54 @@ impl Segment {
         let _ = std::fs::remove_file(time_path(&self.dir, self.base_index));
         Ok(())
     }
+}
+
+/// Most bytes of a cut tail searched byte by byte for a valid entry, when the bad entry's
+/// own length cannot be trusted.
+const DAMAGE_SEARCH_BYTES: usize = 64 * 1024 * 1024;
+
+/// Looks through bytes cut from a segment's tail (starting at the first bad entry, which
+/// should have had index `expected`) for valid entries that come after it. A torn tail (a
+/// write cut short by a crash) has none: only the last entry is incomplete. Damage inside
+/// the log (a flipped bit) leaves the entries after the bad one intact, and they may have
+/// been acknowledged: returns the highest index among them, so the replica can refuse to
+/// vote for logs shorter than what it had. Tries the position the bad entry's length field
+/// points to first, then searches byte by byte (bounded).
+fn valid_entries_after_damage(cut: &Bytes, expected: u64) -> Option<u64> {
+    // Follows a chain of consecutive valid entries from `pos`; the highest index seen.
+    let chain = |mut pos: usize| -> Option<u64> {
+        let mut last = None;
+        while let Some(rest) = cut.get(pos..) {
+            if rest.is_empty() {
+                break;
+            }
+            match entry::decode(&cut.slice(pos..)) {
+                Ok((e, n)) if e.index > expected && e.index < expected.saturating_add(1 << 32) => {
+                    last = Some(last.map_or(e.index, |l: u64| l.max(e.index)));
+                    pos += n;
+                }
+                _ => break,
+            }
+        }
+        last
+    };
+    if let Ok(len) = entry::peek_len(cut) {
+        if len < cut.len() {
+            if let Some(last) = chain(len) {
+                return Some(last);
+            }
+        }
+    }
+    let end = cut.len().min(DAMAGE_SEARCH_BYTES);
+    let mut best = None;
+    let mut pos = 1;
+    while pos < end {
+        if entry::peek_len(cut.get(pos..).unwrap_or_default()).is_ok() {
+            if let Some(last) = chain(pos) {
+                best = Some(best.map_or(last, |b: u64| b.max(last)));
+            }
+        }
+        pos += 1;
+    }
+    best
 }

@@ -89,6 +89,7 @@ fn recovery_cuts_torn_tail() {
         .unwrap();
     let mut log = DiskLog::open(tmp.path(), LogConfig::default()).unwrap();
     assert_eq!((log.next_index(), log.next_offset()), (9, 90));
+    assert_eq!(log.damaged_through(), None, "a torn tail is not damage");
     assert_eq!(log.read(0, usize::MAX).unwrap().len(), 9);
     fill(&mut log, 1);
     assert_eq!(log.read(9, 10).unwrap()[0].offset, 90);
@@ -119,12 +120,35 @@ fn recovery_detects_flipped_byte() {
     drop(f);
     let log = DiskLog::open(tmp.path(), LogConfig::default()).unwrap();
     assert_eq!(log.next_index(), 6);
+    // Entries 7-9 were intact behind the damage: this was no torn tail, and the log says
+    // how far it reached (the replica may have acknowledged up to there).
+    assert_eq!(log.damaged_through(), Some(9));
     let all = log.read(0, usize::MAX).unwrap();
     assert_eq!(all.len(), 6);
     assert!(all
         .iter()
         .enumerate()
         .all(|(i, e)| *e == suite::data(i as u64, 10 * i as i64, 10, 1000 + 10 * i as i64, 100)));
+}
+
+/// When the damaged entry's length field itself is hit, the entries after it are still
+/// found (by searching the cut bytes), so the damage is not mistaken for a torn tail.
+#[test]
+fn damage_to_a_length_field_is_still_told_from_a_torn_tail() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let mut log = DiskLog::open(tmp.path(), LogConfig::default()).unwrap();
+        fill(&mut log, 10);
+        log.sync().unwrap();
+    }
+    let seg = segment_files(tmp.path()).pop().unwrap();
+    let entry_len = 48 + 100;
+    let f = OpenOptions::new().read(true).write(true).open(&seg).unwrap();
+    f.write_all_at(&[0x7f], (entry_len * 3) as u64).unwrap(); // entry 3's length, high byte
+    drop(f);
+    let log = DiskLog::open(tmp.path(), LogConfig::default()).unwrap();
+    assert_eq!(log.next_index(), 3);
+    assert_eq!(log.damaged_through(), Some(9));
 }
 
 /// A flipped byte in a closed segment is never served: the read reports corruption.
