@@ -64,7 +64,7 @@ pub async fn topic(cmd: TopicCommand) -> Result<()> {
         TopicCommand::AddPartitions { name, partitions, conn } => {
             let mut c = Client::connect(&conn.bootstrap).await?;
             c.create_partitions(&name, partitions).await?;
-            println!("topic {name} now has {partitions} partitions");
+            say!("topic {name} now has {partitions} partitions");
         }
         TopicCommand::Create {
             name,
@@ -93,7 +93,7 @@ pub async fn topic(cmd: TopicCommand) -> Result<()> {
                     t.error_message.as_ref().map(|m| m.to_string()).unwrap_or_default()
                 );
             }
-            println!("created topic {name} with {} partitions", t.num_partitions);
+            say!("created topic {name} with {} partitions", t.num_partitions);
         }
         TopicCommand::List { conn } => {
             let mut c = Client::connect(&conn.bootstrap).await?;
@@ -110,7 +110,7 @@ pub async fn topic(cmd: TopicCommand) -> Result<()> {
                 .collect();
             names.sort();
             for (n, p) in names {
-                println!("{n}\t{p} partitions");
+                say!("{n}\t{p} partitions");
             }
         }
         TopicCommand::Describe { name, conn } => {
@@ -120,19 +120,19 @@ pub async fn topic(cmd: TopicCommand) -> Result<()> {
             if t.error_code != 0 {
                 bail!("topic {name}: error code {}", t.error_code);
             }
-            println!("topic {name} id {} partitions {}", t.topic_id, t.partitions.len());
-            println!("partition\tleader\tstart\tend");
+            say!("topic {name} id {} partitions {}", t.topic_id, t.partitions.len());
+            say!("partition\tleader\tstart\tend");
             for p in &t.partitions {
                 let start = c.list_offset(&name, p.partition_index, -2).await?;
                 let end = c.list_offset(&name, p.partition_index, -1).await?;
-                println!("{}\t{}\t{start}\t{end}", p.partition_index, p.leader_id.0);
+                say!("{}\t{}\t{start}\t{end}", p.partition_index, p.leader_id.0);
             }
             let cfg = c.describe_topic_configs(&name).await?;
             if let Some(r) = cfg.results.first() {
-                println!("configs:");
+                say!("configs:");
                 for e in &r.configs {
                     let src = if e.config_source == 1 { " (set on topic)" } else { "" };
-                    println!(
+                    say!(
                         "  {}={}{src}",
                         e.name.as_str(),
                         e.value.as_ref().map(|v| v.as_str()).unwrap_or("")
@@ -147,7 +147,7 @@ pub async fn topic(cmd: TopicCommand) -> Result<()> {
             if t.error_code != 0 {
                 bail!("delete {name} failed: error code {}", t.error_code);
             }
-            println!("deleted topic {name}");
+            say!("deleted topic {name}");
         }
     }
     Ok(())
@@ -352,16 +352,23 @@ pub async fn consume(args: ConsumeArgs) -> Result<()> {
             };
             let (records, hw) = c.fetch(&args.topic, *p, *pos, wait, 4 * 1024 * 1024).await?;
             for r in records {
-                if args.verbose {
-                    let key = r
-                        .key
-                        .as_ref()
-                        .map(|k| String::from_utf8_lossy(k).into_owned())
-                        .unwrap_or_default();
-                    write!(out, "{}\t{}\t{}\t{}\t", p, r.offset, r.timestamp, key)?;
+                let written = (|| {
+                    if args.verbose {
+                        let key = r
+                            .key
+                            .as_ref()
+                            .map(|k| String::from_utf8_lossy(k).into_owned())
+                            .unwrap_or_default();
+                        write!(out, "{}\t{}\t{}\t{}\t", p, r.offset, r.timestamp, key)?;
+                    }
+                    out.write_all(r.value.as_deref().unwrap_or_default())?;
+                    out.write_all(b"\n")
+                })();
+                match written {
+                    // Whoever reads stdout has had enough (`keel consume ... | head`).
+                    Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                    other => other?,
                 }
-                out.write_all(r.value.as_deref().unwrap_or_default())?;
-                out.write_all(b"\n")?;
                 *pos = r.offset + 1;
                 printed += 1;
                 if args.count.map(|n| printed >= n).unwrap_or(false) {

@@ -27,8 +27,8 @@ async fn status(conn: &Conn) -> Result<()> {
     let mut c = Client::connect(&conn.bootstrap).await?;
     let md = c.metadata(None).await?;
     let controller = md.controller_id.0;
-    println!("cluster {}", md.cluster_id.as_ref().map(|s| s.as_str()).unwrap_or("-"));
-    println!("node\taddress\trole");
+    say!("cluster {}", md.cluster_id.as_ref().map(|s| s.as_str()).unwrap_or("-"));
+    say!("node\taddress\trole");
     let mut alive: Vec<i32> = Vec::new();
     for b in &md.brokers {
         alive.push(b.node_id.0);
@@ -37,9 +37,9 @@ async fn status(conn: &Conn) -> Result<()> {
         } else {
             ""
         };
-        println!("{}\t{}:{}\t{role}", b.node_id.0, b.host.as_str(), b.port);
+        say!("{}\t{}:{}\t{role}", b.node_id.0, b.host.as_str(), b.port);
     }
-    println!("topic\tpartition\tleader\tepoch\treplicas\tin-sync");
+    say!("topic\tpartition\tleader\tepoch\treplicas\tin-sync");
     let (mut under, mut leaderless, mut total) = (0usize, 0usize, 0usize);
     let mut missing: Vec<i32> = Vec::new();
     for t in &md.topics {
@@ -60,7 +60,7 @@ async fn status(conn: &Conn) -> Result<()> {
                     missing.push(r.0);
                 }
             }
-            println!(
+            say!(
                 "{name}\t{}\t{}\t{}\t{}\t{}",
                 p.partition_index,
                 p.leader_id.0,
@@ -71,7 +71,7 @@ async fn status(conn: &Conn) -> Result<()> {
         }
     }
     missing.sort_unstable();
-    println!(
+    say!(
         "{total} partitions, {under} under-replicated, {leaderless} without a leader; nodes not answering: {}",
         if missing.is_empty() {
             "none".to_string()

@@ -83,9 +83,9 @@ pub async fn run(cmd: GroupCommand) -> Result<()> {
         GroupCommand::List { conn } => {
             let mut c = Client::connect(&conn.bootstrap).await?;
             let r = c.list_groups().await?;
-            println!("group\tstate\tprotocol type");
+            say!("group\tstate\tprotocol type");
             for g in r.groups {
-                println!(
+                say!(
                     "{}\t{}\t{}",
                     g.group_id.0.as_str(),
                     g.group_state.as_str(),
@@ -96,7 +96,7 @@ pub async fn run(cmd: GroupCommand) -> Result<()> {
         GroupCommand::Describe { group, conn } => {
             let mut c = Client::connect(&conn.bootstrap).await?;
             let (state, members) = group_state(&mut c, &group).await?;
-            println!("group {group} state {state} members {}", members.len());
+            say!("group {group} state {state} members {}", members.len());
             let mut owner: BTreeMap<(String, i32), String> = BTreeMap::new();
             for (id, _, assignment) in &members {
                 for (topic, parts) in assignment {
@@ -107,9 +107,9 @@ pub async fn run(cmd: GroupCommand) -> Result<()> {
             }
             for (id, host, assignment) in &members {
                 let parts: Vec<String> = assignment.iter().map(|(t, ps)| format!("{t}{ps:?}")).collect();
-                println!("member {id} {host} {}", parts.join(" "));
+                say!("member {id} {host} {}", parts.join(" "));
             }
-            println!("topic\tpartition\tcommitted\tlog end\tlag\tmember");
+            say!("topic\tpartition\tcommitted\tlog end\tlag\tmember");
             let committed = c.committed_offsets(&group).await?;
             for (topic, part, offset, _) in committed {
                 let end = c.list_offset(&topic, part, -1).await.unwrap_or(-1);
@@ -119,7 +119,7 @@ pub async fn run(cmd: GroupCommand) -> Result<()> {
                     "?".into()
                 };
                 let who = owner.get(&(topic.clone(), part)).cloned().unwrap_or_else(|| "-".into());
-                println!("{topic}\t{part}\t{offset}\t{end}\t{lag}\t{who}");
+                say!("{topic}\t{part}\t{offset}\t{end}\t{lag}\t{who}");
             }
         }
         GroupCommand::ResetOffsets { group, topic, to, conn } => {
@@ -161,7 +161,7 @@ pub async fn run(cmd: GroupCommand) -> Result<()> {
             }
             c.commit_offsets(&group, &offsets).await?;
             for (t, p, o) in offsets {
-                println!("{group} {t} {p} -> {o}");
+                say!("{group} {t} {p} -> {o}");
             }
         }
     }

@@ -11,6 +11,19 @@
 //! Settings of `serve` come from, in rising precedence: built-in defaults, a TOML file
 //! (`--config`, see `config/keel.example.toml`), `KEEL_*` environment variables and flags.
 
+/// `println!` for the tools: when stdout is closed (`keel topic list | head -1`) the
+/// program ends quietly, as Unix tools do, instead of failing to print.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 mod bench;
 mod chaos;
 mod cli;
