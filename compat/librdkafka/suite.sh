@@ -9,6 +9,9 @@
 # timeout (restarting Keel if it died) and prints "N passed, N failed". Results go to
 # compat/librdkafka/results.tsv (test, status, seconds) for report.py.
 # Without TEST arguments it runs every broker test of the suite (see broker_tests.txt).
+# Most run against one node; tests written for a cluster without auto-creation run against
+# one without it, the SASL test against one that requires SASL/PLAIN, and the tests that
+# need three brokers against three `keel serve` processes replicating with Raft.
 set -uo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "${HERE}/../.." && pwd)"
@@ -65,7 +68,40 @@ start_keel() {
     BOOTSTRAP="$(sed -nE 's/.*kafka=([^ ]+).*/\1/p' "${WORK}/stdout" | tail -1)"
     printf 'bootstrap.servers=%s\n%s' "${BOOTSTRAP}" "${CLIENT_EXTRA}" > "${SRC_DIR}/tests/test.conf"
 }
-trap '[[ -n "${PID}" ]] && { kill -9 "${PID}"; wait "${PID}"; } 2>/dev/null; rm -rf "${WORK}"' EXIT
+# Three nodes on free ports: node 1's process stands in PID (a dead node 1 restarts the
+# cluster between tests, as a dead single node does).
+CPIDS=()
+start_cluster() {
+    [[ -n "${PID}" ]] && { kill -9 "${PID}"; wait "${PID}"; } 2>/dev/null
+    for p in "${CPIDS[@]}"; do { kill -9 "${p}"; wait "${p}"; } 2>/dev/null; done
+    CPIDS=()
+    local ports i peers="" kafka=()
+    read -r -a ports <<<"$(python3 -c 'import socket
+s=[socket.socket() for _ in range(6)]
+[x.bind(("127.0.0.1",0)) for x in s]
+print(" ".join(str(x.getsockname()[1]) for x in s))')"
+    for i in 1 2 3; do peers="${peers:+${peers},}${i}@127.0.0.1:${ports[$((i+2))]}"; kafka+=("127.0.0.1:${ports[$((i-1))]}"); done
+    for i in 1 2 3; do
+        : > "${WORK}/node${i}.out"
+        "${KEEL}" serve --node-id "${i}" --data-dir "${WORK}/cluster/node-${i}" \
+            --kafka-listen "${kafka[$((i-1))]}" --raft-listen "127.0.0.1:${ports[$((i+2))]}" \
+            --http-listen 127.0.0.1:0 --peers "${peers}" --default-partitions 4 \
+            --auto-create-topics false >"${WORK}/node${i}.out" 2>>"${WORK}/stderr" &
+        CPIDS+=($!)
+    done
+    PID="${CPIDS[0]}"
+    for i in 1 2 3; do
+        for _ in $(seq 1 1200); do
+            grep -q "keel ready" "${WORK}/node${i}.out" 2>/dev/null && break
+            sleep 0.1
+        done
+    done
+    BOOTSTRAP="$(IFS=,; echo "${kafka[*]}")"
+    printf 'bootstrap.servers=%s\n' "${BOOTSTRAP}" > "${SRC_DIR}/tests/test.conf"
+    START=start_cluster
+}
+START=start_keel
+trap '[[ -n "${PID}" ]] && { kill -9 "${PID}"; wait "${PID}"; } 2>/dev/null; for p in "${CPIDS[@]}"; do { kill -9 "${p}"; wait "${p}"; } 2>/dev/null; done; rm -rf "${WORK}"' EXIT
 export LD_LIBRARY_PATH="${SRC_DIR}/src:${SRC_DIR}/src-cpp"
 declare -A STATUS SECS
 
@@ -76,18 +112,21 @@ declare -A STATUS SECS
 # scenario:label to run it against a differently configured Keel under another name.
 run_numbers() {
     local scenario="${1%%:*}" label="${1##*:}" only="$2"; shift 2
-    local n t rc start secs rows row status tsecs
+    local n t rc start secs rows row status tsecs limit
     for n in "$@"; do
         n="${n:0:4}"
         if ! kill -0 "${PID}" 2>/dev/null; then
-            echo "keel was not running before ${n}; restarting it"; start_keel
+            echo "keel was not running before ${n}; restarting it"; "${START}"
         fi
         start=$(date +%s)
+        # 0113_cooperative_rebalance alone runs about 14 minutes.
+        limit="${TIMEOUT_S}"
+        [[ "${n}" == 0113 && "${limit}" -lt 1500 ]] && limit=1500
         # -E: skip tests that need the socket fault-injection shim; -p1: one at a time.
         # KAFKA_PATH points at a kafka-topics.sh that creates, deletes and grows topics
         # through `keel topic` (the tests that run it need no ZooKeeper or JVM here).
         (cd "${SRC_DIR}/tests" && TESTS="${n}" KAFKA_PATH="${HERE}/kafka" ZK_ADDRESS="${BOOTSTRAP}" \
-            BROKERS="${BOOTSTRAP}" KEEL_BIN="${KEEL}" timeout "${TIMEOUT_S}" ./test-runner -p1 -E -L -s "${scenario}" \
+            BROKERS="${BOOTSTRAP}" KEEL_BIN="${KEEL}" timeout "${limit}" ./test-runner -p1 -E -L -s "${scenario}" \
             >"${LOGS}/${n}-${label}.log" 2>&1)
         rc=$?
         secs=$(( $(date +%s) - start ))
@@ -114,12 +153,11 @@ start_keel
 echo "keel at ${BOOTSTRAP}; TEST_KAFKA_VERSION=${TEST_KAFKA_VERSION}"
 run_numbers default '.*' ${NUMBERS}
 # Tests written for a cluster without topic auto-creation (their scenario in test.c);
-# only their rows are taken from this pass.
-NOAUTO_TESTS='^(0045_subscribe_update_topic_remove|0045_subscribe_update_non_exist_and_partchange|0107_topic_recreate|0111_delay_create_topics)$'
+# only their rows are taken from this pass. (0107 and 0111 also need three brokers: they
+# run in the cluster pass below.)
+NOAUTO_TESTS='^(0045_subscribe_update_topic_remove|0045_subscribe_update_non_exist_and_partchange)$'
 NOAUTO=""
-for n in 0045 0107 0111; do
-    grep -qw "${n}" <<<"${NUMBERS}" && NOAUTO="${NOAUTO} ${n}"
-done
+grep -qw 0045 <<<"${NUMBERS}" && NOAUTO=" 0045"
 if [[ -n "${NOAUTO}" ]]; then
     AUTO_CREATE=false; start_keel
     echo "keel restarted without topic auto-creation at ${BOOTSTRAP}"
@@ -133,6 +171,18 @@ if grep -qw 0135 <<<"${NUMBERS}"; then
     start_keel
     echo "keel restarted with SASL/PLAIN at ${BOOTSTRAP}"
     run_numbers default:sasl '^0135_sasl_credentials$' 0135
+fi
+# Tests that create topics with replication factor 3, against three `keel serve` processes
+# (a Raft-replicated cluster on 127.0.0.1) without topic auto-creation.
+CLUSTER_TESTS='^(0107_topic_recreate|0111_delay_create_topics)$'
+CLUSTER=""
+for n in 0107 0111; do
+    grep -qw "${n}" <<<"${NUMBERS}" && CLUSTER="${CLUSTER} ${n}"
+done
+if [[ -n "${CLUSTER}" ]]; then
+    start_cluster
+    echo "three-node keel cluster at ${BOOTSTRAP}"
+    run_numbers noautocreate:cluster "${CLUSTER_TESTS}" ${CLUSTER}
 fi
 
 : > "${RESULTS}"
