@@ -40,6 +40,11 @@ def main():
     ap.add_argument("--base-port", type=int, default=39092)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--topic", default="failover")
+    ap.add_argument(
+        "--busy",
+        action="store_true",
+        help="keep a write in flight at every moment (as a busy producer does) instead of one at a time",
+    )
     args = ap.parse_args()
     bootstrap = ",".join(f"127.0.0.1:{args.base_port + i}" for i in range(3))
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -83,15 +88,31 @@ def main():
                     return
                 time.sleep(0.02)
 
+        if args.busy:
+            # Writes keep flowing: some are in flight when the leader dies. Only writes sent
+            # after the kill count.
+            def on_busy(err, msg):
+                if err is None and msg.value().startswith(b"after"):
+                    acked.append(time.monotonic())
+
+            for i in range(20):
+                p.produce(args.topic, f"busy-{r}-{i}".encode(), partition=0, on_delivery=on_busy)
+            p.poll(0)
         killed = time.monotonic()
         os.kill(pid, signal.SIGKILL)
         t = threading.Thread(target=watch)
         t.start()
         i = 0
         while not acked and time.monotonic() - killed < 60:
+            if args.busy:
+                p.produce(args.topic, f"after-{r}-{i}".encode(), partition=0, on_delivery=on_busy)
+                i += 1
+                p.poll(0.001)
+                continue
             p.produce(args.topic, f"after-{r}-{i}".encode(), partition=0, on_delivery=on_delivery)
             i += 1
             p.flush(30)
+        p.flush(30)
         t.join()
         gap = acked[0] - killed
         gaps.append(gap)
