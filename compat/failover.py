@@ -5,9 +5,11 @@ an RF=3 topic; the leader of its partition is killed with kill -9; the time from
 to the first acknowledged write is measured. The killed node is restarted (with its own
 command line) between rounds.
 
-    compat/failover.py --base-port 39092 --rounds 5
+    compat/failover.py --base-port 39092 --rounds 5 [--busy]
 
-Prints one line per round and the median.
+--busy keeps writes in flight when the leader dies (a producer under load); without it the
+producer writes one message at a time and is idle at the kill. RDK_DEBUG=msg,topic passes
+librdkafka's debug contexts to the producer. Prints one line per round and the median.
 """
 import argparse
 import os
