@@ -548,12 +548,13 @@ async fn producer(
     let mut client: Option<Client> = None;
     let mut seq = 0u64;
     while !stop.load(std::sync::atomic::Ordering::Acquire) {
-        // Half the records carry a key and go to their key's partition.
+        // Half the records carry a key and go to their key's partition, as Kafka's default
+        // partitioner places them.
         let text = format!("p{process}-{seq}");
         seq += 1;
         let (key, partition) = if rng.random_bool(0.5) {
             let key = format!("k{}", rng.random_range(0..64));
-            let partition = (crc32c::crc32c(key.as_bytes()) % partitions.max(1) as u32) as i32;
+            let partition = (crate::cli::murmur2(key.as_bytes()) & 0x7fff_ffff) % partitions.max(1);
             (Some(key), partition)
         } else {
             (None, rng.random_range(0..partitions))
