@@ -82,7 +82,12 @@ pub async fn handle_from(
         Ok(h) => h,
         Err(e) => return Outcome::Close(e.to_string()),
     };
-    if !session.authenticated && !matches!(api, ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate) {
+    if !session.authenticated
+        && !matches!(
+            api,
+            ApiKey::ApiVersions | ApiKey::SaslHandshake | ApiKey::SaslAuthenticate
+        )
+    {
         return Outcome::Close(format!("{api:?} request before SASL authentication"));
     }
     let started = Instant::now();
@@ -107,10 +112,9 @@ pub async fn handle_from(
                 b.metrics.sasl_failures.inc();
             }
             match (respond(api, v, corr, &resp), close) {
-                (Outcome::Respond(buf), true) => Outcome::RespondThenClose(
-                    buf,
-                    resp.error_message.map(|m| m.to_string()).unwrap_or_default(),
-                ),
+                (Outcome::Respond(buf), true) => {
+                    Outcome::RespondThenClose(buf, resp.error_message.map(|m| m.to_string()).unwrap_or_default())
+                }
                 (out, _) => out,
             }
         }

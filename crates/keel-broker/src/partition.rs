@@ -298,13 +298,18 @@ impl Partition {
     /// Validates and replicates `batches`; with `wait`, returns once they are committed,
     /// otherwise once they are handed to the leader's log.
     pub async fn append(&self, batches: Vec<(BatchHeader, Bytes)>, wait: bool) -> Result<Appended, PartitionError> {
-        self.append_acks(batches, if wait { Acks::All } else { Acks::None }).await
+        self.append_acks(batches, if wait { Acks::All } else { Acks::None })
+            .await
     }
 
     /// Validates and replicates `batches`, returning when `acks` says: at once (acks=0),
     /// once the leader's own log has them durably (acks=1), or once a majority of replicas
     /// has them durably and they are committed (acks=all).
-    pub async fn append_acks(&self, batches: Vec<(BatchHeader, Bytes)>, acks: Acks) -> Result<Appended, PartitionError> {
+    pub async fn append_acks(
+        &self,
+        batches: Vec<(BatchHeader, Bytes)>,
+        acks: Acks,
+    ) -> Result<Appended, PartitionError> {
         let wait = acks != Acks::None;
         if self.closed.load(Ordering::Acquire) {
             return Err(PartitionError::Deleted);
@@ -315,9 +320,9 @@ impl Partition {
             )));
         }
         if self.group.shared.write_stalled() {
-            return Err(PartitionError::Storage(keel_log::LogError::Io(std::io::Error::from_raw_os_error(
-                28,
-            ))));
+            return Err(PartitionError::Storage(keel_log::LogError::Io(
+                std::io::Error::from_raw_os_error(28),
+            )));
         }
         if !self.group.is_ready_leader() {
             self.check_poisoned();

@@ -173,7 +173,10 @@ pub fn settings(broker: &BrokerConfig, overrides: &BTreeMap<String, String>) -> 
             "keel.fsync.policy" => s.fsync = v.parse()?,
             // A Kafka version such as 0.10.0, 2.8-IV1 or 3.0-IV1.
             "message.format.version" => {
-                let ok = v.split(['.', '-']).next().is_some_and(|major| major.parse::<u32>().is_ok());
+                let ok = v
+                    .split(['.', '-'])
+                    .next()
+                    .is_some_and(|major| major.parse::<u32>().is_ok());
                 if !ok {
                     return Err(format!("message.format.version={v:?} is not a Kafka version"));
                 }

@@ -76,7 +76,10 @@ pub enum Event {
         complete_ms: u64,
     },
     /// The leader of each partition (None: no leader) as Metadata showed it at `at_ms`.
-    Leaders { at_ms: u64, leaders: Vec<(i32, Option<u64>)> },
+    Leaders {
+        at_ms: u64,
+        leaders: Vec<(i32, Option<u64>)>,
+    },
 }
 
 /// One thing the checker found wrong.
@@ -355,7 +358,9 @@ fn check_commits(history: &[Event], anomalies: &mut Vec<Anomaly>) -> usize {
                     .entry((group.as_str(), *partition))
                     .or_default()
                     .push((*complete_ms, *offset, *generation));
-                seen.entry((group.as_str(), *partition)).or_default().push((*invoke_ms, *offset));
+                seen.entry((group.as_str(), *partition))
+                    .or_default()
+                    .push((*invoke_ms, *offset));
             }
             Event::Committed {
                 group,
@@ -363,7 +368,10 @@ fn check_commits(history: &[Event], anomalies: &mut Vec<Anomaly>) -> usize {
                 offset,
                 invoke_ms,
                 ..
-            } => seen.entry((group.as_str(), *partition)).or_default().push((*invoke_ms, *offset)),
+            } => seen
+                .entry((group.as_str(), *partition))
+                .or_default()
+                .push((*invoke_ms, *offset)),
             _ => {}
         }
     }

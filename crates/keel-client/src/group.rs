@@ -61,12 +61,8 @@ pub fn assign_round_robin(
 }
 
 fn encode_subscription(topics: &[String]) -> Result<Bytes> {
-    let sub = ConsumerProtocolSubscription::default().with_topics(
-        topics
-            .iter()
-            .map(|t| StrBytes::from_string(t.clone()))
-            .collect(),
-    );
+    let sub = ConsumerProtocolSubscription::default()
+        .with_topics(topics.iter().map(|t| StrBytes::from_string(t.clone())).collect());
     let mut b = BytesMut::new();
     b.put_i16(0);
     sub.encode(&mut b, 0)?;
@@ -234,7 +230,12 @@ impl Client {
 
     /// Commits `offsets` (topic, partition, next offset to read) as member `m` of its
     /// generation: the coordinator refuses it if the generation has moved on.
-    pub async fn commit_as_member(&mut self, group: &str, m: &Membership, offsets: &[(String, i32, i64)]) -> Result<()> {
+    pub async fn commit_as_member(
+        &mut self,
+        group: &str,
+        m: &Membership,
+        offsets: &[(String, i32, i64)],
+    ) -> Result<()> {
         let addr = self.coordinator_addr(group).await?;
         let mut by_topic: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
         for (t, p, o) in offsets {
@@ -283,7 +284,11 @@ impl Client {
                 .with_partition_indexes(partitions.to_vec())]));
         let resp = self.at(&addr).await?.call_at(&req, 7).await?;
         if resp.error_code != 0 {
-            return Err(kafka_err(format!("OffsetFetch {group}"), resp.error_code, String::new()));
+            return Err(kafka_err(
+                format!("OffsetFetch {group}"),
+                resp.error_code,
+                String::new(),
+            ));
         }
         let mut out = Vec::new();
         for t in resp.topics {

@@ -487,7 +487,13 @@ mod tests {
                 timestamp: 1,
             })
             .collect();
-        for c in [Compression::None, Compression::Gzip, Compression::Zstd, Compression::Lz4, Compression::Snappy] {
+        for c in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Zstd,
+            Compression::Lz4,
+            Compression::Snappy,
+        ] {
             let b = encode_batch(&records, c).unwrap();
             assert_eq!(keyless_records(&b, 1 << 20).unwrap(), vec![0, 2], "{c:?}");
             if c != Compression::None {

@@ -38,19 +38,27 @@ fn malformed(what: &str) -> ProtoError {
 }
 
 fn get_i16(b: &mut Bytes) -> Result<i16, ProtoError> {
-    (b.remaining() >= 2).then(|| b.get_i16()).ok_or_else(|| malformed("truncated"))
+    (b.remaining() >= 2)
+        .then(|| b.get_i16())
+        .ok_or_else(|| malformed("truncated"))
 }
 
 fn get_i32(b: &mut Bytes) -> Result<i32, ProtoError> {
-    (b.remaining() >= 4).then(|| b.get_i32()).ok_or_else(|| malformed("truncated"))
+    (b.remaining() >= 4)
+        .then(|| b.get_i32())
+        .ok_or_else(|| malformed("truncated"))
 }
 
 fn get_i64(b: &mut Bytes) -> Result<i64, ProtoError> {
-    (b.remaining() >= 8).then(|| b.get_i64()).ok_or_else(|| malformed("truncated"))
+    (b.remaining() >= 8)
+        .then(|| b.get_i64())
+        .ok_or_else(|| malformed("truncated"))
 }
 
 fn get_slice(b: &mut Bytes, len: usize) -> Result<Bytes, ProtoError> {
-    (b.remaining() >= len).then(|| b.split_to(len)).ok_or_else(|| malformed("truncated"))
+    (b.remaining() >= len)
+        .then(|| b.split_to(len))
+        .ok_or_else(|| malformed("truncated"))
 }
 
 /// A count read off the wire, bounded by what the bytes left could hold.
@@ -206,7 +214,9 @@ pub fn upconvert(set: &Bytes, inflated_max: usize) -> Result<Bytes, ProtoError> 
         }
         if m.magic == 0 && c == Compression::Lz4 {
             // Magic 0 framed LZ4 with a broken header checksum (KAFKA-3160).
-            return Err(ProtoError::CorruptBatch("LZ4 in message format v0 is not accepted".into()));
+            return Err(ProtoError::CorruptBatch(
+                "LZ4 in message format v0 is not accepted".into(),
+            ));
         }
         codec = c;
         let inner = m

@@ -42,8 +42,7 @@ use tracing::{error, warn};
 
 use crate::{
     Applied, Apply, EntryFormat, LogId, Membership, Payload, Placed, SnapshotBody, StorageError, StoredMembership,
-    TypeConfig,
-    Vote,
+    TypeConfig, Vote,
 };
 
 /// Largest total payload one AppendEntries carries (the first entry always goes whole).
@@ -230,13 +229,19 @@ impl Shared {
     pub fn local_ack_ticket(&self) -> (u64, oneshot::Receiver<Placed>) {
         let ticket = self.next_ticket.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.local_acks.lock().unwrap_or_else(|e| e.into_inner()).insert(ticket, tx);
+        self.local_acks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ticket, tx);
         (ticket, rx)
     }
 
     /// Stops waiting on `ticket` (its proposal was refused or already committed).
     pub fn forget_ticket(&self, ticket: u64) {
-        self.local_acks.lock().unwrap_or_else(|e| e.into_inner()).remove(&ticket);
+        self.local_acks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&ticket);
     }
 
     /// The entries under these tickets are durable here: tell their proposers.
@@ -434,10 +439,7 @@ impl LogStorage {
 type FlushRequest = (LogFlushed<TypeConfig>, Vec<(u64, Placed)>);
 
 /// Fsyncs once for every append queued since the last fsync, then reports them durable.
-async fn flusher(
-    shared: Arc<Shared>,
-    mut rx: mpsc::UnboundedReceiver<FlushRequest>,
-) {
+async fn flusher(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<FlushRequest>) {
     while let Some((first, placed)) = rx.recv().await {
         let mut waiting = vec![first];
         let mut placed = placed;
@@ -567,7 +569,11 @@ impl RaftLogStorage<TypeConfig> for LogStorage {
                         break;
                     }
                     Err(err) if err.is_disk_full() => {
-                        if !self.shared.write_stalled.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                        if !self
+                            .shared
+                            .write_stalled
+                            .swap(true, std::sync::atomic::Ordering::AcqRel)
+                        {
                             warn!(dir = ?self.shared.dir, "disk full: holding this replica's appends until space is freed");
                         }
                         tokio::time::sleep(backoff).await;
@@ -576,7 +582,11 @@ impl RaftLogStorage<TypeConfig> for LogStorage {
                     Err(err) => return Err(storage_err(err)),
                 }
             }
-            if self.shared.write_stalled.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            if self
+                .shared
+                .write_stalled
+                .swap(false, std::sync::atomic::Ordering::AcqRel)
+            {
                 warn!(dir = ?self.shared.dir, "disk space freed: appends resume");
             }
         }

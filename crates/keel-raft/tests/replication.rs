@@ -279,10 +279,16 @@ async fn a_local_acknowledgement_does_not_wait_for_the_majority() {
     let commit = g.propose_start(batch(1, "needs-majority")).await.expect("proposed");
     tokio::pin!(commit);
     assert!(
-        tokio::time::timeout(Duration::from_millis(500), &mut commit).await.is_err(),
+        tokio::time::timeout(Duration::from_millis(500), &mut commit)
+            .await
+            .is_err(),
         "committed without a majority"
     );
-    assert_eq!(g.shared.applied().next_offset, next, "the unreplicated entry became visible");
+    assert_eq!(
+        g.shared.applied().next_offset,
+        next,
+        "the unreplicated entry became visible"
+    );
 
     for r in &replicas {
         if r.id != leader {

@@ -730,7 +730,10 @@ fn busiest_leader(leaders: &Leaders) -> Option<u64> {
             *count.entry(*n).or_default() += 1;
         }
     }
-    count.into_iter().max_by_key(|(n, c)| (*c, std::cmp::Reverse(*n))).map(|(n, _)| n)
+    count
+        .into_iter()
+        .max_by_key(|(n, c)| (*c, std::cmp::Reverse(*n)))
+        .map(|(n, _)| n)
 }
 
 fn join_ids(ids: &[u64]) -> String {

@@ -431,7 +431,10 @@ async fn a_compacted_topic_takes_only_keyed_records() {
     for codec in ["none", "gzip", "zstd", "lz4", "snappy"] {
         let p = producer(&k, codec);
         let keyless = p
-            .send(FutureRecord::<(), _>::to("kv").payload("no key"), Duration::from_secs(10))
+            .send(
+                FutureRecord::<(), _>::to("kv").payload("no key"),
+                Duration::from_secs(10),
+            )
             .await;
         let err = keyless.expect_err("a keyless record was accepted").0;
         assert_eq!(
@@ -462,7 +465,12 @@ async fn old_message_formats_are_converted_on_produce() {
     let k = Keel::start(dir.path(), &[]);
     create_topic(&k, "old", 1, &[]).await;
     let mut expected = Vec::new();
-    for (fallback, codec) in [("0.9.0", "none"), ("0.9.0", "gzip"), ("0.10.0", "none"), ("0.10.0", "gzip")] {
+    for (fallback, codec) in [
+        ("0.9.0", "none"),
+        ("0.9.0", "gzip"),
+        ("0.10.0", "none"),
+        ("0.10.0", "gzip"),
+    ] {
         let p: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &k.kafka)
             .set("api.version.request", "false")
@@ -525,9 +533,12 @@ async fn sasl_plain_lets_in_only_known_users() {
         .create()
         .unwrap();
     for i in 0..10 {
-        p.send(FutureRecord::to("auth").key("k").payload(&format!("v{i}")), Duration::from_secs(20))
-            .await
-            .unwrap_or_else(|e| panic!("authenticated produce failed: {:?}", e.0));
+        p.send(
+            FutureRecord::to("auth").key("k").payload(&format!("v{i}")),
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("authenticated produce failed: {:?}", e.0));
     }
     let c: BaseConsumer = sasl_client(&k, "alice", "alice-secret")
         .set("group.id", "auth-readers")
@@ -555,7 +566,10 @@ async fn sasl_plain_lets_in_only_known_users() {
     ] {
         let p: FutureProducer = config.clone().set("message.timeout.ms", "3000").create().unwrap();
         let r = p
-            .send(FutureRecord::to("auth").key("k").payload("intruder"), Duration::from_secs(10))
+            .send(
+                FutureRecord::to("auth").key("k").payload("intruder"),
+                Duration::from_secs(10),
+            )
             .await;
         assert!(r.is_err(), "{name}: produce accepted");
     }

@@ -527,7 +527,9 @@ async fn every_node_names_the_leaders_of_partitions_it_does_not_host() {
     for i in 0..50 {
         let delivery = quick
             .send(
-                FutureRecord::<(), _>::to("spread").partition(3).payload(&format!("one-{i}")),
+                FutureRecord::<(), _>::to("spread")
+                    .partition(3)
+                    .payload(&format!("one-{i}")),
                 Duration::from_secs(30),
             )
             .await

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::produce_response::{
     BatchIndexAndErrorMessage, PartitionProduceResponse, TopicProduceResponse,
 };
-use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
 use kafka_protocol::ResponseError;
 use keel_proto::batch;
@@ -46,7 +46,11 @@ const INFLATED_BATCH_MAX: usize = 64 << 20;
 /// A compacted topic takes only records with keys. Returns the refusal (INVALID_RECORD,
 /// naming each keyless record by its index in the batch, as Kafka does) when a batch
 /// holds one.
-fn keyless(topic: &str, index: i32, batches: &[(batch::BatchHeader, bytes::Bytes)]) -> Option<PartitionProduceResponse> {
+fn keyless(
+    topic: &str,
+    index: i32,
+    batches: &[(batch::BatchHeader, bytes::Bytes)],
+) -> Option<PartitionProduceResponse> {
     for (_, bytes) in batches {
         let bad = match batch::keyless_records(bytes, INFLATED_BATCH_MAX) {
             Ok(bad) if bad.is_empty() => continue,
@@ -109,7 +113,11 @@ pub async fn handle_legacy(
     let answered: std::collections::HashMap<(String, i32), &PartitionProduceResponse> = resp
         .responses
         .iter()
-        .flat_map(|t| t.partition_responses.iter().map(move |p| ((t.name.0.to_string(), p.index), p)))
+        .flat_map(|t| {
+            t.partition_responses
+                .iter()
+                .map(move |p| ((t.name.0.to_string(), p.index), p))
+        })
         .collect();
     Some(
         req.topics

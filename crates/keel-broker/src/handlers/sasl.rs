@@ -37,7 +37,11 @@ impl Session {
     }
 }
 
-pub fn handshake(users: &BTreeMap<String, String>, session: &mut Session, req: SaslHandshakeRequest) -> SaslHandshakeResponse {
+pub fn handshake(
+    users: &BTreeMap<String, String>,
+    session: &mut Session,
+    req: SaslHandshakeRequest,
+) -> SaslHandshakeResponse {
     let mut r = SaslHandshakeResponse::default();
     if users.is_empty() {
         // SASL is not enabled on this listener.
@@ -154,7 +158,10 @@ mod tests {
         );
         assert_eq!(handshake(&u, &mut session, hs("PLAIN")).error_code, 0);
         let (r, close) = authenticate(&u, &mut session, auth(b"\0alice\0nope"));
-        assert_eq!((r.error_code, close), (ResponseError::SaslAuthenticationFailed.code(), true));
+        assert_eq!(
+            (r.error_code, close),
+            (ResponseError::SaslAuthenticationFailed.code(), true)
+        );
         assert!(!session.authenticated);
 
         assert_eq!(handshake(&u, &mut session, hs("PLAIN")).error_code, 0);
@@ -169,7 +176,11 @@ mod tests {
         let none = BTreeMap::new();
         let mut session = Session::new(&none);
         assert!(session.authenticated);
-        let r = handshake(&none, &mut session, SaslHandshakeRequest::default().with_mechanism(s("PLAIN")));
+        let r = handshake(
+            &none,
+            &mut session,
+            SaslHandshakeRequest::default().with_mechanism(s("PLAIN")),
+        );
         assert_eq!(r.error_code, ResponseError::UnsupportedSaslMechanism.code());
     }
 }
