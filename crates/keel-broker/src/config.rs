@@ -97,9 +97,13 @@ pub struct BrokerConfig {
     pub raft_listen: Option<String>,
     /// Address other nodes reach this node's Raft listener at; defaults to `raft_listen`.
     pub advertised_raft: Option<String>,
-    /// The cluster's voting nodes as `id@host:port` (Raft addresses), this node included.
-    /// Empty: this node alone.
+    /// The cluster's voting nodes as `id@host:port` (Raft addresses), this node included
+    /// unless it joins. Empty: this node alone.
     pub peers: Vec<String>,
+    /// Join the running cluster of `peers` (whose controller voters they are) as a node
+    /// that holds replicas but does not vote on metadata. Partitions come to it when they
+    /// are reassigned to it.
+    pub join: bool,
     /// Raft heartbeat period.
     pub raft_heartbeat_ms: u64,
     /// Raft election timeout: a follower that hears no leader for twice this (the leader's
@@ -145,6 +149,7 @@ impl Default for BrokerConfig {
             raft_listen: None,
             advertised_raft: None,
             peers: Vec::new(),
+            join: false,
             raft_heartbeat_ms: 50,
             raft_election_timeout_ms: 150,
             fault_injection: false,
@@ -198,9 +203,19 @@ impl BrokerConfig {
             return Err("raft_election_timeout_ms must exceed raft_heartbeat_ms, which must be positive".into());
         }
         let peers = self.parse_peers()?;
+        if self.join && peers.is_empty() {
+            return Err("join needs the peers of the cluster to join".into());
+        }
         if !peers.is_empty() {
-            if self.node_id < 0 || !peers.iter().any(|(id, _)| *id == self.node_id as u64) {
-                return Err(format!("node_id {} is not among the peers", self.node_id));
+            let among = peers.iter().any(|(id, _)| *id == self.node_id as u64);
+            if self.node_id < 0 || (!among && !self.join) {
+                return Err(format!(
+                    "node_id {} is not among the peers (to add a node to a running cluster, use join)",
+                    self.node_id
+                ));
+            }
+            if among && self.join {
+                return Err(format!("node_id {} is a peer already: it does not join", self.node_id));
             }
             if self.raft_listen.is_none() {
                 return Err("a node with peers needs raft_listen".into());

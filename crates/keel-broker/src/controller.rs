@@ -10,7 +10,7 @@
 //! The controller's log is small (one entry per admin operation) and is replayed in full
 //! at every start, so its state needs no snapshot file of its own.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,6 +26,9 @@ use uuid::Uuid;
 pub const CONTROLLER_GROUP: &str = "__controller";
 /// Transport requests (kind "app") that carry a proposal to the controller's leader.
 const PROPOSE_ROUTE: &str = "controller/propose";
+/// Transport requests from a node joining a running cluster: it asks the controller's
+/// leader to add it as a learner (see [`Controller::join`]).
+const JOIN_ROUTE: &str = "controller/join";
 
 /// A node as the cluster knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,6 +45,44 @@ pub struct TopicRecord {
     /// Replica node ids per partition; the first is the preferred leader.
     pub replicas: Vec<Vec<NodeId>>,
     pub configs: BTreeMap<String, String>,
+    /// Target replica lists of partitions being moved (AlterPartitionReassignments). While a
+    /// partition moves, its replicas are both lists; the move completes when its Raft
+    /// group's voters are the target.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reassigning: BTreeMap<i32, Vec<NodeId>>,
+    /// Partitions whose replica set has changed since the topic was created. A replica of
+    /// one of them that starts with an empty log never initializes its Raft group (it would
+    /// write a membership of its own): it waits for the leader to add it.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub moved: BTreeSet<i32>,
+}
+
+impl TopicRecord {
+    pub fn new(replicas: Vec<Vec<NodeId>>, configs: BTreeMap<String, String>) -> TopicRecord {
+        TopicRecord {
+            id: Uuid::new_v4(),
+            replicas,
+            configs,
+            reassigning: BTreeMap::new(),
+            moved: BTreeSet::new(),
+        }
+    }
+
+    /// The nodes that hold, or are to hold, a replica of `partition`: its replicas and the
+    /// target of its reassignment, if one is under way.
+    pub fn hosts(&self, partition: i32) -> Vec<NodeId> {
+        let mut out: Vec<NodeId> = self
+            .replicas
+            .get(partition.max(0) as usize)
+            .cloned()
+            .unwrap_or_default();
+        for n in self.reassigning.get(&partition).into_iter().flatten() {
+            if !out.contains(n) {
+                out.push(*n);
+            }
+        }
+        out
+    }
 }
 
 /// The cluster's metadata, identical on every node up to the controller's applied index.
@@ -74,6 +115,23 @@ pub enum Command {
         name: String,
         configs: BTreeMap<String, String>,
     },
+    /// Starts moving a partition to `target` replicas (the first is the preferred leader),
+    /// or with `None` cancels a move not yet done.
+    Reassign {
+        name: String,
+        partition: i32,
+        target: Option<Vec<NodeId>>,
+    },
+    /// A partition's Raft group now has `replicas` as its voters: the move is done.
+    CompleteReassignment {
+        name: String,
+        partition: i32,
+        replicas: Vec<NodeId>,
+    },
+    /// Forgets a node that holds no replicas (it was drained and shut down).
+    UnregisterNode {
+        id: NodeId,
+    },
 }
 
 /// What applying a command asks of this node's topics.
@@ -83,8 +141,102 @@ pub struct Event {
     /// False when the command changed nothing (e.g. creating a topic that exists).
     pub applies: bool,
     pub command: Command,
-    /// The topic after the command (absent once deleted).
+    /// The topic after the command; for a deletion, the topic deleted.
     pub topic: Option<TopicRecord>,
+}
+
+/// Applies `command` to `meta`: whether it changed a topic, and the topic concerned.
+fn apply(meta: &mut ClusterMeta, command: &Command) -> (bool, Option<TopicRecord>) {
+    fn partition_of<'a>(meta: &'a mut ClusterMeta, name: &str, partition: i32) -> Option<(&'a mut TopicRecord, i32)> {
+        meta.topics
+            .get_mut(name)
+            .filter(|t| partition >= 0 && (partition as usize) < t.replicas.len())
+            .map(|t| (t, partition))
+    }
+    let applies = match command {
+        Command::RegisterNode { id, info } => {
+            meta.nodes.insert(*id, info.clone());
+            false
+        }
+        Command::UnregisterNode { id } => {
+            meta.nodes.remove(id);
+            false
+        }
+        Command::CreateTopic { name, record } => {
+            if meta.topics.contains_key(name) {
+                false
+            } else {
+                meta.topics.insert(name.clone(), record.clone());
+                true
+            }
+        }
+        Command::DeleteTopic { name } => {
+            return match meta.topics.remove(name) {
+                Some(t) => (true, Some(t)),
+                None => (false, None),
+            }
+        }
+        Command::AddPartitions { name, replicas } => match meta.topics.get_mut(name) {
+            Some(t) => {
+                t.replicas.extend(replicas.iter().cloned());
+                true
+            }
+            None => false,
+        },
+        Command::AlterConfigs { name, configs } => match meta.topics.get_mut(name) {
+            Some(t) => {
+                t.configs = configs.clone();
+                true
+            }
+            None => false,
+        },
+        Command::Reassign {
+            name,
+            partition,
+            target,
+        } => match partition_of(meta, name, *partition) {
+            Some((t, p)) => {
+                match target {
+                    Some(target) if Some(target) != t.replicas.get(p as usize) => {
+                        t.reassigning.insert(p, target.clone());
+                        t.moved.insert(p);
+                    }
+                    _ => {
+                        t.reassigning.remove(&p);
+                    }
+                }
+                true
+            }
+            None => false,
+        },
+        Command::CompleteReassignment {
+            name,
+            partition,
+            replicas,
+        } => match partition_of(meta, name, *partition) {
+            Some((t, p)) => {
+                if t.reassigning.get(&p) == Some(replicas) {
+                    t.reassigning.remove(&p);
+                }
+                t.moved.insert(p);
+                if let Some(r) = t.replicas.get_mut(p as usize) {
+                    *r = replicas.clone();
+                }
+                true
+            }
+            None => false,
+        },
+    };
+    let topic = match command {
+        Command::CreateTopic { name, .. }
+        | Command::DeleteTopic { name }
+        | Command::AddPartitions { name, .. }
+        | Command::AlterConfigs { name, .. }
+        | Command::Reassign { name, .. }
+        | Command::CompleteReassignment { name, .. } => meta.topics.get(name).cloned(),
+        Command::RegisterNode { .. } | Command::UnregisterNode { .. } => None,
+    };
+    (applies, topic)
 }
 
 struct Hook {
@@ -103,42 +255,7 @@ impl Apply for Hook {
         };
         let mut meta = (**self.meta.borrow()).clone();
         meta.applied_index = index;
-        let applies = match &command {
-            Command::RegisterNode { id, info } => {
-                meta.nodes.insert(*id, info.clone());
-                false
-            }
-            Command::CreateTopic { name, record } => {
-                if meta.topics.contains_key(name) {
-                    false
-                } else {
-                    meta.topics.insert(name.clone(), record.clone());
-                    true
-                }
-            }
-            Command::DeleteTopic { name } => meta.topics.remove(name).is_some(),
-            Command::AddPartitions { name, replicas } => match meta.topics.get_mut(name) {
-                Some(t) => {
-                    t.replicas.extend(replicas.iter().cloned());
-                    true
-                }
-                None => false,
-            },
-            Command::AlterConfigs { name, configs } => match meta.topics.get_mut(name) {
-                Some(t) => {
-                    t.configs = configs.clone();
-                    true
-                }
-                None => false,
-            },
-        };
-        let topic = match &command {
-            Command::CreateTopic { name, .. }
-            | Command::DeleteTopic { name }
-            | Command::AddPartitions { name, .. }
-            | Command::AlterConfigs { name, .. } => meta.topics.get(name).cloned(),
-            Command::RegisterNode { .. } => None,
-        };
+        let (applies, topic) = apply(&mut meta, &command);
         let _ = self.events.send(Event {
             index,
             applies,
@@ -169,7 +286,9 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// Opens the controller's log under `dir` and joins the group.
+    /// Opens the controller's log under `dir` and joins the group. A node among `voters`
+    /// initializes the group when its log is new; a node that is not (one joining a
+    /// running cluster) waits to be added as a learner: see [`Controller::join`].
     pub async fn start(
         dir: &Path,
         node_id: NodeId,
@@ -213,7 +332,7 @@ impl Controller {
         )
         .await
         .map_err(anyhow::Error::msg)?;
-        if fresh {
+        if fresh && voters.contains_key(&node_id) {
             group.initialize(voters.clone()).await.map_err(anyhow::Error::msg)?;
         }
         let c = Arc::new(Controller {
@@ -229,6 +348,9 @@ impl Controller {
             let weak = weak.clone();
             Box::pin(async move {
                 let c = weak.upgrade().ok_or_else(|| "controller stopped".to_string())?;
+                if route == JOIN_ROUTE {
+                    return c.admit(&body).await;
+                }
                 if route != PROPOSE_ROUTE {
                     return Err(format!("unknown route {route}"));
                 }
@@ -248,8 +370,69 @@ impl Controller {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
+        tokio::spawn(follow_addresses(Arc::downgrade(&c)));
         info!(node = node_id, voters = c.voters.len(), "controller started");
         Ok(c)
+    }
+
+    /// Joins a running cluster as a learner of the controller group (a broker that does
+    /// not vote on metadata, as Kafka's brokers are to its KRaft controllers): asks the
+    /// voters in turn until the leader has added it, then waits until this node has applied
+    /// the metadata the leader had then. Retries until `timeout`.
+    pub async fn join(&self, raft_addr: &str, timeout: Duration) -> Result<(), ControllerError> {
+        let deadline = Instant::now() + timeout;
+        let body = Bytes::from(
+            serde_json::to_vec(&(self.node_id, raft_addr)).map_err(|e| ControllerError::Failed(e.to_string()))?,
+        );
+        let mut last = String::from("no voter answered");
+        let index = 'outer: loop {
+            for voter in self.voters.keys() {
+                let call = self
+                    .transport
+                    .call_app(*voter, JOIN_ROUTE, &body, Duration::from_secs(10))
+                    .await;
+                match call {
+                    Ok(b) => match <[u8; 8]>::try_from(b.as_ref()) {
+                        Ok(raw) => break 'outer u64::from_be_bytes(raw),
+                        Err(_) => last = "bad answer to a join".into(),
+                    },
+                    Err(e) => last = e.to_string(),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(ControllerError::Failed(format!("could not join the cluster: {last}")));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        let mut rx = self.meta.clone();
+        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(5));
+        tokio::time::timeout(left, rx.wait_for(|m| m.applied_index >= index))
+            .await
+            .map_err(|_| ControllerError::Failed("joined, but the metadata did not arrive in time".into()))?
+            .map_err(|e| ControllerError::Failed(e.to_string()))?;
+        info!(node = self.node_id, index, "joined the cluster as a controller learner");
+        Ok(())
+    }
+
+    /// On the controller's leader: adds a joining node as a learner. Answers with the
+    /// index of the last applied metadata command.
+    async fn admit(&self, body: &[u8]) -> Result<Bytes, String> {
+        let (id, addr): (NodeId, String) = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+        if !self.group.is_leader() {
+            return Err(format!("not leader; leader is {:?}", self.group.leader()));
+        }
+        if self.voters.contains_key(&id) {
+            return Err(format!("node {id} is a controller voter; it does not join"));
+        }
+        if !self.group.members().contains(&id) {
+            self.transport.set_peer(id, addr.clone());
+            self.group
+                .add_learners([(id, Node { addr })].into_iter().collect())
+                .await
+                .map_err(|e| e.to_string())?;
+            info!(node = id, "node joined the controller group as a learner");
+        }
+        Ok(Bytes::from(self.meta().applied_index.to_be_bytes().to_vec()))
     }
 
     /// The events queue, taken once by the topics reconciler.
@@ -327,6 +510,25 @@ impl Controller {
         }
         nodes.sort_unstable();
         assign(&nodes, name, first, count, rf)
+    }
+}
+
+/// Keeps the transport's address book in step with the registered nodes, so that every
+/// node reaches (and pings) nodes that joined after it started.
+async fn follow_addresses(c: std::sync::Weak<Controller>) {
+    let Some(mut rx) = c.upgrade().map(|c| c.subscribe()) else { return };
+    loop {
+        let Some(ctl) = c.upgrade() else { return };
+        let meta = rx.borrow_and_update().clone();
+        for (id, n) in &meta.nodes {
+            if *id != ctl.node_id && !n.raft_addr.is_empty() {
+                ctl.transport.set_peer(*id, n.raft_addr.clone());
+            }
+        }
+        drop(ctl);
+        if rx.changed().await.is_err() {
+            return;
+        }
     }
 }
 

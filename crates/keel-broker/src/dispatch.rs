@@ -205,6 +205,24 @@ pub async fn handle_from(
                 handlers::describe_configs::handle
             )
         }
+        ApiKey::AlterPartitionReassignments => route!(
+            b,
+            body,
+            api,
+            v,
+            corr,
+            AlterPartitionReassignmentsRequest,
+            handlers::alter_partition_reassignments::handle
+        ),
+        ApiKey::ListPartitionReassignments => route!(
+            b,
+            body,
+            api,
+            v,
+            corr,
+            ListPartitionReassignmentsRequest,
+            handlers::list_partition_reassignments::handle
+        ),
         ApiKey::DescribeCluster => {
             route!(
                 b,

@@ -115,9 +115,7 @@ impl Broker {
                 }
             }
         };
-        let offsets_partition = offsets_topic
-            .partition(0)
-            .ok_or_else(|| anyhow::anyhow!("{} has no partition 0", group::offsets::OFFSETS_TOPIC))?;
+        let offsets_partition = offsets_replica(&topics, &offsets_topic).await;
         let loaded_term = offsets_partition.is_leader().then(|| offsets_partition.group().term());
         let offsets = group::offsets::OffsetStore::load(offsets_partition);
         let timing = group::state::GroupTiming {
@@ -154,7 +152,16 @@ impl Broker {
 
     /// The node coordinating groups (leading `__consumer_offsets`): id, host, port.
     pub fn coordinator_node(&self) -> Option<(i32, String, i32)> {
-        let leader = self.groups.offsets.partition().group().leader()? as i32;
+        let p = self.groups.offsets.partition();
+        let leader = if p.is_closed() {
+            // This node's replica was moved off: the leader as it reports itself.
+            self.controller
+                .transport
+                .reported_leader(&partition::group_name(group::offsets::OFFSETS_TOPIC, 0))?
+                .0 as i32
+        } else {
+            p.group().leader()? as i32
+        };
         handlers::metadata::nodes(self)
             .into_iter()
             .find(|(id, _, _)| *id == leader)
@@ -245,11 +252,22 @@ async fn start_replication(
         options.clone(),
     )
     .await?;
+    if config.join {
+        // The controller's voters add this node as a learner; wait for that and for the
+        // metadata (a node that joined before restarts straight away).
+        loop {
+            match controller.join(&raft_addr, std::time::Duration::from_secs(30)).await {
+                Ok(()) => break,
+                Err(e) => tracing::warn!(error = %e, "still joining the cluster"),
+            }
+        }
+    }
     let replica = partition::ReplicaContext {
         node_id,
         transport,
         members: voters,
         preferred_leader: None,
+        initialize: true,
         options,
         metrics: metrics.clone(),
         data_changed: data_changed.clone(),
@@ -263,6 +281,37 @@ async fn start_replication(
     };
     tokio::spawn(register_node(controller.clone(), node_id, info));
     Ok((controller, topics))
+}
+
+/// This node's replica of `__consumer_offsets`, which every node holds. A node without one
+/// (it joined a running cluster, or its replica was moved off) asks for one to be added and
+/// waits for it.
+async fn offsets_replica(topics: &Arc<topics::Topics>, offsets: &Arc<topics::Topic>) -> Arc<partition::Partition> {
+    let name = group::offsets::OFFSETS_TOPIC;
+    let me = topics.controller.node_id;
+    let started = Instant::now();
+    let mut asked = false;
+    loop {
+        if let Some(p) = offsets.partition(0) {
+            return p;
+        }
+        let meta = topics.controller.meta();
+        let record = meta.topics.get(name);
+        let hosts = record.map(|r| r.hosts(0)).unwrap_or_default();
+        let moving = record.map(|r| r.reassigning.contains_key(&0)).unwrap_or(false);
+        if !hosts.contains(&me) && !moving && meta.nodes.contains_key(&me) {
+            let mut target = record.and_then(|r| r.replicas.first().cloned()).unwrap_or_default();
+            target.push(me);
+            match topics.reassign(name, 0, Some(target), true).await {
+                Ok(()) => asked = true,
+                Err(e) => tracing::info!(reason = %e.message, "asking for a replica of {name}"),
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        if asked && started.elapsed().as_millis() % 5000 < 500 {
+            tracing::info!(waited_s = started.elapsed().as_secs(), "waiting for this node's replica of {name}");
+        }
+    }
 }
 
 /// Records this node's addresses in the cluster metadata (retried until it is there).

@@ -12,7 +12,7 @@
 //! leader knows what the old one committed; a leader accepts writes only once it has
 //! applied an entry of its own term (everything earlier leaders committed).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -73,6 +73,9 @@ pub struct ReplicaContext {
     pub members: std::collections::BTreeMap<u64, keel_raft::Node>,
     /// The replica that should lead (the first of the assignment).
     pub preferred_leader: Option<u64>,
+    /// Whether a replica with an empty log initializes the group with `members`: false for
+    /// a replica added to a running group (its leader adds it and replicates to it).
+    pub initialize: bool,
     pub options: GroupOptions,
     pub metrics: Arc<Metrics>,
     /// Broker-wide counter bumped whenever any high watermark moves (wakes long polls).
@@ -84,7 +87,9 @@ pub struct ReplicaContext {
 pub struct Partition {
     pub topic: String,
     pub index: i32,
-    pub preferred_leader: Option<u64>,
+    /// The replica that should lead, `u64::MAX` for none (it changes when the partition
+    /// moves).
+    preferred_leader: AtomicU64,
     group: Group,
     hook: Arc<PartitionHook>,
     settings: RwLock<TopicSettings>,
@@ -176,7 +181,8 @@ impl Partition {
             fsync: settings.fsync == FsyncPolicy::Always,
             ..ctx.options.clone()
         };
-        let fresh = log.next_index() == 0 && repaired.is_none() && !dir.join("raft-vote.json").exists();
+        let fresh =
+            ctx.initialize && log.next_index() == 0 && repaired.is_none() && !dir.join("raft-vote.json").exists();
         let group = Group::start(
             &group_name(topic, index),
             ctx.node_id,
@@ -227,7 +233,7 @@ impl Partition {
         let p = Arc::new(Partition {
             topic: topic.to_string(),
             index,
-            preferred_leader: ctx.preferred_leader,
+            preferred_leader: AtomicU64::new(ctx.preferred_leader.unwrap_or(u64::MAX)),
             group,
             hook,
             settings: RwLock::new(settings),
@@ -585,11 +591,20 @@ impl Partition {
         let me = m.id;
         let caught_up = m.last_applied.map(|l| l.index) == m.last_log_index && m.last_log_index.is_some();
         let follows_live_leader = m.current_leader.map(|l| l != me && leader_alive(l)).unwrap_or(false);
-        if self.preferred_leader == Some(me) && follows_live_leader && caught_up && !self.is_closed() {
+        if self.preferred_leader() == Some(me) && follows_live_leader && caught_up && !self.is_closed() {
             self.group.elect().await;
             return true;
         }
         false
+    }
+
+    pub fn preferred_leader(&self) -> Option<u64> {
+        Some(self.preferred_leader.load(Ordering::Acquire)).filter(|n| *n != u64::MAX)
+    }
+
+    pub fn set_preferred_leader(&self, node: Option<u64>) {
+        self.preferred_leader
+            .store(node.unwrap_or(u64::MAX), Ordering::Release);
     }
 
     /// Stops the group; the partition refuses further appends.

@@ -92,6 +92,8 @@ pub struct Topics {
     metrics: Arc<Metrics>,
     admin: tokio::sync::Mutex<()>,
     replica: ReplicaContext,
+    /// Partitions whose move this node (as their leader) is carrying out.
+    moving: std::sync::Mutex<std::collections::BTreeSet<(String, i32)>>,
     pub controller: Arc<Controller>,
     /// Controller index up to which this node's replicas match the metadata.
     reconciled: watch::Sender<u64>,
@@ -120,11 +122,13 @@ impl Topics {
             metrics,
             admin: tokio::sync::Mutex::new(()),
             replica,
+            moving: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             controller,
             reconciled: watch::Sender::new(0),
         });
         tokio::spawn(reconcile(Arc::downgrade(&topics), events));
         tokio::spawn(balance_leaders(Arc::downgrade(&topics), Duration::from_secs(5)));
+        tokio::spawn(drive_moves(Arc::downgrade(&topics), Duration::from_millis(250)));
         Ok(topics)
     }
 
@@ -157,16 +161,26 @@ impl Topics {
             return;
         }
         match (&ev.command, ev.topic) {
-            (Command::CreateTopic { name, .. }, Some(record)) => {
-                if let Err(e) = self.open_topic(name, record).await {
-                    tracing::error!(topic = %name, error = %format!("{e:#}"), "could not open the topic's replicas");
-                }
-            }
-            (Command::DeleteTopic { name }, _) => self.remove_topic(name).await,
-            (Command::AddPartitions { name, .. }, Some(record))
-            | (Command::AlterConfigs { name, .. }, Some(record)) => {
-                if let Err(e) = self.update_topic(name, record).await {
-                    tracing::error!(topic = %name, error = %format!("{e:#}"), "could not apply the topic change");
+            (Command::DeleteTopic { name }, Some(deleted)) => self.remove_topic(name, deleted.id).await,
+            (
+                Command::CreateTopic { name, .. }
+                | Command::AddPartitions { name, .. }
+                | Command::AlterConfigs { name, .. }
+                | Command::Reassign { name, .. }
+                | Command::CompleteReassignment { name, .. },
+                Some(at),
+            ) => {
+                // Work from the latest metadata: while the controller's log is replayed at
+                // start, later commands may already have moved the topic's partitions, or
+                // deleted the topic (and perhaps created another of the same name).
+                let latest = self.controller.meta().topics.get(name).cloned();
+                match latest {
+                    Some(latest) if latest.id == at.id => {
+                        if let Err(e) = self.sync_topic(name, latest).await {
+                            tracing::error!(topic = %name, error = %format!("{e:#}"), "could not apply the topic change");
+                        }
+                    }
+                    _ => {}
                 }
             }
             _ => {}
@@ -189,70 +203,110 @@ impl Topics {
             .collect()
     }
 
-    async fn open_topic(&self, name: &str, record: TopicRecord) -> anyhow::Result<()> {
+    /// Makes this node's replicas of topic `name` match `record`: opens the partitions it
+    /// is to host (those added to it by a move wait for their leader rather than
+    /// initializing), closes and deletes those moved off it, and applies the configs.
+    async fn sync_topic(&self, name: &str, record: TopicRecord) -> anyhow::Result<()> {
+        let settings =
+            topic_config::settings(&self.config, &record.configs).map_err(|e| anyhow::anyhow!("topic {name}: {e}"))?;
+        let me = self.replica.node_id;
+        let existing = self.get(name).filter(|t| t.meta().id == record.id);
+        if existing.is_none() {
+            self.claim_dir(name, record.id)?;
+        }
+        let mut opened = BTreeMap::new();
+        let mut gone = Vec::new();
+        for (p, replicas) in record.replicas.iter().enumerate() {
+            let p = p as i32;
+            let hosted = existing.as_ref().and_then(|t| t.partition(p));
+            if record.hosts(p).contains(&me) {
+                match hosted {
+                    Some(part) => part.set_preferred_leader(replicas.first().copied()),
+                    None => {
+                        let initialize = !record.moved.contains(&p);
+                        let part = self.open_partition(name, p, &settings, replicas, initialize).await?;
+                        opened.insert(p, part);
+                    }
+                }
+            } else {
+                gone.push(p);
+            }
+        }
+        for p in gone {
+            let part = existing
+                .as_ref()
+                .and_then(|t| t.partitions.write().unwrap_or_else(|e| e.into_inner()).remove(&p));
+            if let Some(part) = part {
+                part.close().await;
+            }
+            let dir = self.topic_dir(name).join(p.to_string());
+            if dir.exists() {
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => info!(topic = name, partition = p, "replica moved off this node: removed"),
+                    Err(e) => warn!(topic = name, partition = p, error = %e, "could not remove a moved replica"),
+                }
+            }
+        }
         let meta = TopicMeta {
             name: name.to_string(),
             id: record.id,
             partitions: record.replicas.len() as i32,
             configs: record.configs.clone(),
-            replicas: record.replicas.clone(),
+            replicas: (0..record.replicas.len() as i32).map(|p| record.hosts(p)).collect(),
         };
-        let settings =
-            topic_config::settings(&self.config, &meta.configs).map_err(|e| anyhow::anyhow!("topic {name}: {e}"))?;
-        let mut parts = BTreeMap::new();
-        for (p, replicas) in record.replicas.iter().enumerate() {
-            if replicas.contains(&self.replica.node_id) {
-                let p = p as i32;
-                parts.insert(p, self.open_partition(name, p, &settings, replicas).await?);
+        match existing {
+            Some(topic) => {
+                *topic.meta.write().unwrap_or_else(|e| e.into_inner()) = meta;
+                topic
+                    .partitions
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(opened);
+                for p in topic.partition_list() {
+                    p.set_settings(settings.clone());
+                }
+                let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+                self.refresh_gauges(&map);
+            }
+            None => {
+                info!(
+                    topic = name,
+                    partitions = meta.partitions,
+                    local = opened.len(),
+                    "topic opened"
+                );
+                self.insert(meta, opened);
             }
         }
-        info!(
-            topic = name,
-            partitions = meta.partitions,
-            local = parts.len(),
-            "topic opened"
-        );
-        self.insert(meta, parts);
         Ok(())
     }
 
-    async fn update_topic(&self, name: &str, record: TopicRecord) -> anyhow::Result<()> {
-        let Some(topic) = self.get(name) else {
-            return self.open_topic(name, record).await;
-        };
-        let settings =
-            topic_config::settings(&self.config, &record.configs).map_err(|e| anyhow::anyhow!("topic {name}: {e}"))?;
-        let mut added = BTreeMap::new();
-        let known = topic.meta().partitions;
-        for (p, replicas) in record.replicas.iter().enumerate().skip(known.max(0) as usize) {
-            if replicas.contains(&self.replica.node_id) {
-                let p = p as i32;
-                added.insert(p, self.open_partition(name, p, &settings, replicas).await?);
+    /// Makes `topics/<name>` the directory of topic `id`: a directory left by a deleted topic
+    /// of the same name (whose removal a crash interrupted) is cleared first. The id is kept
+    /// in `topic.id`, so a deletion replayed at start never removes a newer topic's data.
+    fn claim_dir(&self, name: &str, id: Uuid) -> anyhow::Result<()> {
+        let dir = self.topic_dir(name);
+        let marker = dir.join("topic.id");
+        match std::fs::read_to_string(&marker) {
+            Ok(found) if found.trim() == id.to_string() => return Ok(()),
+            Ok(found) => {
+                warn!(topic = name, stale = found.trim(), "removing the data of a deleted topic of the same name");
+                std::fs::remove_dir_all(&dir)?;
             }
+            Err(_) => {}
         }
-        {
-            let mut meta = topic.meta.write().unwrap_or_else(|e| e.into_inner());
-            meta.partitions = record.replicas.len() as i32;
-            meta.replicas = record.replicas.clone();
-            meta.configs = record.configs.clone();
-        }
-        topic
-            .partitions
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(added);
-        for p in topic.partition_list() {
-            p.set_settings(settings.clone());
-        }
-        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-        self.refresh_gauges(&map);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(&marker, id.to_string())?;
         Ok(())
     }
 
-    async fn remove_topic(&self, name: &str) {
+    async fn remove_topic(&self, name: &str, id: Uuid) {
         let topic = {
             let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-            let t = map.remove(name);
+            let t = match map.get(name) {
+                Some(t) if t.meta().id == id => map.remove(name),
+                _ => None,
+            };
             self.refresh_gauges(&map);
             t
         };
@@ -262,7 +316,10 @@ impl Topics {
             }
         }
         let dir = self.topic_dir(name);
-        if dir.exists() {
+        let owner = std::fs::read_to_string(dir.join("topic.id")).ok();
+        if dir.exists() && owner.as_deref().map(str::trim) != Some(&*id.to_string()) && owner.is_some() {
+            info!(topic = name, "deleted topic's directory now belongs to a newer topic: kept");
+        } else if dir.exists() {
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 warn!(topic = name, error = %e, "could not remove topic directory");
             }
@@ -280,11 +337,13 @@ impl Topics {
         p: i32,
         settings: &TopicSettings,
         replicas: &[u64],
+        initialize: bool,
     ) -> anyhow::Result<Arc<Partition>> {
         let log = DiskLog::open(&self.topic_dir(topic).join(p.to_string()), settings.log.clone())?;
         let ctx = ReplicaContext {
             members: self.members(replicas),
             preferred_leader: replicas.first().copied(),
+            initialize,
             ..self.replica.clone()
         };
         Partition::open(topic, p, log, settings.clone(), &ctx).await
@@ -447,11 +506,10 @@ impl Topics {
         }
         topic_config::settings(&self.config, &configs).map_err(|m| AdminError::new(E::InvalidConfig, m))?;
         let rf = replication_factor.unwrap_or(self.config.default_replication_factor.max(1) as usize);
-        let record = TopicRecord {
-            id: Uuid::new_v4(),
-            replicas: replicas.unwrap_or_else(|| self.controller.assign(name, 0, partitions, rf)),
+        let record = TopicRecord::new(
+            replicas.unwrap_or_else(|| self.controller.assign(name, 0, partitions, rf)),
             configs,
-        };
+        );
         if validate_only {
             return Ok(Arc::new(Topic {
                 meta: RwLock::new(TopicMeta {
@@ -572,6 +630,218 @@ impl Topics {
         .await?;
         info!(topic = name, partitions = count, "partitions added");
         Ok(())
+    }
+}
+
+/// A partition move in progress, as ListPartitionReassignments reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Move {
+    pub topic: String,
+    pub partition: i32,
+    /// Replicas and target together, the target first (as Kafka lists them).
+    pub replicas: Vec<u64>,
+    pub adding: Vec<u64>,
+    pub removing: Vec<u64>,
+}
+
+impl Topics {
+    /// Starts moving `partition` of `name` to `target` (the first is the preferred leader);
+    /// `None` cancels a move not yet done. The move itself is carried out by the partition's
+    /// leader (see [`drive_moves`]): it adds the new replicas as learners, waits until they
+    /// have caught up, makes the target the group's voters, and then records it.
+    pub async fn reassign(
+        &self,
+        name: &str,
+        partition: i32,
+        target: Option<Vec<u64>>,
+        allow_replication_factor_change: bool,
+    ) -> Result<(), AdminError> {
+        let _guard = self.admin.lock().await;
+        self.wait_caught_up(ADMIN_TIMEOUT).await?;
+        let meta = self.controller.meta();
+        let record = meta
+            .topics
+            .get(name)
+            .ok_or_else(|| AdminError::new(E::UnknownTopicOrPartition, "topic does not exist"))?;
+        let current = record
+            .replicas
+            .get(partition.max(0) as usize)
+            .filter(|_| partition >= 0)
+            .ok_or_else(|| AdminError::new(E::UnknownTopicOrPartition, "no such partition"))?;
+        match &target {
+            None if !record.reassigning.contains_key(&partition) => {
+                return Err(AdminError::new(
+                    E::NoReassignmentInProgress,
+                    "the partition is not being moved",
+                ))
+            }
+            None => {}
+            Some(t) => {
+                let known = self.node_ids();
+                let mut distinct = t.clone();
+                distinct.sort_unstable();
+                distinct.dedup();
+                if t.is_empty() || distinct.len() != t.len() {
+                    return Err(AdminError::new(
+                        E::InvalidReplicaAssignment,
+                        "the target must name distinct nodes",
+                    ));
+                }
+                if let Some(n) = t.iter().find(|n| !known.contains(n)) {
+                    return Err(AdminError::new(
+                        E::InvalidReplicaAssignment,
+                        format!("node {n} is not part of the cluster"),
+                    ));
+                }
+                if !allow_replication_factor_change && t.len() != current.len() {
+                    return Err(AdminError::new(
+                        E::InvalidReplicationFactor,
+                        format!(
+                            "the partition has {} replicas; the target has {}",
+                            current.len(),
+                            t.len()
+                        ),
+                    ));
+                }
+            }
+        }
+        self.commit(Command::Reassign {
+            name: name.to_string(),
+            partition,
+            target: target.clone(),
+        })
+        .await?;
+        info!(topic = name, partition, target = ?target, "partition move requested");
+        Ok(())
+    }
+
+    /// The partition moves in progress.
+    pub fn moves(&self) -> Vec<Move> {
+        let meta = self.controller.meta();
+        let mut out = Vec::new();
+        for (name, t) in &meta.topics {
+            for (p, target) in &t.reassigning {
+                let current = t.replicas.get(*p as usize).cloned().unwrap_or_default();
+                let mut replicas = target.clone();
+                replicas.extend(current.iter().filter(|n| !target.contains(n)));
+                out.push(Move {
+                    topic: name.clone(),
+                    partition: *p,
+                    replicas,
+                    adding: target.iter().filter(|n| !current.contains(n)).copied().collect(),
+                    removing: current.iter().filter(|n| !target.contains(n)).copied().collect(),
+                });
+            }
+        }
+        out
+    }
+
+    /// On a partition's leader: takes the partition's move one step further, or finishes
+    /// it. Returns when this attempt is over (a later round retries what is not done).
+    async fn carry_out_move(&self, name: &str, part: Arc<Partition>) {
+        const CAUGHT_UP_ENTRIES: u64 = 64;
+        let target = |topics: &Topics| {
+            topics
+                .controller
+                .meta()
+                .topics
+                .get(name)
+                .and_then(|t| t.reassigning.get(&part.index).cloned())
+        };
+        let Some(goal) = target(self) else { return };
+        let group = part.group();
+        let learners = self.members(&goal);
+        if let Err(e) = group.add_learners(learners).await {
+            warn!(topic = name, partition = part.index, error = %e, "could not add the new replicas");
+            return;
+        }
+        // Wait (bounded) until every new replica has caught up with the leader's log.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let behind: Vec<u64> = goal
+                .iter()
+                .filter(|n| group.lag_of(**n).map(|lag| lag > CAUGHT_UP_ENTRIES).unwrap_or(true))
+                .copied()
+                .collect();
+            if behind.is_empty() {
+                break;
+            }
+            if std::time::Instant::now() >= deadline || !group.is_leader() || part.is_closed() {
+                info!(topic = name, partition = part.index, behind = ?behind, "new replicas not caught up yet");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The move may have been cancelled or changed meanwhile.
+        if target(self).as_ref() != Some(&goal) {
+            return;
+        }
+        let voters: std::collections::BTreeSet<u64> = goal.iter().copied().collect();
+        if let Err(e) = group.set_voters(voters).await {
+            warn!(topic = name, partition = part.index, error = %e, "could not change the replicas");
+            return;
+        }
+        let done = Command::CompleteReassignment {
+            name: name.to_string(),
+            partition: part.index,
+            replicas: goal.clone(),
+        };
+        match self.controller.propose(&done, ADMIN_TIMEOUT).await {
+            Ok(_) => info!(topic = name, partition = part.index, replicas = ?goal, "partition moved"),
+            Err(e) => warn!(topic = name, partition = part.index, error = %e, "moved, but not yet recorded"),
+        }
+    }
+
+    /// On a partition's leader: removes learners that no move needs any more (a cancelled
+    /// move's new replicas).
+    async fn tidy_learners(&self, name: &str, part: &Partition, record: &TopicRecord) {
+        let hosts = record.hosts(part.index);
+        let stray: std::collections::BTreeSet<u64> =
+            part.group().members().into_iter().filter(|n| !hosts.contains(n)).collect();
+        if !stray.is_empty() {
+            match part.group().remove_learners(stray.clone()).await {
+                Ok(()) => info!(topic = name, partition = part.index, nodes = ?stray, "removed replicas of a cancelled move"),
+                Err(e) => warn!(topic = name, partition = part.index, error = %e, "could not remove stray learners"),
+            }
+        }
+    }
+}
+
+/// Carries out partition moves on the partitions this node leads (one task per partition),
+/// and, when a moved partition's metadata lags its group (a leader that failed between
+/// changing the voters and recording it), records what is done.
+pub async fn drive_moves(topics: std::sync::Weak<Topics>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(t) = topics.upgrade() else { return };
+        let meta = t.controller.meta();
+        for (name, record) in &meta.topics {
+            let Some(topic) = t.get(name).filter(|x| x.meta().id == record.id) else {
+                continue;
+            };
+            for part in topic.partition_list() {
+                if !part.group().is_ready_leader() {
+                    continue;
+                }
+                if !record.reassigning.contains_key(&part.index) {
+                    if record.moved.contains(&part.index) {
+                        t.tidy_learners(name, &part, record).await;
+                    }
+                    continue;
+                }
+                let key = (name.clone(), part.index);
+                if !t.moving.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone()) {
+                    continue;
+                }
+                let (weak, name) = (topics.clone(), name.clone());
+                tokio::spawn(async move {
+                    if let Some(t) = weak.upgrade() {
+                        t.carry_out_move(&name, part).await;
+                        t.moving.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                    }
+                });
+            }
+        }
     }
 }
 

@@ -27,6 +27,16 @@ use kafka_protocol::records::{Compression, RecordBatchDecoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+/// A partition move in progress, as ListPartitionReassignments reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionMove {
+    pub topic: String,
+    pub partition: i32,
+    pub replicas: Vec<i32>,
+    pub adding: Vec<i32>,
+    pub removing: Vec<i32>,
+}
+
 pub mod group;
 pub use group::{assign_round_robin, Membership};
 
@@ -292,6 +302,82 @@ impl Client {
             }
         }
         Ok(())
+    }
+
+    /// Moves partitions (AlterPartitionReassignments): each `(topic, partition, target)`,
+    /// where `None` cancels a move. Returns each partition's error (code and message), if any.
+    pub async fn alter_partition_reassignments(
+        &mut self,
+        moves: &[(String, i32, Option<Vec<i32>>)],
+    ) -> Result<Vec<(String, i32, Option<(i16, String)>)>> {
+        use alter_partition_reassignments_request::{ReassignablePartition, ReassignableTopic};
+        let mut topics: Vec<ReassignableTopic> = Vec::new();
+        for (topic, partition, target) in moves {
+            let p = ReassignablePartition::default()
+                .with_partition_index(*partition)
+                .with_replicas(target.as_ref().map(|t| t.iter().map(|n| BrokerId(*n)).collect()));
+            match topics.iter_mut().find(|t| t.name.0.as_str() == topic) {
+                Some(t) => t.partitions.push(p),
+                None => topics.push(
+                    ReassignableTopic::default()
+                        .with_name(TopicName(StrBytes::from_string(topic.clone())))
+                        .with_partitions(vec![p]),
+                ),
+            }
+        }
+        let req = AlterPartitionReassignmentsRequest::default()
+            .with_timeout_ms(30_000)
+            .with_topics(topics);
+        let resp = self.call(&req).await?;
+        if resp.error_code != 0 {
+            return Err(kafka_err(
+                "AlterPartitionReassignments".into(),
+                resp.error_code,
+                resp.error_message.map(|m| format!(": {m}")).unwrap_or_default(),
+            ));
+        }
+        Ok(resp
+            .responses
+            .into_iter()
+            .flat_map(|t| {
+                let name = t.name.0.to_string();
+                t.partitions.into_iter().map(move |p| {
+                    let err = (p.error_code != 0)
+                        .then(|| (p.error_code, p.error_message.map(|m| m.to_string()).unwrap_or_default()));
+                    (name.clone(), p.partition_index, err)
+                })
+            })
+            .collect())
+    }
+
+    /// The partition moves in progress (ListPartitionReassignments): topic, partition,
+    /// replicas, adding, removing.
+    pub async fn list_partition_reassignments(&mut self) -> Result<Vec<PartitionMove>> {
+        let req = ListPartitionReassignmentsRequest::default()
+            .with_timeout_ms(30_000)
+            .with_topics(None);
+        let resp = self.call(&req).await?;
+        if resp.error_code != 0 {
+            return Err(kafka_err(
+                "ListPartitionReassignments".into(),
+                resp.error_code,
+                resp.error_message.map(|m| format!(": {m}")).unwrap_or_default(),
+            ));
+        }
+        let ids = |v: &[BrokerId]| v.iter().map(|b| b.0).collect::<Vec<i32>>();
+        Ok(resp
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions.iter().map(move |p| PartitionMove {
+                    topic: t.name.0.to_string(),
+                    partition: p.partition_index,
+                    replicas: ids(&p.replicas),
+                    adding: ids(&p.adding_replicas),
+                    removing: ids(&p.removing_replicas),
+                })
+            })
+            .collect())
     }
 
     pub async fn delete_topic(&mut self, name: &str) -> Result<DeleteTopicsResponse> {

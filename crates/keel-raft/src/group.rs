@@ -1,6 +1,6 @@
 //! One running Raft group on this node: a partition replica or the controller.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use keel_log::LogStore;
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
-use openraft::{Config, ServerState, SnapshotPolicy};
+use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use tracing::info;
 
 use crate::store::{LogStorage, Shared, StateMachine};
@@ -225,6 +225,75 @@ impl Group {
             .membership()
             .voter_ids()
             .collect()
+    }
+
+    /// The nodes of the group's current membership (voters and learners).
+    pub fn members(&self) -> BTreeSet<NodeId> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// On the leader: adds `nodes` as learners (non-voting replicas the leader replicates
+    /// to), returning once the membership naming them is committed. Nodes already members
+    /// are left as they are.
+    pub async fn add_learners(&self, nodes: BTreeMap<NodeId, Node>) -> Result<(), ProposeError> {
+        let members = self.members();
+        let new: BTreeMap<NodeId, Node> = nodes.into_iter().filter(|(id, _)| !members.contains(id)).collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        self.change(ChangeMembers::AddNodes(new)).await
+    }
+
+    /// On the leader: makes `voters` the group's voters (each must be a member already),
+    /// through a joint configuration; former voters leave the group. A leader that is not
+    /// among `voters` steps down once the change is committed.
+    pub async fn set_voters(&self, voters: BTreeSet<NodeId>) -> Result<(), ProposeError> {
+        if self.voters().into_iter().collect::<BTreeSet<_>>() == voters {
+            return Ok(());
+        }
+        match self.raft.change_membership(ChangeMembers::ReplaceAllVoters(voters), false).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ProposeError::NotLeader(f.leader_id)),
+            Err(e) => Err(ProposeError::Failed(e.to_string())),
+        }
+    }
+
+    /// On the leader: removes learners (nodes that were being added by a cancelled move).
+    pub async fn remove_learners(&self, nodes: BTreeSet<NodeId>) -> Result<(), ProposeError> {
+        let members = self.members();
+        let voters: BTreeSet<NodeId> = self.voters().into_iter().collect();
+        let gone: BTreeSet<NodeId> = nodes
+            .into_iter()
+            .filter(|n| members.contains(n) && !voters.contains(n))
+            .collect();
+        if gone.is_empty() {
+            return Ok(());
+        }
+        self.change(ChangeMembers::RemoveNodes(gone)).await
+    }
+
+    async fn change(&self, change: ChangeMembers<NodeId, Node>) -> Result<(), ProposeError> {
+        match self.raft.change_membership(change, true).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ProposeError::NotLeader(f.leader_id)),
+            Err(e) => Err(ProposeError::Failed(e.to_string())),
+        }
+    }
+
+    /// On the leader: how many entries `node`'s log is behind this one's (`None` when the
+    /// leader has not yet matched its log, or is not the leader).
+    pub fn lag_of(&self, node: NodeId) -> Option<u64> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let matched = m.replication.as_ref()?.get(&node)?.as_ref()?.index;
+        Some(m.last_log_index.unwrap_or(0).saturating_sub(matched))
     }
 
     /// This replica leads and has applied an entry of its own term: everything committed

@@ -1,8 +1,20 @@
-//! `keel cluster status`: the nodes a cluster reports as alive, the leader, leader epoch,
-//! replicas and in-sync replicas of every partition, and which partitions are
-//! under-replicated or leaderless. Works against any Kafka-protocol cluster (Metadata only).
+//! `keel cluster`: the state of a cluster and moving partitions between its nodes.
+//!
+//! - `status`: the nodes a cluster reports as alive, the leader, leader epoch, replicas and
+//!   in-sync replicas of every partition, which partitions are under-replicated or
+//!   leaderless, and the moves in progress.
+//! - `reassign`: moves one partition to a list of nodes (or cancels its move).
+//! - `moves`: the moves in progress.
+//! - `drain`: moves every replica off a node (before it is removed), each to the least
+//!   loaded node that lacks one.
+//!
+//! They speak Kafka's Metadata, AlterPartitionReassignments and ListPartitionReassignments,
+//! so they work against any Kafka-protocol cluster that serves those.
 
-use anyhow::Result;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use keel_client::Client;
 
@@ -10,17 +22,220 @@ use crate::cli::Conn;
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
-    /// Nodes, partition leaders, under-replicated and leaderless partitions.
+    /// Nodes, partition leaders, under-replicated and leaderless partitions, moves.
     Status {
         #[command(flatten)]
         conn: Conn,
+    },
+    /// Move a partition to other nodes (AlterPartitionReassignments).
+    Reassign {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        topic: String,
+        #[arg(long)]
+        partition: i32,
+        /// The new replicas, comma-separated; the first is the preferred leader.
+        #[arg(long, value_delimiter = ',', required_unless_present = "cancel")]
+        replicas: Vec<i32>,
+        /// Cancel the partition's move instead (if it is not done yet).
+        #[arg(long, conflicts_with = "replicas")]
+        cancel: bool,
+        /// Wait until the move is done.
+        #[arg(long)]
+        wait: bool,
+        /// Longest wait, seconds.
+        #[arg(long, default_value_t = 300)]
+        timeout_s: u64,
+    },
+    /// The partition moves in progress (ListPartitionReassignments).
+    Moves {
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Move every replica off a node, so that it can be removed.
+    Drain {
+        #[command(flatten)]
+        conn: Conn,
+        /// The node to drain.
+        #[arg(long)]
+        node: i32,
+        /// Wait until no partition has a replica on the node.
+        #[arg(long)]
+        wait: bool,
+        /// Longest wait, seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
     },
 }
 
 pub async fn run(cmd: ClusterCommand) -> Result<()> {
     match cmd {
         ClusterCommand::Status { conn } => status(&conn).await,
+        ClusterCommand::Reassign {
+            conn,
+            topic,
+            partition,
+            replicas,
+            cancel,
+            wait,
+            timeout_s,
+        } => {
+            let target = (!cancel).then_some(replicas);
+            alter(&conn, vec![(topic, partition, target)]).await?;
+            if wait && !cancel {
+                wait_for_moves(&conn, None, Duration::from_secs(timeout_s)).await?;
+            }
+            Ok(())
+        }
+        ClusterCommand::Moves { conn } => moves(&conn).await,
+        ClusterCommand::Drain {
+            conn,
+            node,
+            wait,
+            timeout_s,
+        } => drain(&conn, node, wait, Duration::from_secs(timeout_s)).await,
     }
+}
+
+type Move = (String, i32, Option<Vec<i32>>);
+
+async fn alter(conn: &Conn, moves: Vec<Move>) -> Result<()> {
+    let mut c = Client::connect(&conn.bootstrap).await?;
+    let mut failed = 0;
+    for (topic, partition, err) in c.alter_partition_reassignments(&moves).await? {
+        match err {
+            None => say!("{topic}\t{partition}\tmove accepted"),
+            Some((code, message)) => {
+                failed += 1;
+                say!("{topic}\t{partition}\terror {code}: {message}");
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} moves refused", moves.len());
+    }
+    Ok(())
+}
+
+async fn moves(conn: &Conn) -> Result<()> {
+    let mut c = Client::connect(&conn.bootstrap).await?;
+    let list = c.list_partition_reassignments().await?;
+    say!("topic\tpartition\treplicas\tadding\tremoving");
+    for m in &list {
+        say!(
+            "{}\t{}\t{}\t{}\t{}",
+            m.topic,
+            m.partition,
+            join(&m.replicas),
+            join(&m.adding),
+            join(&m.removing)
+        );
+    }
+    say!("{} moves in progress", list.len());
+    Ok(())
+}
+
+fn join(ids: &[i32]) -> String {
+    ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+}
+
+/// Waits until no move is in progress and, with `off`, no replica is on that node.
+async fn wait_for_moves(conn: &Conn, off: Option<i32>, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let mut last_report = Instant::now();
+    loop {
+        let mut c = Client::connect(&conn.bootstrap).await?;
+        let pending = c.list_partition_reassignments().await?.len();
+        let left_on_node = match off {
+            Some(n) => replicas(&mut c)
+                .await?
+                .iter()
+                .filter(|(_, _, r)| r.contains(&n))
+                .count(),
+            None => 0,
+        };
+        if pending == 0 && left_on_node == 0 {
+            say!("done in {:.1} s", started.elapsed().as_secs_f64());
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("not done after {} s: {pending} moves in progress", timeout.as_secs());
+        }
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            say!("{pending} moves in progress");
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Every partition with its replicas.
+async fn replicas(c: &mut Client) -> Result<Vec<(String, i32, Vec<i32>)>> {
+    let md = c.metadata(None).await?;
+    let mut out = Vec::new();
+    for t in &md.topics {
+        let name = t.name.as_ref().map(|n| n.0.to_string()).context("a topic without a name")?;
+        for p in &t.partitions {
+            out.push((name.clone(), p.partition_index, p.replica_nodes.iter().map(|b| b.0).collect()));
+        }
+    }
+    Ok(out)
+}
+
+async fn drain(conn: &Conn, node: i32, wait: bool, timeout: Duration) -> Result<()> {
+    let mut c = Client::connect(&conn.bootstrap).await?;
+    let md = c.metadata(None).await?;
+    let nodes: Vec<i32> = md.brokers.iter().map(|b| b.node_id.0).collect();
+    let partitions = replicas(&mut c).await?;
+    let moves = drain_plan(node, &nodes, &partitions)?;
+    if moves.is_empty() {
+        say!("node {node} holds no replicas");
+        return Ok(());
+    }
+    say!("moving {} replicas off node {node}", moves.len());
+    alter(conn, moves).await?;
+    if wait {
+        wait_for_moves(conn, Some(node), timeout).await?;
+    }
+    Ok(())
+}
+
+/// The moves that take every replica off `node`: in each partition that has one, the node's
+/// place goes to the live node (of `nodes`) holding the fewest replicas among those that
+/// hold none of that partition, appended last (the next replica becomes the preferred
+/// leader). When every other node already holds one, the partition keeps one replica fewer.
+pub fn drain_plan(node: i32, nodes: &[i32], partitions: &[(String, i32, Vec<i32>)]) -> Result<Vec<Move>> {
+    let mut load: BTreeMap<i32, usize> = nodes.iter().filter(|n| **n != node).map(|n| (*n, 0)).collect();
+    for (_, _, r) in partitions {
+        for n in r {
+            if let Some(l) = load.get_mut(n) {
+                *l += 1;
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (topic, p, r) in partitions {
+        if !r.contains(&node) {
+            continue;
+        }
+        let mut target: Vec<i32> = r.iter().copied().filter(|n| *n != node).collect();
+        let spare = load
+            .iter()
+            .filter(|(n, _)| !r.contains(n))
+            .min_by_key(|(n, l)| (**l, **n))
+            .map(|(n, _)| *n);
+        if let Some(s) = spare {
+            target.push(s);
+            *load.entry(s).or_default() += 1;
+        }
+        if target.is_empty() {
+            bail!("{topic}/{p} has no replica but on node {node}, and no other node is alive");
+        }
+        out.push((topic.clone(), *p, Some(target)));
+    }
+    Ok(out)
 }
 
 async fn status(conn: &Conn) -> Result<()> {
@@ -71,8 +286,9 @@ async fn status(conn: &Conn) -> Result<()> {
         }
     }
     missing.sort_unstable();
+    let moving = c.list_partition_reassignments().await.map(|m| m.len()).unwrap_or(0);
     say!(
-        "{total} partitions, {under} under-replicated, {leaderless} without a leader; nodes not answering: {}",
+        "{total} partitions, {under} under-replicated, {leaderless} without a leader, {moving} moving; nodes not answering: {}",
         if missing.is_empty() {
             "none".to_string()
         } else {
@@ -80,4 +296,41 @@ async fn status(conn: &Conn) -> Result<()> {
         }
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(t: &str, p: i32, r: &[i32]) -> (String, i32, Vec<i32>) {
+        (t.to_string(), p, r.to_vec())
+    }
+
+    /// Draining moves each replica on the node to the least loaded node without one, keeps
+    /// the other replicas (the next one becomes preferred leader), and shrinks a partition
+    /// that every other node already holds.
+    #[test]
+    fn drain_spreads_the_node_s_replicas() {
+        let parts = vec![
+            part("a", 0, &[1, 2, 3]),
+            part("a", 1, &[2, 3, 4]),
+            part("a", 2, &[3, 1, 2]),
+            part("b", 0, &[1]),
+            part("__consumer_offsets", 0, &[1, 2, 3, 4]),
+        ];
+        let plan = drain_plan(1, &[1, 2, 3, 4], &parts).unwrap();
+        assert_eq!(
+            plan,
+            vec![
+                ("a".to_string(), 0, Some(vec![2, 3, 4])),
+                // Node 4 held two replicas against four on nodes 2 and 3: it takes both.
+                ("a".to_string(), 2, Some(vec![3, 2, 4])),
+                // Now all hold four: the lowest id breaks the tie.
+                ("b".to_string(), 0, Some(vec![2])),
+                ("__consumer_offsets".to_string(), 0, Some(vec![2, 3, 4])),
+            ]
+        );
+        assert!(drain_plan(1, &[1], &[part("b", 0, &[1])]).is_err(), "nowhere to go");
+        assert!(drain_plan(9, &[1, 2], &parts).unwrap().is_empty(), "holds nothing");
+    }
 }

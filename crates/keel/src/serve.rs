@@ -58,6 +58,10 @@ pub struct ServeArgs {
     /// The cluster's voting nodes, this one included: id@host:port,... (their Raft listeners).
     #[arg(long, env = "KEEL_PEERS", value_delimiter = ',')]
     pub peers: Option<Vec<String>>,
+    /// Join the running cluster of --peers (its controller voters) as a node that holds
+    /// replicas but does not vote on metadata; --node-id must be new to the cluster.
+    #[arg(long, env = "KEEL_JOIN")]
+    pub join: bool,
     /// Replicas of new topics' partitions [default: 3, capped at the number of nodes].
     #[arg(long, env = "KEEL_REPLICATION_FACTOR")]
     pub replication_factor: Option<i32>,
@@ -122,6 +126,9 @@ pub fn load_config(args: &ServeArgs) -> Result<BrokerConfig> {
     }
     if let Some(v) = args.replication_factor {
         c.default_replication_factor = v;
+    }
+    if args.join {
+        c.join = true;
     }
     if args.fault_injection {
         c.fault_injection = true;

@@ -1,0 +1,69 @@
+//! AlterPartitionReassignments: move partitions to other nodes (a list of target replicas,
+//! the first the preferred leader), or cancel a move (no list). Any node takes the request
+//! and commits it through the controller; each partition's leader carries out its move
+//! (see [`crate::topics::Topics::reassign`]).
+
+use std::sync::Arc;
+
+use kafka_protocol::messages::alter_partition_reassignments_response::{
+    ReassignablePartitionResponse, ReassignableTopicResponse,
+};
+use kafka_protocol::messages::{AlterPartitionReassignmentsRequest, AlterPartitionReassignmentsResponse};
+use kafka_protocol::ResponseError;
+
+use super::s;
+use crate::Broker;
+
+/// Most partitions one request may move.
+const PARTITIONS_MAX: usize = 10_000;
+
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: AlterPartitionReassignmentsRequest,
+    v: i16,
+) -> AlterPartitionReassignmentsResponse {
+    let mut r = AlterPartitionReassignmentsResponse::default();
+    // v0 has no such field: its requests may always change the replication factor.
+    let allow_rf_change = v == 0 || req.allow_replication_factor_change;
+    r.allow_replication_factor_change = allow_rf_change;
+    let count: usize = req.topics.iter().map(|t| t.partitions.len()).sum();
+    if count > PARTITIONS_MAX {
+        r.error_code = ResponseError::PolicyViolation.code();
+        r.error_message = Some(s(format!("at most {PARTITIONS_MAX} partitions per request")));
+        return r;
+    }
+    for t in req.topics {
+        let mut topic = ReassignableTopicResponse::default();
+        topic.name = t.name.clone();
+        for p in t.partitions {
+            let mut out = ReassignablePartitionResponse::default();
+            out.partition_index = p.partition_index;
+            let target = p
+                .replicas
+                .map(|ids| ids.iter().map(|n| n.0).collect::<Vec<i32>>());
+            let result = match target {
+                Some(ids) if ids.iter().any(|n| *n < 0) => Err((
+                    ResponseError::InvalidReplicaAssignment.code(),
+                    "node ids are not negative".to_string(),
+                )),
+                target => b
+                    .topics
+                    .reassign(
+                        t.name.0.as_str(),
+                        p.partition_index,
+                        target.map(|ids| ids.into_iter().map(|n| n as u64).collect()),
+                        allow_rf_change,
+                    )
+                    .await
+                    .map_err(|e| (e.code, e.message)),
+            };
+            if let Err((code, message)) = result {
+                out.error_code = code;
+                out.error_message = Some(s(message));
+            }
+            topic.partitions.push(out);
+        }
+        r.responses.push(topic);
+    }
+    r
+}
