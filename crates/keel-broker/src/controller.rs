@@ -256,13 +256,14 @@ impl Apply for Hook {
         let mut meta = (**self.meta.borrow()).clone();
         meta.applied_index = index;
         let (applies, topic) = apply(&mut meta, &command);
+        // The metadata first: whoever handles the event finds it at least this new.
+        self.meta.send_replace(Arc::new(meta));
         let _ = self.events.send(Event {
             index,
             applies,
             command,
             topic,
         });
-        self.meta.send_replace(Arc::new(meta));
     }
 }
 
@@ -405,7 +406,9 @@ impl Controller {
             tokio::time::sleep(Duration::from_millis(500)).await;
         };
         let mut rx = self.meta.clone();
-        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(5));
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(5));
         tokio::time::timeout(left, rx.wait_for(|m| m.applied_index >= index))
             .await
             .map_err(|_| ControllerError::Failed("joined, but the metadata did not arrive in time".into()))?
@@ -516,7 +519,9 @@ impl Controller {
 /// Keeps the transport's address book in step with the registered nodes, so that every
 /// node reaches (and pings) nodes that joined after it started.
 async fn follow_addresses(c: std::sync::Weak<Controller>) {
-    let Some(mut rx) = c.upgrade().map(|c| c.subscribe()) else { return };
+    let Some(mut rx) = c.upgrade().map(|c| c.subscribe()) else {
+        return;
+    };
     loop {
         let Some(ctl) = c.upgrade() else { return };
         let meta = rx.borrow_and_update().clone();

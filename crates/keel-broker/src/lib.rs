@@ -309,7 +309,10 @@ async fn offsets_replica(topics: &Arc<topics::Topics>, offsets: &Arc<topics::Top
         }
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         if asked && started.elapsed().as_millis() % 5000 < 500 {
-            tracing::info!(waited_s = started.elapsed().as_secs(), "waiting for this node's replica of {name}");
+            tracing::info!(
+                waited_s = started.elapsed().as_secs(),
+                "waiting for this node's replica of {name}"
+            );
         }
     }
 }

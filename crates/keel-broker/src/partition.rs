@@ -603,8 +603,7 @@ impl Partition {
     }
 
     pub fn set_preferred_leader(&self, node: Option<u64>) {
-        self.preferred_leader
-            .store(node.unwrap_or(u64::MAX), Ordering::Release);
+        self.preferred_leader.store(node.unwrap_or(u64::MAX), Ordering::Release);
     }
 
     /// Stops the group; the partition refuses further appends.

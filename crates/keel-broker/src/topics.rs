@@ -290,7 +290,11 @@ impl Topics {
         match std::fs::read_to_string(&marker) {
             Ok(found) if found.trim() == id.to_string() => return Ok(()),
             Ok(found) => {
-                warn!(topic = name, stale = found.trim(), "removing the data of a deleted topic of the same name");
+                warn!(
+                    topic = name,
+                    stale = found.trim(),
+                    "removing the data of a deleted topic of the same name"
+                );
                 std::fs::remove_dir_all(&dir)?;
             }
             Err(_) => {}
@@ -318,7 +322,10 @@ impl Topics {
         let dir = self.topic_dir(name);
         let owner = std::fs::read_to_string(dir.join("topic.id")).ok();
         if dir.exists() && owner.as_deref().map(str::trim) != Some(&*id.to_string()) && owner.is_some() {
-            info!(topic = name, "deleted topic's directory now belongs to a newer topic: kept");
+            info!(
+                topic = name,
+                "deleted topic's directory now belongs to a newer topic: kept"
+            );
         } else if dir.exists() {
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 warn!(topic = name, error = %e, "could not remove topic directory");
@@ -796,11 +803,17 @@ impl Topics {
     /// move's new replicas).
     async fn tidy_learners(&self, name: &str, part: &Partition, record: &TopicRecord) {
         let hosts = record.hosts(part.index);
-        let stray: std::collections::BTreeSet<u64> =
-            part.group().members().into_iter().filter(|n| !hosts.contains(n)).collect();
+        let stray: std::collections::BTreeSet<u64> = part
+            .group()
+            .members()
+            .into_iter()
+            .filter(|n| !hosts.contains(n))
+            .collect();
         if !stray.is_empty() {
             match part.group().remove_learners(stray.clone()).await {
-                Ok(()) => info!(topic = name, partition = part.index, nodes = ?stray, "removed replicas of a cancelled move"),
+                Ok(()) => {
+                    info!(topic = name, partition = part.index, nodes = ?stray, "removed replicas of a cancelled move")
+                }
                 Err(e) => warn!(topic = name, partition = part.index, error = %e, "could not remove stray learners"),
             }
         }

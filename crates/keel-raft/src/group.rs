@@ -258,7 +258,11 @@ impl Group {
         if self.voters().into_iter().collect::<BTreeSet<_>>() == voters {
             return Ok(());
         }
-        match self.raft.change_membership(ChangeMembers::ReplaceAllVoters(voters), false).await {
+        match self
+            .raft
+            .change_membership(ChangeMembers::ReplaceAllVoters(voters), false)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ProposeError::NotLeader(f.leader_id)),
             Err(e) => Err(ProposeError::Failed(e.to_string())),

@@ -176,9 +176,17 @@ async fn replicas(c: &mut Client) -> Result<Vec<(String, i32, Vec<i32>)>> {
     let md = c.metadata(None).await?;
     let mut out = Vec::new();
     for t in &md.topics {
-        let name = t.name.as_ref().map(|n| n.0.to_string()).context("a topic without a name")?;
+        let name = t
+            .name
+            .as_ref()
+            .map(|n| n.0.to_string())
+            .context("a topic without a name")?;
         for p in &t.partitions {
-            out.push((name.clone(), p.partition_index, p.replica_nodes.iter().map(|b| b.0).collect()));
+            out.push((
+                name.clone(),
+                p.partition_index,
+                p.replica_nodes.iter().map(|b| b.0).collect(),
+            ));
         }
     }
     Ok(out)

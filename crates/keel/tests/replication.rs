@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{start_cluster, Keel};
+use common::{join_cluster, start_cluster, Keel};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -555,4 +555,115 @@ async fn every_node_names_the_leaders_of_partitions_it_does_not_host() {
     assert_eq!(got.len(), 51, "acks=1 records not all readable");
     assert_eq!(got[1], "one-0");
     assert_eq!(got[50], "one-49");
+}
+
+/// The replicas of partition 0 of `TOPIC` and the ids of the nodes Metadata lists.
+fn replicas_and_nodes(bootstrap: &str) -> Option<(Vec<i32>, Vec<i32>)> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("metadata client");
+    let md = c.fetch_metadata(Some(TOPIC), Duration::from_secs(5)).ok()?;
+    let t = md.topics().iter().find(|t| t.name() == TOPIC)?;
+    let replicas = t.partitions().first()?.replicas().to_vec();
+    Some((replicas, md.brokers().iter().map(|b| b.id()).collect()))
+}
+
+fn keel_cli(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(args)
+        .output()
+        .expect("run keel");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// A fourth node joins the running cluster, the partition's leader is drained (its replica
+/// moves to the new node while a producer writes), the drained node is killed, and the new
+/// node restarts: every acknowledged write is still there, once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_node_takes_over_a_drained_node_s_replica() {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(root.path(), 3, &[]);
+    let bs = bootstrap(&nodes);
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &bs).create().unwrap();
+    let res = admin
+        .create_topics(
+            &[NewTopic::new(TOPIC, 1, TopicReplication::Fixed(3))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
+        )
+        .await
+        .unwrap();
+    assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
+    let p = producer(&bs);
+    let mut acked = send(&p, 0, 200).await;
+
+    let mut fourth = join_cluster(root.path(), &nodes, 4, &[]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !replicas_and_nodes(&bs).map(|(_, n)| n.contains(&4)).unwrap_or(false) {
+        assert!(Instant::now() < deadline, "node 4 never showed in Metadata");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Drain the leader while writes go on.
+    let drained = wait_leader(&bs, None).await;
+    let writer = {
+        let p = p.clone();
+        tokio::spawn(async move { send(&p, 200, 400).await })
+    };
+    let (bs2, node) = (bs.clone(), drained.to_string());
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        keel_cli(&[
+            "cluster",
+            "drain",
+            "-b",
+            &bs2,
+            "--node",
+            &node,
+            "--wait",
+            "--timeout-s",
+            "120",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "drain failed: {out}");
+    acked.extend(writer.await.unwrap());
+    let (replicas, _) = replicas_and_nodes(&bs).expect("metadata");
+    assert!(
+        !replicas.contains(&drained),
+        "node {drained} still holds a replica: {replicas:?}"
+    );
+    assert!(replicas.contains(&4), "the new node took no replica: {replicas:?}");
+    assert_eq!(replicas.len(), 3, "{replicas:?}");
+    let (ok, out) = keel_cli(&["cluster", "moves", "-b", &bs]);
+    assert!(ok && out.contains("0 moves in progress"), "{out}");
+
+    // The drained node goes; the new node restarts (it rejoins from its own data).
+    node_of(&mut nodes, drained).kill9();
+    let rest: Vec<String> = nodes
+        .iter()
+        .filter(|k| k.child.is_some())
+        .map(|k| k.kafka.clone())
+        .chain([fourth.kafka.clone()])
+        .collect();
+    let bs = rest.join(",");
+    let p = producer(&bs);
+    acked.extend(send(&p, 600, 100).await);
+    fourth.restart();
+    acked.extend(send(&p, 700, 100).await);
+
+    let got = read_all(&bs, acked.len());
+    let by_value: BTreeMap<&str, i64> = got.iter().map(|(o, v)| (v.as_str(), *o)).collect();
+    assert_eq!(by_value.len(), got.len(), "a value appears twice");
+    for (value, offset, _) in &acked {
+        assert_eq!(
+            by_value.get(value.as_str()),
+            Some(offset),
+            "acknowledged {value} lost or moved"
+        );
+    }
+    assert!(got.windows(2).all(|w| w[0].1 < w[1].1), "records out of order");
+    assert_eq!(got.len(), acked.len(), "records that were never acknowledged appeared");
 }

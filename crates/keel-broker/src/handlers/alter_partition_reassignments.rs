@@ -38,9 +38,7 @@ pub async fn handle(
         for p in t.partitions {
             let mut out = ReassignablePartitionResponse::default();
             out.partition_index = p.partition_index;
-            let target = p
-                .replicas
-                .map(|ids| ids.iter().map(|n| n.0).collect::<Vec<i32>>());
+            let target = p.replicas.map(|ids| ids.iter().map(|n| n.0).collect::<Vec<i32>>());
             let result = match target {
                 Some(ids) if ids.iter().any(|n| *n < 0) => Err((
                     ResponseError::InvalidReplicaAssignment.code(),

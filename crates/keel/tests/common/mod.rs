@@ -75,6 +75,12 @@ impl Keel {
         }
     }
 
+    /// The value of a flag this node was started with.
+    pub fn flag(&self, name: &str) -> Option<String> {
+        let at = self.extra.iter().position(|a| a == name)?;
+        self.extra.get(at + 1).cloned()
+    }
+
     /// The running process's id.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
@@ -200,4 +206,17 @@ pub fn start_cluster(root: &Path, n: usize, extra: &[&str]) -> Vec<Keel> {
             .collect();
         handles.into_iter().map(|h| h.join().expect("node start")).collect()
     })
+}
+
+/// Starts node `id` joining the running cluster of `nodes` (its controller voters), with
+/// data in `root/node-<id>`.
+pub fn join_cluster(root: &Path, nodes: &[Keel], id: usize, extra: &[&str]) -> Keel {
+    let peers = nodes[0].flag("--peers").expect("a cluster node has --peers");
+    let dir = root.join(format!("node-{id}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let raft = format!("127.0.0.1:{}", free_port());
+    let id = id.to_string();
+    let mut args: Vec<&str> = vec!["--node-id", &id, "--raft-listen", &raft, "--peers", &peers, "--join"];
+    args.extend(extra);
+    Keel::start(&dir, &args)
 }
