@@ -560,6 +560,61 @@ pub fn assign(nodes: &[NodeId], name: &str, first: i32, count: i32, rf: usize) -
 mod tests {
     use super::*;
 
+    fn reassign(partition: i32, target: Option<Vec<NodeId>>) -> Command {
+        Command::Reassign {
+            name: "t".into(),
+            partition,
+            target,
+        }
+    }
+
+    /// A move records its target next to the replicas (both host the partition meanwhile)
+    /// and marks the partition moved; completing it makes the target the replicas; a target
+    /// equal to the replicas or null cancels; moves of unknown partitions change nothing.
+    #[test]
+    fn moves_are_recorded_completed_and_cancelled() {
+        let mut meta = ClusterMeta::default();
+        let create = Command::CreateTopic {
+            name: "t".into(),
+            record: TopicRecord::new(vec![vec![1, 2, 3], vec![2, 3, 1]], BTreeMap::new()),
+        };
+        assert!(apply(&mut meta, &create).0);
+        let (applies, t) = apply(&mut meta, &reassign(0, Some(vec![4, 2, 3])));
+        let t = t.unwrap();
+        assert!(applies);
+        assert_eq!(t.reassigning.get(&0), Some(&vec![4, 2, 3]));
+        assert_eq!(t.hosts(0), vec![1, 2, 3, 4]);
+        assert!(t.moved.contains(&0) && !t.moved.contains(&1));
+
+        let done = Command::CompleteReassignment {
+            name: "t".into(),
+            partition: 0,
+            replicas: vec![4, 2, 3],
+        };
+        let t = apply(&mut meta, &done).1.unwrap();
+        assert_eq!(t.replicas[0], vec![4, 2, 3]);
+        assert!(t.reassigning.is_empty());
+        assert_eq!(t.hosts(0), vec![4, 2, 3]);
+        assert!(t.moved.contains(&0), "a moved partition stays moved");
+
+        let t = apply(&mut meta, &reassign(1, Some(vec![1, 2, 4]))).1.unwrap();
+        assert_eq!(t.reassigning.len(), 1);
+        let t = apply(&mut meta, &reassign(1, None)).1.unwrap();
+        assert!(t.reassigning.is_empty(), "a null target cancels");
+        apply(&mut meta, &reassign(1, Some(vec![1, 2, 4])));
+        let t = apply(&mut meta, &reassign(1, Some(vec![2, 3, 1]))).1.unwrap();
+        assert!(t.reassigning.is_empty(), "the current replicas as target cancel");
+
+        let before = meta.clone();
+        assert!(!apply(&mut meta, &reassign(2, Some(vec![1]))).0);
+        assert!(!apply(&mut meta, &reassign(-1, Some(vec![1]))).0);
+        assert_eq!(meta, before);
+
+        let (applies, deleted) = apply(&mut meta, &Command::DeleteTopic { name: "t".into() });
+        assert!(applies);
+        assert_eq!(deleted.map(|d| d.id), before.topics.get("t").map(|t| t.id));
+    }
+
     /// Every partition gets rf distinct nodes; preferred leaders are spread evenly.
     #[test]
     fn placement_is_distinct_and_balanced() {

@@ -223,6 +223,15 @@ pub async fn handle_from(
             ListPartitionReassignmentsRequest,
             handlers::list_partition_reassignments::handle
         ),
+        ApiKey::UnregisterBroker => route!(
+            b,
+            body,
+            api,
+            v,
+            corr,
+            UnregisterBrokerRequest,
+            handlers::unregister_broker::handle
+        ),
         ApiKey::DescribeCluster => {
             route!(
                 b,

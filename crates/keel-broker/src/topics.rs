@@ -722,6 +722,38 @@ impl Topics {
         Ok(())
     }
 
+    /// Removes node `id` from the cluster's registry: it must hold no replica, not answer
+    /// (it was stopped), and not be a controller voter.
+    pub async fn unregister_node(&self, id: u64) -> Result<(), AdminError> {
+        let _guard = self.admin.lock().await;
+        if self.controller.voters.contains_key(&id) {
+            return Err(AdminError::new(
+                E::InvalidRequest,
+                format!("node {id} is a controller voter: it stays in the cluster"),
+            ));
+        }
+        if self.controller.transport.is_alive(id) {
+            return Err(AdminError::new(
+                E::InvalidRequest,
+                format!("node {id} is still running: stop it first"),
+            ));
+        }
+        let meta = self.controller.meta();
+        for (name, t) in &meta.topics {
+            for p in 0..t.replicas.len() as i32 {
+                if t.hosts(p).contains(&id) {
+                    return Err(AdminError::new(
+                        E::InvalidRequest,
+                        format!("node {id} holds a replica of {name}/{p}: drain it first"),
+                    ));
+                }
+            }
+        }
+        self.commit(Command::UnregisterNode { id }).await?;
+        info!(node = id, "node unregistered");
+        Ok(())
+    }
+
     /// The partition moves in progress.
     pub fn moves(&self) -> Vec<Move> {
         let meta = self.controller.meta();

@@ -380,6 +380,20 @@ impl Client {
             .collect())
     }
 
+    /// Forgets a drained, stopped node (UnregisterBroker).
+    pub async fn unregister_broker(&mut self, id: i32) -> Result<()> {
+        let req = UnregisterBrokerRequest::default().with_broker_id(BrokerId(id));
+        let resp = self.call(&req).await?;
+        if resp.error_code != 0 {
+            return Err(kafka_err(
+                format!("UnregisterBroker {id}"),
+                resp.error_code,
+                resp.error_message.map(|m| format!(": {m}")).unwrap_or_default(),
+            ));
+        }
+        Ok(())
+    }
+
     pub async fn delete_topic(&mut self, name: &str) -> Result<DeleteTopicsResponse> {
         let n = TopicName(StrBytes::from_string(name.to_string()));
         let req = DeleteTopicsRequest::default()

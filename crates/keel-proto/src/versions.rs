@@ -47,6 +47,7 @@ pub const SUPPORTED: &[Supported] = &[
     s(ApiKey::IncrementalAlterConfigs, 0, 1),
     s(ApiKey::AlterPartitionReassignments, 0, 1),
     s(ApiKey::ListPartitionReassignments, 0, 0),
+    s(ApiKey::UnregisterBroker, 0, 0),
     // v0 of SaslHandshake hands the connection to raw SASL tokens; only v1 (tokens inside
     // SaslAuthenticate) is served.
     s(ApiKey::SaslHandshake, 1, 1),

@@ -7,6 +7,7 @@
 //! - `moves`: the moves in progress.
 //! - `drain`: moves every replica off a node (before it is removed), each to the least
 //!   loaded node that lacks one.
+//! - `remove-node`: forgets a drained, stopped node (UnregisterBroker).
 //!
 //! They speak Kafka's Metadata, AlterPartitionReassignments and ListPartitionReassignments,
 //! so they work against any Kafka-protocol cluster that serves those.
@@ -67,6 +68,13 @@ pub enum ClusterCommand {
         #[arg(long, default_value_t = 600)]
         timeout_s: u64,
     },
+    /// Forget a node that was drained and stopped (UnregisterBroker).
+    RemoveNode {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        node: i32,
+    },
 }
 
 pub async fn run(cmd: ClusterCommand) -> Result<()> {
@@ -95,6 +103,11 @@ pub async fn run(cmd: ClusterCommand) -> Result<()> {
             wait,
             timeout_s,
         } => drain(&conn, node, wait, Duration::from_secs(timeout_s)).await,
+        ClusterCommand::RemoveNode { conn, node } => {
+            Client::connect(&conn.bootstrap).await?.unregister_broker(node).await?;
+            say!("node {node} removed");
+            Ok(())
+        }
     }
 }
 

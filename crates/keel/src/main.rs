@@ -60,7 +60,7 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Run a local multi-node cluster (child processes on 127.0.0.1) for trying failover.
     Dev(dev::DevArgs),
-    /// Cluster state: nodes, partition leaders, under-replicated partitions.
+    /// Cluster state; moving partitions between nodes, draining and removing a node.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
     /// Chaos engineering: a cluster under workload and faults, judged record by record.

@@ -27,6 +27,7 @@ pub mod offset_fetch;
 pub mod produce;
 pub mod sasl;
 pub mod sync_group;
+pub mod unregister_broker;
 
 use kafka_protocol::protocol::StrBytes;
 
