@@ -36,7 +36,9 @@ impl PartitionError {
             PartitionError::BatchTooLarge { .. } => E::MessageTooLarge.code(),
             PartitionError::OffsetOutOfRange { .. } => E::OffsetOutOfRange.code(),
             PartitionError::Producer(code) => *code,
-            PartitionError::Storage(LogError::Corrupt { .. }) => E::CorruptMessage.code(),
+            // Damage in this node's own log (the replica is being repaired): as Kafka
+            // answers for a log directory that went offline, so clients retry elsewhere.
+            PartitionError::Storage(LogError::Corrupt { .. }) => E::KafkaStorageError.code(),
             PartitionError::Storage(LogError::EntryTooLarge(_)) => E::MessageTooLarge.code(),
             PartitionError::Storage(_) => E::KafkaStorageError.code(),
             PartitionError::Deleted => E::UnknownTopicOrPartition.code(),

@@ -73,6 +73,8 @@ pub struct Metrics {
     pub under_replicated_partitions: Gauge,
     pub leaderless_seconds: Histogram,
     pub repaired_replicas: Counter,
+    pub partition_moves: Gauge,
+    pub partition_moves_done: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -118,6 +120,8 @@ impl Metrics {
             under_replicated_partitions: Gauge::default(),
             leaderless_seconds: latency_histogram(),
             repaired_replicas: Counter::default(),
+            partition_moves: Gauge::default(),
+            partition_moves_done: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Kafka requests handled, by API", m.requests.clone());
@@ -217,6 +221,16 @@ impl Metrics {
             "under_replicated_partitions",
             "Partitions this node leads with a replica missing or behind",
             m.under_replicated_partitions.clone(),
+        );
+        registry.register(
+            "partition_moves_in_progress",
+            "Partition moves (reassignments) the cluster has in progress",
+            m.partition_moves.clone(),
+        );
+        registry.register(
+            "partition_moves_completed",
+            "Partition moves this node carried out as the partition's leader",
+            m.partition_moves_done.clone(),
         );
         registry.register(
             "leaderless_duration_seconds",

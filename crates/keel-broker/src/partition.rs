@@ -499,7 +499,12 @@ impl Partition {
         }
         let mut out = BytesMut::new();
         if offset < hw {
-            for e in log.read_from_offset(offset, max_bytes)? {
+            let entries = log.read_from_offset(offset, max_bytes).inspect_err(|e| {
+                if matches!(e, keel_log::LogError::Corrupt { .. }) {
+                    self.group.shared.note_damage();
+                }
+            })?;
+            for e in entries {
                 if e.offset >= hw {
                     break;
                 }
@@ -596,6 +601,12 @@ impl Partition {
             return true;
         }
         false
+    }
+
+    /// A read met damage in this replica's log while it ran: it should be reopened, which
+    /// cuts the log back at the damage and re-fetches the rest from the leader.
+    pub fn damage_found(&self) -> bool {
+        self.group.shared.damage_found()
     }
 
     pub fn preferred_leader(&self) -> Option<u64> {

@@ -15,7 +15,7 @@ use kafka_protocol::ResponseError as E;
 use keel_log::DiskLog;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use uuid::Uuid;
 
 use crate::config::BrokerConfig;
@@ -129,6 +129,7 @@ impl Topics {
         tokio::spawn(reconcile(Arc::downgrade(&topics), events));
         tokio::spawn(balance_leaders(Arc::downgrade(&topics), Duration::from_secs(5)));
         tokio::spawn(drive_moves(Arc::downgrade(&topics), Duration::from_millis(250)));
+        tokio::spawn(repair_damaged(Arc::downgrade(&topics), Duration::from_millis(500)));
         Ok(topics)
     }
 
@@ -826,9 +827,47 @@ impl Topics {
             replicas: goal.clone(),
         };
         match self.controller.propose(&done, ADMIN_TIMEOUT).await {
-            Ok(_) => info!(topic = name, partition = part.index, replicas = ?goal, "partition moved"),
+            Ok(_) => {
+                self.metrics.partition_moves_done.inc();
+                info!(topic = name, partition = part.index, replicas = ?goal, "partition moved")
+            }
             Err(e) => warn!(topic = name, partition = part.index, error = %e, "moved, but not yet recorded"),
         }
+    }
+
+    /// Closes this node's replica `part` of `topic` and opens it again from its files.
+    async fn reopen(&self, topic: &Topic, part: Arc<Partition>) -> anyhow::Result<()> {
+        let meta = topic.meta();
+        let Some(record) = self
+            .controller
+            .meta()
+            .topics
+            .get(&meta.name)
+            .filter(|r| r.id == meta.id)
+            .cloned()
+        else {
+            return Ok(());
+        };
+        let replicas = record.replicas.get(part.index as usize).cloned().unwrap_or_default();
+        warn!(topic = %meta.name, partition = part.index, "damage found in this replica's log while it ran: reopening it to repair");
+        topic
+            .partitions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&part.index);
+        part.close().await;
+        let settings = topic_config::settings(&self.config, &record.configs)
+            .map_err(|e| anyhow::anyhow!("topic {}: {e}", meta.name))?;
+        let initialize = !record.moved.contains(&part.index);
+        let reopened = self
+            .open_partition(&meta.name, part.index, &settings, &replicas, initialize)
+            .await?;
+        topic
+            .partitions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(part.index, reopened);
+        Ok(())
     }
 
     /// On a partition's leader: removes learners that no move needs any more (a cancelled
@@ -860,6 +899,8 @@ pub async fn drive_moves(topics: std::sync::Weak<Topics>, every: Duration) {
         tokio::time::sleep(every).await;
         let Some(t) = topics.upgrade() else { return };
         let meta = t.controller.meta();
+        let moving: usize = meta.topics.values().map(|r| r.reassigning.len()).sum();
+        t.metrics.partition_moves.set(moving as i64);
         for (name, record) in &meta.topics {
             let Some(topic) = t.get(name).filter(|x| x.meta().id == record.id) else {
                 continue;
@@ -885,6 +926,37 @@ pub async fn drive_moves(topics: std::sync::Weak<Topics>, every: Duration) {
                         t.moving.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
                     }
                 });
+            }
+        }
+    }
+}
+
+/// Reopens replicas whose log a read found damaged while they ran: reopening runs the same
+/// recovery as a start (the log is cut back at the first bad entry, the replica holds its
+/// vote until it has caught up) and the rest is re-fetched from the leader. A leader that
+/// finds damage steps down by closing; the other replicas elect a new one. The only
+/// replica of a partition is left open: it has no one to re-fetch from, and serves what
+/// it still can.
+pub async fn repair_damaged(topics: std::sync::Weak<Topics>, every: Duration) {
+    let mut warned: std::collections::BTreeSet<(String, i32)> = Default::default();
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(t) = topics.upgrade() else { return };
+        for topic in t.list() {
+            for part in topic.partition_list() {
+                if !part.damage_found() || part.is_closed() {
+                    continue;
+                }
+                let key = (part.topic.clone(), part.index);
+                if part.group().voters().len() <= 1 {
+                    if warned.insert(key) {
+                        error!(topic = %part.topic, partition = part.index, "damaged log and no other replica to repair from: serving what is readable");
+                    }
+                    continue;
+                }
+                if let Err(e) = t.reopen(&topic, part).await {
+                    error!(topic = %key.0, partition = key.1, error = %format!("{e:#}"), "could not reopen a damaged replica");
+                }
             }
         }
     }

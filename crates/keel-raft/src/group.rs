@@ -89,6 +89,13 @@ impl Group {
         hook: Arc<dyn Apply>,
         options: GroupOptions,
     ) -> Result<Group, String> {
+        // A replica never resumes leadership from its files: its log may have lost entries
+        // (damage cut away, a torn tail that other replicas had made durable and
+        // committed). It stands for election like any other and wins only with a log that
+        // has everything committed.
+        if let Some(d) = &dir {
+            crate::store::forget_leadership(d).map_err(|e| e.to_string())?;
+        }
         let shared = Shared::open(log, dir, options.format, options.fsync, hook).map_err(|e| e.to_string())?;
         let config = Config {
             cluster_name: name.to_string(),

@@ -87,6 +87,8 @@ pub struct Shared {
     /// An append is waiting for disk space: the group's Raft core is held in the append
     /// until it succeeds, so this replica neither acknowledges nor leads meanwhile.
     write_stalled: std::sync::atomic::AtomicBool,
+    /// A read found a damaged entry in this replica's log while it ran.
+    damage_found: std::sync::atomic::AtomicBool,
     /// Proposers waiting for the leader's own copy of an entry to be durable (acks=1),
     /// by ticket.
     local_acks: Mutex<HashMap<u64, oneshot::Sender<Placed>>>,
@@ -136,6 +138,28 @@ fn read_json<T: for<'de> Deserialize<'de>>(dir: &Path, name: &str) -> io::Result
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// Makes a replica start as a follower: openraft resumes leadership at once when the
+/// stored vote is a committed one for this node, and a leader whose log lost entries it
+/// once had (damage cut away, a torn tail its followers had made durable) would write new
+/// entries under the same log ids as the lost ones, which its followers take for the
+/// entries they already hold: the replicas would silently diverge. The vote
+/// keeps its term and candidate (this node still votes for no one else in that term);
+/// only the mark that a quorum granted it goes, so the replica waits for the others to
+/// elect a leader whose log has everything committed.
+pub fn forget_leadership(dir: &Path) -> io::Result<()> {
+    let Some(vote) = read_json::<Vote>(dir, "raft-vote.json")? else {
+        return Ok(());
+    };
+    if !vote.committed {
+        return Ok(());
+    }
+    let demoted = Vote {
+        committed: false,
+        ..vote
+    };
+    write_json(dir, "raft-vote.json", &demoted, true)
 }
 
 fn log_id(term: u64, index: u64) -> LogId {
@@ -212,6 +236,7 @@ impl Shared {
             applied: watch::Sender::new(applied),
             applied_persisted_at: Mutex::new(Instant::now()),
             write_stalled: std::sync::atomic::AtomicBool::new(false),
+            damage_found: std::sync::atomic::AtomicBool::new(false),
             local_acks: Mutex::new(HashMap::new()),
             next_ticket: std::sync::atomic::AtomicU64::new(1),
         });
@@ -258,6 +283,16 @@ impl Shared {
     }
 
     /// Is an append waiting for disk space?
+    /// Records that a read met a damaged entry (checksum or framing) in this log.
+    pub fn note_damage(&self) {
+        self.damage_found.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether a read met a damaged entry since the log was opened.
+    pub fn damage_found(&self) -> bool {
+        self.damage_found.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub fn write_stalled(&self) -> bool {
         self.write_stalled.load(std::sync::atomic::Ordering::Acquire)
     }
@@ -363,7 +398,15 @@ impl Shared {
         let mut budget = max_bytes;
         let log = self.log();
         while next < end {
-            let entries = log.read(next, budget.max(1)).map_err(read_err)?;
+            let entries = match log.read(next, budget.max(1)) {
+                Ok(entries) => entries,
+                Err(e) => {
+                    if matches!(e, keel_log::LogError::Corrupt { .. }) {
+                        self.note_damage();
+                    }
+                    return Err(read_err(e));
+                }
+            };
             if entries.is_empty() {
                 break;
             }
