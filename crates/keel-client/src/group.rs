@@ -101,23 +101,30 @@ fn encode_assignment(parts: &[(String, i32)]) -> Result<Bytes> {
     Ok(b.freeze())
 }
 
-fn decode_assignment(bytes: &Bytes) -> Vec<(String, i32)> {
+/// A member's assignment in the consumer protocol, topic by topic (empty when it does
+/// not decode).
+pub fn decode_assignment(bytes: &Bytes) -> Vec<(String, Vec<i32>)> {
     let mut b = bytes.clone();
     if b.remaining() < 2 {
         return Vec::new();
     }
     let version = b.get_i16();
-    let mut out: Vec<(String, i32)> = ConsumerProtocolAssignment::decode(&mut b, version.clamp(0, 3))
+    ConsumerProtocolAssignment::decode(&mut b, version.clamp(0, 3))
         .map(|a| {
             a.assigned_partitions
                 .into_iter()
-                .flat_map(|t| {
-                    let name = t.topic.0.to_string();
-                    t.partitions.into_iter().map(move |p| (name.clone(), p))
-                })
+                .map(|t| (t.topic.0.to_string(), t.partitions))
                 .collect()
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// The partitions of an assignment, sorted.
+fn assigned_partitions(bytes: &Bytes) -> Vec<(String, i32)> {
+    let mut out: Vec<(String, i32)> = decode_assignment(bytes)
+        .into_iter()
+        .flat_map(|(name, parts)| parts.into_iter().map(move |p| (name.clone(), p)))
+        .collect();
     out.sort();
     out
 }
@@ -209,7 +216,7 @@ impl Client {
             member_id,
             generation: joined.generation_id,
             leader,
-            assigned: decode_assignment(&resp.assignment),
+            assigned: assigned_partitions(&resp.assignment),
         })
     }
 
@@ -354,7 +361,7 @@ mod tests {
     #[test]
     fn assignments_and_subscriptions_round_trip_through_the_consumer_protocol() {
         let parts = vec![("t".to_string(), 0), ("t".to_string(), 3), ("u".to_string(), 1)];
-        assert_eq!(decode_assignment(&encode_assignment(&parts).unwrap()), parts);
+        assert_eq!(assigned_partitions(&encode_assignment(&parts).unwrap()), parts);
         let topics = vec!["t".to_string(), "u".to_string()];
         assert_eq!(decode_subscription(&encode_subscription(&topics).unwrap()), topics);
         assert!(decode_assignment(&Bytes::from_static(&[0])).is_empty());

@@ -588,50 +588,54 @@ impl RaftLogStorage<TypeConfig> for LogStorage {
         I::IntoIter: Send,
     {
         let mut placed = Vec::new();
-        for e in entries {
-            // A full disk is waited out: the append is retried (it left the log as it was)
-            // until space is freed. Any other failure is fatal to this replica's group.
-            let mut backoff = Duration::from_millis(10);
-            loop {
-                let r = {
-                    let mut log = self.shared.log();
-                    let entry = self.shared.to_log_entry(&e, log.next_offset()).map_err(storage_err)?;
-                    log.append(&entry).map(|()| entry.offset)
-                };
-                match r {
-                    Ok(base_offset) => {
-                        if let EntryPayload::Normal(Payload(_, Some(ticket))) = &e.payload {
-                            placed.push((
-                                *ticket,
-                                Placed {
-                                    index: e.log_id.index,
-                                    base_offset,
-                                },
-                            ));
-                        }
+        let mut entries = entries.into_iter().peekable();
+        // A full disk is waited out: the failed append left the log as it was, and it is
+        // retried until space is freed. Any other failure is fatal to this replica's group.
+        let mut backoff = Duration::from_millis(10);
+        while entries.peek().is_some() {
+            let r = {
+                let mut log = self.shared.log();
+                let mut r = Ok(());
+                while let Some(e) = entries.peek() {
+                    let entry = self.shared.to_log_entry(e, log.next_offset()).map_err(storage_err)?;
+                    if let Err(err) = log.append(&entry) {
+                        r = Err(err);
                         break;
                     }
-                    Err(err) if err.is_disk_full() => {
-                        if !self
-                            .shared
-                            .write_stalled
-                            .swap(true, std::sync::atomic::Ordering::AcqRel)
-                        {
-                            warn!(dir = ?self.shared.dir, "disk full: holding this replica's appends until space is freed");
-                        }
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    if let EntryPayload::Normal(Payload(_, Some(ticket))) = &e.payload {
+                        placed.push((
+                            *ticket,
+                            Placed {
+                                index: e.log_id.index,
+                                base_offset: entry.offset,
+                            },
+                        ));
                     }
-                    Err(err) => return Err(storage_err(err)),
+                    entries.next();
                 }
+                r
+            };
+            match r {
+                Ok(()) => {}
+                Err(err) if err.is_disk_full() => {
+                    if !self
+                        .shared
+                        .write_stalled
+                        .swap(true, std::sync::atomic::Ordering::AcqRel)
+                    {
+                        warn!(dir = ?self.shared.dir, "disk full: holding this replica's appends until space is freed");
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(err) => return Err(storage_err(err)),
             }
-            if self
-                .shared
+        }
+        if self.shared.write_stalled() {
+            self.shared
                 .write_stalled
-                .swap(false, std::sync::atomic::Ordering::AcqRel)
-            {
-                warn!(dir = ?self.shared.dir, "disk space freed: appends resume");
-            }
+                .store(false, std::sync::atomic::Ordering::Release);
+            warn!(dir = ?self.shared.dir, "disk space freed: appends resume");
         }
         if self.shared.fsync.load(std::sync::atomic::Ordering::Acquire) {
             self.flusher

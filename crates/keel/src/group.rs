@@ -3,10 +3,8 @@
 use std::collections::BTreeMap;
 
 use anyhow::{anyhow, bail, Context, Result};
-use bytes::Buf;
 use clap::Subcommand;
-use kafka_protocol::messages::ConsumerProtocolAssignment;
-use kafka_protocol::protocol::Decodable;
+use keel_client::group::decode_assignment;
 use keel_client::Client;
 
 use crate::cli::Conn;
@@ -39,22 +37,6 @@ pub enum GroupCommand {
 }
 
 /// Partitions of a member's assignment, as the consumer protocol encodes them.
-fn decode_assignment(bytes: &bytes::Bytes) -> Vec<(String, Vec<i32>)> {
-    let mut b = bytes.clone();
-    if b.remaining() < 2 {
-        return Vec::new();
-    }
-    let version = b.get_i16();
-    match ConsumerProtocolAssignment::decode(&mut b, version.clamp(0, 3)) {
-        Ok(a) => a
-            .assigned_partitions
-            .into_iter()
-            .map(|t| (t.topic.0.to_string(), t.partitions))
-            .collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
 async fn group_state(c: &mut Client, group: &str) -> Result<(String, Vec<(String, String, Vec<(String, Vec<i32>)>)>)> {
     let d = c.describe_group(group).await?;
     let g = d
