@@ -55,6 +55,10 @@ pub struct TopicRecord {
     /// write a membership of its own): it waits for the leader to add it.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub moved: BTreeSet<i32>,
+    /// The incarnation of each replica a move added, by partition and node (see
+    /// [`keel_raft::replica_id`]); replicas not listed are incarnation 0.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub incarnations: BTreeMap<i32, BTreeMap<NodeId, u32>>,
 }
 
 impl TopicRecord {
@@ -65,7 +69,19 @@ impl TopicRecord {
             configs,
             reassigning: BTreeMap::new(),
             moved: BTreeSet::new(),
+            incarnations: BTreeMap::new(),
         }
+    }
+
+    /// The Raft id of `node`'s replica of `partition`.
+    pub fn replica_id(&self, partition: i32, node: NodeId) -> NodeId {
+        let incarnation = self
+            .incarnations
+            .get(&partition)
+            .and_then(|m| m.get(&node))
+            .copied()
+            .unwrap_or(0);
+        keel_raft::replica_id(node, incarnation)
     }
 
     /// The nodes that hold, or are to hold, a replica of `partition`: its replicas and the
@@ -147,6 +163,7 @@ pub struct Event {
 
 /// Applies `command` to `meta`: whether it changed a topic, and the topic concerned.
 fn apply(meta: &mut ClusterMeta, command: &Command) -> (bool, Option<TopicRecord>) {
+    let index = meta.applied_index;
     fn partition_of<'a>(meta: &'a mut ClusterMeta, name: &str, partition: i32) -> Option<(&'a mut TopicRecord, i32)> {
         meta.topics
             .get_mut(name)
@@ -198,6 +215,13 @@ fn apply(meta: &mut ClusterMeta, command: &Command) -> (bool, Option<TopicRecord
             Some((t, p)) => {
                 match target {
                     Some(target) if Some(target) != t.replicas.get(p as usize) => {
+                        // Each replica the move adds is a new incarnation, numbered by this
+                        // command's index (unique, never 0).
+                        let incarnation = (index % u64::from(u32::MAX - 1)) as u32 + 1;
+                        let hosts = t.hosts(p);
+                        for n in target.iter().filter(|n| !hosts.contains(n)) {
+                            t.incarnations.entry(p).or_default().insert(*n, incarnation);
+                        }
                         t.reassigning.insert(p, target.clone());
                         t.moved.insert(p);
                     }
@@ -221,6 +245,13 @@ fn apply(meta: &mut ClusterMeta, command: &Command) -> (bool, Option<TopicRecord
                 t.moved.insert(p);
                 if let Some(r) = t.replicas.get_mut(p as usize) {
                     *r = replicas.clone();
+                }
+                let hosts = t.hosts(p);
+                if let Some(m) = t.incarnations.get_mut(&p) {
+                    m.retain(|n, _| hosts.contains(n));
+                    if m.is_empty() {
+                        t.incarnations.remove(&p);
+                    }
                 }
                 true
             }
@@ -585,6 +616,10 @@ mod tests {
         assert_eq!(t.reassigning.get(&0), Some(&vec![4, 2, 3]));
         assert_eq!(t.hosts(0), vec![1, 2, 3, 4]);
         assert!(t.moved.contains(&0) && !t.moved.contains(&1));
+        assert_eq!(t.replica_id(0, 2), 2, "a replica that stays keeps its id");
+        let four = t.replica_id(0, 4);
+        assert_eq!(keel_raft::node_of(four), 4);
+        assert_ne!(four, 4, "a replica a move adds is a new incarnation");
 
         let done = Command::CompleteReassignment {
             name: "t".into(),
@@ -596,7 +631,14 @@ mod tests {
         assert!(t.reassigning.is_empty());
         assert_eq!(t.hosts(0), vec![4, 2, 3]);
         assert!(t.moved.contains(&0), "a moved partition stays moved");
+        assert_eq!(t.replica_id(0, 4), four);
+        // Back to node 1, which held a replica before: a new incarnation.
+        meta.applied_index += 1;
+        let t = apply(&mut meta, &reassign(0, Some(vec![1, 2, 3]))).1.unwrap();
+        let one = t.replica_id(0, 1);
+        assert!(one != 1 && one != four && keel_raft::node_of(one) == 1);
 
+        apply(&mut meta, &reassign(0, None));
         let t = apply(&mut meta, &reassign(1, Some(vec![1, 2, 4]))).1.unwrap();
         assert_eq!(t.reassigning.len(), 1);
         let t = apply(&mut meta, &reassign(1, None)).1.unwrap();

@@ -160,7 +160,7 @@ impl Broker {
                 .reported_leader(&partition::group_name(group::offsets::OFFSETS_TOPIC, 0))?
                 .0 as i32
         } else {
-            p.group().leader()? as i32
+            keel_raft::node_of(p.group().leader()?) as i32
         };
         handlers::metadata::nodes(self)
             .into_iter()

@@ -595,7 +595,10 @@ impl Partition {
         let m = self.group.metrics();
         let me = m.id;
         let caught_up = m.last_applied.map(|l| l.index) == m.last_log_index && m.last_log_index.is_some();
-        let follows_live_leader = m.current_leader.map(|l| l != me && leader_alive(l)).unwrap_or(false);
+        let follows_live_leader = m
+            .current_leader
+            .map(|l| l != me && leader_alive(keel_raft::node_of(l)))
+            .unwrap_or(false);
         if self.preferred_leader() == Some(me) && follows_live_leader && caught_up && !self.is_closed() {
             self.group.elect().await;
             return true;
@@ -723,7 +726,7 @@ async fn watch_raft(p: std::sync::Weak<Partition>) {
                     .get_or_create(&crate::metrics::ReplicaLabels {
                         topic: p.topic.clone(),
                         partition: p.index,
-                        replica: *replica,
+                        replica: keel_raft::node_of(*replica),
                     })
                     .set(lag as i64);
             }

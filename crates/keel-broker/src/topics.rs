@@ -188,9 +188,11 @@ impl Topics {
         }
     }
 
-    fn members(&self, replicas: &[u64]) -> BTreeMap<u64, keel_raft::Node> {
+    /// The Raft ids (see [`keel_raft::replica_id`]) and transport addresses of `nodes`'
+    /// replicas of partition `p`.
+    fn members(&self, record: &TopicRecord, p: i32, nodes: &[u64]) -> BTreeMap<u64, keel_raft::Node> {
         let meta = self.controller.meta();
-        replicas
+        nodes
             .iter()
             .map(|id| {
                 let addr = meta
@@ -199,7 +201,7 @@ impl Topics {
                     .map(|n| n.raft_addr.clone())
                     .or_else(|| self.controller.voters.get(id).map(|n| n.addr.clone()))
                     .unwrap_or_default();
-                (*id, keel_raft::Node { addr })
+                (record.replica_id(p, *id), keel_raft::Node { addr })
             })
             .collect()
     }
@@ -222,10 +224,9 @@ impl Topics {
             let hosted = existing.as_ref().and_then(|t| t.partition(p));
             if record.hosts(p).contains(&me) {
                 match hosted {
-                    Some(part) => part.set_preferred_leader(replicas.first().copied()),
+                    Some(part) => part.set_preferred_leader(replicas.first().map(|n| record.replica_id(p, *n))),
                     None => {
-                        let initialize = !record.moved.contains(&p);
-                        let part = self.open_partition(name, p, &settings, replicas, initialize).await?;
+                        let part = self.open_partition(name, p, &settings, &record).await?;
                         opened.insert(p, part);
                     }
                 }
@@ -339,19 +340,26 @@ impl Topics {
         self.dir.join(name)
     }
 
+    /// Opens this node's replica of partition `p` of `topic` as `record` has it: under its
+    /// Raft id, initializing the group with the partition's replicas when it was never
+    /// moved (a moved partition's new replicas wait for their leader).
     async fn open_partition(
         &self,
         topic: &str,
         p: i32,
         settings: &TopicSettings,
-        replicas: &[u64],
-        initialize: bool,
+        record: &TopicRecord,
     ) -> anyhow::Result<Arc<Partition>> {
-        let log = DiskLog::open(&self.topic_dir(topic).join(p.to_string()), settings.log.clone())?;
+        let me = record.replica_id(p, self.replica.node_id);
+        let dir = self.topic_dir(topic).join(p.to_string());
+        claim_replica_dir(&dir, me)?;
+        let log = DiskLog::open(&dir, settings.log.clone())?;
+        let replicas = record.replicas.get(p.max(0) as usize).cloned().unwrap_or_default();
         let ctx = ReplicaContext {
-            members: self.members(replicas),
-            preferred_leader: replicas.first().copied(),
-            initialize,
+            node_id: me,
+            members: self.members(record, p, &replicas),
+            preferred_leader: replicas.first().map(|n| record.replica_id(p, *n)),
+            initialize: !record.moved.contains(&p),
             ..self.replica.clone()
         };
         Partition::open(topic, p, log, settings.clone(), &ctx).await
@@ -641,6 +649,27 @@ impl Topics {
     }
 }
 
+/// Makes `dir` the directory of replica `replica` (its Raft id): a directory left by an
+/// earlier incarnation of this node's replica (whose removal a crash interrupted) is
+/// cleared first, so a new incarnation never starts from an old one's log and vote.
+fn claim_replica_dir(dir: &std::path::Path, replica: u64) -> anyhow::Result<()> {
+    let marker = dir.join("replica.id");
+    let want = replica.to_string();
+    match std::fs::read_to_string(&marker) {
+        Ok(found) if found.trim() == want => return Ok(()),
+        Ok(found) => {
+            warn!(dir = %dir.display(), old = found.trim(), new = %want, "removing an earlier incarnation's replica");
+            std::fs::remove_dir_all(dir)?;
+        }
+        // No marker: a replica from before markers (incarnation 0), or a new one.
+        Err(_) if keel_raft::node_of(replica) != replica && dir.exists() => std::fs::remove_dir_all(dir)?,
+        Err(_) => {}
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(&marker, want)?;
+    Ok(())
+}
+
 /// A partition move in progress, as ListPartitionReassignments reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Move {
@@ -789,8 +818,12 @@ impl Topics {
                 .and_then(|t| t.reassigning.get(&part.index).cloned())
         };
         let Some(goal) = target(self) else { return };
+        let Some(record) = self.controller.meta().topics.get(name).cloned() else {
+            return;
+        };
         let group = part.group();
-        let learners = self.members(&goal);
+        let learners = self.members(&record, part.index, &goal);
+        let ids: Vec<u64> = learners.keys().copied().collect();
         if let Err(e) = group.add_learners(learners).await {
             warn!(topic = name, partition = part.index, error = %e, "could not add the new replicas");
             return;
@@ -798,10 +831,10 @@ impl Topics {
         // Wait (bounded) until every new replica has caught up with the leader's log.
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let behind: Vec<u64> = goal
+            let behind: Vec<u64> = ids
                 .iter()
                 .filter(|n| group.lag_of(**n).map(|lag| lag > CAUGHT_UP_ENTRIES).unwrap_or(true))
-                .copied()
+                .map(|n| keel_raft::node_of(*n))
                 .collect();
             if behind.is_empty() {
                 break;
@@ -816,7 +849,7 @@ impl Topics {
         if target(self).as_ref() != Some(&goal) {
             return;
         }
-        let voters: std::collections::BTreeSet<u64> = goal.iter().copied().collect();
+        let voters: std::collections::BTreeSet<u64> = ids.iter().copied().collect();
         if let Err(e) = group.set_voters(voters).await {
             warn!(topic = name, partition = part.index, error = %e, "could not change the replicas");
             return;
@@ -848,7 +881,6 @@ impl Topics {
         else {
             return Ok(());
         };
-        let replicas = record.replicas.get(part.index as usize).cloned().unwrap_or_default();
         warn!(topic = %meta.name, partition = part.index, "damage found in this replica's log while it ran: reopening it to repair");
         topic
             .partitions
@@ -858,10 +890,7 @@ impl Topics {
         part.close().await;
         let settings = topic_config::settings(&self.config, &record.configs)
             .map_err(|e| anyhow::anyhow!("topic {}: {e}", meta.name))?;
-        let initialize = !record.moved.contains(&part.index);
-        let reopened = self
-            .open_partition(&meta.name, part.index, &settings, &replicas, initialize)
-            .await?;
+        let reopened = self.open_partition(&meta.name, part.index, &settings, &record).await?;
         topic
             .partitions
             .write()
@@ -873,7 +902,11 @@ impl Topics {
     /// On a partition's leader: removes learners that no move needs any more (a cancelled
     /// move's new replicas).
     async fn tidy_learners(&self, name: &str, part: &Partition, record: &TopicRecord) {
-        let hosts = record.hosts(part.index);
+        let hosts: Vec<u64> = record
+            .hosts(part.index)
+            .into_iter()
+            .map(|n| record.replica_id(part.index, n))
+            .collect();
         let stray: std::collections::BTreeSet<u64> = part
             .group()
             .members()

@@ -73,7 +73,7 @@ impl Group {
         options: GroupOptions,
     ) -> Result<Group, String> {
         let mut g = Self::start_with_network(name, node_id, transport.network(name), log, dir, hook, options).await?;
-        transport.register(name, g.raft.clone(), g.hold_votes.clone());
+        transport.register(&crate::group_key(name, node_id), g.raft.clone(), g.hold_votes.clone());
         g.transport = Some(transport);
         Ok(g)
     }
@@ -404,7 +404,7 @@ impl Group {
     /// Stops the group's Raft instance and detaches it from the transport.
     pub async fn shutdown(&self) {
         if let Some(t) = &self.transport {
-            t.unregister(&self.name);
+            t.unregister(&crate::group_key(&self.name, self.node_id));
         }
         let _ = self.raft.shutdown().await;
         self.shared.persist_applied();

@@ -26,8 +26,33 @@ use serde::{Deserialize, Serialize};
 pub use group::{Group, GroupOptions, ProposeError};
 pub use transport::{Transport, TransportError};
 
-/// A node's id in the cluster (`keel serve --node-id`).
+/// A node's id in the cluster (`keel serve --node-id`), or a replica's id in its Raft
+/// group (see [`replica_id`]).
 pub type NodeId = u64;
+
+/// A replica's id in its Raft group: the node's id, with the replica's incarnation in the
+/// high 32 bits. A node's replicas of a partition created with it are incarnation 0 (the
+/// node's own id). A replica a partition move adds gets a new incarnation: if the node
+/// held one before (a partition moved off it and back), a replica that missed the moves
+/// may still count the old one as a voter in an old configuration, and a fresh replica
+/// answering under the old id could help elect a leader lacking committed entries. Under
+/// its new id it never receives what was meant for the old one.
+pub fn replica_id(node: NodeId, incarnation: u32) -> NodeId {
+    (node & 0xFFFF_FFFF) | (u64::from(incarnation) << 32)
+}
+
+/// The node a replica id belongs to.
+pub fn node_of(replica: NodeId) -> NodeId {
+    replica & 0xFFFF_FFFF
+}
+
+/// The name under which a replica of `group` receives its RPCs on its node's transport.
+pub fn group_key(group: &str, replica: NodeId) -> String {
+    match replica >> 32 {
+        0 => group.to_string(),
+        incarnation => format!("{group}#{incarnation}"),
+    }
+}
 
 /// The address a node's transport listens on, as the other nodes reach it.
 pub type Node = openraft::BasicNode;

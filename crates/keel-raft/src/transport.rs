@@ -326,8 +326,10 @@ impl Transport {
             .filter_map(|(name, (raft, _))| {
                 let m = raft.metrics();
                 let m = m.borrow();
-                (m.state == openraft::ServerState::Leader && m.current_leader == Some(self.id))
-                    .then(|| (name.clone(), m.current_term))
+                // A moved replica is registered as `group#incarnation`: report the group.
+                let group = name.split('#').next().unwrap_or(name);
+                (m.state == openraft::ServerState::Leader && m.current_leader == Some(m.id))
+                    .then(|| (group.to_string(), m.current_term))
             })
             .take(LEADERS_REPORT_MAX)
             .collect()
@@ -714,11 +716,11 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> GroupNetwork {
         if !node.addr.is_empty() {
-            self.transport.set_peer(target, node.addr.clone());
+            self.transport.set_peer(crate::node_of(target), node.addr.clone());
         }
         GroupNetwork {
             transport: self.transport.clone(),
-            group: self.group.clone(),
+            group: crate::group_key(&self.group, target),
             target,
         }
     }
@@ -726,7 +728,9 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
 
 pub struct GroupNetwork {
     transport: Arc<Transport>,
+    /// The group's name as the target replica receives it ([`crate::group_key`]).
     group: String,
+    /// The target replica's id in the group; its node is [`crate::node_of`] it.
     target: NodeId,
 }
 
@@ -758,7 +762,7 @@ impl GroupNetwork {
         let body = encode(req).map_err(|e| self.rpc_error(e, action, timeout))?;
         let out = self
             .transport
-            .call(self.target, kind, &self.group, &body, timeout)
+            .call(crate::node_of(self.target), kind, &self.group, &body, timeout)
             .await
             .map_err(|e| self.rpc_error(e, action, timeout))?;
         let r: Result<Resp, RaftError<NodeId>> = decode(&out).map_err(|e| self.rpc_error(e, action, timeout))?;
@@ -804,7 +808,7 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
         let body = encode(&req).map_err(map)?;
         let out = self
             .transport
-            .call(self.target, KIND_SNAPSHOT, &self.group, &body, timeout)
+            .call(crate::node_of(self.target), KIND_SNAPSHOT, &self.group, &body, timeout)
             .await
             .map_err(map)?;
         let r: Result<SnapshotResponse<NodeId>, Fatal<NodeId>> = decode(&out).map_err(map)?;

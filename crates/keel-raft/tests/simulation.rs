@@ -1,19 +1,22 @@
-//! Simulation of one partition group on three replicas: an in-memory network that drops
-//! messages, delays them and partitions nodes, replicas that crash and restart from their
-//! on-disk logs, and a client proposing throughout. Time is tokio's paused clock on one
+//! Simulation of one partition group of three replicas on four nodes: an in-memory network
+//! that drops messages, delays them and partitions nodes, replicas that crash and restart
+//! from their on-disk logs, the group moving to another three of the four nodes as a
+//! partition move does (new replicas added as learners under a new incarnation's id,
+//! voters changed through a joint configuration, removed replicas wiped), and a client
+//! proposing throughout. Time is tokio's paused clock on one
 //! thread, and every fault and delay comes from one seeded generator, so a seed replays
 //! its schedule of faults. openraft draws its election timeouts from its own generator, so
 //! two runs of one seed can differ in which node wins an election and how many writes
 //! succeed; the oracle holds for every run.
 //!
 //! The oracle: every acknowledged proposal is in the log at the offset it was acknowledged
-//! with; once faults stop the group elects a leader, takes a write, and every replica holds
+//! with; once faults stop the group elects a leader, takes a write, and every voter holds
 //! the same log.
 //!
 //! `KEEL_SIM_SEED=N` replays one seed; `KEEL_SIM_STEPS` and `KEEL_SIM_SEEDS` make a longer
 //! run (e.g. `KEEL_SIM_SEEDS=50 KEEL_SIM_STEPS=2000 cargo test -p keel-raft --test simulation`).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,7 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use keel_log::{DiskLog, LogConfig};
 use keel_proto::batch::{encode_batch, NewRecord};
-use keel_raft::{Apply, Group, GroupOptions, Node, NodeId, Raft, TypeConfig};
+use keel_raft::{node_of, replica_id, Apply, Group, GroupOptions, Node, NodeId, Raft, TypeConfig};
 use openraft::error::{
     Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError, Unreachable,
 };
@@ -31,7 +34,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const GROUP: &str = "sim/0";
-const NODES: [NodeId; 3] = [1, 2, 3];
+const NODES: [NodeId; 4] = [1, 2, 3, 4];
+/// The group's first voters; node 4 holds an empty replica until a move adds it.
+const FIRST_VOTERS: [NodeId; 3] = [1, 2, 3];
 
 struct NoApply;
 impl Apply for NoApply {
@@ -40,6 +45,8 @@ impl Apply for NoApply {
 
 #[derive(Default)]
 struct NetState {
+    /// The running replicas by Raft id: a message for a replica id no longer running (an
+    /// earlier incarnation) is lost.
     rafts: HashMap<NodeId, Raft>,
     cut: HashSet<(NodeId, NodeId)>,
     drop_per_mille: u32,
@@ -64,7 +71,8 @@ impl Net {
     /// The target's Raft if a message from `from` gets through now, and a delivery delay.
     fn route(&self, from: NodeId, to: NodeId) -> Option<(Raft, Duration)> {
         let s = self.state.lock().unwrap();
-        let pair = (from.min(to), from.max(to));
+        let (a, b) = (node_of(from), node_of(to));
+        let pair = (a.min(b), a.max(b));
         let mut rng = self.rng.lock().unwrap();
         if s.cut.contains(&pair) || rng.random_range(0..1000) < s.drop_per_mille {
             return None;
@@ -161,6 +169,7 @@ fn options() -> GroupOptions {
     }
 }
 
+/// Starts replica `id` (a Raft id: node and incarnation) from its files in `dir`.
 async fn start(net: &Arc<Net>, id: NodeId, dir: &Path) -> Group {
     let log = DiskLog::open(dir, LogConfig::default()).unwrap();
     let g = Group::start_with_network(
@@ -220,15 +229,21 @@ async fn run(seed: u64, steps: usize, root: &Path) {
     });
     let mut rng = StdRng::seed_from_u64(seed.wrapping_mul(31).wrapping_add(1));
     let dirs: BTreeMap<NodeId, PathBuf> = NODES.iter().map(|id| (*id, root.join(format!("n{id}")))).collect();
+    // Each node's current replica id (incarnation 0 until a move re-adds the node).
+    let mut ids: BTreeMap<NodeId, NodeId> = NODES.iter().map(|n| (*n, *n)).collect();
+    // Running replicas, by node.
     let mut nodes: BTreeMap<NodeId, Group> = BTreeMap::new();
-    for id in NODES {
-        nodes.insert(id, start(&net, id, &dirs[&id]).await);
+    for n in NODES {
+        nodes.insert(n, start(&net, ids[&n], &dirs[&n]).await);
     }
-    let members: BTreeMap<NodeId, Node> = NODES.iter().map(|id| (*id, Node::default())).collect();
+    let members: BTreeMap<NodeId, Node> = FIRST_VOTERS.iter().map(|id| (*id, Node::default())).collect();
     nodes[&1].initialize(members).await.unwrap();
 
     let mut acked: Vec<(String, i64)> = Vec::new();
     let mut crashes = 0;
+    let mut moves = 0;
+    let mut incarnation = 0u32;
+    let mut last_target: Option<BTreeSet<NodeId>> = None;
     for step in 0..steps {
         match rng.random_range(0..100) {
             0..60 => {
@@ -242,29 +257,72 @@ async fn run(seed: u64, steps: usize, root: &Path) {
                     acked.push((value, a.base_offset));
                 }
             }
-            60..68 if nodes.len() == 3 => {
-                let id = NODES[rng.random_range(0..3)];
-                if let Some(g) = nodes.remove(&id) {
-                    stop(&net, id, g).await;
+            60..68 if nodes.len() == NODES.len() => {
+                let n = NODES[rng.random_range(0..NODES.len())];
+                if let Some(g) = nodes.remove(&n) {
+                    stop(&net, ids[&n], g).await;
                     crashes += 1;
                 }
             }
             68..78 => {
-                for id in NODES {
-                    if let std::collections::btree_map::Entry::Vacant(slot) = nodes.entry(id) {
-                        slot.insert(start(&net, id, &dirs[&id]).await);
+                for n in NODES {
+                    if let std::collections::btree_map::Entry::Vacant(slot) = nodes.entry(n) {
+                        slot.insert(start(&net, ids[&n], &dirs[&n]).await);
                     }
                 }
             }
             78..86 => {
-                let a = NODES[rng.random_range(0..3)];
-                let b = NODES[rng.random_range(0..3)];
+                let a = NODES[rng.random_range(0..NODES.len())];
+                let b = NODES[rng.random_range(0..NODES.len())];
                 if a != b {
                     net.state.lock().unwrap().cut.insert((a.min(b), a.max(b)));
                 }
             }
             86..92 => net.state.lock().unwrap().cut.clear(),
             92..96 => net.state.lock().unwrap().drop_per_mille = rng.random_range(0..200),
+            96..99 => {
+                // Move the group to three of the four nodes, as a partition move does: a
+                // node that is not a member gets a fresh replica under a new id first.
+                let Some(l) = leader(&nodes) else { continue };
+                let left_out = NODES[rng.random_range(0..NODES.len())];
+                let members = nodes[&l].members();
+                for n in NODES.iter().copied().filter(|n| *n != left_out) {
+                    if !members.contains(&ids[&n]) {
+                        incarnation += 1;
+                        if let Some(old) = nodes.remove(&n) {
+                            stop(&net, ids[&n], old).await;
+                        }
+                        let _ = std::fs::remove_dir_all(&dirs[&n]);
+                        ids.insert(n, replica_id(n, incarnation));
+                        nodes.insert(n, start(&net, ids[&n], &dirs[&n]).await);
+                    }
+                }
+                let target: BTreeSet<NodeId> = NODES.iter().filter(|n| **n != left_out).map(|n| ids[n]).collect();
+                last_target = Some(target.clone());
+                let Some(g) = nodes.get(&l) else { continue };
+                let learners = target.iter().map(|id| (*id, Node::default())).collect();
+                let change = async {
+                    g.add_learners(learners).await?;
+                    g.set_voters(target.clone()).await
+                };
+                if let Ok(Ok(())) = tokio::time::timeout(Duration::from_secs(5), change).await {
+                    moves += 1;
+                    // The move is done: a replica that is no longer a member is wiped. (The
+                    // node runs an empty replica under a new id, which nothing addresses
+                    // until a move adds it.)
+                    let members = g.members();
+                    let gone: Vec<NodeId> = NODES.iter().copied().filter(|n| !members.contains(&ids[n])).collect();
+                    for n in gone {
+                        if let Some(gone) = nodes.remove(&n) {
+                            stop(&net, ids[&n], gone).await;
+                        }
+                        let _ = std::fs::remove_dir_all(&dirs[&n]);
+                        incarnation += 1;
+                        ids.insert(n, replica_id(n, incarnation));
+                        nodes.insert(n, start(&net, ids[&n], &dirs[&n]).await);
+                    }
+                }
+            }
             _ => tokio::time::sleep(Duration::from_millis(rng.random_range(10..800))).await,
         }
     }
@@ -275,9 +333,9 @@ async fn run(seed: u64, steps: usize, root: &Path) {
         s.cut.clear();
         s.drop_per_mille = 0;
     }
-    for id in NODES {
-        if let std::collections::btree_map::Entry::Vacant(slot) = nodes.entry(id) {
-            slot.insert(start(&net, id, &dirs[&id]).await);
+    for n in NODES {
+        if let std::collections::btree_map::Entry::Vacant(slot) = nodes.entry(n) {
+            slot.insert(start(&net, ids[&n], &dirs[&n]).await);
         }
     }
     // Liveness: a leader is elected and takes a write.
@@ -293,16 +351,37 @@ async fn run(seed: u64, steps: usize, root: &Path) {
     }
     let last = last.unwrap_or_else(|| panic!("seed {seed}: no write succeeded after faults stopped"));
     acked.push(("final".into(), last.base_offset));
+    // A move the faults interrupted may have left the group in a joint configuration: the
+    // leader finishes it, as the partition's leader retries a move in Keel.
+    if let Some(target) = last_target {
+        for _ in 0..20 {
+            let Some(l) = leader(&nodes) else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            if nodes[&l].voters().len() == 3 {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(5), nodes[&l].set_voters(target.clone())).await;
+        }
+    }
+    let voters: BTreeSet<NodeId> = nodes
+        .values()
+        .find(|g| g.is_leader())
+        .map(|g| g.voters().into_iter().map(node_of).collect())
+        .unwrap_or_default();
+    assert_eq!(voters.len(), 3, "seed {seed}: the group has {voters:?} as voters");
     for _ in 0..200 {
         if nodes
-            .values()
-            .all(|g| g.shared.applied().next_offset >= last.next_offset)
+            .iter()
+            .filter(|(n, _)| voters.contains(n))
+            .all(|(_, g)| g.shared.applied().next_offset >= last.next_offset)
         {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    for (id, g) in &nodes {
+    for (id, g) in nodes.iter().filter(|(n, _)| voters.contains(n)) {
         assert!(
             g.shared.applied().next_offset >= last.next_offset,
             "seed {seed}: node {id} did not catch up"
@@ -310,7 +389,11 @@ async fn run(seed: u64, steps: usize, root: &Path) {
     }
 
     // Safety: one log, and every acknowledged write in it at its offset.
-    let logs: Vec<Vec<(i64, Bytes)>> = nodes.values().map(data_of).collect();
+    let logs: Vec<Vec<(i64, Bytes)>> = nodes
+        .iter()
+        .filter(|(n, _)| voters.contains(n))
+        .map(|(_, g)| data_of(g))
+        .collect();
     let committed_len = logs
         .iter()
         .map(|l| l.iter().filter(|(o, _)| *o < last.next_offset).count())
@@ -334,12 +417,12 @@ async fn run(seed: u64, steps: usize, root: &Path) {
         );
     }
     eprintln!(
-        "seed {seed}: {} acknowledged writes, {crashes} crashes, final offset {}",
+        "seed {seed}: {} acknowledged writes, {crashes} crashes, {moves} moves, voters {voters:?}, final offset {}",
         acked.len(),
         last.next_offset
     );
-    for (id, g) in nodes {
-        stop(&net, id, g).await;
+    for (n, g) in nodes {
+        stop(&net, ids[&n], g).await;
     }
 }
 

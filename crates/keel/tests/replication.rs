@@ -578,9 +578,10 @@ fn keel_cli(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// A fourth node joins the running cluster, the partition's leader is drained (its replica
-/// moves to the new node while a producer writes), the drained node is killed, and the new
-/// node restarts: every acknowledged write is still there, once, in order.
+/// A fourth node joins the running cluster; the partition's leader is drained (its replica
+/// moves to the new node while a producer writes); the partition moves back onto the
+/// drained node and off the new one; one of the replicas that never moved is killed and
+/// the new node restarts: every acknowledged write is still there, once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joined_node_takes_over_a_drained_node_s_replica() {
     let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
@@ -640,11 +641,50 @@ async fn a_joined_node_takes_over_a_drained_node_s_replica() {
     let (ok, out) = keel_cli(&["cluster", "moves", "-b", &bs]);
     assert!(ok && out.contains("0 moves in progress"), "{out}");
 
-    // The drained node goes. It is one of the controller's voters, which stay in the
-    // registry: removing it is refused.
+    // The drained node is one of the controller's voters, which stay in the registry:
+    // removing it is refused.
     let (ok, out) = keel_cli(&["cluster", "remove-node", "-b", &bs, "--node", &drained.to_string()]);
     assert!(!ok && out.contains("controller voter"), "{out}");
-    node_of(&mut nodes, drained).kill9();
+
+    // The partition moves back onto the drained node (a new incarnation of its replica)
+    // and off the new one, while writes go on.
+    let stay: Vec<i32> = replicas.iter().copied().filter(|n| *n != 4).collect();
+    let back = format!("{drained},{},{}", stay[0], stay[1]);
+    let writer = {
+        let p = p.clone();
+        tokio::spawn(async move { send(&p, 600, 200).await })
+    };
+    let bs2 = bs.clone();
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        keel_cli(&[
+            "cluster",
+            "reassign",
+            "-b",
+            &bs2,
+            "--topic",
+            TOPIC,
+            "--partition",
+            "0",
+            "--replicas",
+            &back,
+            "--wait",
+            "--timeout-s",
+            "120",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "move back failed: {out}");
+    acked.extend(writer.await.unwrap());
+    let (mut now, _) = replicas_and_nodes(&bs).expect("metadata");
+    now.sort_unstable();
+    let mut want = vec![drained, stay[0], stay[1]];
+    want.sort_unstable();
+    assert_eq!(now, want);
+
+    // One of the replicas that never moved dies: the returned replica and the other one
+    // carry on. The joined node restarts (it rejoins from its own data).
+    node_of(&mut nodes, stay[0]).kill9();
     let rest: Vec<String> = nodes
         .iter()
         .filter(|k| k.child.is_some())
@@ -653,9 +693,9 @@ async fn a_joined_node_takes_over_a_drained_node_s_replica() {
         .collect();
     let bs = rest.join(",");
     let p = producer(&bs);
-    acked.extend(send(&p, 600, 100).await);
+    acked.extend(send(&p, 800, 100).await);
     fourth.restart();
-    acked.extend(send(&p, 700, 100).await);
+    acked.extend(send(&p, 900, 100).await);
 
     let got = read_all(&bs, acked.len());
     let by_value: BTreeMap<&str, i64> = got.iter().map(|(o, v)| (v.as_str(), *o)).collect();

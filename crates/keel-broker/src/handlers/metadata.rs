@@ -91,11 +91,11 @@ pub(crate) fn partition_view(p: &crate::partition::Partition) -> PartitionView {
         let last = m.last_log_index.unwrap_or(0);
         rep.iter()
             .filter(|(_, matched)| matched.map(|l| l.index + IN_SYNC_ENTRIES >= last).unwrap_or(false))
-            .map(|(id, _)| *id)
+            .map(|(id, _)| keel_raft::node_of(*id))
             .collect()
     });
     PartitionView {
-        leader: m.current_leader,
+        leader: m.current_leader.map(keel_raft::node_of),
         epoch: m.current_term.min(i32::MAX as u64) as i32,
         in_sync,
     }
