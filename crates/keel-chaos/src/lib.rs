@@ -551,6 +551,7 @@ fn fault_color(name: &str) -> &'static str {
         "slow" => "#b7e4b0",
         "corrupt" => "#c8c8c8",
         "disk-full" => "#d6b4f0",
+        "move" => "#f0c0a0",
         _ => "#a9c8f5",
     }
 }

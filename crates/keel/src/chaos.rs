@@ -25,7 +25,16 @@ use rand::{Rng, SeedableRng};
 
 const TOPIC: &str = "chaos";
 const GROUP: &str = "keel-chaos";
-const FAULTS: [&str; 7] = ["kill", "pause", "partition", "bridge", "corrupt", "slow", "disk-full"];
+const FAULTS: [&str; 8] = [
+    "kill",
+    "pause",
+    "partition",
+    "bridge",
+    "corrupt",
+    "slow",
+    "disk-full",
+    "move",
+];
 
 #[derive(Subcommand, Debug)]
 pub enum ChaosCommand {
@@ -59,9 +68,11 @@ pub struct RunArgs {
     /// SIGCONT), partition (cut a minority of nodes off from the rest), bridge (split the
     /// others in two, with one node still talking to both sides), corrupt (stop a node, flip
     /// a bit in or cut the tail of one of its segments, restart it), slow (delay and drop a
-    /// node's messages to and from the others), disk-full (a node's writes fail with ENOSPC).
-    /// kill, pause and partition pick the node leading the most partitions half the time.
-    #[arg(long, default_value = "kill,pause,partition,bridge,corrupt,slow,disk-full")]
+    /// node's messages to and from the others), disk-full (a node's writes fail with ENOSPC),
+    /// move (move a partition: one replica to a node without one, or, when every node has
+    /// one, down to one replica fewer and back). kill, pause and partition pick the node
+    /// leading the most partitions half the time.
+    #[arg(long, default_value = "kill,pause,partition,bridge,corrupt,slow,disk-full,move")]
     pub faults: String,
     /// Milliseconds between the end of one fault and the start of the next.
     #[arg(long, default_value_t = 2000)]
@@ -326,6 +337,13 @@ async fn run_chaos(args: RunArgs) -> Result<()> {
                 tokio::time::sleep(hold).await;
                 nodes[i].signal("CONT");
             }
+            "move" => {
+                let p = rng.random_range(0..args.partitions);
+                match move_partition(&bootstrap, p, &ids, &mut rng, hold).await {
+                    Ok(what) => eprintln!("move {TOPIC}/{p}: {what}"),
+                    Err(e) => eprintln!("move {TOPIC}/{p} not made: {e:#}"),
+                }
+            }
             "disk-full" => {
                 if !nodes[i].post("/fault/disk-full") {
                     eprintln!("node {id} did not take the disk-full fault");
@@ -427,6 +445,56 @@ async fn run_chaos(args: RunArgs) -> Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// Moves partition `p` of the workload topic (AlterPartitionReassignments): one replica to a
+/// node that holds none, or, when every node holds one, to one replica fewer and, after
+/// `hold`, back (the returning replica is a new incarnation once the first move is done).
+/// Returns what it asked for.
+async fn move_partition(bootstrap: &str, p: i32, ids: &[u64], rng: &mut StdRng, hold: Duration) -> Result<String> {
+    let mut c = Client::connect(bootstrap).await?;
+    let md = c.metadata(Some(&[TOPIC])).await?;
+    let replicas: Vec<i32> = md
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter())
+        .find(|x| x.partition_index == p)
+        .map(|x| x.replica_nodes.iter().map(|b| b.0).collect())
+        .context("the partition is not in Metadata")?;
+    if replicas.is_empty() {
+        bail!("no replicas listed");
+    }
+    let out = replicas[rng.random_range(0..replicas.len())];
+    let spare: Vec<i32> = ids
+        .iter()
+        .map(|n| *n as i32)
+        .filter(|n| !replicas.contains(n))
+        .collect();
+    if !spare.is_empty() {
+        let to = spare[rng.random_range(0..spare.len())];
+        let target: Vec<i32> = replicas.iter().map(|n| if *n == out { to } else { *n }).collect();
+        reassign(&mut c, p, target.clone()).await?;
+        tokio::time::sleep(hold).await;
+        return Ok(format!("{replicas:?} -> {target:?}"));
+    }
+    if replicas.len() < 2 {
+        bail!("a single replica and no spare node");
+    }
+    let fewer: Vec<i32> = replicas.iter().copied().filter(|n| *n != out).collect();
+    reassign(&mut c, p, fewer.clone()).await?;
+    tokio::time::sleep(hold).await;
+    let mut back = fewer.clone();
+    back.push(out);
+    reassign(&mut c, p, back.clone()).await?;
+    Ok(format!("{replicas:?} -> {fewer:?} -> {back:?}"))
+}
+
+async fn reassign(c: &mut Client, p: i32, target: Vec<i32>) -> Result<()> {
+    let moves = vec![(TOPIC.to_string(), p, Some(target))];
+    match c.alter_partition_reassignments(&moves).await?.into_iter().next() {
+        Some((_, _, Some((code, message)))) => bail!("error {code}: {message}"),
+        _ => Ok(()),
+    }
 }
 
 /// Flips one byte in, or cuts the tail of, a segment of one of the workload topic's
