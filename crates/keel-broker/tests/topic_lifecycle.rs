@@ -2,39 +2,18 @@
 //! name leaves the new topic's records in place through a restart, when the controller's
 //! log (creation, deletion, creation) is replayed.
 
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use bytes::Bytes;
+use kafka_protocol::records::{Compression, RecordBatchDecoder};
 use keel_broker::{Broker, BrokerConfig};
+use keel_proto::batch::{encode_batch, split_batches, NewRecord};
 
 fn batch(value: &str) -> Vec<(keel_proto::batch::BatchHeader, Bytes)> {
-    let rec = Record {
-        transactional: false,
-        control: false,
-        delete_horizon: false,
-        partition_leader_epoch: -1,
-        producer_id: -1,
-        producer_epoch: -1,
-        timestamp_type: TimestampType::Creation,
-        offset: 0,
-        sequence: -1,
-        timestamp: 1,
+    let record = NewRecord {
         key: None,
         value: Some(Bytes::from(value.to_string())),
-        headers: Default::default(),
+        timestamp: 1,
     };
-    let mut b = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut b,
-        &[rec],
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    keel_proto::batch::split_batches(&b.freeze()).unwrap()
+    split_batches(&encode_batch(&[record], Compression::None).unwrap()).unwrap()
 }
 
 fn config(dir: &std::path::Path) -> BrokerConfig {

@@ -116,6 +116,8 @@ pub struct Transport {
     heard: Mutex<HashMap<NodeId, std::time::Instant>>,
     /// The groups each peer said it leads, with their terms, and when it said so.
     reported: Mutex<HashMap<NodeId, LeadershipReport>>,
+    /// Groups with an early election pending because their leader's node is gone.
+    early_elections: Mutex<HashSet<String>>,
     me: std::sync::Weak<Transport>,
 }
 
@@ -252,6 +254,7 @@ impl Transport {
             next_request: AtomicU64::new(1),
             heard: Mutex::new(HashMap::new()),
             reported: Mutex::new(HashMap::new()),
+            early_elections: Mutex::new(HashSet::new()),
         })
     }
 
@@ -558,6 +561,11 @@ impl Transport {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 self.forget(target);
+                if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    if let Some(t) = self.me.upgrade() {
+                        t.peer_gone(target);
+                    }
+                }
                 return Err(TransportError::Unreachable(target, format!("connect to {addr}: {e}")));
             }
             Err(_) => {
@@ -605,6 +613,11 @@ impl Transport {
                     }
                     Ok(None) => {
                         reader_conn.fail_all("connection closed", target);
+                        // A closed connection may be a process that died: look now rather
+                        // than at the next ping.
+                        if let Some(t) = heard.upgrade() {
+                            tokio::spawn(t.probe(target));
+                        }
                         return;
                     }
                     Err(e) => {
@@ -617,6 +630,77 @@ impl Transport {
         info!(peer = target, %addr, "connected to peer");
         *slot = Some(conn.clone());
         Ok(conn)
+    }
+
+    /// Tries to connect to `node` once; a refusal means its process is gone.
+    async fn probe(self: Arc<Self>, node: NodeId) {
+        let Some(addr) = self.peer_addr(node) else { return };
+        if let Ok(Err(e)) = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
+            if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                self.peer_gone(node);
+            }
+        }
+    }
+
+    /// `node` refuses connections: its process is gone (killed, crashed or restarting).
+    /// For each group it leads here, one follower (the lowest live voter, the same choice on
+    /// every node, so the candidates do not split the vote) stands for election as soon as
+    /// the other voters can grant it, once the leader's lease (the longest election
+    /// timeout) has passed, instead of waiting for the lease plus a random election
+    /// timeout. If that replica cannot win, the usual timeouts elect another.
+    fn peer_gone(self: &Arc<Self>, node: NodeId) {
+        let groups: Vec<(String, Raft)> = self
+            .groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(name, (raft, _))| (name.clone(), raft.clone()))
+            .collect();
+        for (name, raft) in groups {
+            let (me, designated) = {
+                let m = raft.metrics();
+                let m = m.borrow();
+                if m.state != openraft::ServerState::Follower || m.current_leader.map(crate::node_of) != Some(node) {
+                    continue;
+                }
+                let designated = m
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .filter(|v| crate::node_of(*v) != node && self.is_alive(crate::node_of(*v)))
+                    .min();
+                (m.id, designated)
+            };
+            if designated != Some(me) {
+                continue;
+            }
+            if !self
+                .early_elections
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(name.clone())
+            {
+                continue;
+            }
+            let lease = Duration::from_millis(raft.config().election_timeout_max + 20);
+            let t = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(lease).await;
+                let still = {
+                    let m = raft.metrics();
+                    let m = m.borrow();
+                    m.state == openraft::ServerState::Follower && m.current_leader.map(crate::node_of) == Some(node)
+                };
+                if still && !t.is_alive(node) {
+                    info!(group = %name, gone = node, "the leader's node is gone: standing for election");
+                    let _ = raft.trigger().elect().await;
+                }
+                t.early_elections
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&name);
+            });
+        }
     }
 
     fn heard_handle(&self) -> std::sync::Weak<Transport> {

@@ -117,6 +117,39 @@ fn read_all(bootstrap: &str, expect: usize) -> Vec<(i64, String)> {
     got
 }
 
+/// Creates `TOPIC`: one partition, three replicas (through librdkafka's admin client).
+async fn create_topic(bootstrap: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let res = admin
+        .create_topics(
+            &[NewTopic::new(TOPIC, 1, TopicReplication::Fixed(3))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
+        )
+        .await
+        .unwrap();
+    assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
+}
+
+/// Every acknowledged message was read back exactly once, at the offset it was
+/// acknowledged with, in the order it was sent, and nothing else was.
+fn assert_exactly_the_acknowledged(got: &[(i64, String)], acked: &[(String, i64, Instant)]) {
+    let by_value: BTreeMap<&str, i64> = got.iter().map(|(o, v)| (v.as_str(), *o)).collect();
+    assert_eq!(by_value.len(), got.len(), "a value appears twice");
+    for (value, offset, _) in acked {
+        assert_eq!(
+            by_value.get(value.as_str()),
+            Some(offset),
+            "acknowledged {value} lost or moved"
+        );
+    }
+    assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "offsets not increasing");
+    assert!(got.windows(2).all(|w| w[0].1 < w[1].1), "records out of order");
+    assert_eq!(got.len(), acked.len(), "records that were never acknowledged appeared");
+}
+
 fn node_of(nodes: &mut [Keel], id: i32) -> &mut Keel {
     &mut nodes[(id - 1) as usize]
 }
@@ -131,15 +164,7 @@ async fn acknowledged_writes_survive_leader_kill_pause_and_return() {
     let root = tempfile::tempdir().unwrap();
     let mut nodes = start_cluster(root.path(), 3, &[]);
     let bs = bootstrap(&nodes);
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &bs).create().unwrap();
-    let res = admin
-        .create_topics(
-            &[NewTopic::new(TOPIC, 1, TopicReplication::Fixed(3))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
-        )
-        .await
-        .unwrap();
-    assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
+    create_topic(&bs).await;
     let p = producer(&bs);
     let mut acked = send(&p, 0, 300).await;
 
@@ -183,18 +208,7 @@ async fn acknowledged_writes_survive_leader_kill_pause_and_return() {
     // Every acknowledged message is there exactly once, at the offset it was acknowledged
     // with, in the order it was sent.
     let got = read_all(&bs, acked.len());
-    let by_value: BTreeMap<&str, i64> = got.iter().map(|(o, v)| (v.as_str(), *o)).collect();
-    assert_eq!(by_value.len(), got.len(), "a value appears twice");
-    for (value, offset, _) in &acked {
-        assert_eq!(
-            by_value.get(value.as_str()),
-            Some(offset),
-            "acknowledged {value} lost or moved"
-        );
-    }
-    assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "offsets not increasing");
-    assert!(got.windows(2).all(|w| w[0].1 < w[1].1), "records out of order");
-    assert_eq!(got.len(), acked.len(), "records that were never acknowledged appeared");
+    assert_exactly_the_acknowledged(&got, &acked);
 }
 
 /// The leader of `partition` of `topic`, as Metadata reports it.
@@ -285,15 +299,7 @@ async fn damaged_replicas_repair_from_the_leader() {
     let root = tempfile::tempdir().unwrap();
     let mut nodes = start_cluster(root.path(), 3, &["--segment-bytes", "16384"]);
     let bs = bootstrap(&nodes);
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &bs).create().unwrap();
-    let res = admin
-        .create_topics(
-            &[NewTopic::new(TOPIC, 1, TopicReplication::Fixed(3))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
-        )
-        .await
-        .unwrap();
-    assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
+    create_topic(&bs).await;
     let p = producer(&bs);
     let mut acked = send(&p, 0, 600).await;
     let leader = wait_leader(&bs, None).await;
@@ -355,16 +361,7 @@ async fn damaged_replicas_repair_from_the_leader() {
     let live = live.join(",");
     acked.extend(send(&producer(&live), 800, 100).await);
     let got = read_all(&live, acked.len());
-    let by_value: BTreeMap<&str, i64> = got.iter().map(|(o, v)| (v.as_str(), *o)).collect();
-    assert_eq!(by_value.len(), got.len(), "a value appears twice");
-    for (value, offset, _) in &acked {
-        assert_eq!(
-            by_value.get(value.as_str()),
-            Some(offset),
-            "acknowledged {value} lost or moved"
-        );
-    }
-    assert_eq!(got.len(), acked.len());
+    assert_exactly_the_acknowledged(&got, &acked);
 }
 
 /// A network partition isolates the leader from both followers (links cut inside each
@@ -433,16 +430,7 @@ async fn isolated_leader_acknowledges_nothing_and_the_majority_carries_on() {
         !got.iter().any(|(_, v)| v == "minority-write"),
         "an unacknowledged write survived"
     );
-    let by_value: BTreeMap<&str, i64> = got.iter().map(|(o, v)| (v.as_str(), *o)).collect();
-    assert_eq!(by_value.len(), got.len(), "a value appears twice");
-    for (value, offset, _) in &acked {
-        assert_eq!(
-            by_value.get(value.as_str()),
-            Some(offset),
-            "acknowledged {value} lost or moved"
-        );
-    }
-    assert_eq!(got.len(), acked.len());
+    assert_exactly_the_acknowledged(&got, &acked);
 }
 
 /// On four nodes with a replication factor of 2, every node hosts only some partitions:
@@ -588,15 +576,7 @@ async fn a_joined_node_takes_over_a_drained_node_s_replica() {
     let root = tempfile::tempdir().unwrap();
     let mut nodes = start_cluster(root.path(), 3, &[]);
     let bs = bootstrap(&nodes);
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &bs).create().unwrap();
-    let res = admin
-        .create_topics(
-            &[NewTopic::new(TOPIC, 1, TopicReplication::Fixed(3))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
-        )
-        .await
-        .unwrap();
-    assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
+    create_topic(&bs).await;
     let p = producer(&bs);
     let mut acked = send(&p, 0, 200).await;
 
@@ -698,17 +678,7 @@ async fn a_joined_node_takes_over_a_drained_node_s_replica() {
     acked.extend(send(&p, 900, 100).await);
 
     let got = read_all(&bs, acked.len());
-    let by_value: BTreeMap<&str, i64> = got.iter().map(|(o, v)| (v.as_str(), *o)).collect();
-    assert_eq!(by_value.len(), got.len(), "a value appears twice");
-    for (value, offset, _) in &acked {
-        assert_eq!(
-            by_value.get(value.as_str()),
-            Some(offset),
-            "acknowledged {value} lost or moved"
-        );
-    }
-    assert!(got.windows(2).all(|w| w[0].1 < w[1].1), "records out of order");
-    assert_eq!(got.len(), acked.len(), "records that were never acknowledged appeared");
+    assert_exactly_the_acknowledged(&got, &acked);
 }
 
 /// A byte flips in the leader's closed segment while it runs. The consumer reading it gets
@@ -722,15 +692,7 @@ async fn a_replica_damaged_while_running_repairs_itself() {
     let root = tempfile::tempdir().unwrap();
     let mut nodes = start_cluster(root.path(), 3, &["--segment-bytes", "16384"]);
     let bs = bootstrap(&nodes);
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &bs).create().unwrap();
-    let res = admin
-        .create_topics(
-            &[NewTopic::new(TOPIC, 1, TopicReplication::Fixed(3))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
-        )
-        .await
-        .unwrap();
-    assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
+    create_topic(&bs).await;
     let p = producer(&bs);
     let mut acked = send(&p, 0, 600).await;
     let damaged = wait_leader(&bs, None).await;
@@ -746,19 +708,7 @@ async fn a_replica_damaged_while_running_repairs_itself() {
     bytes[2000] ^= 0x40;
     std::fs::write(&segments[0], bytes).unwrap();
 
-    let check = |got: Vec<(i64, String)>, acked: &[(String, i64, Instant)]| {
-        let by_value: BTreeMap<&str, i64> = got.iter().map(|(o, v)| (v.as_str(), *o)).collect();
-        assert_eq!(by_value.len(), got.len(), "a value appears twice");
-        for (value, offset, _) in acked {
-            assert_eq!(
-                by_value.get(value.as_str()),
-                Some(offset),
-                "acknowledged {value} lost or moved"
-            );
-        }
-        assert_eq!(got.len(), acked.len());
-    };
-    check(read_all(&bs, acked.len()), &acked);
+    assert_exactly_the_acknowledged(&read_all(&bs, acked.len()), &acked);
     let metrics = node_of(&mut nodes, damaged).http_get("/metrics").1;
     assert!(
         metrics.lines().any(|l| l == "keel_repaired_replicas_total 1"),
@@ -773,5 +723,5 @@ async fn a_replica_damaged_while_running_repairs_itself() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // ... and serves every acknowledged message from its repaired log.
-    check(read_all(&bs, acked.len()), &acked);
+    assert_exactly_the_acknowledged(&read_all(&bs, acked.len()), &acked);
 }
