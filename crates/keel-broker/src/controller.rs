@@ -29,6 +29,9 @@ const PROPOSE_ROUTE: &str = "controller/propose";
 /// Transport requests from a node joining a running cluster: it asks the controller's
 /// leader to add it as a learner (see [`Controller::join`]).
 const JOIN_ROUTE: &str = "controller/join";
+/// Transport requests that ask the controller's leader to drop an unregistered node's
+/// learner.
+const LEAVE_ROUTE: &str = "controller/leave";
 
 /// A node as the cluster knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -383,6 +386,15 @@ impl Controller {
                 if route == JOIN_ROUTE {
                     return c.admit(&body).await;
                 }
+                if route == LEAVE_ROUTE {
+                    let id: NodeId = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+                    return c
+                        .group
+                        .remove_learners([id].into_iter().collect())
+                        .await
+                        .map(|()| Bytes::new())
+                        .map_err(|e| e.to_string());
+                }
                 if route != PROPOSE_ROUTE {
                     return Err(format!("unknown route {route}"));
                 }
@@ -446,6 +458,37 @@ impl Controller {
             .map_err(|e| ControllerError::Failed(e.to_string()))?;
         info!(node = self.node_id, index, "joined the cluster as a controller learner");
         Ok(())
+    }
+
+    /// Drops node `id`'s learner from the controller group (after it was unregistered), on
+    /// the controller's leader, forwarding there if need be.
+    pub async fn remove_learner(&self, id: NodeId, timeout: Duration) -> Result<(), ControllerError> {
+        if self.voters.contains_key(&id) {
+            return Ok(());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let attempt = if self.group.is_leader() {
+                self.group
+                    .remove_learners([id].into_iter().collect())
+                    .await
+                    .map_err(|e| e.to_string())
+            } else if let Some(leader) = self.group.leader().filter(|l| *l != self.node_id) {
+                let body = serde_json::to_vec(&id).map_err(|e| ControllerError::Failed(e.to_string()))?;
+                self.transport
+                    .call_app(leader, LEAVE_ROUTE, &body, Duration::from_secs(5))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            } else {
+                Err("no leader".to_string())
+            };
+            match attempt {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => return Err(ControllerError::Failed(e)),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     }
 
     /// On the controller's leader: adds a joining node as a learner. Answers with the

@@ -170,7 +170,17 @@ impl Broker {
     /// Follows leadership of `__consumer_offsets`: on becoming its leader, replays the
     /// committed offsets and starts with no group state; on losing it, drops group state.
     async fn follow_offsets_leadership(&self) {
-        let p = self.groups.offsets.partition().clone();
+        // This node's replica may have been reopened (repaired, or moved off and back).
+        if let Some(current) = self
+            .topics
+            .get(group::offsets::OFFSETS_TOPIC)
+            .and_then(|t| t.partition(0))
+        {
+            if !Arc::ptr_eq(&current, &self.groups.offsets.partition()) {
+                self.groups.offsets.set_partition(current);
+            }
+        }
+        let p = self.groups.offsets.partition();
         let leading = p.is_leader();
         let term = p.group().term();
         let loaded = *self.offsets_term.lock().unwrap_or_else(|e| e.into_inner());

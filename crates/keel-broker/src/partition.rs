@@ -296,6 +296,11 @@ impl Partition {
         self.group.metrics().id
     }
 
+    /// This replica's id in its Raft group (see [`keel_raft::replica_id`]).
+    pub fn replica_id(&self) -> u64 {
+        self.group_node()
+    }
+
     fn update_size_metric(&self) {
         let size = self.size_bytes();
         self.metrics.log_size(&self.topic, self.index).set(size as i64);

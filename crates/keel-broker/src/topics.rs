@@ -224,7 +224,19 @@ impl Topics {
             let hosted = existing.as_ref().and_then(|t| t.partition(p));
             if record.hosts(p).contains(&me) {
                 match hosted {
-                    Some(part) => part.set_preferred_leader(replicas.first().map(|n| record.replica_id(p, *n))),
+                    Some(part) if part.replica_id() == record.replica_id(p, me) => {
+                        part.set_preferred_leader(replicas.first().map(|n| record.replica_id(p, *n)))
+                    }
+                    Some(old) => {
+                        // Moved off this node and back (metadata read after both moves): the
+                        // old incarnation goes, the new one starts empty.
+                        if let Some(t) = &existing {
+                            t.partitions.write().unwrap_or_else(|e| e.into_inner()).remove(&p);
+                        }
+                        old.close().await;
+                        let part = self.open_partition(name, p, &settings, &record).await?;
+                        opened.insert(p, part);
+                    }
                     None => {
                         let part = self.open_partition(name, p, &settings, &record).await?;
                         opened.insert(p, part);
@@ -780,6 +792,9 @@ impl Topics {
             }
         }
         self.commit(Command::UnregisterNode { id }).await?;
+        if let Err(e) = self.controller.remove_learner(id, ADMIN_TIMEOUT).await {
+            warn!(node = id, error = %e, "unregistered, but its controller learner stays");
+        }
         info!(node = id, "node unregistered");
         Ok(())
     }
@@ -828,10 +843,14 @@ impl Topics {
             warn!(topic = name, partition = part.index, error = %e, "could not add the new replicas");
             return;
         }
-        // Wait (bounded) until every new replica has caught up with the leader's log.
+        // Wait (bounded) until every new replica has caught up with the leader's log. (A
+        // replica that stays needs not: the new voters' majority may do without one that
+        // is down, as the old voters' may.)
+        let voters_now = group.voters();
+        let new: Vec<u64> = ids.iter().copied().filter(|id| !voters_now.contains(id)).collect();
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let behind: Vec<u64> = ids
+            let behind: Vec<u64> = new
                 .iter()
                 .filter(|n| group.lag_of(**n).map(|lag| lag > CAUGHT_UP_ENTRIES).unwrap_or(true))
                 .map(|n| keel_raft::node_of(*n))

@@ -679,6 +679,48 @@ async fn a_joined_node_takes_over_a_drained_node_s_replica() {
 
     let got = read_all(&bs, acked.len());
     assert_exactly_the_acknowledged(&got, &acked);
+
+    // The joined node leaves: drained (its __consumer_offsets replica moves to the node
+    // without one), stopped, and removed from the registry.
+    let (ok, out) = keel_cli(&[
+        "cluster",
+        "drain",
+        "-b",
+        &bs,
+        "--node",
+        "4",
+        "--wait",
+        "--timeout-s",
+        "120",
+    ]);
+    assert!(ok, "drain of node 4 failed: {out}");
+    fourth.kill9();
+    let bs: String = nodes
+        .iter()
+        .filter(|k| k.child.is_some())
+        .map(|k| k.kafka.clone())
+        .collect::<Vec<_>>()
+        .join(",");
+    let (ok, out) = keel_cli(&["cluster", "remove-node", "-b", &bs, "--node", "4"]);
+    assert!(ok, "remove-node 4 failed: {out}");
+    let (_, nodes_now) = replicas_and_nodes(&bs).expect("metadata");
+    assert!(!nodes_now.contains(&4), "{nodes_now:?}");
+    let (ok, out) = keel_cli(&["cluster", "status", "-b", &bs]);
+    assert!(ok && !out.lines().any(|l| l.starts_with("4\t")), "{out}");
+    // The consumer group coordinator still answers: commit and read back an offset.
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bs)
+        .set("group.id", "after-the-moves")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(TOPIC, 0, Offset::Offset(42)).unwrap();
+    c.commit(&tpl, rdkafka::consumer::CommitMode::Sync).expect("commit");
+    let committed = c.committed_offsets(tpl, Duration::from_secs(10)).expect("committed");
+    assert_eq!(
+        committed.find_partition(TOPIC, 0).map(|e| e.offset()),
+        Some(Offset::Offset(42))
+    );
 }
 
 /// A byte flips in the leader's closed segment while it runs. The consumer reading it gets

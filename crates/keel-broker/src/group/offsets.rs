@@ -36,7 +36,9 @@ pub struct CommittedOffset {
 type GroupOffsets = BTreeMap<(String, i32), CommittedOffset>;
 
 pub struct OffsetStore {
-    partition: Arc<Partition>,
+    /// This node's replica of the internal partition; replaced when the replica is reopened
+    /// (repaired, or moved off this node and back).
+    partition: RwLock<Arc<Partition>>,
     map: RwLock<BTreeMap<String, GroupOffsets>>,
     /// Serialises writes so that memory is updated in log order.
     write: tokio::sync::Mutex<()>,
@@ -124,7 +126,7 @@ impl OffsetStore {
     pub fn load(partition: Arc<Partition>) -> OffsetStore {
         let map = replay(&partition);
         OffsetStore {
-            partition,
+            partition: RwLock::new(partition),
             map: RwLock::new(map),
             write: tokio::sync::Mutex::new(()),
         }
@@ -134,12 +136,17 @@ impl OffsetStore {
     /// the offsets other coordinators committed are in its log.
     pub async fn reload(&self) {
         let _turn = self.write.lock().await;
-        let map = replay(&self.partition);
+        let map = replay(&self.partition());
         *self.map.write().unwrap_or_else(|e| e.into_inner()) = map;
     }
 
-    pub fn partition(&self) -> &Arc<Partition> {
-        &self.partition
+    pub fn partition(&self) -> Arc<Partition> {
+        self.partition.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Works on `partition` from now on (this node's replica was reopened).
+    pub fn set_partition(&self, partition: Arc<Partition>) {
+        *self.partition.write().unwrap_or_else(|e| e.into_inner()) = partition;
     }
 }
 
@@ -237,7 +244,7 @@ impl OffsetStore {
             .collect();
         let batch = keel_proto::batch::encode_batch(&recs, Compression::None)?;
         let batches = keel_proto::batch::split_batches(&batch)?;
-        self.partition.append(batches, true).await?;
+        self.partition().append(batches, true).await?;
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         for (key, value) in records {
             match value {
@@ -259,7 +266,7 @@ impl OffsetStore {
 
     /// Bytes the internal partition holds.
     pub fn size_bytes(&self) -> u64 {
-        self.partition.size_bytes()
+        self.partition().size_bytes()
     }
 
     /// Snapshots the live offsets into the log and drops the segments before the snapshot,
@@ -267,11 +274,11 @@ impl OffsetStore {
     /// and what followed it: every key live at the snapshot is restated after the purge
     /// point, so nothing older is needed. Returns entries purged.
     pub async fn compact_if_larger_than(&self, threshold_bytes: u64) -> Result<u64, PartitionError> {
-        if self.partition.size_bytes() <= threshold_bytes {
+        if self.partition().size_bytes() <= threshold_bytes {
             return Ok(0);
         }
         let _turn = self.write.lock().await;
-        let snapshot_start = self.partition.high_watermark();
+        let snapshot_start = self.partition().high_watermark();
         let live: Vec<(String, GroupOffsets)> = self.read_map().iter().map(|(g, o)| (g.clone(), o.clone())).collect();
         for (group, offsets) in live {
             // Bounded batches: a group with many partitions is written in chunks.
@@ -280,8 +287,12 @@ impl OffsetStore {
                 self.write_locked(&group, chunk.to_vec()).await?;
             }
         }
-        let purged = self.partition.purge_before_offset(snapshot_start).await?;
-        info!(purged, size = self.partition.size_bytes(), "compacted {OFFSETS_TOPIC}");
+        let purged = self.partition().purge_before_offset(snapshot_start).await?;
+        info!(
+            purged,
+            size = self.partition().size_bytes(),
+            "compacted {OFFSETS_TOPIC}"
+        );
         Ok(u64::from(purged))
     }
 
