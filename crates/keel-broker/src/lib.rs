@@ -28,6 +28,7 @@ pub mod group;
 pub mod handlers;
 pub mod http;
 pub mod metrics;
+pub mod moves;
 pub mod partition;
 pub mod producer_state;
 pub mod server;
