@@ -362,6 +362,7 @@ impl Controller {
             GroupOptions {
                 format: EntryFormat::Commands,
                 fsync: true,
+                quiesce: false,
                 ..options
             },
         )

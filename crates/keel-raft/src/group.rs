@@ -11,6 +11,7 @@ use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use tracing::info;
 
+use crate::liveness::{GroupQuiet, Replica};
 use crate::store::{LogStorage, Shared, StateMachine};
 use crate::transport::Transport;
 use crate::{Applied, Apply, EntryFormat, Node, NodeId, Payload, Placed, Raft, RaftMetrics};
@@ -24,6 +25,9 @@ pub struct GroupOptions {
     /// fsync before an append counts towards a commit.
     pub fsync: bool,
     pub format: EntryFormat,
+    /// Whether the group goes quiet when idle (see [`crate::liveness`]). The controller's
+    /// group does not: it is one group, and every node's metadata follows it.
+    pub quiesce: bool,
 }
 
 impl Default for GroupOptions {
@@ -34,6 +38,7 @@ impl Default for GroupOptions {
             election_timeout_max_ms: 300,
             fsync: true,
             format: EntryFormat::KafkaBatches,
+            quiesce: true,
         }
     }
 }
@@ -54,6 +59,8 @@ pub struct Group {
     pub hold_votes: Arc<std::sync::atomic::AtomicU64>,
     pub raft: Raft,
     pub shared: Arc<Shared>,
+    /// The group's quiescence: idle, it stops its heartbeats and election timers.
+    pub quiet: Arc<GroupQuiet>,
     node_id: NodeId,
     /// The TCP transport the group is registered with (`None` for a custom network).
     transport: Option<Arc<Transport>>,
@@ -73,7 +80,14 @@ impl Group {
         options: GroupOptions,
     ) -> Result<Group, String> {
         let mut g = Self::start_with_network(name, node_id, transport.network(name), log, dir, hook, options).await?;
-        transport.register(&crate::group_key(name, node_id), g.raft.clone(), g.hold_votes.clone());
+        transport.register(
+            &crate::group_key(name, node_id),
+            Replica {
+                raft: g.raft.clone(),
+                hold_votes: g.hold_votes.clone(),
+                quiet: g.quiet.clone(),
+            },
+        );
         g.transport = Some(transport);
         Ok(g)
     }
@@ -93,6 +107,7 @@ impl Group {
         // (damage cut away, a torn tail that other replicas had made durable and
         // committed). It stands for election like any other and wins only with a log that
         // has everything committed.
+        let had_vote = dir.as_ref().map(|d| d.join("raft-vote.json").exists()).unwrap_or(false);
         if let Some(d) = &dir {
             crate::store::forget_leadership(d).map_err(|e| e.to_string())?;
         }
@@ -119,7 +134,17 @@ impl Group {
         )
         .await
         .map_err(|e| e.to_string())?;
+        let multi_voter = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count()
+            > 1;
+        let quiet = GroupQuiet::new(raft.clone(), options.quiesce, multi_voter, had_vote);
         Ok(Group {
+            quiet,
             hold_votes: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             name: name.to_string(),
             raft,
@@ -152,6 +177,7 @@ impl Group {
 
     /// Replicates `payload`; returns once a majority has it durably and it is applied here.
     pub async fn propose(&self, payload: Bytes) -> Result<Applied, ProposeError> {
+        self.quiet.wake();
         match self.raft.client_write(Payload(payload, None)).await {
             Ok(resp) => Ok(resp.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ProposeError::NotLeader(f.leader_id)),
@@ -165,6 +191,7 @@ impl Group {
         &self,
         payload: Bytes,
     ) -> Result<impl std::future::Future<Output = Result<Applied, ProposeError>>, ProposeError> {
+        self.quiet.wake();
         let rx = self
             .raft
             .client_write_ff(Payload(payload, None))
@@ -188,6 +215,7 @@ impl Group {
         &self,
         payload: Bytes,
     ) -> Result<impl std::future::Future<Output = Result<Placed, ProposeError>>, ProposeError> {
+        self.quiet.wake();
         let shared = self.shared.clone();
         let (ticket, local) = shared.local_ack_ticket();
         let rx = match self.raft.client_write_ff(Payload(payload, Some(ticket))).await {
@@ -265,6 +293,7 @@ impl Group {
         if self.voters().into_iter().collect::<BTreeSet<_>>() == voters {
             return Ok(());
         }
+        self.quiet.wake();
         match self
             .raft
             .change_membership(ChangeMembers::ReplaceAllVoters(voters), false)
@@ -291,6 +320,7 @@ impl Group {
     }
 
     async fn change(&self, change: ChangeMembers<NodeId, Node>) -> Result<(), ProposeError> {
+        self.quiet.wake();
         match self.raft.change_membership(change, true).await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ProposeError::NotLeader(f.leader_id)),
@@ -354,8 +384,9 @@ impl Group {
         self.raft.metrics().borrow().current_leader
     }
 
-    /// This replica leads and heard from a majority within the election timeout: it may
-    /// serve reads. A leader cut off from its majority stops within that time.
+    /// This replica leads and heard from a majority within the election timeout, or leads
+    /// quietly under a node-level lease (see [`crate::liveness`]): it may serve reads. A
+    /// leader cut off from its majority stops within that time.
     pub fn is_serving_leader(&self) -> bool {
         let m = self.raft.metrics();
         let m = m.borrow();
@@ -364,6 +395,7 @@ impl Group {
             && m.current_leader == Some(self.node_id)
             && !self.stalled(&m)
             && (sole_voter
+                || self.quiet.lease_holds()
                 || m.millis_since_quorum_ack
                     .map(|ms| ms <= self.options.election_timeout_min_ms)
                     .unwrap_or(false))

@@ -8,6 +8,9 @@
 //!   high watermark.
 //! - [`transport`]: node-to-node TCP, one connection per node pair carrying the RPCs of
 //!   every group, with its own framing and a switch to cut links in tests.
+//! - [`liveness`]: node-level liveness (one ping per node pair for all groups), the
+//!   leadership reports the pings carry, and quiescence: an idle group stops its own
+//!   heartbeats and election timers, and the node-level lease stands in for them.
 //! - [`group`]: one running Raft group (a partition replica or the controller) and what the
 //!   broker asks of it: propose, wait for commit, who leads, read committed entries.
 //!
@@ -17,6 +20,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod group;
+pub mod liveness;
 pub mod store;
 pub mod transport;
 

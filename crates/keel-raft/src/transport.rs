@@ -37,6 +37,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use crate::liveness::{Liveness, Replica, ALIVE_WITHIN, PING_INTERVAL};
 use crate::{Node, NodeId, Raft, SnapshotBody, TypeConfig, Vote};
 
 /// Largest frame accepted from a peer.
@@ -51,14 +52,6 @@ const KIND_VOTE: u8 = 2;
 const KIND_SNAPSHOT: u8 = 3;
 const KIND_APP: u8 = 4;
 const KIND_PING: u8 = 5;
-/// How often every peer is pinged, and how long a peer may stay silent and still count as
-/// alive.
-const PING_INTERVAL: Duration = Duration::from_millis(200);
-const ALIVE_WITHIN: Duration = Duration::from_millis(1500);
-/// Every this many pings carries the groups the sender leads (see [`Transport::reported_leader`]).
-const LEADERS_EVERY_PINGS: u64 = 3;
-/// Most groups one leadership report names.
-const LEADERS_REPORT_MAX: usize = 100_000;
 const KIND_RESPONSE: u8 = 0x80;
 const KIND_ERROR: u8 = 0xFF;
 
@@ -106,67 +99,16 @@ pub struct Transport {
     id: NodeId,
     peers: RwLock<HashMap<NodeId, String>>,
     conns: Mutex<HashMap<NodeId, ConnSlot>>,
-    groups: RwLock<HashMap<String, (Raft, Arc<AtomicU64>)>>,
     app: RwLock<Option<AppHandler>>,
     cut: RwLock<HashSet<NodeId>>,
     /// Slow links (tests and chaos): delay before sending, and drops per thousand.
     slow: RwLock<HashMap<NodeId, (Duration, u32)>>,
     next_request: AtomicU64,
-    /// When each peer was last heard from (a request or an answer).
-    heard: Mutex<HashMap<NodeId, std::time::Instant>>,
-    /// The groups each peer said it leads, with their terms, and when it said so.
-    reported: Mutex<HashMap<NodeId, LeadershipReport>>,
+    /// Liveness of the peers, their leadership reports, and this node's quiet groups.
+    liveness: Arc<Liveness>,
     /// Groups with an early election pending because their leader's node is gone.
     early_elections: Mutex<HashSet<String>>,
     me: std::sync::Weak<Transport>,
-}
-
-/// When a peer last reported the groups it leads, and their terms.
-type LeadershipReport = (std::time::Instant, HashMap<String, u64>);
-
-/// A leadership report: count, then (name length, name, term) per group.
-fn encode_leaders(led: &[(String, u64)]) -> Bytes {
-    // Group names are topic/partition, far below u16::MAX bytes; a longer one is left out.
-    let led: Vec<(u16, &str, u64)> = led
-        .iter()
-        .filter_map(|(name, term)| Some((u16::try_from(name.len()).ok()?, name.as_str(), *term)))
-        .collect();
-    let mut b = BytesMut::new();
-    b.put_u32(led.len() as u32);
-    for (len, name, term) in led {
-        b.put_u16(len);
-        b.put_slice(name.as_bytes());
-        b.put_u64(term);
-    }
-    b.freeze()
-}
-
-fn decode_leaders(body: &[u8]) -> Result<HashMap<String, u64>, TransportError> {
-    let bad = || TransportError::Codec("bad leadership report".into());
-    let mut b = body;
-    if b.remaining() < 4 {
-        return Err(bad());
-    }
-    let n = b.get_u32() as usize;
-    if n > LEADERS_REPORT_MAX || n > b.remaining() / 10 {
-        return Err(bad());
-    }
-    let mut out = HashMap::with_capacity(n);
-    for _ in 0..n {
-        if b.remaining() < 2 {
-            return Err(bad());
-        }
-        let len = b.get_u16() as usize;
-        if b.remaining() < len + 8 {
-            return Err(bad());
-        }
-        let name = std::str::from_utf8(b.get(..len).ok_or_else(bad)?)
-            .map_err(|_| bad())?
-            .to_string();
-        b.advance(len);
-        out.insert(name, b.get_u64());
-    }
-    Ok(out)
 }
 
 fn encode_frame(kind: u8, request: u64, from: NodeId, group: &str, body: &[u8]) -> Result<Bytes, TransportError> {
@@ -247,39 +189,32 @@ impl Transport {
             id,
             peers: RwLock::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
-            groups: RwLock::new(HashMap::new()),
             app: RwLock::new(None),
             cut: RwLock::new(HashSet::new()),
             slow: RwLock::new(HashMap::new()),
             next_request: AtomicU64::new(1),
-            heard: Mutex::new(HashMap::new()),
-            reported: Mutex::new(HashMap::new()),
+            liveness: Arc::new(Liveness::new(id)),
             early_elections: Mutex::new(HashSet::new()),
         })
     }
 
     /// A connection to `node` failed: it counts as gone until it answers again.
     fn forget(&self, node: NodeId) {
-        self.heard.lock().unwrap_or_else(|e| e.into_inner()).remove(&node);
+        self.liveness.forget(node);
     }
 
     fn heard_from(&self, node: NodeId) {
-        self.heard
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(node, std::time::Instant::now());
+        self.liveness.heard_from(node);
     }
 
     /// Whether `node` answered or called within the last moments (this node always is).
     pub fn is_alive(&self, node: NodeId) -> bool {
-        node == self.id
-            || self
-                .heard
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&node)
-                .map(|t| t.elapsed() <= ALIVE_WITHIN)
-                .unwrap_or(false)
+        self.liveness.is_alive(node)
+    }
+
+    /// This node's view of its peers' liveness and of its replicas' quiescence.
+    pub fn liveness(&self) -> &Arc<Liveness> {
+        &self.liveness
     }
 
     /// Pings every known peer periodically so that [`Transport::is_alive`] stays current
@@ -287,15 +222,13 @@ impl Transport {
     pub fn start_pings(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
-            let mut round = 0u64;
             loop {
                 tokio::time::sleep(PING_INTERVAL).await;
                 let Some(t) = weak.upgrade() else { return };
-                round += 1;
-                let body = if round.is_multiple_of(LEADERS_EVERY_PINGS) {
-                    encode_leaders(&t.led_groups())
-                } else {
-                    Bytes::new()
+                let report = t.liveness.next_round();
+                let (number, body) = match report {
+                    Some((n, b)) => (Some(n), b),
+                    None => (None, Bytes::new()),
                 };
                 let peers: Vec<NodeId> = t
                     .peers
@@ -309,9 +242,13 @@ impl Transport {
                     let t = t.clone();
                     let body = body.clone();
                     tokio::spawn(async move {
-                        let _ = t.call(p, KIND_PING, "", &body, ALIVE_WITHIN).await;
+                        let sent = tokio::time::Instant::now();
+                        if t.call(p, KIND_PING, "", &body, ALIVE_WITHIN).await.is_ok() {
+                            t.liveness.ping_answered(p, sent, number);
+                        }
                     });
                 }
+                t.liveness.tick();
             }
         });
     }
@@ -320,36 +257,11 @@ impl Transport {
         self.id
     }
 
-    /// The groups this node leads, with their terms.
-    fn led_groups(&self) -> Vec<(String, u64)> {
-        self.groups
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .filter_map(|(name, (raft, _))| {
-                let m = raft.metrics();
-                let m = m.borrow();
-                // A moved replica is registered as `group#incarnation`: report the group.
-                let group = name.split('#').next().unwrap_or(name);
-                (m.state == openraft::ServerState::Leader && m.current_leader == Some(m.id))
-                    .then(|| (group.to_string(), m.current_term))
-            })
-            .take(LEADERS_REPORT_MAX)
-            .collect()
-    }
-
     /// The leader of `group` and its term as the nodes that lead groups report it in their
     /// pings: for a node that hosts no replica of the group (Metadata must still name its
-    /// leader). Only reports from nodes alive now and made within the last few pings count;
-    /// the highest term wins.
+    /// leader). Only fresh reports from nodes alive now count; the highest term wins.
     pub fn reported_leader(&self, group: &str) -> Option<(NodeId, u64)> {
-        let fresh = PING_INTERVAL * (LEADERS_EVERY_PINGS as u32) * 2 + PING_INTERVAL;
-        let reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
-        reported
-            .iter()
-            .filter(|(node, (at, _))| at.elapsed() <= fresh && self.is_alive(**node))
-            .filter_map(|(node, (_, led))| led.get(group).map(|term| (*node, *term)))
-            .max_by_key(|(_, term)| *term)
+        self.liveness.reported_leader(group)
     }
 
     /// Where `node`'s transport listens.
@@ -364,26 +276,19 @@ impl Transport {
         self.peers.read().unwrap_or_else(|e| e.into_inner()).get(&node).cloned()
     }
 
-    /// Routes `group`'s RPCs to `raft`. While `hold_votes` is non-zero the replica is
-    /// repairing its log, which may lack entries it once acknowledged: it votes only for
+    /// Routes `group`'s RPCs to `replica`. While its `hold_votes` is non-zero the replica
+    /// is repairing its log, which may lack entries it once acknowledged: it votes only for
     /// candidates whose log reaches index `hold_votes - 1` (what it had before the damage).
-    pub fn register(&self, group: &str, raft: Raft, hold_votes: Arc<AtomicU64>) {
-        self.groups
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(group.to_string(), (raft, hold_votes));
+    pub fn register(&self, group: &str, replica: Replica) {
+        self.liveness.register(group, replica);
     }
 
     pub fn unregister(&self, group: &str) {
-        self.groups.write().unwrap_or_else(|e| e.into_inner()).remove(group);
+        self.liveness.unregister(group);
     }
 
-    fn group(&self, group: &str) -> Option<(Raft, Arc<AtomicU64>)> {
-        self.groups
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(group)
-            .cloned()
+    fn group(&self, group: &str) -> Option<Replica> {
+        self.liveness.replica(group)
     }
 
     pub fn set_app_handler(&self, handler: AppHandler) {
@@ -484,11 +389,7 @@ impl Transport {
         let e = |e: TransportError| e.to_string();
         if f.kind == KIND_PING {
             if !f.body.is_empty() {
-                let led = decode_leaders(&f.body).map_err(|e| e.to_string())?;
-                self.reported
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(f.from, (std::time::Instant::now(), led));
+                self.liveness.on_report(f.from, &f.body)?;
             }
             return Ok(Bytes::new());
         }
@@ -499,7 +400,7 @@ impl Transport {
                 None => Err("no application handler".into()),
             };
         }
-        let (raft, hold_votes) = self.group(&f.group).ok_or_else(|| format!("no group {}", f.group))?;
+        let Replica { raft, hold_votes, .. } = self.group(&f.group).ok_or_else(|| format!("no group {}", f.group))?;
 
         let out = match f.kind {
             KIND_APPEND => {
@@ -519,6 +420,7 @@ impl Transport {
             }
             KIND_VOTE => {
                 let req: VoteRequest<NodeId> = decode(&f.body).map_err(e)?;
+                self.liveness.may_vote(&f.group)?;
                 let hold = hold_votes.load(Ordering::Acquire);
                 if hold > 0 && req.last_log_id.map(|l| l.index + 1) < Some(hold) {
                     return Err(format!(
@@ -649,12 +551,13 @@ impl Transport {
     /// timeout) has passed, instead of waiting for the lease plus a random election
     /// timeout. If that replica cannot win, the usual timeouts elect another.
     fn peer_gone(self: &Arc<Self>, node: NodeId) {
+        // Followers sleeping under a quiet leader on that node wake their timers now.
+        self.liveness.sweep(tokio::time::Instant::now());
         let groups: Vec<(String, Raft)> = self
-            .groups
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(name, (raft, _))| (name.clone(), raft.clone()))
+            .liveness
+            .replicas()
+            .into_iter()
+            .map(|(name, r)| (name, r.raft))
             .collect();
         for (name, raft) in groups {
             let (me, designated) = {
@@ -901,25 +804,5 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
 
     fn backoff(&self) -> openraft::network::Backoff {
         openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(200)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Leadership reports round-trip; truncated or inflated ones are refused.
-    #[test]
-    fn leadership_reports_round_trip_and_bad_ones_are_refused() {
-        let led = vec![("orders/0".to_string(), 7), ("orders/3".to_string(), 2)];
-        let b = encode_leaders(&led);
-        let back = decode_leaders(&b).unwrap();
-        assert_eq!(back.len(), 2);
-        assert_eq!(back["orders/0"], 7);
-        assert_eq!(back["orders/3"], 2);
-        assert!(decode_leaders(&b[..b.len() - 1]).is_err());
-        assert!(decode_leaders(&[0xff, 0xff, 0xff, 0xff]).is_err());
-        assert!(decode_leaders(&[]).is_err());
-        assert!(decode_leaders(&encode_leaders(&[])).unwrap().is_empty());
     }
 }

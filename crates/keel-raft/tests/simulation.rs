@@ -9,6 +9,12 @@
 //! two runs of one seed can differ in which node wins an election and how many writes
 //! succeed; the oracle holds for every run.
 //!
+//! Every node runs Keel's node-level liveness ([`keel_raft::liveness`]): pings every
+//! 100 ms over the same faulty network, leadership reports, quiescence. Some steps leave
+//! the group idle long enough to go quiet (heartbeats and election timers off), so
+//! crashes, partitions, restarts and moves also strike a quiet group; votes pass through
+//! the node-level lease as they do in the transport.
+//!
 //! The oracle: every acknowledged proposal is in the log at the offset it was acknowledged
 //! with; once faults stop the group elects a leader, takes a write, and every voter holds
 //! the same log.
@@ -24,7 +30,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use keel_log::{DiskLog, LogConfig};
 use keel_proto::batch::{encode_batch, NewRecord};
-use keel_raft::{node_of, replica_id, Apply, Group, GroupOptions, Node, NodeId, Raft, TypeConfig};
+use keel_raft::liveness::{Liveness, Replica, PING_INTERVAL};
+use keel_raft::{group_key, node_of, replica_id, Apply, Group, GroupOptions, Node, NodeId, Raft, TypeConfig};
 use openraft::error::{
     Fatal, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed, StreamingError, Unreachable,
 };
@@ -48,6 +55,8 @@ struct NetState {
     /// The running replicas by Raft id: a message for a replica id no longer running (an
     /// earlier incarnation) is lost.
     rafts: HashMap<NodeId, Raft>,
+    /// Each running node's liveness (a restart starts a new one, as a process does).
+    liveness: HashMap<NodeId, Arc<Liveness>>,
     cut: HashSet<(NodeId, NodeId)>,
     drop_per_mille: u32,
 }
@@ -68,17 +77,68 @@ impl std::fmt::Display for Dropped {
 impl std::error::Error for Dropped {}
 
 impl Net {
-    /// The target's Raft if a message from `from` gets through now, and a delivery delay.
-    fn route(&self, from: NodeId, to: NodeId) -> Option<(Raft, Duration)> {
+    /// Whether a message between two nodes gets through now, and its delivery delay.
+    fn link(&self, a: NodeId, b: NodeId) -> Option<Duration> {
         let s = self.state.lock().unwrap();
-        let (a, b) = (node_of(from), node_of(to));
         let pair = (a.min(b), a.max(b));
         let mut rng = self.rng.lock().unwrap();
         if s.cut.contains(&pair) || rng.random_range(0..1000) < s.drop_per_mille {
             return None;
         }
-        let delay = Duration::from_micros(rng.random_range(100..3000));
-        s.rafts.get(&to).cloned().map(|r| (r, delay))
+        Some(Duration::from_micros(rng.random_range(100..3000)))
+    }
+
+    /// The target's Raft if a message from `from` gets through now, and a delivery delay.
+    /// The nodes hear from each other as the transport's connections make them.
+    fn route(&self, from: NodeId, to: NodeId) -> Option<(Raft, Duration)> {
+        let delay = self.link(node_of(from), node_of(to))?;
+        let s = self.state.lock().unwrap();
+        let raft = s.rafts.get(&to).cloned()?;
+        if let Some(l) = s.liveness.get(&node_of(to)) {
+            l.heard_from(node_of(from));
+        }
+        if let Some(l) = s.liveness.get(&node_of(from)) {
+            l.heard_from(node_of(to));
+        }
+        Some((raft, delay))
+    }
+
+    fn liveness(&self, node: NodeId) -> Option<Arc<Liveness>> {
+        self.state.lock().unwrap().liveness.get(&node).cloned()
+    }
+}
+
+/// A node's ping loop, as the transport runs it: every round a ping (every few rounds with
+/// a leadership report) to each other node over the faulty network, then the liveness
+/// tick. Ends when the node's liveness is replaced or gone (a crash).
+async fn ping_loop(net: Arc<Net>, node: NodeId, me: Arc<Liveness>) {
+    loop {
+        tokio::time::sleep(PING_INTERVAL).await;
+        match net.liveness(node) {
+            Some(l) if Arc::ptr_eq(&l, &me) => {}
+            _ => return,
+        }
+        let report = me.next_round();
+        for peer in NODES.iter().copied().filter(|p| *p != node) {
+            let net = net.clone();
+            let me = me.clone();
+            let report = report.clone();
+            tokio::spawn(async move {
+                let sent = tokio::time::Instant::now();
+                let Some(there) = net.link(node, peer) else { return };
+                tokio::time::sleep(there).await;
+                let Some(target) = net.liveness(peer) else { return };
+                target.heard_from(node);
+                if let Some((_, body)) = &report {
+                    target.on_report(node, body).unwrap();
+                }
+                let Some(back) = net.link(peer, node) else { return };
+                tokio::time::sleep(back).await;
+                me.heard_from(peer);
+                me.ping_answered(peer, sent, report.map(|(n, _)| n));
+            });
+        }
+        me.tick();
     }
 }
 
@@ -135,6 +195,12 @@ impl RaftNetwork<TypeConfig> for Conn {
 
     async fn vote(&mut self, rpc: VoteRequest<NodeId>, _option: RPCOption) -> Result<VoteResponse<NodeId>, RpcErr> {
         let raft = self.reach().await?;
+        // The node-level lease, as the transport applies it before a vote reaches Raft.
+        if let Some(l) = self.net.liveness(node_of(self.to)) {
+            if l.may_vote(&group_key(GROUP, self.to)).is_err() {
+                return Err(RPCError::Unreachable(Unreachable::new(&Dropped)));
+            }
+        }
         raft.vote(rpc)
             .await
             .map_err(|e| RPCError::RemoteError(RemoteError::new(self.to, e)))
@@ -186,12 +252,30 @@ async fn start(net: &Arc<Net>, id: NodeId, dir: &Path) -> Group {
     )
     .await
     .unwrap();
-    net.state.lock().unwrap().rafts.insert(id, g.raft.clone());
+    let liveness = Arc::new(Liveness::new(node_of(id)));
+    liveness.register(
+        &group_key(GROUP, id),
+        Replica {
+            raft: g.raft.clone(),
+            hold_votes: g.hold_votes.clone(),
+            quiet: g.quiet.clone(),
+        },
+    );
+    {
+        let mut s = net.state.lock().unwrap();
+        s.rafts.insert(id, g.raft.clone());
+        s.liveness.insert(node_of(id), liveness.clone());
+    }
+    tokio::spawn(ping_loop(net.clone(), node_of(id), liveness));
     g
 }
 
 async fn stop(net: &Arc<Net>, id: NodeId, g: Group) {
-    net.state.lock().unwrap().rafts.remove(&id);
+    {
+        let mut s = net.state.lock().unwrap();
+        s.rafts.remove(&id);
+        s.liveness.remove(&node_of(id));
+    }
     g.shutdown().await;
 }
 
@@ -222,7 +306,13 @@ fn data_of(g: &Group) -> Vec<(i64, Bytes)> {
         .collect()
 }
 
-async fn run(seed: u64, steps: usize, root: &Path) {
+/// What one seed's run saw.
+struct Outcome {
+    /// Steps after which the group's leader was quiet.
+    quiet_seen: usize,
+}
+
+async fn run(seed: u64, steps: usize, root: &Path) -> Outcome {
     let net = Arc::new(Net {
         state: Mutex::new(NetState::default()),
         rng: Mutex::new(StdRng::seed_from_u64(seed)),
@@ -244,6 +334,7 @@ async fn run(seed: u64, steps: usize, root: &Path) {
     let mut moves = 0;
     let mut incarnation = 0u32;
     let mut last_target: Option<BTreeSet<NodeId>> = None;
+    let mut quiet_seen = 0;
     for step in 0..steps {
         match rng.random_range(0..100) {
             0..60 => {
@@ -279,7 +370,14 @@ async fn run(seed: u64, steps: usize, root: &Path) {
                 }
             }
             86..92 => net.state.lock().unwrap().cut.clear(),
-            92..96 => net.state.lock().unwrap().drop_per_mille = rng.random_range(0..200),
+            92..95 => net.state.lock().unwrap().drop_per_mille = rng.random_range(0..200),
+            95..96 => {
+                // Idle long enough for the group to go quiet, whatever else is going on.
+                tokio::time::sleep(Duration::from_millis(rng.random_range(1500..4000))).await;
+                if nodes.values().any(|g| g.quiet.is_quiet() && g.is_leader()) {
+                    quiet_seen += 1;
+                }
+            }
             96..99 => {
                 // Move the group to three of the four nodes, as a partition move does: a
                 // node that is not a member gets a fresh replica under a new id first.
@@ -353,18 +451,59 @@ async fn run(seed: u64, steps: usize, root: &Path) {
     acked.push(("final".into(), last.base_offset));
     // A move the faults interrupted may have left the group in a joint configuration: the
     // leader finishes it, as the partition's leader retries a move in Keel.
-    if let Some(target) = last_target {
-        for _ in 0..20 {
-            let Some(l) = leader(&nodes) else {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            };
-            if nodes[&l].voters().len() == 3 {
+    finish_move(&nodes, &last_target).await;
+
+    // Quiescence meets a crash: left idle, the group goes quiet; its leader's node then
+    // dies, and the followers, whose timers were off, elect a new leader that takes a
+    // write within the bounds of an active group's failover.
+    let idle_until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !nodes.values().any(|g| g.quiet.is_quiet() && g.is_leader()) {
+        assert!(
+            tokio::time::Instant::now() < idle_until,
+            "seed {seed}: the idle group never went quiet"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    quiet_seen += 1;
+    let quiet_leader = leader(&nodes).unwrap();
+    assert!(
+        nodes
+            .values()
+            .filter(|g| !g.is_leader() && g.voters().contains(&g.raft.metrics().borrow().id))
+            .all(|g| g.quiet.sleeping()),
+        "seed {seed}: a follower of the quiet group still runs its election timer"
+    );
+    assert!(
+        nodes[&quiet_leader].is_serving_leader(),
+        "seed {seed}: the quiet leader holds no lease"
+    );
+    let g = nodes.remove(&quiet_leader).unwrap();
+    stop(&net, ids[&quiet_leader], g).await;
+    let crashed_at = tokio::time::Instant::now();
+    let mut after_crash = None;
+    while crashed_at.elapsed() < Duration::from_secs(10) {
+        if let Some(l) = leader(&nodes) {
+            if let Ok(Ok(a)) =
+                tokio::time::timeout(Duration::from_secs(1), nodes[&l].propose(batch("after-crash"))).await
+            {
+                after_crash = Some(a);
                 break;
             }
-            let _ = tokio::time::timeout(Duration::from_secs(5), nodes[&l].set_voters(target.clone())).await;
         }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let after_crash = after_crash.unwrap_or_else(|| panic!("seed {seed}: no leader after the quiet leader crashed"));
+    let failover = crashed_at.elapsed();
+    assert!(
+        failover <= Duration::from_secs(3),
+        "seed {seed}: the quiet group took {failover:?} to elect a new leader and write"
+    );
+    acked.push(("after-crash".into(), after_crash.base_offset));
+    nodes.insert(
+        quiet_leader,
+        start(&net, ids[&quiet_leader], &dirs[&quiet_leader]).await,
+    );
+    let last = after_crash;
     let voters: BTreeSet<NodeId> = nodes
         .values()
         .find(|g| g.is_leader())
@@ -421,8 +560,27 @@ async fn run(seed: u64, steps: usize, root: &Path) {
         acked.len(),
         last.next_offset
     );
+    eprintln!("seed {seed}: the leader was quiet after {quiet_seen} idle spells; quiet failover took {failover:?}");
     for (n, g) in nodes {
         stop(&net, ids[&n], g).await;
+    }
+    Outcome { quiet_seen }
+}
+
+/// Finishes a move the faults interrupted (the group may be left in a joint configuration),
+/// as the partition's leader retries a move in Keel.
+async fn finish_move(nodes: &BTreeMap<NodeId, Group>, last_target: &Option<BTreeSet<NodeId>>) {
+    if let Some(target) = last_target {
+        for _ in 0..20 {
+            let Some(l) = leader(nodes) else {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            if nodes[&l].voters().len() == 3 {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(5), nodes[&l].set_voters(target.clone())).await;
+        }
     }
 }
 
@@ -439,6 +597,7 @@ async fn acknowledged_writes_survive_crashes_partitions_and_loss() {
     };
     for seed in seeds {
         let root = tempfile::tempdir().unwrap();
-        run(seed, steps, root.path()).await;
+        let outcome = run(seed, steps, root.path()).await;
+        assert!(outcome.quiet_seen > 0, "seed {seed}: the group never went quiet");
     }
 }

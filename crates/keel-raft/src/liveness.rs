@@ -1,0 +1,724 @@
+//! Node-level liveness and quiescent groups.
+//!
+//! Every node pings every other node (one message per node pair, whatever the number of
+//! groups); every few pings carry a *leadership report*: the groups the sender leads, with
+//! their terms, each marked quiet or not. This module keeps what those messages tell and
+//! decides, for every replica on this node, whether its own Raft timers need to run:
+//!
+//! - **A leader quiesces** a group that took no proposal for [`QUIESCE_AFTER`] once every
+//!   member has matched its whole log: it claims the group quiet in its next report and,
+//!   once every voter's node has acknowledged a report with that claim, stops the group's
+//!   heartbeats and ticks (openraft's `runtime_config().heartbeat(false)/tick(false)`).
+//!   The next proposal wakes it ([`GroupQuiet::wake`]) before the entry is appended.
+//! - **A follower sleeps** (openraft's `elect(false)/tick(false)`) while the node of its
+//!   leader is alive (heard within [`QUIET_DEAD_AFTER`]) and its fresh report claims the
+//!   group quiet at the follower's term. When the leader's node goes silent or the claim
+//!   goes away, the follower's election timer runs again: the lowest live voter at once
+//!   (its timer has long expired, so it stands within a tick), the others staggered.
+//! - **The node-level lease.** A sleeping follower refuses vote requests, as openraft's
+//!   leader lease does for an active group ([`Liveness::may_vote`]); so does a replica that
+//!   restarted from a stored vote, for [`QUIET_DEAD_AFTER`]. A quiet leader therefore
+//!   serves reads only while a majority of its voters' nodes answered its pings recently
+//!   enough that they still refuse votes ([`GroupQuiet::lease_holds`]); the safety
+//!   argument is in `docs/design/replication.md`.
+//!
+//! Nothing here changes Raft: a claim only switches timers off and refuses votes, both of
+//! which Raft's safety does not depend on. Writes of a quiet group are committed by Raft
+//! as any other.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use crate::{NodeId, Raft};
+
+/// A leader quiesces a group after this long without a proposal.
+pub const QUIESCE_AFTER: Duration = Duration::from_millis(1000);
+/// How often nodes ping each other.
+pub const PING_INTERVAL: Duration = Duration::from_millis(100);
+/// Every this many pings carries a leadership report.
+pub const REPORT_EVERY_PINGS: u64 = 3;
+/// A node silent this long counts as gone for the groups it leads quietly: their
+/// followers' election timers run again. (Active groups keep openraft's own timers.)
+pub const QUIET_DEAD_AFTER: Duration = Duration::from_millis(500);
+/// A node silent this long counts as gone for everything else (metadata, placement).
+pub const ALIVE_WITHIN: Duration = Duration::from_millis(1500);
+/// How long a leadership report stands.
+pub const CLAIM_FRESH: Duration = Duration::from_millis(1200);
+/// Taken off a quiet leader's lease for the drift of the voters' clocks against its own.
+const LEASE_MARGIN: Duration = Duration::from_millis(100);
+/// Between the followers of a group whose quiet leader is gone, in their order of
+/// standing for election after the first.
+const ELECT_STAGGER: Duration = Duration::from_millis(400);
+/// How long a replica that started from a stored vote waits for a report before its
+/// election timer runs (it may follow a quiet leader that it has not heard from yet).
+const STARTUP_QUIET: Duration = Duration::from_millis(2 * 100 * REPORT_EVERY_PINGS + 100);
+/// Every this many ping rounds, every replica's timers are re-evaluated (and at once
+/// when a peer falls silent).
+const SWEEP_EVERY_ROUNDS: u64 = 5;
+/// Most groups one leadership report names.
+pub const REPORT_GROUPS_MAX: usize = 200_000;
+
+const FLAG_QUIET: u8 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Heartbeats and timers run as openraft runs them.
+    Active,
+    /// Idle and caught up: claimed quiet in reports from `round` on, heartbeats still on.
+    Claimed { round: u64 },
+    /// Heartbeats and ticks off.
+    Quiet { round: u64 },
+}
+
+#[derive(Debug)]
+struct QuietInner {
+    last_write: Instant,
+    phase: Phase,
+    /// While the group is quiet here as leader: until when a majority still refuses votes.
+    lease_until: Option<Instant>,
+    /// This replica's election timer is off (a quiet follower, or just started).
+    elect_off: bool,
+    /// When a follower whose leader went away runs its election timer again.
+    reenable_at: Option<Instant>,
+    /// Until when this replica refuses every vote request (restarted from a stored vote).
+    vote_hold_until: Option<Instant>,
+}
+
+/// One replica's quiescence, shared by its [`crate::Group`] and this node's [`Liveness`].
+pub struct GroupQuiet {
+    /// Whether the group may quiesce at all (the controller's group never does).
+    enabled: bool,
+    raft: Raft,
+    inner: Mutex<QuietInner>,
+    /// Mirrors `phase == Quiet`, for the hot path.
+    quiet: AtomicBool,
+}
+
+impl GroupQuiet {
+    /// A replica's quiescence. `had_vote`: it started from a stored vote, so it may have
+    /// been a follower whose acknowledgements hold up a quiet leader's lease.
+    pub fn new(raft: Raft, enabled: bool, multi_voter: bool, had_vote: bool) -> Arc<GroupQuiet> {
+        let now = Instant::now();
+        let start_quiet = enabled && multi_voter && had_vote;
+        if start_quiet {
+            raft.runtime_config().elect(false);
+        }
+        Arc::new(GroupQuiet {
+            enabled,
+            raft,
+            inner: Mutex::new(QuietInner {
+                last_write: now,
+                phase: Phase::Active,
+                lease_until: None,
+                elect_off: start_quiet,
+                reenable_at: start_quiet.then(|| now + STARTUP_QUIET),
+                vote_hold_until: (enabled && had_vote).then(|| now + QUIET_DEAD_AFTER),
+            }),
+            quiet: AtomicBool::new(false),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QuietInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A proposal or membership change is about to be made: heartbeats run again.
+    pub fn wake(&self) {
+        let mut q = self.lock();
+        q.last_write = Instant::now();
+        if q.phase != Phase::Active {
+            q.phase = Phase::Active;
+            q.lease_until = None;
+            self.quiet.store(false, Ordering::Release);
+            self.raft.runtime_config().tick(true);
+            self.raft.runtime_config().heartbeat(true);
+        }
+    }
+
+    /// Whether this replica leads the group quietly (heartbeats off).
+    pub fn is_quiet(&self) -> bool {
+        self.quiet.load(Ordering::Acquire)
+    }
+
+    /// A quiet leader may serve reads: a majority of its voters answered pings recently
+    /// enough that they still refuse to vote for anyone else.
+    pub fn lease_holds(&self) -> bool {
+        if !self.is_quiet() {
+            return false;
+        }
+        let q = self.lock();
+        matches!(q.phase, Phase::Quiet { .. }) && q.lease_until.map(|t| Instant::now() < t).unwrap_or(false)
+    }
+
+    /// Whether the replica's election timer is off.
+    pub fn sleeping(&self) -> bool {
+        self.lock().elect_off
+    }
+
+    fn to_active(&self, q: &mut QuietInner) {
+        if q.phase != Phase::Active {
+            q.phase = Phase::Active;
+            q.lease_until = None;
+            self.quiet.store(false, Ordering::Release);
+            self.raft.runtime_config().tick(true);
+            self.raft.runtime_config().heartbeat(true);
+        }
+    }
+
+    fn elect_on(&self, q: &mut QuietInner) {
+        if q.elect_off {
+            q.elect_off = false;
+            q.reenable_at = None;
+            self.raft.runtime_config().tick(true);
+            self.raft.runtime_config().elect(true);
+        }
+    }
+
+    fn elect_off(&self, q: &mut QuietInner) {
+        q.reenable_at = None;
+        if !q.elect_off {
+            q.elect_off = true;
+            self.raft.runtime_config().elect(false);
+            self.raft.runtime_config().tick(false);
+        }
+    }
+}
+
+/// A claim in a peer's leadership report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub term: u64,
+    pub quiet: bool,
+}
+
+/// A replica registered on this node, under its transport key ([`crate::group_key`]).
+#[derive(Clone)]
+pub struct Replica {
+    pub raft: Raft,
+    /// Non-zero while the replica repairs a damaged log (see [`crate::Group::hold_votes`]).
+    pub hold_votes: Arc<AtomicU64>,
+    pub quiet: Arc<GroupQuiet>,
+}
+
+#[derive(Default)]
+struct PeerState {
+    /// Last frame received from the peer.
+    heard: Option<Instant>,
+    /// Its last leadership report, and when it came.
+    report: Option<(Instant, HashMap<String, Claim>)>,
+    /// The newest of this node's reports the peer acknowledged, and when it was sent.
+    report_acked: Option<(u64, Instant)>,
+    /// When the newest ping the peer answered was sent.
+    ping_acked: Option<Instant>,
+    /// Whether the peer counted as alive (for quiet groups) at the last round.
+    was_alive: bool,
+}
+
+/// What one node knows of the others' liveness and claims, and the quiescence of its own
+/// replicas.
+pub struct Liveness {
+    me: NodeId,
+    peers: Mutex<HashMap<NodeId, PeerState>>,
+    replicas: RwLock<HashMap<String, Replica>>,
+    report_round: AtomicU64,
+    round: AtomicU64,
+}
+
+/// The group a transport key names (a moved replica is `group#incarnation`).
+pub fn base_name(key: &str) -> &str {
+    key.split('#').next().unwrap_or(key)
+}
+
+impl Liveness {
+    pub fn new(me: NodeId) -> Liveness {
+        Liveness {
+            me,
+            peers: Mutex::new(HashMap::new()),
+            replicas: RwLock::new(HashMap::new()),
+            report_round: AtomicU64::new(0),
+            round: AtomicU64::new(0),
+        }
+    }
+
+    fn peers(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, PeerState>> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn register(&self, key: &str, replica: Replica) {
+        self.replicas
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_string(), replica);
+    }
+
+    pub fn unregister(&self, key: &str) {
+        self.replicas.write().unwrap_or_else(|e| e.into_inner()).remove(key);
+    }
+
+    pub fn replica(&self, key: &str) -> Option<Replica> {
+        self.replicas
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    pub fn replicas(&self) -> Vec<(String, Replica)> {
+        self.replicas
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, r)| (k.clone(), r.clone()))
+            .collect()
+    }
+
+    /// A frame came from `node`.
+    pub fn heard_from(&self, node: NodeId) {
+        self.peers().entry(node).or_default().heard = Some(Instant::now());
+    }
+
+    /// A connection to `node` failed: it counts as gone until it is heard from again.
+    pub fn forget(&self, node: NodeId) {
+        if let Some(p) = self.peers().get_mut(&node) {
+            p.heard = None;
+        }
+    }
+
+    /// Whether `node` was heard from within `within` (this node always is).
+    pub fn alive_within(&self, node: NodeId, within: Duration) -> bool {
+        node == self.me
+            || self
+                .peers()
+                .get(&node)
+                .and_then(|p| p.heard)
+                .map(|t| t.elapsed() <= within)
+                .unwrap_or(false)
+    }
+
+    pub fn is_alive(&self, node: NodeId) -> bool {
+        self.alive_within(node, ALIVE_WITHIN)
+    }
+
+    /// Starts a ping round; returns the report to carry in it (every few rounds) with its
+    /// number.
+    pub fn next_round(&self) -> Option<(u64, Bytes)> {
+        let round = self.round.fetch_add(1, Ordering::AcqRel) + 1;
+        if !round.is_multiple_of(REPORT_EVERY_PINGS) {
+            return None;
+        }
+        let number = self.report_round.fetch_add(1, Ordering::AcqRel) + 1;
+        Some((number, encode_report(&self.led())))
+    }
+
+    /// `peer` answered a ping sent at `sent`, which carried report `report` (if any).
+    pub fn ping_answered(&self, peer: NodeId, sent: Instant, report: Option<u64>) {
+        let mut peers = self.peers();
+        let p = peers.entry(peer).or_default();
+        p.ping_acked = p.ping_acked.max(Some(sent));
+        if let Some(n) = report {
+            if p.report_acked.map(|(r, _)| r < n).unwrap_or(true) {
+                p.report_acked = Some((n, sent));
+            }
+        }
+    }
+
+    /// The groups this node leads, their terms and whether each is claimed quiet.
+    fn led(&self) -> Vec<(String, Claim)> {
+        self.replicas
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(|(key, r)| {
+                let m = r.raft.metrics();
+                let m = m.borrow();
+                let leads = m.state == openraft::ServerState::Leader && m.current_leader == Some(m.id);
+                let quiet = !matches!(r.quiet.lock().phase, Phase::Active);
+                leads.then(|| {
+                    (
+                        base_name(key).to_string(),
+                        Claim {
+                            term: m.current_term,
+                            quiet,
+                        },
+                    )
+                })
+            })
+            .take(REPORT_GROUPS_MAX)
+            .collect()
+    }
+
+    /// A leadership report came from `from`. Followers of groups it claims quiet put their
+    /// timers to sleep at once (the leader stops heartbeats only after this is answered).
+    pub fn on_report(&self, from: NodeId, body: &[u8]) -> Result<(), String> {
+        let claims = decode_report(body)?;
+        let quiet: Vec<(String, u64)> = claims
+            .iter()
+            .filter(|(_, c)| c.quiet)
+            .map(|(g, c)| (g.clone(), c.term))
+            .collect();
+        {
+            let mut peers = self.peers();
+            let p = peers.entry(from).or_default();
+            p.heard = Some(Instant::now());
+            p.report = Some((Instant::now(), claims));
+        }
+        if quiet.is_empty() {
+            return Ok(());
+        }
+        let quiet: HashMap<String, u64> = quiet.into_iter().collect();
+        for (key, r) in self.replicas.read().unwrap_or_else(|e| e.into_inner()).iter() {
+            let Some(term) = quiet.get(base_name(key)) else {
+                continue;
+            };
+            if !r.quiet.enabled {
+                continue;
+            }
+            let m = r.raft.metrics();
+            let m = m.borrow();
+            let follows = m.state == openraft::ServerState::Follower
+                && m.membership_config.membership().voter_ids().any(|v| v == m.id)
+                && match m.current_leader {
+                    Some(l) => crate::node_of(l) == from && *term == m.current_term,
+                    None => *term >= m.current_term,
+                };
+            if follows {
+                let mut q = r.quiet.lock();
+                r.quiet.elect_off(&mut q);
+            }
+        }
+        Ok(())
+    }
+
+    /// The leader of `group` and its term as the nodes that lead groups report it: for a
+    /// node that hosts no replica of the group. Only fresh reports of nodes alive now count;
+    /// the highest term wins.
+    pub fn reported_leader(&self, group: &str) -> Option<(NodeId, u64)> {
+        let peers = self.peers();
+        peers
+            .iter()
+            .filter(|(_, p)| {
+                p.heard.map(|t| t.elapsed() <= ALIVE_WITHIN).unwrap_or(false)
+                    && p.report
+                        .as_ref()
+                        .map(|(at, _)| at.elapsed() <= CLAIM_FRESH)
+                        .unwrap_or(false)
+            })
+            .filter_map(|(node, p)| {
+                let (_, claims) = p.report.as_ref()?;
+                claims.get(group).map(|c| (*node, c.term))
+            })
+            .max_by_key(|(_, term)| *term)
+    }
+
+    /// Whether a fresh report of a node alive now claims `group` quiet at `term`
+    /// (`at_least`: at `term` or later) and, when `leader` is given, that node is the
+    /// leader's.
+    fn claim_holds(
+        peers: &HashMap<NodeId, PeerState>,
+        now: Instant,
+        group: &str,
+        leader: Option<NodeId>,
+        term: u64,
+    ) -> bool {
+        let holds = |p: &PeerState, at_least: bool| {
+            p.heard
+                .map(|t| now.duration_since(t) <= QUIET_DEAD_AFTER)
+                .unwrap_or(false)
+                && p.report
+                    .as_ref()
+                    .filter(|(at, _)| now.duration_since(*at) <= CLAIM_FRESH)
+                    .and_then(|(_, c)| c.get(group))
+                    .map(|c| c.quiet && if at_least { c.term >= term } else { c.term == term })
+                    .unwrap_or(false)
+        };
+        match leader {
+            Some(l) => peers.get(&l).map(|p| holds(p, false)).unwrap_or(false),
+            None => peers.values().any(|p| holds(p, true)),
+        }
+    }
+
+    /// Whether the replica under `key` may grant a vote now. A sleeping follower of a quiet
+    /// leader that is alive and still claims the group refuses, as openraft's leader lease
+    /// makes an active follower refuse; so does a replica restarted from a stored vote,
+    /// for a moment (it may have acknowledged a quiet leader's lease before it stopped).
+    pub fn may_vote(&self, key: &str) -> Result<(), String> {
+        let Some(r) = self.replica(key) else { return Ok(()) };
+        let now = Instant::now();
+        let (hold, asleep) = {
+            let q = r.quiet.lock();
+            (q.vote_hold_until.map(|t| now < t).unwrap_or(false), q.elect_off)
+        };
+        if hold {
+            return Err(format!("group {key} has just restarted and votes after its lease"));
+        }
+        if !asleep {
+            return Ok(());
+        }
+        let (leader, term, follower) = {
+            let m = r.raft.metrics();
+            let m = m.borrow();
+            (
+                m.current_leader.map(crate::node_of),
+                m.current_term,
+                m.state == openraft::ServerState::Follower,
+            )
+        };
+        if follower && Self::claim_holds(&self.peers(), now, base_name(key), leader, term) {
+            return Err(format!("group {key} follows a live quiet leader"));
+        }
+        Ok(())
+    }
+
+    /// One round of the node's liveness loop: leaders quiesce idle groups, followers whose
+    /// quiet leader went away run their election timers again. Cheap per round; every
+    /// replica is looked at every few rounds, and at once when a peer falls silent.
+    pub fn tick(&self) {
+        let now = Instant::now();
+        let round = self.round.load(Ordering::Acquire);
+        let peer_died = {
+            let mut peers = self.peers();
+            let mut died = false;
+            for p in peers.values_mut() {
+                let alive = p
+                    .heard
+                    .map(|t| now.duration_since(t) <= QUIET_DEAD_AFTER)
+                    .unwrap_or(false);
+                died |= p.was_alive && !alive;
+                p.was_alive = alive;
+            }
+            died
+        };
+        if peer_died || round.is_multiple_of(SWEEP_EVERY_ROUNDS) {
+            self.sweep(now);
+        }
+    }
+
+    /// Looks at every replica's timers now.
+    pub fn sweep(&self, now: Instant) {
+        let next_report = self.report_round.load(Ordering::Acquire) + 1;
+        let replicas = self.replicas();
+        let peers = self.peers();
+        let alive = |n: NodeId| {
+            n == self.me
+                || peers
+                    .get(&n)
+                    .and_then(|p| p.heard)
+                    .map(|t| now.duration_since(t) <= QUIET_DEAD_AFTER)
+                    .unwrap_or(false)
+        };
+        for (key, r) in replicas {
+            if !r.quiet.enabled {
+                continue;
+            }
+            let m = r.raft.metrics();
+            let m = m.borrow();
+            let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+            let mut q = r.quiet.lock();
+            if m.state == openraft::ServerState::Leader && m.current_leader == Some(m.id) {
+                r.quiet.elect_on(&mut q);
+                let last = m.last_log_index;
+                let caught_up = m.last_applied.map(|l| l.index) == last
+                    && m.replication
+                        .as_ref()
+                        .map(|rep| rep.values().all(|matched| matched.map(|l| l.index) == last))
+                        .unwrap_or(false);
+                match q.phase {
+                    Phase::Active => {
+                        if caught_up && now.duration_since(q.last_write) >= QUIESCE_AFTER {
+                            debug!(group = %key, "claiming the group quiet");
+                            q.phase = Phase::Claimed { round: next_report };
+                        }
+                    }
+                    Phase::Claimed { round } => {
+                        let acked = voters.iter().filter(|v| crate::node_of(**v) != self.me).all(|v| {
+                            peers
+                                .get(&crate::node_of(*v))
+                                .and_then(|p| p.report_acked)
+                                .map(|(n, _)| n >= round)
+                                .unwrap_or(false)
+                        });
+                        if !caught_up {
+                            r.quiet.to_active(&mut q);
+                        } else if acked {
+                            q.phase = Phase::Quiet { round };
+                            r.quiet.quiet.store(true, Ordering::Release);
+                            r.quiet.raft.runtime_config().heartbeat(false);
+                            r.quiet.raft.runtime_config().tick(false);
+                        }
+                    }
+                    Phase::Quiet { .. } => {}
+                }
+                if let Phase::Quiet { round } = q.phase {
+                    q.lease_until = self.lease(&peers, &voters, round, now);
+                }
+                continue;
+            }
+            // Not the leader here: nothing of this replica's own is quiet.
+            r.quiet.to_active(&mut q);
+            let voter = voters.contains(&m.id);
+            if m.state != openraft::ServerState::Follower || !voter {
+                r.quiet.elect_on(&mut q);
+                continue;
+            }
+            let leader = m.current_leader.map(crate::node_of);
+            if Self::claim_holds(&peers, now, base_name(&key), leader, m.current_term) {
+                r.quiet.elect_off(&mut q);
+                continue;
+            }
+            if !q.elect_off {
+                continue;
+            }
+            match leader {
+                // The leader is alive and not quiet: its heartbeats keep the timer fresh.
+                Some(l) if alive(l) => r.quiet.elect_on(&mut q),
+                Some(l) => {
+                    let due = match q.reenable_at {
+                        Some(t) => now >= t,
+                        None => {
+                            // The lowest live voter first, the same choice on every node.
+                            let mut live: Vec<NodeId> = voters
+                                .iter()
+                                .copied()
+                                .filter(|v| crate::node_of(*v) != l && alive(crate::node_of(*v)))
+                                .collect();
+                            live.sort_unstable();
+                            let rank = live.iter().position(|v| *v == m.id).unwrap_or(live.len());
+                            let at = now + ELECT_STAGGER * rank as u32;
+                            q.reenable_at = Some(at);
+                            rank == 0
+                        }
+                    };
+                    if due {
+                        info!(group = %key, gone = l, "the quiet leader's node is silent: election timer on");
+                        r.quiet.elect_on(&mut q);
+                    }
+                }
+                None => {
+                    if q.reenable_at.map(|t| now >= t).unwrap_or(true) {
+                        r.quiet.elect_on(&mut q);
+                    }
+                }
+            }
+        }
+        drop(peers);
+    }
+
+    /// Until when a majority of `voters` refuses votes for another candidate, as far as
+    /// this leader can tell from the pings they answered after acknowledging its claim.
+    fn lease(
+        &self,
+        peers: &HashMap<NodeId, PeerState>,
+        voters: &[NodeId],
+        round: u64,
+        now: Instant,
+    ) -> Option<Instant> {
+        let mut holds: Vec<Instant> = voters
+            .iter()
+            .filter_map(|v| {
+                let n = crate::node_of(*v);
+                if n == self.me {
+                    return Some(now + ALIVE_WITHIN);
+                }
+                let p = peers.get(&n)?;
+                let (acked, report_sent) = p.report_acked?;
+                if acked < round {
+                    return None;
+                }
+                let ping = p.ping_acked?;
+                // The voter refuses while it heard this node within QUIET_DEAD_AFTER and
+                // holds a report newer than CLAIM_FRESH; both started no earlier than the
+                // sends it answered.
+                Some((ping + QUIET_DEAD_AFTER).min(report_sent + CLAIM_FRESH))
+            })
+            .collect();
+        let majority = voters.len() / 2 + 1;
+        if holds.len() < majority {
+            return None;
+        }
+        holds.sort_unstable_by(|a, b| b.cmp(a));
+        holds.get(majority - 1).and_then(|t| t.checked_sub(LEASE_MARGIN))
+    }
+}
+
+/// A leadership report: count, then (name length u16, name, term u64, flags u8) per group.
+pub fn encode_report(led: &[(String, Claim)]) -> Bytes {
+    let led: Vec<(u16, &str, Claim)> = led
+        .iter()
+        .filter_map(|(name, c)| Some((u16::try_from(name.len()).ok()?, name.as_str(), *c)))
+        .collect();
+    let mut b = BytesMut::with_capacity(4 + led.iter().map(|(l, _, _)| *l as usize + 11).sum::<usize>());
+    b.put_u32(led.len() as u32);
+    for (len, name, c) in led {
+        b.put_u16(len);
+        b.put_slice(name.as_bytes());
+        b.put_u64(c.term);
+        b.put_u8(if c.quiet { FLAG_QUIET } else { 0 });
+    }
+    b.freeze()
+}
+
+pub fn decode_report(body: &[u8]) -> Result<HashMap<String, Claim>, String> {
+    let bad = || "bad leadership report".to_string();
+    let mut b = body;
+    if b.remaining() < 4 {
+        return Err(bad());
+    }
+    let n = b.get_u32() as usize;
+    if n > REPORT_GROUPS_MAX || n > b.remaining() / 11 {
+        return Err(bad());
+    }
+    let mut out = HashMap::with_capacity(n);
+    for _ in 0..n {
+        if b.remaining() < 2 {
+            return Err(bad());
+        }
+        let len = b.get_u16() as usize;
+        if b.remaining() < len + 9 {
+            return Err(bad());
+        }
+        let name = std::str::from_utf8(b.get(..len).ok_or_else(bad)?)
+            .map_err(|_| bad())?
+            .to_string();
+        b.advance(len);
+        let term = b.get_u64();
+        let flags = b.get_u8();
+        out.insert(
+            name,
+            Claim {
+                term,
+                quiet: flags & FLAG_QUIET != 0,
+            },
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Leadership reports round-trip with their quiet marks; truncated or inflated ones are
+    /// refused.
+    #[test]
+    fn reports_round_trip_and_bad_ones_are_refused() {
+        let led = vec![
+            ("orders/0".to_string(), Claim { term: 7, quiet: true }),
+            ("orders/3".to_string(), Claim { term: 2, quiet: false }),
+        ];
+        let b = encode_report(&led);
+        let back = decode_report(&b).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back["orders/0"], Claim { term: 7, quiet: true });
+        assert_eq!(back["orders/3"], Claim { term: 2, quiet: false });
+        assert!(decode_report(&b[..b.len() - 1]).is_err());
+        assert!(decode_report(&[0xff, 0xff, 0xff, 0xff]).is_err());
+        assert!(decode_report(&[]).is_err());
+        assert!(decode_report(&encode_report(&[])).unwrap().is_empty());
+    }
+}
