@@ -15,7 +15,7 @@ use kafka_protocol::ResponseError as E;
 use keel_log::DiskLog;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use crate::config::BrokerConfig;
@@ -127,7 +127,7 @@ impl Topics {
             reconciled: watch::Sender::new(0),
         });
         tokio::spawn(reconcile(Arc::downgrade(&topics), events));
-        tokio::spawn(balance_leaders(Arc::downgrade(&topics), Duration::from_secs(5)));
+        tokio::spawn(balance_leaders(Arc::downgrade(&topics), Duration::from_secs(2)));
         tokio::spawn(crate::moves::drive_moves(
             Arc::downgrade(&topics),
             Duration::from_millis(250),
@@ -749,8 +749,13 @@ pub async fn repair_damaged(topics: std::sync::Weak<Topics>, every: Duration) {
     }
 }
 
-/// Moves leadership back to preferred replicas, one partition per round, so leaders spread
-/// over the nodes again after one rejoins.
+/// Most partitions whose leadership one round of [`balance_leaders`] moves back: enough
+/// that a node returning to a cluster of thousands of partitions takes its share within
+/// a minute, few enough that the elections do not crowd out the traffic.
+const LEADER_RECLAIMS_PER_ROUND: usize = 128;
+
+/// Moves leadership back to preferred replicas, a bounded number of partitions per round,
+/// so leaders spread over the nodes again after one rejoins.
 pub async fn balance_leaders(topics: std::sync::Weak<Topics>, every: Duration) {
     // Let a starting node catch up before it claims anything.
     tokio::time::sleep(every).await;
@@ -758,11 +763,18 @@ pub async fn balance_leaders(topics: std::sync::Weak<Topics>, every: Duration) {
         tokio::time::sleep(every).await;
         let Some(t) = topics.upgrade() else { return };
         let transport = t.controller.transport.clone();
+        let mut reclaimed = 0;
         for p in t.all_partitions() {
             if p.reclaim_leadership(|n| transport.is_alive(n)).await {
-                info!(topic = %p.topic, partition = p.index, "preferred replica reclaims leadership");
-                break;
+                reclaimed += 1;
+                debug!(topic = %p.topic, partition = p.index, "preferred replica reclaims leadership");
+                if reclaimed >= LEADER_RECLAIMS_PER_ROUND {
+                    break;
+                }
             }
+        }
+        if reclaimed > 0 {
+            info!(partitions = reclaimed, "preferred replicas reclaim leadership");
         }
     }
 }

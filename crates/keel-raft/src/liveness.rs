@@ -80,8 +80,6 @@ enum Phase {
 struct QuietInner {
     last_write: Instant,
     phase: Phase,
-    /// While the group is quiet here as leader: until when a majority still refuses votes.
-    lease_until: Option<Instant>,
     /// This replica's election timer is off (a quiet follower, or just started).
     elect_off: bool,
     /// When a follower whose leader went away runs its election timer again.
@@ -98,7 +96,14 @@ pub struct GroupQuiet {
     inner: Mutex<QuietInner>,
     /// Mirrors `phase == Quiet`, for the hot path.
     quiet: AtomicBool,
+    /// The node's view of how long each peer refuses votes for this node's quiet groups
+    /// (set when the replica is registered with a [`Liveness`]).
+    leases: std::sync::OnceLock<(NodeId, Arc<PeerLeases>)>,
 }
+
+/// For each peer: the newest of this node's reports it acknowledged, and until when it
+/// refuses votes for the groups that report claimed quiet.
+pub type PeerLeases = RwLock<HashMap<NodeId, (u64, Instant)>>;
 
 impl GroupQuiet {
     /// A replica's quiescence. `had_vote`: it started from a stored vote, so it may have
@@ -115,12 +120,12 @@ impl GroupQuiet {
             inner: Mutex::new(QuietInner {
                 last_write: now,
                 phase: Phase::Active,
-                lease_until: None,
                 elect_off: start_quiet,
                 reenable_at: start_quiet.then(|| now + STARTUP_QUIET),
                 vote_hold_until: (enabled && had_vote).then(|| now + QUIET_DEAD_AFTER),
             }),
             quiet: AtomicBool::new(false),
+            leases: std::sync::OnceLock::new(),
         })
     }
 
@@ -134,7 +139,6 @@ impl GroupQuiet {
         q.last_write = Instant::now();
         if q.phase != Phase::Active {
             q.phase = Phase::Active;
-            q.lease_until = None;
             self.quiet.store(false, Ordering::Release);
             self.raft.runtime_config().tick(true);
             self.raft.runtime_config().heartbeat(true);
@@ -152,8 +156,27 @@ impl GroupQuiet {
         if !self.is_quiet() {
             return false;
         }
-        let q = self.lock();
-        matches!(q.phase, Phase::Quiet { .. }) && q.lease_until.map(|t| Instant::now() < t).unwrap_or(false)
+        let Phase::Quiet { round } = self.lock().phase else {
+            return false;
+        };
+        let Some((me, leases)) = self.leases.get() else {
+            return false;
+        };
+        let voters: Vec<NodeId> = self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        let now = Instant::now();
+        let leases = leases.read().unwrap_or_else(|e| e.into_inner());
+        let holding = voters
+            .iter()
+            .filter(|v| {
+                let n = crate::node_of(**v);
+                n == *me
+                    || leases
+                        .get(&n)
+                        .map(|(acked, until)| *acked >= round && now + LEASE_MARGIN < *until)
+                        .unwrap_or(false)
+            })
+            .count();
+        holding > voters.len() / 2
     }
 
     /// Whether the replica's election timer is off.
@@ -164,7 +187,6 @@ impl GroupQuiet {
     fn to_active(&self, q: &mut QuietInner) {
         if q.phase != Phase::Active {
             q.phase = Phase::Active;
-            q.lease_until = None;
             self.quiet.store(false, Ordering::Release);
             self.raft.runtime_config().tick(true);
             self.raft.runtime_config().heartbeat(true);
@@ -226,6 +248,7 @@ pub struct Liveness {
     me: NodeId,
     peers: Mutex<HashMap<NodeId, PeerState>>,
     replicas: RwLock<HashMap<String, Replica>>,
+    leases: Arc<PeerLeases>,
     report_round: AtomicU64,
     round: AtomicU64,
 }
@@ -241,6 +264,7 @@ impl Liveness {
             me,
             peers: Mutex::new(HashMap::new()),
             replicas: RwLock::new(HashMap::new()),
+            leases: Arc::new(RwLock::new(HashMap::new())),
             report_round: AtomicU64::new(0),
             round: AtomicU64::new(0),
         }
@@ -251,6 +275,7 @@ impl Liveness {
     }
 
     pub fn register(&self, key: &str, replica: Replica) {
+        let _ = replica.quiet.leases.set((self.me, self.leases.clone()));
         self.replicas
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -325,6 +350,17 @@ impl Liveness {
             if p.report_acked.map(|(r, _)| r < n).unwrap_or(true) {
                 p.report_acked = Some((n, sent));
             }
+        }
+        // The peer heard from this node no earlier than the newest answered ping's send,
+        // and got the newest acknowledged report no earlier than its send: it refuses
+        // votes for the groups claimed quiet until both its liveness window and the
+        // report's freshness have run out.
+        if let (Some(ping), Some((n, report_sent))) = (p.ping_acked, p.report_acked) {
+            let until = (ping + QUIET_DEAD_AFTER).min(report_sent + CLAIM_FRESH);
+            self.leases
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(peer, (n, until));
         }
     }
 
@@ -554,9 +590,6 @@ impl Liveness {
                     }
                     Phase::Quiet { .. } => {}
                 }
-                if let Phase::Quiet { round } = q.phase {
-                    q.lease_until = self.lease(&peers, &voters, round, now);
-                }
                 continue;
             }
             // Not the leader here: nothing of this replica's own is quiet.
@@ -607,42 +640,6 @@ impl Liveness {
             }
         }
         drop(peers);
-    }
-
-    /// Until when a majority of `voters` refuses votes for another candidate, as far as
-    /// this leader can tell from the pings they answered after acknowledging its claim.
-    fn lease(
-        &self,
-        peers: &HashMap<NodeId, PeerState>,
-        voters: &[NodeId],
-        round: u64,
-        now: Instant,
-    ) -> Option<Instant> {
-        let mut holds: Vec<Instant> = voters
-            .iter()
-            .filter_map(|v| {
-                let n = crate::node_of(*v);
-                if n == self.me {
-                    return Some(now + ALIVE_WITHIN);
-                }
-                let p = peers.get(&n)?;
-                let (acked, report_sent) = p.report_acked?;
-                if acked < round {
-                    return None;
-                }
-                let ping = p.ping_acked?;
-                // The voter refuses while it heard this node within QUIET_DEAD_AFTER and
-                // holds a report newer than CLAIM_FRESH; both started no earlier than the
-                // sends it answered.
-                Some((ping + QUIET_DEAD_AFTER).min(report_sent + CLAIM_FRESH))
-            })
-            .collect();
-        let majority = voters.len() / 2 + 1;
-        if holds.len() < majority {
-            return None;
-        }
-        holds.sort_unstable_by(|a, b| b.cmp(a));
-        holds.get(majority - 1).and_then(|t| t.checked_sub(LEASE_MARGIN))
     }
 }
 
