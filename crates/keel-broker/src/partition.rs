@@ -201,20 +201,31 @@ impl Partition {
             // The preferred replica initializes the group (and so stands first and leads);
             // the others join when it replicates to them, or initialize it themselves if it
             // stays silent (it may be down while the topic is created).
+            // The others initialize it only if the preferred replica's node is gone: while it
+            // is alive it may just be slower to open its replicas, and three candidates per
+            // group would split the votes of thousands of new groups.
             let preferred = ctx.preferred_leader.unwrap_or(ctx.node_id);
             if preferred == ctx.node_id || ctx.members.len() == 1 {
                 group
-                    .initialize(ctx.members.clone())
+                    .initialize_paced(ctx.members.clone())
                     .await
                     .map_err(anyhow::Error::msg)?;
             } else {
                 let raft = group.raft.clone();
                 let members = ctx.members.clone();
+                let transport = ctx.transport.clone();
                 let wait = Duration::from_millis(ctx.options.election_timeout_max_ms * 5);
                 tokio::spawn(async move {
-                    tokio::time::sleep(wait).await;
-                    if raft.metrics().borrow().current_leader.is_none() {
-                        let _ = raft.initialize(members).await;
+                    loop {
+                        tokio::time::sleep(wait).await;
+                        let m = raft.metrics().borrow().clone();
+                        if m.current_leader.is_some() || m.last_log_index.is_some() || m.running_state.is_err() {
+                            return;
+                        }
+                        if !transport.is_alive(keel_raft::node_of(preferred)) {
+                            let _ = raft.initialize(members).await;
+                            return;
+                        }
                     }
                 });
             }
@@ -230,6 +241,7 @@ impl Partition {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
+        group.quiet.set_preferred(ctx.preferred_leader);
         let p = Arc::new(Partition {
             topic: topic.to_string(),
             index,
@@ -622,6 +634,7 @@ impl Partition {
     }
 
     pub fn set_preferred_leader(&self, node: Option<u64>) {
+        self.group.quiet.set_preferred(node);
         self.preferred_leader.store(node.unwrap_or(u64::MAX), Ordering::Release);
     }
 

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use futures::StreamExt;
 use kafka_protocol::ResponseError as E;
 use keel_log::DiskLog;
 use serde::{Deserialize, Serialize};
@@ -101,6 +102,8 @@ pub struct Topics {
 
 /// How long an admin operation waits for the controller.
 pub(crate) const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// Replicas opened at once when a topic is created or a node starts.
+const OPEN_CONCURRENCY: usize = 8;
 
 impl Topics {
     /// Starts applying the controller's topic commands to this node's replicas.
@@ -222,6 +225,7 @@ impl Topics {
         }
         let mut opened = BTreeMap::new();
         let mut gone = Vec::new();
+        let mut to_open = Vec::new();
         for (p, replicas) in record.replicas.iter().enumerate() {
             let p = p as i32;
             let hosted = existing.as_ref().and_then(|t| t.partition(p));
@@ -240,14 +244,35 @@ impl Topics {
                         let part = self.open_partition(name, p, &settings, &record).await?;
                         opened.insert(p, part);
                     }
-                    None => {
-                        let part = self.open_partition(name, p, &settings, &record).await?;
-                        opened.insert(p, part);
-                    }
+                    None => to_open.push(p),
                 }
             } else {
                 gone.push(p);
             }
+        }
+        // New replicas open side by side: most of an opening is waiting on fsyncs (the
+        // log's files, the vote, the first entry), so a topic of thousands of partitions,
+        // or a node restarting with tens of thousands of replicas, opens in seconds.
+        let mut opening = futures::stream::iter(to_open.into_iter().map(|p| {
+            let (settings, record) = (&settings, &record);
+            async move { (p, self.open_partition(name, p, settings, record).await) }
+        }))
+        .buffer_unordered(OPEN_CONCURRENCY);
+        let mut failed = None;
+        while let Some((p, r)) = opening.next().await {
+            match r {
+                Ok(part) => {
+                    opened.insert(p, part);
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        drop(opening);
+        if let Some(e) = failed {
+            for part in opened.values() {
+                part.close().await;
+            }
+            return Err(e);
         }
         for p in gone {
             let part = existing
@@ -367,8 +392,15 @@ impl Topics {
     ) -> anyhow::Result<Arc<Partition>> {
         let me = record.replica_id(p, self.replica.node_id);
         let dir = self.topic_dir(topic).join(p.to_string());
-        claim_replica_dir(&dir, me)?;
-        let log = DiskLog::open(&dir, settings.log.clone())?;
+        // Directory claims and the log's recovery scan are file I/O: off the async workers.
+        let log = {
+            let (dir, config) = (dir.clone(), settings.log.clone());
+            tokio::task::spawn_blocking(move || -> anyhow::Result<DiskLog> {
+                claim_replica_dir(&dir, me)?;
+                Ok(DiskLog::open(&dir, config)?)
+            })
+            .await??
+        };
         let replicas = record.replicas.get(p.max(0) as usize).cloned().unwrap_or_default();
         let ctx = ReplicaContext {
             node_id: me,
@@ -554,10 +586,15 @@ impl Topics {
             }));
         }
         let id = record.id;
-        self.commit(Command::CreateTopic {
-            name: name.to_string(),
-            record,
-        })
+        // Opening replicas takes time in proportion to their number.
+        let open_time = Duration::from_millis(5 * partitions as u64 * rf as u64 / 3);
+        self.commit_within(
+            Command::CreateTopic {
+                name: name.to_string(),
+                record,
+            },
+            ADMIN_TIMEOUT + open_time,
+        )
         .await?;
         match self.get(name) {
             Some(t) if t.meta().id == id || internal => Ok(t),
@@ -574,12 +611,17 @@ impl Topics {
 
     /// Commits a topic command through the controller and waits until this node applied it.
     pub(crate) async fn commit(&self, command: Command) -> Result<(), AdminError> {
+        self.commit_within(command, ADMIN_TIMEOUT).await
+    }
+
+    /// As [`Topics::commit`], waiting up to `apply_timeout` for this node to apply it.
+    async fn commit_within(&self, command: Command, apply_timeout: Duration) -> Result<(), AdminError> {
         let index = self
             .controller
             .propose(&command, ADMIN_TIMEOUT)
             .await
             .map_err(|e| AdminError::new(E::RequestTimedOut, e.to_string()))?;
-        self.wait_reconciled(index, ADMIN_TIMEOUT).await
+        self.wait_reconciled(index, apply_timeout).await
     }
 
     pub async fn delete(&self, name: &str) -> Result<Uuid, AdminError> {

@@ -165,6 +165,41 @@ impl Group {
         }
     }
 
+    /// As [`Group::initialize`], for a replica that should lead a new group while its peers
+    /// may still be opening theirs (a topic of thousands of partitions is opened by every
+    /// node at its own pace): the first election starts at once, and while no leader is
+    /// known the group stands again with a growing backoff (up to a few seconds) instead
+    /// of every election timeout, so that thousands of new groups do not keep every disk
+    /// busy with vote fsyncs while they wait for their peers.
+    pub async fn initialize_paced(&self, members: BTreeMap<NodeId, Node>) -> Result<(), String> {
+        if members.len() <= 1 {
+            return self.initialize(members).await;
+        }
+        self.raft.runtime_config().elect(false);
+        if let Err(e) = self.initialize(members).await {
+            self.raft.runtime_config().elect(true);
+            return Err(e);
+        }
+        let raft = self.raft.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(300);
+            for _ in 0..12 {
+                let mut rx = raft.metrics();
+                let led = matches!(
+                    tokio::time::timeout(backoff, rx.wait_for(|m| m.current_leader.is_some())).await,
+                    Ok(Ok(_))
+                );
+                if led {
+                    break;
+                }
+                let _ = raft.trigger().elect().await;
+                backoff = (backoff * 2).min(Duration::from_secs(3));
+            }
+            raft.runtime_config().elect(true);
+        });
+        Ok(())
+    }
+
     /// Until its log holds everything a leader has committed (checked by the transport on
     /// each AppendEntries), this replica votes only for candidates whose log reaches
     /// `last_index`, the last index it had before it lost entries to damage: some of them

@@ -99,6 +99,9 @@ pub struct GroupQuiet {
     /// The node's view of how long each peer refuses votes for this node's quiet groups
     /// (set when the replica is registered with a [`Liveness`]).
     leases: std::sync::OnceLock<(NodeId, Arc<PeerLeases>)>,
+    /// The replica the broker wants to lead (`u64::MAX`: none): the one candidate a quiet
+    /// leader grants its vote to, so leadership can move back to it.
+    preferred: AtomicU64,
 }
 
 /// For each peer: the newest of this node's reports it acknowledged, and until when it
@@ -126,6 +129,7 @@ impl GroupQuiet {
             }),
             quiet: AtomicBool::new(false),
             leases: std::sync::OnceLock::new(),
+            preferred: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -162,7 +166,14 @@ impl GroupQuiet {
         let Some((me, leases)) = self.leases.get() else {
             return false;
         };
-        let voters: Vec<NodeId> = self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        let voters: Vec<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
         let now = Instant::now();
         let leases = leases.read().unwrap_or_else(|e| e.into_inner());
         let holding = voters
@@ -177,6 +188,11 @@ impl GroupQuiet {
             })
             .count();
         holding > voters.len() / 2
+    }
+
+    /// The replica that should lead the group (leadership balancing), if any.
+    pub fn set_preferred(&self, replica: Option<NodeId>) {
+        self.preferred.store(replica.unwrap_or(u64::MAX), Ordering::Release);
     }
 
     /// Whether the replica's election timer is off.
@@ -417,11 +433,13 @@ impl Liveness {
             }
             let m = r.raft.metrics();
             let m = m.borrow();
-            let follows = m.state == openraft::ServerState::Follower
-                && m.membership_config.membership().voter_ids().any(|v| v == m.id)
+            let follows = matches!(
+                m.state,
+                openraft::ServerState::Follower | openraft::ServerState::Candidate
+            ) && m.membership_config.membership().voter_ids().any(|v| v == m.id)
                 && match m.current_leader {
                     Some(l) => crate::node_of(l) == from && *term == m.current_term,
-                    None => *term >= m.current_term,
+                    None => true,
                 };
             if follows {
                 let mut q = r.quiet.lock();
@@ -452,9 +470,11 @@ impl Liveness {
             .max_by_key(|(_, term)| *term)
     }
 
-    /// Whether a fresh report of a node alive now claims `group` quiet at `term`
-    /// (`at_least`: at `term` or later) and, when `leader` is given, that node is the
-    /// leader's.
+    /// Whether a fresh report of a node alive now claims `group` quiet: the leader's node
+    /// at `term` when `leader` is known; otherwise any node at any term (a replica that
+    /// restarted, or stood for election in vain while the leader was merely slow to
+    /// answer, sleeps under the live claim; the leader's next write meets its term and a
+    /// new election follows).
     fn claim_holds(
         peers: &HashMap<NodeId, PeerState>,
         now: Instant,
@@ -462,7 +482,7 @@ impl Liveness {
         leader: Option<NodeId>,
         term: u64,
     ) -> bool {
-        let holds = |p: &PeerState, at_least: bool| {
+        let holds = |p: &PeerState, any_term: bool| {
             p.heard
                 .map(|t| now.duration_since(t) <= QUIET_DEAD_AFTER)
                 .unwrap_or(false)
@@ -470,7 +490,7 @@ impl Liveness {
                     .as_ref()
                     .filter(|(at, _)| now.duration_since(*at) <= CLAIM_FRESH)
                     .and_then(|(_, c)| c.get(group))
-                    .map(|c| c.quiet && if at_least { c.term >= term } else { c.term == term })
+                    .map(|c| c.quiet && (any_term || c.term == term))
                     .unwrap_or(false)
         };
         match leader {
@@ -479,19 +499,29 @@ impl Liveness {
         }
     }
 
-    /// Whether the replica under `key` may grant a vote now. A sleeping follower of a quiet
-    /// leader that is alive and still claims the group refuses, as openraft's leader lease
-    /// makes an active follower refuse; so does a replica restarted from a stored vote,
-    /// for a moment (it may have acknowledged a quiet leader's lease before it stopped).
-    pub fn may_vote(&self, key: &str) -> Result<(), String> {
+    /// Whether the replica under `key` may grant a vote to `candidate` now. A sleeping
+    /// follower of a quiet leader that is alive and still claims the group refuses, as
+    /// openraft's leader lease makes an active follower refuse; so does a replica
+    /// restarted from a stored vote, for a moment (it may have acknowledged a quiet
+    /// leader's lease before it stopped). A quiet leader refuses every candidate but the
+    /// preferred replica: a follower that wrongly took this node for gone (a busy moment)
+    /// must not depose it, while leadership balancing must still move.
+    pub fn may_vote(&self, key: &str, candidate: NodeId) -> Result<(), String> {
         let Some(r) = self.replica(key) else { return Ok(()) };
         let now = Instant::now();
-        let (hold, asleep) = {
+        let (hold, asleep, quiet_leader) = {
             let q = r.quiet.lock();
-            (q.vote_hold_until.map(|t| now < t).unwrap_or(false), q.elect_off)
+            (
+                q.vote_hold_until.map(|t| now < t).unwrap_or(false),
+                q.elect_off,
+                matches!(q.phase, Phase::Quiet { .. }),
+            )
         };
         if hold {
             return Err(format!("group {key} has just restarted and votes after its lease"));
+        }
+        if quiet_leader && candidate != r.quiet.preferred.load(Ordering::Acquire) {
+            return Err(format!("group {key} is led quietly by this node"));
         }
         if !asleep {
             return Ok(());
@@ -502,7 +532,7 @@ impl Liveness {
             (
                 m.current_leader.map(crate::node_of),
                 m.current_term,
-                m.state == openraft::ServerState::Follower,
+                m.state != openraft::ServerState::Leader,
             )
         };
         if follower && Self::claim_holds(&self.peers(), now, base_name(key), leader, term) {
@@ -595,7 +625,11 @@ impl Liveness {
             // Not the leader here: nothing of this replica's own is quiet.
             r.quiet.to_active(&mut q);
             let voter = voters.contains(&m.id);
-            if m.state != openraft::ServerState::Follower || !voter {
+            let follower = matches!(
+                m.state,
+                openraft::ServerState::Follower | openraft::ServerState::Candidate
+            );
+            if !follower || !voter {
                 r.quiet.elect_on(&mut q);
                 continue;
             }

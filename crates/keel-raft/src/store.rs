@@ -571,7 +571,12 @@ impl RaftLogStorage<TypeConfig> for LogStorage {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         if let Some(dir) = &self.shared.dir {
-            write_json(dir, "raft-vote.json", vote, true)
+            // Two fsyncs: off the async workers, which carry every other group's traffic.
+            let (dir, v) = (dir.clone(), *vote);
+            tokio::task::spawn_blocking(move || write_json(&dir, "raft-vote.json", &v, true))
+                .await
+                .map_err(io_err)
+                .and_then(|r| r)
                 .map_err(|e| StorageError::from(StorageIOError::write_vote(AnyError::error(e.to_string()))))?;
         }
         *self.shared.vote.lock().unwrap_or_else(|e| e.into_inner()) = Some(*vote);

@@ -373,7 +373,10 @@ impl Transport {
             tokio::spawn(async move {
                 let (kind, body) = match me.handle(&frame).await {
                     Ok(b) => (frame.kind | KIND_RESPONSE, b),
-                    Err(e) => (KIND_ERROR, Bytes::from(e)),
+                    Err(e) => {
+                        debug!(from = frame.from, group = %frame.group, kind = frame.kind, error = %e, "refused a peer's request");
+                        (KIND_ERROR, Bytes::from(e))
+                    }
                 };
                 if me.is_cut(frame.from) {
                     return;
@@ -420,7 +423,8 @@ impl Transport {
             }
             KIND_VOTE => {
                 let req: VoteRequest<NodeId> = decode(&f.body).map_err(e)?;
-                self.liveness.may_vote(&f.group)?;
+                self.liveness
+                    .may_vote(&f.group, req.vote.leader_id().voted_for().unwrap_or(u64::MAX))?;
                 let hold = hold_votes.load(Ordering::Acquire);
                 if hold > 0 && req.last_log_id.map(|l| l.index + 1) < Some(hold) {
                     return Err(format!(

@@ -197,7 +197,8 @@ impl RaftNetwork<TypeConfig> for Conn {
         let raft = self.reach().await?;
         // The node-level lease, as the transport applies it before a vote reaches Raft.
         if let Some(l) = self.net.liveness(node_of(self.to)) {
-            if l.may_vote(&group_key(GROUP, self.to)).is_err() {
+            let candidate = rpc.vote.leader_id().voted_for().unwrap_or(u64::MAX);
+            if l.may_vote(&group_key(GROUP, self.to), candidate).is_err() {
                 return Err(RPCError::Unreachable(Unreachable::new(&Dropped)));
             }
         }

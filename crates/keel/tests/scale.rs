@@ -66,10 +66,7 @@ async fn a_thousand_partitions_are_led_again_after_a_node_dies_and_lose_nothing(
     let root = tempfile::tempdir().unwrap();
     let mut nodes = start_cluster(root.path(), 3, &[]);
     let bs: String = nodes.iter().map(|k| k.kafka.clone()).collect::<Vec<_>>().join(",");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &bs)
-        .create()
-        .unwrap();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &bs).create().unwrap();
     let created = Instant::now();
     let res = admin
         .create_topics(
@@ -80,7 +77,10 @@ async fn a_thousand_partitions_are_led_again_after_a_node_dies_and_lose_nothing(
         .unwrap();
     assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
     let took = wait_all_led(&bs, &[1, 2, 3], Duration::from_secs(180)).await;
-    eprintln!("{PARTITIONS} partitions created and led in {:?}", created.elapsed().max(took));
+    eprintln!(
+        "{PARTITIONS} partitions created and led in {:?}",
+        created.elapsed().max(took)
+    );
 
     // A producer writes across every partition throughout.
     let producer: FutureProducer = ClientConfig::new()
@@ -144,7 +144,11 @@ async fn a_thousand_partitions_are_led_again_after_a_node_dies_and_lose_nothing(
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, Ordering::Release);
     let acked = writer.await.unwrap();
-    assert!(acked.len() > IN_FLIGHT, "the producer acknowledged only {} records", acked.len());
+    assert!(
+        acked.len() > IN_FLIGHT,
+        "the producer acknowledged only {} records",
+        acked.len()
+    );
 
     // Every acknowledged record reads back exactly once.
     let consumer: BaseConsumer = ClientConfig::new()
