@@ -89,6 +89,9 @@ async fn heal(State(b): State<Arc<Broker>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(b): State<Arc<Broker>>) -> impl IntoResponse {
+    let (leaders, followers) = b.controller.transport.liveness().quiet_counts();
+    b.metrics.quiet_leaders.set(leaders as i64);
+    b.metrics.sleeping_followers.set(followers as i64);
     (
         [(
             header::CONTENT_TYPE,

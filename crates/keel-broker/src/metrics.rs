@@ -75,6 +75,8 @@ pub struct Metrics {
     pub repaired_replicas: Counter,
     pub partition_moves: Gauge,
     pub partition_moves_done: Counter,
+    pub quiet_leaders: Gauge,
+    pub sleeping_followers: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -122,6 +124,8 @@ impl Metrics {
             repaired_replicas: Counter::default(),
             partition_moves: Gauge::default(),
             partition_moves_done: Counter::default(),
+            quiet_leaders: Gauge::default(),
+            sleeping_followers: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Kafka requests handled, by API", m.requests.clone());
@@ -231,6 +235,16 @@ impl Metrics {
             "partition_moves_completed",
             "Partition moves this node carried out as the partition's leader",
             m.partition_moves_done.clone(),
+        );
+        registry.register(
+            "raft_quiet_leaders",
+            "Replicas on this node leading an idle group quietly (heartbeats and timers off)",
+            m.quiet_leaders.clone(),
+        );
+        registry.register(
+            "raft_sleeping_followers",
+            "Replicas on this node following a quiet leader with their election timer off",
+            m.sleeping_followers.clone(),
         );
         registry.register(
             "leaderless_duration_seconds",

@@ -262,10 +262,15 @@ pub async fn drive_moves(topics: std::sync::Weak<Topics>, every: Duration) {
                 continue;
             };
             for part in topic.partition_list() {
-                if !part.group().is_ready_leader() {
+                // The set lookups first: this runs for every partition every round.
+                let (moving, moved) = (
+                    record.reassigning.contains_key(&part.index),
+                    record.moved.contains(&part.index),
+                );
+                if !(moving || moved) || !part.group().is_ready_leader() {
                     continue;
                 }
-                if !record.reassigning.contains_key(&part.index) {
+                if !moving {
                     if record.moved.contains(&part.index) {
                         t.tidy_learners(name, &part, record).await;
                     }

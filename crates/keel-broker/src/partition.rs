@@ -609,13 +609,18 @@ impl Partition {
     /// stands for election so leadership returns to it (load balancing after a node
     /// rejoins). Returns whether it did.
     pub async fn reclaim_leadership(&self, leader_alive: impl Fn(u64) -> bool) -> bool {
-        let m = self.group.metrics();
-        let me = m.id;
-        let caught_up = m.last_applied.map(|l| l.index) == m.last_log_index && m.last_log_index.is_some();
-        let follows_live_leader = m
-            .current_leader
-            .map(|l| l != me && leader_alive(keel_raft::node_of(l)))
-            .unwrap_or(false);
+        // Borrowed, not cloned: this runs for every partition every round.
+        let (me, caught_up, follows_live_leader) = {
+            let m = self.group.raft.metrics();
+            let m = m.borrow();
+            let me = m.id;
+            let caught_up = m.last_applied.map(|l| l.index) == m.last_log_index && m.last_log_index.is_some();
+            let follows = m
+                .current_leader
+                .map(|l| l != me && leader_alive(keel_raft::node_of(l)))
+                .unwrap_or(false);
+            (me, caught_up, follows)
+        };
         if self.preferred_leader() == Some(me) && follows_live_leader && caught_up && !self.is_closed() {
             self.group.elect().await;
             return true;

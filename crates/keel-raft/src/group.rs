@@ -182,7 +182,7 @@ impl Group {
         }
         let raft = self.raft.clone();
         tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(300);
+            let mut backoff = Duration::from_millis(1000);
             for _ in 0..12 {
                 let mut rx = raft.metrics();
                 let led = matches!(

@@ -54,7 +54,15 @@ pub const CLAIM_FRESH: Duration = Duration::from_millis(1200);
 const LEASE_MARGIN: Duration = Duration::from_millis(100);
 /// Between the followers of a group whose quiet leader is gone, in their order of
 /// standing for election after the first.
-const ELECT_STAGGER: Duration = Duration::from_millis(400);
+const ELECT_STAGGER: Duration = Duration::from_millis(3000);
+/// Most elections this node starts per ping round for groups whose quiet leader is gone:
+/// a node that led thousands of groups dies, and the survivor that stands for all of them
+/// must not ask its peers for more vote fsyncs than they answer within a vote's time
+/// limit, or every election times out and is retried (a storm that feeds itself).
+const ELECTIONS_PER_ROUND: usize = 40;
+/// How long after standing a group is looked at again (and stands again if still
+/// leaderless).
+const ELECTION_RECHECK: Duration = Duration::from_millis(1500);
 /// How long a replica that started from a stored vote waits for a report before its
 /// election timer runs (it may follow a quiet leader that it has not heard from yet).
 const STARTUP_QUIET: Duration = Duration::from_millis(2 * 100 * REPORT_EVERY_PINGS + 100);
@@ -84,6 +92,8 @@ struct QuietInner {
     elect_off: bool,
     /// When a follower whose leader went away runs its election timer again.
     reenable_at: Option<Instant>,
+    /// Queued to stand for election (the leader's node is gone).
+    queued: bool,
     /// Until when this replica refuses every vote request (restarted from a stored vote).
     vote_hold_until: Option<Instant>,
 }
@@ -125,6 +135,7 @@ impl GroupQuiet {
                 phase: Phase::Active,
                 elect_off: start_quiet,
                 reenable_at: start_quiet.then(|| now + STARTUP_QUIET),
+                queued: false,
                 vote_hold_until: (enabled && had_vote).then(|| now + QUIET_DEAD_AFTER),
             }),
             quiet: AtomicBool::new(false),
@@ -210,6 +221,7 @@ impl GroupQuiet {
     }
 
     fn elect_on(&self, q: &mut QuietInner) {
+        q.queued = false;
         if q.elect_off {
             q.elect_off = false;
             q.reenable_at = None;
@@ -220,6 +232,7 @@ impl GroupQuiet {
 
     fn elect_off(&self, q: &mut QuietInner) {
         q.reenable_at = None;
+        q.queued = false;
         if !q.elect_off {
             q.elect_off = true;
             self.raft.runtime_config().elect(false);
@@ -267,6 +280,8 @@ pub struct Liveness {
     leases: Arc<PeerLeases>,
     report_round: AtomicU64,
     round: AtomicU64,
+    /// Replicas to stand for election, and when: paced, [`ELECTIONS_PER_ROUND`] a round.
+    elections: Mutex<std::collections::VecDeque<(String, Instant)>>,
 }
 
 /// The group a transport key names (a moved replica is `group#incarnation`).
@@ -283,6 +298,7 @@ impl Liveness {
             leases: Arc::new(RwLock::new(HashMap::new())),
             report_round: AtomicU64::new(0),
             round: AtomicU64::new(0),
+            elections: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -317,6 +333,19 @@ impl Liveness {
             .iter()
             .map(|(k, r)| (k.clone(), r.clone()))
             .collect()
+    }
+
+    /// How many of this node's replicas lead quietly, and how many follow with their
+    /// election timer asleep (for the metrics endpoint).
+    pub fn quiet_counts(&self) -> (usize, usize) {
+        let replicas = self.replicas.read().unwrap_or_else(|e| e.into_inner());
+        replicas.values().fold((0, 0), |(leaders, followers), r| {
+            let q = r.quiet.lock();
+            (
+                leaders + usize::from(matches!(q.phase, Phase::Quiet { .. })),
+                followers + usize::from(q.elect_off),
+            )
+        })
     }
 
     /// A frame came from `node`.
@@ -409,17 +438,21 @@ impl Liveness {
     /// timers to sleep at once (the leader stops heartbeats only after this is answered).
     pub fn on_report(&self, from: NodeId, body: &[u8]) -> Result<(), String> {
         let claims = decode_report(body)?;
-        let quiet: Vec<(String, u64)> = claims
-            .iter()
-            .filter(|(_, c)| c.quiet)
-            .map(|(g, c)| (g.clone(), c.term))
-            .collect();
-        {
+        // Only claims new since the sender's last report need a follower's attention now;
+        // the periodic sweep covers the rest.
+        let quiet: Vec<(String, u64)> = {
             let mut peers = self.peers();
             let p = peers.entry(from).or_default();
+            let before = p.report.as_ref().map(|(_, c)| c);
+            let new: Vec<(String, u64)> = claims
+                .iter()
+                .filter(|(g, c)| c.quiet && before.and_then(|b| b.get(*g)) != Some(*c))
+                .map(|(g, c)| (g.clone(), c.term))
+                .collect();
             p.heard = Some(Instant::now());
             p.report = Some((Instant::now(), claims));
-        }
+            new
+        };
         if quiet.is_empty() {
             return Ok(());
         }
@@ -563,12 +596,69 @@ impl Liveness {
         if peer_died || round.is_multiple_of(SWEEP_EVERY_ROUNDS) {
             self.sweep(now);
         }
+        self.run_elections(now);
+    }
+
+    /// Starts the due elections of the queue, a bounded number per round. A replica still
+    /// without a live leader stands (openraft's `trigger().elect()`, its timer stays off)
+    /// and is looked at again later; one that found a leader leaves the queue.
+    fn run_elections(&self, now: Instant) {
+        let mut due = Vec::new();
+        {
+            let mut q = self.elections.lock().unwrap_or_else(|e| e.into_inner());
+            let mut later = std::collections::VecDeque::new();
+            while let Some((key, at)) = q.pop_front() {
+                if at <= now && due.len() < ELECTIONS_PER_ROUND {
+                    due.push(key);
+                } else {
+                    later.push_back((key, at));
+                }
+            }
+            *q = later;
+        }
+        for key in due {
+            let Some(r) = self.replica(&key) else { continue };
+            let leaderless = {
+                let m = r.raft.metrics();
+                let m = m.borrow();
+                let leader_live = m
+                    .current_leader
+                    .map(|l| self.alive_within(crate::node_of(l), QUIET_DEAD_AFTER))
+                    .unwrap_or(false);
+                m.state != openraft::ServerState::Leader && !leader_live
+            };
+            if !leaderless {
+                r.quiet.lock().queued = false;
+                continue;
+            }
+            if !r.quiet.lock().queued {
+                continue;
+            }
+            info!(group = %key, "the quiet leader's node is gone: standing for election");
+            let raft = r.raft.clone();
+            tokio::spawn(async move {
+                let _ = raft.trigger().elect().await;
+            });
+            self.elections
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push_back((key, now + ELECTION_RECHECK));
+        }
+    }
+
+    fn queue_election(&self, key: &str, at: Instant) {
+        self.elections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back((key.to_string(), at));
     }
 
     /// Looks at every replica's timers now.
     pub fn sweep(&self, now: Instant) {
         let next_report = self.report_round.load(Ordering::Acquire) + 1;
-        let replicas = self.replicas();
+        // Under the registry's read lock (nothing here waits): no copy of thousands of
+        // entries every sweep.
+        let replicas = self.replicas.read().unwrap_or_else(|e| e.into_inner());
         let peers = self.peers();
         let alive = |n: NodeId| {
             n == self.me
@@ -578,7 +668,7 @@ impl Liveness {
                     .map(|t| now.duration_since(t) <= QUIET_DEAD_AFTER)
                     .unwrap_or(false)
         };
-        for (key, r) in replicas {
+        for (key, r) in replicas.iter() {
             if !r.quiet.enabled {
                 continue;
             }
@@ -634,7 +724,7 @@ impl Liveness {
                 continue;
             }
             let leader = m.current_leader.map(crate::node_of);
-            if Self::claim_holds(&peers, now, base_name(&key), leader, m.current_term) {
+            if Self::claim_holds(&peers, now, base_name(key), leader, m.current_term) {
                 r.quiet.elect_off(&mut q);
                 continue;
             }
@@ -645,27 +735,23 @@ impl Liveness {
                 // The leader is alive and not quiet: its heartbeats keep the timer fresh.
                 Some(l) if alive(l) => r.quiet.elect_on(&mut q),
                 Some(l) => {
-                    let due = match q.reenable_at {
-                        Some(t) => now >= t,
-                        None => {
-                            // The lowest live voter first, the same choice on every node.
-                            let mut live: Vec<NodeId> = voters
-                                .iter()
-                                .copied()
-                                .filter(|v| crate::node_of(*v) != l && alive(crate::node_of(*v)))
-                                .collect();
-                            live.sort_unstable();
-                            let rank = live.iter().position(|v| *v == m.id).unwrap_or(live.len());
-                            let at = now + ELECT_STAGGER * rank as u32;
-                            q.reenable_at = Some(at);
-                            rank == 0
-                        }
-                    };
-                    if due {
-                        info!(group = %key, gone = l, "the quiet leader's node is silent: election timer on");
-                        r.quiet.elect_on(&mut q);
+                    if !q.queued {
+                        // The lowest live voter first, the same choice on every node; the
+                        // others later, in case it cannot win.
+                        let mut live: Vec<NodeId> = voters
+                            .iter()
+                            .copied()
+                            .filter(|v| crate::node_of(*v) != l && alive(crate::node_of(*v)))
+                            .collect();
+                        live.sort_unstable();
+                        let rank = live.iter().position(|v| *v == m.id).unwrap_or(live.len());
+                        q.queued = true;
+                        debug!(group = %key, gone = l, rank, "the quiet leader's node is silent: queued to stand");
+                        self.queue_election(key, now + ELECT_STAGGER * rank as u32);
                     }
                 }
+                // Standing through the queue: it looks again itself.
+                None if q.queued => {}
                 None => {
                     if q.reenable_at.map(|t| now >= t).unwrap_or(true) {
                         r.quiet.elect_on(&mut q);

@@ -557,10 +557,12 @@ impl Transport {
     fn peer_gone(self: &Arc<Self>, node: NodeId) {
         // Followers sleeping under a quiet leader on that node wake their timers now.
         self.liveness.sweep(tokio::time::Instant::now());
+        // Sleeping followers of quiet groups stand through the liveness's paced queue.
         let groups: Vec<(String, Raft)> = self
             .liveness
             .replicas()
             .into_iter()
+            .filter(|(_, r)| !r.quiet.sleeping())
             .map(|(name, r)| (name, r.raft))
             .collect();
         for (name, raft) in groups {
