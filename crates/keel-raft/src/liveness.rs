@@ -152,12 +152,7 @@ impl GroupQuiet {
     pub fn wake(&self) {
         let mut q = self.lock();
         q.last_write = Instant::now();
-        if q.phase != Phase::Active {
-            q.phase = Phase::Active;
-            self.quiet.store(false, Ordering::Release);
-            self.raft.runtime_config().tick(true);
-            self.raft.runtime_config().heartbeat(true);
-        }
+        self.to_active(&mut q);
     }
 
     /// Whether this replica leads the group quietly (heartbeats off).
@@ -220,6 +215,14 @@ impl GroupQuiet {
         }
     }
 
+    /// Every voter has the claim: heartbeats and ticks off.
+    fn to_quiet(&self, q: &mut QuietInner, round: u64) {
+        q.phase = Phase::Quiet { round };
+        self.quiet.store(true, Ordering::Release);
+        self.raft.runtime_config().heartbeat(false);
+        self.raft.runtime_config().tick(false);
+    }
+
     fn elect_on(&self, q: &mut QuietInner) {
         q.queued = false;
         if q.elect_off {
@@ -269,6 +272,12 @@ struct PeerState {
     ping_acked: Option<Instant>,
     /// Whether the peer counted as alive (for quiet groups) at the last round.
     was_alive: bool,
+}
+
+impl PeerState {
+    fn heard_within(&self, now: Instant, within: Duration) -> bool {
+        self.heard.map(|t| now.duration_since(t) <= within).unwrap_or(false)
+    }
 }
 
 /// What one node knows of the others' liveness and claims, and the quiescence of its own
@@ -366,8 +375,7 @@ impl Liveness {
             || self
                 .peers()
                 .get(&node)
-                .and_then(|p| p.heard)
-                .map(|t| t.elapsed() <= within)
+                .map(|p| p.heard_within(Instant::now(), within))
                 .unwrap_or(false)
     }
 
@@ -487,10 +495,11 @@ impl Liveness {
     /// the highest term wins.
     pub fn reported_leader(&self, group: &str) -> Option<(NodeId, u64)> {
         let peers = self.peers();
+        let now = Instant::now();
         peers
             .iter()
             .filter(|(_, p)| {
-                p.heard.map(|t| t.elapsed() <= ALIVE_WITHIN).unwrap_or(false)
+                p.heard_within(now, ALIVE_WITHIN)
                     && p.report
                         .as_ref()
                         .map(|(at, _)| at.elapsed() <= CLAIM_FRESH)
@@ -516,9 +525,7 @@ impl Liveness {
         term: u64,
     ) -> bool {
         let holds = |p: &PeerState, any_term: bool| {
-            p.heard
-                .map(|t| now.duration_since(t) <= QUIET_DEAD_AFTER)
-                .unwrap_or(false)
+            p.heard_within(now, QUIET_DEAD_AFTER)
                 && p.report
                     .as_ref()
                     .filter(|(at, _)| now.duration_since(*at) <= CLAIM_FRESH)
@@ -584,10 +591,7 @@ impl Liveness {
             let mut peers = self.peers();
             let mut died = false;
             for p in peers.values_mut() {
-                let alive = p
-                    .heard
-                    .map(|t| now.duration_since(t) <= QUIET_DEAD_AFTER)
-                    .unwrap_or(false);
+                let alive = p.heard_within(now, QUIET_DEAD_AFTER);
                 died |= p.was_alive && !alive;
                 p.was_alive = alive;
             }
@@ -664,8 +668,7 @@ impl Liveness {
             n == self.me
                 || peers
                     .get(&n)
-                    .and_then(|p| p.heard)
-                    .map(|t| now.duration_since(t) <= QUIET_DEAD_AFTER)
+                    .map(|p| p.heard_within(now, QUIET_DEAD_AFTER))
                     .unwrap_or(false)
         };
         for (key, r) in replicas.iter() {
@@ -702,10 +705,7 @@ impl Liveness {
                         if !caught_up {
                             r.quiet.to_active(&mut q);
                         } else if acked {
-                            q.phase = Phase::Quiet { round };
-                            r.quiet.quiet.store(true, Ordering::Release);
-                            r.quiet.raft.runtime_config().heartbeat(false);
-                            r.quiet.raft.runtime_config().tick(false);
+                            r.quiet.to_quiet(&mut q, round);
                         }
                     }
                     Phase::Quiet { .. } => {}
