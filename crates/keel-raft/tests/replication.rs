@@ -70,6 +70,7 @@ async fn cluster(root: &Path) -> (Vec<Replica>, BTreeMap<NodeId, Node>) {
         let addr = listener.local_addr().unwrap().to_string();
         let transport = Transport::new(id);
         tokio::spawn(transport.clone().serve(listener));
+        transport.start_pings();
         members.insert(id, Node { addr });
         let dir = root.join(format!("n{id}"));
         replicas.push(Replica {

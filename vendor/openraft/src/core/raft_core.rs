@@ -1209,6 +1209,7 @@ where
                             // rejects the vote request. Leave the established leadership alone.
                             tracing::info!("ExternalCommand: already a Leader, ignore election trigger");
                         } else if self.engine.state.membership_state.effective().is_voter(&self.id) {
+                            self.resample_election_timeout();
                             self.engine.elect();
                             tracing::debug!("ExternalCommand: triggered election");
                         } else {
@@ -1503,7 +1504,19 @@ where
         self.engine.reset_greater_log();
 
         tracing::info!("do trigger election");
+        self.resample_election_timeout();
         self.engine.elect();
+    }
+
+    /// Keel patch: draws a fresh election timeout for the campaign about to start.
+    ///
+    /// Upstream 0.9 draws one timeout per node when the engine is built and reuses it for
+    /// every campaign; two survivors whose draws round to the same tick then split the
+    /// vote at every term, forever (fixed upstream on the 0.10 line, databendlabs/openraft
+    /// #1838). The Raft paper restarts a randomized timeout at the start of each election.
+    fn resample_election_timeout(&mut self) {
+        let ms = self.config.new_rand_election_timeout::<C::AsyncRuntime>();
+        self.engine.config.timer_config.election_timeout = Duration::from_millis(ms);
     }
 
     #[tracing::instrument(level = "debug", skip_all)]
