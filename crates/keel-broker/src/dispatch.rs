@@ -52,6 +52,70 @@ pub async fn handle(b: &Arc<Broker>, frame: Bytes) -> Outcome {
     handle_from(b, frame, None, &mut session).await
 }
 
+/// A request handled as far as it can be without waiting on replication.
+pub enum Started {
+    /// Handled whole.
+    Done(Outcome),
+    /// A Produce request whose batches are in the logs: the outcome comes once they are
+    /// acknowledged as its acks asked.
+    Later(std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send>>),
+}
+
+/// Whether `frame` is a Produce request that [`start_from`] can leave in flight.
+pub fn is_pipelined(frame: &[u8]) -> bool {
+    matches!(peek_prefix(frame), Ok(p) if p.api_key == ApiKey::Produce as i16
+        && p.api_version >= keel_proto::versions::PRODUCE_DECODE_MIN
+        && is_servable(p.api_key, p.api_version))
+}
+
+/// As [`handle_from`], but a Produce request (see [`is_pipelined`]) returns as soon as
+/// its batches are handed to the partitions' logs, so that the connection can read its
+/// next request meanwhile; the outcomes must be sent in the order the requests came.
+pub async fn start_from(
+    b: &Arc<Broker>,
+    frame: Bytes,
+    peer: Option<std::net::SocketAddr>,
+    session: &mut handlers::sasl::Session,
+) -> Started {
+    if !session.authenticated || !is_pipelined(&frame) {
+        return Started::Done(handle_from(b, frame, peer, session).await);
+    }
+    let started = Instant::now();
+    let Ok(prefix) = peek_prefix(&frame) else {
+        return Started::Done(Outcome::Close("unreadable request header".into()));
+    };
+    let (v, corr) = (prefix.api_version, prefix.correlation_id);
+    let mut body = frame;
+    if let Err(e) = decode_header(&mut body, ApiKey::Produce, v) {
+        return Started::Done(Outcome::Close(e.to_string()));
+    }
+    let req: ProduceRequest = match decode_body(&mut body, v) {
+        Ok(r) => r,
+        Err(e) => return Started::Done(Outcome::Close(format!("Produce v{v}: {e}"))),
+    };
+    let wait = handlers::produce::start(b, req, v).await;
+    let b = b.clone();
+    Started::Later(Box::pin(async move {
+        let out = match wait.await {
+            Some(resp) => respond(ApiKey::Produce, v, corr, &resp),
+            None => Outcome::NoResponse,
+        };
+        count(&b, ApiKey::Produce, started);
+        out
+    }))
+}
+
+fn count(b: &Broker, api: ApiKey, started: Instant) {
+    let labels = ApiLabels {
+        api: format!("{api:?}"),
+    };
+    b.metrics.requests.get_or_create(&labels).inc();
+    b.metrics
+        .request_seconds
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+}
+
 /// Handles one request frame from `peer` on a connection in state `session`.
 pub async fn handle_from(
     b: &Arc<Broker>,
@@ -347,13 +411,6 @@ pub async fn handle_from(
         }
         other => Outcome::Close(format!("{other:?} is advertised but has no handler")),
     };
-    let labels = ApiLabels {
-        api: format!("{api:?}"),
-    };
-    b.metrics.requests.get_or_create(&labels).inc();
-    b.metrics
-        .request_seconds
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
+    count(b, api, started);
     out
 }

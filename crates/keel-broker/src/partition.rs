@@ -126,6 +126,9 @@ impl Acks {
 /// A proposal in flight; resolves to the base offset the log gave it.
 type ProposalFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Result<i64, ProposeError>> + Send>>;
 
+/// What [`Partition::append_start`] returns: the wait for the acknowledgement asked for.
+pub type AppendWait = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Appended, PartitionError>> + Send>>;
+
 /// Result of an append.
 #[derive(Debug, Clone, Copy)]
 pub struct Appended {
@@ -320,7 +323,7 @@ impl Partition {
 
     /// Validates and replicates `batches`; with `wait`, returns once they are committed,
     /// otherwise once they are handed to the leader's log.
-    pub async fn append(&self, batches: Vec<(BatchHeader, Bytes)>, wait: bool) -> Result<Appended, PartitionError> {
+    pub async fn append(self: &Arc<Self>, batches: Vec<(BatchHeader, Bytes)>, wait: bool) -> Result<Appended, PartitionError> {
         self.append_acks(batches, if wait { Acks::All } else { Acks::None })
             .await
     }
@@ -329,10 +332,22 @@ impl Partition {
     /// once the leader's own log has them durably (acks=1), or once a majority of replicas
     /// has them durably and they are committed (acks=all).
     pub async fn append_acks(
-        &self,
+        self: &Arc<Self>,
         batches: Vec<(BatchHeader, Bytes)>,
         acks: Acks,
     ) -> Result<Appended, PartitionError> {
+        self.append_start(batches, acks).await?.await
+    }
+
+    /// The first half of [`Partition::append_acks`]: validates `batches` and hands them to
+    /// the leader's log, in the order of the calls (so that pipelined requests of one
+    /// connection are logged in the order they came); the returned future waits for what
+    /// `acks` asks. acks=0 resolves at once.
+    pub async fn append_start(
+        self: &Arc<Self>,
+        batches: Vec<(BatchHeader, Bytes)>,
+        acks: Acks,
+    ) -> Result<AppendWait, PartitionError> {
         let wait = acks != Acks::None;
         if self.closed.load(Ordering::Acquire) {
             return Err(PartitionError::Deleted);
@@ -427,12 +442,24 @@ impl Partition {
                     let _ = w.await;
                 });
             }
-            return Ok(Appended {
+            let log_start_offset = self.log_start_offset();
+            return Ok(Box::pin(std::future::ready(Ok(Appended {
                 base_offset: -1,
                 log_append_time: -1,
-                log_start_offset: self.log_start_offset(),
-            });
+                log_start_offset,
+            }))));
         }
+        let this = self.clone();
+        Ok(Box::pin(async move { this.append_wait(first, waits, log_append, now).await }))
+    }
+
+    async fn append_wait(
+        &self,
+        first: Result<Appended, i64>,
+        waits: Vec<ProposalFuture>,
+        log_append: bool,
+        now: i64,
+    ) -> Result<Appended, PartitionError> {
         let mut base_offset = None;
         let mut failure = None;
         for (i, w) in waits.into_iter().enumerate() {

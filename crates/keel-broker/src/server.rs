@@ -1,4 +1,5 @@
-//! The Kafka TCP listener: one task per connection, requests answered in order.
+//! The Kafka TCP listener: a reader and a writer task per connection; requests are
+//! answered in order, and Produce requests are pipelined (see [`serve_connection`]).
 //!
 //! Limits: `connections_max` open connections (more are closed at accept),
 //! `request_bytes_max` per frame, `inflight_bytes_max` of request bytes held at once
@@ -13,11 +14,11 @@ use bytes::BytesMut;
 use keel_proto::frame::check_frame_len;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
-use crate::dispatch::{self, Outcome};
+use crate::dispatch::{self, Outcome, Started};
 use crate::Broker;
 
 /// Time allowed to receive the rest of a frame once its length has arrived.
@@ -80,6 +81,21 @@ pub async fn run(
     Ok(())
 }
 
+/// Most requests one connection has in flight: Produce requests replicate side by side
+/// (librdkafka and the Java client keep up to five in flight) and are answered in order.
+const PIPELINE_DEPTH: usize = 8;
+
+/// A request read and started, waiting its turn to be answered, with its share of the
+/// in-flight byte budget.
+struct InFlight {
+    started: Started,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Reads requests and starts them in order; a writer task answers them in the same
+/// order. Produce requests are pipelined (the next is read and handed to the logs while
+/// earlier ones replicate); any other request waits until everything before it is answered,
+/// so it sees the connection as if requests were served one at a time.
 async fn serve_connection(
     b: &Arc<Broker>,
     stream: TcpStream,
@@ -90,13 +106,17 @@ async fn serve_connection(
     debug!(%peer, "connection opened");
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
-    let mut wr = BufWriter::with_capacity(64 * 1024, wr);
+    let (tx, rx) = mpsc::channel::<InFlight>(PIPELINE_DEPTH);
+    let (answered_tx, mut answered) = watch::channel(0u64);
+    let writer = tokio::spawn(write_responses(b.clone(), peer, wr, rx, answered_tx));
     let max = b.config.request_bytes_max;
     let mut session = crate::handlers::sasl::Session::new(&b.config.sasl_plain_users);
+    let mut started = 0u64;
     loop {
         let len = tokio::select! {
             biased;
             _ = shutdown.changed() => break,
+            _ = tx.closed() => break, // the writer stopped: the connection is done
             r = rd.read_i32() => match r {
                 Ok(len) => len,
                 Err(_) => break, // closed by the client
@@ -111,7 +131,7 @@ async fn serve_connection(
             }
         };
         let kib = len.div_ceil(1024).max(1) as u32;
-        let Ok(_permit) = inflight.acquire_many(kib).await else {
+        let Ok(permit) = inflight.clone().acquire_many_owned(kib).await else {
             break;
         };
         let mut buf = BytesMut::zeroed(len);
@@ -127,7 +147,54 @@ async fn serve_connection(
             }
         }
         b.metrics.bytes_in.inc_by(len as u64 + 4);
-        match dispatch::handle_from(b, buf.freeze(), Some(peer), &mut session).await {
+        let frame = buf.freeze();
+        if !(session.authenticated && dispatch::is_pipelined(&frame))
+            && answered.wait_for(|n| *n >= started).await.is_err()
+        {
+            break;
+        }
+        let s = dispatch::start_from(b, frame, Some(peer), &mut session).await;
+        let last = matches!(
+            s,
+            Started::Done(Outcome::Close(_)) | Started::Done(Outcome::RespondThenClose(..))
+        );
+        if tx
+            .send(InFlight {
+                started: s,
+                _permit: permit,
+            })
+            .await
+            .is_err()
+        {
+            break;
+        }
+        started += 1;
+        if last {
+            break;
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+    debug!(%peer, "connection closed");
+}
+
+/// Answers the connection's requests in the order they were started; stops at the first
+/// outcome that closes the connection or at a failed write.
+async fn write_responses(
+    b: Arc<Broker>,
+    peer: SocketAddr,
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: mpsc::Receiver<InFlight>,
+    answered: watch::Sender<u64>,
+) {
+    let mut wr = BufWriter::with_capacity(64 * 1024, wr);
+    let mut n = 0u64;
+    while let Some(request) = rx.recv().await {
+        let out = match request.started {
+            Started::Done(out) => out,
+            Started::Later(wait) => wait.await,
+        };
+        match out {
             Outcome::Respond(resp) => {
                 b.metrics.bytes_out.inc_by(resp.len() as u64);
                 if wr.write_all(&resp).await.is_err() || wr.flush().await.is_err() {
@@ -147,7 +214,8 @@ async fn serve_connection(
                 break;
             }
         }
+        n += 1;
+        answered.send_replace(n);
     }
     let _ = wr.flush().await;
-    debug!(%peer, "connection closed");
 }

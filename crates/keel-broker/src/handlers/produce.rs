@@ -17,7 +17,7 @@ use tracing::warn;
 use super::s;
 use crate::error::PartitionError;
 use crate::metrics::ErrorLabels;
-use crate::partition::{Acks, Appended, Partition};
+use crate::partition::{Acks, AppendWait, Appended};
 use crate::Broker;
 
 fn failed(index: i32, code: i16, message: Option<String>) -> PartitionProduceResponse {
@@ -153,27 +153,26 @@ pub async fn handle_legacy(
 struct Pending {
     topic: usize,
     slot: usize,
-    task: tokio::task::JoinHandle<Result<Appended, PartitionError>>,
+    wait: Result<AppendWait, PartitionError>,
     records: u64,
     bytes: u64,
 }
 
-/// Replicates one partition's batches, bounded by the request's timeout.
-async fn replicate(
-    part: Arc<Partition>,
-    batches: Vec<(keel_proto::batch::BatchHeader, bytes::Bytes)>,
-    acks: Acks,
-    timeout: Duration,
-) -> Result<Appended, PartitionError> {
-    match tokio::time::timeout(timeout, part.append_acks(batches, acks)).await {
-        Ok(r) => r,
-        Err(_) => Err(PartitionError::Replication(
-            "not committed within the request timeout".into(),
-        )),
-    }
+/// Serves a Produce request whole.
+pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, v: i16) -> Option<ProduceResponse> {
+    start(b, req, v).await.await
 }
 
-pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, _v: i16) -> Option<ProduceResponse> {
+/// Validates every partition's batches and hands them to the partitions' logs, in the
+/// request's order, then returns the wait for their acknowledgements (bounded by the
+/// request's timeout), which yields the response (`None` for acks=0). A connection may
+/// start its next Produce request while this one's wait is pending: its batches are logged
+/// after this one's.
+pub async fn start(
+    b: &Arc<Broker>,
+    req: ProduceRequest,
+    _v: i16,
+) -> impl std::future::Future<Output = Option<ProduceResponse>> + Send + 'static {
     let acks = req.acks;
     let mut responses = Vec::with_capacity(req.topic_data.len());
     // (response slot, partition slot, replication task) for the commit wait.
@@ -232,11 +231,11 @@ pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, _v: i16) -> Option<Pro
             }
             let count: i64 = batches.iter().map(|(h, _)| h.record_count as i64).sum();
             let bytes: usize = batches.iter().map(|(_, b)| b.len()).sum();
-            let task = tokio::spawn(replicate(part, batches, Acks::from_kafka(acks), timeout));
+            let wait = part.append_start(batches, Acks::from_kafka(acks)).await;
             pending.push(Pending {
                 topic: responses.len(),
                 slot: tr.partition_responses.len(),
-                task,
+                wait,
                 records: count as u64,
                 bytes: bytes as u64,
             });
@@ -245,9 +244,22 @@ pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, _v: i16) -> Option<Pro
         }
         responses.push(tr);
     }
-    if acks == 0 {
-        return None;
+    let b = b.clone();
+    let deadline = tokio::time::Instant::now() + timeout;
+    async move {
+        if acks == 0 {
+            return None;
+        }
+        answer(&b, responses, pending, deadline).await
     }
+}
+
+async fn answer(
+    b: &Broker,
+    mut responses: Vec<TopicProduceResponse>,
+    pending: Vec<Pending>,
+    deadline: tokio::time::Instant,
+) -> Option<ProduceResponse> {
     for p in pending {
         let Some(slot) = responses
             .get_mut(p.topic)
@@ -255,23 +267,27 @@ pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, _v: i16) -> Option<Pro
         else {
             continue;
         };
-        *slot = match p.task.await {
-            Ok(Ok(a)) => {
+        let result = match p.wait {
+            Ok(wait) => match tokio::time::timeout_at(deadline, wait).await {
+                Ok(r) => r,
+                Err(_) => Err(PartitionError::Replication(
+                    "not committed within the request timeout".into(),
+                )),
+            },
+            Err(e) => Err(e),
+        };
+        *slot = match result {
+            Ok(a) => {
                 b.metrics.produced_records.inc_by(p.records);
                 b.metrics.produced_bytes.inc_by(p.bytes);
                 ok(slot.index, &a)
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 if !matches!(e, PartitionError::NotLeader) {
                     warn!(partition = slot.index, error = %e, "produce failed");
                 }
                 failed(slot.index, e.code(), Some(e.to_string()))
             }
-            Err(e) => failed(
-                slot.index,
-                ResponseError::UnknownServerError.code(),
-                Some(e.to_string()),
-            ),
         };
     }
     for tr in &responses {
