@@ -323,7 +323,11 @@ impl Partition {
 
     /// Validates and replicates `batches`; with `wait`, returns once they are committed,
     /// otherwise once they are handed to the leader's log.
-    pub async fn append(self: &Arc<Self>, batches: Vec<(BatchHeader, Bytes)>, wait: bool) -> Result<Appended, PartitionError> {
+    pub async fn append(
+        self: &Arc<Self>,
+        batches: Vec<(BatchHeader, Bytes)>,
+        wait: bool,
+    ) -> Result<Appended, PartitionError> {
         self.append_acks(batches, if wait { Acks::All } else { Acks::None })
             .await
     }
@@ -450,7 +454,9 @@ impl Partition {
             }))));
         }
         let this = self.clone();
-        Ok(Box::pin(async move { this.append_wait(first, waits, log_append, now).await }))
+        Ok(Box::pin(async move {
+            this.append_wait(first, waits, log_append, now).await
+        }))
     }
 
     async fn append_wait(

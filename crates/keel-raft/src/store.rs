@@ -93,6 +93,91 @@ pub struct Shared {
     /// by ticket.
     local_acks: Mutex<HashMap<u64, oneshot::Sender<Placed>>>,
     next_ticket: std::sync::atomic::AtomicU64,
+    /// The entries appended and not yet applied, as the log holds them.
+    recent: Mutex<Recent>,
+}
+
+/// Most payload bytes [`Recent`] keeps per group; older entries are read from the log.
+const RECENT_BYTES_MAX: usize = 1024 * 1024;
+
+/// Entries appended to this replica's log and not yet applied here: replication to the
+/// followers and the state machine ask for them moments after they are appended, and get
+/// them from memory instead of reading them back from the log. A contiguous run, ending at
+/// the log's last entry; whatever changes the log's tail (truncation, a reset) clears what
+/// it no longer holds, and applying drops what was applied.
+#[derive(Default)]
+struct Recent {
+    entries: std::collections::VecDeque<openraft::Entry<TypeConfig>>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn payload_len(e: &openraft::Entry<TypeConfig>) -> usize {
+        match &e.payload {
+            EntryPayload::Normal(Payload(b, _)) => b.len(),
+            _ => 0,
+        }
+    }
+
+    fn push(&mut self, e: openraft::Entry<TypeConfig>) {
+        if self.entries.back().map(|l| l.log_id.index + 1) != Some(e.log_id.index) {
+            self.clear();
+        }
+        self.bytes += Self::payload_len(&e);
+        self.entries.push_back(e);
+        while self.bytes > RECENT_BYTES_MAX {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(e) = self.entries.pop_front() {
+            self.bytes -= Self::payload_len(&e);
+        }
+    }
+
+    /// Drops entries at and after `index`.
+    fn truncate_from(&mut self, index: u64) {
+        while self.entries.back().is_some_and(|e| e.log_id.index >= index) {
+            if let Some(e) = self.entries.pop_back() {
+                self.bytes -= Self::payload_len(&e);
+            }
+        }
+    }
+
+    /// Drops entries up to and including `index`.
+    fn drop_through(&mut self, index: u64) {
+        while self.entries.front().is_some_and(|e| e.log_id.index <= index) {
+            self.pop_front();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
+    /// Entries from `start` (which must be held) up to `end`, within `max_bytes` (at least
+    /// one); `None` when `start` is not held.
+    fn range(&self, start: u64, end: u64, max_bytes: usize) -> Option<Vec<openraft::Entry<TypeConfig>>> {
+        let first = self.entries.front()?.log_id.index;
+        if start < first || start >= first + self.entries.len() as u64 {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut budget = max_bytes;
+        for e in self.entries.range((start - first) as usize..) {
+            if e.log_id.index >= end {
+                break;
+            }
+            budget = budget.saturating_sub(Self::payload_len(e));
+            out.push(e.clone());
+            if budget == 0 {
+                break;
+            }
+        }
+        Some(out)
+    }
 }
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
@@ -239,6 +324,7 @@ impl Shared {
             damage_found: std::sync::atomic::AtomicBool::new(false),
             local_acks: Mutex::new(HashMap::new()),
             next_ticket: std::sync::atomic::AtomicU64::new(1),
+            recent: Mutex::new(Recent::default()),
         });
         Ok(shared)
     }
@@ -246,6 +332,10 @@ impl Shared {
     /// The log, for reads by the broker. Hold the guard briefly.
     pub fn log(&self) -> MutexGuard<'_, Box<dyn LogStore>> {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn recent(&self) -> MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Whether appends are fsynced before they count (a topic's flush policy can change).
@@ -393,6 +483,12 @@ impl Shared {
         end: u64,
         max_bytes: usize,
     ) -> Result<Vec<openraft::Entry<TypeConfig>>, StorageError> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        if let Some(entries) = self.recent().range(start, end, max_bytes) {
+            return Ok(entries);
+        }
         let mut out = Vec::new();
         let mut next = start;
         let mut budget = max_bytes;
@@ -607,6 +703,17 @@ impl RaftLogStorage<TypeConfig> for LogStorage {
                         r = Err(err);
                         break;
                     }
+                    let stored = match &e.payload {
+                        EntryPayload::Normal(_) => openraft::Entry {
+                            log_id: e.log_id,
+                            payload: EntryPayload::Normal(Payload(entry.payload.clone(), None)),
+                        },
+                        _ => openraft::Entry {
+                            log_id: e.log_id,
+                            payload: e.payload.clone(),
+                        },
+                    };
+                    self.shared.recent().push(stored);
                     if let EntryPayload::Normal(Payload(_, Some(ticket))) = &e.payload {
                         placed.push((
                             *ticket,
@@ -655,6 +762,7 @@ impl RaftLogStorage<TypeConfig> for LogStorage {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         let mut log = self.shared.log();
+        self.shared.recent().truncate_from(log_id.index);
         if log_id.index <= log.first_index() {
             let start = log.start_offset();
             log.reset(log_id.index, start).map_err(storage_err)?;
@@ -701,6 +809,7 @@ impl RaftLogStorage<TypeConfig> for LogStorage {
             .unwrap_or_else(|e| e.into_inner())
             .retain(|m| m.log_id().map(|l| l.index) >= Some(upto.index) || *m == p.membership);
         self.shared.log().purge_before(upto.index + 1).map_err(storage_err)?;
+        self.shared.recent().drop_through(upto.index);
         Ok(())
     }
 }
@@ -790,6 +899,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 next_offset: state.next_offset,
             });
         }
+        if let Some(last) = state.last_applied {
+            self.shared.recent().drop_through(last.index);
+        }
         self.shared.applied.send_replace(state);
         let due = self
             .shared
@@ -835,6 +947,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 })
                 .unwrap_or(false);
             if !holds {
+                self.shared.recent().clear();
                 log.reset(last.index + 1, snapshot.next_offset).map_err(storage_err)?;
             }
         }
