@@ -120,6 +120,14 @@ struct NodeProc {
     child: Option<Child>,
 }
 
+/// A run that ends early (an error while reading back, say) still takes its nodes down:
+/// a cluster left running would go on using the machine.
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
 impl NodeProc {
     fn start(&mut self) -> Result<()> {
         let exe = std::env::current_exe()?;
