@@ -63,9 +63,13 @@ pub enum Started {
 
 /// Whether `frame` is a Produce request that [`start_from`] can leave in flight.
 pub fn is_pipelined(frame: &[u8]) -> bool {
-    matches!(peek_prefix(frame), Ok(p) if p.api_key == ApiKey::Produce as i16
+    peek_prefix(frame).is_ok_and(|p| pipelined(&p))
+}
+
+fn pipelined(p: &keel_proto::header::RequestPrefix) -> bool {
+    p.api_key == ApiKey::Produce as i16
         && p.api_version >= keel_proto::versions::PRODUCE_DECODE_MIN
-        && is_servable(p.api_key, p.api_version))
+        && is_servable(p.api_key, p.api_version)
 }
 
 /// As [`handle_from`], but a Produce request (see [`is_pipelined`]) returns as soon as
@@ -77,14 +81,11 @@ pub async fn start_from(
     peer: Option<std::net::SocketAddr>,
     session: &mut handlers::sasl::Session,
 ) -> Started {
-    if !session.authenticated || !is_pipelined(&frame) {
-        return Started::Done(handle_from(b, frame, peer, session).await);
-    }
-    let started = Instant::now();
-    let Ok(prefix) = peek_prefix(&frame) else {
-        return Started::Done(Outcome::Close("unreadable request header".into()));
+    let (v, corr) = match peek_prefix(&frame) {
+        Ok(p) if session.authenticated && pipelined(&p) => (p.api_version, p.correlation_id),
+        _ => return Started::Done(handle_from(b, frame, peer, session).await),
     };
-    let (v, corr) = (prefix.api_version, prefix.correlation_id);
+    let started = Instant::now();
     let mut body = frame;
     if let Err(e) = decode_header(&mut body, ApiKey::Produce, v) {
         return Started::Done(Outcome::Close(e.to_string()));

@@ -703,17 +703,15 @@ impl RaftLogStorage<TypeConfig> for LogStorage {
                         r = Err(err);
                         break;
                     }
-                    let stored = match &e.payload {
-                        EntryPayload::Normal(_) => openraft::Entry {
-                            log_id: e.log_id,
-                            payload: EntryPayload::Normal(Payload(entry.payload.clone(), None)),
-                        },
-                        _ => openraft::Entry {
-                            log_id: e.log_id,
-                            payload: e.payload.clone(),
-                        },
+                    // Kept as the log holds it: the batch with its offsets written in.
+                    let payload = match &e.payload {
+                        EntryPayload::Normal(_) => EntryPayload::Normal(Payload(entry.payload.clone(), None)),
+                        other => other.clone(),
                     };
-                    self.shared.recent().push(stored);
+                    self.shared.recent().push(openraft::Entry {
+                        log_id: e.log_id,
+                        payload,
+                    });
                     if let EntryPayload::Normal(Payload(_, Some(ticket))) = &e.payload {
                         placed.push((
                             *ticket,
