@@ -358,6 +358,9 @@ impl Controller {
             transport.clone(),
             Box::new(log),
             Some(dir.to_path_buf()),
+            // The controller keeps its vote in its own directory: one group, and its vote
+            // must not depend on the partitions' journal.
+            None,
             hook,
             GroupOptions {
                 format: EntryFormat::Commands,

@@ -39,6 +39,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use anyhow::Context as _;
 use tokio::sync::watch;
 
 pub use config::{BrokerConfig, FsyncPolicy};
@@ -255,6 +256,13 @@ async fn start_replication(
         ..Default::default()
     };
     transport.start_pings();
+    // Every partition replica's vote, in one journal saved with one fsync per round.
+    let votes = {
+        let path = config.data_dir.join("raft-votes.log");
+        tokio::task::spawn_blocking(move || keel_raft::VoteStore::open(&path))
+            .await?
+            .context("opening the vote journal raft-votes.log")?
+    };
     let controller = controller::Controller::start(
         &config.data_dir.join("controller"),
         node_id,
@@ -283,6 +291,8 @@ async fn start_replication(
         metrics: metrics.clone(),
         data_changed: data_changed.clone(),
         fsync_interval: std::time::Duration::from_millis(config.fsync_interval_ms),
+        votes: Some(votes),
+        vote_key: String::new(),
     };
     let topics = topics::Topics::start(config.clone(), metrics.clone(), replica, controller.clone())?;
     let info = controller::NodeInfo {

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use keel_log::{DiskLog, LogStore};
 use keel_proto::batch::{self, BatchHeader};
-use keel_raft::{Apply, Group, GroupOptions, ProposeError};
+use keel_raft::{Apply, Group, GroupOptions, ProposeError, VoteSlot};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
@@ -82,6 +82,11 @@ pub struct ReplicaContext {
     pub data_changed: Arc<watch::Sender<u64>>,
     /// Period of the `interval` fsync policy.
     pub fsync_interval: Duration,
+    /// The node's vote journal (`None`: each replica keeps its vote in its directory).
+    pub votes: Option<Arc<keel_raft::VoteStore>>,
+    /// The replica's key in the vote journal: unique to the topic's id, the partition and
+    /// the replica's incarnation, so no later replica ever reads this one's vote.
+    pub vote_key: String,
 }
 
 pub struct Partition {
@@ -97,6 +102,8 @@ pub struct Partition {
     propose: tokio::sync::Mutex<()>,
     closed: AtomicBool,
     poisoned: AtomicBool,
+    /// Where the replica's vote is saved, to forget it when the replica is removed.
+    vote_slot: Option<VoteSlot>,
     metrics: Arc<Metrics>,
 }
 
@@ -184,14 +191,22 @@ impl Partition {
             fsync: settings.fsync == FsyncPolicy::Always,
             ..ctx.options.clone()
         };
-        let fresh =
-            ctx.initialize && log.next_index() == 0 && repaired.is_none() && !dir.join("raft-vote.json").exists();
+        let vote_slot = ctx.votes.as_ref().map(|store| VoteSlot {
+            store: store.clone(),
+            key: ctx.vote_key.clone(),
+        });
+        let had_vote = match &vote_slot {
+            Some(slot) => slot.has_vote(&dir),
+            None => dir.join("raft-vote.json").exists(),
+        };
+        let fresh = ctx.initialize && log.next_index() == 0 && repaired.is_none() && !had_vote;
         let group = Group::start(
             &group_name(topic, index),
             ctx.node_id,
             ctx.transport.clone(),
             Box::new(log),
             Some(dir),
+            vote_slot.clone(),
             hook.clone(),
             options,
         )
@@ -255,6 +270,7 @@ impl Partition {
             propose: tokio::sync::Mutex::new(()),
             closed: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
+            vote_slot,
             metrics,
         });
         p.update_size_metric();
@@ -681,6 +697,14 @@ impl Partition {
         self.closed.store(true, Ordering::Release);
         self.group.shutdown().await;
         self.metrics.forget_partition(&self.topic, self.index);
+    }
+
+    /// Drops the replica's vote from the node's journal: the replica is removed from this
+    /// node for good (its directory goes with it).
+    pub fn forget_vote(&self) {
+        if let Some(slot) = &self.vote_slot {
+            slot.store.forget(&slot.key);
+        }
     }
 
     pub fn is_closed(&self) -> bool {

@@ -241,6 +241,7 @@ impl Topics {
                             t.partitions.write().unwrap_or_else(|e| e.into_inner()).remove(&p);
                         }
                         old.close().await;
+                        old.forget_vote();
                         let part = self.open_partition(name, p, &settings, &record).await?;
                         opened.insert(p, part);
                     }
@@ -280,6 +281,7 @@ impl Topics {
                 .and_then(|t| t.partitions.write().unwrap_or_else(|e| e.into_inner()).remove(&p));
             if let Some(part) = part {
                 part.close().await;
+                part.forget_vote();
             }
             let dir = self.topic_dir(name).join(p.to_string());
             if dir.exists() {
@@ -359,6 +361,7 @@ impl Topics {
         if let Some(topic) = topic {
             for p in topic.partition_list() {
                 p.close().await;
+                p.forget_vote();
             }
         }
         let dir = self.topic_dir(name);
@@ -407,6 +410,7 @@ impl Topics {
             members: self.members(record, p, &replicas),
             preferred_leader: replicas.first().map(|n| record.replica_id(p, *n)),
             initialize: !record.moved.contains(&p),
+            vote_key: format!("{}/{p}/{me}", record.id),
             ..self.replica.clone()
         };
         Partition::open(topic, p, log, settings.clone(), &ctx).await

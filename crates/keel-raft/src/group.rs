@@ -12,7 +12,7 @@ use openraft::{ChangeMembers, Config, ServerState, SnapshotPolicy};
 use tracing::info;
 
 use crate::liveness::{GroupQuiet, Replica};
-use crate::store::{LogStorage, Shared, StateMachine};
+use crate::store::{LogStorage, Shared, StateMachine, VoteSlot};
 use crate::transport::Transport;
 use crate::{Applied, Apply, EntryFormat, Node, NodeId, Payload, Placed, Raft, RaftMetrics};
 
@@ -76,10 +76,12 @@ impl Group {
         transport: Arc<Transport>,
         log: Box<dyn LogStore>,
         dir: Option<PathBuf>,
+        votes: Option<VoteSlot>,
         hook: Arc<dyn Apply>,
         options: GroupOptions,
     ) -> Result<Group, String> {
-        let mut g = Self::start_with_network(name, node_id, transport.network(name), log, dir, hook, options).await?;
+        let mut g =
+            Self::start_with_network(name, node_id, transport.network(name), log, dir, votes, hook, options).await?;
         transport.register(
             &crate::group_key(name, node_id),
             Replica {
@@ -93,13 +95,16 @@ impl Group {
     }
 
     /// [`Group::start`] over any openraft network (the deterministic simulation uses an
-    /// in-memory one); the caller routes incoming RPCs to [`Group::raft`].
+    /// in-memory one); the caller routes incoming RPCs to [`Group::raft`]. The vote is
+    /// saved in `votes` when given, else in `dir`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start_with_network<N: openraft::network::RaftNetworkFactory<crate::TypeConfig>>(
         name: &str,
         node_id: NodeId,
         network: N,
         log: Box<dyn LogStore>,
         dir: Option<PathBuf>,
+        votes: Option<VoteSlot>,
         hook: Arc<dyn Apply>,
         options: GroupOptions,
     ) -> Result<Group, String> {
@@ -107,11 +112,12 @@ impl Group {
         // (damage cut away, a torn tail that other replicas had made durable and
         // committed). It stands for election like any other and wins only with a log that
         // has everything committed.
-        let had_vote = dir.as_ref().map(|d| d.join("raft-vote.json").exists()).unwrap_or(false);
-        if let Some(d) = &dir {
-            crate::store::forget_leadership(d).map_err(|e| e.to_string())?;
-        }
-        let shared = Shared::open(log, dir, options.format, options.fsync, hook).map_err(|e| e.to_string())?;
+        let vote = crate::store::load_vote(dir.as_deref(), votes.as_ref())
+            .await
+            .map_err(|e| format!("reading the vote: {e}"))?;
+        let had_vote = vote.is_some();
+        let shared =
+            Shared::open(log, dir, (vote, votes), options.format, options.fsync, hook).map_err(|e| e.to_string())?;
         let config = Config {
             cluster_name: name.to_string(),
             heartbeat_interval: options.heartbeat_ms,

@@ -6,6 +6,8 @@
 //!   translator (Kafka offsets are assigned as entries are appended, skipping non-data
 //!   entries), the vote file, and the state machine, whose "applied" position is the
 //!   high watermark.
+//! - [`votes`]: the node's vote journal: every partition replica's vote in one file, saved
+//!   with one fsync for all the votes asked for at once.
 //! - [`transport`]: node-to-node TCP, one connection per node pair carrying the RPCs of
 //!   every group, with its own framing and a switch to cut links in tests.
 //! - [`liveness`]: node-level liveness (one ping per node pair for all groups), the
@@ -23,12 +25,15 @@ pub mod group;
 pub mod liveness;
 pub mod store;
 pub mod transport;
+pub mod votes;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub use group::{Group, GroupOptions, ProposeError};
+pub use store::VoteSlot;
 pub use transport::{Transport, TransportError};
+pub use votes::VoteStore;
 
 /// A node's id in the cluster (`keel serve --node-id`), or a replica's id in its Raft
 /// group (see [`replica_id`]).

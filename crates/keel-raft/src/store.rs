@@ -17,7 +17,9 @@
 //! continues after a purge, so a replica that fell behind the leader's retention starts
 //! its log at the leader's log start.
 //!
-//! Files beside the segments: `raft-vote.json` (fsynced on every change, as Raft needs),
+//! The vote is saved (fsynced on every change, as Raft needs) in the node's vote journal
+//! ([`crate::votes`]) for partition replicas, or in `raft-vote.json` beside the segments.
+//! Other files beside the segments:
 //! `raft-purged.json` (fsynced; where the log was purged), `raft-applied.json` (written
 //! about once a second without fsync: a stale one only makes a restart re-apply more).
 
@@ -75,6 +77,8 @@ struct Purged {
 pub struct Shared {
     log: Mutex<Box<dyn LogStore>>,
     dir: Option<PathBuf>,
+    /// Where the vote is saved (`None`: the group's directory, if any).
+    vote_slot: Option<VoteSlot>,
     format: EntryFormat,
     fsync: std::sync::atomic::AtomicBool,
     hook: Arc<dyn Apply>,
@@ -225,26 +229,84 @@ fn read_json<T: for<'de> Deserialize<'de>>(dir: &Path, name: &str) -> io::Result
     }
 }
 
-/// Makes a replica start as a follower: openraft resumes leadership at once when the
-/// stored vote is a committed one for this node, and a leader whose log lost entries it
-/// once had (damage cut away, a torn tail its followers had made durable) would write new
-/// entries under the same log ids as the lost ones, which its followers take for the
-/// entries they already hold: the replicas would silently diverge. The vote
-/// keeps its term and candidate (this node still votes for no one else in that term);
-/// only the mark that a quorum granted it goes, so the replica waits for the others to
-/// elect a leader whose log has everything committed.
-pub fn forget_leadership(dir: &Path) -> io::Result<()> {
-    let Some(vote) = read_json::<Vote>(dir, "raft-vote.json")? else {
-        return Ok(());
-    };
-    if !vote.committed {
-        return Ok(());
+/// Where a partition replica's vote is kept: the node's vote journal, under a key no other
+/// replica ever uses (the broker names the topic's id, the partition and the replica id).
+#[derive(Debug, Clone)]
+pub struct VoteSlot {
+    pub store: Arc<crate::votes::VoteStore>,
+    pub key: String,
+}
+
+impl VoteSlot {
+    /// Whether a vote is stored for this replica (in the journal, or in a group directory
+    /// from before the journal).
+    pub fn has_vote(&self, dir: &Path) -> bool {
+        self.store.get(&self.key).is_some() || dir.join(VOTE_FILE).exists()
     }
+}
+
+/// A group's own vote file: the controller's, and partition replicas' from before the
+/// node's vote journal.
+const VOTE_FILE: &str = "raft-vote.json";
+
+/// Reads a group's stored vote, and makes the replica start as a follower: openraft
+/// resumes leadership at once when the stored vote is a committed one for this node, and a
+/// leader whose log lost entries it once had (damage cut away, a torn tail its followers
+/// had made durable) would write new entries under the same log ids as the lost ones,
+/// which its followers take for the entries they already hold: the replicas would silently
+/// diverge. The vote keeps its term and candidate (this node still votes for no one else
+/// in that term); only the mark that a quorum granted it goes, so the replica waits for
+/// the others to elect a leader whose log has everything committed.
+///
+/// A vote still in the group's directory when the replica has a journal slot moves into
+/// the journal (durably, before the file goes).
+pub(crate) async fn load_vote(dir: Option<&Path>, slot: Option<&VoteSlot>) -> io::Result<Option<Vote>> {
+    let file_vote = match dir {
+        Some(d) => {
+            let d = d.to_path_buf();
+            tokio::task::spawn_blocking(move || read_json::<Vote>(&d, VOTE_FILE))
+                .await
+                .map_err(io_err)??
+        }
+        None => None,
+    };
+    let (vote, in_journal) = match slot {
+        Some(s) => match s.store.get(&s.key) {
+            Some(v) => (Some(v), true),
+            None => (file_vote, false),
+        },
+        None => (file_vote, false),
+    };
+    let Some(vote) = vote else {
+        return Ok(None);
+    };
     let demoted = Vote {
         committed: false,
         ..vote
     };
-    write_json(dir, "raft-vote.json", &demoted, true)
+    if vote.committed || (slot.is_some() && !in_journal) {
+        save_vote_to(dir, slot, demoted).await?;
+    }
+    if let (Some(_), Some(d), false) = (slot, dir, in_journal) {
+        // Moved into the journal: the file must not outlive it as a second truth.
+        let _ = std::fs::remove_file(d.join(VOTE_FILE));
+    }
+    Ok(Some(demoted))
+}
+
+/// Saves a vote durably: in the journal slot when there is one, else in the group's
+/// directory (two fsyncs, off the async workers), else nowhere (in-memory groups).
+async fn save_vote_to(dir: Option<&Path>, slot: Option<&VoteSlot>, vote: Vote) -> io::Result<()> {
+    if let Some(s) = slot {
+        return s.store.save(&s.key, vote).await.map_err(io::Error::other);
+    }
+    if let Some(d) = dir {
+        let d = d.to_path_buf();
+        return tokio::task::spawn_blocking(move || write_json(&d, VOTE_FILE, &vote, true))
+            .await
+            .map_err(io_err)?;
+    }
+    Ok(())
 }
 
 fn log_id(term: u64, index: u64) -> LogId {
@@ -254,23 +316,25 @@ fn log_id(term: u64, index: u64) -> LogId {
 impl Shared {
     /// Opens a group's storage over `log`. `dir` holds the Raft files (`None` keeps them in
     /// memory, for tests). `fsync` false acknowledges appends before they are durable.
-    pub fn open(
+    /// `vote` is the stored vote, as [`load_vote`] read it.
+    pub(crate) fn open(
         log: Box<dyn LogStore>,
         dir: Option<PathBuf>,
+        vote: (Option<Vote>, Option<VoteSlot>),
         format: EntryFormat,
         fsync: bool,
         hook: Arc<dyn Apply>,
     ) -> io::Result<Arc<Shared>> {
-        let (vote, purged, applied) = match &dir {
+        let (vote, vote_slot) = vote;
+        let (purged, applied) = match &dir {
             Some(d) => (
-                read_json::<Vote>(d, "raft-vote.json")?,
                 read_json::<Purged>(d, "raft-purged.json")?.unwrap_or_default(),
                 read_json::<AppliedState>(d, "raft-applied.json").unwrap_or_else(|e| {
                     warn!(dir = %d.display(), error = %e, "ignoring unreadable raft-applied.json");
                     None
                 }),
             ),
-            None => (None, Purged::default(), None),
+            None => (Purged::default(), None),
         };
         if purged.last_purged.is_none() && log.first_index() > 0 {
             return Err(io::Error::other(format!(
@@ -312,6 +376,7 @@ impl Shared {
         let shared = Arc::new(Shared {
             log: Mutex::new(log),
             dir,
+            vote_slot,
             format,
             fsync: std::sync::atomic::AtomicBool::new(fsync),
             hook,
@@ -666,15 +731,9 @@ impl RaftLogStorage<TypeConfig> for LogStorage {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        if let Some(dir) = &self.shared.dir {
-            // Two fsyncs: off the async workers, which carry every other group's traffic.
-            let (dir, v) = (dir.clone(), *vote);
-            tokio::task::spawn_blocking(move || write_json(&dir, "raft-vote.json", &v, true))
-                .await
-                .map_err(io_err)
-                .and_then(|r| r)
-                .map_err(|e| StorageError::from(StorageIOError::write_vote(AnyError::error(e.to_string()))))?;
-        }
+        save_vote_to(self.shared.dir.as_deref(), self.shared.vote_slot.as_ref(), *vote)
+            .await
+            .map_err(|e| StorageError::from(StorageIOError::write_vote(AnyError::error(e.to_string()))))?;
         *self.shared.vote.lock().unwrap_or_else(|e| e.into_inner()) = Some(*vote);
         Ok(())
     }

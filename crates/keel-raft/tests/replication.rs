@@ -51,6 +51,7 @@ async fn start_group(id: NodeId, dir: &Path, transport: Arc<Transport>) -> Group
         transport,
         Box::new(log),
         Some(dir.to_path_buf()),
+        None,
         Arc::new(Recorder::default()),
         GroupOptions::default(),
     )

@@ -248,6 +248,7 @@ async fn start(net: &Arc<Net>, id: NodeId, dir: &Path) -> Group {
         },
         Box::new(log),
         Some(dir.to_path_buf()),
+        None,
         Arc::new(NoApply),
         options(),
     )
