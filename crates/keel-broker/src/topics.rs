@@ -777,8 +777,14 @@ pub async fn repair_damaged(topics: std::sync::Weak<Topics>, every: Duration) {
         let Some(t) = topics.upgrade() else { return };
         for topic in t.list() {
             for part in topic.partition_list() {
-                if !part.damage_found() || part.is_closed() {
+                // A replica whose Raft core stopped on a storage error is reopened as a
+                // damaged one is: from its files, which hold what was made durable.
+                let stopped = part.group().is_stopped();
+                if !(part.damage_found() || stopped) || part.is_closed() {
                     continue;
+                }
+                if stopped {
+                    warn!(topic = %part.topic, partition = part.index, "replica's Raft group stopped on an error: reopening it");
                 }
                 let key = (part.topic.clone(), part.index);
                 if part.group().voters().len() <= 1 {

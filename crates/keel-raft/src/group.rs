@@ -417,6 +417,11 @@ impl Group {
         Ok(())
     }
 
+    /// Whether the group's Raft core has stopped on a fatal error (a storage failure).
+    pub fn is_stopped(&self) -> bool {
+        self.raft.metrics().borrow().running_state.is_err()
+    }
+
     pub fn metrics(&self) -> RaftMetrics {
         self.raft.metrics().borrow().clone()
     }

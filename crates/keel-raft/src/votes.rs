@@ -238,7 +238,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let result = self.write(&round).map_err(|e| e.to_string());
+            let result = self.write_waiting_for_space(&round).map_err(|e| e.to_string());
             if let Err(e) = &result {
                 error!(path = %self.path.display(), error = %e, "could not save votes");
             }
@@ -250,6 +250,33 @@ impl Writer {
             if result.is_ok() {
                 if let Err(e) = self.maybe_compact() {
                     warn!(path = %self.path.display(), error = %e, "could not compact the vote journal");
+                }
+            }
+        }
+    }
+
+    /// [`Writer::write`], waiting out a full disk as the logs' appends do: a vote that
+    /// cannot be saved stops its group's Raft core, so the saves wait (and their groups
+    /// neither vote nor campaign) until space is freed. Any other failure is returned.
+    fn write_waiting_for_space(&mut self, round: &[Save]) -> io::Result<()> {
+        let mut backoff = std::time::Duration::from_millis(10);
+        let mut warned = false;
+        loop {
+            match self.write(round) {
+                Err(e) if e.raw_os_error() == Some(28) || e.kind() == io::ErrorKind::StorageFull => {
+                    if !warned {
+                        warn!(path = %self.path.display(), "disk full: vote saves wait until space is freed");
+                        warned = true;
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+                Ok(()) => {
+                    if warned {
+                        warn!(path = %self.path.display(), "disk space freed: vote saves resume");
+                    }
+                    return Ok(());
                 }
             }
         }

@@ -36,18 +36,29 @@ pub(crate) fn topic_entry(b: &Broker, t: &Topic, ops: bool) -> MetadataResponseT
             p.partition_index = i;
             p.replica_nodes = replicas.clone();
             let alive = |n: &u64| b.controller.transport.is_alive(*n);
-            let view = match t.partition(i) {
-                Some(part) => Some(partition_view(&part)),
-                // Not hosted here: the leader as it reports itself in its pings.
-                None => b
-                    .controller
+            // The leader as it reports itself in its pings: for a partition not hosted
+            // here, and for a local replica that knows of no live leader (it is catching
+            // up, reopening, or missed the election) while the others have one.
+            let reported = || {
+                b.controller
                     .transport
                     .reported_leader(&crate::partition::group_name(&meta.name, i))
                     .map(|(leader, term)| PartitionView {
                         leader: Some(leader),
                         epoch: term.min(i32::MAX as u64) as i32,
                         in_sync: None,
-                    }),
+                    })
+            };
+            let view = match t.partition(i) {
+                Some(part) => {
+                    let local = partition_view(&part);
+                    if local.leader.as_ref().map(alive).unwrap_or(false) {
+                        Some(local)
+                    } else {
+                        reported().or(Some(local))
+                    }
+                }
+                None => reported(),
             };
             match view {
                 Some(view) if view.leader.as_ref().map(alive).unwrap_or(false) => {
