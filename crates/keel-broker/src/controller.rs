@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use keel_log::{DiskLog, LogConfig};
-use keel_raft::{Apply, EntryFormat, Group, GroupOptions, Node, NodeId, ProposeError, Transport};
+use keel_raft::{Apply, Group, GroupOptions, Node, NodeId, ProposeError, Transport};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -363,7 +363,6 @@ impl Controller {
             None,
             hook,
             GroupOptions {
-                format: EntryFormat::Commands,
                 fsync: true,
                 quiesce: false,
                 ..options

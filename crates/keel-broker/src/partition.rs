@@ -44,6 +44,18 @@ struct PartitionHook {
 }
 
 impl Apply for PartitionHook {
+    /// A Kafka batch gets its offsets written into its header, and the Raft term as its
+    /// partition leader epoch.
+    fn place(&self, payload: Bytes, base_offset: i64, term: u64) -> Result<keel_raft::Stored, String> {
+        let (payload, offsets, max_timestamp) =
+            batch::place(payload, base_offset, term.min(i32::MAX as u64) as i32).map_err(|e| e.to_string())?;
+        Ok(keel_raft::Stored {
+            payload,
+            offsets,
+            max_timestamp,
+        })
+    }
+
     fn apply(&self, _index: u64, base_offset: i64, _next_offset: i64, payload: &Bytes) {
         if let Ok(h) = BatchHeader::parse(payload) {
             if h.producer_id >= 0 {

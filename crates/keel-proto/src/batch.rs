@@ -16,7 +16,7 @@
 //! record framing walked so that `record_count` is proven by the bytes; a compressed batch's
 //! count is bounded instead.
 
-use bytes::{Buf, Bytes};
+use bytes::{Buf, Bytes, BytesMut};
 use kafka_protocol::records::Compression;
 
 use crate::ProtoError;
@@ -245,6 +245,21 @@ pub fn split_batches(records: &Bytes) -> Result<Vec<(BatchHeader, Bytes)>, Proto
         return Err(ProtoError::CorruptBatch("no record batch".into()));
     }
     Ok(out)
+}
+
+/// A batch as a partition log stores it: its base offset and partition leader epoch
+/// written in (neither is covered by the CRC), with its record count and largest
+/// timestamp. The batch is patched in place when `batch` is its only holder, else copied.
+pub fn place(batch: Bytes, base_offset: i64, leader_epoch: i32) -> Result<(Bytes, u32, i64), ProtoError> {
+    let h = BatchHeader::parse(&batch)?;
+    let count = u32::try_from(h.record_count)
+        .map_err(|_| ProtoError::CorruptBatch(format!("negative record count {}", h.record_count)))?;
+    let mut owned = batch
+        .try_into_mut()
+        .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+    set_base_offset(&mut owned, base_offset);
+    set_leader_epoch(&mut owned, leader_epoch);
+    Ok((owned.freeze(), count, h.max_timestamp))
 }
 
 /// Sets `base_offset` (not covered by the CRC).

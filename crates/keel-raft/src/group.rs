@@ -14,7 +14,7 @@ use tracing::info;
 use crate::liveness::{GroupQuiet, Replica};
 use crate::store::{LogStorage, Shared, StateMachine, VoteSlot};
 use crate::transport::Transport;
-use crate::{Applied, Apply, EntryFormat, Node, NodeId, Payload, Placed, Raft, RaftMetrics};
+use crate::{Applied, Apply, Node, NodeId, Payload, Placed, Raft, RaftMetrics};
 
 /// Timing and durability of a group.
 #[derive(Debug, Clone)]
@@ -24,7 +24,6 @@ pub struct GroupOptions {
     pub election_timeout_max_ms: u64,
     /// fsync before an append counts towards a commit.
     pub fsync: bool,
-    pub format: EntryFormat,
     /// Whether the group goes quiet when idle (see [`crate::liveness`]). The controller's
     /// group does not: it is one group, and every node's metadata follows it.
     pub quiesce: bool,
@@ -37,7 +36,6 @@ impl Default for GroupOptions {
             election_timeout_min_ms: 150,
             election_timeout_max_ms: 300,
             fsync: true,
-            format: EntryFormat::KafkaBatches,
             quiesce: true,
         }
     }
@@ -116,8 +114,7 @@ impl Group {
             .await
             .map_err(|e| format!("reading the vote: {e}"))?;
         let had_vote = vote.is_some();
-        let shared =
-            Shared::open(log, dir, (vote, votes), options.format, options.fsync, hook).map_err(|e| e.to_string())?;
+        let shared = Shared::open(log, dir, (vote, votes), options.fsync, hook).map_err(|e| e.to_string())?;
         let config = Config {
             cluster_name: name.to_string(),
             heartbeat_interval: options.heartbeat_ms,
@@ -219,7 +216,7 @@ impl Group {
     /// Replicates `payload`; returns once a majority has it durably and it is applied here.
     pub async fn propose(&self, payload: Bytes) -> Result<Applied, ProposeError> {
         self.quiet.wake();
-        match self.raft.client_write(Payload(payload, None)).await {
+        match self.raft.client_write(Payload::new(payload)).await {
             Ok(resp) => Ok(resp.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ProposeError::NotLeader(f.leader_id)),
             Err(e) => Err(ProposeError::Failed(e.to_string())),
@@ -235,7 +232,7 @@ impl Group {
         self.quiet.wake();
         let rx = self
             .raft
-            .client_write_ff(Payload(payload, None))
+            .client_write_ff(Payload::new(payload))
             .await
             .map_err(|e| ProposeError::Failed(e.to_string()))?;
         Ok(async move {
@@ -259,7 +256,7 @@ impl Group {
         self.quiet.wake();
         let shared = self.shared.clone();
         let (ticket, local) = shared.local_ack_ticket();
-        let rx = match self.raft.client_write_ff(Payload(payload, Some(ticket))).await {
+        let rx = match self.raft.client_write_ff(Payload(payload, Some(ticket), None)).await {
             Ok(rx) => rx,
             Err(e) => {
                 shared.forget_ticket(ticket);

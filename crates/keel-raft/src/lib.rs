@@ -16,7 +16,8 @@
 //! - [`group`]: one running Raft group (a partition replica or the controller) and what the
 //!   broker asks of it: propose, wait for commit, who leads, read committed entries.
 //!
-//! Nothing here knows Kafka requests; the broker supplies an [`Apply`] hook per group.
+//! Nothing here knows Kafka: the broker supplies an [`Apply`] hook per group, which places
+//! a data entry's offsets and applies committed entries.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 // openraft's StorageError is large and is the error type its traits require.
 #![allow(clippy::result_large_err)]
@@ -67,11 +68,35 @@ pub fn group_key(group: &str, replica: NodeId) -> String {
 pub type Node = openraft::BasicNode;
 
 /// What is proposed and replicated: a Kafka record batch for a partition group, an
-/// encoded command for the controller group. The second field, never replicated or
-/// stored, is the leader's local-acknowledgement ticket (acks=1): the log store reports
-/// the entry's position under it once the leader's own copy is durable.
+/// encoded command for the controller group. The other fields are never replicated or
+/// stored: the leader's local-acknowledgement ticket (acks=1), under which the log store
+/// reports the entry's position once the leader's own copy is durable; and, once the
+/// entry is in this replica's log, how many offsets it covers (so applying it needs no
+/// second look at the payload).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Payload(pub Bytes, #[serde(skip)] pub Option<u64>);
+pub struct Payload(
+    pub Bytes,
+    #[serde(skip)] pub Option<u64>,
+    #[serde(skip)] pub Option<u32>,
+);
+
+impl Payload {
+    /// A payload to propose.
+    pub fn new(bytes: Bytes) -> Payload {
+        Payload(bytes, None, None)
+    }
+}
+
+/// A data entry as the log stores it, as [`Apply::place`] prepares it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// The payload to store (with its offsets written in, if it carries them).
+    pub payload: Bytes,
+    /// How many offsets the entry covers.
+    pub offsets: u32,
+    /// Its largest timestamp (-1 for none): the log's time index.
+    pub max_timestamp: i64,
+}
 
 /// Where the leader's log put an entry: its log index and first offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +148,19 @@ pub type RaftMetrics = openraft::RaftMetrics<NodeId, Node>;
 /// The application side of one group: called for each committed entry, in order, on every
 /// replica. Implementations must be deterministic in the entry bytes.
 pub trait Apply: Send + Sync + 'static {
+    /// Prepares a data entry for the log, which gives it offsets from `base_offset` on, in
+    /// Raft term `term`. Every replica calls it on the same entry with the same arguments,
+    /// so it must be deterministic; an error fails the append (the entry is not stored).
+    /// Where a data entry's offsets go is the application's business (a partition writes
+    /// them into the Kafka batch header); by default an entry is stored as proposed and
+    /// covers one offset (the controller's commands).
+    fn place(&self, payload: Bytes, _base_offset: i64, _term: u64) -> Result<Stored, String> {
+        Ok(Stored {
+            payload,
+            offsets: 1,
+            max_timestamp: -1,
+        })
+    }
     /// A data entry at `index` covering `base_offset .. next_offset` was committed.
     fn apply(&self, index: u64, base_offset: i64, next_offset: i64, payload: &Bytes);
     /// The application state to put in a snapshot (empty for partitions).
@@ -134,13 +172,4 @@ pub trait Apply: Send + Sync + 'static {
     fn restore(&self, _state: &[u8]) {}
     /// The group's log was fsynced (group commit), taking `seconds`.
     fn fsynced(&self, _seconds: f64) {}
-}
-
-/// How entries are turned into log entries: Kafka record batches (offsets assigned from
-/// the batch's record count, base offset written into the batch) or opaque commands that
-/// cover one offset each.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EntryFormat {
-    KafkaBatches,
-    Commands,
 }

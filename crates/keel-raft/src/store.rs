@@ -31,9 +31,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use keel_log::{Entry, EntryKind, LogStore};
-use keel_proto::batch::{self, BatchHeader};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
     AnyError, CommittedLeaderId, EntryPayload, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageIOError,
@@ -43,8 +42,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, warn};
 
 use crate::{
-    Applied, Apply, EntryFormat, LogId, Membership, Payload, Placed, SnapshotBody, StorageError, StoredMembership,
-    TypeConfig, Vote,
+    Applied, Apply, LogId, Membership, Payload, Placed, SnapshotBody, StorageError, StoredMembership, TypeConfig, Vote,
 };
 
 /// Largest total payload one AppendEntries carries (the first entry always goes whole).
@@ -79,7 +77,6 @@ pub struct Shared {
     dir: Option<PathBuf>,
     /// Where the vote is saved (`None`: the group's directory, if any).
     vote_slot: Option<VoteSlot>,
-    format: EntryFormat,
     fsync: std::sync::atomic::AtomicBool,
     hook: Arc<dyn Apply>,
     vote: Mutex<Option<Vote>>,
@@ -118,7 +115,7 @@ struct Recent {
 impl Recent {
     fn payload_len(e: &openraft::Entry<TypeConfig>) -> usize {
         match &e.payload {
-            EntryPayload::Normal(Payload(b, _)) => b.len(),
+            EntryPayload::Normal(Payload(b, _, _)) => b.len(),
             _ => 0,
         }
     }
@@ -321,7 +318,6 @@ impl Shared {
         log: Box<dyn LogStore>,
         dir: Option<PathBuf>,
         vote: (Option<Vote>, Option<VoteSlot>),
-        format: EntryFormat,
         fsync: bool,
         hook: Arc<dyn Apply>,
     ) -> io::Result<Arc<Shared>> {
@@ -377,7 +373,6 @@ impl Shared {
             log: Mutex::new(log),
             dir,
             vote_slot,
-            format,
             fsync: std::sync::atomic::AtomicBool::new(fsync),
             hook,
             vote: Mutex::new(vote),
@@ -493,8 +488,10 @@ impl Shared {
         Ok(())
     }
 
-    /// Turns an openraft entry into a log entry at the log's next offset.
-    fn to_log_entry(&self, e: &openraft::Entry<TypeConfig>, next_offset: i64) -> Result<Entry, String> {
+    /// Turns an openraft entry into a log entry at the log's next offset. A data entry's
+    /// payload is handed to the hook to place (taken, so that a batch held nowhere else is
+    /// patched in place) and put back placed: placing it again, on a retry, changes nothing.
+    fn to_log_entry(&self, e: &mut openraft::Entry<TypeConfig>, next_offset: i64) -> Result<Entry, String> {
         let index = e.log_id.index;
         let term = e.log_id.leader_id.term;
         let non_data = |kind, payload| Entry {
@@ -506,30 +503,31 @@ impl Shared {
             max_timestamp: -1,
             payload,
         };
-        Ok(match &e.payload {
+        Ok(match &mut e.payload {
             EntryPayload::Blank => non_data(EntryKind::Blank, Bytes::new()),
             EntryPayload::Membership(m) => non_data(
                 EntryKind::Membership,
                 Bytes::from(serde_json::to_vec(m).map_err(|e| e.to_string())?),
             ),
-            EntryPayload::Normal(Payload(bytes, _)) => match self.format {
-                EntryFormat::KafkaBatches => {
-                    let h = BatchHeader::parse(bytes).map_err(|e| e.to_string())?;
-                    let count = u32::try_from(h.record_count).map_err(|_| "negative record count".to_string())?;
-                    let mut owned = BytesMut::from(&bytes[..]);
-                    batch::set_base_offset(&mut owned, next_offset);
-                    // Kafka's partition leader epoch is the Raft term of the entry.
-                    batch::set_leader_epoch(&mut owned, term.min(i32::MAX as u64) as i32);
-                    Entry::data(index, term, next_offset, count, h.max_timestamp, owned.freeze())
-                }
-                EntryFormat::Commands => Entry::data(index, term, next_offset, 1, -1, bytes.clone()),
-            },
+            EntryPayload::Normal(Payload(bytes, _, count)) => {
+                let stored = self.hook.place(std::mem::take(bytes), next_offset, term)?;
+                *bytes = stored.payload.clone();
+                *count = Some(stored.offsets);
+                Entry::data(
+                    index,
+                    term,
+                    next_offset,
+                    stored.offsets,
+                    stored.max_timestamp,
+                    stored.payload,
+                )
+            }
         })
     }
 
     fn from_log_entry(e: Entry) -> Result<openraft::Entry<TypeConfig>, String> {
         let payload = match e.kind {
-            EntryKind::Data => EntryPayload::Normal(Payload(e.payload, None)),
+            EntryKind::Data => EntryPayload::Normal(Payload(e.payload, None, Some(e.offset_count))),
             EntryKind::Blank => EntryPayload::Blank,
             EntryKind::Membership => {
                 let m: Membership = serde_json::from_slice(&e.payload).map_err(|err| err.to_string())?;
@@ -756,31 +754,26 @@ impl RaftLogStorage<TypeConfig> for LogStorage {
             let r = {
                 let mut log = self.shared.log();
                 let mut r = Ok(());
-                while let Some(e) = entries.peek() {
+                while let Some(e) = entries.peek_mut() {
                     let entry = self.shared.to_log_entry(e, log.next_offset()).map_err(storage_err)?;
                     if let Err(err) = log.append(&entry) {
                         r = Err(err);
                         break;
                     }
-                    // Kept as the log holds it: the batch with its offsets written in.
-                    let payload = match &e.payload {
-                        EntryPayload::Normal(_) => EntryPayload::Normal(Payload(entry.payload.clone(), None)),
-                        other => other.clone(),
-                    };
-                    self.shared.recent().push(openraft::Entry {
-                        log_id: e.log_id,
-                        payload,
-                    });
-                    if let EntryPayload::Normal(Payload(_, Some(ticket))) = &e.payload {
-                        placed.push((
-                            *ticket,
-                            Placed {
-                                index: e.log_id.index,
-                                base_offset: entry.offset,
-                            },
-                        ));
+                    let Some(mut e) = entries.next() else { break };
+                    if let EntryPayload::Normal(Payload(_, ticket, _)) = &mut e.payload {
+                        if let Some(ticket) = ticket.take() {
+                            placed.push((
+                                ticket,
+                                Placed {
+                                    index: e.log_id.index,
+                                    base_offset: entry.offset,
+                                },
+                            ));
+                        }
                     }
-                    entries.next();
+                    // Kept as the log holds it: the batch with its offsets written in.
+                    self.shared.recent().push(e);
                 }
                 r
             };
@@ -928,13 +921,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for e in entries {
             let base = state.next_offset;
             match &e.payload {
-                EntryPayload::Normal(Payload(bytes, _)) => {
-                    let count = match self.shared.format {
-                        EntryFormat::KafkaBatches => BatchHeader::parse(bytes)
-                            .map(|h| i64::from(h.record_count))
-                            .map_err(|err| StorageError::from(StorageIOError::apply(e.log_id, AnyError::error(err))))?,
-                        EntryFormat::Commands => 1,
-                    };
+                EntryPayload::Normal(Payload(bytes, _, count)) => {
+                    // Set when the entry entered this replica's log (from memory or read back).
+                    let count = count.map(i64::from).ok_or_else(|| {
+                        StorageError::from(StorageIOError::apply(
+                            e.log_id,
+                            AnyError::error("a data entry to apply carries no offset count"),
+                        ))
+                    })?;
                     state.next_offset = base + count;
                     self.shared.hook.apply(e.log_id.index, base, state.next_offset, bytes);
                 }

@@ -20,6 +20,16 @@ struct Recorder {
 }
 
 impl Apply for Recorder {
+    /// Kafka batches, placed as a partition places them.
+    fn place(&self, payload: Bytes, base_offset: i64, term: u64) -> Result<keel_raft::Stored, String> {
+        let (payload, offsets, max_timestamp) =
+            keel_proto::batch::place(payload, base_offset, term as i32).map_err(|e| e.to_string())?;
+        Ok(keel_raft::Stored {
+            payload,
+            offsets,
+            max_timestamp,
+        })
+    }
     fn apply(&self, index: u64, base_offset: i64, next_offset: i64, _payload: &Bytes) {
         self.applied.lock().unwrap().push((index, base_offset, next_offset));
     }

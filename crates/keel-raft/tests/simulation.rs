@@ -45,8 +45,18 @@ const NODES: [NodeId; 4] = [1, 2, 3, 4];
 /// The group's first voters; node 4 holds an empty replica until a move adds it.
 const FIRST_VOTERS: [NodeId; 3] = [1, 2, 3];
 
+/// Places Kafka batches as a partition does, and applies nothing.
 struct NoApply;
 impl Apply for NoApply {
+    fn place(&self, payload: Bytes, base_offset: i64, term: u64) -> Result<keel_raft::Stored, String> {
+        let (payload, offsets, max_timestamp) =
+            keel_proto::batch::place(payload, base_offset, term as i32).map_err(|e| e.to_string())?;
+        Ok(keel_raft::Stored {
+            payload,
+            offsets,
+            max_timestamp,
+        })
+    }
     fn apply(&self, _index: u64, _base: i64, _next: i64, _payload: &Bytes) {}
 }
 
