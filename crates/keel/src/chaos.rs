@@ -933,10 +933,16 @@ async fn consumer(
             }
         }
         let mut last_commit = Instant::now();
+        // One fetch per partition, one after the other: long polls only when there are few
+        // (a member of hundreds of partitions would otherwise wait 100 ms on each idle one,
+        // and never get round to committing).
+        let max_wait_ms = if position.len() > 4 { 0 } else { 100 };
         while running() {
             for (p, pos) in position.iter_mut() {
                 let invoke_ms = now_ms(start);
-                match tokio::time::timeout(Duration::from_secs(5), c.fetch(TOPIC, *p, *pos, 100, 64 * 1024)).await {
+                match tokio::time::timeout(Duration::from_secs(5), c.fetch(TOPIC, *p, *pos, max_wait_ms, 64 * 1024))
+                    .await
+                {
                     Ok(Ok((records, _))) => {
                         if let Some(last) = records.last() {
                             *pos = last.offset + 1;
