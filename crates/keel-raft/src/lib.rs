@@ -1,11 +1,11 @@
 //! Keel's replication layer: every partition is its own Raft group (openraft), and the
 //! partition log is the Raft log.
 //!
-//! - [`store`]: openraft's log storage over a [`keel_log::LogStore`] (one entry per record
-//!   batch, fsync with group commit before an append counts as durable), the offset
-//!   translator (Kafka offsets are assigned as entries are appended, skipping non-data
-//!   entries), the vote file, and the state machine, whose "applied" position is the
-//!   high watermark.
+//! - [`store`]: openraft's log storage over a [`keel_log::LogStore`] (one entry per data
+//!   entry, fsync with group commit before an append counts as durable), the offset
+//!   translator (offsets are assigned as entries are appended, skipping non-data entries;
+//!   the [`Apply`] hook says how many an entry covers), the controller's vote file, and the
+//!   state machine, whose "applied" position is the high watermark.
 //! - [`votes`]: the node's vote journal: every partition replica's vote in one file, saved
 //!   with one fsync for all the votes asked for at once.
 //! - [`transport`]: node-to-node TCP, one connection per node pair carrying the RPCs of
