@@ -10,7 +10,10 @@
   each partition it led, the time until a live node leads it (median and max), as a
   surviving node's Metadata tells;
 - rebalance: the killed node restarts; seconds until it leads a quarter of the
-  partitions again.
+  partitions again;
+- Metadata s, cluster status s: one Metadata request for the topic (librdkafka), and
+  `keel cluster status`, once every partition is led;
+- fds per node: open file descriptors of the busiest node.
 
     compat/scale.py --keel target/release/keel --partitions 100,1000,3000,10000
 
@@ -123,6 +126,15 @@ def measure(keel, partitions, base_port, idle_s, settle_s):
             300, 0.5)
         out["create_s"] = round(time.monotonic() - t0, 1) if led else None
         time.sleep(settle_s)
+        # What a client and an operator pay for the whole topic's metadata.
+        t_md = time.monotonic()
+        leaders(admin, "scale")
+        out["metadata_s"] = round(time.monotonic() - t_md, 2)
+        t_st = time.monotonic()
+        status = subprocess.run([keel, "cluster", "status", "-b", c.bootstrap()],
+                                capture_output=True, timeout=120)
+        out["status_s"] = round(time.monotonic() - t_st, 2) if status.returncode == 0 else None
+        out["fds_per_node"] = max(len(os.listdir(f"/proc/{p}/fd")) for p in pids)
         cpu0 = sum(cpu_seconds(p) for p in pids)
         w0 = time.monotonic()
         time.sleep(idle_s)
@@ -177,13 +189,14 @@ def main():
     ap.add_argument("--settle-s", type=float, default=5)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    print("| partitions | create s | idle CPU % of a core | RSS per replica KiB | RSS total MiB | failover median s | max s | not re-led | rebalance s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| partitions | create s | idle CPU % of a core | RSS per replica KiB | RSS total MiB | failover median s | max s | not re-led | rebalance s | Metadata s | cluster status s | fds per node |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in [int(x) for x in args.partitions.split(",")]:
         r = measure(args.keel, n, args.base_port, args.idle_s, args.settle_s)
         print(f"| {n} | {r.get('create_s')} | {r.get('idle_cpu_pct')} | {r.get('rss_per_replica_kib')} | "
               f"{r.get('rss_total_mib')} | {r.get('failover_median_s')} | {r.get('failover_max_s')} | "
-              f"{r.get('failover_unled')} of {r.get('victim_led')} | {r.get('rebalance_s')} |", flush=True)
+              f"{r.get('failover_unled')} of {r.get('victim_led')} | {r.get('rebalance_s')} | "
+              f"{r.get('metadata_s')} | {r.get('status_s')} | {r.get('fds_per_node')} |", flush=True)
         if args.json:
             print(json.dumps(r), flush=True)
 

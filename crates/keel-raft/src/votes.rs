@@ -156,6 +156,19 @@ impl VoteStore {
             sync(&file)?;
             sync_dir(path)?;
         }
+        let mut live = HashMap::with_capacity(votes.len());
+        for (k, v) in &votes {
+            let mut buf = Vec::new();
+            encode(
+                &Record {
+                    k: k.clone(),
+                    v: Some(*v),
+                },
+                &mut buf,
+            )?;
+            live.insert(k.clone(), buf.len() as u64);
+        }
+        let live_bytes = live.values().sum();
         let votes = Arc::new(Mutex::new(votes));
         let (tx, rx) = mpsc::channel(QUEUE_MAX);
         let writer = Writer {
@@ -163,6 +176,8 @@ impl VoteStore {
             file,
             len: valid as u64,
             votes: votes.clone(),
+            live,
+            live_bytes,
         };
         std::thread::Builder::new()
             .name("keel-votes".into())
@@ -226,6 +241,10 @@ struct Writer {
     /// Length of the journal's valid prefix.
     len: u64,
     votes: Arc<Mutex<HashMap<String, Vote>>>,
+    /// Each key's newest record's size: what a compacted journal would hold, kept as saves
+    /// land so that deciding to compact costs nothing.
+    live: HashMap<String, u64>,
+    live_bytes: u64,
 }
 
 impl Writer {
@@ -286,7 +305,9 @@ impl Writer {
     /// so the journal never holds half of one before the next.
     fn write(&mut self, round: &[Save]) -> io::Result<()> {
         let mut buf = Vec::with_capacity(round.len() * 96);
+        let mut sizes = Vec::with_capacity(round.len());
         for s in round {
+            let before = buf.len();
             encode(
                 &Record {
                     k: s.key.clone(),
@@ -294,6 +315,7 @@ impl Writer {
                 },
                 &mut buf,
             )?;
+            sizes.push((buf.len() - before) as u64);
         }
         let r = keel_log::fault::write()
             .and_then(|()| self.file.write_all(&buf))
@@ -304,20 +326,27 @@ impl Writer {
         }
         self.len += buf.len() as u64;
         let mut votes = self.votes.lock().unwrap_or_else(|e| e.into_inner());
-        for s in round {
-            match s.vote {
-                Some(v) => votes.insert(s.key.clone(), v),
-                None => votes.remove(&s.key),
+        for (s, size) in round.iter().zip(sizes) {
+            let (old, new) = match s.vote {
+                Some(v) => {
+                    votes.insert(s.key.clone(), v);
+                    (self.live.insert(s.key.clone(), size), size)
+                }
+                None => {
+                    votes.remove(&s.key);
+                    (self.live.remove(&s.key), 0)
+                }
             };
+            self.live_bytes = self.live_bytes - old.unwrap_or(0) + new;
         }
         Ok(())
     }
 
     fn maybe_compact(&mut self) -> io::Result<()> {
-        if self.len < COMPACT_MIN_BYTES {
+        if self.len < COMPACT_MIN_BYTES || self.live_bytes.saturating_mul(4) > self.len {
             return Ok(());
         }
-        let mut buf = Vec::new();
+        let mut buf = Vec::with_capacity(self.live_bytes as usize);
         {
             let votes = self.votes.lock().unwrap_or_else(|e| e.into_inner());
             for (k, v) in votes.iter() {
@@ -329,9 +358,6 @@ impl Writer {
                     &mut buf,
                 )?;
             }
-        }
-        if (buf.len() as u64).saturating_mul(4) > self.len {
-            return Ok(());
         }
         let tmp = self.path.with_extension("compact");
         {
