@@ -290,7 +290,6 @@ async fn start_replication(
         options,
         metrics: metrics.clone(),
         data_changed: data_changed.clone(),
-        fsync_interval: std::time::Duration::from_millis(config.fsync_interval_ms),
         votes: Some(votes),
         vote_key: String::new(),
     };

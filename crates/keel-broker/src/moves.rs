@@ -258,6 +258,9 @@ pub async fn drive_moves(topics: std::sync::Weak<Topics>, every: Duration) {
         let moving: usize = meta.topics.values().map(|r| r.reassigning.len()).sum();
         t.metrics.partition_moves.set(moving as i64);
         for (name, record) in &meta.topics {
+            if record.reassigning.is_empty() && record.moved.is_empty() {
+                continue;
+            }
             let Some(topic) = t.get(name).filter(|x| x.meta().id == record.id) else {
                 continue;
             };

@@ -92,8 +92,6 @@ pub struct ReplicaContext {
     pub metrics: Arc<Metrics>,
     /// Broker-wide counter bumped whenever any high watermark moves (wakes long polls).
     pub data_changed: Arc<watch::Sender<u64>>,
-    /// Period of the `interval` fsync policy.
-    pub fsync_interval: Duration,
     /// The node's vote journal (`None`: each replica keeps its vote in its directory).
     pub votes: Option<Arc<keel_raft::VoteStore>>,
     /// The replica's key in the vote journal: unique to the topic's id, the partition and
@@ -181,8 +179,7 @@ impl Partition {
         settings: TopicSettings,
         ctx: &ReplicaContext,
     ) -> anyhow::Result<Arc<Partition>> {
-        let (metrics, data_changed, fsync_interval) =
-            (ctx.metrics.clone(), ctx.data_changed.clone(), ctx.fsync_interval);
+        let (metrics, data_changed) = (ctx.metrics.clone(), ctx.data_changed.clone());
         let mut log = log;
         // A bad entry found by the scan is cut with everything after it: entries this replica
         // may have acknowledged. So is damage recovery cut from the active segment when
@@ -286,7 +283,6 @@ impl Partition {
             metrics,
         });
         p.update_size_metric();
-        tokio::spawn(flusher(Arc::downgrade(&p), fsync_interval));
         tokio::spawn(watch_raft(Arc::downgrade(&p)));
         Ok(p)
     }
@@ -534,6 +530,11 @@ impl Partition {
     }
 
     /// fsyncs everything appended so far (the `interval` policy, clean shutdown).
+    /// Whether the topic's flush policy is `interval` (a node-wide timer fsyncs it).
+    pub fn fsyncs_on_interval(&self) -> bool {
+        self.settings.read().unwrap_or_else(|e| e.into_inner()).fsync == FsyncPolicy::Interval
+    }
+
     pub async fn sync_now(&self) {
         let shared = self.group.shared.clone();
         let started = Instant::now();
@@ -837,19 +838,6 @@ async fn watch_raft(p: std::sync::Weak<Partition>) {
 }
 
 /// fsyncs on the `interval` policy; the `always` policy fsyncs in the group itself.
-async fn flusher(p: std::sync::Weak<Partition>, interval: Duration) {
-    loop {
-        tokio::time::sleep(interval).await;
-        let Some(p) = p.upgrade() else { return };
-        if p.is_closed() {
-            return;
-        }
-        if p.settings().fsync == FsyncPolicy::Interval {
-            p.sync_now().await;
-        }
-    }
-}
-
 /// Rebuilds idempotent-producer state from the newest applied entries of the log, so that
 /// a producer retrying across a restart is still deduplicated. Entries past the applied
 /// position are applied again by the group and recorded then.

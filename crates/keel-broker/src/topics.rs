@@ -136,6 +136,10 @@ impl Topics {
             Duration::from_millis(250),
         ));
         tokio::spawn(repair_damaged(Arc::downgrade(&topics), Duration::from_millis(500)));
+        tokio::spawn(sync_on_interval(
+            Arc::downgrade(&topics),
+            Duration::from_millis(topics.config.fsync_interval_ms),
+        ));
         Ok(topics)
     }
 
@@ -764,6 +768,28 @@ impl Topics {
     }
 }
 
+/// fsyncs, once per interval, every replica whose topic's flush policy is `interval`: one
+/// timer for the node, not one per partition (ten thousand idle timers cost a tenth of a
+/// core). At most [`INTERVAL_SYNCS_AT_ONCE`] fsyncs run at a time.
+pub async fn sync_on_interval(topics: std::sync::Weak<Topics>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(t) = topics.upgrade() else { return };
+        let due: Vec<Arc<Partition>> = t
+            .all_partitions()
+            .into_iter()
+            .filter(|p| !p.is_closed() && p.fsyncs_on_interval())
+            .collect();
+        drop(t);
+        futures::stream::iter(due)
+            .for_each_concurrent(INTERVAL_SYNCS_AT_ONCE, |p| async move { p.sync_now().await })
+            .await;
+    }
+}
+
+/// fsyncs of the `interval` policy run side by side, up to this many.
+const INTERVAL_SYNCS_AT_ONCE: usize = 16;
+
 /// Reopens replicas whose log a read found damaged while they ran: reopening runs the same
 /// recovery as a start (the log is cut back at the first bad entry, the replica holds its
 /// vote until it has caught up) and the rest is re-fetched from the leader. A leader that
@@ -772,14 +798,19 @@ impl Topics {
 /// it still can.
 pub async fn repair_damaged(topics: std::sync::Weak<Topics>, every: Duration) {
     let mut warned: std::collections::BTreeSet<(String, i32)> = Default::default();
+    let mut round = 0u64;
     loop {
         tokio::time::sleep(every).await;
+        round += 1;
         let Some(t) = topics.upgrade() else { return };
+        // Damage is an atomic flag; a stopped Raft core is read off its metrics, so it is
+        // looked for every tenth round only.
+        let look_for_stopped = round.is_multiple_of(10);
         for topic in t.list() {
             for part in topic.partition_list() {
                 // A replica whose Raft core stopped on a storage error is reopened as a
                 // damaged one is: from its files, which hold what was made durable.
-                let stopped = part.group().is_stopped();
+                let stopped = look_for_stopped && part.group().is_stopped();
                 if !(part.damage_found() || stopped) || part.is_closed() {
                     continue;
                 }

@@ -679,10 +679,23 @@ impl Liveness {
             }
             let m = r.raft.metrics();
             let m = m.borrow();
-            let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+            // The voters of every configuration (a joint one names some twice), without
+            // allocating: this runs for every replica every sweep.
+            let voters = || {
+                m.membership_config
+                    .membership()
+                    .get_joint_config()
+                    .iter()
+                    .flatten()
+                    .copied()
+            };
             let mut q = r.quiet.lock();
             if m.state == openraft::ServerState::Leader && m.current_leader == Some(m.id) {
                 r.quiet.elect_on(&mut q);
+                if matches!(q.phase, Phase::Quiet { .. }) {
+                    // Stays quiet until a proposal wakes it.
+                    continue;
+                }
                 let last = m.last_log_index;
                 let caught_up = m.last_applied.map(|l| l.index) == last
                     && m.replication
@@ -697,9 +710,9 @@ impl Liveness {
                         }
                     }
                     Phase::Claimed { round } => {
-                        let acked = voters.iter().filter(|v| crate::node_of(**v) != self.me).all(|v| {
+                        let acked = voters().filter(|v| crate::node_of(*v) != self.me).all(|v| {
                             peers
-                                .get(&crate::node_of(*v))
+                                .get(&crate::node_of(v))
                                 .and_then(|p| p.report_acked)
                                 .map(|(n, _)| n >= round)
                                 .unwrap_or(false)
@@ -716,7 +729,7 @@ impl Liveness {
             }
             // Not the leader here: nothing of this replica's own is quiet.
             r.quiet.to_active(&mut q);
-            let voter = voters.contains(&m.id);
+            let voter = voters().any(|v| v == m.id);
             let follower = matches!(
                 m.state,
                 openraft::ServerState::Follower | openraft::ServerState::Candidate
@@ -740,12 +753,11 @@ impl Liveness {
                     if !q.queued {
                         // The lowest live voter first, the same choice on every node; the
                         // others later, in case it cannot win.
-                        let mut live: Vec<NodeId> = voters
-                            .iter()
-                            .copied()
+                        let mut live: Vec<NodeId> = voters()
                             .filter(|v| crate::node_of(*v) != l && alive(crate::node_of(*v)))
                             .collect();
                         live.sort_unstable();
+                        live.dedup();
                         let rank = live.iter().position(|v| *v == m.id).unwrap_or(live.len());
                         q.queued = true;
                         debug!(group = %key, gone = l, rank, "the quiet leader's node is silent: queued to stand");
