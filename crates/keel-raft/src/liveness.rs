@@ -62,6 +62,12 @@ const ELECT_STAGGER: Duration = Duration::from_millis(3000);
 /// share fsyncs in the node's vote journal, so a round's worth costs a peer about one
 /// fsync; 200 a round lets a survivor stand for 3,333 groups (a third of 10,000) in 1.7 s.
 const ELECTIONS_PER_ROUND: usize = 200;
+/// Most elections this node has standing (started, no leader known yet) at once, whatever
+/// the rate allows: a window, as TCP's, so that when the peers answer slower than
+/// elections start (a survivor standing for thousands of groups on a loaded machine) the
+/// votes queue here, not in the peers, where each would outlast openraft's vote time
+/// limit and be retried in a higher term: a storm that feeds itself.
+const ELECTIONS_IN_FLIGHT: usize = 64;
 /// How long after standing a group is looked at again (and stands again if still
 /// leaderless).
 const ELECTION_RECHECK: Duration = Duration::from_millis(1500);
@@ -96,6 +102,9 @@ struct QuietInner {
     reenable_at: Option<Instant>,
     /// Queued to stand for election (the leader's node is gone).
     queued: bool,
+    /// Stood back once for another candidate's campaign (see [`Liveness::run_elections`]);
+    /// the next time it stands regardless, in case that candidate cannot win.
+    deferred: bool,
     /// Until when this replica refuses every vote request (restarted from a stored vote).
     vote_hold_until: Option<Instant>,
 }
@@ -105,6 +114,9 @@ pub struct GroupQuiet {
     /// Whether the group may quiesce at all (the controller's group never does).
     enabled: bool,
     raft: Raft,
+    /// The group's metrics, held: the node's loops read every replica's several times a
+    /// second, and cloning a receiver each time costs more than the read.
+    metrics: tokio::sync::watch::Receiver<crate::RaftMetrics>,
     inner: Mutex<QuietInner>,
     /// Mirrors `phase == Quiet`, for the hot path.
     quiet: AtomicBool,
@@ -131,6 +143,7 @@ impl GroupQuiet {
         }
         Arc::new(GroupQuiet {
             enabled,
+            metrics: raft.metrics(),
             raft,
             inner: Mutex::new(QuietInner {
                 last_write: now,
@@ -138,6 +151,7 @@ impl GroupQuiet {
                 elect_off: start_quiet,
                 reenable_at: start_quiet.then(|| now + STARTUP_QUIET),
                 queued: false,
+                deferred: false,
                 vote_hold_until: (enabled && had_vote).then(|| now + QUIET_DEAD_AFTER),
             }),
             quiet: AtomicBool::new(false),
@@ -293,6 +307,9 @@ pub struct Liveness {
     round: AtomicU64,
     /// Replicas to stand for election, and when: paced, [`ELECTIONS_PER_ROUND`] a round.
     elections: Mutex<std::collections::VecDeque<(String, Instant)>>,
+    /// Elections started and not yet decided (no leader known), with when they started: at
+    /// most [`ELECTIONS_IN_FLIGHT`] at once.
+    standing: Mutex<Vec<(String, Instant)>>,
 }
 
 /// The group a transport key names (a moved replica is `group#incarnation`).
@@ -310,6 +327,7 @@ impl Liveness {
             report_round: AtomicU64::new(0),
             round: AtomicU64::new(0),
             elections: Mutex::new(std::collections::VecDeque::new()),
+            standing: Mutex::new(Vec::new()),
         }
     }
 
@@ -426,7 +444,7 @@ impl Liveness {
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter_map(|(key, r)| {
-                let m = r.raft.metrics();
+                let m = &r.quiet.metrics;
                 let m = m.borrow();
                 let leads = m.state == openraft::ServerState::Leader && m.current_leader == Some(m.id);
                 let quiet = !matches!(r.quiet.lock().phase, Phase::Active);
@@ -474,7 +492,7 @@ impl Liveness {
             if !r.quiet.enabled {
                 continue;
             }
-            let m = r.raft.metrics();
+            let m = &r.quiet.metrics;
             let m = m.borrow();
             let follows = matches!(
                 m.state,
@@ -569,7 +587,7 @@ impl Liveness {
             return Ok(());
         }
         let (leader, term, follower) = {
-            let m = r.raft.metrics();
+            let m = &r.quiet.metrics;
             let m = m.borrow();
             (
                 m.current_leader.map(crate::node_of),
@@ -609,12 +627,32 @@ impl Liveness {
     /// without a live leader stands (openraft's `trigger().elect()`, its timer stays off)
     /// and is looked at again later; one that found a leader leaves the queue.
     fn run_elections(&self, now: Instant) {
+        // Elections decided (a live leader known, this replica included) or given up
+        // (past the recheck, when the group is queued again) leave the window.
+        let room = {
+            let replicas = self.replicas.read().unwrap_or_else(|e| e.into_inner());
+            let mut standing = self.standing.lock().unwrap_or_else(|e| e.into_inner());
+            standing.retain(|(key, since)| {
+                now.duration_since(*since) < ELECTION_RECHECK
+                    && replicas.get(key).is_some_and(|r| {
+                        let m = r.quiet.metrics.borrow();
+                        let leader_live = m
+                            .current_leader
+                            .map(|l| l == m.id || self.alive_within(crate::node_of(l), QUIET_DEAD_AFTER))
+                            .unwrap_or(false);
+                        !leader_live
+                    })
+            });
+            ELECTIONS_IN_FLIGHT
+                .saturating_sub(standing.len())
+                .min(ELECTIONS_PER_ROUND)
+        };
         let mut due = Vec::new();
         {
             let mut q = self.elections.lock().unwrap_or_else(|e| e.into_inner());
             let mut later = std::collections::VecDeque::new();
             while let Some((key, at)) = q.pop_front() {
-                if at <= now && due.len() < ELECTIONS_PER_ROUND {
+                if at <= now && due.len() < room {
                     due.push(key);
                 } else {
                     later.push_back((key, at));
@@ -622,25 +660,45 @@ impl Liveness {
             }
             *q = later;
         }
+        let mut stood = 0usize;
         for key in due {
             let Some(r) = self.replica(&key) else { continue };
-            let leaderless = {
-                let m = r.raft.metrics();
-                let m = m.borrow();
+            let (leaderless, other_candidate) = {
+                let m = r.quiet.metrics.borrow();
                 let leader_live = m
                     .current_leader
                     .map(|l| self.alive_within(crate::node_of(l), QUIET_DEAD_AFTER))
                     .unwrap_or(false);
-                m.state != openraft::ServerState::Leader && !leader_live
+                // This replica voted, in a term no leader has claimed, for another live
+                // candidate: its campaign is under way, and standing now would split it.
+                let voted = m.vote.leader_id().voted_for();
+                let other = !m.vote.is_committed()
+                    && voted.is_some_and(|c| c != m.id && self.alive_within(crate::node_of(c), QUIET_DEAD_AFTER));
+                (m.state != openraft::ServerState::Leader && !leader_live, other)
             };
             if !leaderless {
                 r.quiet.lock().queued = false;
                 continue;
             }
-            if !r.quiet.lock().queued {
-                continue;
+            {
+                let mut q = r.quiet.lock();
+                if !q.queued {
+                    continue;
+                }
+                if other_candidate && !q.deferred {
+                    q.deferred = true;
+                    drop(q);
+                    self.queue_election(&key, now + ELECTION_RECHECK);
+                    continue;
+                }
+                q.deferred = false;
             }
-            info!(group = %key, "the quiet leader's node is gone: standing for election");
+            debug!(group = %key, "the quiet leader's node is gone: standing for election");
+            self.standing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((key.clone(), now));
+            stood += 1;
             let raft = r.raft.clone();
             tokio::spawn(async move {
                 let _ = raft.trigger().elect().await;
@@ -649,6 +707,12 @@ impl Liveness {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push_back((key, now + ELECTION_RECHECK));
+        }
+        if stood > 0 {
+            info!(
+                groups = stood,
+                "standing for election in groups whose quiet leader's node is gone"
+            );
         }
     }
 
@@ -677,7 +741,7 @@ impl Liveness {
             if !r.quiet.enabled {
                 continue;
             }
-            let m = r.raft.metrics();
+            let m = &r.quiet.metrics;
             let m = m.borrow();
             // The voters of every configuration (a joint one names some twice), without
             // allocating: this runs for every replica every sweep.
