@@ -807,7 +807,28 @@ impl Liveness {
                 r.quiet.elect_off(&mut q);
                 continue;
             }
+            // Queues this replica to stand, paced by the node's election budget: the lowest
+            // live voter first (the same choice on every node), the others later in case it
+            // cannot win. `gone` is the leader's node, if one is known.
+            let queue_ranked = |q: &mut QuietInner, gone: Option<NodeId>| {
+                let mut live: Vec<NodeId> = voters()
+                    .filter(|v| Some(crate::node_of(*v)) != gone && alive(crate::node_of(*v)))
+                    .collect();
+                live.sort_unstable();
+                live.dedup();
+                let rank = live.iter().position(|v| *v == m.id).unwrap_or(live.len());
+                q.queued = true;
+                debug!(group = %key, ?gone, rank, "no live leader: queued to stand");
+                self.queue_election(key, now + ELECT_STAGGER * rank as u32);
+            };
             if !q.elect_off {
+                // A follower of an active group whose leader's node fell silent: its own
+                // timer would start its election together with those of thousands of
+                // other groups. Its timer stops, and it stands through the paced queue.
+                if let Some(l) = leader.filter(|l| !alive(*l)) {
+                    r.quiet.elect_off(&mut q);
+                    queue_ranked(&mut q, Some(l));
+                }
                 continue;
             }
             match leader {
@@ -815,24 +836,17 @@ impl Liveness {
                 Some(l) if alive(l) => r.quiet.elect_on(&mut q),
                 Some(l) => {
                     if !q.queued {
-                        // The lowest live voter first, the same choice on every node; the
-                        // others later, in case it cannot win.
-                        let mut live: Vec<NodeId> = voters()
-                            .filter(|v| crate::node_of(*v) != l && alive(crate::node_of(*v)))
-                            .collect();
-                        live.sort_unstable();
-                        live.dedup();
-                        let rank = live.iter().position(|v| *v == m.id).unwrap_or(live.len());
-                        q.queued = true;
-                        debug!(group = %key, gone = l, rank, "the quiet leader's node is silent: queued to stand");
-                        self.queue_election(key, now + ELECT_STAGGER * rank as u32);
+                        queue_ranked(&mut q, Some(l));
                     }
                 }
                 // Standing through the queue: it looks again itself.
                 None if q.queued => {}
+                // No leader known (a campaign failed, or it restarted and no claim came):
+                // it stands through the queue too, never on its own timer, so that a node
+                // with thousands of such replicas does not start them all at once.
                 None => {
                     if q.reenable_at.map(|t| now >= t).unwrap_or(true) {
-                        r.quiet.elect_on(&mut q);
+                        queue_ranked(&mut q, None);
                     }
                 }
             }

@@ -172,8 +172,15 @@ async fn three_replicas_commit_fail_over_and_catch_up() {
     let (mut replicas, _) = cluster(root.path()).await;
     let l = leader_of(&replicas, None, Duration::from_secs(5)).await;
 
-    // A follower refuses proposals and names the leader.
+    // A follower refuses proposals and names the leader (once the leader's first append
+    // has told it who leads).
     let f = (l + 1) % 3;
+    let mut rx = replicas[f].group.as_ref().unwrap().raft.metrics();
+    tokio::time::timeout(Duration::from_secs(5), rx.wait_for(|m| m.current_leader.is_some()))
+        .await
+        .expect("the follower learns of the leader")
+        .unwrap();
+    drop(rx);
     let err = replicas[f]
         .group
         .as_ref()
