@@ -383,10 +383,12 @@ impl Liveness {
     }
 
     /// A connection to `node` failed: it counts as gone until it is heard from again.
-    pub fn forget(&self, node: NodeId) {
-        if let Some(p) = self.peers().get_mut(&node) {
-            p.heard = None;
-        }
+    /// Counts `node` gone (its connection was refused); true if it was heard from before.
+    pub fn forget(&self, node: NodeId) -> bool {
+        self.peers()
+            .get_mut(&node)
+            .map(|p| p.heard.take().is_some())
+            .unwrap_or(false)
     }
 
     /// Whether `node` was heard from within `within` (this node always is).
@@ -810,7 +812,7 @@ impl Liveness {
             // Queues this replica to stand, paced by the node's election budget: the lowest
             // live voter first (the same choice on every node), the others later in case it
             // cannot win. `gone` is the leader's node, if one is known.
-            let queue_ranked = |q: &mut QuietInner, gone: Option<NodeId>| {
+            let queue_ranked = |q: &mut QuietInner, gone: Option<NodeId>, after: Duration| {
                 let mut live: Vec<NodeId> = voters()
                     .filter(|v| Some(crate::node_of(*v)) != gone && alive(crate::node_of(*v)))
                     .collect();
@@ -819,15 +821,18 @@ impl Liveness {
                 let rank = live.iter().position(|v| *v == m.id).unwrap_or(live.len());
                 q.queued = true;
                 debug!(group = %key, ?gone, rank, "no live leader: queued to stand");
-                self.queue_election(key, now + ELECT_STAGGER * rank as u32);
+                self.queue_election(key, now + after + ELECT_STAGGER * rank as u32);
             };
             if !q.elect_off {
                 // A follower of an active group whose leader's node fell silent: its own
                 // timer would start its election together with those of thousands of
                 // other groups. Its timer stops, and it stands through the paced queue.
+                // The other voters refuse votes until the leader's lease (the longest
+                // election timeout since its last heartbeat) has run out.
                 if let Some(l) = leader.filter(|l| !alive(*l)) {
                     r.quiet.elect_off(&mut q);
-                    queue_ranked(&mut q, Some(l));
+                    let lease = Duration::from_millis(r.raft.config().election_timeout_max + 20);
+                    queue_ranked(&mut q, Some(l), lease);
                 }
                 continue;
             }
@@ -836,7 +841,7 @@ impl Liveness {
                 Some(l) if alive(l) => r.quiet.elect_on(&mut q),
                 Some(l) => {
                     if !q.queued {
-                        queue_ranked(&mut q, Some(l));
+                        queue_ranked(&mut q, Some(l), Duration::ZERO);
                     }
                 }
                 // Standing through the queue: it looks again itself.
@@ -846,7 +851,7 @@ impl Liveness {
                 // with thousands of such replicas does not start them all at once.
                 None => {
                     if q.reenable_at.map(|t| now >= t).unwrap_or(true) {
-                        queue_ranked(&mut q, None);
+                        queue_ranked(&mut q, None, Duration::ZERO);
                     }
                 }
             }

@@ -38,7 +38,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::liveness::{Liveness, Replica, ALIVE_WITHIN, PING_INTERVAL};
-use crate::{Node, NodeId, Raft, SnapshotBody, TypeConfig, Vote};
+use crate::{Node, NodeId, SnapshotBody, TypeConfig, Vote};
 
 /// Largest frame accepted from a peer.
 pub const FRAME_BYTES_MAX: usize = 128 * 1024 * 1024;
@@ -106,8 +106,6 @@ pub struct Transport {
     next_request: AtomicU64,
     /// Liveness of the peers, their leadership reports, and this node's quiet groups.
     liveness: Arc<Liveness>,
-    /// Groups with an early election pending because their leader's node is gone.
-    early_elections: Mutex<HashSet<String>>,
     me: std::sync::Weak<Transport>,
 }
 
@@ -194,13 +192,13 @@ impl Transport {
             slow: RwLock::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             liveness: Arc::new(Liveness::new(id)),
-            early_elections: Mutex::new(HashSet::new()),
         })
     }
 
     /// A connection to `node` failed: it counts as gone until it answers again.
-    fn forget(&self, node: NodeId) {
-        self.liveness.forget(node);
+    /// Counts `node` gone; true if it was not already.
+    fn forget(&self, node: NodeId) -> bool {
+        self.liveness.forget(node)
     }
 
     fn heard_from(&self, node: NodeId) {
@@ -466,8 +464,9 @@ impl Transport {
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                self.forget(target);
-                if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                // Every group's RPCs to a dead node meet the refusal: only the first acts.
+                let newly_gone = self.forget(target);
+                if e.kind() == std::io::ErrorKind::ConnectionRefused && newly_gone {
                     if let Some(t) = self.me.upgrade() {
                         t.peer_gone(target);
                     }
@@ -542,74 +541,19 @@ impl Transport {
     async fn probe(self: Arc<Self>, node: NodeId) {
         let Some(addr) = self.peer_addr(node) else { return };
         if let Ok(Err(e)) = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
-            if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            if e.kind() == std::io::ErrorKind::ConnectionRefused && self.forget(node) {
                 self.peer_gone(node);
             }
         }
     }
 
     /// `node` refuses connections: its process is gone (killed, crashed or restarting).
-    /// For each group it leads here, one follower (the lowest live voter, the same choice on
-    /// every node, so the candidates do not split the vote) stands for election as soon as
-    /// the other voters can grant it, once the leader's lease (the longest election
-    /// timeout) has passed, instead of waiting for the lease plus a random election
-    /// timeout. If that replica cannot win, the usual timeouts elect another.
+    /// The followers of the groups it led (quiet or not) are queued at once to stand for
+    /// election through the liveness's paced queue, without waiting for its silence to
+    /// count: the lowest live voter first, once the leader's lease has run out.
     fn peer_gone(self: &Arc<Self>, node: NodeId) {
-        // Followers sleeping under a quiet leader on that node wake their timers now.
+        info!(peer = node, "peer refuses connections: its groups elect new leaders");
         self.liveness.sweep(tokio::time::Instant::now());
-        // Sleeping followers of quiet groups stand through the liveness's paced queue.
-        let groups: Vec<(String, Raft)> = self
-            .liveness
-            .replicas()
-            .into_iter()
-            .filter(|(_, r)| !r.quiet.sleeping())
-            .map(|(name, r)| (name, r.raft))
-            .collect();
-        for (name, raft) in groups {
-            let (me, designated) = {
-                let m = raft.metrics();
-                let m = m.borrow();
-                if m.state != openraft::ServerState::Follower || m.current_leader.map(crate::node_of) != Some(node) {
-                    continue;
-                }
-                let designated = m
-                    .membership_config
-                    .membership()
-                    .voter_ids()
-                    .filter(|v| crate::node_of(*v) != node && self.is_alive(crate::node_of(*v)))
-                    .min();
-                (m.id, designated)
-            };
-            if designated != Some(me) {
-                continue;
-            }
-            if !self
-                .early_elections
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(name.clone())
-            {
-                continue;
-            }
-            let lease = Duration::from_millis(raft.config().election_timeout_max + 20);
-            let t = self.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(lease).await;
-                let still = {
-                    let m = raft.metrics();
-                    let m = m.borrow();
-                    m.state == openraft::ServerState::Follower && m.current_leader.map(crate::node_of) == Some(node)
-                };
-                if still && !t.is_alive(node) {
-                    info!(group = %name, gone = node, "the leader's node is gone: standing for election");
-                    let _ = raft.trigger().elect().await;
-                }
-                t.early_elections
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&name);
-            });
-        }
     }
 
     fn heard_handle(&self) -> std::sync::Weak<Transport> {
