@@ -52,6 +52,9 @@ const KIND_VOTE: u8 = 2;
 const KIND_SNAPSHOT: u8 = 3;
 const KIND_APP: u8 = 4;
 const KIND_PING: u8 = 5;
+/// After a peer refuses a connection, how long other RPCs fail without trying (pings keep
+/// trying, every [`crate::liveness::PING_INTERVAL`]).
+const REFUSED_HOLD: Duration = Duration::from_millis(500);
 const KIND_RESPONSE: u8 = 0x80;
 const KIND_ERROR: u8 = 0xFF;
 
@@ -107,6 +110,8 @@ pub struct Transport {
     /// Liveness of the peers, their leadership reports, and this node's quiet groups.
     liveness: Arc<Liveness>,
     me: std::sync::Weak<Transport>,
+    /// When each peer last refused a connection (see [`Transport::conn`]).
+    refused: Mutex<HashMap<NodeId, std::time::Instant>>,
 }
 
 fn encode_frame(kind: u8, request: u64, from: NodeId, group: &str, body: &[u8]) -> Result<Bytes, TransportError> {
@@ -184,6 +189,7 @@ impl Transport {
     pub fn new(id: NodeId) -> Arc<Transport> {
         Arc::new_cyclic(|me| Transport {
             me: me.clone(),
+            refused: Mutex::new(HashMap::new()),
             id,
             peers: RwLock::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
@@ -447,7 +453,25 @@ impl Transport {
         Ok(Bytes::from(out))
     }
 
-    async fn conn(&self, target: NodeId) -> Result<Arc<Conn>, TransportError> {
+    /// The connection to `target`, made if needed. While `target` refused a connection in
+    /// the last [`REFUSED_HOLD`], only pings try again (every group's RPCs to a dead node
+    /// would otherwise each cost a connect: tens of thousands a second with thousands of
+    /// groups); the others fail at once.
+    async fn conn(&self, target: NodeId, ping: bool) -> Result<Arc<Conn>, TransportError> {
+        if !ping {
+            let refused = self
+                .refused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&target)
+                .copied();
+            if refused.is_some_and(|at| at.elapsed() < REFUSED_HOLD) {
+                return Err(TransportError::Unreachable(
+                    target,
+                    "refused connections moments ago".into(),
+                ));
+            }
+        }
         let slot = {
             let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
             conns.entry(target).or_default().clone()
@@ -464,6 +488,12 @@ impl Transport {
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
+                if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    self.refused
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(target, std::time::Instant::now());
+                }
                 // Every group's RPCs to a dead node meet the refusal: only the first acts.
                 let newly_gone = self.forget(target);
                 if e.kind() == std::io::ErrorKind::ConnectionRefused && newly_gone {
@@ -533,6 +563,7 @@ impl Transport {
             }
         });
         info!(peer = target, %addr, "connected to peer");
+        self.refused.lock().unwrap_or_else(|e| e.into_inner()).remove(&target);
         *slot = Some(conn.clone());
         Ok(conn)
     }
@@ -581,7 +612,7 @@ impl Transport {
             tokio::time::sleep(delay.min(timeout)).await;
         }
         let fut = async {
-            let conn = self.conn(target).await?;
+            let conn = self.conn(target, kind == KIND_PING).await?;
             let id = self.next_request.fetch_add(1, Ordering::Relaxed);
             let frame = encode_frame(kind, id, self.id, group, body)?;
             let (tx, rx) = oneshot::channel();
