@@ -758,16 +758,32 @@ impl Liveness {
             let mut q = r.quiet.lock();
             if m.state == openraft::ServerState::Leader && m.current_leader == Some(m.id) {
                 r.quiet.elect_on(&mut q);
-                if matches!(q.phase, Phase::Quiet { .. }) {
-                    // Stays quiet until a proposal wakes it.
+                // Replicas on nodes that are gone do not hold quiescence back: a group with
+                // a dead voter would otherwise heartbeat it for good, and a node that died
+                // leading thousands of groups leaves thousands of them busy on the
+                // survivors. The live ones must have everything, and be a majority.
+                let last = m.last_log_index;
+                let rep = m.replication.as_ref();
+                let live = |id: &NodeId| alive(crate::node_of(*id));
+                let lagging_live = rep
+                    .map(|rep| {
+                        rep.iter()
+                            .any(|(id, matched)| live(id) && matched.map(|l| l.index) != last)
+                    })
+                    .unwrap_or(true);
+                if let Phase::Quiet { .. } = q.phase {
+                    // Stays quiet until a proposal wakes it, or a replica that was gone
+                    // comes back behind: heartbeats resume and bring it up to date.
+                    if lagging_live {
+                        debug!(group = %key, "a replica is back and behind: waking the group");
+                        r.quiet.to_active(&mut q);
+                    }
                     continue;
                 }
-                let last = m.last_log_index;
-                let caught_up = m.last_applied.map(|l| l.index) == last
-                    && m.replication
-                        .as_ref()
-                        .map(|rep| rep.values().all(|matched| matched.map(|l| l.index) == last))
-                        .unwrap_or(false);
+                let (live_voters, all_voters) =
+                    voters().fold((0usize, 0usize), |(l, a), v| (l + usize::from(live(&v)), a + 1));
+                let caught_up =
+                    m.last_applied.map(|l| l.index) == last && !lagging_live && live_voters * 2 > all_voters;
                 match q.phase {
                     Phase::Active => {
                         if caught_up && now.duration_since(q.last_write) >= QUIESCE_AFTER {
@@ -776,7 +792,7 @@ impl Liveness {
                         }
                     }
                     Phase::Claimed { round } => {
-                        let acked = voters().filter(|v| crate::node_of(*v) != self.me).all(|v| {
+                        let acked = voters().filter(|v| crate::node_of(*v) != self.me && live(v)).all(|v| {
                             peers
                                 .get(&crate::node_of(v))
                                 .and_then(|p| p.report_acked)
