@@ -68,6 +68,7 @@ pub struct Group {
 impl Group {
     /// Opens the group's storage over `log` and starts its Raft instance. The group takes
     /// part in elections once it has a membership (its own log's, or [`Group::initialize`]).
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         name: &str,
         node_id: NodeId,
