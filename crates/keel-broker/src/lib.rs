@@ -290,7 +290,7 @@ async fn start_replication(
         options,
         metrics: metrics.clone(),
         data_changed: data_changed.clone(),
-        votes: Some(votes),
+        votes,
         vote_key: String::new(),
     };
     let topics = topics::Topics::start(config.clone(), metrics.clone(), replica, controller.clone())?;

@@ -92,8 +92,8 @@ pub struct ReplicaContext {
     pub metrics: Arc<Metrics>,
     /// Broker-wide counter bumped whenever any high watermark moves (wakes long polls).
     pub data_changed: Arc<watch::Sender<u64>>,
-    /// The node's vote journal (`None`: each replica keeps its vote in its directory).
-    pub votes: Option<Arc<keel_raft::VoteStore>>,
+    /// The node's vote journal.
+    pub votes: Arc<keel_raft::VoteStore>,
     /// The replica's key in the vote journal: unique to the topic's id, the partition and
     /// the replica's incarnation, so no later replica ever reads this one's vote.
     pub vote_key: String,
@@ -113,7 +113,7 @@ pub struct Partition {
     closed: AtomicBool,
     poisoned: AtomicBool,
     /// Where the replica's vote is saved, to forget it when the replica is removed.
-    vote_slot: Option<VoteSlot>,
+    vote_slot: VoteSlot,
     metrics: Arc<Metrics>,
 }
 
@@ -200,22 +200,18 @@ impl Partition {
             fsync: settings.fsync == FsyncPolicy::Always,
             ..ctx.options.clone()
         };
-        let vote_slot = ctx.votes.as_ref().map(|store| VoteSlot {
-            store: store.clone(),
+        let vote_slot = VoteSlot {
+            store: ctx.votes.clone(),
             key: ctx.vote_key.clone(),
-        });
-        let had_vote = match &vote_slot {
-            Some(slot) => slot.has_vote(&dir),
-            None => dir.join("raft-vote.json").exists(),
         };
-        let fresh = ctx.initialize && log.next_index() == 0 && repaired.is_none() && !had_vote;
+        let fresh = ctx.initialize && log.next_index() == 0 && repaired.is_none() && !vote_slot.has_vote(&dir);
         let group = Group::start(
             &group_name(topic, index),
             ctx.node_id,
             ctx.transport.clone(),
             Box::new(log),
             Some(dir),
-            vote_slot.clone(),
+            Some(vote_slot.clone()),
             hook.clone(),
             options,
         )
@@ -715,9 +711,7 @@ impl Partition {
     /// Drops the replica's vote from the node's journal: the replica is removed from this
     /// node for good (its directory goes with it).
     pub fn forget_vote(&self) {
-        if let Some(slot) = &self.vote_slot {
-            slot.store.forget(&slot.key);
-        }
+        self.vote_slot.store.forget(&self.vote_slot.key);
     }
 
     pub fn is_closed(&self) -> bool {

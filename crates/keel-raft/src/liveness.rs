@@ -355,15 +355,6 @@ impl Liveness {
             .cloned()
     }
 
-    pub fn replicas(&self) -> Vec<(String, Replica)> {
-        self.replicas
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(k, r)| (k.clone(), r.clone()))
-            .collect()
-    }
-
     /// How many of this node's replicas lead quietly, and how many follow with their
     /// election timer asleep (for the metrics endpoint).
     pub fn quiet_counts(&self) -> (usize, usize) {
@@ -695,7 +686,7 @@ impl Liveness {
                 }
                 q.deferred = false;
             }
-            debug!(group = %key, "the quiet leader's node is gone: standing for election");
+            debug!(group = %key, "no live leader: standing for election");
             self.standing
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -711,10 +702,7 @@ impl Liveness {
                 .push_back((key, now + ELECTION_RECHECK));
         }
         if stood > 0 {
-            info!(
-                groups = stood,
-                "standing for election in groups whose quiet leader's node is gone"
-            );
+            info!(groups = stood, "standing for election in groups without a live leader");
         }
     }
 

@@ -258,35 +258,31 @@ const VOTE_FILE: &str = "raft-vote.json";
 /// A vote still in the group's directory when the replica has a journal slot moves into
 /// the journal (durably, before the file goes).
 pub(crate) async fn load_vote(dir: Option<&Path>, slot: Option<&VoteSlot>) -> io::Result<Option<Vote>> {
-    let file_vote = match dir {
-        Some(d) => {
+    let journal_vote = slot.and_then(|s| s.store.get(&s.key));
+    let file_vote = match (journal_vote, dir) {
+        (None, Some(d)) => {
             let d = d.to_path_buf();
             tokio::task::spawn_blocking(move || read_json::<Vote>(&d, VOTE_FILE))
                 .await
                 .map_err(io_err)??
         }
-        None => None,
+        _ => None,
     };
-    let (vote, in_journal) = match slot {
-        Some(s) => match s.store.get(&s.key) {
-            Some(v) => (Some(v), true),
-            None => (file_vote, false),
-        },
-        None => (file_vote, false),
-    };
-    let Some(vote) = vote else {
+    let Some(vote) = journal_vote.or(file_vote) else {
         return Ok(None);
     };
     let demoted = Vote {
         committed: false,
         ..vote
     };
-    if vote.committed || (slot.is_some() && !in_journal) {
+    let migrating = slot.is_some() && journal_vote.is_none();
+    if vote.committed || migrating {
         save_vote_to(dir, slot, demoted).await?;
     }
-    if let (Some(_), Some(d), false) = (slot, dir, in_journal) {
+    if let (true, Some(d)) = (migrating, dir) {
         // Moved into the journal: the file must not outlive it as a second truth.
-        let _ = std::fs::remove_file(d.join(VOTE_FILE));
+        let file = d.join(VOTE_FILE);
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(file)).await;
     }
     Ok(Some(demoted))
 }

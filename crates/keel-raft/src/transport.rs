@@ -488,17 +488,10 @@ impl Transport {
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                if e.kind() == std::io::ErrorKind::ConnectionRefused {
-                    self.refused
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(target, std::time::Instant::now());
-                }
-                // Every group's RPCs to a dead node meet the refusal: only the first acts.
-                let newly_gone = self.forget(target);
-                if e.kind() == std::io::ErrorKind::ConnectionRefused && newly_gone {
-                    if let Some(t) = self.me.upgrade() {
-                        t.peer_gone(target);
+                match self.me.upgrade() {
+                    Some(t) if e.kind() == std::io::ErrorKind::ConnectionRefused => t.refused_by(target),
+                    _ => {
+                        self.forget(target);
                     }
                 }
                 return Err(TransportError::Unreachable(target, format!("connect to {addr}: {e}")));
@@ -572,9 +565,22 @@ impl Transport {
     async fn probe(self: Arc<Self>, node: NodeId) {
         let Some(addr) = self.peer_addr(node) else { return };
         if let Ok(Err(e)) = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr)).await {
-            if e.kind() == std::io::ErrorKind::ConnectionRefused && self.forget(node) {
-                self.peer_gone(node);
+            if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                self.refused_by(node);
             }
+        }
+    }
+
+    /// `node` refused a connection: other RPCs to it fail at once for [`REFUSED_HOLD`], and
+    /// it counts as gone. Every group's RPCs to a dead node meet the refusal: only the
+    /// first, which finds it still counted alive, acts on its groups.
+    fn refused_by(self: &Arc<Self>, node: NodeId) {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(node, std::time::Instant::now());
+        if self.forget(node) {
+            self.peer_gone(node);
         }
     }
 
