@@ -68,6 +68,9 @@ const ELECTIONS_PER_ROUND: usize = 200;
 /// votes queue here, not in the peers, where each would outlast openraft's vote time
 /// limit and be retried in a higher term: a storm that feeds itself.
 const ELECTIONS_IN_FLIGHT: usize = 64;
+/// Elections a replica stands through the paced queue (one per [`ELECTION_RECHECK`])
+/// before it is handed back to openraft's own randomized election timer.
+const QUEUED_ATTEMPTS_MAX: u32 = 4;
 /// How long after standing a group is looked at again (and stands again if still
 /// leaderless).
 const ELECTION_RECHECK: Duration = Duration::from_millis(1500);
@@ -105,6 +108,8 @@ struct QuietInner {
     /// Stood back once for another candidate's campaign (see [`Liveness::run_elections`]);
     /// the next time it stands regardless, in case that candidate cannot win.
     deferred: bool,
+    /// Elections stood through the queue since a leader was last known.
+    attempts: u32,
     /// Until when this replica refuses every vote request (restarted from a stored vote).
     vote_hold_until: Option<Instant>,
 }
@@ -152,6 +157,7 @@ impl GroupQuiet {
                 reenable_at: start_quiet.then(|| now + STARTUP_QUIET),
                 queued: false,
                 deferred: false,
+                attempts: 0,
                 vote_hold_until: (enabled && had_vote).then(|| now + QUIET_DEAD_AFTER),
             }),
             quiet: AtomicBool::new(false),
@@ -670,7 +676,9 @@ impl Liveness {
                 (m.state != openraft::ServerState::Leader && !leader_live, other)
             };
             if !leaderless {
-                r.quiet.lock().queued = false;
+                let mut q = r.quiet.lock();
+                q.queued = false;
+                q.attempts = 0;
                 continue;
             }
             {
@@ -685,6 +693,15 @@ impl Liveness {
                     continue;
                 }
                 q.deferred = false;
+                q.attempts += 1;
+                if q.attempts > QUEUED_ATTEMPTS_MAX {
+                    // A last resort: a group the queue has not led after this many tries
+                    // gets its own election timer back (openraft's randomized timeouts).
+                    info!(group = %key, "no leader after paced elections: handing the group to its own election timer");
+                    q.attempts = 0;
+                    r.quiet.elect_on(&mut q);
+                    continue;
+                }
             }
             debug!(group = %key, "no live leader: standing for election");
             self.standing
