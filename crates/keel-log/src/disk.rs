@@ -136,6 +136,8 @@ impl DiskLog {
         };
         let mut seg = Segment::create(&self.dir, next_index, next_offset, now)?;
         seg.last_term = term;
+        // The closed segment gives its descriptor back (it is synced and indexed).
+        self.active_mut()?.release();
         self.segments.push(seg);
         Ok(())
     }

@@ -6,6 +6,10 @@
 //! files are written when a segment is closed. A segment with missing or inconsistent
 //! index files is re-indexed by a scan; the active segment is always scanned at open,
 //! which is also its crash recovery.
+//!
+//! Only the active segment keeps its file open. A closed segment opens its file for each
+//! read and closes it after: a node with tens of thousands of partition replicas holds
+//! one descriptor per replica, however many segments their logs have.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -44,7 +48,9 @@ struct ScanResult {
 pub struct Segment {
     pub base_index: u64,
     dir: PathBuf,
-    file: File,
+    /// The open file of the active segment; `None` once the segment is closed (see the
+    /// module's documentation).
+    file: Option<File>,
     /// Bytes of valid entries in the file.
     pub size: u64,
     /// Offset of the first entry (the log's next offset when the segment is empty).
@@ -74,6 +80,23 @@ fn time_path(dir: &Path, base_index: u64) -> PathBuf {
     dir.join(format!("{base_index:020}.timeindex"))
 }
 
+/// A segment's file for one read: the one it holds, or one opened for the read and closed
+/// after it.
+enum FileRef<'a> {
+    Held(&'a File),
+    Opened(File),
+}
+
+impl std::ops::Deref for FileRef<'_> {
+    type Target = File;
+    fn deref(&self) -> &File {
+        match self {
+            FileRef::Held(f) => f,
+            FileRef::Opened(f) => f,
+        }
+    }
+}
+
 /// Reads exactly `len` bytes at `pos`.
 fn read_exact_at(file: &File, pos: u64, len: usize) -> std::io::Result<Bytes> {
     let mut buf = vec![0u8; len];
@@ -95,7 +118,7 @@ impl Segment {
         Ok(Segment {
             base_index,
             dir: dir.to_path_buf(),
-            file,
+            file: Some(file),
             size: 0,
             first_offset: next_offset,
             next_index: base_index,
@@ -120,7 +143,7 @@ impl Segment {
         let mut seg = Segment {
             base_index,
             dir: dir.to_path_buf(),
-            file,
+            file: Some(file),
             size: file_len,
             first_offset: 0,
             next_index: base_index,
@@ -146,6 +169,7 @@ impl Segment {
                     seg.bytes_since_point = 0;
                     let r = seg.scan_from(last.pos, interval, false)?;
                     if r.stopped.is_none() && r.valid_end == file_len {
+                        seg.release();
                         return Ok(seg);
                     }
                 }
@@ -170,8 +194,45 @@ impl Segment {
         }
         if !active {
             seg.write_indexes()?;
+            seg.release();
         }
         Ok(seg)
+    }
+
+    /// The segment's file: the open one of the active segment, or the closed segment's,
+    /// opened for this one use.
+    fn file(&self) -> std::io::Result<FileRef<'_>> {
+        match &self.file {
+            Some(f) => Ok(FileRef::Held(f)),
+            None => File::open(log_path(&self.dir, self.base_index)).map(FileRef::Opened),
+        }
+    }
+
+    /// The segment's file for writing, opened (and kept open) if the segment was closed:
+    /// truncation makes a closed segment the active one again.
+    fn file_mut(&mut self) -> std::io::Result<&File> {
+        if self.file.is_none() {
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(log_path(&self.dir, self.base_index))?;
+            self.file = Some(f);
+        }
+        match &self.file {
+            Some(f) => Ok(f),
+            None => Err(std::io::Error::other("segment file not open")),
+        }
+    }
+
+    /// Closes the file of a segment that is no longer active (it was synced when it was
+    /// closed); reads open it again as they need it.
+    pub fn release(&mut self) {
+        self.file = None;
+    }
+
+    /// Whether the segment holds its file open (only the active one does).
+    pub fn holds_file(&self) -> bool {
+        self.file.is_some()
     }
 
     /// Cuts the file at `valid_end`, keeping the removed bytes in a side file.
@@ -179,7 +240,7 @@ impl Segment {
         let dropped = file_len.saturating_sub(valid_end);
         let side = self.dir.join(format!("{:020}.log.dropped-{now_ms}", self.base_index));
         if dropped > 0 {
-            let bytes = read_exact_at(&self.file, valid_end, dropped as usize)?;
+            let bytes = read_exact_at(&*self.file()?, valid_end, dropped as usize)?;
             let mut f = File::create(&side)?;
             f.write_all(&bytes)?;
             f.sync_all()?;
@@ -197,8 +258,9 @@ impl Segment {
             pos = valid_end, dropped_bytes = dropped, kept_in = %side.display(), %reason,
             "recovery truncated the log tail to the last valid entry"
         );
-        self.file.set_len(valid_end)?;
-        self.file.sync_all()?;
+        let f = self.file_mut()?;
+        f.set_len(valid_end)?;
+        f.sync_all()?;
         self.size = valid_end;
         self.recovered_bytes += dropped;
         Ok(())
@@ -207,7 +269,10 @@ impl Segment {
     /// Scans entries from `pos` to the end of the file, updating the segment's state and
     /// index points. Stops at the first invalid entry.
     fn scan_from(&mut self, pos: u64, interval: u64, from_start: bool) -> Result<ScanResult, LogError> {
-        let file_len = self.file.metadata()?.len();
+        // Scans run at open, on the file the segment holds then (a second handle of it:
+        // the scan updates the segment as it goes).
+        let file = self.file_mut()?.try_clone()?;
+        let file_len = file.metadata()?.len();
         let mut pos = pos;
         let mut first = from_start;
         loop {
@@ -219,11 +284,11 @@ impl Segment {
                 });
             }
             let want = ((file_len - pos) as usize).min(SCAN_CHUNK_BYTES);
-            let mut chunk = read_exact_at(&self.file, pos, want)?;
+            let mut chunk = read_exact_at(&file, pos, want)?;
             // An entry larger than the chunk: read it whole.
             if let Ok(total) = entry::peek_len(&chunk) {
                 if total > chunk.len() && pos + total as u64 <= file_len {
-                    chunk = read_exact_at(&self.file, pos, total)?;
+                    chunk = read_exact_at(&file, pos, total)?;
                 }
             }
             let mut cursor = 0usize;
@@ -316,7 +381,7 @@ impl Segment {
         }
         let pos = self.size;
         crate::fault::write()?;
-        self.file.write_all_at(encoded, pos)?;
+        self.file_mut()?.write_all_at(encoded, pos)?;
         self.note_entry(e, pos, encoded.len() as u64, interval);
         Ok(())
     }
@@ -349,9 +414,13 @@ impl Segment {
     ) -> Result<(), LogError> {
         let mut pos = pos;
         let chunk_len = chunk_hint.clamp(64 * 1024, 1 << 26);
+        if pos >= self.size {
+            return Ok(());
+        }
+        let file = self.file()?;
         while pos < self.size {
             let want = ((self.size - pos) as usize).min(chunk_len);
-            let mut chunk = read_exact_at(&self.file, pos, want)?;
+            let mut chunk = read_exact_at(&file, pos, want)?;
             let mut cursor = 0usize;
             while cursor < chunk.len() {
                 let rest = chunk.slice(cursor..);
@@ -365,7 +434,7 @@ impl Segment {
                     Err(DecodeError::Incomplete { needed }) if pos + (cursor + needed) as u64 <= self.size => {
                         if cursor == 0 {
                             // One entry larger than the chunk: read it whole.
-                            chunk = read_exact_at(&self.file, pos, needed)?;
+                            chunk = read_exact_at(&file, pos, needed)?;
                             continue;
                         }
                         break;
@@ -476,7 +545,8 @@ impl Segment {
         for (e, pos, len) in &kept {
             self.note_entry(e, *pos, *len, interval);
         }
-        self.file.set_len(self.size)?;
+        let size = self.size;
+        self.file_mut()?.set_len(size)?;
         let _ = std::fs::remove_file(index_path(&self.dir, self.base_index));
         let _ = std::fs::remove_file(time_path(&self.dir, self.base_index));
         Ok(())
@@ -540,14 +610,22 @@ impl Segment {
         Ok(())
     }
 
+    /// fsyncs the segment's data (a closed segment was synced when it was closed).
     pub fn sync(&self) -> Result<(), LogError> {
         crate::fault::fsync()?;
-        self.file.sync_data()?;
+        if let Some(f) = &self.file {
+            f.sync_data()?;
+        }
         Ok(())
     }
 
+    /// A handle of the segment's file to fsync it with (fsync through any descriptor of a
+    /// file syncs the file).
     pub fn try_clone_file(&self) -> Result<File, LogError> {
-        Ok(self.file.try_clone()?)
+        Ok(match &self.file {
+            Some(f) => f.try_clone()?,
+            None => File::open(log_path(&self.dir, self.base_index))?,
+        })
     }
 
     /// Deletes the segment's files.

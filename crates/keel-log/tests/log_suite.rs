@@ -277,3 +277,40 @@ fn truncate_then_reopen() {
         .windows(2)
         .all(|w| w[1].index == w[0].index + 1 && w[1].offset == w[0].next_offset()));
 }
+
+/// Descriptors this process holds open on files under `dir`.
+fn fds_under(dir: &Path) -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.starts_with(dir))
+        .count()
+}
+
+/// Only the active segment keeps a descriptor: a log of many segments holds one, before
+/// and after a reopen, and still reads every entry of its closed segments and truncates
+/// back into one of them.
+#[test]
+fn closed_segments_hold_no_descriptor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().canonicalize().unwrap();
+    let mut log = DiskLog::open(&dir, small()).unwrap();
+    fill(&mut log, 40);
+    assert!(log.segment_count() > 3, "small segments roll");
+    assert_eq!(fds_under(&dir), 1);
+    drop(log);
+    let mut log = DiskLog::open(&dir, small()).unwrap();
+    assert_eq!(fds_under(&dir), 1);
+    assert_eq!(log.read(0, usize::MAX).unwrap().len(), 40);
+    assert_eq!(
+        fds_under(&dir),
+        1,
+        "a read of closed segments gives their descriptors back"
+    );
+    log.truncate_after(5).unwrap();
+    fill(&mut log, 3);
+    assert_eq!((log.next_index(), log.next_offset()), (9, 90));
+    assert_eq!(fds_under(&dir), 1);
+    let handle = log.sync_handle().unwrap();
+    handle.sync().unwrap();
+}

@@ -9,7 +9,7 @@ use clap::Args;
 use keel_broker::{Broker, BrokerConfig, FsyncPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{info, warn};
 
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
@@ -138,12 +138,24 @@ pub fn load_config(args: &ServeArgs) -> Result<BrokerConfig> {
     Ok(c)
 }
 
+/// Every partition replica keeps its active segment open, so a node hosting tens of
+/// thousands of replicas needs more descriptors than the usual soft limit of 1,024: the
+/// soft limit goes up to the hard limit, as Kafka's and Redpanda's guides ask operators
+/// to do by hand.
+fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => info!(limit, "open file limit"),
+        Err(e) => warn!(error = %e, "could not raise the open file limit"),
+    }
+}
+
 pub async fn run(args: ServeArgs) -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let config = load_config(&args)?;
+    raise_open_file_limit();
     let listener = TcpListener::bind(&config.kafka_listen)
         .await
         .with_context(|| format!("binding {}", config.kafka_listen))?;
