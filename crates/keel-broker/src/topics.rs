@@ -835,7 +835,7 @@ pub async fn repair_damaged(topics: std::sync::Weak<Topics>, every: Duration) {
 /// Most partitions whose leadership one round of [`balance_leaders`] moves back: enough
 /// that a node returning to a cluster of thousands of partitions takes its share within
 /// a minute, few enough that the elections do not crowd out the traffic.
-const LEADER_RECLAIMS_PER_ROUND: usize = 128;
+const LEADER_RECLAIMS_PER_ROUND: usize = 256;
 
 /// Moves leadership back to preferred replicas, a bounded number of partitions per round,
 /// so leaders spread over the nodes again after one rejoins.

@@ -83,7 +83,14 @@ const SWEEP_EVERY_ROUNDS: u64 = 5;
 /// Most groups one leadership report names.
 pub const REPORT_GROUPS_MAX: usize = 200_000;
 
+/// Most wake requests ([`Liveness::tick`]) this node sends per sweep.
+const WAKES_PER_SWEEP: usize = 512;
+/// How long a replica waits for a woken leader to bring it up to date before it asks again.
+const WAKE_RETRY: Duration = Duration::from_millis(3000);
+
 const FLAG_QUIET: u8 = 1;
+/// The claim carries the leader's last log index.
+const FLAG_INDEX: u8 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -112,6 +119,8 @@ struct QuietInner {
     attempts: u32,
     /// Until when this replica refuses every vote request (restarted from a stored vote).
     vote_hold_until: Option<Instant>,
+    /// When this replica, asleep behind a quiet leader's log, last asked it to wake.
+    wake_asked: Option<Instant>,
 }
 
 /// One replica's quiescence, shared by its [`crate::Group`] and this node's [`Liveness`].
@@ -159,6 +168,7 @@ impl GroupQuiet {
                 deferred: false,
                 attempts: 0,
                 vote_hold_until: (enabled && had_vote).then(|| now + QUIET_DEAD_AFTER),
+                wake_asked: None,
             }),
             quiet: AtomicBool::new(false),
             leases: std::sync::OnceLock::new(),
@@ -271,6 +281,8 @@ impl GroupQuiet {
 pub struct Claim {
     pub term: u64,
     pub quiet: bool,
+    /// The leader's last log index, when it has one.
+    pub last_index: Option<u64>,
 }
 
 /// A replica registered on this node, under its transport key ([`crate::group_key`]).
@@ -453,6 +465,7 @@ impl Liveness {
                         Claim {
                             term: m.current_term,
                             quiet,
+                            last_index: m.last_log_index,
                         },
                     )
                 })
@@ -543,18 +556,44 @@ impl Liveness {
         leader: Option<NodeId>,
         term: u64,
     ) -> bool {
-        let holds = |p: &PeerState, any_term: bool| {
+        Self::holding_claim(peers, now, group, leader, term).is_some()
+    }
+
+    /// Whether a live node's fresh report says it leads `group`, quiet or not.
+    fn leads_reported(peers: &HashMap<NodeId, PeerState>, now: Instant, group: &str) -> bool {
+        peers.values().any(|p| {
             p.heard_within(now, QUIET_DEAD_AFTER)
                 && p.report
                     .as_ref()
-                    .filter(|(at, _)| now.duration_since(*at) <= CLAIM_FRESH)
-                    .and_then(|(_, c)| c.get(group))
-                    .map(|c| c.quiet && (any_term || c.term == term))
-                    .unwrap_or(false)
+                    .is_some_and(|(at, c)| now.duration_since(*at) <= CLAIM_FRESH && c.contains_key(group))
+        })
+    }
+
+    /// The claim (and its node) that [`Liveness::claim_holds`] finds, if one holds.
+    fn holding_claim(
+        peers: &HashMap<NodeId, PeerState>,
+        now: Instant,
+        group: &str,
+        leader: Option<NodeId>,
+        term: u64,
+    ) -> Option<(NodeId, Claim)> {
+        let holds = |p: &PeerState, any_term: bool| {
+            if !p.heard_within(now, QUIET_DEAD_AFTER) {
+                return None;
+            }
+            p.report
+                .as_ref()
+                .filter(|(at, _)| now.duration_since(*at) <= CLAIM_FRESH)
+                .and_then(|(_, c)| c.get(group))
+                .filter(|c| c.quiet && (any_term || c.term == term))
+                .copied()
         };
         match leader {
-            Some(l) => peers.get(&l).map(|p| holds(p, false)).unwrap_or(false),
-            None => peers.values().any(|p| holds(p, true)),
+            Some(l) => peers.get(&l).and_then(|p| holds(p, false)).map(|c| (l, c)),
+            None => peers
+                .iter()
+                .filter_map(|(n, p)| holds(p, true).map(|c| (*n, c)))
+                .max_by_key(|(_, c)| c.term),
         }
     }
 
@@ -603,7 +642,7 @@ impl Liveness {
     /// One round of the node's liveness loop: leaders quiesce idle groups, followers whose
     /// quiet leader went away run their election timers again. Cheap per round; every
     /// replica is looked at every few rounds, and at once when a peer falls silent.
-    pub fn tick(&self) {
+    pub fn tick(&self) -> Vec<(NodeId, String)> {
         let now = Instant::now();
         let round = self.round.load(Ordering::Acquire);
         let peer_died = {
@@ -616,10 +655,13 @@ impl Liveness {
             }
             died
         };
-        if peer_died || round.is_multiple_of(SWEEP_EVERY_ROUNDS) {
-            self.sweep(now);
-        }
+        let wakes = if peer_died || round.is_multiple_of(SWEEP_EVERY_ROUNDS) {
+            self.sweep(now)
+        } else {
+            Vec::new()
+        };
         self.run_elections(now);
+        wakes
     }
 
     /// Starts the due elections of the queue, a bounded number per round. A replica still
@@ -730,8 +772,10 @@ impl Liveness {
             .push_back((key.to_string(), at));
     }
 
-    /// Looks at every replica's timers now.
-    pub fn sweep(&self, now: Instant) {
+    /// Looks at every replica's timers now. Returns the wake requests to send: (the quiet
+    /// leader's node, the group) for replicas asleep behind their leader's log.
+    pub fn sweep(&self, now: Instant) -> Vec<(NodeId, String)> {
+        let mut wakes = Vec::new();
         let next_report = self.report_round.load(Ordering::Acquire) + 1;
         // Under the registry's read lock (nothing here waits): no copy of thousands of
         // entries every sweep.
@@ -777,12 +821,11 @@ impl Liveness {
                     })
                     .unwrap_or(true);
                 if let Phase::Quiet { .. } = q.phase {
-                    // Stays quiet until a proposal wakes it, or a replica that was gone
-                    // comes back behind: heartbeats resume and bring it up to date.
-                    if lagging_live {
-                        debug!(group = %key, "a replica is back and behind: waking the group");
-                        r.quiet.to_active(&mut q);
-                    }
+                    // Stays quiet until a proposal wakes it, or a replica that is behind asks
+                    // for its entries ([`Liveness::wake`]). Not on its own when such a
+                    // replica's node comes back: that node may still be opening the replica,
+                    // and a node that returns to thousands of groups would wake them all at
+                    // once, each heartbeating every 50 ms, on nodes busy enough already.
                     continue;
                 }
                 let (live_voters, all_voters) =
@@ -826,8 +869,21 @@ impl Liveness {
                 continue;
             }
             let leader = m.current_leader.map(crate::node_of);
-            if Self::claim_holds(&peers, now, base_name(key), leader, m.current_term) {
+            if let Some((node, claim)) = Self::holding_claim(&peers, now, base_name(key), leader, m.current_term) {
                 r.quiet.elect_off(&mut q);
+                // Asleep behind the quiet leader's log (it restarted, or was cut off while the
+                // group went on): ask the leader to wake and bring it up to date, once per
+                // WAKE_RETRY, a bounded number per sweep.
+                let behind = claim
+                    .last_index
+                    .is_some_and(|l| m.last_log_index.is_none_or(|mine| mine < l));
+                if behind
+                    && wakes.len() < WAKES_PER_SWEEP
+                    && q.wake_asked.is_none_or(|t| now.duration_since(t) >= WAKE_RETRY)
+                {
+                    q.wake_asked = Some(now);
+                    wakes.push((node, key.clone()));
+                }
                 continue;
             }
             // Queues this replica to stand, paced by the node's election budget: the lowest
@@ -870,6 +926,10 @@ impl Liveness {
                 // No leader known (a campaign failed, or it restarted and no claim came):
                 // it stands through the queue too, never on its own timer, so that a node
                 // with thousands of such replicas does not start them all at once.
+                // Unless a live node reports leading the group (quiet or not): its heartbeats
+                // or a woken catch-up are on their way, and standing now, in a higher term,
+                // would only depose it (a replica just restarted, or behind, cannot win).
+                None if Self::leads_reported(&peers, now, base_name(key)) => {}
                 None => {
                     if q.reenable_at.map(|t| now >= t).unwrap_or(true) {
                         queue_ranked(&mut q, None, Duration::ZERO);
@@ -878,6 +938,20 @@ impl Liveness {
             }
         }
         drop(peers);
+        wakes
+    }
+
+    /// A replica asleep behind this node's quiet leadership of `key` asks for its entries:
+    /// the group wakes (heartbeats and replication run) and quiesces again once every live
+    /// replica has caught up.
+    pub fn wake(&self, key: &str) {
+        if let Some(r) = self.replica(key) {
+            let mut q = r.quiet.lock();
+            if matches!(q.phase, Phase::Quiet { .. } | Phase::Claimed { .. }) {
+                debug!(group = %key, "a replica behind asks for its entries: waking the group");
+                r.quiet.to_active(&mut q);
+            }
+        }
     }
 }
 
@@ -887,13 +961,17 @@ pub fn encode_report(led: &[(String, Claim)]) -> Bytes {
         .iter()
         .filter_map(|(name, c)| Some((u16::try_from(name.len()).ok()?, name.as_str(), *c)))
         .collect();
-    let mut b = BytesMut::with_capacity(4 + led.iter().map(|(l, _, _)| *l as usize + 11).sum::<usize>());
+    let mut b = BytesMut::with_capacity(4 + led.iter().map(|(l, _, _)| *l as usize + 19).sum::<usize>());
     b.put_u32(led.len() as u32);
     for (len, name, c) in led {
         b.put_u16(len);
         b.put_slice(name.as_bytes());
         b.put_u64(c.term);
-        b.put_u8(if c.quiet { FLAG_QUIET } else { 0 });
+        let flags = if c.quiet { FLAG_QUIET } else { 0 } | if c.last_index.is_some() { FLAG_INDEX } else { 0 };
+        b.put_u8(flags);
+        if let Some(i) = c.last_index {
+            b.put_u64(i);
+        }
     }
     b.freeze()
 }
@@ -923,11 +1001,20 @@ pub fn decode_report(body: &[u8]) -> Result<HashMap<String, Claim>, String> {
         b.advance(len);
         let term = b.get_u64();
         let flags = b.get_u8();
+        let last_index = if flags & FLAG_INDEX != 0 {
+            if b.remaining() < 8 {
+                return Err(bad());
+            }
+            Some(b.get_u64())
+        } else {
+            None
+        };
         out.insert(
             name,
             Claim {
                 term,
                 quiet: flags & FLAG_QUIET != 0,
+                last_index,
             },
         );
     }
@@ -943,14 +1030,29 @@ mod tests {
     #[test]
     fn reports_round_trip_and_bad_ones_are_refused() {
         let led = vec![
-            ("orders/0".to_string(), Claim { term: 7, quiet: true }),
-            ("orders/3".to_string(), Claim { term: 2, quiet: false }),
+            (
+                "orders/0".to_string(),
+                Claim {
+                    term: 7,
+                    quiet: true,
+                    last_index: Some(41),
+                },
+            ),
+            (
+                "orders/3".to_string(),
+                Claim {
+                    term: 2,
+                    quiet: false,
+                    last_index: None,
+                },
+            ),
         ];
         let b = encode_report(&led);
         let back = decode_report(&b).unwrap();
         assert_eq!(back.len(), 2);
-        assert_eq!(back["orders/0"], Claim { term: 7, quiet: true });
-        assert_eq!(back["orders/3"], Claim { term: 2, quiet: false });
+        assert_eq!(back["orders/0"].last_index, Some(41));
+        assert_eq!(back["orders/0"], led[0].1);
+        assert_eq!(back["orders/3"], led[1].1);
         assert!(decode_report(&b[..b.len() - 1]).is_err());
         assert!(decode_report(&[0xff, 0xff, 0xff, 0xff]).is_err());
         assert!(decode_report(&[]).is_err());

@@ -52,6 +52,8 @@ const KIND_VOTE: u8 = 2;
 const KIND_SNAPSHOT: u8 = 3;
 const KIND_APP: u8 = 4;
 const KIND_PING: u8 = 5;
+/// A replica asleep behind a quiet leader's log asks the leader's node to wake the group.
+const KIND_WAKE: u8 = 6;
 /// After a peer refuses a connection, how long other RPCs fail without trying (pings keep
 /// trying, every [`crate::liveness::PING_INTERVAL`]).
 const REFUSED_HOLD: Duration = Duration::from_millis(500);
@@ -252,7 +254,12 @@ impl Transport {
                         }
                     });
                 }
-                t.liveness.tick();
+                for (peer, group) in t.liveness.tick() {
+                    let t = t.clone();
+                    tokio::spawn(async move {
+                        let _ = t.call(peer, KIND_WAKE, &group, &[], ALIVE_WITHIN).await;
+                    });
+                }
             }
         });
     }
@@ -398,6 +405,10 @@ impl Transport {
             if !f.body.is_empty() {
                 self.liveness.on_report(f.from, &f.body)?;
             }
+            return Ok(Bytes::new());
+        }
+        if f.kind == KIND_WAKE {
+            self.liveness.wake(&f.group);
             return Ok(Bytes::new());
         }
         if f.kind == KIND_APP {
@@ -590,7 +601,8 @@ impl Transport {
     /// count: the lowest live voter first, once the leader's lease has run out.
     fn peer_gone(self: &Arc<Self>, node: NodeId) {
         info!(peer = node, "peer refuses connections: its groups elect new leaders");
-        self.liveness.sweep(tokio::time::Instant::now());
+        // Wake requests wait for the next regular sweep.
+        let _ = self.liveness.sweep(tokio::time::Instant::now());
     }
 
     fn heard_handle(&self) -> std::sync::Weak<Transport> {

@@ -148,7 +148,18 @@ async fn ping_loop(net: Arc<Net>, node: NodeId, me: Arc<Liveness>) {
                 me.ping_answered(peer, sent, report.map(|(n, _)| n));
             });
         }
-        me.tick();
+        // Wake requests of replicas asleep behind a quiet leader's log travel the same
+        // faulty network.
+        for (peer, key) in me.tick() {
+            let net = net.clone();
+            tokio::spawn(async move {
+                let Some(there) = net.link(node, peer) else { return };
+                tokio::time::sleep(there).await;
+                if let Some(target) = net.liveness(peer) {
+                    target.wake(&key);
+                }
+            });
+        }
     }
 }
 
