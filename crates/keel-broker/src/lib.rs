@@ -20,6 +20,7 @@
 //! - [`error`]: broker errors and their Kafka error codes.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod coalesce;
 pub mod config;
 pub mod controller;
 pub mod dispatch;

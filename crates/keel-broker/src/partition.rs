@@ -23,6 +23,7 @@ use keel_raft::{Apply, Group, GroupOptions, ProposeError, VoteSlot};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::coalesce::Coalescer;
 use crate::config::FsyncPolicy;
 use crate::error::PartitionError;
 use crate::metrics::Metrics;
@@ -57,16 +58,19 @@ impl Apply for PartitionHook {
     }
 
     fn apply(&self, _index: u64, base_offset: i64, _next_offset: i64, payload: &Bytes) {
-        if let Ok(h) = BatchHeader::parse(payload) {
+        // An entry holds one batch or several (coalesced requests), placed back to back.
+        let mut next = base_offset;
+        for (_, h) in batch::batches(payload).map_while(Result::ok) {
             if h.producer_id >= 0 {
                 self.producers.lock().unwrap_or_else(|e| e.into_inner()).record(
                     h.producer_id,
                     h.producer_epoch,
                     h.base_sequence,
                     h.record_count,
-                    base_offset,
+                    next,
                 );
             }
+            next = next.saturating_add(h.record_count.max(0) as i64);
         }
         self.data_changed.send_modify(|v| *v = v.wrapping_add(1));
     }
@@ -110,6 +114,8 @@ pub struct Partition {
     settings: RwLock<TopicSettings>,
     /// Orders dedup checks and proposals, so that the log holds batches in check order.
     propose: tokio::sync::Mutex<()>,
+    /// acks=all batches waiting to share the next entry (see [`crate::coalesce`]).
+    coalescer: std::sync::Mutex<Coalescer>,
     closed: AtomicBool,
     poisoned: AtomicBool,
     /// Where the replica's vote is saved, to forget it when the replica is removed.
@@ -273,6 +279,7 @@ impl Partition {
             hook,
             settings: RwLock::new(settings),
             propose: tokio::sync::Mutex::new(()),
+            coalescer: std::sync::Mutex::new(Coalescer::default()),
             closed: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
             vote_slot,
@@ -444,9 +451,24 @@ impl Partition {
                 } else {
                     bytes.clone()
                 };
+                if acks != Acks::All {
+                    // Writes that bypass the queue go after what is queued.
+                    self.propose_queued(true).await;
+                }
                 let fut: ProposalFuture = if acks == Acks::Leader {
                     let f = self.group.propose_start_local(payload).await.map_err(propose_error)?;
                     Box::pin(async move { f.await.map(|p| p.base_offset) })
+                } else if acks == Acks::All {
+                    let rx = self
+                        .coalescer()
+                        .push(payload, h.record_count.max(0) as u32)
+                        .ok_or_else(|| {
+                            PartitionError::Replication("too many writes queued for the partition".into())
+                        })?;
+                    Box::pin(async move {
+                        rx.await
+                            .unwrap_or_else(|_| Err(ProposeError::Failed("the partition closed".into())))
+                    })
                 } else {
                     let f = self.group.propose_start(payload).await.map_err(propose_error)?;
                     Box::pin(async move { f.await.map(|a| a.base_offset) })
@@ -455,6 +477,9 @@ impl Partition {
                     first = Some(Err(waits.len() as i64));
                 }
                 waits.push(fut);
+            }
+            if acks == Acks::All {
+                self.propose_queued(false).await;
             }
         }
         let first =
@@ -477,6 +502,47 @@ impl Partition {
         Ok(Box::pin(async move {
             this.append_wait(first, waits, log_append, now).await
         }))
+    }
+
+    fn coalescer(&self) -> std::sync::MutexGuard<'_, Coalescer> {
+        self.coalescer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Proposes queued acks=all batches as entries while the coalescer has room; each
+    /// entry's commit proposes what queued behind it. The caller holds the proposal lock,
+    /// so entries reach the log in the order their batches were checked.
+    /// With `force`, proposes everything queued whatever is in flight.
+    fn propose_queued(self: &Arc<Self>, force: bool) -> futures::future::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            loop {
+                let Some(take) = self.coalescer().take(force) else {
+                    return;
+                };
+                match self.group.propose_start(take.payload.clone()).await {
+                    Ok(committed) => {
+                        let weak = Arc::downgrade(self);
+                        tokio::spawn(async move {
+                            match committed.await {
+                                Ok(applied) => take.landed(applied.base_offset),
+                                Err(e) => take.failed(&e),
+                            }
+                            if let Some(p) = weak.upgrade() {
+                                let _turn = p.propose.lock().await;
+                                p.coalescer().settled();
+                                p.propose_queued(false).await;
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        take.failed(&e);
+                        let mut c = self.coalescer();
+                        c.settled();
+                        c.fail_all(&e);
+                        return;
+                    }
+                }
+            }
+        })
     }
 
     async fn append_wait(
@@ -586,12 +652,22 @@ impl Partition {
                 if e.kind != keel_log::EntryKind::Data {
                     continue;
                 }
-                let fits = out.len() + e.payload.len() <= max_bytes;
+                // An entry may hold several batches: a read from inside it starts at the
+                // batch that holds its offset.
+                let payload = if e.offset < offset {
+                    e.payload.slice(batch::skip_before(&e.payload, offset)..)
+                } else {
+                    e.payload.clone()
+                };
+                if payload.is_empty() {
+                    continue;
+                }
+                let fits = out.len() + payload.len() <= max_bytes;
                 let may_exceed = out.is_empty() && oversized_first;
                 if !(fits || may_exceed) {
                     break;
                 }
-                out.extend_from_slice(&e.payload);
+                out.extend_from_slice(&payload);
             }
         }
         Ok(ReadResult {
@@ -856,16 +932,12 @@ fn rebuild_producers(log: &DiskLog, dir: &std::path::Path) -> ProducerStates {
                 if e.kind != keel_log::EntryKind::Data {
                     continue;
                 }
-                if let Ok(h) = BatchHeader::parse(&e.payload) {
+                let mut next = e.offset;
+                for (_, h) in batch::batches(&e.payload).map_while(Result::ok) {
                     if h.producer_id >= 0 {
-                        states.record(
-                            h.producer_id,
-                            h.producer_epoch,
-                            h.base_sequence,
-                            h.record_count,
-                            e.offset,
-                        );
+                        states.record(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count, next);
                     }
+                    next = next.saturating_add(h.record_count.max(0) as i64);
                 }
             }
         }
@@ -878,7 +950,19 @@ fn rebuild_producers(log: &DiskLog, dir: &std::path::Path) -> ProducerStates {
 /// `ts`, walking the records' timestamp and offset deltas. Compressed batches are not
 /// decompressed here; the caller falls back to the batch's first offset.
 fn exact_offset_for_timestamp(payload: &[u8], ts: i64) -> Option<(i64, i64)> {
-    let h = BatchHeader::parse(payload).ok()?;
+    // The first batch of the entry that reaches `ts` (an entry may hold several).
+    let (pos, h) = batch::batches(payload)
+        .map_while(Result::ok)
+        .find(|(_, h)| h.max_timestamp >= ts)?;
+    let payload = payload.get(pos..)?;
+    if h.compression() != 0 || h.is_log_append_time() {
+        return Some((h.base_offset, h.max_timestamp));
+    }
+    exact_in_batch(payload, &h, ts)
+}
+
+/// As [`exact_offset_for_timestamp`], in one uncompressed batch at the start of `payload`.
+fn exact_in_batch(payload: &[u8], h: &BatchHeader, ts: i64) -> Option<(i64, i64)> {
     if h.compression() != 0 || h.is_log_append_time() {
         return None;
     }

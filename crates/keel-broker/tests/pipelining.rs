@@ -163,3 +163,89 @@ async fn pipelined_produce_requests_are_logged_and_answered_in_the_order_sent() 
     // requests were acks=all, and their commit covers everything logged before them).
     assert_eq!(values(&broker, "pipe"), sent);
 }
+
+/// acks=all requests that queue behind the ones being replicated share Raft entries (the
+/// batches back to back), each request still answered with its own base offset; a read
+/// from any offset inside such an entry starts at the batch that holds the offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_requests_share_an_entry_and_reads_start_at_their_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = BrokerConfig {
+        data_dir: dir.path().to_path_buf(),
+        ..BrokerConfig::default()
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let broker = Broker::open(config, port).await.unwrap();
+    broker
+        .topics
+        .create("shared", 1, Default::default(), false)
+        .await
+        .unwrap();
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(keel_broker::server::run(broker.clone(), listener, stop_rx));
+
+    // Two connections, 30 requests of 1 to 3 records each, all written before any answer
+    // is read.
+    let mut conns = Vec::new();
+    let mut sent = 0usize;
+    for c in 0..2 {
+        let mut conn = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let mut wire = Vec::new();
+        let mut asked = Vec::new();
+        for i in 0..30i32 {
+            let vals: Vec<String> = (0..1 + i % 3).map(|j| format!("c{c}-req{i:02}-rec{j}")).collect();
+            wire.extend(frame(&produce("shared", -1, &vals), PRODUCE_V, i));
+            asked.push((i, vals.len()));
+            sent += vals.len();
+        }
+        conn.write_all(&wire).await.unwrap();
+        conns.push((conn, asked));
+    }
+    let mut bases = Vec::new();
+    for (conn, asked) in &mut conns {
+        for (corr, n) in asked.iter() {
+            let (got, mut body) = response(conn).await;
+            assert_eq!(got, *corr);
+            let resp = ProduceResponse::decode(&mut body, PRODUCE_V).unwrap();
+            let p = &resp.responses[0].partition_responses[0];
+            assert_eq!(p.error_code, 0, "request {corr} failed: {:?}", p.error_message);
+            bases.push((p.base_offset, *n));
+        }
+    }
+    // Every request got its own offsets: together they cover 0..sent exactly once.
+    bases.sort();
+    let mut next = 0i64;
+    for (base, n) in &bases {
+        assert_eq!(*base, next, "request offsets overlap or leave a gap");
+        next += *n as i64;
+    }
+    assert_eq!(next, sent as i64);
+
+    let part = broker.topics.get("shared").unwrap().partition(0).unwrap();
+    let data_entries = part
+        .group()
+        .shared
+        .log()
+        .read(0, 64 << 20)
+        .unwrap()
+        .iter()
+        .filter(|e| e.kind == keel_log::EntryKind::Data)
+        .count();
+    assert!(
+        data_entries < bases.len(),
+        "{} requests took {data_entries} entries: none were shared",
+        bases.len()
+    );
+    // A read from each offset starts with the batch that holds it.
+    for offset in 0..sent as i64 {
+        let mut records = part.read(offset, 1).unwrap().records;
+        let batch = RecordBatchDecoder::decode(&mut records).unwrap();
+        let first = batch.records.first().unwrap().offset;
+        let last = batch.records.last().unwrap().offset;
+        assert!(
+            first <= offset && offset <= last,
+            "a read from {offset} began with the batch of {first}..={last}"
+        );
+    }
+}

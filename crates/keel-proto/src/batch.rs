@@ -247,19 +247,78 @@ pub fn split_batches(records: &Bytes) -> Result<Vec<(BatchHeader, Bytes)>, Proto
     Ok(out)
 }
 
-/// A batch as a partition log stores it: its base offset and partition leader epoch
-/// written in (neither is covered by the CRC), with its record count and largest
-/// timestamp. The batch is patched in place when `batch` is its only holder, else copied.
-pub fn place(batch: Bytes, base_offset: i64, leader_epoch: i32) -> Result<(Bytes, u32, i64), ProtoError> {
-    let h = BatchHeader::parse(&batch)?;
-    let count = u32::try_from(h.record_count)
-        .map_err(|_| ProtoError::CorruptBatch(format!("negative record count {}", h.record_count)))?;
-    let mut owned = batch
+/// The record batches of `payload`, back to back (a log entry carries one or more: the
+/// batches of several Produce requests for a partition may share one entry), each with its
+/// position. Stops with an error at bytes that are not a whole batch header and length.
+pub fn batches(payload: &[u8]) -> impl Iterator<Item = Result<(usize, BatchHeader), ProtoError>> + '_ {
+    let mut pos = 0usize;
+    std::iter::from_fn(move || {
+        if pos >= payload.len() {
+            return None;
+        }
+        let rest = payload.get(pos..).unwrap_or_default();
+        let r = BatchHeader::parse(rest).and_then(|h| {
+            if h.batch_length < 0 || h.total_len() > rest.len() || h.total_len() < HEADER_LEN {
+                return Err(ProtoError::CorruptBatch(format!(
+                    "batch_length {} does not fit the {} bytes left",
+                    h.batch_length,
+                    rest.len()
+                )));
+            }
+            Ok((pos, h))
+        });
+        match &r {
+            Ok((_, h)) => pos += h.total_len(),
+            Err(_) => pos = payload.len(),
+        }
+        Some(r)
+    })
+}
+
+/// Where in `payload` (a log entry of one or more placed batches) the first batch that
+/// holds `offset` or a later one starts: a Fetch from the middle of an entry skips the
+/// batches wholly before its offset. The entry's length when none does.
+pub fn skip_before(payload: &[u8], offset: i64) -> usize {
+    for b in batches(payload) {
+        match b {
+            Ok((pos, h)) if h.last_offset() >= offset => return pos,
+            Ok(_) => {}
+            Err(_) => return 0,
+        }
+    }
+    payload.len()
+}
+
+/// Batches as a partition log stores them: each one's base offset (consecutive from
+/// `base_offset`) and partition leader epoch written in (neither is covered by the CRC),
+/// with the records they hold together and their largest timestamp. `payload` holds one
+/// batch or several back to back; it is patched in place when it is the bytes' only
+/// holder, else copied.
+pub fn place(payload: Bytes, base_offset: i64, leader_epoch: i32) -> Result<(Bytes, u32, i64), ProtoError> {
+    let mut layout = Vec::with_capacity(1);
+    for b in batches(&payload) {
+        let (pos, h) = b?;
+        let count = u32::try_from(h.record_count)
+            .map_err(|_| ProtoError::CorruptBatch(format!("negative record count {}", h.record_count)))?;
+        layout.push((pos, count, h.max_timestamp));
+    }
+    if layout.is_empty() {
+        return Err(ProtoError::CorruptBatch("no record batch".into()));
+    }
+    let mut owned = payload
         .try_into_mut()
         .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
-    set_base_offset(&mut owned, base_offset);
-    set_leader_epoch(&mut owned, leader_epoch);
-    Ok((owned.freeze(), count, h.max_timestamp))
+    let (mut next, mut total, mut max_ts) = (base_offset, 0u32, i64::MIN);
+    for (pos, count, ts) in layout {
+        if let Some(b) = owned.get_mut(pos..) {
+            set_base_offset(b, next);
+            set_leader_epoch(b, leader_epoch);
+        }
+        next = next.saturating_add(count as i64);
+        total = total.saturating_add(count);
+        max_ts = max_ts.max(ts);
+    }
+    Ok((owned.freeze(), total, max_ts))
 }
 
 /// Sets `base_offset` (not covered by the CRC).
@@ -426,6 +485,41 @@ mod tests {
             assert_eq!(batches[0].0.record_count, 10);
             assert_eq!(batches[0].0.compression(), c as i16);
         }
+    }
+
+    /// Several batches in one payload get consecutive base offsets and the leader epoch,
+    /// keep valid CRCs, and a read from the middle skips the batches before its offset.
+    #[test]
+    fn several_batches_are_placed_back_to_back() {
+        let (a, b, c) = (
+            encode(3, Compression::None),
+            encode(1, Compression::Lz4),
+            encode(5, Compression::None),
+        );
+        let mut joined = BytesMut::new();
+        for x in [&a, &b, &c] {
+            joined.extend_from_slice(x);
+        }
+        let (placed, count, max_ts) = place(joined.freeze(), 100, 7).unwrap();
+        assert_eq!(count, 9);
+        assert_eq!(max_ts, 1_700_000_000_004);
+        let hs: Vec<BatchHeader> = batches(&placed).map(|r| r.unwrap().1).collect();
+        assert_eq!(
+            hs.iter()
+                .map(|h| (h.base_offset, h.partition_leader_epoch))
+                .collect::<Vec<_>>(),
+            vec![(100, 7), (103, 7), (104, 7)]
+        );
+        assert_eq!(split_batches(&placed).unwrap().len(), 3, "every batch still validates");
+        assert_eq!(skip_before(&placed, 100), 0);
+        assert_eq!(skip_before(&placed, 102), 0);
+        assert_eq!(skip_before(&placed, 103), a.len());
+        assert_eq!(skip_before(&placed, 104), a.len() + b.len());
+        assert_eq!(skip_before(&placed, 109), placed.len());
+        // Bytes that are not whole batches are refused, not placed.
+        let torn = placed.slice(..placed.len() - 1);
+        assert!(place(torn, 0, 0).is_err());
+        assert!(place(Bytes::new(), 0, 0).is_err());
     }
 
     /// A flipped byte anywhere in the CRC-covered region is caught.
