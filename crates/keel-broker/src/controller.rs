@@ -20,7 +20,7 @@ use keel_log::{DiskLog, LogConfig};
 use keel_raft::{Apply, Group, GroupOptions, Node, NodeId, ProposeError, Transport};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{error, info};
 use uuid::Uuid;
 
 pub const CONTROLLER_GROUP: &str = "__controller";
@@ -279,14 +279,14 @@ struct Hook {
 }
 
 impl Apply for Hook {
-    fn apply(&self, index: u64, _base: i64, _next: i64, payload: &Bytes) {
-        let command: Command = match serde_json::from_slice(payload) {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(index, error = %e, "undecodable controller command skipped");
-                return;
-            }
-        };
+    fn apply(&self, index: u64, _base: i64, _next: i64, payload: &Bytes) -> Result<(), String> {
+        // A command this node cannot read (a newer node's, or damage that passed the
+        // checksums) is not skipped: this node's metadata would silently differ from its
+        // peers'. Its controller replica stops, loudly.
+        let command: Command = serde_json::from_slice(payload).map_err(|e| {
+            error!(index, error = %e, "undecodable controller command: this node's controller replica stops");
+            format!("undecodable controller command at index {index}: {e}")
+        })?;
         let mut meta = (**self.meta.borrow()).clone();
         meta.applied_index = index;
         let (applies, topic) = apply(&mut meta, &command);
@@ -298,6 +298,7 @@ impl Apply for Hook {
             command,
             topic,
         });
+        Ok(())
     }
 }
 

@@ -399,10 +399,21 @@ pub struct ProducerIds {
 const PRODUCER_ID_BLOCK: i64 = 1000;
 
 impl ProducerIds {
+    /// Reads the block limit saved in `path` (none yet: start at 0). An unreadable or
+    /// damaged file is an error that stops the node: starting from 0 again would hand out
+    /// producer ids already in use, and the idempotence check could then answer a new
+    /// producer's batch as a duplicate of another's, acknowledging a write never stored.
     fn open(path: &std::path::Path, node_id: i64) -> anyhow::Result<ProducerIds> {
         let start = match std::fs::read_to_string(path) {
-            Ok(s) => s.trim().parse::<i64>().unwrap_or(0),
-            Err(_) => 0,
+            Ok(s) => s.trim().parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{} is damaged ({:?} is not a producer id block limit); restore it, or set it above every producer id this node handed out",
+                    path.display(),
+                    s.trim()
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", path.display())),
         };
         let ids = ProducerIds {
             node_bits: node_id & 0x3FF,
@@ -419,12 +430,39 @@ impl ProducerIds {
         let mut limit = self.limit.lock().unwrap_or_else(|e| e.into_inner());
         if id >= *limit {
             let new_limit = id + PRODUCER_ID_BLOCK;
-            let tmp = self.path.with_extension("tmp");
-            std::fs::write(&tmp, new_limit.to_string())?;
-            std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, &self.path)?;
+            // Durable before any id of the block is handed out: file, rename and directory.
+            keel_log::durable::replace_file(&self.path, new_limit.to_string().as_bytes())?;
             *limit = new_limit;
         }
         Ok((id << 10) | self.node_bits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Producer ids continue after the saved block limit across a restart; a damaged or
+    /// unreadable limit file stops the node instead of starting again from 0.
+    #[test]
+    fn producer_ids_never_restart_from_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("producer_ids");
+        let ids = ProducerIds::open(&path, 1).unwrap();
+        let first = ids.allocate().unwrap();
+        let second = ids.allocate().unwrap();
+        assert!(second > first);
+        drop(ids);
+        let ids = ProducerIds::open(&path, 1).unwrap();
+        assert!(ids.allocate().unwrap() > second, "an id was handed out twice");
+
+        std::fs::write(&path, "12\u{0}garbage").unwrap();
+        let err = ProducerIds::open(&path, 1).err().expect("a damaged file is refused");
+        assert!(err.to_string().contains("damaged"), "{err}");
+        std::fs::write(&path, "").unwrap();
+        assert!(ProducerIds::open(&path, 1).is_err(), "an empty file is refused");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        assert!(ProducerIds::open(&path, 1).is_err(), "an unreadable file is refused");
     }
 }

@@ -57,7 +57,7 @@ impl Apply for PartitionHook {
         })
     }
 
-    fn apply(&self, _index: u64, base_offset: i64, _next_offset: i64, payload: &Bytes) {
+    fn apply(&self, _index: u64, base_offset: i64, _next_offset: i64, payload: &Bytes) -> Result<(), String> {
         // An entry holds one batch or several (coalesced requests), placed back to back.
         let mut next = base_offset;
         for (_, h) in batch::batches(payload).map_while(Result::ok) {
@@ -73,6 +73,7 @@ impl Apply for PartitionHook {
             next = next.saturating_add(h.record_count.max(0) as i64);
         }
         self.data_changed.send_modify(|v| *v = v.wrapping_add(1));
+        Ok(())
     }
 
     fn fsynced(&self, seconds: f64) {
@@ -416,6 +417,10 @@ impl Partition {
         let mut waits = Vec::new();
         {
             let _turn = self.propose.lock().await;
+            // Every batch is checked before any is proposed: a request refused for its third
+            // batch must not have logged its first two (the client, told it failed, would
+            // send them again).
+            let mut to_append = Vec::with_capacity(batches.len());
             for (h, bytes) in &batches {
                 if bytes.len() > max {
                     return Err(PartitionError::BatchTooLarge { size: bytes.len(), max });
@@ -430,16 +435,21 @@ impl Partition {
                     match check {
                         Check::Append => {}
                         Check::Duplicate { base_offset } => {
-                            first.get_or_insert(Ok(Appended {
-                                base_offset,
-                                log_append_time: -1,
-                                log_start_offset: self.log_start_offset(),
-                            }));
+                            if to_append.is_empty() {
+                                first.get_or_insert(Ok(Appended {
+                                    base_offset,
+                                    log_append_time: -1,
+                                    log_start_offset: self.log_start_offset(),
+                                }));
+                            }
                             continue;
                         }
                         Check::Reject(code) => return Err(PartitionError::Producer(code)),
                     }
                 }
+                to_append.push((h, bytes));
+            }
+            for (h, bytes) in to_append {
                 // The log store writes the base offset and leader epoch as it appends; only
                 // LogAppendTime needs a copy here.
                 let payload = if log_append {

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::entry::Entry;
 use crate::segment::Segment;
@@ -26,6 +26,9 @@ pub struct DiskLog {
     poisoned: Option<String>,
     /// Start offset after a purge, when the first remaining segment starts later.
     encode_buf: BytesMut,
+    /// When a segment was missing from the middle of the log at open: the last index
+    /// of what was set aside after the gap.
+    gap_through: Option<u64>,
 }
 
 impl DiskLog {
@@ -47,13 +50,30 @@ impl DiskLog {
         let now = now_ms();
         let mut segments: Vec<Segment> = Vec::with_capacity(bases.len().max(1));
         let count = bases.len();
-        for (i, base) in bases.into_iter().enumerate() {
+        let mut gap_through = None;
+        for (i, base) in bases.iter().copied().enumerate() {
             let active = i + 1 == count;
             let seg = Segment::open(dir, base, active, config.index_interval_bytes, now)?;
             if let Some(prev) = segments.last() {
                 if prev.next_index != seg.base_index {
-                    warn!(dir = %dir.display(), prev_next = prev.next_index, base = seg.base_index,
-                        "segment does not continue its predecessor");
+                    // A segment is missing from the middle (its file lost at power loss or by
+                    // hand): the log ends before the gap. What follows it is set aside, and
+                    // the replica counts as damaged through its last entry: it had entries
+                    // up to there and may have acknowledged them.
+                    let last = bases.last().copied().unwrap_or(base);
+                    let later = Segment::open(dir, last, false, config.index_interval_bytes, now)?;
+                    gap_through = Some(later.next_index.saturating_sub(1).max(seg.next_index.saturating_sub(1)));
+                    drop(later);
+                    error!(dir = %dir.display(), prev_next = prev.next_index, base = seg.base_index,
+                        damaged_through = ?gap_through,
+                        "a segment is missing from the middle of the log: the log ends before the gap");
+                    for b in bases.iter().skip(i) {
+                        let from = crate::segment::log_path(dir, *b);
+                        let to = from.with_extension(format!("log.gap-{now}"));
+                        std::fs::rename(&from, &to)?;
+                    }
+                    crate::durable::sync_dir(dir)?;
+                    break;
                 }
             }
             segments.push(seg);
@@ -80,6 +100,7 @@ impl DiskLog {
             segments,
             poisoned: None,
             encode_buf: BytesMut::new(),
+            gap_through,
         };
         info!(dir = %dir.display(), first = log.first_index(), next = log.next_index(),
             next_offset = log.next_offset(), segments = log.segments.len(), "log opened");
@@ -104,7 +125,11 @@ impl DiskLog {
     /// one), the highest index it cut: this replica had entries up to there, and may have
     /// acknowledged them.
     pub fn damaged_through(&self) -> Option<u64> {
-        self.segments.iter().filter_map(|s| s.damaged_through).max()
+        self.segments
+            .iter()
+            .filter_map(|s| s.damaged_through)
+            .chain(self.gap_through)
+            .max()
     }
 
     pub fn segment_count(&self) -> usize {

@@ -20,6 +20,7 @@
 #![deny(clippy::unwrap_used, clippy::indexing_slicing, clippy::expect_used)]
 
 pub mod disk;
+pub mod durable;
 pub mod entry;
 pub mod fault;
 pub mod mem;

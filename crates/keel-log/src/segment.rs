@@ -115,6 +115,9 @@ impl Segment {
             .open(log_path(dir, base_index))?;
         let _ = std::fs::remove_file(index_path(dir, base_index));
         let _ = std::fs::remove_file(time_path(dir, base_index));
+        // The new file's name must outlive a power loss, or the log would reopen shorter
+        // than what was fsynced into it.
+        crate::durable::sync_dir(dir)?;
         Ok(Segment {
             base_index,
             dir: dir.to_path_buf(),
@@ -607,6 +610,7 @@ impl Segment {
             f.write_all(&bytes)?;
             f.sync_data()?;
         }
+        crate::durable::sync_dir(&self.dir)?;
         Ok(())
     }
 
@@ -633,6 +637,9 @@ impl Segment {
         std::fs::remove_file(log_path(&self.dir, self.base_index))?;
         let _ = std::fs::remove_file(index_path(&self.dir, self.base_index));
         let _ = std::fs::remove_file(time_path(&self.dir, self.base_index));
+        // A removed segment must not reappear after power loss: truncation removes
+        // segments whose entries a new leader replaced.
+        crate::durable::sync_dir(&self.dir)?;
         Ok(())
     }
 }

@@ -314,3 +314,28 @@ fn closed_segments_hold_no_descriptor() {
     let handle = log.sync_handle().unwrap();
     handle.sync().unwrap();
 }
+
+/// A segment missing from the middle of the log (lost at power loss) is damage, not a
+/// shorter log: the log ends before the gap, what followed is set aside, and the log
+/// reports the last index it had, so the replica does not vote as if whole.
+#[test]
+fn a_missing_middle_segment_is_damage() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let mut log = DiskLog::open(tmp.path(), small()).unwrap();
+        fill(&mut log, 40);
+        log.sync().unwrap();
+    }
+    let files = segment_files(tmp.path());
+    assert!(files.len() >= 4);
+    std::fs::remove_file(&files[1]).unwrap();
+    let log = DiskLog::open(tmp.path(), small()).unwrap();
+    assert_eq!(log.damaged_through(), Some(39));
+    let first_gone = files[1].file_stem().unwrap().to_string_lossy().parse::<u64>().unwrap();
+    assert_eq!(log.next_index(), first_gone, "the log ends where the gap begins");
+    assert_eq!(log.read(0, usize::MAX).unwrap().len() as u64, first_gone);
+    drop(log);
+    // Reopened again, the set-aside segments stay aside and the log is whole up to the gap.
+    let log = DiskLog::open(tmp.path(), small()).unwrap();
+    assert_eq!(log.next_index(), first_gone);
+}

@@ -147,9 +147,12 @@ impl Group {
             .count()
             > 1;
         let quiet = GroupQuiet::new(raft.clone(), options.quiesce, multi_voter, had_vote);
+        // A replica whose log lost applied entries votes only for candidates whose log
+        // reaches them, until it has caught up.
+        let hold = shared.lost_through().map(|l| l.saturating_add(1)).unwrap_or(0);
         Ok(Group {
             quiet,
-            hold_votes: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            hold_votes: Arc::new(std::sync::atomic::AtomicU64::new(hold)),
             name: name.to_string(),
             raft,
             shared,

@@ -161,8 +161,11 @@ pub trait Apply: Send + Sync + 'static {
             max_timestamp: -1,
         })
     }
-    /// A data entry at `index` covering `base_offset .. next_offset` was committed.
-    fn apply(&self, index: u64, base_offset: i64, next_offset: i64, payload: &Bytes);
+    /// A data entry at `index` covering `base_offset .. next_offset` was committed. An
+    /// error means this replica cannot apply what the group decided: the group stops here
+    /// (openraft treats it as a storage failure) rather than carry on with state that
+    /// differs from its peers'.
+    fn apply(&self, index: u64, base_offset: i64, next_offset: i64, payload: &Bytes) -> Result<(), String>;
     /// The application state to put in a snapshot (empty for partitions).
     fn snapshot(&self) -> Vec<u8> {
         Vec::new()

@@ -96,6 +96,9 @@ pub struct Shared {
     next_ticket: std::sync::atomic::AtomicU64,
     /// The entries appended and not yet applied, as the log holds them.
     recent: Mutex<Recent>,
+    /// The last entry this replica had applied when it opened, if its log no longer
+    /// reaches it (see [`Shared::lost_through`]).
+    lost_through: Option<u64>,
 }
 
 /// Most payload bytes [`Recent`] keeps per group; older entries are read from the log.
@@ -197,25 +200,17 @@ fn read_err(e: impl std::fmt::Display) -> StorageError {
 /// directory when `durable`).
 fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T, durable: bool) -> io::Result<()> {
     let bytes = serde_json::to_vec(value).map_err(io_err)?;
+    if durable {
+        return keel_log::durable::replace_file(&dir.join(name), &bytes);
+    }
     let tmp = dir.join(format!("{name}.tmp"));
     {
         use std::io::Write;
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&bytes)?;
-        if durable {
-            crate::store::sync_file(&f)?;
-        }
     }
     std::fs::rename(&tmp, dir.join(name))?;
-    if durable {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
     Ok(())
-}
-
-fn sync_file(f: &std::fs::File) -> io::Result<()> {
-    keel_log::fault::fsync()?;
-    f.sync_data()
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(dir: &Path, name: &str) -> io::Result<Option<T>> {
@@ -343,6 +338,22 @@ impl Shared {
             },
             membership: purged.membership.clone(),
         };
+        // A log that ends before an entry this replica applied lost entries it had (a disk
+        // that dropped writes at power loss, a segment gone missing): not a torn tail, but
+        // damage, and the replica must not vote as if its log were whole.
+        let lost_through = applied
+            .as_ref()
+            .and_then(|a| a.last_applied)
+            .map(|l| l.index)
+            .filter(|l| *l >= log.next_index() && Some(*l) > purged.last_purged.map(|p| p.index));
+        if let Some(l) = lost_through {
+            tracing::error!(
+                dir = ?dir,
+                applied_through = l,
+                log_ends_at = log.next_index(),
+                "the log ends before entries this replica applied: it lost data it had; it votes again once it has caught up"
+            );
+        }
         // Believe the applied file only if the log still holds that entry with that term.
         let applied = match applied {
             Some(a) if a.last_applied.map(|l| l.index) > purged.last_purged.map(|l| l.index) => {
@@ -381,8 +392,16 @@ impl Shared {
             local_acks: Mutex::new(HashMap::new()),
             next_ticket: std::sync::atomic::AtomicU64::new(1),
             recent: Mutex::new(Recent::default()),
+            lost_through,
         });
         Ok(shared)
+    }
+
+    /// When the log, at open, ended before an entry this replica had applied: that
+    /// entry's index. The replica lost entries it had, and holds its vote until it has
+    /// caught up (as a replica whose log was repaired does).
+    pub fn lost_through(&self) -> Option<u64> {
+        self.lost_through
     }
 
     /// The log, for reads by the broker. Hold the guard briefly.
@@ -926,7 +945,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         ))
                     })?;
                     state.next_offset = base + count;
-                    self.shared.hook.apply(e.log_id.index, base, state.next_offset, bytes);
+                    if let Err(why) = self.shared.hook.apply(e.log_id.index, base, state.next_offset, bytes) {
+                        tracing::error!(index = e.log_id.index, %why, "a committed entry cannot be applied: the group stops");
+                        return Err(StorageError::from(StorageIOError::apply(
+                            e.log_id,
+                            AnyError::error(why),
+                        )));
+                    }
                 }
                 EntryPayload::Membership(m) => {
                     state.membership = StoredMembership::new(Some(e.log_id), m.clone());

@@ -30,8 +30,9 @@ impl Apply for Recorder {
             max_timestamp,
         })
     }
-    fn apply(&self, index: u64, base_offset: i64, next_offset: i64, _payload: &Bytes) {
+    fn apply(&self, index: u64, base_offset: i64, next_offset: i64, _payload: &Bytes) -> Result<(), String> {
         self.applied.lock().unwrap().push((index, base_offset, next_offset));
+        Ok(())
     }
 }
 
@@ -331,4 +332,102 @@ async fn a_local_acknowledgement_does_not_wait_for_the_majority() {
     for r in &mut replicas {
         r.group.take().unwrap().shutdown().await;
     }
+}
+
+/// Applies every entry except those that read "unreadable", which it cannot apply.
+#[derive(Default)]
+struct Picky {
+    applied: Mutex<Vec<Bytes>>,
+}
+
+impl Apply for Picky {
+    fn apply(&self, _index: u64, _base: i64, _next: i64, payload: &Bytes) -> Result<(), String> {
+        if &payload[..] == b"unreadable" {
+            return Err("cannot read this entry".into());
+        }
+        self.applied.lock().unwrap().push(payload.clone());
+        Ok(())
+    }
+}
+
+async fn single_voter(dir: &Path, hook: Arc<dyn Apply>) -> (Group, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let transport = Transport::new(1);
+    tokio::spawn(transport.clone().serve(listener));
+    let log = DiskLog::open(dir, LogConfig::default()).unwrap();
+    let g = Group::start(
+        GROUP,
+        1,
+        transport,
+        Box::new(log),
+        Some(dir.to_path_buf()),
+        None,
+        hook,
+        GroupOptions::default(),
+    )
+    .await
+    .unwrap();
+    (g, addr)
+}
+
+async fn until_leader(g: &Group) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !g.is_ready_leader() {
+        assert!(Instant::now() < deadline, "a single voter did not lead");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A log that, at open, ends before entries the replica had applied (its disk lost
+/// writes) is damage: the group reports what it lost and holds its vote, instead of
+/// starting as a shorter but clean log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_shorter_than_what_was_applied_is_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let (g, addr) = single_voter(dir.path(), Arc::new(Picky::default())).await;
+    g.initialize(BTreeMap::from([(1, Node { addr })])).await.unwrap();
+    until_leader(&g).await;
+    let mut last = 0;
+    for i in 0..5 {
+        last = g.propose(Bytes::from(format!("entry-{i}"))).await.unwrap().index;
+    }
+    g.shared.persist_applied();
+    g.shutdown().await;
+    drop(g);
+    // Reopened untouched: nothing lost.
+    let (g, _) = single_voter(dir.path(), Arc::new(Picky::default())).await;
+    assert_eq!(g.shared.lost_through(), None);
+    g.shutdown().await;
+    drop(g);
+    // The disk dropped the last two entries.
+    {
+        let mut log = DiskLog::open(dir.path(), LogConfig::default()).unwrap();
+        keel_log::LogStore::truncate_after(&mut log, last - 2).unwrap();
+    }
+    let (g, _) = single_voter(dir.path(), Arc::new(Picky::default())).await;
+    assert_eq!(g.shared.lost_through(), Some(last));
+    g.shutdown().await;
+}
+
+/// A committed entry the application cannot apply stops the group on that replica: it
+/// neither skips the entry nor applies anything after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_that_cannot_be_applied_stops_the_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let hook = Arc::new(Picky::default());
+    let (g, addr) = single_voter(dir.path(), hook.clone()).await;
+    g.initialize(BTreeMap::from([(1, Node { addr })])).await.unwrap();
+    until_leader(&g).await;
+    g.propose(Bytes::from_static(b"first")).await.unwrap();
+    assert!(g.propose(Bytes::from_static(b"unreadable")).await.is_err());
+    assert!(
+        g.propose(Bytes::from_static(b"after")).await.is_err(),
+        "the group went on after an entry it could not apply"
+    );
+    assert!(
+        g.raft.metrics().borrow().running_state.is_err(),
+        "the group did not stop"
+    );
+    assert_eq!(*hook.applied.lock().unwrap(), vec![Bytes::from_static(b"first")]);
 }

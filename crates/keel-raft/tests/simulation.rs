@@ -57,7 +57,9 @@ impl Apply for NoApply {
             max_timestamp,
         })
     }
-    fn apply(&self, _index: u64, _base: i64, _next: i64, _payload: &Bytes) {}
+    fn apply(&self, _index: u64, _base: i64, _next: i64, _payload: &Bytes) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 #[derive(Default)]
