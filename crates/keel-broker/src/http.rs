@@ -1,6 +1,7 @@
 //! HTTP endpoints: Prometheus `/metrics`, `/health` (liveness) and `/ready`; with
 //! `fault_injection` on, `POST /fault/cut?peers=2,3`, `POST /fault/slow?peers=2,3&delay_ms=50&drop_per_mille=100`,
-//! `POST /fault/disk-full` (every log write fails with ENOSPC) and `POST /fault/heal` (undoes
+//! `POST /fault/disk-full` (every log write fails with ENOSPC), `POST /fault/power-loss[?tear=1]`
+//! (unsynced data thrown away, then the process ends) and `POST /fault/heal` (undoes
 //! them all) for chaos tests.
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
             .route("/fault/cut", post(cut))
             .route("/fault/slow", post(slow))
             .route("/fault/disk-full", post(disk_full))
+            .route("/fault/power-loss", post(power_loss))
             .route("/fault/heal", post(heal));
     }
     r.with_state(broker)
@@ -78,6 +80,38 @@ async fn disk_full() -> impl IntoResponse {
     keel_log::fault::set_write_fails(true);
     tracing::warn!("fault injection: disk full");
     (StatusCode::OK, "disk full\n".to_string())
+}
+
+/// Loses power: every write and fsync stops at once, everything under the data directory
+/// that was not fsynced is thrown away (with `tear=1`, part of each unsynced tail stays,
+/// as a torn write), and the process ends without a word, as a machine whose power went
+/// off. Restart it to see what the disk kept.
+async fn power_loss(State(b): State<Arc<Broker>>, uri: axum::http::Uri) -> StatusCode {
+    let tear = query_u64(&uri, "tear").unwrap_or(0) == 1;
+    keel_log::fault::freeze(true);
+    let root = b.config.data_dir.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        let mut seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos() as u64)
+            .unwrap_or(7)
+            | 1;
+        let mut torn = |unsynced: u64| {
+            // xorshift: any part of the unsynced tail, none of it to all.
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % (unsynced + 1)
+        };
+        keel_log::fault::power_loss(&root, if tear { Some(&mut torn) } else { None })
+    })
+    .await;
+    match r {
+        Ok(Ok(lost)) => tracing::error!(?lost, tear, "fault injection: power lost; the process ends now"),
+        Ok(Err(e)) => tracing::error!(error = %e, "fault injection: power loss could not discard unsynced data"),
+        Err(e) => tracing::error!(error = %e, "fault injection: power loss failed"),
+    }
+    std::process::abort()
 }
 
 /// Restores every link this node cut and frees the disk.

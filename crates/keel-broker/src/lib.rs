@@ -68,6 +68,11 @@ impl Broker {
     /// configured one may be 0).
     pub async fn open(config: BrokerConfig, kafka_port: u16) -> anyhow::Result<Arc<Broker>> {
         config.validate().map_err(anyhow::Error::msg)?;
+        if config.fault_injection {
+            // What the node fsyncs is recorded, so that POST /fault/power-loss can throw
+            // away the rest.
+            keel_log::fault::track_durability(true);
+        }
         std::fs::create_dir_all(&config.data_dir)?;
         let config = Arc::new(config);
         let metrics = Arc::new(metrics::Metrics::new());

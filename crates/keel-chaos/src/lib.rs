@@ -547,6 +547,7 @@ white where it named none.</p>{lanes}\
 fn fault_color(name: &str) -> &'static str {
     match name {
         "kill" => "#f4a3a3",
+        "power-loss" => "#e07b7b",
         "pause" => "#f7d48b",
         "slow" => "#b7e4b0",
         "corrupt" => "#c8c8c8",

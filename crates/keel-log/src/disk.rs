@@ -347,9 +347,11 @@ impl LogStore for DiskLog {
 
     fn sync_handle(&self) -> Result<SyncHandle, LogError> {
         self.check_writable()?;
+        let active = self.active()?;
         Ok(SyncHandle {
-            file: Some(self.active()?.try_clone_file()?),
+            file: Some(active.try_clone_file()?),
             next_index: self.next_index(),
+            durable: Some((crate::segment::log_path(&self.dir, active.base_index), active.size)),
         })
     }
 

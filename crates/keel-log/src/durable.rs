@@ -11,7 +11,9 @@ use std::path::Path;
 /// fsyncs the directory `dir`, making the names of the files in it durable.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     crate::fault::fsync()?;
-    std::fs::File::open(dir)?.sync_all()
+    std::fs::File::open(dir)?.sync_all()?;
+    crate::fault::dir_synced(dir);
+    Ok(())
 }
 
 /// The directory holding `path` (`.` for a bare name).
@@ -30,18 +32,24 @@ pub fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     {
         crate::fault::write()?;
         let mut f = std::fs::File::create(&tmp)?;
+        crate::fault::created(&tmp);
         f.write_all(bytes)?;
         crate::fault::fsync()?;
         f.sync_all()?;
+        crate::fault::synced(&tmp, bytes.len() as u64);
     }
     std::fs::rename(&tmp, path)?;
+    crate::fault::renamed(&tmp, path);
     sync_dir(parent(path))
 }
 
 /// Removes the file at `path` durably (a missing file is not an error).
 pub fn remove_file(path: &Path) -> std::io::Result<()> {
     match std::fs::remove_file(path) {
-        Ok(()) => sync_dir(parent(path)),
+        Ok(()) => {
+            crate::fault::removed(path);
+            sync_dir(parent(path))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
     }

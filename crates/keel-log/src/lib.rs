@@ -115,16 +115,22 @@ pub struct SyncHandle {
     pub file: Option<std::fs::File>,
     /// Every entry below this index is durable once `file` is synced.
     pub next_index: u64,
+    /// The file's path and the length the sync makes durable (for the power-loss model
+    /// of [`fault`]).
+    pub durable: Option<(std::path::PathBuf, u64)>,
 }
 
 impl SyncHandle {
     /// Performs the fsync (fdatasync) this handle stands for.
     pub fn sync(&self) -> std::io::Result<()> {
         fault::fsync()?;
-        match &self.file {
-            Some(f) => f.sync_data(),
-            None => Ok(()),
+        if let Some(f) = &self.file {
+            f.sync_data()?;
+            if let Some((path, len)) = &self.durable {
+                fault::synced(path, *len);
+            }
         }
+        Ok(())
     }
 }
 

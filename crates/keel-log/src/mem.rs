@@ -137,6 +137,7 @@ impl LogStore for MemLog {
         Ok(SyncHandle {
             file: None,
             next_index: self.next_index(),
+            durable: None,
         })
     }
 

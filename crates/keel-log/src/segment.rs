@@ -113,6 +113,7 @@ impl Segment {
             .read(true)
             .write(true)
             .open(log_path(dir, base_index))?;
+        crate::fault::created(&log_path(dir, base_index));
         let _ = std::fs::remove_file(index_path(dir, base_index));
         let _ = std::fs::remove_file(time_path(dir, base_index));
         // The new file's name must outlive a power loss, or the log would reopen shorter
@@ -143,6 +144,7 @@ impl Segment {
         let path = log_path(dir, base_index);
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         let file_len = file.metadata()?.len();
+        crate::fault::opened(&path, file_len);
         let mut seg = Segment {
             base_index,
             dir: dir.to_path_buf(),
@@ -264,6 +266,7 @@ impl Segment {
         let f = self.file_mut()?;
         f.set_len(valid_end)?;
         f.sync_all()?;
+        crate::fault::synced(&log_path(&self.dir, self.base_index), valid_end);
         self.size = valid_end;
         self.recovered_bytes += dropped;
         Ok(())
@@ -619,6 +622,7 @@ impl Segment {
         crate::fault::fsync()?;
         if let Some(f) = &self.file {
             f.sync_data()?;
+            crate::fault::synced(&log_path(&self.dir, self.base_index), self.size);
         }
         Ok(())
     }
@@ -635,6 +639,7 @@ impl Segment {
     /// Deletes the segment's files.
     pub fn delete(self) -> Result<(), LogError> {
         std::fs::remove_file(log_path(&self.dir, self.base_index))?;
+        crate::fault::removed(&log_path(&self.dir, self.base_index));
         let _ = std::fs::remove_file(index_path(&self.dir, self.base_index));
         let _ = std::fs::remove_file(time_path(&self.dir, self.base_index));
         // A removed segment must not reappear after power loss: truncation removes

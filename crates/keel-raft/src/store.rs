@@ -207,9 +207,11 @@ fn write_json<T: Serialize>(dir: &Path, name: &str, value: &T, durable: bool) ->
     {
         use std::io::Write;
         let mut f = std::fs::File::create(&tmp)?;
+        keel_log::fault::created(&tmp);
         f.write_all(&bytes)?;
     }
     std::fs::rename(&tmp, dir.join(name))?;
+    keel_log::fault::renamed(&tmp, &dir.join(name));
     Ok(())
 }
 

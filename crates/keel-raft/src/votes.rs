@@ -123,9 +123,7 @@ fn sync(f: &std::fs::File) -> io::Result<()> {
 }
 
 fn sync_dir(path: &Path) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    keel_log::fault::fsync()?;
-    std::fs::File::open(dir)?.sync_all()
+    keel_log::durable::sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
 impl VoteStore {
@@ -152,7 +150,9 @@ impl VoteStore {
             file.set_len(valid as u64)?;
             sync(&file)?;
         }
+        keel_log::fault::opened(path, valid as u64);
         if !existed {
+            keel_log::fault::created(path);
             sync(&file)?;
             sync_dir(path)?;
         }
@@ -325,6 +325,7 @@ impl Writer {
             return Err(e);
         }
         self.len += buf.len() as u64;
+        keel_log::fault::synced(&self.path, self.len);
         let mut votes = self.votes.lock().unwrap_or_else(|e| e.into_inner());
         for (s, size) in round.iter().zip(sizes) {
             let (old, new) = match s.vote {
@@ -362,10 +363,13 @@ impl Writer {
         let tmp = self.path.with_extension("compact");
         {
             let mut f = std::fs::File::create(&tmp)?;
+            keel_log::fault::created(&tmp);
             f.write_all(&buf)?;
             sync(&f)?;
+            keel_log::fault::synced(&tmp, buf.len() as u64);
         }
         std::fs::rename(&tmp, &self.path)?;
+        keel_log::fault::renamed(&tmp, &self.path);
         sync_dir(&self.path)?;
         self.file = std::fs::OpenOptions::new().append(true).open(&self.path)?;
         info!(path = %self.path.display(), from = self.len, to = buf.len(), "vote journal compacted");

@@ -25,8 +25,9 @@ use rand::{Rng, SeedableRng};
 
 const TOPIC: &str = "chaos";
 const GROUP: &str = "keel-chaos";
-const FAULTS: [&str; 8] = [
+const FAULTS: [&str; 9] = [
     "kill",
+    "power-loss",
     "pause",
     "partition",
     "bridge",
@@ -69,10 +70,15 @@ pub struct RunArgs {
     /// others in two, with one node still talking to both sides), corrupt (stop a node, flip
     /// a bit in or cut the tail of one of its segments, restart it), slow (delay and drop a
     /// node's messages to and from the others), disk-full (a node's writes fail with ENOSPC),
+    /// power-loss (one node, or every node at once, loses what it had not fsynced, torn
+    /// writes included, and restarts),
     /// move (move a partition: one replica to a node without one, or, when every node has
     /// one, down to one replica fewer and back). kill, pause and partition pick the node
     /// leading the most partitions half the time.
-    #[arg(long, default_value = "kill,pause,partition,bridge,corrupt,slow,disk-full,move")]
+    #[arg(
+        long,
+        default_value = "kill,power-loss,pause,partition,bridge,corrupt,slow,disk-full,move"
+    )]
     pub faults: String,
     /// Milliseconds between the end of one fault and the start of the next.
     #[arg(long, default_value_t = 2000)]
@@ -172,6 +178,30 @@ impl NodeProc {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Asks the node to lose power (`POST /fault/power-loss`): it throws away what it has
+    /// not fsynced and ends. Waits for the process to be gone; a node that did not take
+    /// the fault is killed instead, so the nemesis carries on either way.
+    async fn power_loss(&mut self, tear: bool) {
+        let took = self.post(&format!("/fault/power-loss?tear={}", u8::from(tear)));
+        if let Some(mut c) = self.child.take() {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if std::time::Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
+                    _ => {
+                        eprintln!("node {} did not lose power (answered: {took}); killed instead", self.id);
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                }
+            }
         }
     }
 
@@ -319,6 +349,24 @@ async fn run_chaos(args: RunArgs) -> Result<()> {
                 nodes[i].kill9();
                 tokio::time::sleep(hold).await;
                 nodes[i].start()?;
+            }
+            "power-loss" => {
+                // One node, or (a third of the time) all of them at once.
+                let all = rng.random_bool(1.0 / 3.0);
+                let victims: Vec<usize> = if all { (0..nodes.len()).collect() } else { vec![i] };
+                let tear = rng.random_bool(0.5);
+                for v in &victims {
+                    nodes[*v].power_loss(tear).await;
+                }
+                eprintln!(
+                    "power loss on nodes {:?}{}",
+                    victims.iter().map(|v| nodes[*v].id).collect::<Vec<_>>(),
+                    if tear { ", writes torn" } else { "" }
+                );
+                tokio::time::sleep(hold).await;
+                for v in victims {
+                    nodes[v].start()?;
+                }
             }
             "corrupt" => {
                 nodes[i].kill9();
