@@ -15,9 +15,14 @@
 //! crashes, partitions, restarts and moves also strike a quiet group; votes pass through
 //! the node-level lease as they do in the transport.
 //!
+//! Crashes come in two kinds: a process crash (the files keep everything written) and a
+//! power loss (keel-log's model throws away what was not fsynced, sometimes leaving a torn
+//! write), of one node or of every node at once. Logs and votes are fsynced as in
+//! production.
+//!
 //! The oracle: every acknowledged proposal is in the log at the offset it was acknowledged
-//! with; once faults stop the group elects a leader, takes a write, and every voter holds
-//! the same log.
+//! with, power losses included; once faults stop the group elects a leader, takes a write,
+//! and every voter holds the same log.
 //!
 //! `KEEL_SIM_SEED=N` replays one seed; `KEEL_SIM_STEPS` and `KEEL_SIM_SEEDS` make a longer
 //! run (e.g. `KEEL_SIM_SEEDS=50 KEEL_SIM_STEPS=2000 cargo test -p keel-raft --test simulation`).
@@ -253,8 +258,8 @@ impl RaftNetwork<TypeConfig> for Conn {
 
 fn options() -> GroupOptions {
     GroupOptions {
-        // No fsync: the simulation's "disk" survives every crash it stages.
-        fsync: false,
+        // fsync as in production: power losses throw away what was not synced.
+        fsync: true,
         ..GroupOptions::default()
     }
 }
@@ -331,6 +336,15 @@ fn data_of(g: &Group) -> Vec<(i64, Bytes)> {
         .collect()
 }
 
+/// Throws away what `dir`'s files had not fsynced, as a power loss would; half the time a
+/// part of each unsynced tail stays (a torn write).
+fn lose_power(dir: &Path, rng: &mut StdRng) {
+    let torn = rng.random_bool(0.5);
+    let seed: u64 = rng.random();
+    let mut keep = move |unsynced: u64| seed % (unsynced + 1);
+    keel_log::fault::power_loss(dir, if torn { Some(&mut keep) } else { None }).unwrap();
+}
+
 /// What one seed's run saw.
 struct Outcome {
     /// Steps after which the group's leader was quiet.
@@ -356,6 +370,7 @@ async fn run(seed: u64, steps: usize, root: &Path) -> Outcome {
 
     let mut acked: Vec<(String, i64)> = Vec::new();
     let mut crashes = 0;
+    let mut power_losses = 0;
     let mut moves = 0;
     let mut incarnation = 0u32;
     let mut last_target: Option<BTreeSet<NodeId>> = None;
@@ -378,6 +393,24 @@ async fn run(seed: u64, steps: usize, root: &Path) -> Outcome {
                 if let Some(g) = nodes.remove(&n) {
                     stop(&net, ids[&n], g).await;
                     crashes += 1;
+                    // Half the crashes are power losses.
+                    if rng.random_bool(0.5) {
+                        lose_power(&dirs[&n], &mut rng);
+                        power_losses += 1;
+                    }
+                }
+            }
+            99 => {
+                // Every node loses power at once, and comes back.
+                for n in NODES {
+                    if let Some(g) = nodes.remove(&n) {
+                        stop(&net, ids[&n], g).await;
+                    }
+                    lose_power(&dirs[&n], &mut rng);
+                }
+                power_losses += 1;
+                for n in NODES {
+                    nodes.insert(n, start(&net, ids[&n], &dirs[&n]).await);
                 }
             }
             68..78 => {
@@ -581,7 +614,7 @@ async fn run(seed: u64, steps: usize, root: &Path) -> Outcome {
         );
     }
     eprintln!(
-        "seed {seed}: {} acknowledged writes, {crashes} crashes, {moves} moves, voters {voters:?}, final offset {}",
+        "seed {seed}: {} acknowledged writes, {crashes} crashes ({power_losses} power losses), {moves} moves, voters {voters:?}, final offset {}",
         acked.len(),
         last.next_offset
     );
@@ -620,6 +653,7 @@ async fn acknowledged_writes_survive_crashes_partitions_and_loss() {
         Some(s) => vec![s],
         None => (1..=env("KEEL_SIM_SEEDS", 3)).collect(),
     };
+    keel_log::fault::track_durability(true);
     for seed in seeds {
         let root = tempfile::tempdir().unwrap();
         let outcome = run(seed, steps, root.path()).await;
