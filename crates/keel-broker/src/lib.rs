@@ -161,14 +161,17 @@ impl Broker {
     /// The node coordinating groups (leading `__consumer_offsets`): id, host, port.
     pub fn coordinator_node(&self) -> Option<(i32, String, i32)> {
         let p = self.groups.offsets.partition();
-        let leader = if p.is_closed() {
-            // This node's replica was moved off: the leader as it reports itself.
-            self.controller
-                .transport
-                .reported_leader(&partition::group_name(group::offsets::OFFSETS_TOPIC, 0))?
-                .0 as i32
-        } else {
-            keel_raft::node_of(p.group().leader()?) as i32
+        let leader = match p.group().leader().filter(|_| !p.is_closed()) {
+            Some(l) => keel_raft::node_of(l) as i32,
+            // This node's replica was moved off, or knows no leader (it restarted while
+            // the group was quiet, and a quiet leader sends nothing until it has something
+            // to send): the leader as it reports itself, as Metadata does.
+            None => {
+                self.controller
+                    .transport
+                    .reported_leader(&partition::group_name(group::offsets::OFFSETS_TOPIC, 0))?
+                    .0 as i32
+            }
         };
         handlers::metadata::nodes(self)
             .into_iter()

@@ -59,3 +59,28 @@ fn power_loss_keeps_exactly_what_was_synced() {
     fault::power_loss(tmp.path(), None).unwrap();
     assert_eq!(std::fs::read(&stray).unwrap(), b"kept");
 }
+
+/// Segments created at rolls survive a power loss once the log has synced: their names
+/// are made durable with a directory fsync, so the log does not come back shorter than
+/// what it had fsynced.
+#[test]
+fn rolled_segments_survive_power_loss() {
+    fault::track_durability(true);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    let small = LogConfig {
+        segment_bytes: 1024,
+        index_interval_bytes: 300,
+        ..LogConfig::default()
+    };
+    {
+        let mut log = DiskLog::open(&dir, small.clone()).unwrap();
+        fill(&mut log, 40);
+        log.sync().unwrap();
+        assert!(log.segment_count() > 3);
+    }
+    fault::power_loss(tmp.path(), None).unwrap();
+    let log = DiskLog::open(&dir, small).unwrap();
+    assert_eq!(log.next_index(), 40, "segments created at rolls were lost");
+    assert_eq!(log.damaged_through(), None);
+}

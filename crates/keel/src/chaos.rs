@@ -70,8 +70,8 @@ pub struct RunArgs {
     /// others in two, with one node still talking to both sides), corrupt (stop a node, flip
     /// a bit in or cut the tail of one of its segments, restart it), slow (delay and drop a
     /// node's messages to and from the others), disk-full (a node's writes fail with ENOSPC),
-    /// power-loss (one node, or every node at once, loses what it had not fsynced, torn
-    /// writes included, and restarts),
+    /// power-loss (one node, a minority, or every node at once loses what it had not
+    /// fsynced, torn writes included, and restarts),
     /// move (move a partition: one replica to a node without one, or, when every node has
     /// one, down to one replica fewer and back). kill, pause and partition pick the node
     /// leading the most partitions half the time.
@@ -351,9 +351,18 @@ async fn run_chaos(args: RunArgs) -> Result<()> {
                 nodes[i].start()?;
             }
             "power-loss" => {
-                // One node, or (a third of the time) all of them at once.
-                let all = rng.random_bool(1.0 / 3.0);
-                let victims: Vec<usize> = if all { (0..nodes.len()).collect() } else { vec![i] };
+                // One node, a minority (of two or more with five nodes and up), or (a third
+                // of the time) every node at once.
+                let victims: Vec<usize> = if rng.random_bool(1.0 / 3.0) {
+                    (0..nodes.len()).collect()
+                } else {
+                    let most = ((nodes.len() - 1) / 2).max(1);
+                    let mut others: Vec<usize> = (0..nodes.len()).filter(|v| *v != i).collect();
+                    shuffle(&mut others, &mut rng);
+                    let mut v = vec![i];
+                    v.extend(others.into_iter().take(rng.random_range(1..=most) - 1));
+                    v
+                };
                 let tear = rng.random_bool(0.5);
                 for v in &victims {
                     nodes[*v].power_loss(tear).await;
@@ -864,7 +873,7 @@ fn join_ids(ids: &[u64]) -> String {
     ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
 }
 
-fn shuffle(v: &mut [u64], rng: &mut StdRng) {
+fn shuffle<T>(v: &mut [T], rng: &mut StdRng) {
     for i in (1..v.len()).rev() {
         v.swap(i, rng.random_range(0..=i));
     }

@@ -767,3 +767,55 @@ async fn a_replica_damaged_while_running_repairs_itself() {
     // ... and serves every acknowledged message from its repaired log.
     assert_exactly_the_acknowledged(&read_all(&bs, acked.len()), &acked);
 }
+
+/// Nodes restarted while `__consumer_offsets` is idle (its group quiet, so its leader sends
+/// them nothing until it has something to send) still point a client that asks them for
+/// the group coordinator at the leader, and the client reads the group's commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_names_the_group_coordinator_of_a_quiet_offsets_topic() {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(root.path(), 3, &[]);
+    let bs = bootstrap(&nodes);
+    create_topic(&bs).await;
+    let committer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bs)
+        .set("group.id", "quiet-commits")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(TOPIC, 0, Offset::Offset(42)).unwrap();
+    committer
+        .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
+        .expect("commit");
+    drop(committer);
+    // Every node but the coordinator restarts, after the offsets topic had time to go
+    // quiet (1 s without writes, then a report round).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let coordinator = {
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", &bs).create().unwrap();
+        let md = admin
+            .inner()
+            .fetch_metadata(Some("__consumer_offsets"), Duration::from_secs(5))
+            .unwrap();
+        md.topics()[0].partitions()[0].leader()
+    };
+    assert!(coordinator > 0, "__consumer_offsets has no leader");
+    for id in (1..=3).filter(|id| *id != coordinator) {
+        node_of(&mut nodes, id).restart();
+    }
+    let restarted = (1..=3).find(|id| *id != coordinator).unwrap();
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", node_of(&mut nodes, restarted).kafka.clone())
+        .set("group.id", "quiet-commits")
+        .create()
+        .unwrap();
+    let mut want = TopicPartitionList::new();
+    want.add_partition(TOPIC, 0);
+    let got = reader
+        .committed_offsets(want, Duration::from_secs(20))
+        .expect("the restarted node named no coordinator");
+    assert_eq!(got.find_partition(TOPIC, 0).unwrap().offset(), Offset::Offset(42));
+}
