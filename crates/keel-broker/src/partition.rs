@@ -421,33 +421,50 @@ impl Partition {
             // batch must not have logged its first two (the client, told it failed, would
             // send them again).
             let mut to_append = Vec::with_capacity(batches.len());
-            for (h, bytes) in &batches {
-                if bytes.len() > max {
-                    return Err(PartitionError::BatchTooLarge { size: bytes.len(), max });
-                }
-                if h.producer_id >= 0 {
-                    let check = self.hook.producers.lock().unwrap_or_else(|e| e.into_inner()).check(
-                        h.producer_id,
-                        h.producer_epoch,
-                        h.base_sequence,
-                        h.record_count,
-                    );
-                    match check {
-                        Check::Append => {}
-                        Check::Duplicate { base_offset } => {
-                            if to_append.is_empty() {
-                                first.get_or_insert(Ok(Appended {
-                                    base_offset,
-                                    log_append_time: -1,
-                                    log_start_offset: self.log_start_offset(),
-                                }));
-                            }
-                            continue;
-                        }
-                        Check::Reject(code) => return Err(PartitionError::Producer(code)),
+            let log_start_offset = self.log_start_offset();
+            let checked = (|| {
+                let term = self.group.term();
+                let mut producers = self.hook.producers.lock().unwrap_or_else(|e| e.into_inner());
+                for (h, bytes) in &batches {
+                    if bytes.len() > max {
+                        return Err(PartitionError::BatchTooLarge { size: bytes.len(), max });
                     }
+                    if h.producer_id >= 0 {
+                        match producers.check(term, h.producer_id, h.producer_epoch, h.base_sequence, h.record_count) {
+                            // The producer's next batch (in this request or a later one)
+                            // follows this one.
+                            Check::Append => {
+                                producers.begin(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count)
+                            }
+                            Check::InFlight => {
+                                return Err(PartitionError::Replication(
+                                    "the same batch is still being replicated".into(),
+                                ))
+                            }
+                            Check::Duplicate { base_offset } => {
+                                if to_append.is_empty() {
+                                    first.get_or_insert(Ok(Appended {
+                                        base_offset,
+                                        log_append_time: -1,
+                                        log_start_offset,
+                                    }));
+                                }
+                                continue;
+                            }
+                            Check::Reject(code) => return Err(PartitionError::Producer(code)),
+                        }
+                    }
+                    to_append.push((h, bytes));
                 }
-                to_append.push((h, bytes));
+                Ok(())
+            })();
+            if let Err(e) = checked {
+                // Nothing of the request is proposed: its batches are not pending.
+                let mut producers = self.hook.producers.lock().unwrap_or_else(|e| e.into_inner());
+                for (h, _) in to_append.iter().rev().filter(|(h, _)| h.producer_id >= 0) {
+                    producers.abandon(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count);
+                }
+                return Err(e);
             }
             for (h, bytes) in to_append {
                 // The log store writes the base offset and leader epoch as it appends; only
@@ -578,6 +595,13 @@ impl Partition {
         }
         self.update_size_metric();
         if let Some(e) = failure {
+            // What was pending may or may not be in the log now: checks go by what is
+            // applied until new batches are accepted.
+            self.hook
+                .producers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear_pending();
             self.check_poisoned();
             if self.poisoned.load(Ordering::Acquire) {
                 return Err(PartitionError::Storage(keel_log::LogError::Poisoned(e.to_string())));

@@ -88,3 +88,35 @@ async fn a_refused_batch_keeps_the_whole_request_out_of_the_log() {
     assert_eq!(ok.base_offset, 2);
     assert_eq!(p.high_watermark(), 4);
 }
+
+/// An idempotent producer keeps several requests in flight (librdkafka and the Java client
+/// up to five): a batch that follows one still being replicated is accepted in sequence,
+/// not refused as out of order because the one before it is not applied yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_producer_may_pipeline_its_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_broker, p) = partition(dir.path()).await;
+    p.append_acks(vec![batch(7, 0, "seven-0")], Acks::All).await.unwrap();
+    // Five requests handed to the log before any of them is answered.
+    let mut waits = Vec::new();
+    for seq in 1..=5 {
+        waits.push(
+            p.append_start(vec![batch(7, seq, &format!("seven-{seq}"))], Acks::All)
+                .await
+                .unwrap_or_else(|e| panic!("sequence {seq} refused: {e:?}")),
+        );
+    }
+    for (i, w) in waits.into_iter().enumerate() {
+        assert_eq!(w.await.unwrap().base_offset, i as i64 + 1);
+    }
+    // A retry of one of them is answered as a duplicate, with its offset.
+    let again = p.append_acks(vec![batch(7, 3, "seven-3")], Acks::All).await.unwrap();
+    assert_eq!(again.base_offset, 3);
+    // A gap is still refused.
+    let gap = p
+        .append_acks(vec![batch(7, 9, "seven-9")], Acks::All)
+        .await
+        .unwrap_err();
+    assert!(matches!(gap, PartitionError::Producer(45)), "{gap:?}");
+    assert_eq!(p.high_watermark(), 6);
+}
