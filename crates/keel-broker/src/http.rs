@@ -2,13 +2,15 @@
 //! `fault_injection` on, `POST /fault/cut?peers=2,3`, `POST /fault/slow?peers=2,3&delay_ms=50&drop_per_mille=100`,
 //! `POST /fault/disk-full` (every log write fails with ENOSPC), `POST /fault/power-loss[?tear=1]`
 //! (unsynced data thrown away, then the process ends) and `POST /fault/heal` (undoes
-//! them all) for chaos tests.
+//! them all) for chaos tests. The fault endpoints answer only loopback callers (403
+//! otherwise).
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
@@ -20,14 +22,26 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/health", get(health))
         .route("/ready", get(health));
     if broker.config.fault_injection {
-        r = r
+        // Faults that can throw data away answer only callers on this machine.
+        let faults = Router::new()
             .route("/fault/cut", post(cut))
             .route("/fault/slow", post(slow))
             .route("/fault/disk-full", post(disk_full))
             .route("/fault/power-loss", post(power_loss))
-            .route("/fault/heal", post(heal));
+            .route("/fault/heal", post(heal))
+            .route_layer(axum::middleware::from_fn(loopback_only));
+        r = r.merge(faults);
     }
     r.with_state(broker)
+}
+
+/// Lets a request through only from a loopback address (the fault-injection endpoints).
+async fn loopback_only(ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>, req: Request, next: Next) -> Response {
+    if peer.ip().is_loopback() {
+        return next.run(req).await;
+    }
+    tracing::warn!(%peer, path = %req.uri().path(), "fault injection refused to a caller off this machine");
+    (StatusCode::FORBIDDEN, "fault injection answers only loopback callers\n").into_response()
 }
 
 fn query_u64(uri: &axum::http::Uri, key: &str) -> Option<u64> {
@@ -165,12 +179,72 @@ pub async fn serve(
     broker: Arc<Broker>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let r = axum::serve(listener, router(broker))
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        })
-        .await;
+    let r = axum::serve(
+        listener,
+        router(broker).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = shutdown.changed().await;
+    })
+    .await;
     if let Err(e) = r {
         tracing::warn!(error = %e, "http server stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::extract::connect_info::MockConnectInfo;
+    use tower::ServiceExt;
+
+    async fn status_from(peer: &str, path: &str) -> StatusCode {
+        let dir = tempfile::tempdir().unwrap();
+        let broker = Broker::open(
+            crate::BrokerConfig {
+                data_dir: dir.path().to_path_buf(),
+                fault_injection: true,
+                ..Default::default()
+            },
+            9092,
+        )
+        .await
+        .unwrap();
+        let app = router(broker).layer(MockConnectInfo(peer.parse::<std::net::SocketAddr>().unwrap()));
+        let req = axum::http::Request::post(path).body(Body::empty()).unwrap();
+        app.oneshot(req).await.unwrap().status()
+    }
+
+    /// The fault-injection endpoints refuse callers off this machine and answer loopback
+    /// ones; the other endpoints answer anyone.
+    #[tokio::test]
+    async fn faults_answer_only_loopback_callers() {
+        assert_eq!(status_from("10.1.2.3:5000", "/fault/heal").await, StatusCode::FORBIDDEN);
+        assert_eq!(
+            status_from("[2001:db8::1]:5000", "/fault/disk-full").await,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(status_from("127.0.0.1:5000", "/fault/heal").await, StatusCode::OK);
+        assert_eq!(status_from("[::1]:5000", "/fault/heal").await, StatusCode::OK);
+        let metrics = {
+            let dir = tempfile::tempdir().unwrap();
+            let broker = Broker::open(
+                crate::BrokerConfig {
+                    data_dir: dir.path().to_path_buf(),
+                    fault_injection: true,
+                    ..Default::default()
+                },
+                9092,
+            )
+            .await
+            .unwrap();
+            let app = router(broker).layer(MockConnectInfo(
+                "10.1.2.3:5000".parse::<std::net::SocketAddr>().unwrap(),
+            ));
+            let req = axum::http::Request::get("/metrics").body(Body::empty()).unwrap();
+            app.oneshot(req).await.unwrap().status()
+        };
+        assert_eq!(metrics, StatusCode::OK);
     }
 }
