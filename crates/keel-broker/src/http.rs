@@ -199,7 +199,8 @@ mod tests {
     use axum::extract::connect_info::MockConnectInfo;
     use tower::ServiceExt;
 
-    async fn status_from(peer: &str, path: &str) -> StatusCode {
+    /// The status of `method path` from `peer`, against a node with fault injection on.
+    async fn status_from(peer: &str, method: &str, path: &str) -> StatusCode {
         let dir = tempfile::tempdir().unwrap();
         let broker = Broker::open(
             crate::BrokerConfig {
@@ -212,7 +213,11 @@ mod tests {
         .await
         .unwrap();
         let app = router(broker).layer(MockConnectInfo(peer.parse::<std::net::SocketAddr>().unwrap()));
-        let req = axum::http::Request::post(path).body(Body::empty()).unwrap();
+        let req = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::empty())
+            .unwrap();
         app.oneshot(req).await.unwrap().status()
     }
 
@@ -220,31 +225,19 @@ mod tests {
     /// ones; the other endpoints answer anyone.
     #[tokio::test]
     async fn faults_answer_only_loopback_callers() {
-        assert_eq!(status_from("10.1.2.3:5000", "/fault/heal").await, StatusCode::FORBIDDEN);
         assert_eq!(
-            status_from("[2001:db8::1]:5000", "/fault/disk-full").await,
+            status_from("10.1.2.3:5000", "POST", "/fault/heal").await,
             StatusCode::FORBIDDEN
         );
-        assert_eq!(status_from("127.0.0.1:5000", "/fault/heal").await, StatusCode::OK);
-        assert_eq!(status_from("[::1]:5000", "/fault/heal").await, StatusCode::OK);
-        let metrics = {
-            let dir = tempfile::tempdir().unwrap();
-            let broker = Broker::open(
-                crate::BrokerConfig {
-                    data_dir: dir.path().to_path_buf(),
-                    fault_injection: true,
-                    ..Default::default()
-                },
-                9092,
-            )
-            .await
-            .unwrap();
-            let app = router(broker).layer(MockConnectInfo(
-                "10.1.2.3:5000".parse::<std::net::SocketAddr>().unwrap(),
-            ));
-            let req = axum::http::Request::get("/metrics").body(Body::empty()).unwrap();
-            app.oneshot(req).await.unwrap().status()
-        };
-        assert_eq!(metrics, StatusCode::OK);
+        assert_eq!(
+            status_from("[2001:db8::1]:5000", "POST", "/fault/disk-full").await,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            status_from("127.0.0.1:5000", "POST", "/fault/heal").await,
+            StatusCode::OK
+        );
+        assert_eq!(status_from("[::1]:5000", "POST", "/fault/heal").await, StatusCode::OK);
+        assert_eq!(status_from("10.1.2.3:5000", "GET", "/metrics").await, StatusCode::OK);
     }
 }

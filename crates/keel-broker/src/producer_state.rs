@@ -26,6 +26,16 @@ struct Producer {
     last_write: u64,
 }
 
+impl Producer {
+    /// Where the remembered batch with exactly these sequences was logged, if it was.
+    fn logged_at(&self, first_seq: i32, last_seq: i32) -> Option<i64> {
+        self.batches
+            .iter()
+            .find(|b| b.first_seq == first_seq && b.last_seq == last_seq)
+            .map(|b| b.base_offset)
+    }
+}
+
 /// What to do with an incoming batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
@@ -83,16 +93,13 @@ impl ProducerStates {
         }
         let last_seq = first_seq.wrapping_add(count - 1);
         if let Some(q) = self.pending.get(&producer_id).filter(|q| q.epoch == epoch) {
-            if let Some(p) = self.producers.get(&producer_id).filter(|p| p.epoch == epoch) {
-                if let Some(b) = p
-                    .batches
-                    .iter()
-                    .find(|b| b.first_seq == first_seq && b.last_seq == last_seq)
-                {
-                    return Check::Duplicate {
-                        base_offset: b.base_offset,
-                    };
-                }
+            if let Some(base_offset) = self
+                .producers
+                .get(&producer_id)
+                .filter(|p| p.epoch == epoch)
+                .and_then(|p| p.logged_at(first_seq, last_seq))
+            {
+                return Check::Duplicate { base_offset };
             }
             if q.batches.iter().any(|b| *b == (first_seq, last_seq)) {
                 return Check::InFlight;
@@ -153,14 +160,8 @@ impl ProducerStates {
             };
         }
         let last_seq = first_seq.wrapping_add(count - 1);
-        if let Some(b) = p
-            .batches
-            .iter()
-            .find(|b| b.first_seq == first_seq && b.last_seq == last_seq)
-        {
-            return Check::Duplicate {
-                base_offset: b.base_offset,
-            };
+        if let Some(base_offset) = p.logged_at(first_seq, last_seq) {
+            return Check::Duplicate { base_offset };
         }
         match p.batches.back() {
             Some(last) if first_seq != next_seq(last.last_seq) => Check::Reject(OUT_OF_ORDER_SEQUENCE_NUMBER),

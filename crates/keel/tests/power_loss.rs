@@ -78,23 +78,19 @@ fn read_all(bootstrap: &str, expect: usize) -> Vec<(i64, String)> {
     tpl.add_partition_offset(TOPIC, 0, Offset::Beginning).unwrap();
     c.assign(&tpl).unwrap();
     let mut got = Vec::new();
+    // Until everything acknowledged is in, then 2 s more: anything beyond what was
+    // acknowledged would show up too.
     let deadline = Instant::now() + Duration::from_secs(90);
-    while got.len() < expect && Instant::now() < deadline {
+    let mut settle: Option<Instant> = None;
+    while Instant::now() < settle.unwrap_or(deadline) {
         if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
             got.push((
                 m.offset(),
                 String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
             ));
         }
-    }
-    // Anything beyond what was acknowledged would show up here too.
-    let settle = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < settle {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
-            got.push((
-                m.offset(),
-                String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
-            ));
+        if got.len() >= expect && settle.is_none() {
+            settle = Some(Instant::now() + Duration::from_secs(2));
         }
     }
     got
