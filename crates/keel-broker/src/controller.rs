@@ -319,6 +319,9 @@ pub struct Controller {
     pub voters: BTreeMap<NodeId, Node>,
     meta: watch::Receiver<Arc<ClusterMeta>>,
     events: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
+    /// The broker's own node-to-node routes (transaction markers and verification): every
+    /// route that is not the controller's goes here.
+    routes: std::sync::RwLock<Option<keel_raft::transport::AppHandler>>,
 }
 
 impl Controller {
@@ -381,9 +384,10 @@ impl Controller {
             voters,
             meta: meta_rx,
             events: Mutex::new(Some(ev_rx)),
+            routes: std::sync::RwLock::new(None),
         });
         let weak = Arc::downgrade(&c);
-        transport.set_app_handler(Arc::new(move |_from, route, body| {
+        transport.set_app_handler(Arc::new(move |from, route, body| {
             let weak = weak.clone();
             Box::pin(async move {
                 let c = weak.upgrade().ok_or_else(|| "controller stopped".to_string())?;
@@ -400,7 +404,11 @@ impl Controller {
                         .map_err(|e| e.to_string());
                 }
                 if route != PROPOSE_ROUTE {
-                    return Err(format!("unknown route {route}"));
+                    let other = c.routes.read().unwrap_or_else(|e| e.into_inner()).clone();
+                    return match other {
+                        Some(h) => h(from, route, body).await,
+                        None => Err(format!("unknown route {route}")),
+                    };
                 }
                 match c.group.propose(body).await {
                     Ok(a) => Ok(Bytes::from(a.index.to_be_bytes().to_vec())),
@@ -514,6 +522,11 @@ impl Controller {
             info!(node = id, "node joined the controller group as a learner");
         }
         Ok(Bytes::from(self.meta().applied_index.to_be_bytes().to_vec()))
+    }
+
+    /// Hands the routes the controller does not serve to `handler`.
+    pub fn set_routes(&self, handler: keel_raft::transport::AppHandler) {
+        *self.routes.write().unwrap_or_else(|e| e.into_inner()) = Some(handler);
     }
 
     /// The events queue, taken once by the topics reconciler.

@@ -319,6 +319,52 @@ pub async fn handle_from(
                 handlers::init_producer_id::handle
             )
         }
+        ApiKey::AddPartitionsToTxn => route!(
+            b,
+            body,
+            api,
+            v,
+            corr,
+            AddPartitionsToTxnRequest,
+            handlers::add_partitions_to_txn::handle
+        ),
+        ApiKey::AddOffsetsToTxn => route!(
+            b,
+            body,
+            api,
+            v,
+            corr,
+            AddOffsetsToTxnRequest,
+            handlers::add_offsets_to_txn::handle
+        ),
+        ApiKey::EndTxn => route!(b, body, api, v, corr, EndTxnRequest, handlers::end_txn::handle),
+        ApiKey::TxnOffsetCommit => route!(
+            b,
+            body,
+            api,
+            v,
+            corr,
+            TxnOffsetCommitRequest,
+            handlers::txn_offset_commit::handle
+        ),
+        ApiKey::DescribeTransactions => route!(
+            b,
+            body,
+            api,
+            v,
+            corr,
+            DescribeTransactionsRequest,
+            handlers::describe_transactions::handle
+        ),
+        ApiKey::ListTransactions => route!(
+            b,
+            body,
+            api,
+            v,
+            corr,
+            ListTransactionsRequest,
+            handlers::list_transactions::handle
+        ),
         ApiKey::FindCoordinator => {
             route!(
                 b,

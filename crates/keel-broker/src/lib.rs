@@ -16,6 +16,8 @@
 //!   group commit, high watermark and idempotent-producer dedup ([`producer_state`]).
 //! - [`group`]: consumer groups (classic protocol) and committed offsets, kept in the
 //!   internal `__consumer_offsets` topic.
+//! - [`txn`]: Kafka transactions: the coordinator (kept in the internal
+//!   `__transaction_state` topic), markers, and each partition's last stable offset.
 //! - [`metrics`] and [`http`]: Prometheus `/metrics` and `/health`.
 //! - [`error`]: broker errors and their Kafka error codes.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
@@ -35,6 +37,7 @@ pub mod producer_state;
 pub mod server;
 pub mod topic_config;
 pub mod topics;
+pub mod txn;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -55,6 +58,7 @@ pub struct Broker {
     pub data_changed: Arc<watch::Sender<u64>>,
     pub producer_ids: ProducerIds,
     pub groups: group::coordinator::Coordinator,
+    pub txns: txn::coordinator::TxnStore,
     /// Host and port clients are told to connect to.
     pub advertised: (String, u16),
     pub started: Instant,
@@ -97,33 +101,16 @@ impl Broker {
                 "still reopening partition replicas (or waiting for a controller quorum)"
             );
         }
-        let offsets_topic = match topics.get(group::offsets::OFFSETS_TOPIC) {
-            Some(t) => t,
-            None => {
-                let configs: std::collections::BTreeMap<String, String> = [
-                    ("retention.ms".to_string(), "-1".to_string()),
-                    ("segment.bytes".to_string(), config.offsets_segment_bytes.to_string()),
-                ]
-                .into_iter()
-                .collect();
-                // Needs a controller quorum: a node that starts before its peers waits here.
-                loop {
-                    match topics
-                        .create_internal(group::offsets::OFFSETS_TOPIC, 1, configs.clone())
-                        .await
-                    {
-                        Ok(t) => break t,
-                        Err(e) if e.code == kafka_protocol::ResponseError::RequestTimedOut.code() => {
-                            tracing::info!(reason = %e.message, "waiting for the controller to create {}", group::offsets::OFFSETS_TOPIC);
-                        }
-                        Err(e) => {
-                            anyhow::bail!("creating {}: {}", group::offsets::OFFSETS_TOPIC, e.message)
-                        }
-                    }
-                }
-            }
-        };
-        let offsets_partition = offsets_replica(&topics, &offsets_topic).await;
+        let internal_configs: std::collections::BTreeMap<String, String> = [
+            ("retention.ms".to_string(), "-1".to_string()),
+            ("segment.bytes".to_string(), config.offsets_segment_bytes.to_string()),
+        ]
+        .into_iter()
+        .collect();
+        let offsets_topic = internal_topic(&topics, group::offsets::OFFSETS_TOPIC, &internal_configs).await?;
+        let txn_topic = internal_topic(&topics, txn::coordinator::TXN_TOPIC, &internal_configs).await?;
+        let offsets_partition = internal_replica(&topics, &offsets_topic).await;
+        let txn_partition = internal_replica(&topics, &txn_topic).await;
         let loaded_term = offsets_partition.is_leader().then(|| offsets_partition.group().term());
         let offsets = group::offsets::OffsetStore::load(offsets_partition);
         let timing = group::state::GroupTiming {
@@ -137,10 +124,19 @@ impl Broker {
             data_changed,
             producer_ids,
             groups: group::coordinator::Coordinator::new(offsets, timing),
+            txns: txn::coordinator::TxnStore::load(txn_partition),
             advertised: (host, port),
             started: Instant::now(),
             offsets_term: std::sync::Mutex::new(loaded_term),
         });
+        let weak = Arc::downgrade(&broker);
+        broker.controller.set_routes(Arc::new(move |_from, route, body| {
+            let weak = weak.clone();
+            Box::pin(async move {
+                let b = weak.upgrade().ok_or_else(|| "broker stopped".to_string())?;
+                txn::coordinator::handle_route(&b, &route, &body).await
+            })
+        }));
         tokio::spawn(group_clock(Arc::downgrade(&broker)));
         Ok(broker)
     }
@@ -160,7 +156,12 @@ impl Broker {
 
     /// The node coordinating groups (leading `__consumer_offsets`): id, host, port.
     pub fn coordinator_node(&self) -> Option<(i32, String, i32)> {
-        let p = self.groups.offsets.partition();
+        self.leader_node_of(group::offsets::OFFSETS_TOPIC, &self.groups.offsets.partition())
+    }
+
+    /// The node leading partition 0 of an internal topic (`p` is this node's replica):
+    /// id, host, port.
+    pub fn leader_node_of(&self, topic: &str, p: &partition::Partition) -> Option<(i32, String, i32)> {
         let leader = match p.group().leader().filter(|_| !p.is_closed()) {
             Some(l) => keel_raft::node_of(l) as i32,
             // This node's replica was moved off, or knows no leader (it restarted while
@@ -169,7 +170,7 @@ impl Broker {
             None => {
                 self.controller
                     .transport
-                    .reported_leader(&partition::group_name(group::offsets::OFFSETS_TOPIC, 0))?
+                    .reported_leader(&partition::group_name(topic, 0))?
                     .0 as i32
             }
         };
@@ -312,11 +313,38 @@ async fn start_replication(
     Ok((controller, topics))
 }
 
-/// This node's replica of `__consumer_offsets`, which every node holds. A node without one
-/// (it joined a running cluster, or its replica was moved off) asks for one to be added and
-/// waits for it.
-async fn offsets_replica(topics: &Arc<topics::Topics>, offsets: &Arc<topics::Topic>) -> Arc<partition::Partition> {
-    let name = group::offsets::OFFSETS_TOPIC;
+/// Creates an internal topic of one partition unless it exists (it needs a controller
+/// quorum: a node that starts before its peers waits here).
+async fn internal_topic(
+    topics: &Arc<topics::Topics>,
+    name: &str,
+    configs: &std::collections::BTreeMap<String, String>,
+) -> anyhow::Result<Arc<topics::Topic>> {
+    if let Some(t) = topics.get(name) {
+        return Ok(t);
+    }
+    loop {
+        match topics.create_internal(name, 1, configs.clone()).await {
+            Ok(t) => return Ok(t),
+            Err(e) if e.code == kafka_protocol::ResponseError::RequestTimedOut.code() => {
+                tracing::info!(reason = %e.message, "waiting for the controller to create {name}");
+            }
+            // Another node created it meanwhile.
+            Err(_) if topics.get(name).is_some() => {}
+            Err(e) => anyhow::bail!("creating {name}: {}", e.message),
+        }
+        if let Some(t) = topics.get(name) {
+            return Ok(t);
+        }
+    }
+}
+
+/// This node's replica of an internal topic (`__consumer_offsets`, `__transaction_state`),
+/// which every node holds. A node without one (it joined a running cluster, or its replica
+/// was moved off) asks for one to be added and waits for it.
+async fn internal_replica(topics: &Arc<topics::Topics>, offsets: &Arc<topics::Topic>) -> Arc<partition::Partition> {
+    let name = offsets.meta().name;
+    let name = name.as_str();
     let me = topics.controller.node_id;
     let started = Instant::now();
     let mut asked = false;
@@ -371,8 +399,24 @@ async fn group_clock(broker: std::sync::Weak<Broker>) {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         let Some(b) = broker.upgrade() else { return };
         b.follow_offsets_leadership().await;
+        txn::coordinator::follow_leadership(&b).await;
         b.groups.tick().await;
         n += 1;
+        if n.is_multiple_of(10) {
+            txn::coordinator::tick(&b).await;
+            for p in b.topics.all_partitions() {
+                p.save_txn_index();
+                if p.is_leader() {
+                    b.metrics
+                        .lso_lag
+                        .get_or_create(&metrics::PartitionLabels {
+                            topic: p.topic.clone(),
+                            partition: p.index,
+                        })
+                        .set(p.high_watermark() - p.last_stable_offset());
+                }
+            }
+        }
         if n.is_multiple_of(10) {
             b.groups.refresh_metrics(&b.metrics, &b.topics).await;
         }
@@ -391,7 +435,7 @@ async fn group_clock(broker: std::sync::Weak<Broker>) {
 
 /// Whether clients may write to or delete this topic (internal topics are Keel's own).
 pub fn is_internal_topic(name: &str) -> bool {
-    name == group::offsets::OFFSETS_TOPIC
+    name == group::offsets::OFFSETS_TOPIC || name == txn::coordinator::TXN_TOPIC
 }
 
 /// Allocates idempotent-producer ids that are never reused across restarts (ids are

@@ -77,6 +77,16 @@ pub struct Metrics {
     pub partition_moves_done: Counter,
     pub quiet_leaders: Gauge,
     pub sleeping_followers: Gauge,
+    pub transactions_ended: Family<OutcomeLabels, Counter>,
+    pub transactions_timed_out: Counter,
+    pub open_transactions: Gauge,
+    pub oldest_open_transaction_seconds: Gauge,
+    pub lso_lag: Family<PartitionLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
 }
 
 fn latency_histogram() -> Histogram {
@@ -126,6 +136,11 @@ impl Metrics {
             partition_moves_done: Counter::default(),
             quiet_leaders: Gauge::default(),
             sleeping_followers: Gauge::default(),
+            transactions_ended: Family::default(),
+            transactions_timed_out: Counter::default(),
+            open_transactions: Gauge::default(),
+            oldest_open_transaction_seconds: Gauge::default(),
+            lso_lag: Family::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Kafka requests handled, by API", m.requests.clone());
@@ -256,7 +271,40 @@ impl Metrics {
             "Partition replicas whose log failed a checksum at open and was cut back to re-fetch",
             m.repaired_replicas.clone(),
         );
+        registry.register(
+            "transactions_ended",
+            "Transactions this node's coordinator completed, by outcome (commit, abort)",
+            m.transactions_ended.clone(),
+        );
+        registry.register(
+            "transactions_timed_out",
+            "Transactions the coordinator aborted because they ran past their timeout",
+            m.transactions_timed_out.clone(),
+        );
+        registry.register(
+            "open_transactions",
+            "Transactions ongoing at this node's coordinator",
+            m.open_transactions.clone(),
+        );
+        registry.register(
+            "oldest_open_transaction_seconds",
+            "Age of the oldest ongoing transaction at this node's coordinator (a hanging transaction grows it)",
+            m.oldest_open_transaction_seconds.clone(),
+        );
+        registry.register(
+            "last_stable_offset_lag",
+            "High watermark minus last stable offset of each partition this node leads (records read_committed consumers wait for)",
+            m.lso_lag.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    pub fn transactions_completed(&self, commit: bool) -> Counter {
+        self.transactions_ended
+            .get_or_create(&OutcomeLabels {
+                outcome: if commit { "commit" } else { "abort" }.to_string(),
+            })
+            .clone()
     }
 
     pub fn log_size(&self, topic: &str, partition: i32) -> Gauge {
@@ -303,6 +351,7 @@ impl Metrics {
         self.raft_term.remove(&l);
         self.raft_leader.remove(&l);
         self.leader_changes.remove(&l);
+        self.lso_lag.remove(&l);
         if self.under_replicated.get_or_create(&l).get() > 0 {
             self.under_replicated_partitions.dec();
         }

@@ -29,6 +29,15 @@ use crate::error::PartitionError;
 use crate::metrics::Metrics;
 use crate::producer_state::{Check, ProducerStates};
 use crate::topic_config::{TimestampType, TopicSettings};
+use crate::txn::index::{Aborted, TxnIndex};
+
+/// Where a replica saves its transaction index (see [`crate::txn::index`]).
+const TXN_CHECKPOINT: &str = "txn-index.json";
+/// The transaction index is saved at most this often while it changes.
+const TXN_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// Producers a partition remembers verifications for at most.
+const VERIFIED_MAX: usize = 100_000;
+const INVALID_TXN_STATE: i16 = 48;
 
 /// The committed (visible, acknowledged) end of the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +49,15 @@ pub struct Committed {
 /// What applying committed entries maintains on every replica.
 struct PartitionHook {
     producers: Mutex<ProducerStates>,
+    txns: Mutex<TxnIndex>,
+    /// When the transaction index was last saved, and whether it changed since.
+    txn_saved: Mutex<(Instant, bool)>,
+    dir: std::path::PathBuf,
+    /// Producers whose transaction the coordinator confirmed includes this partition
+    /// (KIP-890 verification): producer id -> (token, epoch, confirmed). A marker for the
+    /// producer removes its entry, so a confirmation that arrives after the transaction
+    /// ended finds no entry and a late batch cannot open a transaction that hangs.
+    verified: Mutex<std::collections::HashMap<i64, (u64, i16, bool)>>,
     data_changed: Arc<watch::Sender<u64>>,
     metrics: Arc<Metrics>,
 }
@@ -60,24 +78,98 @@ impl Apply for PartitionHook {
     fn apply(&self, _index: u64, base_offset: i64, _next_offset: i64, payload: &Bytes) -> Result<(), String> {
         // An entry holds one batch or several (coalesced requests), placed back to back.
         let mut next = base_offset;
-        for (_, h) in batch::batches(payload).map_while(Result::ok) {
-            if h.producer_id >= 0 {
-                self.producers.lock().unwrap_or_else(|e| e.into_inner()).record(
+        let mut txns_changed = false;
+        for (pos, h) in batch::batches(payload).map_while(Result::ok) {
+            let count = h.record_count.max(0) as i64;
+            if h.is_control() {
+                if let Some((kind, coordinator_epoch)) = payload.get(pos..).and_then(batch::control_record) {
+                    let commit = kind == batch::CONTROL_COMMIT;
+                    let mut txns = self.txns.lock().unwrap_or_else(|e| e.into_inner());
+                    txns_changed |= txns.on_marker(h.producer_id, h.producer_epoch, commit, coordinator_epoch, next);
+                    self.producers
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .fence(h.producer_id, h.producer_epoch);
+                    self.verified
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&h.producer_id);
+                }
+            } else {
+                if h.producer_id >= 0 && h.base_sequence >= 0 {
+                    self.producers.lock().unwrap_or_else(|e| e.into_inner()).record(
+                        h.producer_id,
+                        h.producer_epoch,
+                        h.base_sequence,
+                        h.record_count,
+                        next,
+                    );
+                }
+                txns_changed |= self.txns.lock().unwrap_or_else(|e| e.into_inner()).on_data(
                     h.producer_id,
-                    h.producer_epoch,
-                    h.base_sequence,
-                    h.record_count,
+                    h.is_transactional(),
                     next,
+                    count,
                 );
             }
-            next = next.saturating_add(h.record_count.max(0) as i64);
+            next = next.saturating_add(count);
+        }
+        if txns_changed {
+            self.txns_changed();
         }
         self.data_changed.send_modify(|v| *v = v.wrapping_add(1));
         Ok(())
     }
 
+    /// The transaction index is the replica's application state: a replica that catches
+    /// up from a snapshot (the leader purged what it lacks) takes the leader's.
+    fn snapshot(&self) -> Vec<u8> {
+        serde_json::to_vec(&*self.txns.lock().unwrap_or_else(|e| e.into_inner())).unwrap_or_default()
+    }
+
+    fn restore(&self, state: &[u8]) {
+        let index = if state.is_empty() {
+            TxnIndex::default()
+        } else {
+            match serde_json::from_slice::<TxnIndex>(state) {
+                Ok(ix) => ix,
+                Err(e) => {
+                    warn!(error = %e, "a snapshot's transaction index is unreadable; starting empty");
+                    TxnIndex::default()
+                }
+            }
+        };
+        *self.txns.lock().unwrap_or_else(|e| e.into_inner()) = index;
+        self.txns_changed();
+    }
+
     fn fsynced(&self, seconds: f64) {
         self.metrics.fsync_seconds.observe(seconds);
+    }
+}
+
+impl PartitionHook {
+    /// Saves the transaction index when it changed and the last save is old enough; the
+    /// periodic [`Partition::save_txn_index`] saves what this skipped.
+    fn txns_changed(&self) {
+        let mut saved = self.txn_saved.lock().unwrap_or_else(|e| e.into_inner());
+        saved.1 = true;
+        if saved.0.elapsed() >= TXN_CHECKPOINT_INTERVAL {
+            self.save_txns(&mut saved);
+        }
+    }
+
+    fn save_txns(&self, saved: &mut (Instant, bool)) {
+        let json = serde_json::to_vec(&*self.txns.lock().unwrap_or_else(|e| e.into_inner())).unwrap_or_default();
+        // Not fsynced: a checkpoint lost or older after a power loss only means a longer
+        // scan of the log at start-up (see `rebuild_txns`).
+        let tmp = self.dir.join(format!("{TXN_CHECKPOINT}.tmp"));
+        let r = std::fs::write(&tmp, &json).and_then(|()| std::fs::rename(&tmp, self.dir.join(TXN_CHECKPOINT)));
+        if let Err(e) = r {
+            warn!(dir = %self.dir.display(), error = %e, "could not save the transaction index");
+            return;
+        }
+        *saved = (Instant::now(), false);
     }
 }
 
@@ -166,7 +258,10 @@ pub struct Appended {
 pub struct ReadResult {
     pub records: Bytes,
     pub high_watermark: i64,
+    pub last_stable_offset: i64,
     pub log_start_offset: i64,
+    /// For `read_committed` reads: the aborted transactions the records overlap.
+    pub aborted: Vec<Aborted>,
 }
 
 fn propose_error(e: ProposeError) -> PartitionError {
@@ -198,8 +293,13 @@ impl Partition {
         }
         let dir = log.dir().to_path_buf();
         let producers = rebuild_producers(&log, &dir);
+        let txns = rebuild_txns(&log, &dir);
         let hook = Arc::new(PartitionHook {
             producers: Mutex::new(producers),
+            txns: Mutex::new(txns),
+            txn_saved: Mutex::new((Instant::now(), false)),
+            dir: dir.clone(),
+            verified: Mutex::new(Default::default()),
             data_changed: data_changed.clone(),
             metrics: metrics.clone(),
         });
@@ -287,6 +387,11 @@ impl Partition {
             metrics,
         });
         p.update_size_metric();
+        {
+            // A checkpoint from the start: the next start scans only what follows it.
+            let mut saved = p.hook.txn_saved.lock().unwrap_or_else(|e| e.into_inner());
+            p.hook.save_txns(&mut saved);
+        }
         tokio::spawn(watch_raft(Arc::downgrade(&p)));
         Ok(p)
     }
@@ -429,7 +534,10 @@ impl Partition {
                     if bytes.len() > max {
                         return Err(PartitionError::BatchTooLarge { size: bytes.len(), max });
                     }
-                    if h.producer_id >= 0 {
+                    if h.is_transactional() && !h.is_control() && !self.txn_may_write(h.producer_id, h.producer_epoch) {
+                        return Err(PartitionError::Producer(INVALID_TXN_STATE));
+                    }
+                    if h.producer_id >= 0 && !h.is_control() && h.base_sequence >= 0 {
                         match producers.check(term, h.producer_id, h.producer_epoch, h.base_sequence, h.record_count) {
                             // The producer's next batch (in this request or a later one)
                             // follows this one.
@@ -461,7 +569,11 @@ impl Partition {
             if let Err(e) = checked {
                 // Nothing of the request is proposed: its batches are not pending.
                 let mut producers = self.hook.producers.lock().unwrap_or_else(|e| e.into_inner());
-                for (h, _) in to_append.iter().rev().filter(|(h, _)| h.producer_id >= 0) {
+                for (h, _) in to_append
+                    .iter()
+                    .rev()
+                    .filter(|(h, _)| h.producer_id >= 0 && !h.is_control() && h.base_sequence >= 0)
+                {
                     producers.abandon(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count);
                 }
                 return Err(e);
@@ -529,6 +641,110 @@ impl Partition {
         Ok(Box::pin(async move {
             this.append_wait(first, waits, log_append, now).await
         }))
+    }
+
+    /// Whether a transactional batch of `producer_id` may be written: its transaction is
+    /// open here already, or the coordinator confirmed this partition is in it.
+    fn txn_may_write(&self, producer_id: i64, epoch: i16) -> bool {
+        if self
+            .hook
+            .txns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_open(producer_id)
+        {
+            return true;
+        }
+        self.hook
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&producer_id)
+            .is_some_and(|(_, e, confirmed)| *confirmed && *e == epoch)
+    }
+
+    /// Whether a transactional write of `producer_id` needs the coordinator's word first.
+    pub fn txn_needs_verification(&self, producer_id: i64, epoch: i16) -> bool {
+        !self.txn_may_write(producer_id, epoch)
+    }
+
+    /// Starts verifying `producer_id`'s transaction (KIP-890): returns the token to confirm
+    /// with once the coordinator answers.
+    pub fn begin_verification(&self, producer_id: i64, epoch: i16) -> u64 {
+        static TOKENS: AtomicU64 = AtomicU64::new(1);
+        let token = TOKENS.fetch_add(1, Ordering::Relaxed);
+        let mut v = self.hook.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if v.len() >= VERIFIED_MAX && !v.contains_key(&producer_id) {
+            if let Some(k) = v.keys().next().copied() {
+                v.remove(&k);
+            }
+        }
+        v.insert(producer_id, (token, epoch, false));
+        token
+    }
+
+    /// The coordinator confirmed the transaction: unless a marker ended it meanwhile (the
+    /// entry is gone or newer), its batches may be written.
+    pub fn confirm_verification(&self, producer_id: i64, token: u64) {
+        if let Some(e) = self
+            .hook
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&producer_id)
+            .filter(|e| e.0 == token)
+        {
+            e.2 = true;
+        }
+    }
+
+    /// Writes a transaction marker (COMMIT or ABORT control batch) for `producer_id` and
+    /// waits until it is committed.
+    pub async fn write_marker(
+        self: &Arc<Self>,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+        coordinator_epoch: i32,
+    ) -> Result<(), PartitionError> {
+        let marker =
+            batch::encode_control_batch(producer_id, epoch, commit, coordinator_epoch, keel_log::disk::now_ms())?;
+        let batches = batch::split_batches(&marker)?;
+        self.append_acks(batches, Acks::All).await.map(|_| ())
+    }
+
+    /// The last stable offset: `read_committed` readers see only what is below it.
+    pub fn last_stable_offset(&self) -> i64 {
+        let hw = self.high_watermark();
+        self.hook
+            .txns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last_stable_offset(hw)
+    }
+
+    /// Open transactions here: (producer id, first offset).
+    pub fn open_transactions(&self) -> Vec<(i64, i64)> {
+        self.hook
+            .txns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .open()
+            .collect()
+    }
+
+    /// Saves the transaction index if it changed since the last save.
+    pub fn save_txn_index(&self) {
+        let mut saved = self.hook.txn_saved.lock().unwrap_or_else(|e| e.into_inner());
+        if saved.1 {
+            let start = self.log_start_offset();
+            self.hook
+                .txns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .forget_before(start);
+            self.hook.save_txns(&mut saved);
+        }
     }
 
     fn coalescer(&self) -> std::sync::MutexGuard<'_, Coalescer> {
@@ -652,47 +868,57 @@ impl Partition {
     /// Reads committed records from `offset`, at most `max_bytes`, except that the first
     /// batch comes whole even when larger (so a large batch still makes progress).
     pub fn read(&self, offset: i64, max_bytes: usize) -> Result<ReadResult, PartitionError> {
-        self.read_bounded(offset, max_bytes, true)
+        self.read_bounded(offset, max_bytes, true, false)
     }
 
     /// As [`Partition::read`]; with `oversized_first` false, `max_bytes` is a hard limit
     /// (KIP-74: only the first partition of a Fetch response may exceed the budget).
+    /// With `committed_only` (`read_committed`), stops at the last stable offset and names
+    /// the aborted transactions the records read overlap.
     pub fn read_bounded(
         &self,
         offset: i64,
         max_bytes: usize,
         oversized_first: bool,
+        committed_only: bool,
     ) -> Result<ReadResult, PartitionError> {
         if !self.may_serve_reads() {
             return Err(PartitionError::NotLeader);
         }
         let hw = self.high_watermark();
+        let lso = self.last_stable_offset();
+        let upper = if committed_only { lso } else { hw };
         let log = self.group.shared.log();
         let start = log.start_offset();
         if offset < start || offset > hw {
             return Err(PartitionError::OffsetOutOfRange { offset, start, end: hw });
         }
         let mut out = BytesMut::new();
-        if offset < hw {
+        let mut read_end = offset;
+        if offset < upper {
             let entries = log.read_from_offset(offset, max_bytes).inspect_err(|e| {
                 if matches!(e, keel_log::LogError::Corrupt { .. }) {
                     self.group.shared.note_damage();
                 }
             })?;
             for e in entries {
-                if e.offset >= hw {
+                if e.offset >= upper {
                     break;
                 }
                 if e.kind != keel_log::EntryKind::Data {
                     continue;
                 }
                 // An entry may hold several batches: a read from inside it starts at the
-                // batch that holds its offset.
-                let payload = if e.offset < offset {
+                // batch that holds its offset, and a read_committed one ends before the
+                // batch at the last stable offset.
+                let mut payload = if e.offset < offset {
                     e.payload.slice(batch::skip_before(&e.payload, offset)..)
                 } else {
                     e.payload.clone()
                 };
+                if committed_only {
+                    payload.truncate(batch::take_before(&payload, upper));
+                }
                 if payload.is_empty() {
                     continue;
                 }
@@ -701,13 +927,27 @@ impl Partition {
                 if !(fits || may_exceed) {
                     break;
                 }
+                if let Some(Ok((_, last))) = batch::batches(&payload).last() {
+                    read_end = read_end.max(last.last_offset() + 1);
+                }
                 out.extend_from_slice(&payload);
             }
         }
+        let aborted = if committed_only && read_end > offset {
+            self.hook
+                .txns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .aborted_between(offset, read_end)
+        } else {
+            Vec::new()
+        };
         Ok(ReadResult {
             records: out.freeze(),
             high_watermark: hw,
+            last_stable_offset: lso,
             log_start_offset: start,
+            aborted,
         })
     }
 
@@ -968,7 +1208,9 @@ fn rebuild_producers(log: &DiskLog, dir: &std::path::Path) -> ProducerStates {
                 }
                 let mut next = e.offset;
                 for (_, h) in batch::batches(&e.payload).map_while(Result::ok) {
-                    if h.producer_id >= 0 {
+                    if h.is_control() {
+                        states.fence(h.producer_id, h.producer_epoch);
+                    } else if h.producer_id >= 0 && h.base_sequence >= 0 {
                         states.record(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count, next);
                     }
                     next = next.saturating_add(h.record_count.max(0) as i64);
@@ -978,6 +1220,66 @@ fn rebuild_producers(log: &DiskLog, dir: &std::path::Path) -> ProducerStates {
         Err(e) => warn!(error = %e, "could not rebuild producer state from the log tail"),
     }
     states
+}
+
+/// The transaction index at the applied end of the log: the saved checkpoint, with the
+/// applied entries after it fed again (entries past the applied end are applied again by
+/// the group, and feeding an offset twice changes nothing). Without a usable checkpoint
+/// (none yet, unreadable, or past the log's end after a power loss) the whole log is read.
+fn rebuild_txns(log: &DiskLog, dir: &std::path::Path) -> TxnIndex {
+    const CHUNK_BYTES: usize = 64 * 1024 * 1024;
+    let applied_end = std::fs::read(dir.join("raft-applied.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<keel_raft::store::AppliedState>(&b).ok())
+        .and_then(|a| a.last_applied)
+        .map(|l| l.index + 1)
+        .unwrap_or(0)
+        .min(log.next_index());
+    let log_end = log.next_offset();
+    let mut index = std::fs::read(dir.join(TXN_CHECKPOINT))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<TxnIndex>(&b).ok())
+        .filter(|ix| ix.usable_with(log_end))
+        .unwrap_or_default();
+    let mut at = index.through().max(log.start_offset());
+    loop {
+        let entries = match log.read_from_offset(at, CHUNK_BYTES) {
+            Ok(e) => e,
+            Err(e) => {
+                warn!(error = %e, "could not rebuild the transaction index past offset {at}");
+                break;
+            }
+        };
+        let before = at;
+        for e in entries.iter().filter(|e| e.index < applied_end) {
+            if e.kind != keel_log::EntryKind::Data {
+                continue;
+            }
+            let mut next = e.offset;
+            for (pos, h) in batch::batches(&e.payload).map_while(Result::ok) {
+                let count = h.record_count.max(0) as i64;
+                if h.is_control() {
+                    if let Some((kind, coordinator_epoch)) = e.payload.get(pos..).and_then(batch::control_record) {
+                        index.on_marker(
+                            h.producer_id,
+                            h.producer_epoch,
+                            kind == batch::CONTROL_COMMIT,
+                            coordinator_epoch,
+                            next,
+                        );
+                    }
+                } else {
+                    index.on_data(h.producer_id, h.is_transactional(), next, count);
+                }
+                next = next.saturating_add(count);
+            }
+            at = at.max(next);
+        }
+        if at == before || entries.last().is_none_or(|e| e.index + 1 >= applied_end) {
+            break;
+        }
+    }
+    index
 }
 
 /// For an uncompressed batch, the offset and timestamp of the first record at or after

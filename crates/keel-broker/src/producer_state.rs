@@ -213,6 +213,19 @@ impl ProducerStates {
         }
     }
 
+    /// A transaction marker with `epoch` was applied: the producer's older epochs are
+    /// fenced (a zombie's late batch is refused), as Kafka's partition leaders do.
+    pub fn fence(&mut self, producer_id: i64, epoch: i16) {
+        self.clock += 1;
+        let clock = self.clock;
+        let p = self.producers.entry(producer_id).or_default();
+        if epoch > p.epoch {
+            p.epoch = epoch;
+            p.batches.clear();
+        }
+        p.last_write = clock;
+    }
+
     /// Forgets everything from `offset` on (after a log truncation).
     pub fn forget_from(&mut self, offset: i64) {
         for p in self.producers.values_mut() {

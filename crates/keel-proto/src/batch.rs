@@ -367,20 +367,34 @@ pub fn encode_batch(
     records: &[NewRecord],
     compression: kafka_protocol::records::Compression,
 ) -> Result<Bytes, ProtoError> {
+    encode_batch_of(records, compression, None)
+}
+
+/// As [`encode_batch`], as a transactional batch of `producer` (id, epoch) without
+/// sequence numbers, as a coordinator writes a transaction's offset commits.
+pub fn encode_transactional_batch(records: &[NewRecord], producer: (i64, i16)) -> Result<Bytes, ProtoError> {
+    encode_batch_of(records, kafka_protocol::records::Compression::None, Some(producer))
+}
+
+fn encode_batch_of(
+    records: &[NewRecord],
+    compression: kafka_protocol::records::Compression,
+    producer: Option<(i64, i16)>,
+) -> Result<Bytes, ProtoError> {
     use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
     let records: Vec<Record> = records
         .iter()
         .enumerate()
         .map(|(i, r)| Record {
-            transactional: false,
+            transactional: producer.is_some(),
             control: false,
             delete_horizon: false,
             partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id: producer.map(|p| p.0).unwrap_or(-1),
+            producer_epoch: producer.map(|p| p.1).unwrap_or(-1),
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: i as i32,
+            sequence: if producer.is_some() { -1 } else { i as i32 },
             timestamp: r.timestamp,
             key: r.key.clone(),
             value: r.value.clone(),
@@ -451,6 +465,103 @@ pub fn keyless_records(batch: &Bytes, inflated_max: usize) -> Result<Vec<i32>, P
         .filter(|(_, r)| r.key.is_none())
         .map(|(i, _)| i as i32)
         .collect())
+}
+
+/// Where in `payload` (placed batches back to back) the batches wholly before `offset` end:
+/// a read that must stop at `offset` (the last stable offset) keeps `payload[..end]`.
+/// Batches never straddle the offsets a reader stops at, which are batch starts.
+pub fn take_before(payload: &[u8], offset: i64) -> usize {
+    let mut end = 0;
+    for b in batches(payload) {
+        match b {
+            Ok((pos, h)) if h.base_offset < offset => end = pos + h.total_len(),
+            _ => return end,
+        }
+    }
+    end
+}
+
+/// The two kinds of control record a transaction coordinator writes.
+pub const CONTROL_ABORT: i16 = 0;
+pub const CONTROL_COMMIT: i16 = 1;
+
+/// A transaction marker: a control batch of one record ending `producer_id`'s transaction
+/// in a partition (commit or abort), as Kafka writes it.
+pub fn encode_control_batch(
+    producer_id: i64,
+    producer_epoch: i16,
+    commit: bool,
+    coordinator_epoch: i32,
+    timestamp: i64,
+) -> Result<Bytes, ProtoError> {
+    use bytes::BufMut;
+    use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    let mut key = bytes::BytesMut::with_capacity(4);
+    key.put_i16(0);
+    key.put_i16(if commit { CONTROL_COMMIT } else { CONTROL_ABORT });
+    let mut value = bytes::BytesMut::with_capacity(6);
+    value.put_i16(0);
+    value.put_i32(coordinator_epoch);
+    let record = Record {
+        transactional: true,
+        control: true,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id,
+        producer_epoch,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: -1,
+        timestamp,
+        key: Some(key.freeze()),
+        value: Some(value.freeze()),
+        headers: Default::default(),
+    };
+    let mut buf = bytes::BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &[record],
+        &RecordEncodeOptions {
+            version: 2,
+            compression: kafka_protocol::records::Compression::None,
+        },
+    )
+    .map_err(|e| ProtoError::Malformed(format!("encoding a control batch: {e:#}")))?;
+    Ok(buf.freeze())
+}
+
+/// The control record type (commit or abort) of a control batch at the start of `batch`:
+/// `None` when it is not a control batch or its first record is not a readable control
+/// record (control batches are written uncompressed).
+pub fn control_type(batch: &[u8]) -> Option<i16> {
+    control_record(batch).map(|(kind, _)| kind)
+}
+
+/// A control batch's record type and the coordinator epoch its value carries (-1 when the
+/// value is absent).
+pub fn control_record(batch: &[u8]) -> Option<(i16, i32)> {
+    let h = BatchHeader::parse(batch).ok()?;
+    if !h.is_control() || h.compression() != 0 || h.record_count < 1 {
+        return None;
+    }
+    let mut rec = batch.get(HEADER_LEN..h.total_len())?;
+    let _len = read_varint(&mut rec).ok()?;
+    let (_attributes, rest) = rec.split_first()?;
+    rec = rest;
+    let _timestamp_delta = read_varint(&mut rec).ok()?;
+    let _offset_delta = read_varint(&mut rec).ok()?;
+    let key_len = read_varint(&mut rec).ok()?;
+    if !(4..=1024).contains(&key_len) {
+        return None;
+    }
+    let kind = i16::from_be_bytes(rec.get(2..4)?.try_into().ok()?);
+    rec = rec.get(key_len as usize..)?;
+    let value_len = read_varint(&mut rec).ok()?;
+    let epoch = match rec.get(2..6) {
+        Some(v) if value_len >= 6 => i32::from_be_bytes(v.try_into().ok()?),
+        _ => -1,
+    };
+    Some((kind, epoch))
 }
 
 #[cfg(test)]
@@ -610,5 +721,37 @@ mod tests {
                 assert!(keyless_records(&b, 200_000).is_err(), "{c:?} inflated past the limit");
             }
         }
+    }
+
+    /// A marker encodes as a valid control batch whose type reads back; data batches and
+    /// garbage have no control type; `take_before` keeps whole batches below an offset.
+    #[test]
+    fn control_batches_and_cutting_at_an_offset() {
+        for commit in [true, false] {
+            let b = encode_control_batch(77, 3, commit, 5, 1_000).unwrap();
+            let h = validate_batch(&b).unwrap();
+            assert!(h.is_control() && h.is_transactional());
+            assert_eq!((h.producer_id, h.producer_epoch, h.base_sequence), (77, 3, -1));
+            assert_eq!(
+                control_record(&b),
+                Some((if commit { CONTROL_COMMIT } else { CONTROL_ABORT }, 5))
+            );
+        }
+        let data = encode_batch(
+            &[NewRecord {
+                key: Some(Bytes::from_static(b"k")),
+                value: None,
+                timestamp: 1,
+            }],
+            kafka_protocol::records::Compression::None,
+        )
+        .unwrap();
+        assert_eq!(control_type(&data), None);
+        assert_eq!(control_type(b"\x00\x01"), None);
+        let (placed, _, _) = place(Bytes::from([data.clone(), data.clone(), data.clone()].concat()), 10, 1).unwrap();
+        assert_eq!(take_before(&placed, 10), 0);
+        assert_eq!(take_before(&placed, 11), data.len());
+        assert_eq!(take_before(&placed, 12), 2 * data.len());
+        assert_eq!(take_before(&placed, 99), placed.len());
     }
 }

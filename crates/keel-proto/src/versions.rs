@@ -48,6 +48,14 @@ pub const SUPPORTED: &[Supported] = &[
     s(ApiKey::AlterPartitionReassignments, 0, 1),
     s(ApiKey::ListPartitionReassignments, 0, 0),
     s(ApiKey::UnregisterBroker, 0, 0),
+    // Transactions, protocol version 1 (the epoch bump per transaction of KIP-890 part 2,
+    // EndTxn v5, is not served; verification, part 1, is done by the partition leaders).
+    s(ApiKey::AddPartitionsToTxn, 0, 4),
+    s(ApiKey::AddOffsetsToTxn, 0, 3),
+    s(ApiKey::EndTxn, 0, 3),
+    s(ApiKey::TxnOffsetCommit, 0, 3),
+    s(ApiKey::DescribeTransactions, 0, 0),
+    s(ApiKey::ListTransactions, 0, 1),
     // v0 of SaslHandshake hands the connection to raw SASL tokens; only v1 (tokens inside
     // SaslAuthenticate) is served.
     s(ApiKey::SaslHandshake, 1, 1),

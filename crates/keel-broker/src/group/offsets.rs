@@ -34,12 +34,16 @@ pub struct CommittedOffset {
 }
 
 type GroupOffsets = BTreeMap<(String, i32), CommittedOffset>;
+/// Offsets committed inside a producer's open transaction: (group, (topic, partition),
+/// offset), visible once its COMMIT marker is written.
+type PendingCommits = std::collections::HashMap<i64, Vec<(String, (String, i32), CommittedOffset)>>;
 
 pub struct OffsetStore {
     /// This node's replica of the internal partition; replaced when the replica is reopened
     /// (repaired, or moved off this node and back).
     partition: RwLock<Arc<Partition>>,
     map: RwLock<BTreeMap<String, GroupOffsets>>,
+    pending: std::sync::Mutex<PendingCommits>,
     /// Serialises writes so that memory is updated in log order.
     write: tokio::sync::Mutex<()>,
 }
@@ -124,10 +128,11 @@ fn decode_value(mut b: Bytes) -> Option<CommittedOffset> {
 impl OffsetStore {
     /// Replays the internal partition into memory (empty if this replica does not lead).
     pub fn load(partition: Arc<Partition>) -> OffsetStore {
-        let map = replay(&partition);
+        let (map, pending) = replay(&partition);
         OffsetStore {
             partition: RwLock::new(partition),
             map: RwLock::new(map),
+            pending: std::sync::Mutex::new(pending),
             write: tokio::sync::Mutex::new(()),
         }
     }
@@ -136,8 +141,9 @@ impl OffsetStore {
     /// the offsets other coordinators committed are in its log.
     pub async fn reload(&self) {
         let _turn = self.write.lock().await;
-        let map = replay(&self.partition());
+        let (map, pending) = replay(&self.partition());
         *self.map.write().unwrap_or_else(|e| e.into_inner()) = map;
+        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) = pending;
     }
 
     pub fn partition(&self) -> Arc<Partition> {
@@ -150,9 +156,33 @@ impl OffsetStore {
     }
 }
 
-fn replay(partition: &Partition) -> BTreeMap<String, GroupOffsets> {
+fn apply_record(
+    map: &mut BTreeMap<String, GroupOffsets>,
+    group: String,
+    key: (String, i32),
+    value: Option<CommittedOffset>,
+) {
+    match value {
+        Some(c) => {
+            map.entry(group).or_default().insert(key, c);
+        }
+        None => {
+            if let Some(g) = map.get_mut(&group) {
+                g.remove(&key);
+                if g.is_empty() {
+                    map.remove(&group);
+                }
+            }
+        }
+    }
+}
+
+/// The committed offsets in the partition, newest per key, and the transactional commits
+/// still waiting for their marker.
+fn replay(partition: &Partition) -> (BTreeMap<String, GroupOffsets>, PendingCommits) {
+    let mut pending = PendingCommits::new();
     if !partition.is_leader() {
-        return BTreeMap::new();
+        return (BTreeMap::new(), pending);
     }
     {
         let mut map: BTreeMap<String, GroupOffsets> = BTreeMap::new();
@@ -182,30 +212,44 @@ fn replay(partition: &Partition) -> BTreeMap<String, GroupOffsets> {
                 for r in set.records {
                     pos = pos.max(r.offset + 1);
                     records += 1;
+                    if r.control {
+                        // A transaction marker: the producer's pending commits take effect
+                        // (COMMIT) or are dropped (ABORT).
+                        let commit = r.key.as_ref().and_then(|k| k.get(2..4)) == Some(&[0, 1][..]);
+                        for (group, key, c) in pending.remove(&r.producer_id).unwrap_or_default() {
+                            if commit {
+                                apply_record(&mut map, group, key, Some(c));
+                            }
+                        }
+                        continue;
+                    }
                     let Some((group, topic, part)) = r.key.and_then(decode_key) else {
                         continue;
                     };
-                    match r.value.and_then(decode_value) {
-                        Some(c) => {
-                            map.entry(group).or_default().insert((topic, part), c);
+                    let value = r.value.and_then(decode_value);
+                    if r.transactional {
+                        if let Some(c) = value {
+                            pending
+                                .entry(r.producer_id)
+                                .or_default()
+                                .push((group, (topic, part), c));
                         }
-                        None => {
-                            if let Some(g) = map.get_mut(&group) {
-                                g.remove(&(topic, part));
-                                if g.is_empty() {
-                                    map.remove(&group);
-                                }
-                            }
-                        }
+                        continue;
                     }
+                    apply_record(&mut map, group, (topic, part), value);
                 }
             }
             if pos == before {
                 break;
             }
         }
-        info!(groups = map.len(), records, "committed offsets loaded");
-        map
+        info!(
+            groups = map.len(),
+            records,
+            open_transactions = pending.len(),
+            "committed offsets loaded"
+        );
+        (map, pending)
     }
 }
 
@@ -278,6 +322,11 @@ impl OffsetStore {
             return Ok(0);
         }
         let _turn = self.write.lock().await;
+        if !self.pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+            // An open transaction's commits sit in the log before the snapshot point and
+            // would be purged with it; compact once none is open.
+            return Ok(0);
+        }
         let snapshot_start = self.partition().high_watermark();
         let live: Vec<(String, GroupOffsets)> = self.read_map().iter().map(|(g, o)| (g.clone(), o.clone())).collect();
         for (group, offsets) in live {
@@ -294,6 +343,77 @@ impl OffsetStore {
             "compacted {OFFSETS_TOPIC}"
         );
         Ok(u64::from(purged))
+    }
+
+    /// TxnOffsetCommit: logs the offsets as part of `producer`'s (id, epoch) transaction;
+    /// they take effect when its COMMIT marker is written here ([`OffsetStore::write_marker`]).
+    pub async fn commit_transactional(
+        &self,
+        group: &str,
+        producer: (i64, i16),
+        offsets: Vec<((String, i32), CommittedOffset)>,
+    ) -> Result<(), PartitionError> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let _turn = self.write.lock().await;
+        let now = keel_log::disk::now_ms();
+        let recs: Vec<NewRecord> = offsets
+            .iter()
+            .map(|((topic, part), c)| NewRecord {
+                key: Some(encode_key(group, topic, *part)),
+                value: Some(encode_value(c)),
+                timestamp: now,
+            })
+            .collect();
+        let batch = keel_proto::batch::encode_transactional_batch(&recs, producer)?;
+        let batches = keel_proto::batch::split_batches(&batch)?;
+        self.partition().append(batches, true).await?;
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let list = pending.entry(producer.0).or_default();
+        for (key, c) in offsets {
+            list.push((group.to_string(), key, c));
+        }
+        Ok(())
+    }
+
+    /// Writes a transaction marker to the offsets partition and applies (COMMIT) or drops
+    /// (ABORT) the producer's transactional commits.
+    pub async fn write_marker(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+        coordinator_epoch: i32,
+    ) -> Result<(), PartitionError> {
+        let _turn = self.write.lock().await;
+        self.partition()
+            .write_marker(producer_id, epoch, commit, coordinator_epoch)
+            .await?;
+        let done = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&producer_id)
+            .unwrap_or_default();
+        if commit {
+            let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+            for (group, key, c) in done {
+                apply_record(&mut map, group, key, Some(c));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether an open transaction has committed an offset for this partition of `group`
+    /// (OffsetFetch with `require_stable` waits for it).
+    pub fn has_pending(&self, group: &str, topic: &str, partition: i32) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .flatten()
+            .any(|(g, (t, p), _)| g == group && t == topic && *p == partition)
     }
 
     pub async fn commit(

@@ -4,20 +4,24 @@
 //! `partition_max_bytes` per partition; the first non-empty partition always returns at
 //! least one whole batch so a batch larger than the limits still makes progress (KIP-74).
 //! The request waits up to `max_wait_ms` (capped by `fetch_wait_ms_max`) until `min_bytes`
-//! are available or a partition reports an error.
+//! are available or a partition reports an error. A `read_committed` fetch reads only below
+//! each partition's last stable offset and names the aborted transactions it overlaps.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse};
+use kafka_protocol::messages::fetch_response::{AbortedTransaction, FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ProducerId};
 use kafka_protocol::ResponseError;
 use tokio::time::Instant;
 
 use crate::error::PartitionError;
 use crate::metrics::ErrorLabels;
 use crate::Broker;
+
+/// `isolation_level` of a consumer that reads only committed transactions.
+const READ_COMMITTED: i8 = 1;
 
 fn partition_error(index: i32, code: i16, hw: i64, start: i64) -> PartitionData {
     let mut p = PartitionData::default();
@@ -37,6 +41,7 @@ fn read_once(b: &Broker, req: &FetchRequest, max_bytes: usize) -> (Vec<Fetchable
     let mut total = 0usize;
     let mut any_error = false;
     let mut out = Vec::with_capacity(req.topics.len());
+    let committed_only = req.isolation_level == READ_COMMITTED;
     for t in &req.topics {
         let mut tr = FetchableTopicResponse::default();
         tr.topic = t.topic.clone();
@@ -62,16 +67,32 @@ fn read_once(b: &Broker, req: &FetchRequest, max_bytes: usize) -> (Vec<Fetchable
             let result = if want == 0 && total > 0 {
                 Ok(None)
             } else {
-                part.read_bounded(fp.fetch_offset, want.max(1), total == 0).map(Some)
+                part.read_bounded(fp.fetch_offset, want.max(1), total == 0, committed_only)
+                    .map(Some)
             };
             match result {
                 Ok(read) => {
                     let mut p = PartitionData::default();
                     p.partition_index = fp.partition;
                     p.high_watermark = part.high_watermark();
-                    p.last_stable_offset = p.high_watermark;
+                    p.last_stable_offset = part.last_stable_offset();
                     p.log_start_offset = part.log_start_offset();
                     p.preferred_read_replica = kafka_protocol::messages::BrokerId(-1);
+                    if committed_only {
+                        p.aborted_transactions = Some(
+                            read.as_ref()
+                                .map(|r| r.aborted.as_slice())
+                                .unwrap_or_default()
+                                .iter()
+                                .map(|a| {
+                                    let mut t = AbortedTransaction::default();
+                                    t.producer_id = ProducerId(a.producer_id);
+                                    t.first_offset = a.first_offset;
+                                    t
+                                })
+                                .collect(),
+                        );
+                    }
                     let records = read.map(|r| r.records).unwrap_or_default();
                     budget = budget.saturating_sub(records.len());
                     total += records.len();

@@ -1,5 +1,5 @@
-//! FindCoordinator: the leader of `__consumer_offsets` coordinates every group (v0-3 one
-//! key, v4 a batch of keys).
+//! FindCoordinator: the leader of `__consumer_offsets` coordinates every group, the leader
+//! of `__transaction_state` every transactional id (v0-3 one key, v4 a batch of keys).
 
 use std::sync::Arc;
 
@@ -12,40 +12,34 @@ use super::s;
 use crate::Broker;
 
 const KEY_TYPE_GROUP: i8 = 0;
-
-/// (error code, message) for a coordinator key of `key_type`.
-fn check(key_type: i8) -> (i16, Option<&'static str>) {
-    if key_type == KEY_TYPE_GROUP {
-        (0, None)
-    } else {
-        (
-            ResponseError::CoordinatorNotAvailable.code(),
-            Some("transactions are not supported"),
-        )
-    }
-}
+const KEY_TYPE_TRANSACTION: i8 = 1;
 
 pub async fn handle(b: &Arc<Broker>, req: FindCoordinatorRequest, v: i16) -> FindCoordinatorResponse {
     let mut r = FindCoordinatorResponse::default();
-    let coordinator = b.coordinator_node();
+    let coordinator = match req.key_type {
+        KEY_TYPE_GROUP => Ok(b.coordinator_node()),
+        KEY_TYPE_TRANSACTION => Ok(b.leader_node_of(crate::txn::coordinator::TXN_TOPIC, &b.txns.partition())),
+        _ => Err(ResponseError::InvalidRequest.code()),
+    };
+    let (code, msg) = match &coordinator {
+        Err(code) => (*code, Some("unknown coordinator key type")),
+        Ok(None) => (
+            ResponseError::CoordinatorNotAvailable.code(),
+            Some("the coordinator has no leader yet"),
+        ),
+        Ok(Some(_)) => (0, None),
+    };
+    let coordinator = coordinator.ok().flatten();
     let node = BrokerId(coordinator.as_ref().map(|c| c.0).unwrap_or(-1));
     let (host, port) = match &coordinator {
         Some((_, h, p)) => (s(h.clone()), *p),
         None => (s(""), -1),
-    };
-    let check = |key_type: i8| match check(key_type) {
-        (0, _) if coordinator.is_none() => (
-            ResponseError::CoordinatorNotAvailable.code(),
-            Some("the group coordinator has no leader yet"),
-        ),
-        other => other,
     };
     if v >= 4 {
         r.coordinators = req
             .coordinator_keys
             .iter()
             .map(|key: &StrBytes| {
-                let (code, msg) = check(req.key_type);
                 let mut c = Coordinator::default();
                 c.key = key.clone();
                 c.error_code = code;
@@ -63,7 +57,6 @@ pub async fn handle(b: &Arc<Broker>, req: FindCoordinatorRequest, v: i16) -> Fin
             .collect();
         return r;
     }
-    let (code, msg) = check(req.key_type);
     r.error_code = code;
     if v >= 1 {
         r.error_message = msg.map(s);

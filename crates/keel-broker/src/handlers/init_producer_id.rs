@@ -1,20 +1,33 @@
-//! InitProducerId: ids for idempotent producers (transactions are not served).
+//! InitProducerId: ids for idempotent producers, and for transactional ones the id and
+//! epoch their coordinator keeps (fencing the previous instance of the transactional id).
 
 use std::sync::Arc;
 
 use kafka_protocol::messages::{InitProducerIdRequest, InitProducerIdResponse, ProducerId};
 use kafka_protocol::ResponseError;
-use tracing::{error, warn};
+use tracing::error;
 
+use crate::txn::{coordinator, state};
 use crate::Broker;
 
-pub async fn handle(b: &Arc<Broker>, req: InitProducerIdRequest, _v: i16) -> InitProducerIdResponse {
+pub async fn handle(b: &Arc<Broker>, req: InitProducerIdRequest, v: i16) -> InitProducerIdResponse {
     let mut r = InitProducerIdResponse::default();
-    if req.transactional_id.is_some() {
-        warn!("InitProducerId with a transactional id refused: transactions are not supported");
-        r.error_code = ResponseError::TransactionalIdAuthorizationFailed.code();
-        r.producer_id = ProducerId(-1);
-        r.producer_epoch = -1;
+    r.producer_id = ProducerId(-1);
+    r.producer_epoch = -1;
+    if let Some(id) = req.transactional_id.as_ref().filter(|id| !id.0.is_empty()) {
+        let expected = (req.producer_id.0 >= 0).then_some((req.producer_id.0, req.producer_epoch));
+        let fenced = if v >= 4 {
+            state::PRODUCER_FENCED
+        } else {
+            state::INVALID_PRODUCER_EPOCH
+        };
+        match coordinator::init_producer_id(b, id.0.as_str(), req.transaction_timeout_ms, expected, fenced).await {
+            Ok((pid, epoch)) => {
+                r.producer_id = ProducerId(pid);
+                r.producer_epoch = epoch;
+            }
+            Err(code) => r.error_code = code,
+        }
         return r;
     }
     // KIP-360: a producer that knows its id asks for the next epoch.
@@ -31,8 +44,6 @@ pub async fn handle(b: &Arc<Broker>, req: InitProducerIdRequest, _v: i16) -> Ini
         Err(e) => {
             error!(error = %e, "could not persist the producer id block");
             r.error_code = ResponseError::KafkaStorageError.code();
-            r.producer_id = ProducerId(-1);
-            r.producer_epoch = -1;
         }
     }
     r

@@ -1,4 +1,5 @@
-//! ListOffsets: earliest (-2), latest (-1, the high watermark) and by timestamp.
+//! ListOffsets: earliest (-2), latest (-1: the high watermark, or the last stable offset
+//! for `read_committed`) and by timestamp.
 
 use std::sync::Arc;
 
@@ -10,6 +11,9 @@ use crate::Broker;
 
 const LATEST: i64 = -1;
 const EARLIEST: i64 = -2;
+/// `isolation_level` of a consumer that reads only committed transactions: its latest
+/// offset is the last stable offset.
+const READ_COMMITTED: i8 = 1;
 
 pub async fn handle(b: &Arc<Broker>, req: ListOffsetsRequest, v: i16) -> ListOffsetsResponse {
     let mut r = ListOffsetsResponse::default();
@@ -36,6 +40,7 @@ pub async fn handle(b: &Arc<Broker>, req: ListOffsetsRequest, v: i16) -> ListOff
                 pr.leader_epoch = part.group().term().min(i32::MAX as u64) as i32;
             }
             match p.timestamp {
+                LATEST if req.isolation_level == READ_COMMITTED => pr.offset = part.last_stable_offset(),
                 LATEST => pr.offset = part.high_watermark(),
                 EARLIEST => pr.offset = part.log_start_offset(),
                 ts if ts >= 0 => match part.offset_for_timestamp(ts) {

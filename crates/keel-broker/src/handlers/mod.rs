@@ -1,6 +1,8 @@
 //! One module per Kafka API. Each takes the decoded request and returns the response;
 //! partition- and topic-level failures are error codes inside the response.
 
+pub mod add_offsets_to_txn;
+pub mod add_partitions_to_txn;
 pub mod alter_configs;
 pub mod alter_partition_reassignments;
 pub mod api_versions;
@@ -11,6 +13,8 @@ pub mod delete_topics;
 pub mod describe_cluster;
 pub mod describe_configs;
 pub mod describe_groups;
+pub mod describe_transactions;
+pub mod end_txn;
 pub mod fetch;
 pub mod find_coordinator;
 pub mod heartbeat;
@@ -20,6 +24,7 @@ pub mod leave_group;
 pub mod list_groups;
 pub mod list_offsets;
 pub mod list_partition_reassignments;
+pub mod list_transactions;
 pub mod metadata;
 pub mod offset_commit;
 pub mod offset_delete;
@@ -27,6 +32,7 @@ pub mod offset_fetch;
 pub mod produce;
 pub mod sasl;
 pub mod sync_group;
+pub mod txn_offset_commit;
 pub mod unregister_broker;
 
 use kafka_protocol::protocol::StrBytes;

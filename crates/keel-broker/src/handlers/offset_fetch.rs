@@ -1,4 +1,6 @@
-//! OffsetFetch: committed offsets of a group (all of them when no topics are named).
+//! OffsetFetch: committed offsets of a group (all of them when no topics are named). With
+//! `require_stable` (v7+, KIP-447), a partition whose offset an open transaction has
+//! committed answers UNSTABLE_OFFSET_COMMIT until the transaction ends; the client retries.
 
 use std::sync::Arc;
 
@@ -7,6 +9,8 @@ use kafka_protocol::messages::{OffsetFetchRequest, OffsetFetchResponse, TopicNam
 
 use super::s;
 use crate::Broker;
+
+const UNSTABLE_OFFSET_COMMIT: i16 = 88;
 
 pub async fn handle(b: &Arc<Broker>, req: OffsetFetchRequest, v: i16) -> OffsetFetchResponse {
     let group = req.group_id.0.as_str();
@@ -37,6 +41,12 @@ pub async fn handle(b: &Arc<Broker>, req: OffsetFetchRequest, v: i16) -> OffsetF
             pr.partition_index = part;
             if let Some(code) = not_coordinator {
                 pr.error_code = code;
+                pr.committed_offset = -1;
+                tr.partitions.push(pr);
+                continue;
+            }
+            if req.require_stable && b.groups.offsets.has_pending(group, &topic, part) {
+                pr.error_code = UNSTABLE_OFFSET_COMMIT;
                 pr.committed_offset = -1;
                 tr.partitions.push(pr);
                 continue;

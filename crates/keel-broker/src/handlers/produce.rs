@@ -186,8 +186,6 @@ pub async fn start(
             Err(ResponseError::InvalidRequiredAcks.code())
         } else if crate::is_internal_topic(&name) {
             Err(ResponseError::InvalidTopicException.code())
-        } else if req.transactional_id.is_some() {
-            Err(ResponseError::TransactionalIdAuthorizationFailed.code())
         } else {
             b.topics.get_or_auto_create(&name).await.map_err(|e| e.code)
         };
@@ -215,12 +213,8 @@ pub async fn start(
                     continue;
                 }
             };
-            if batches.iter().any(|(h, _)| h.is_transactional() || h.is_control()) {
-                tr.partition_responses.push(failed(
-                    index,
-                    ResponseError::TransactionalIdAuthorizationFailed.code(),
-                    Some("transactional batches are not supported".into()),
-                ));
+            if let Some(refused) = transactional_check(b, &req.transactional_id, &name, index, &part, &batches).await {
+                tr.partition_responses.push(refused);
                 continue;
             }
             if part.settings().compacted {
@@ -252,6 +246,65 @@ pub async fn start(
         }
         answer(&b, responses, pending, deadline).await
     }
+}
+
+/// Refuses control batches (only coordinators write markers) and batches without the
+/// sequence numbers idempotence needs; verifies a producer's first transactional batch to
+/// the partition with its coordinator (KIP-890).
+async fn transactional_check(
+    b: &Arc<Broker>,
+    transactional_id: &Option<kafka_protocol::messages::TransactionalId>,
+    topic: &str,
+    index: i32,
+    part: &Arc<crate::partition::Partition>,
+    batches: &[(batch::BatchHeader, bytes::Bytes)],
+) -> Option<PartitionProduceResponse> {
+    if batches
+        .iter()
+        .any(|(h, _)| h.is_control() || (h.producer_id >= 0 && h.base_sequence < 0))
+    {
+        return Some(failed(
+            index,
+            ResponseError::InvalidRecord.code(),
+            Some("clients may not write control batches or producer batches without sequence numbers".into()),
+        ));
+    }
+    let (h, _) = batches.iter().find(|(h, _)| h.is_transactional())?;
+    let Some(id) = transactional_id.as_ref().filter(|id| !id.0.is_empty()) else {
+        return Some(failed(
+            index,
+            ResponseError::InvalidTxnState.code(),
+            Some("a transactional batch needs the request's transactional id".into()),
+        ));
+    };
+    if batches
+        .iter()
+        .any(|(o, _)| !o.is_transactional() || o.producer_id != h.producer_id || o.producer_epoch != h.producer_epoch)
+    {
+        return Some(failed(index, ResponseError::InvalidRecord.code(), None));
+    }
+    if !part.txn_needs_verification(h.producer_id, h.producer_epoch) {
+        return None;
+    }
+    let code = crate::txn::coordinator::verify_write(
+        b,
+        part,
+        crate::txn::coordinator::VerifyRequest {
+            transactional_id: id.0.to_string(),
+            producer_id: h.producer_id,
+            producer_epoch: h.producer_epoch,
+            topic: topic.to_string(),
+            partition: index,
+        },
+    )
+    .await;
+    (code != 0).then(|| {
+        failed(
+            index,
+            code,
+            Some("the transaction coordinator does not confirm this partition".into()),
+        )
+    })
 }
 
 async fn answer(
