@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts `keel serve` (the binary given as $1, default target/debug/keel) on free ports in a
-# fresh data directory, runs the kcat and confluent-kafka flows against it, stops it with
+# fresh data directory, runs the kcat and confluent-kafka flows (transactions included) against it, stops it with
 # SIGTERM (which must exit 0) and prints "N passed, N failed".
 set -uo pipefail
 DIR="$(cd "$(dirname "$0")" && pwd)"
@@ -32,6 +32,7 @@ run() {
 run "kcat produce/consume" env N=2000 bash "${DIR}/kcat_smoke.sh"
 run "confluent-kafka admin/produce/read" timeout 180 "${VENV}/bin/python" "${DIR}/ck_smoke.py"
 run "confluent-kafka consumer group (2 members, sync commits)" timeout 180 "${VENV}/bin/python" "${DIR}/ck_group_smoke.py"
+run "confluent-kafka transactions (consume-transform-produce, fencing, timeout)" timeout 240 "${VENV}/bin/python" "${DIR}/ck_txn.py"
 run "metrics endpoint" bash -c "curl -sf http://${HTTP}/metrics | grep -q '^keel_produced_records_total [1-9]'"
 run "health endpoint" bash -c "curl -sf http://${HTTP}/health | grep -q '\"status\":\"ok\"'"
 

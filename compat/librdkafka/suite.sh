@@ -86,7 +86,7 @@ print(" ".join(str(x.getsockname()[1]) for x in s))')"
         "${KEEL}" serve --node-id "${i}" --data-dir "${WORK}/cluster/node-${i}" \
             --kafka-listen "${kafka[$((i-1))]}" --raft-listen "127.0.0.1:${ports[$((i+2))]}" \
             --http-listen 127.0.0.1:0 --peers "${peers}" --default-partitions 4 \
-            --auto-create-topics false >"${WORK}/node${i}.out" 2>>"${WORK}/stderr" &
+            --auto-create-topics "${AUTO_CREATE}" >"${WORK}/node${i}.out" 2>>"${WORK}/stderr" &
         CPIDS+=($!)
     done
     PID="${CPIDS[0]}"
@@ -180,9 +180,17 @@ for n in 0107 0111; do
     grep -qw "${n}" <<<"${NUMBERS}" && CLUSTER="${CLUSTER} ${n}"
 done
 if [[ -n "${CLUSTER}" ]]; then
-    start_cluster
+    AUTO_CREATE=false; start_cluster
     echo "three-node keel cluster at ${BOOTSTRAP}"
     run_numbers noautocreate:cluster "${CLUSTER_TESTS}" ${CLUSTER}
+fi
+# Tests of the default scenario that create topics with replication factor 3 (the
+# transactions tests), against three nodes with topic auto-creation.
+CLUSTER_DEFAULT_TESTS='^(0103_transactions)$'
+if grep -qw 0103 <<<"${NUMBERS}"; then
+    AUTO_CREATE=true; start_cluster
+    echo "three-node keel cluster (auto-creating topics) at ${BOOTSTRAP}"
+    run_numbers default:cluster "${CLUSTER_DEFAULT_TESTS}" 0103
 fi
 
 : > "${RESULTS}"
