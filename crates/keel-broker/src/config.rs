@@ -91,6 +91,9 @@ pub struct BrokerConfig {
     /// Snapshot the committed offsets and drop older segments once the internal topic is
     /// larger than this.
     pub offsets_compact_bytes: u64,
+    /// How often the log cleaner looks at compacted partitions (Kafka's
+    /// `log.cleaner.backoff.ms`).
+    pub log_cleaner_interval_ms: u64,
     /// Replicas of a new topic's partitions (capped at the number of nodes).
     pub default_replication_factor: i32,
     /// Node-to-node (Raft) listener; `None` runs a single node without one.
@@ -145,6 +148,7 @@ impl Default for BrokerConfig {
             group_initial_rebalance_delay_ms: 1000,
             offsets_segment_bytes: 16 * 1024 * 1024,
             offsets_compact_bytes: 64 * 1024 * 1024,
+            log_cleaner_interval_ms: 5_000,
             default_replication_factor: 3,
             raft_listen: None,
             advertised_raft: None,

@@ -16,12 +16,14 @@
 //!   group commit, high watermark and idempotent-producer dedup ([`producer_state`]).
 //! - [`group`]: consumer groups (classic protocol) and committed offsets, kept in the
 //!   internal `__consumer_offsets` topic.
+//! - [`cleaner`]: the log cleaner of compacted topics.
 //! - [`txn`]: Kafka transactions: the coordinator (kept in the internal
 //!   `__transaction_state` topic), markers, and each partition's last stable offset.
 //! - [`metrics`] and [`http`]: Prometheus `/metrics` and `/health`.
 //! - [`error`]: broker errors and their Kafka error codes.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod cleaner;
 pub mod coalesce;
 pub mod config;
 pub mod controller;

@@ -82,6 +82,11 @@ pub struct Metrics {
     pub open_transactions: Gauge,
     pub oldest_open_transaction_seconds: Gauge,
     pub lso_lag: Family<PartitionLabels, Gauge>,
+    pub cleaner_passes: Counter,
+    pub cleaner_segments_rewritten: Counter,
+    pub cleaner_reclaimed_bytes: Counter,
+    pub cleaner_errors: Counter,
+    pub cleaner_last_pass_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -141,6 +146,11 @@ impl Metrics {
             open_transactions: Gauge::default(),
             oldest_open_transaction_seconds: Gauge::default(),
             lso_lag: Family::default(),
+            cleaner_passes: Counter::default(),
+            cleaner_segments_rewritten: Counter::default(),
+            cleaner_reclaimed_bytes: Counter::default(),
+            cleaner_errors: Counter::default(),
+            cleaner_last_pass_seconds: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register("requests", "Kafka requests handled, by API", m.requests.clone());
@@ -295,6 +305,31 @@ impl Metrics {
             "last_stable_offset_lag",
             "High watermark minus last stable offset of each partition this node leads (records read_committed consumers wait for)",
             m.lso_lag.clone(),
+        );
+        registry.register(
+            "cleaner_passes",
+            "Log cleaner passes over compacted partitions that cleaned something",
+            m.cleaner_passes.clone(),
+        );
+        registry.register(
+            "cleaner_segments_rewritten",
+            "Segments of compacted partitions the log cleaner rewrote",
+            m.cleaner_segments_rewritten.clone(),
+        );
+        registry.register(
+            "cleaner_reclaimed_bytes",
+            "Bytes the log cleaner freed in compacted partitions",
+            m.cleaner_reclaimed_bytes.clone(),
+        );
+        registry.register(
+            "cleaner_errors",
+            "Log cleaner passes that failed (the partition is left as it was)",
+            m.cleaner_errors.clone(),
+        );
+        registry.register(
+            "cleaner_last_pass_seconds",
+            "How long the log cleaner's last round over this node's compacted partitions took",
+            m.cleaner_last_pass_seconds.clone(),
         );
         Metrics { registry, ..m }
     }

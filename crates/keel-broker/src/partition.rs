@@ -23,6 +23,7 @@ use keel_raft::{Apply, Group, GroupOptions, ProposeError, VoteSlot};
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
+use crate::cleaner;
 use crate::coalesce::Coalescer;
 use crate::config::FsyncPolicy;
 use crate::error::PartitionError;
@@ -80,7 +81,7 @@ impl Apply for PartitionHook {
         let mut next = base_offset;
         let mut txns_changed = false;
         for (pos, h) in batch::batches(payload).map_while(Result::ok) {
-            let count = h.record_count.max(0) as i64;
+            let count = h.offset_span();
             if h.is_control() {
                 if let Some((kind, coordinator_epoch)) = payload.get(pos..).and_then(batch::control_record) {
                     let commit = kind == batch::CONTROL_COMMIT;
@@ -733,6 +734,113 @@ impl Partition {
             .collect()
     }
 
+    /// One pass of the log cleaner over this replica (see [`crate::cleaner`]): blocking
+    /// (reads and writes segments), so run on a blocking thread. `None` when the topic is
+    /// not compacted or nothing was due.
+    pub fn clean(&self, now_ms: i64) -> Result<Option<cleaner::Report>, PartitionError> {
+        let settings = self.settings();
+        if !settings.compacted || self.is_closed() {
+            return Ok(None);
+        }
+        let cs = settings.compaction;
+        let applied_end = self
+            .group
+            .shared
+            .applied()
+            .last_applied
+            .map(|l| l.index + 1)
+            .unwrap_or(0);
+        let lso = self.last_stable_offset();
+        let (closed, dir) = {
+            let log = self.group.shared.log();
+            let Some(dir) = log.directory() else {
+                return Ok(None);
+            };
+            (log.closed_segments(), dir.to_path_buf())
+        };
+        let lag_bound = now_ms.saturating_sub(cs.min_compaction_lag_ms);
+        let range: Vec<keel_log::SegmentInfo> = closed
+            .into_iter()
+            .take_while(|s| s.next_index <= applied_end && s.next_offset <= lso && s.max_timestamp <= lag_bound)
+            .collect();
+        let (Some(first), Some(last)) = (range.first(), range.last()) else {
+            return Ok(None);
+        };
+        let checkpoint = cleaner::read_checkpoint(&dir);
+        let total: u64 = range.iter().map(|s| s.bytes).sum();
+        let dirty: Vec<&keel_log::SegmentInfo> = range.iter().filter(|s| s.next_index > checkpoint).collect();
+        let dirty_bytes: u64 = dirty.iter().map(|s| s.bytes).sum();
+        if dirty.is_empty() {
+            return Ok(None);
+        }
+        let overdue = dirty
+            .first()
+            .is_some_and(|s| now_ms.saturating_sub(s.max_timestamp) > cs.max_compaction_lag_ms);
+        if !overdue && dirty_bytes * 1000 < total * u64::from(cs.min_cleanable_dirty_permille) {
+            return Ok(None);
+        }
+        let aborted = self
+            .hook
+            .txns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .aborted_between(i64::MIN, i64::MAX);
+        let mut plan = cleaner::Plan::new(&aborted);
+        let end_index = last.next_index;
+        let mut at = first.base_index;
+        'feed: while at < end_index {
+            let entries = self.group.shared.log().read(at, 16 << 20)?;
+            if entries.is_empty() {
+                break;
+            }
+            for e in entries {
+                if e.index >= end_index || !plan.feed(&e) {
+                    break 'feed;
+                }
+                at = e.index + 1;
+            }
+        }
+        let planned_end = plan.full_at.unwrap_or(end_index);
+        let cleaning = cleaner::Cleaning {
+            now_ms,
+            delete_retention_ms: cs.delete_retention_ms,
+        };
+        let mut txn_kept = cleaner::TxnKept::new();
+        let mut report = cleaner::Report::default();
+        for seg in range.iter().take_while(|s| s.next_index <= planned_end) {
+            let mut writer = keel_log::CleanedWriter::create(&dir, seg)?;
+            let mut changed = false;
+            let mut at = seg.base_index;
+            while at < seg.next_index {
+                let entries = self.group.shared.log().read(at, 16 << 20)?;
+                if entries.is_empty() {
+                    break;
+                }
+                for mut e in entries.into_iter().take_while(|e| e.index < seg.next_index) {
+                    at = e.index + 1;
+                    if let Some(payload) = cleaner::clean_entry(&e, &plan, &cleaning, &mut txn_kept) {
+                        e.payload = payload;
+                        changed = true;
+                    }
+                    writer.push(&e)?;
+                }
+            }
+            let path = writer.finish()?;
+            if !changed {
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            let freed = self.group.shared.log().swap_cleaned(seg, &path)?;
+            report.segments_rewritten += 1;
+            report.bytes_freed += freed;
+        }
+        report.cleaned_through = planned_end;
+        keel_log::durable::replace_file(&cleaner::checkpoint_path(&dir), planned_end.to_string().as_bytes())
+            .map_err(keel_log::LogError::Io)?;
+        self.update_size_metric();
+        Ok(Some(report))
+    }
+
     /// Saves the transaction index if it changed since the last save.
     pub fn save_txn_index(&self) {
         let mut saved = self.hook.txn_saved.lock().unwrap_or_else(|e| e.into_inner());
@@ -1213,7 +1321,7 @@ fn rebuild_producers(log: &DiskLog, dir: &std::path::Path) -> ProducerStates {
                     } else if h.producer_id >= 0 && h.base_sequence >= 0 {
                         states.record(h.producer_id, h.producer_epoch, h.base_sequence, h.record_count, next);
                     }
-                    next = next.saturating_add(h.record_count.max(0) as i64);
+                    next = next.saturating_add(h.offset_span());
                 }
             }
         }
@@ -1257,7 +1365,7 @@ fn rebuild_txns(log: &DiskLog, dir: &std::path::Path) -> TxnIndex {
             }
             let mut next = e.offset;
             for (pos, h) in batch::batches(&e.payload).map_while(Result::ok) {
-                let count = h.record_count.max(0) as i64;
+                let count = h.offset_span();
                 if h.is_control() {
                     if let Some((kind, coordinator_epoch)) = e.payload.get(pos..).and_then(batch::control_record) {
                         index.on_marker(

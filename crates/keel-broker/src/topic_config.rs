@@ -21,9 +21,35 @@ pub struct TopicSettings {
     pub fsync: FsyncPolicy,
     pub timestamp_type: TimestampType,
     pub message_bytes_max: usize,
-    /// cleanup.policy includes compact: every record must have a key. (Keel keeps every
-    /// record of such a topic: it does not compact yet.)
+    /// cleanup.policy includes compact: every record must have a key, and the log cleaner
+    /// keeps the latest record of each (see [`crate::cleaner`]).
     pub compacted: bool,
+    pub compaction: CompactionSettings,
+}
+
+/// The log cleaner's settings for a compacted topic, as Kafka names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompactionSettings {
+    /// How long a tombstone (and an empty transaction's marker) stays once it could go.
+    pub delete_retention_ms: i64,
+    /// Records newer than this are not cleaned.
+    pub min_compaction_lag_ms: i64,
+    /// A log with dirty records older than this is cleaned whatever its dirty ratio.
+    pub max_compaction_lag_ms: i64,
+    /// Clean when at least this share of the cleanable bytes is dirty (not yet cleaned),
+    /// in thousandths.
+    pub min_cleanable_dirty_permille: u32,
+}
+
+impl Default for CompactionSettings {
+    fn default() -> Self {
+        CompactionSettings {
+            delete_retention_ms: 86_400_000,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
+            min_cleanable_dirty_permille: 500,
+        }
+    }
 }
 
 /// Config names Keel accepts on a topic, with a one-line description each.
@@ -31,8 +57,23 @@ pub const TOPIC_CONFIGS: &[(&str, &str)] = &[
     (
         "cleanup.policy",
         "delete, compact or delete,compact. delete: retention removes whole segments. compact: \
-         records must have keys; Keel does not compact yet, so every record is kept (which \
-         meets Kafka's compaction guarantees, at the cost of space)",
+         records must have keys, and the log cleaner keeps the latest record of each key",
+    ),
+    (
+        "delete.retention.ms",
+        "compacted topics: how long a tombstone is kept once the cleaner could remove it",
+    ),
+    (
+        "min.compaction.lag.ms",
+        "compacted topics: records newer than this are not cleaned",
+    ),
+    (
+        "max.compaction.lag.ms",
+        "compacted topics: records older than this are cleaned whatever the dirty ratio",
+    ),
+    (
+        "min.cleanable.dirty.ratio",
+        "compacted topics: clean once this share of the cleanable log is not yet cleaned",
     ),
     (
         "compression.type",
@@ -48,6 +89,10 @@ pub const TOPIC_CONFIGS: &[(&str, &str)] = &[
     ),
     ("segment.bytes", "roll the active segment at this size"),
     ("segment.ms", "roll the active segment at this age"),
+    (
+        "file.delete.delay.ms",
+        "accepted and ignored: a removed segment's file is deleted at once",
+    ),
     ("max.message.bytes", "largest record batch accepted"),
     ("message.timestamp.type", "CreateTime or LogAppendTime"),
     (
@@ -70,6 +115,10 @@ fn opt_ms(v: Option<u64>) -> String {
 pub fn describe(broker: &BrokerConfig, overrides: &BTreeMap<String, String>) -> Vec<(String, String, bool)> {
     let defaults: BTreeMap<&str, String> = [
         ("cleanup.policy", "delete".to_string()),
+        ("delete.retention.ms", "86400000".to_string()),
+        ("min.compaction.lag.ms", "0".to_string()),
+        ("max.compaction.lag.ms", i64::MAX.to_string()),
+        ("min.cleanable.dirty.ratio", "0.5".to_string()),
         ("compression.type", "producer".to_string()),
         ("retention.ms", opt_ms(broker.log.retention_ms)),
         ("retention.bytes", opt_ms(broker.log.retention_bytes)),
@@ -78,6 +127,7 @@ pub fn describe(broker: &BrokerConfig, overrides: &BTreeMap<String, String>) -> 
         ("max.message.bytes", broker.message_bytes_max.to_string()),
         ("message.timestamp.type", "CreateTime".to_string()),
         ("message.format.version", "3.0-IV1".to_string()),
+        ("file.delete.delay.ms", "60000".to_string()),
         ("min.insync.replicas", "1".to_string()),
         ("keel.fsync.policy", broker.fsync.as_str().to_string()),
     ]
@@ -114,6 +164,7 @@ pub fn settings(broker: &BrokerConfig, overrides: &BTreeMap<String, String>) -> 
         timestamp_type: TimestampType::CreateTime,
         message_bytes_max: broker.message_bytes_max,
         compacted: false,
+        compaction: CompactionSettings::default(),
     };
     let mut compact_only = false;
     for (name, v) in overrides {
@@ -128,6 +179,29 @@ pub fn settings(broker: &BrokerConfig, overrides: &BTreeMap<String, String>) -> 
                     _ => return Err(format!("cleanup.policy={v:?} (delete, compact or delete,compact)")),
                 }
                 compact_only = !policies.contains(&"delete");
+            }
+            "delete.retention.ms" | "min.compaction.lag.ms" | "max.compaction.lag.ms" => {
+                let x = parse_i64(name, v)?;
+                if x < 0 {
+                    return Err(format!("{name}={x} must be non-negative"));
+                }
+                match name.as_str() {
+                    "delete.retention.ms" => s.compaction.delete_retention_ms = x,
+                    "min.compaction.lag.ms" => s.compaction.min_compaction_lag_ms = x,
+                    _ => s.compaction.max_compaction_lag_ms = x.max(1),
+                }
+            }
+            "min.cleanable.dirty.ratio" => {
+                let x: f64 = v.trim().parse().map_err(|_| format!("{name}={v:?} is not a number"))?;
+                if !(0.0..=1.0).contains(&x) {
+                    return Err(format!("{name}={x} must be between 0 and 1"));
+                }
+                s.compaction.min_cleanable_dirty_permille = (x * 1000.0).round() as u32;
+            }
+            // Kafka's delay before deleting a removed segment's file: Keel removes them at
+            // once (readers open closed segments per read).
+            "file.delete.delay.ms" => {
+                parse_i64(name, v)?;
             }
             "compression.type" if v == "producer" => {}
             "compression.type" => {

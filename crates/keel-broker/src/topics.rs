@@ -136,6 +136,11 @@ impl Topics {
             Duration::from_millis(250),
         ));
         tokio::spawn(repair_damaged(Arc::downgrade(&topics), Duration::from_millis(500)));
+        tokio::spawn(clean_on_interval(
+            Arc::downgrade(&topics),
+            topics.metrics.clone(),
+            Duration::from_millis(topics.config.log_cleaner_interval_ms),
+        ));
         tokio::spawn(sync_on_interval(
             Arc::downgrade(&topics),
             Duration::from_millis(topics.config.fsync_interval_ms),
@@ -784,6 +789,51 @@ pub async fn sync_on_interval(topics: std::sync::Weak<Topics>, every: Duration) 
         futures::stream::iter(due)
             .for_each_concurrent(INTERVAL_SYNCS_AT_ONCE, |p| async move { p.sync_now().await })
             .await;
+    }
+}
+
+/// Runs the log cleaner over every compacted partition this node holds, one at a time on a
+/// blocking thread, every `every`.
+pub async fn clean_on_interval(
+    topics: std::sync::Weak<Topics>,
+    metrics: Arc<crate::metrics::Metrics>,
+    every: Duration,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(t) = topics.upgrade() else { return };
+        let due: Vec<Arc<Partition>> = t
+            .all_partitions()
+            .into_iter()
+            .filter(|p| !p.is_closed() && p.settings().compacted)
+            .collect();
+        drop(t);
+        let started = std::time::Instant::now();
+        for p in due {
+            let now = keel_log::disk::now_ms();
+            let part = p.clone();
+            match tokio::task::spawn_blocking(move || part.clean(now)).await {
+                Ok(Ok(Some(r))) => {
+                    metrics.cleaner_passes.inc();
+                    metrics.cleaner_segments_rewritten.inc_by(r.segments_rewritten);
+                    metrics.cleaner_reclaimed_bytes.inc_by(r.bytes_freed);
+                    if r.segments_rewritten > 0 {
+                        tracing::info!(topic = %p.topic, partition = p.index, segments = r.segments_rewritten,
+                            freed = r.bytes_freed, through = r.cleaned_through, "cleaned");
+                    }
+                }
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    metrics.cleaner_errors.inc();
+                    tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "log cleaner pass failed");
+                }
+                Err(e) => {
+                    metrics.cleaner_errors.inc();
+                    tracing::warn!(error = %e, "log cleaner task failed");
+                }
+            }
+        }
+        metrics.cleaner_last_pass_seconds.set(started.elapsed().as_secs_f64());
     }
 }
 

@@ -18,6 +18,86 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Where a segment sits in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub base_index: u64,
+    pub next_index: u64,
+    pub first_offset: i64,
+    pub next_offset: i64,
+    pub bytes: u64,
+    /// Newest record timestamp in the segment.
+    pub max_timestamp: i64,
+}
+
+/// Writes a cleaned copy of the closed segment `info` (the same entries, with the same
+/// index, term, kind, offset and offset count each, payloads rewritten) to a file beside
+/// it, entry by entry, fsynced at [`CleanedWriter::finish`]; `LogStore::swap_cleaned`
+/// swaps it in. Needs no lock: closed segments do not change while it runs (the swap
+/// checks that).
+pub struct CleanedWriter {
+    info: SegmentInfo,
+    path: PathBuf,
+    file: std::io::BufWriter<std::fs::File>,
+    buf: BytesMut,
+    next_index: u64,
+    next_offset: i64,
+    written: u64,
+}
+
+impl CleanedWriter {
+    pub fn create(dir: &Path, info: &SegmentInfo) -> Result<CleanedWriter, LogError> {
+        let path = crate::segment::log_path(dir, info.base_index).with_extension("log.cleaned");
+        let file = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        crate::fault::created(&path);
+        Ok(CleanedWriter {
+            info: *info,
+            path,
+            file,
+            buf: BytesMut::new(),
+            next_index: info.base_index,
+            next_offset: info.first_offset,
+            written: 0,
+        })
+    }
+
+    fn refuse(&self, why: String) -> LogError {
+        let _ = std::fs::remove_file(&self.path);
+        LogError::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, why))
+    }
+
+    /// Appends the next entry of the copy.
+    pub fn push(&mut self, e: &Entry) -> Result<(), LogError> {
+        use std::io::Write;
+        if e.index != self.next_index || e.offset != self.next_offset || e.encoded_len() > ENTRY_BYTES_MAX {
+            return Err(self.refuse(format!(
+                "cleaned entry {} at offset {} does not follow index {} offset {}",
+                e.index, e.offset, self.next_index, self.next_offset
+            )));
+        }
+        self.next_index += 1;
+        self.next_offset += i64::from(e.offset_count);
+        self.buf.clear();
+        e.encode(&mut self.buf);
+        crate::fault::write()?;
+        self.file.write_all(&self.buf)?;
+        self.written += self.buf.len() as u64;
+        Ok(())
+    }
+
+    /// fsyncs the copy, which must hold every entry of its segment; returns its path.
+    pub fn finish(self) -> Result<PathBuf, LogError> {
+        if self.next_index != self.info.next_index || self.next_offset != self.info.next_offset {
+            return Err(self.refuse("a cleaned copy must hold every entry of its segment".into()));
+        }
+        let file = self.file.into_inner().map_err(|e| LogError::Io(e.into_error()))?;
+        crate::fault::fsync()?;
+        file.sync_all()?;
+        crate::fault::synced(&self.path, self.written);
+        Ok(self.path)
+    }
+}
+
 pub struct DiskLog {
     dir: PathBuf,
     config: LogConfig,
@@ -111,6 +191,66 @@ impl DiskLog {
         &self.dir
     }
 
+    /// The closed segments (every one but the active): base index, next index, bytes.
+    fn closed_segment_infos(&self) -> Vec<SegmentInfo> {
+        let n = self.segments.len().saturating_sub(1);
+        self.segments
+            .iter()
+            .take(n)
+            .map(|s| SegmentInfo {
+                base_index: s.base_index,
+                next_index: s.next_index,
+                first_offset: s.first_offset,
+                next_offset: s.next_offset,
+                bytes: s.size,
+                max_timestamp: s.max_timestamp,
+            })
+            .collect()
+    }
+
+    /// Replaces closed segment `info` with the cleaned copy at `cleaned` (see
+    /// [`write_cleaned`]): renamed over the segment durably, its indexes rebuilt. Refused
+    /// when the segment changed meanwhile (purged, or it is now the active one) or the copy
+    /// does not cover the same entries and offsets. Returns the bytes it freed.
+    fn swap_cleaned_segment(&mut self, info: &SegmentInfo, cleaned: &Path) -> Result<u64, LogError> {
+        let last = self.segments.len().saturating_sub(1);
+        let Some(i) = self
+            .segments
+            .iter()
+            .take(last)
+            .position(|s| s.base_index == info.base_index && s.next_index == info.next_index)
+        else {
+            let _ = std::fs::remove_file(cleaned);
+            return Err(LogError::OutOfRange(info.base_index));
+        };
+        let now = now_ms();
+        let path = crate::segment::log_path(&self.dir, info.base_index);
+        let before = self.segments.get(i).map(|s| s.size).unwrap_or(0);
+        // The old indexes describe the old positions: rebuilt from the new file.
+        crate::segment::remove_indexes(&self.dir, info.base_index);
+        std::fs::rename(cleaned, &path)?;
+        crate::fault::renamed(cleaned, &path);
+        crate::durable::sync_dir(&self.dir)?;
+        let seg = Segment::open(&self.dir, info.base_index, false, self.config.index_interval_bytes, now)?;
+        if seg.next_index != info.next_index
+            || seg.next_offset != info.next_offset
+            || seg.first_offset != info.first_offset
+        {
+            // Cannot happen for a copy `write_cleaned` accepted; the log must not go on with
+            // a segment that does not fit.
+            self.poison(format!(
+                "a cleaned segment at {} does not cover its entries (next index {} vs {})",
+                info.base_index, seg.next_index, info.next_index
+            ));
+            return Err(LogError::Poisoned("cleaned segment mismatch".into()));
+        }
+        let after = seg.size;
+        if let Some(slot) = self.segments.get_mut(i) {
+            *slot = seg;
+        }
+        Ok(before.saturating_sub(after))
+    }
+
     pub fn config(&self) -> &LogConfig {
         &self.config
     }
@@ -193,6 +333,22 @@ impl DiskLog {
 }
 
 impl LogStore for DiskLog {
+    fn directory(&self) -> Option<&Path> {
+        Some(&self.dir)
+    }
+
+    fn closed_segments(&self) -> Vec<SegmentInfo> {
+        self.closed_segment_infos()
+    }
+
+    /// Replaces closed segment `info` with the cleaned copy at `cleaned` (see
+    /// [`CleanedWriter`]): renamed over the segment durably, its indexes rebuilt. Refused
+    /// when the segment changed meanwhile (purged, or it is now the active one) or the copy
+    /// does not cover the same entries and offsets. Returns the bytes it freed.
+    fn swap_cleaned(&mut self, info: &SegmentInfo, cleaned: &Path) -> Result<u64, LogError> {
+        self.swap_cleaned_segment(info, cleaned)
+    }
+
     fn append(&mut self, entry: &Entry) -> Result<(), LogError> {
         self.check_writable()?;
         let expected = self.next_index();

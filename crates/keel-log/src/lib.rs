@@ -30,7 +30,7 @@ pub mod suite;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-pub use disk::DiskLog;
+pub use disk::{CleanedWriter, DiskLog, SegmentInfo};
 pub use entry::{Entry, EntryKind};
 pub use mem::MemLog;
 
@@ -184,6 +184,19 @@ pub trait LogStore: Send + Sync {
     fn size_bytes(&self) -> u64;
     /// Term of the last entry, if any.
     fn last_term(&self) -> Option<u64>;
+    /// The log's directory, for a log on disk.
+    fn directory(&self) -> Option<&std::path::Path> {
+        None
+    }
+    /// The closed segments a cleaner may rewrite (none for a log not in segments).
+    fn closed_segments(&self) -> Vec<SegmentInfo> {
+        Vec::new()
+    }
+    /// Swaps a cleaned copy of a closed segment in (see [`CleanedWriter`]); returns the
+    /// bytes freed.
+    fn swap_cleaned(&mut self, info: &SegmentInfo, _cleaned: &std::path::Path) -> Result<u64, LogError> {
+        Err(LogError::OutOfRange(info.base_index))
+    }
 }
 
 /// A blank payload, for the non-data entries tests append.

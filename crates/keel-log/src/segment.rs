@@ -80,6 +80,12 @@ fn time_path(dir: &Path, base_index: u64) -> PathBuf {
     dir.join(format!("{base_index:020}.timeindex"))
 }
 
+/// Removes a segment's index files (they are rebuilt when it is opened).
+pub fn remove_indexes(dir: &Path, base_index: u64) {
+    let _ = std::fs::remove_file(index_path(dir, base_index));
+    let _ = std::fs::remove_file(time_path(dir, base_index));
+}
+
 /// A segment's file for one read: the one it holds, or one opened for the read and closed
 /// after it.
 enum FileRef<'a> {

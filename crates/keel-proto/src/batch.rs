@@ -108,6 +108,13 @@ impl BatchHeader {
         self.attributes & ATTR_CONTROL != 0
     }
 
+    /// Offsets the batch spans: `last_offset_delta + 1`. For a batch as a producer sends it
+    /// this is its record count; a cleaned batch (compaction) keeps its span with fewer
+    /// records, or none.
+    pub fn offset_span(&self) -> i64 {
+        i64::from(self.last_offset_delta.max(0)) + 1
+    }
+
     /// The offset of the last record, once `base_offset` has been assigned.
     pub fn last_offset(&self) -> i64 {
         self.base_offset.saturating_add(self.last_offset_delta as i64)
@@ -298,8 +305,8 @@ pub fn place(payload: Bytes, base_offset: i64, leader_epoch: i32) -> Result<(Byt
     let mut layout = Vec::with_capacity(1);
     for b in batches(&payload) {
         let (pos, h) = b?;
-        let count = u32::try_from(h.record_count)
-            .map_err(|_| ProtoError::CorruptBatch(format!("negative record count {}", h.record_count)))?;
+        let count = u32::try_from(h.offset_span())
+            .map_err(|_| ProtoError::CorruptBatch(format!("offset span {}", h.offset_span())))?;
         layout.push((pos, count, h.max_timestamp));
     }
     if layout.is_empty() {
@@ -479,6 +486,179 @@ pub fn take_before(payload: &[u8], offset: i64) -> usize {
         }
     }
     end
+}
+
+/// One record kept by the log cleaner, for [`rewrite_batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptRecord {
+    pub offset: i64,
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<(Bytes, Option<Bytes>)>,
+}
+
+fn put_varint(buf: &mut bytes::BytesMut, v: i64) {
+    use bytes::BufMut;
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        buf.put_u8((z as u8) | 0x80);
+        z >>= 7;
+    }
+    buf.put_u8(z as u8);
+}
+
+fn put_varbytes(buf: &mut bytes::BytesMut, b: Option<&[u8]>) {
+    use bytes::BufMut;
+    match b {
+        Some(b) => {
+            put_varint(buf, b.len() as i64);
+            buf.put_slice(b);
+        }
+        None => put_varint(buf, -1),
+    }
+}
+
+fn get_varbytes(buf: &mut &[u8], whole: &Bytes) -> Result<Option<Bytes>, ProtoError> {
+    let len = read_varint(buf)?;
+    if len < 0 {
+        return Ok(None);
+    }
+    let len = len as usize;
+    let b = buf
+        .get(..len)
+        .ok_or_else(|| ProtoError::CorruptBatch("record field runs past its record".into()))?;
+    // A slice of `whole`, not a copy.
+    let start = b.as_ptr() as usize - whole.as_ptr() as usize;
+    *buf = buf.get(len..).unwrap_or_default();
+    Ok(Some(whole.slice(start..start + len)))
+}
+
+/// Every record of the batch at the start of `batch`, with its absolute offset and
+/// timestamp and its headers as written (duplicates kept), inflating a compressed batch to
+/// at most `inflated_max` bytes.
+pub fn decode_records(batch: &Bytes, inflated_max: usize) -> Result<Vec<KeptRecord>, ProtoError> {
+    let h = BatchHeader::parse(batch)?;
+    let region = batch
+        .get(HEADER_LEN..h.total_len())
+        .ok_or_else(|| ProtoError::CorruptBatch("batch shorter than its length".into()))?;
+    let region = batch.slice_ref(region);
+    let region = match h.compression() {
+        0 => region,
+        c => {
+            let codec = match c {
+                1 => Compression::Gzip,
+                2 => Compression::Snappy,
+                3 => Compression::Lz4,
+                4 => Compression::Zstd,
+                other => return Err(ProtoError::CorruptBatch(format!("unknown compression codec {other}"))),
+            };
+            inflate(region, codec, inflated_max).map_err(|e| ProtoError::CorruptBatch(format!("{e:#}")))?
+        }
+    };
+    let mut out = Vec::with_capacity(h.record_count.clamp(0, 1 << 16) as usize);
+    let mut buf: &[u8] = &region;
+    for _ in 0..h.record_count.max(0) {
+        let len = read_varint(&mut buf)?;
+        if len < 0 || len as usize > buf.len() {
+            return Err(ProtoError::CorruptBatch(format!("record length {len} out of range")));
+        }
+        let (mut rec, rest) = buf.split_at(len as usize);
+        buf = rest;
+        let (_attributes, r) = rec
+            .split_first()
+            .ok_or_else(|| ProtoError::CorruptBatch("empty record".into()))?;
+        rec = r;
+        let ts_delta = read_varint(&mut rec)?;
+        let offset_delta = read_varint(&mut rec)?;
+        let key = get_varbytes(&mut rec, &region)?;
+        let value = get_varbytes(&mut rec, &region)?;
+        let n = read_varint(&mut rec)?;
+        if n < 0 || n as usize > rec.len() {
+            return Err(ProtoError::CorruptBatch(format!("header count {n}")));
+        }
+        let mut headers = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let k = get_varbytes(&mut rec, &region)?.unwrap_or_default();
+            let v = get_varbytes(&mut rec, &region)?;
+            headers.push((k, v));
+        }
+        out.push(KeptRecord {
+            offset: h.base_offset.saturating_add(offset_delta),
+            timestamp: h.base_timestamp.saturating_add(ts_delta),
+            key,
+            value,
+            headers,
+        });
+    }
+    Ok(out)
+}
+
+/// A cleaned copy of the batch `h` holding only `kept` (uncompressed): the same base
+/// offset, offset span (`lastOffsetDelta`), leader epoch, producer id, epoch and base
+/// sequence, timestamps and attributes other than compression, so readers, replicas and
+/// producer state see the offsets and sequences it spans as before. With nothing kept it
+/// is an empty batch, which readers step over by its span (as Kafka's cleaner leaves them).
+pub fn rewrite_batch(h: &BatchHeader, kept: &[KeptRecord]) -> Bytes {
+    use bytes::BufMut;
+    let mut records = bytes::BytesMut::new();
+    let mut body = bytes::BytesMut::new();
+    for r in kept {
+        body.clear();
+        body.put_i8(0);
+        put_varint(&mut body, r.timestamp.saturating_sub(h.base_timestamp));
+        put_varint(&mut body, r.offset.saturating_sub(h.base_offset));
+        put_varbytes(&mut body, r.key.as_deref());
+        put_varbytes(&mut body, r.value.as_deref());
+        put_varint(&mut body, r.headers.len() as i64);
+        for (k, v) in &r.headers {
+            put_varbytes(&mut body, Some(k));
+            put_varbytes(&mut body, v.as_deref());
+        }
+        put_varint(&mut records, body.len() as i64);
+        records.put_slice(&body);
+    }
+    let mut b = bytes::BytesMut::with_capacity(HEADER_LEN + records.len());
+    b.put_i64(h.base_offset);
+    b.put_i32((HEADER_LEN - LENGTH_OFFSET + records.len()) as i32);
+    b.put_i32(h.partition_leader_epoch);
+    b.put_i8(2);
+    b.put_u32(0);
+    b.put_i16(h.attributes & !ATTR_COMPRESSION_MASK);
+    b.put_i32(h.last_offset_delta);
+    b.put_i64(h.base_timestamp);
+    b.put_i64(h.max_timestamp);
+    b.put_i64(h.producer_id);
+    b.put_i16(h.producer_epoch);
+    b.put_i32(h.base_sequence);
+    b.put_i32(kept.len() as i32);
+    b.put_slice(&records);
+    let crc = compute_crc(&b);
+    if let Some(c) = b.get_mut(17..21) {
+        c.copy_from_slice(&crc.to_be_bytes());
+    }
+    b.freeze()
+}
+
+/// An empty batch spanning `span` offsets from `base_offset`, with no producer: what the
+/// cleaner leaves for a run of batches none of whose records remain.
+pub fn empty_batch(base_offset: i64, span: i64, leader_epoch: i32, timestamp: i64) -> Bytes {
+    let h = BatchHeader {
+        base_offset,
+        batch_length: 0,
+        partition_leader_epoch: leader_epoch,
+        magic: 2,
+        crc: 0,
+        attributes: 0,
+        last_offset_delta: (span.max(1) - 1).min(i64::from(i32::MAX)) as i32,
+        base_timestamp: timestamp,
+        max_timestamp: timestamp,
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+        record_count: 0,
+    };
+    rewrite_batch(&h, &[])
 }
 
 /// The two kinds of control record a transaction coordinator writes.
@@ -753,5 +933,79 @@ mod tests {
         assert_eq!(take_before(&placed, 11), data.len());
         assert_eq!(take_before(&placed, 12), 2 * data.len());
         assert_eq!(take_before(&placed, 99), placed.len());
+    }
+
+    /// A batch's records decode with their offsets, keys, values and headers (duplicates
+    /// kept), compressed or not; a cleaned copy keeps base offset, span, producer fields and
+    /// a valid CRC, and decodes to what was kept; an empty batch spans its offsets.
+    #[test]
+    fn cleaned_batches_keep_their_span() {
+        use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+        for compression in [Compression::None, Compression::Lz4, Compression::Gzip] {
+            let records: Vec<Record> = (0..4)
+                .map(|i| Record {
+                    transactional: false,
+                    control: false,
+                    delete_horizon: false,
+                    partition_leader_epoch: -1,
+                    producer_id: 9,
+                    producer_epoch: 2,
+                    timestamp_type: TimestampType::Creation,
+                    offset: i,
+                    sequence: 7 + i as i32,
+                    timestamp: 1_000 + i,
+                    key: Some(Bytes::from(format!("k{i}"))),
+                    value: (i != 2).then(|| Bytes::from(format!("v{i}"))),
+                    headers: [(
+                        kafka_protocol::protocol::StrBytes::from_static_str("h"),
+                        Some(Bytes::from_static(b"x")),
+                    )]
+                    .into_iter()
+                    .collect(),
+                })
+                .collect();
+            let mut buf = bytes::BytesMut::new();
+            RecordBatchEncoder::encode(
+                &mut buf,
+                &records,
+                &RecordEncodeOptions {
+                    version: 2,
+                    compression,
+                },
+            )
+            .unwrap();
+            let (placed, span, _) = place(buf.freeze(), 100, 3).unwrap();
+            assert_eq!(span, 4);
+            let decoded = decode_records(&placed, 1 << 20).unwrap();
+            assert_eq!(decoded.len(), 4);
+            assert_eq!(decoded[1].offset, 101);
+            assert_eq!(decoded[1].timestamp, 1_001);
+            assert_eq!(decoded[2].value, None);
+            assert_eq!(
+                decoded[3].headers,
+                vec![(Bytes::from_static(b"h"), Some(Bytes::from_static(b"x")))]
+            );
+            let h = BatchHeader::parse(&placed).unwrap();
+            // Keep the middle two: the first and last offsets of the span go.
+            let kept = vec![decoded[1].clone(), decoded[2].clone()];
+            let cleaned = rewrite_batch(&h, &kept);
+            verify_crc(&cleaned).unwrap();
+            let ch = BatchHeader::parse(&cleaned).unwrap();
+            assert_eq!((ch.base_offset, ch.offset_span(), ch.record_count), (100, 4, 2));
+            assert_eq!((ch.producer_id, ch.producer_epoch, ch.base_sequence), (9, 2, 7));
+            assert_eq!(ch.compression(), 0);
+            assert_eq!(decode_records(&cleaned, 1 << 20).unwrap(), kept);
+            // A follower placing the cleaned batch gives it the same offsets.
+            let (again, span, _) = place(cleaned.clone(), 100, 3).unwrap();
+            assert_eq!((span, again), (4, cleaned));
+        }
+        let e = empty_batch(50, 7, 1, 5);
+        verify_crc(&e).unwrap();
+        let eh = BatchHeader::parse(&e).unwrap();
+        assert_eq!(
+            (eh.base_offset, eh.offset_span(), eh.record_count, eh.producer_id),
+            (50, 7, 0, -1)
+        );
+        assert!(decode_records(&e, 1024).unwrap().is_empty());
     }
 }
