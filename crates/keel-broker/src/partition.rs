@@ -807,6 +807,9 @@ impl Partition {
         };
         let mut txn_kept = cleaner::TxnKept::new();
         let mut report = cleaner::Report::default();
+        // Entries from the log start that hold no record any more: whole segments of them
+        // are purged, as Kafka deletes segments its cleaner emptied.
+        let mut live_seen = false;
         for seg in range.iter().take_while(|s| s.next_index <= planned_end) {
             let mut writer = keel_log::CleanedWriter::create(&dir, seg)?;
             let mut changed = false;
@@ -821,6 +824,11 @@ impl Partition {
                     if let Some(payload) = cleaner::clean_entry(&e, &plan, &cleaning, &mut txn_kept) {
                         e.payload = payload;
                         changed = true;
+                    }
+                    if !live_seen && cleaner::holds_no_record(&e) {
+                        report.dead_before = e.index + 1;
+                    } else {
+                        live_seen = true;
                     }
                     writer.push(&e)?;
                 }
@@ -1087,7 +1095,7 @@ impl Partition {
         self.purge_before_index(index).await
     }
 
-    async fn purge_before_index(&self, index: u64) -> Result<bool, PartitionError> {
+    pub async fn purge_before_index(&self, index: u64) -> Result<bool, PartitionError> {
         let first = self.group.shared.log().first_index();
         tracing::debug!(topic = %self.topic, partition = self.index, index, first, "purge requested");
         if index <= first {
