@@ -734,6 +734,11 @@ impl Partition {
             .collect()
     }
 
+    /// How many closed segments the replica's log has.
+    pub fn closed_segment_count(&self) -> usize {
+        self.group.shared.log().closed_segments().len()
+    }
+
     /// One pass of the log cleaner over this replica (see [`crate::cleaner`]): blocking
     /// (reads and writes segments), so run on a blocking thread. `None` when the topic is
     /// not compacted or nothing was due.

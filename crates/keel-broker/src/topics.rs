@@ -6,7 +6,7 @@
 //! log is replayed at start) opens or closes the partition replicas assigned to this node,
 //! each a Raft group whose log lives in `<data_dir>/topics/<name>/<partition>/`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -792,22 +792,40 @@ pub async fn sync_on_interval(topics: std::sync::Weak<Topics>, every: Duration) 
     }
 }
 
-/// Runs the log cleaner over every compacted partition this node holds, one at a time on a
-/// blocking thread, every `every`.
+/// Runs the log cleaner over the compacted partitions this node holds, one at a time on a
+/// blocking thread: a partition is looked at when a segment of it closed (so a cleaning
+/// follows a roll within a tick) and otherwise every `every`.
 pub async fn clean_on_interval(
     topics: std::sync::Weak<Topics>,
     metrics: Arc<crate::metrics::Metrics>,
     every: Duration,
 ) {
+    const TICK: Duration = Duration::from_millis(250);
+    // (topic, partition) -> (closed segments seen, when last looked at).
+    let mut seen: HashMap<(String, i32), (usize, std::time::Instant)> = HashMap::new();
     loop {
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(TICK).await;
         let Some(t) = topics.upgrade() else { return };
         let due: Vec<Arc<Partition>> = t
             .all_partitions()
             .into_iter()
             .filter(|p| !p.is_closed() && p.settings().compacted)
+            .filter(|p| {
+                let closed = p.closed_segment_count();
+                let key = (p.topic.clone(), p.index);
+                match seen.get(&key) {
+                    Some((n, at)) if *n == closed && at.elapsed() < every => false,
+                    _ => {
+                        seen.insert(key, (closed, std::time::Instant::now()));
+                        true
+                    }
+                }
+            })
             .collect();
         drop(t);
+        if due.is_empty() {
+            continue;
+        }
         let started = std::time::Instant::now();
         for p in due {
             let now = keel_log::disk::now_ms();
