@@ -80,6 +80,26 @@ pub enum Event {
         at_ms: u64,
         leaders: Vec<(i32, Option<u64>)>,
     },
+    /// A transaction of the transactional workload: the records it wrote (partition,
+    /// value) to the transactional topic, whether it was meant to commit, and how its
+    /// EndTxn ended (a transaction abandoned after a failed write has `commit: false`).
+    Txn {
+        process: usize,
+        txn: u64,
+        records: Vec<(i32, String)>,
+        commit: bool,
+        invoke_ms: u64,
+        complete_ms: u64,
+        outcome: Outcome,
+    },
+    /// Records a `read_committed` read of the transactional topic returned during the run.
+    TxnRead {
+        process: usize,
+        partition: i32,
+        records: Vec<(i64, String)>,
+        invoke_ms: u64,
+        complete_ms: u64,
+    },
 }
 
 /// One thing the checker found wrong.
@@ -121,6 +141,36 @@ pub enum Anomaly {
         offset: i64,
         after: i64,
     },
+    /// A `read_committed` reader saw a record of a transaction that was never committed
+    /// (aborted, or abandoned).
+    AbortedRead {
+        partition: i32,
+        value: String,
+        offset: i64,
+        process: usize,
+        txn: u64,
+    },
+    /// A record of a transaction whose commit was acknowledged is not in the final
+    /// committed log.
+    LostCommit {
+        process: usize,
+        txn: u64,
+        partition: i32,
+        value: String,
+    },
+    /// Part of a transaction is in the final committed log and part is not.
+    TornTransaction {
+        process: usize,
+        txn: u64,
+        present: Vec<(i32, String)>,
+        missing: Vec<(i32, String)>,
+    },
+    /// A transaction's record more than once in the final committed log.
+    DuplicateCommit {
+        partition: i32,
+        value: String,
+        offsets: Vec<i64>,
+    },
     /// A committed offset read (or committed) after a higher commit had been acknowledged:
     /// the group's committed position went backwards.
     CommittedOffsetRegressed {
@@ -143,6 +193,12 @@ pub struct Verdict {
     /// Consumer-group commits acknowledged.
     #[serde(default)]
     pub commits: usize,
+    /// Transactions whose commit was acknowledged.
+    #[serde(default)]
+    pub transactions_committed: usize,
+    /// Transactions aborted (or abandoned).
+    #[serde(default)]
+    pub transactions_aborted: usize,
     pub anomalies: Vec<Anomaly>,
     /// Longest time, ms, between two acknowledged writes (or from the first invoke).
     pub longest_unavailable_ms: u64,
@@ -324,10 +380,123 @@ pub fn check(history: &[Event], finals: &BTreeMap<i32, Vec<(i64, String)>>) -> V
         unknown,
         reads,
         commits,
+        transactions_committed: 0,
+        transactions_aborted: 0,
         anomalies,
         longest_unavailable_ms: longest,
         unavailable_per_fault: per_fault,
     }
+}
+
+/// Judges the transactional workload: `committed` is the final `read_committed` view of the
+/// transactional topic (offset, value) per partition, read after the cluster healed and
+/// every transaction ended. Every record of a transaction whose commit was acknowledged is
+/// there once; no record of a transaction not meant to commit is there or was read during
+/// the run; a transaction whose commit is unknown is there whole or not at all; nothing is
+/// there that no transaction wrote. Adds its counts and anomalies to `verdict`.
+pub fn check_transactions(history: &[Event], committed: &BTreeMap<i32, Vec<(i64, String)>>, verdict: &mut Verdict) {
+    let mut anomalies = Vec::new();
+    // value -> (process, txn, committing)
+    let mut owner: HashMap<(i32, &str), (usize, u64, bool, bool)> = HashMap::new();
+    for e in history {
+        if let Event::Txn {
+            process,
+            txn,
+            records,
+            commit,
+            outcome,
+            ..
+        } = e
+        {
+            let acked = matches!(outcome, Outcome::Ok { .. });
+            if *commit && acked {
+                verdict.transactions_committed += 1;
+            } else if !*commit {
+                verdict.transactions_aborted += 1;
+            }
+            for (p, v) in records {
+                owner.insert((*p, v.as_str()), (*process, *txn, *commit, acked));
+            }
+        }
+    }
+    let mut found: HashMap<(i32, &str), Vec<i64>> = HashMap::new();
+    for (p, records) in committed {
+        for (o, v) in records {
+            found.entry((*p, v.as_str())).or_default().push(*o);
+            match owner.get(&(*p, v.as_str())) {
+                None => anomalies.push(Anomaly::Phantom {
+                    partition: *p,
+                    value: v.clone(),
+                    offset: *o,
+                }),
+                Some((process, txn, false, _)) => anomalies.push(Anomaly::AbortedRead {
+                    partition: *p,
+                    value: v.clone(),
+                    offset: *o,
+                    process: *process,
+                    txn: *txn,
+                }),
+                Some(_) => {}
+            }
+        }
+    }
+    let mut dups: Vec<_> = found.iter().filter(|(_, os)| os.len() > 1).collect();
+    dups.sort();
+    for ((p, v), offsets) in dups {
+        anomalies.push(Anomaly::DuplicateCommit {
+            partition: *p,
+            value: v.to_string(),
+            offsets: offsets.clone(),
+        });
+    }
+    for e in history {
+        match e {
+            Event::Txn {
+                process,
+                txn,
+                records,
+                commit: true,
+                outcome,
+                ..
+            } => {
+                let (present, missing): (Vec<&(i32, String)>, Vec<&(i32, String)>) =
+                    records.iter().partition(|(p, v)| found.contains_key(&(*p, v.as_str())));
+                if matches!(outcome, Outcome::Ok { .. }) {
+                    for (p, v) in missing.iter().copied() {
+                        anomalies.push(Anomaly::LostCommit {
+                            process: *process,
+                            txn: *txn,
+                            partition: *p,
+                            value: v.clone(),
+                        });
+                    }
+                } else if !present.is_empty() && !missing.is_empty() {
+                    anomalies.push(Anomaly::TornTransaction {
+                        process: *process,
+                        txn: *txn,
+                        present: present.into_iter().cloned().collect(),
+                        missing: missing.into_iter().cloned().collect(),
+                    });
+                }
+            }
+            Event::TxnRead { partition, records, .. } => {
+                for (o, v) in records {
+                    if let Some((process, txn, false, _)) = owner.get(&(*partition, v.as_str())) {
+                        anomalies.push(Anomaly::AbortedRead {
+                            partition: *partition,
+                            value: v.clone(),
+                            offset: *o,
+                            process: *process,
+                            txn: *txn,
+                        });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    verdict.valid &= anomalies.is_empty();
+    verdict.anomalies.extend(anomalies);
 }
 
 /// Committed offsets never go backwards: within a generation, acknowledged commits of a
@@ -428,7 +597,9 @@ pub fn report_html(seed: u64, history: &[Event], verdict: &Verdict) -> String {
             Event::Produce { complete_ms, .. }
             | Event::Read { complete_ms, .. }
             | Event::Commit { complete_ms, .. }
-            | Event::Committed { complete_ms, .. } => *complete_ms,
+            | Event::Committed { complete_ms, .. }
+            | Event::Txn { complete_ms, .. }
+            | Event::TxnRead { complete_ms, .. } => *complete_ms,
             Event::Fault { end_ms, .. } => *end_ms,
             Event::Leaders { at_ms, .. } => *at_ms,
         })

@@ -38,7 +38,9 @@ pub struct PartitionMove {
 }
 
 pub mod group;
+pub mod txn;
 pub use group::{assign_round_robin, Membership};
+pub use txn::TxnProducer;
 
 /// Largest response this client accepts.
 const RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
@@ -64,7 +66,7 @@ pub struct KafkaError {
 }
 
 /// A request in flight on one borrowed connection.
-type RoutedFuture<'c, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send + 'c>>;
+pub(crate) type RoutedFuture<'c, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send + 'c>>;
 
 /// How often a request is retried after the leadership moved.
 const ROUTE_ATTEMPTS: usize = 20;
@@ -538,7 +540,7 @@ impl Client {
     }
 
     /// The connection to `addr` (this one, or another node's).
-    async fn at(&mut self, addr: &str) -> Result<&mut Client> {
+    pub(crate) async fn at(&mut self, addr: &str) -> Result<&mut Client> {
         if addr == self.addr {
             Ok(self)
         } else {
@@ -580,7 +582,7 @@ impl Client {
     #[allow(clippy::type_complexity)]
     /// Runs `op` on the connection to `topic`-`partition`'s leader, refreshing the leader and
     /// retrying (up to [`ROUTE_ATTEMPTS`] times) while `retry` says the leadership moved.
-    async fn routed<T>(
+    pub(crate) async fn routed<T>(
         &mut self,
         topic: &str,
         partition: i32,
@@ -744,6 +746,104 @@ impl Client {
             Box::pin(async move { c.fetch_here(&t, partition, offset, max_wait_ms, max_bytes).await })
         })
         .await
+    }
+
+    /// A `read_committed` fetch from one partition's leader: records of committed
+    /// transactions and plain records below the last stable offset, without aborted
+    /// transactions' records or markers. Returns them, the offset to fetch next, and the
+    /// last stable offset.
+    pub async fn fetch_committed(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: i32,
+    ) -> Result<(Vec<InRecord>, i64, i64)> {
+        let t = topic.to_string();
+        self.routed(topic, partition, leadership_moved, |c| {
+            let t = t.clone();
+            Box::pin(async move { c.fetch_committed_here(&t, partition, offset, max_bytes).await })
+        })
+        .await
+    }
+
+    async fn fetch_committed_here(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        max_bytes: i32,
+    ) -> Result<(Vec<InRecord>, i64, i64)> {
+        let req = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(0)
+            .with_min_bytes(1)
+            .with_max_bytes(max_bytes)
+            .with_isolation_level(1)
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(TopicName(StrBytes::from_string(topic.to_string())))
+                .with_partitions(vec![FetchPartition::default()
+                    .with_partition(partition)
+                    .with_fetch_offset(offset)
+                    .with_partition_max_bytes(max_bytes)])]);
+        let resp = self.call(&req).await?;
+        let p = resp
+            .responses
+            .first()
+            .and_then(|t| t.partitions.first())
+            .ok_or_else(|| anyhow!("empty fetch response"))?;
+        if p.error_code != 0 {
+            return Err(kafka_err(
+                format!("fetch {topic}-{partition} at {offset}"),
+                p.error_code,
+                String::new(),
+            ));
+        }
+        // Kafka's consumer algorithm: an aborted transaction is skipped from its first
+        // offset until its ABORT marker.
+        let mut aborted: Vec<(i64, i64)> = p
+            .aborted_transactions
+            .iter()
+            .flatten()
+            .map(|a| (a.first_offset, a.producer_id.0))
+            .collect();
+        aborted.sort_unstable();
+        let mut pending = aborted.into_iter().peekable();
+        let mut active: std::collections::HashSet<i64> = Default::default();
+        let mut out = Vec::new();
+        let mut next = offset;
+        if let Some(mut records) = p.records.clone() {
+            while records.remaining() > 0 {
+                let set = RecordBatchDecoder::decode(&mut records)?;
+                for r in set.records {
+                    next = next.max(r.offset + 1);
+                    while let Some((first, pid)) = pending.peek().copied() {
+                        if first > r.offset {
+                            break;
+                        }
+                        active.insert(pid);
+                        pending.next();
+                    }
+                    if r.control {
+                        if r.key.as_deref().and_then(|k| k.get(2..4)) == Some(&[0, 0][..]) {
+                            active.remove(&r.producer_id);
+                        }
+                        continue;
+                    }
+                    if r.offset < offset || (r.transactional && active.contains(&r.producer_id)) {
+                        continue;
+                    }
+                    out.push(InRecord {
+                        offset: r.offset,
+                        timestamp: r.timestamp,
+                        key: r.key,
+                        value: r.value,
+                        headers: r.headers.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                    });
+                }
+            }
+        }
+        Ok((out, next, p.last_stable_offset))
     }
 
     async fn fetch_here(

@@ -374,19 +374,40 @@ pub fn encode_batch(
     records: &[NewRecord],
     compression: kafka_protocol::records::Compression,
 ) -> Result<Bytes, ProtoError> {
-    encode_batch_of(records, compression, None)
+    encode_batch_of(records, compression, None, None)
 }
 
 /// As [`encode_batch`], as a transactional batch of `producer` (id, epoch) without
 /// sequence numbers, as a coordinator writes a transaction's offset commits.
 pub fn encode_transactional_batch(records: &[NewRecord], producer: (i64, i16)) -> Result<Bytes, ProtoError> {
-    encode_batch_of(records, kafka_protocol::records::Compression::None, Some(producer))
+    encode_batch_of(
+        records,
+        kafka_protocol::records::Compression::None,
+        Some(producer),
+        None,
+    )
+}
+
+/// As [`encode_batch`], as a transactional producer writes it: producer id and epoch,
+/// sequence numbers from `base_sequence`.
+pub fn encode_producer_batch(
+    records: &[NewRecord],
+    producer: (i64, i16),
+    base_sequence: i32,
+) -> Result<Bytes, ProtoError> {
+    encode_batch_of(
+        records,
+        kafka_protocol::records::Compression::None,
+        Some(producer),
+        Some(base_sequence),
+    )
 }
 
 fn encode_batch_of(
     records: &[NewRecord],
     compression: kafka_protocol::records::Compression,
     producer: Option<(i64, i16)>,
+    base_sequence: Option<i32>,
 ) -> Result<Bytes, ProtoError> {
     use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
     let records: Vec<Record> = records
@@ -401,7 +422,11 @@ fn encode_batch_of(
             producer_epoch: producer.map(|p| p.1).unwrap_or(-1),
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: if producer.is_some() { -1 } else { i as i32 },
+            sequence: match (producer, base_sequence) {
+                (Some(_), Some(base)) => base.wrapping_add(i as i32),
+                (Some(_), None) => -1,
+                (None, _) => i as i32,
+            },
             timestamp: r.timestamp,
             key: r.key.clone(),
             value: r.value.clone(),

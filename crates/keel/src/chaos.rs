@@ -24,6 +24,13 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const TOPIC: &str = "chaos";
+/// The transactional workload's topic.
+const TXN_TOPIC: &str = "chaos-txn";
+/// Its partitions at most (fewer when the workload topic has fewer).
+const TXN_PARTITIONS_MAX: i32 = 8;
+/// Transaction timeout of the workload's producers: a transaction a fault leaves open is
+/// aborted by its coordinator after this.
+const TXN_TIMEOUT_MS: i32 = 10_000;
 const GROUP: &str = "keel-chaos";
 const FAULTS: [&str; 9] = [
     "kill",
@@ -65,6 +72,11 @@ pub struct RunArgs {
     /// Members of the consumer group that reads the topic and commits offsets.
     #[arg(long, default_value_t = 2)]
     pub consumers: usize,
+    /// Transactional producers: each commits (or aborts, one time in five) transactions
+    /// of one to three partitions of the `chaos-txn` topic; a `read_committed` reader
+    /// checks what it sees, and the checker what the topic holds at the end.
+    #[arg(long, default_value_t = 2)]
+    pub txn_producers: usize,
     /// Faults to inject, comma-separated: kill (-9, then restart), pause (SIGSTOP, then
     /// SIGCONT), partition (cut a minority of nodes off from the rest), bridge (split the
     /// others in two, with one node still talking to both sides), corrupt (stop a node, flip
@@ -276,6 +288,10 @@ async fn run_chaos(args: RunArgs) -> Result<()> {
     let mut nodes = start_cluster(&out, args.nodes)?;
     let bootstrap: String = nodes.iter().map(|n| n.kafka.clone()).collect::<Vec<_>>().join(",");
     create_topic(&bootstrap, args.partitions).await?;
+    let txn_partitions = args.partitions.clamp(1, TXN_PARTITIONS_MAX);
+    if args.txn_producers > 0 {
+        create_named_topic(&bootstrap, TXN_TOPIC, txn_partitions).await?;
+    }
 
     let start = Instant::now();
     let history: History = Arc::new(Mutex::new(Vec::new()));
@@ -306,6 +322,29 @@ async fn run_chaos(args: RunArgs) -> Result<()> {
             args.producers + 1 + c,
             bootstrap.clone(),
             args.partitions,
+            history.clone(),
+            stop.clone(),
+            start,
+        )));
+    }
+    let first_txn_process = args.producers + 1 + args.consumers;
+    for t in 0..args.txn_producers {
+        tasks.push(tokio::spawn(txn_producer(
+            first_txn_process + t,
+            bootstrap.clone(),
+            txn_partitions,
+            seed.wrapping_add(2000 + t as u64),
+            history.clone(),
+            stop.clone(),
+            start,
+        )));
+    }
+    if args.txn_producers > 0 {
+        tasks.push(tokio::spawn(txn_reader(
+            first_txn_process + args.txn_producers,
+            bootstrap.clone(),
+            txn_partitions,
+            seed.wrapping_add(3000),
             history.clone(),
             stop.clone(),
             start,
@@ -467,8 +506,16 @@ async fn run_chaos(args: RunArgs) -> Result<()> {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let finals = read_back(&bootstrap, args.partitions).await?;
     final_commits(&bootstrap, args.partitions, &history, start).await?;
+    let txn_finals = if args.txn_producers > 0 {
+        Some(read_back_committed(&bootstrap, txn_partitions).await?)
+    } else {
+        None
+    };
     let events = history.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let verdict = keel_chaos::check(&events, &finals);
+    let mut verdict = keel_chaos::check(&events, &finals);
+    if let Some(committed) = &txn_finals {
+        keel_chaos::check_transactions(&events, committed, &mut verdict);
+    }
 
     let mut f = std::io::BufWriter::new(std::fs::File::create(out.join("history.jsonl"))?);
     for e in &events {
@@ -491,13 +538,15 @@ async fn run_chaos(args: RunArgs) -> Result<()> {
         n.kill9();
     }
     let line = format!(
-        "keel chaos: seed {seed}: {} — {} acknowledged, {} failed, {} unknown, {} reads, {} commits, {} anomalies, longest without an acknowledged write {} ms ({})",
+        "keel chaos: seed {seed}: {} — {} acknowledged, {} failed, {} unknown, {} reads, {} commits, {} transactions committed, {} aborted, {} anomalies, longest without an acknowledged write {} ms ({})",
         if verdict.valid { "VALID" } else { "INVALID" },
         verdict.acknowledged,
         verdict.failed,
         verdict.unknown,
         verdict.reads,
         verdict.commits,
+        verdict.transactions_committed,
+        verdict.transactions_aborted,
         verdict.anomalies.len(),
         verdict.longest_unavailable_ms,
         out.join("verdict.json").display()
@@ -648,11 +697,15 @@ fn start_cluster(out: &Path, n: u16) -> Result<Vec<NodeProc>> {
 /// The workload topic, with the broker's default replication factor (3, capped at the
 /// number of nodes).
 async fn create_topic(bootstrap: &str, partitions: i32) -> Result<()> {
+    create_named_topic(bootstrap, TOPIC, partitions).await
+}
+
+async fn create_named_topic(bootstrap: &str, topic: &str, partitions: i32) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let attempt = async {
             let mut c = Client::connect(bootstrap).await?;
-            let r = c.create_topic(TOPIC, partitions, &[]).await?;
+            let r = c.create_topic(topic, partitions, &[]).await?;
             let code = r.topics.first().map(|t| t.error_code).unwrap_or(-1);
             if code == 0 || code == 36 {
                 Ok(())
@@ -1141,6 +1194,198 @@ async fn read_back(bootstrap: &str, partitions: i32) -> Result<BTreeMap<i32, Vec
             match attempt.await {
                 Ok(r) => break r,
                 Err(e) if Instant::now() > deadline => return Err(e.context(format!("reading back partition {p}"))),
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        };
+        out.insert(p, records);
+    }
+    Ok(out)
+}
+
+/// One transactional producer of the workload: transactions of one to three partitions of
+/// `chaos-txn`, two records each, committed (or, one time in five, aborted). Any error
+/// abandons the transaction: it is aborted if the coordinator answers, and the producer
+/// starts over with InitProducerId, which fences it and aborts what it left open.
+async fn txn_producer(
+    process: usize,
+    bootstrap: String,
+    partitions: i32,
+    seed: u64,
+    history: History,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    start: Instant,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let id = format!("chaos-txn-{process}");
+    let mut client: Option<Client> = None;
+    let mut producer: Option<keel_client::TxnProducer> = None;
+    let mut n = 0u64;
+    let wait = Duration::from_secs(10);
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        if client.is_none() {
+            client = Client::connect(&bootstrap).await.ok();
+        }
+        let Some(c) = client.as_mut() else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        };
+        if producer.is_none() {
+            match tokio::time::timeout(wait, keel_client::TxnProducer::init(c, &id, TXN_TIMEOUT_MS, wait)).await {
+                Ok(Ok(p)) => producer = Some(p),
+                _ => {
+                    client = None;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            }
+        }
+        let Some(p) = producer.as_mut() else { continue };
+        n += 1;
+        let mut parts: Vec<i32> = (0..partitions).collect();
+        shuffle(&mut parts, &mut rng);
+        parts.truncate(rng.random_range(1..=3.min(partitions as usize)));
+        parts.sort_unstable();
+        let invoke_ms = now_ms(start);
+        let mut records: Vec<(i32, String)> = Vec::new();
+        let mut ok = tokio::time::timeout(wait, p.add_partitions(c, TXN_TOPIC, &parts, wait))
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false);
+        for part in &parts {
+            if !ok {
+                break;
+            }
+            let values: Vec<String> = (0..2).map(|j| format!("x{process}-{n}-{part}-{j}")).collect();
+            let batch: Vec<OutRecord> = values
+                .iter()
+                .map(|v| OutRecord {
+                    key: None,
+                    value: Some(Bytes::from(v.clone())),
+                    timestamp: 0,
+                })
+                .collect();
+            // Written or not, the records belong to this transaction from now on.
+            records.extend(values.iter().map(|v| (*part, v.clone())));
+            ok = matches!(
+                tokio::time::timeout(wait, p.produce(c, TXN_TOPIC, *part, &batch)).await,
+                Ok(Ok(_))
+            );
+        }
+        let commit = ok && !rng.random_bool(0.2);
+        let outcome = match tokio::time::timeout(wait, p.end(c, commit, wait)).await {
+            Ok(Ok(())) => Outcome::Ok { offset: None },
+            Ok(Err(e)) => Outcome::Unknown { error: e.to_string() },
+            Err(_) => Outcome::Unknown {
+                error: "timed out".into(),
+            },
+        };
+        let ended = matches!(outcome, Outcome::Ok { .. });
+        history.lock().unwrap_or_else(|e| e.into_inner()).push(Event::Txn {
+            process,
+            txn: n,
+            records,
+            commit,
+            invoke_ms,
+            complete_ms: now_ms(start),
+            outcome,
+        });
+        if !ended || !ok {
+            // Start over: a new epoch fences this one and aborts what it left open.
+            producer = None;
+            client = None;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Reads the transactional topic with `read_committed` during the run, from random
+/// offsets, recording what it sees (the checker looks for aborted records in it).
+async fn txn_reader(
+    process: usize,
+    bootstrap: String,
+    partitions: i32,
+    seed: u64,
+    history: History,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    start: Instant,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut client: Option<Client> = None;
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if client.is_none() {
+            client = Client::connect(&bootstrap).await.ok();
+        }
+        let Some(c) = client.as_mut() else { continue };
+        let partition = rng.random_range(0..partitions);
+        let invoke_ms = now_ms(start);
+        let end = match tokio::time::timeout(Duration::from_secs(5), c.list_offset(TXN_TOPIC, partition, -1)).await {
+            Ok(Ok(o)) => o,
+            _ => {
+                client = None;
+                continue;
+            }
+        };
+        let from = if end > 0 { rng.random_range(0..end) } else { 0 };
+        match tokio::time::timeout(
+            Duration::from_secs(5),
+            c.fetch_committed(TXN_TOPIC, partition, from, 64 * 1024),
+        )
+        .await
+        {
+            Ok(Ok((records, _, _))) => {
+                let records = records
+                    .into_iter()
+                    .map(|r| (r.offset, record_ident(r.key.as_deref(), r.value.as_deref())))
+                    .collect();
+                history.lock().unwrap_or_else(|e| e.into_inner()).push(Event::TxnRead {
+                    process,
+                    partition,
+                    records,
+                    invoke_ms,
+                    complete_ms: now_ms(start),
+                });
+            }
+            _ => client = None,
+        }
+    }
+}
+
+/// The transactional topic as a `read_committed` reader sees it once every transaction
+/// has ended: waits (bounded) until each partition's last stable offset reaches its high
+/// watermark (the coordinators finish or time out whatever the faults left open), then
+/// reads it whole.
+async fn read_back_committed(bootstrap: &str, partitions: i32) -> Result<BTreeMap<i32, Vec<(i64, String)>>> {
+    let mut out = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    for p in 0..partitions {
+        let records = loop {
+            let attempt = async {
+                let mut c = Client::connect(bootstrap).await?;
+                let start = c.list_offset(TXN_TOPIC, p, -2).await?;
+                let end = c.list_offset(TXN_TOPIC, p, -1).await?;
+                let mut pos = start;
+                let mut records = Vec::new();
+                while pos < end {
+                    let (batch, next, lso) = c.fetch_committed(TXN_TOPIC, p, pos, 4 << 20).await?;
+                    if lso < end {
+                        bail!("partition {p}: transactions still open (last stable offset {lso} < {end})");
+                    }
+                    if next <= pos {
+                        bail!("partition {p}: no progress at {pos}");
+                    }
+                    pos = next;
+                    for r in batch {
+                        records.push((r.offset, record_ident(r.key.as_deref(), r.value.as_deref())));
+                    }
+                }
+                anyhow::Ok(records)
+            };
+            match attempt.await {
+                Ok(r) => break r,
+                Err(e) if Instant::now() > deadline => {
+                    return Err(e.context(format!("reading back {TXN_TOPIC} partition {p}")))
+                }
                 Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
             }
         };
