@@ -459,7 +459,8 @@ pub fn check_transactions(history: &[Event], committed: &BTreeMap<i32, Vec<(i64,
                 outcome,
                 ..
             } => {
-                let (present, missing): (Vec<&(i32, String)>, Vec<&(i32, String)>) =
+                type Records<'a> = Vec<&'a (i32, String)>;
+                let (present, missing): (Records, Records) =
                     records.iter().partition(|(p, v)| found.contains_key(&(*p, v.as_str())));
                 if matches!(outcome, Outcome::Ok { .. }) {
                     for (p, v) in missing.iter().copied() {
