@@ -223,3 +223,74 @@ impl TxnProducer {
         .await
     }
 }
+
+/// One transactional id as its coordinator describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnDescription {
+    pub transactional_id: String,
+    pub state: String,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub timeout_ms: i32,
+    pub start_ms: i64,
+    pub partitions: Vec<(String, i32)>,
+}
+
+impl Client {
+    /// ListTransactions at the transaction coordinator: (id, producer id, state), filtered by
+    /// `states` (none: all).
+    pub async fn list_transactions(&mut self, states: &[String]) -> Result<Vec<(String, i64, String)>> {
+        let addr = TxnProducer::coordinator(self, "").await?;
+        let req = ListTransactionsRequest::default()
+            .with_state_filters(states.iter().map(|s| StrBytes::from_string(s.clone())).collect())
+            .with_duration_filter(-1);
+        let c = self.at(&addr).await?;
+        let r = c.call_at(&req, 1).await?;
+        if r.error_code != 0 {
+            return Err(kafka_err("ListTransactions".into(), r.error_code, String::new()));
+        }
+        Ok(r.transaction_states
+            .iter()
+            .map(|t| {
+                (
+                    t.transactional_id.0.to_string(),
+                    t.producer_id.0,
+                    t.transaction_state.to_string(),
+                )
+            })
+            .collect())
+    }
+
+    /// DescribeTransactions for one transactional id, at its coordinator.
+    pub async fn describe_transaction(&mut self, id: &str) -> Result<TxnDescription> {
+        let addr = TxnProducer::coordinator(self, id).await?;
+        let req = DescribeTransactionsRequest::default()
+            .with_transactional_ids(vec![TransactionalId(StrBytes::from_string(id.to_string()))]);
+        let c = self.at(&addr).await?;
+        let r = c.call_at(&req, 0).await?;
+        let t = r
+            .transaction_states
+            .first()
+            .ok_or_else(|| anyhow!("empty DescribeTransactions response"))?;
+        if t.error_code != 0 {
+            return Err(kafka_err(
+                format!("DescribeTransactions {id}"),
+                t.error_code,
+                String::new(),
+            ));
+        }
+        Ok(TxnDescription {
+            transactional_id: id.to_string(),
+            state: t.transaction_state.to_string(),
+            producer_id: t.producer_id.0,
+            producer_epoch: t.producer_epoch,
+            timeout_ms: t.transaction_timeout_ms,
+            start_ms: t.transaction_start_time_ms,
+            partitions: t
+                .topics
+                .iter()
+                .flat_map(|tp| tp.partitions.iter().map(move |p| (tp.topic.0.to_string(), *p)))
+                .collect(),
+        })
+    }
+}

@@ -2,7 +2,7 @@
 //!
 //! - `keel serve`: run a broker (with no arguments: one node, data in `./keel-data`, Kafka
 //!   on 127.0.0.1:9092, HTTP metrics and health on 127.0.0.1:9644).
-//! - `keel topic|group|produce|consume`: tools that talk to any broker over the Kafka protocol.
+//! - `keel topic|group|txn|produce|consume`: tools that talk to any broker over the Kafka protocol.
 //! - `keel bench`: produce/consume throughput and latency percentiles.
 //! - `keel dev --nodes 3`: a local cluster for trying replication and failover.
 //! - `keel cluster status`: nodes, partition leaders, under-replicated partitions.
@@ -31,6 +31,7 @@ mod cluster;
 mod dev;
 mod group;
 mod serve;
+mod txn;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -52,6 +53,9 @@ enum Command {
     /// List, describe and reset consumer groups.
     #[command(subcommand)]
     Group(group::GroupCommand),
+    /// List and describe transactions.
+    #[command(subcommand)]
+    Txn(txn::TxnCommand),
     /// Produce lines from stdin as records.
     Produce(cli::ProduceArgs),
     /// Print records to stdout.
@@ -75,6 +79,7 @@ fn main() -> Result<()> {
         Command::Serve(args) => rt.block_on(serve::run(args)),
         Command::Topic(cmd) => rt.block_on(cli::topic(cmd)),
         Command::Group(cmd) => rt.block_on(group::run(cmd)),
+        Command::Txn(cmd) => rt.block_on(txn::run(cmd)),
         Command::Produce(args) => rt.block_on(cli::produce(args)),
         Command::Consume(args) => rt.block_on(cli::consume(args)),
         Command::Bench(args) => rt.block_on(bench::run(args)),
