@@ -337,6 +337,15 @@ pub async fn handle_from(
             AddOffsetsToTxnRequest,
             handlers::add_offsets_to_txn::handle
         ),
+        ApiKey::DeleteRecords => route!(
+            b,
+            body,
+            api,
+            v,
+            corr,
+            DeleteRecordsRequest,
+            handlers::delete_records::handle
+        ),
         ApiKey::EndTxn => route!(b, body, api, v, corr, EndTxnRequest, handlers::end_txn::handle),
         ApiKey::TxnOffsetCommit => route!(
             b,

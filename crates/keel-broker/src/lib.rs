@@ -408,7 +408,9 @@ async fn group_clock(broker: std::sync::Weak<Broker>) {
             txn::coordinator::tick(&b).await;
             for p in b.topics.all_partitions() {
                 p.save_txn_index();
-                if p.is_leader() {
+                // Replicas remove what DeleteRecords deleted on the leader.
+                p.purge_deleted().await;
+                if p.is_leader() && p.has_transactions() {
                     b.metrics
                         .lso_lag
                         .get_or_create(&metrics::PartitionLabels {

@@ -83,7 +83,13 @@ impl Apply for PartitionHook {
         for (pos, h) in batch::batches(payload).map_while(Result::ok) {
             let count = h.offset_span();
             if h.is_control() {
-                if let Some((kind, coordinator_epoch)) = payload.get(pos..).and_then(batch::control_record) {
+                if let Some(before) = payload.get(pos..).and_then(batch::log_start_of) {
+                    txns_changed |= self
+                        .txns
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .on_log_start(before, next);
+                } else if let Some((kind, coordinator_epoch)) = payload.get(pos..).and_then(batch::control_record) {
                     let commit = kind == batch::CONTROL_COMMIT;
                     let mut txns = self.txns.lock().unwrap_or_else(|e| e.into_inner());
                     txns_changed |= txns.on_marker(h.producer_id, h.producer_epoch, commit, coordinator_epoch, next);
@@ -422,8 +428,57 @@ impl Partition {
         self.group.shared.applied().next_offset
     }
 
+    /// The first offset readers may fetch: where the log's segments start, or later when
+    /// DeleteRecords deleted records past that.
     pub fn log_start_offset(&self) -> i64 {
-        self.group.shared.log().start_offset()
+        let physical = self.group.shared.log().start_offset();
+        let deleted = self
+            .hook
+            .txns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .deleted_before();
+        physical.max(deleted.min(self.high_watermark()))
+    }
+
+    /// DeleteRecords: records before `offset` (-1: the high watermark) are deleted, on
+    /// every replica (the request is a control record in the log, so every replica applies
+    /// it at the same place); whole segments below it are removed. Returns the new log
+    /// start offset.
+    pub async fn delete_records(self: &Arc<Self>, offset: i64) -> Result<i64, PartitionError> {
+        let hw = self.high_watermark();
+        let target = if offset == -1 { hw } else { offset };
+        let start = self.log_start_offset();
+        if target < 0 || target > hw {
+            return Err(PartitionError::OffsetOutOfRange {
+                offset: target,
+                start,
+                end: hw,
+            });
+        }
+        if target > start {
+            let b = batch::encode_log_start_batch(target, keel_log::disk::now_ms())?;
+            self.append_acks(batch::split_batches(&b)?, Acks::All).await?;
+        }
+        self.purge_deleted().await;
+        Ok(self.log_start_offset())
+    }
+
+    /// Removes whole segments below the offset DeleteRecords deleted records before.
+    pub async fn purge_deleted(&self) {
+        let (deleted, physical) = (
+            self.hook
+                .txns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .deleted_before(),
+            self.group.shared.log().start_offset(),
+        );
+        if deleted > physical {
+            if let Err(e) = self.purge_before_offset(deleted).await {
+                warn!(topic = %self.topic, partition = self.index, error = %e, "could not remove deleted records' segments");
+            }
+        }
     }
 
     pub fn size_bytes(&self) -> u64 {
@@ -724,6 +779,11 @@ impl Partition {
             .last_stable_offset(hw)
     }
 
+    /// Whether transactions ever wrote here (markers or open transactions are known).
+    pub fn has_transactions(&self) -> bool {
+        !self.hook.txns.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+
     /// Open transactions here: (producer id, first offset).
     pub fn open_transactions(&self) -> Vec<(i64, i64)> {
         self.hook
@@ -1009,8 +1069,8 @@ impl Partition {
         let hw = self.high_watermark();
         let lso = self.last_stable_offset();
         let upper = if committed_only { lso } else { hw };
+        let start = self.log_start_offset();
         let log = self.group.shared.log();
-        let start = log.start_offset();
         if offset < start || offset > hw {
             return Err(PartitionError::OffsetOutOfRange { offset, start, end: hw });
         }
@@ -1380,7 +1440,10 @@ fn rebuild_txns(log: &DiskLog, dir: &std::path::Path) -> TxnIndex {
             for (pos, h) in batch::batches(&e.payload).map_while(Result::ok) {
                 let count = h.offset_span();
                 if h.is_control() {
-                    if let Some((kind, coordinator_epoch)) = e.payload.get(pos..).and_then(batch::control_record) {
+                    if let Some(before) = e.payload.get(pos..).and_then(batch::log_start_of) {
+                        index.on_log_start(before, next);
+                    } else if let Some((kind, coordinator_epoch)) = e.payload.get(pos..).and_then(batch::control_record)
+                    {
                         index.on_marker(
                             h.producer_id,
                             h.producer_epoch,

@@ -690,6 +690,69 @@ pub fn empty_batch(base_offset: i64, span: i64, leader_epoch: i32, timestamp: i6
 pub const CONTROL_ABORT: i16 = 0;
 pub const CONTROL_COMMIT: i16 = 1;
 
+/// Keel's own control record: the partition's records before the offset in its value are
+/// deleted (DeleteRecords). Clients skip control records of a type they do not know.
+pub const CONTROL_LOG_START: i16 = 100;
+
+/// The control batch DeleteRecords appends: records before `offset` are deleted.
+pub fn encode_log_start_batch(offset: i64, timestamp: i64) -> Result<Bytes, ProtoError> {
+    use bytes::BufMut;
+    use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    let mut key = bytes::BytesMut::with_capacity(4);
+    key.put_i16(0);
+    key.put_i16(CONTROL_LOG_START);
+    let mut value = bytes::BytesMut::with_capacity(10);
+    value.put_i16(0);
+    value.put_i64(offset);
+    let record = Record {
+        transactional: false,
+        control: true,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset: 0,
+        sequence: -1,
+        timestamp,
+        key: Some(key.freeze()),
+        value: Some(value.freeze()),
+        headers: Default::default(),
+    };
+    let mut buf = bytes::BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &[record],
+        &RecordEncodeOptions {
+            version: 2,
+            compression: kafka_protocol::records::Compression::None,
+        },
+    )
+    .map_err(|e| ProtoError::Malformed(format!("encoding a control batch: {e:#}")))?;
+    Ok(buf.freeze())
+}
+
+/// The offset a [`CONTROL_LOG_START`] batch at the start of `batch` deletes records before.
+pub fn log_start_of(batch: &[u8]) -> Option<i64> {
+    let (kind, _) = control_record(batch)?;
+    if kind != CONTROL_LOG_START {
+        return None;
+    }
+    let h = BatchHeader::parse(batch).ok()?;
+    let mut rec = batch.get(HEADER_LEN..h.total_len())?;
+    let _len = read_varint(&mut rec).ok()?;
+    rec = rec.get(1..)?;
+    let _timestamp_delta = read_varint(&mut rec).ok()?;
+    let _offset_delta = read_varint(&mut rec).ok()?;
+    let key_len = read_varint(&mut rec).ok()?;
+    rec = rec.get(usize::try_from(key_len).ok()?..)?;
+    let value_len = read_varint(&mut rec).ok()?;
+    if value_len < 10 {
+        return None;
+    }
+    Some(i64::from_be_bytes(rec.get(2..10)?.try_into().ok()?))
+}
+
 /// A transaction marker: a control batch of one record ending `producer_id`'s transaction
 /// in a partition (commit or abort), as Kafka writes it.
 pub fn encode_control_batch(
@@ -1032,5 +1095,16 @@ mod tests {
             (50, 7, 0, -1)
         );
         assert!(decode_records(&e, 1024).unwrap().is_empty());
+    }
+
+    /// DeleteRecords' control batch says the offset it deletes before; others say nothing.
+    #[test]
+    fn log_start_batches_round_trip() {
+        let b = encode_log_start_batch(12_345, 7).unwrap();
+        let h = validate_batch(&b).unwrap();
+        assert!(h.is_control() && !h.is_transactional());
+        assert_eq!(log_start_of(&b), Some(12_345));
+        assert_eq!(control_type(&b), Some(CONTROL_LOG_START));
+        assert_eq!(log_start_of(&encode_control_batch(1, 0, true, 3, 7).unwrap()), None);
     }
 }

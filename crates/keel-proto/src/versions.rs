@@ -48,6 +48,7 @@ pub const SUPPORTED: &[Supported] = &[
     s(ApiKey::AlterPartitionReassignments, 0, 1),
     s(ApiKey::ListPartitionReassignments, 0, 0),
     s(ApiKey::UnregisterBroker, 0, 0),
+    s(ApiKey::DeleteRecords, 0, 2),
     // Transactions, protocol version 1 (the epoch bump per transaction of KIP-890 part 2,
     // EndTxn v5, is not served; verification, part 1, is done by the partition leaders).
     s(ApiKey::AddPartitionsToTxn, 0, 4),

@@ -596,3 +596,54 @@ fn chrono_ms() -> i64 {
         .unwrap()
         .as_millis() as i64
 }
+
+/// DeleteRecords moves the log start offset to exactly the offset asked for: ListOffsets
+/// (low watermark) and a reader from the beginning start there, an offset past the end is
+/// refused, and the log start holds across a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_records_moves_the_log_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut k = Keel::start(dir.path(), &[]);
+    create_topic(&k, "trim", 1, &[]).await;
+    let p = producer(&k, "none");
+    for i in 0..100 {
+        p.send(
+            FutureRecord::to("trim").key(&format!("k{i}")).payload(&format!("v{i}")),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("produce");
+    }
+    let a = admin(&k);
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("trim", 0, Offset::Offset(40)).unwrap();
+    let r = a
+        .delete_records(&tpl, &AdminOptions::new())
+        .await
+        .expect("delete_records");
+    let e = r.elements_for_topic("trim");
+    assert_eq!(e[0].error(), Ok(()));
+    assert_eq!(e[0].offset(), Offset::Offset(40), "low watermark after the deletion");
+    let mut past = TopicPartitionList::new();
+    past.add_partition_offset("trim", 0, Offset::Offset(1_000)).unwrap();
+    let r = a
+        .delete_records(&past, &AdminOptions::new())
+        .await
+        .expect("delete_records");
+    assert!(
+        r.elements_for_topic("trim")[0].error().is_err(),
+        "an offset past the end was accepted"
+    );
+    let watermarks = |k: &Keel| {
+        consumer(k)
+            .fetch_watermarks("trim", 0, Duration::from_secs(10))
+            .expect("watermarks")
+    };
+    assert_eq!(watermarks(&k).0, 40);
+    let got = consume_all(&k, "trim", 1, 60);
+    assert_eq!(got.len(), 60);
+    assert_eq!(got[0].1, 40, "a reader from the beginning starts at the new log start");
+    assert_eq!(got[0].3, "v40");
+    k.restart();
+    assert_eq!(watermarks(&k).0, 40, "the log start did not hold across a restart");
+}

@@ -45,6 +45,11 @@ pub struct TxnIndex {
     /// otherwise end the producer's next transaction, which a newer coordinator runs.
     #[serde(default)]
     coordinator_epochs: HashMap<i64, i32>,
+    /// Records before this offset were deleted (DeleteRecords): the partition's log start
+    /// offset, whatever its segments still hold. Kept here as part of the replica's
+    /// applied state.
+    #[serde(default)]
+    deleted_before: i64,
 }
 
 /// What the saved checkpoint holds.
@@ -113,6 +118,25 @@ impl TxnIndex {
             }
         }
         true
+    }
+
+    /// Feeds DeleteRecords' control record at `offset`: records before `before` are
+    /// deleted. Returns whether it moved the log start.
+    pub fn on_log_start(&mut self, before: i64, offset: i64) -> bool {
+        if offset < self.through {
+            return false;
+        }
+        self.through = offset + 1;
+        if before <= self.deleted_before {
+            return false;
+        }
+        self.deleted_before = before;
+        true
+    }
+
+    /// Records before this offset were deleted.
+    pub fn deleted_before(&self) -> i64 {
+        self.deleted_before
     }
 
     /// Whether `producer_id` has a transaction open here.
