@@ -372,6 +372,9 @@ impl OffsetStore {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let list = pending.entry(producer.0).or_default();
         for (key, c) in offsets {
+            // A later commit of the same partition in the transaction replaces the earlier
+            // (and keeps what a transaction holds bounded by the partitions it commits).
+            list.retain(|(g, k, _)| !(g == group && *k == key));
             list.push((group.to_string(), key, c));
         }
         Ok(())
