@@ -114,6 +114,7 @@ impl Apply for PartitionHook {
                 }
                 txns_changed |= self.txns.lock().unwrap_or_else(|e| e.into_inner()).on_data(
                     h.producer_id,
+                    h.producer_epoch,
                     h.is_transactional(),
                     next,
                     count,
@@ -1453,7 +1454,7 @@ fn rebuild_txns(log: &DiskLog, dir: &std::path::Path) -> TxnIndex {
                         );
                     }
                 } else {
-                    index.on_data(h.producer_id, h.is_transactional(), next, count);
+                    index.on_data(h.producer_id, h.producer_epoch, h.is_transactional(), next, count);
                 }
                 next = next.saturating_add(count);
             }

@@ -21,7 +21,7 @@ const fn s(key: ApiKey, min: i16, max: i16) -> Supported {
 /// Every API Keel serves. Produce v0-2 carry the pre-0.11 message format, which is
 /// converted to v2 batches on the way in (see [`crate::legacy`]).
 pub const SUPPORTED: &[Supported] = &[
-    s(ApiKey::Produce, 0, 9),
+    s(ApiKey::Produce, 0, 12),
     s(ApiKey::Fetch, 4, 12),
     s(ApiKey::ListOffsets, 1, 6),
     s(ApiKey::Metadata, 0, 12),
@@ -49,12 +49,13 @@ pub const SUPPORTED: &[Supported] = &[
     s(ApiKey::ListPartitionReassignments, 0, 0),
     s(ApiKey::UnregisterBroker, 0, 0),
     s(ApiKey::DeleteRecords, 0, 2),
-    // Transactions, protocol version 1 (the epoch bump per transaction of KIP-890 part 2,
-    // EndTxn v5, is not served; verification, part 1, is done by the partition leaders).
-    s(ApiKey::AddPartitionsToTxn, 0, 4),
-    s(ApiKey::AddOffsetsToTxn, 0, 3),
-    s(ApiKey::EndTxn, 0, 3),
-    s(ApiKey::TxnOffsetCommit, 0, 3),
+    // Transactions, versions 1 and 2 (KIP-890: partition leaders verify, and from Produce
+    // v12, EndTxn v5 and TxnOffsetCommit v5 add partitions themselves and bump the epoch
+    // at every end).
+    s(ApiKey::AddPartitionsToTxn, 0, 5),
+    s(ApiKey::AddOffsetsToTxn, 0, 4),
+    s(ApiKey::EndTxn, 0, 5),
+    s(ApiKey::TxnOffsetCommit, 0, 5),
     s(ApiKey::DescribeTransactions, 0, 0),
     s(ApiKey::ListTransactions, 0, 1),
     // v0 of SaslHandshake hands the connection to raw SASL tokens; only v1 (tokens inside

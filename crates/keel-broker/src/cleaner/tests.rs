@@ -129,7 +129,7 @@ fn random_log(rng: &mut StdRng, entries: usize, keys: u32) -> Log {
                     log.producer_batches.push((offset, p));
                     if transactional {
                         open.insert(p, true);
-                        log.index.on_data(p, true, offset, n as i64);
+                        log.index.on_data(p, 0, true, offset, n as i64);
                     }
                 }
                 for (j, (key, value)) in records.into_iter().enumerate() {

@@ -77,6 +77,7 @@ pub async fn handle(b: &Arc<Broker>, req: AddPartitionsToTxnRequest, v: i16) -> 
                         producer_epoch: t.producer_epoch,
                         topic: topic.to_string(),
                         partition: p,
+                        add: false,
                     },
                 )
             })

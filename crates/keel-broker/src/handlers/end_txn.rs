@@ -1,5 +1,6 @@
 //! EndTxn: commit or abort. The decision is durable at the coordinator before the answer;
-//! the markers are written to the transaction's partitions after it.
+//! the markers are written to the transaction's partitions after it. From v5 (transaction
+//! version 2, KIP-890 part 2) the epoch is bumped and the answer carries the new one.
 
 use std::sync::Arc;
 
@@ -15,18 +16,24 @@ pub async fn handle(b: &Arc<Broker>, req: EndTxnRequest, v: i16) -> EndTxnRespon
     } else {
         state::INVALID_PRODUCER_EPOCH
     };
-    r.error_code = coordinator::end_txn(
+    r.producer_id = req.producer_id;
+    r.producer_epoch = req.producer_epoch;
+    match coordinator::end_txn(
         b,
         req.transactional_id.0.as_str(),
         req.producer_id.0,
         req.producer_epoch,
         req.committed,
         fenced,
+        v >= 5,
     )
     .await
-    .err()
-    .unwrap_or(0);
-    r.producer_id = req.producer_id;
-    r.producer_epoch = req.producer_epoch;
+    {
+        Ok((pid, epoch)) => {
+            r.producer_id = kafka_protocol::messages::ProducerId(pid);
+            r.producer_epoch = epoch;
+        }
+        Err(code) => r.error_code = code,
+    }
     r
 }

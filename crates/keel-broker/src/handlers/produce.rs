@@ -171,7 +171,7 @@ pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, v: i16) -> Option<Prod
 pub async fn start(
     b: &Arc<Broker>,
     req: ProduceRequest,
-    _v: i16,
+    v: i16,
 ) -> impl std::future::Future<Output = Option<ProduceResponse>> + Send + 'static {
     let acks = req.acks;
     let mut responses = Vec::with_capacity(req.topic_data.len());
@@ -213,7 +213,8 @@ pub async fn start(
                     continue;
                 }
             };
-            if let Some(refused) = transactional_check(b, &req.transactional_id, &name, index, &part, &batches).await {
+            if let Some(refused) = transactional_check(b, &req.transactional_id, &name, index, &part, &batches, v).await
+            {
                 tr.partition_responses.push(refused);
                 continue;
             }
@@ -248,6 +249,9 @@ pub async fn start(
     }
 }
 
+/// The first Produce version of transaction version 2 producers (KIP-890 part 2).
+const TRANSACTION_V2_PRODUCE: i16 = 12;
+
 /// Refuses control batches (only coordinators write markers) and batches without the
 /// sequence numbers idempotence needs; verifies a producer's first transactional batch to
 /// the partition with its coordinator (KIP-890).
@@ -258,6 +262,7 @@ async fn transactional_check(
     index: i32,
     part: &Arc<crate::partition::Partition>,
     batches: &[(batch::BatchHeader, bytes::Bytes)],
+    v: i16,
 ) -> Option<PartitionProduceResponse> {
     if batches
         .iter()
@@ -295,6 +300,9 @@ async fn transactional_check(
             producer_epoch: h.producer_epoch,
             topic: topic.to_string(),
             partition: index,
+            // Produce v12 comes from transaction version 2 producers, which send no
+            // AddPartitionsToTxn: the partition joins the transaction here.
+            add: v >= TRANSACTION_V2_PRODUCE,
         },
     )
     .await;

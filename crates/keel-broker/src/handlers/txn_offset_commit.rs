@@ -1,5 +1,7 @@
 //! TxnOffsetCommit: a transaction's consumed offsets, logged at the group coordinator as
-//! part of the transaction and visible to the group only once it commits.
+//! part of the transaction and visible to the group only once it commits. From v5
+//! (transaction version 2) the offsets partition joins the transaction here, without an
+//! AddOffsetsToTxn first.
 
 use std::sync::Arc;
 
@@ -14,7 +16,7 @@ use crate::Broker;
 
 const OFFSET_METADATA_TOO_LARGE: i16 = 12;
 
-pub async fn handle(b: &Arc<Broker>, req: TxnOffsetCommitRequest, _v: i16) -> TxnOffsetCommitResponse {
+pub async fn handle(b: &Arc<Broker>, req: TxnOffsetCommitRequest, v: i16) -> TxnOffsetCommitResponse {
     let group = req.group_id.0.to_string();
     let mut code = b.coordinator_error().unwrap_or(0);
     if code == 0 && (req.generation_id >= 0 || !req.member_id.is_empty()) {
@@ -63,6 +65,8 @@ pub async fn handle(b: &Arc<Broker>, req: TxnOffsetCommitRequest, _v: i16) -> Tx
                     producer_epoch: req.producer_epoch,
                     topic: OFFSETS_TOPIC.to_string(),
                     partition: 0,
+                    // v5 (transaction version 2): no AddOffsetsToTxn came first.
+                    add: v >= 5,
                 },
             )
             .await;

@@ -54,7 +54,8 @@ pub struct MarkerRequest {
 }
 
 /// A partition leader's question: is this partition in the producer's ongoing
-/// transaction?
+/// transaction? With `add` (transaction version 2, where producers do not send
+/// AddPartitionsToTxn), the coordinator adds it, beginning the transaction if need be.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VerifyRequest {
     pub transactional_id: String,
@@ -62,6 +63,8 @@ pub struct VerifyRequest {
     pub producer_epoch: i16,
     pub topic: String,
     pub partition: i32,
+    #[serde(default)]
+    pub add: bool,
 }
 
 pub struct TxnStore {
@@ -318,7 +321,9 @@ fn known_partition(b: &Broker, topic: &str, p: i32) -> bool {
         .is_some_and(|r| p >= 0 && (p as usize) < r.replicas.len())
 }
 
-/// EndTxn: decides the transaction and starts writing its markers.
+/// EndTxn: decides the transaction and starts writing its markers. With transaction
+/// version 2 (`v2`, EndTxn v5) the epoch is bumped; returns the producer id and epoch the
+/// producer goes on with.
 pub async fn end_txn(
     b: &Arc<Broker>,
     id: &str,
@@ -326,18 +331,41 @@ pub async fn end_txn(
     epoch: i16,
     commit: bool,
     fenced_code: i16,
-) -> Result<(), i16> {
+    v2: bool,
+) -> Result<(i64, i16), i16> {
     let store = &b.txns;
     if let Some(code) = store.coordinator_error() {
         return Err(code);
     }
     let _turn = store.write.lock().await;
     let current = store.get(id).ok_or(state::INVALID_PRODUCER_ID_MAPPING)?;
-    if let Some(prepared) = current.end(producer_id, epoch, commit, now_ms(), fenced_code)? {
+    let (prepared, answer) = if v2 {
+        current.end_v2(producer_id, epoch, commit, now_ms(), fenced_code)?
+    } else {
+        (current.end(producer_id, epoch, commit, now_ms(), fenced_code)?, epoch)
+    };
+    if let Some(prepared) = prepared {
         store.persist(id, &prepared).await.map_err(|e| fail_code(&e))?;
         complete(b, id);
     }
-    Ok(())
+    Ok((producer_id, answer))
+}
+
+/// Transaction version 2: a partition leader (or the group coordinator, for offsets)
+/// adds a partition to the producer's transaction on its first write there, beginning the
+/// transaction when none is ongoing. Returns a Kafka error code.
+async fn add_implicitly(b: &Arc<Broker>, v: &VerifyRequest) -> i16 {
+    add_partitions(
+        b,
+        &v.transactional_id,
+        v.producer_id,
+        v.producer_epoch,
+        &[(v.topic.clone(), v.partition)],
+        state::INVALID_PRODUCER_EPOCH,
+    )
+    .await
+    .err()
+    .unwrap_or(0)
 }
 
 /// Answers a partition leader's verification on this coordinator.
@@ -359,7 +387,11 @@ pub fn verify_here(b: &Broker, v: &VerifyRequest) -> i16 {
 pub async fn verify_write(b: &Arc<Broker>, partition: &Partition, v: VerifyRequest) -> i16 {
     let token = partition.begin_verification(v.producer_id, v.producer_epoch);
     let code = if b.txns.coordinator_error().is_none() {
-        verify_here(b, &v)
+        if v.add {
+            add_implicitly(b, &v).await
+        } else {
+            verify_here(b, &v)
+        }
     } else {
         match (txn_coordinator_node(b), serde_json::to_vec(&v)) {
             (Some(node), Ok(body)) => match b
@@ -534,7 +566,11 @@ pub async fn handle_route(b: &Arc<Broker>, route: &str, body: &[u8]) -> Result<B
         }
         VERIFY_ROUTE => {
             let req: VerifyRequest = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-            verify_here(b, &req)
+            if req.add {
+                add_implicitly(b, &req).await
+            } else {
+                verify_here(b, &req)
+            }
         }
         other => return Err(format!("unknown route {other}")),
     };

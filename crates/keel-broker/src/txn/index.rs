@@ -31,8 +31,8 @@ pub const ABORTED_KEPT_MAX: usize = 100_000;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TxnIndex {
-    /// Producer id -> first offset of its open transaction here.
-    open: BTreeMap<i64, i64>,
+    /// Producer id -> (first offset, producer epoch) of its open transaction here.
+    open: BTreeMap<i64, (i64, i16)>,
     /// Aborted transactions, in marker order (so sorted by `last_offset`).
     aborted: Vec<Aborted>,
     /// Every offset below this has been fed.
@@ -69,9 +69,9 @@ impl TxnIndex {
         self.through
     }
 
-    /// Feeds a data batch of `count` records at `base_offset`. Returns whether it changed
-    /// the open transactions.
-    pub fn on_data(&mut self, producer_id: i64, transactional: bool, base_offset: i64, count: i64) -> bool {
+    /// Feeds a data batch of `count` records at `base_offset` from `producer_id` at
+    /// `epoch`. Returns whether it changed the open transactions.
+    pub fn on_data(&mut self, producer_id: i64, epoch: i16, transactional: bool, base_offset: i64, count: i64) -> bool {
         if base_offset < self.through {
             return false;
         }
@@ -79,7 +79,7 @@ impl TxnIndex {
         if !transactional || producer_id < 0 || self.open.contains_key(&producer_id) {
             return false;
         }
-        self.open.insert(producer_id, base_offset);
+        self.open.insert(producer_id, (base_offset, epoch));
         true
     }
 
@@ -104,7 +104,7 @@ impl TxnIndex {
         *known = coordinator_epoch;
         let e = self.marker_epochs.entry(producer_id).or_insert(epoch);
         *e = (*e).max(epoch);
-        let Some(first_offset) = self.open.remove(&producer_id) else {
+        let Some((first_offset, _)) = self.open.remove(&producer_id) else {
             return true;
         };
         if !commit {
@@ -144,6 +144,12 @@ impl TxnIndex {
         self.open.contains_key(&producer_id)
     }
 
+    /// Whether `producer_id` has a transaction open here that it began at `epoch` (with
+    /// an epoch bump per transaction, a batch at a newer epoch belongs to the next one).
+    pub fn is_open_at(&self, producer_id: i64, epoch: i16) -> bool {
+        self.open.get(&producer_id).is_some_and(|(_, e)| *e == epoch)
+    }
+
     /// The newest marker epoch seen for `producer_id`.
     pub fn marker_epoch(&self, producer_id: i64) -> Option<i16> {
         self.marker_epochs.get(&producer_id).copied()
@@ -153,7 +159,7 @@ impl TxnIndex {
     pub fn last_stable_offset(&self, high_watermark: i64) -> i64 {
         self.open
             .values()
-            .copied()
+            .map(|(o, _)| *o)
             .min()
             .unwrap_or(high_watermark)
             .min(high_watermark)
@@ -161,7 +167,7 @@ impl TxnIndex {
 
     /// Open transactions: (producer id, first offset).
     pub fn open(&self) -> impl Iterator<Item = (i64, i64)> + '_ {
-        self.open.iter().map(|(p, o)| (*p, *o))
+        self.open.iter().map(|(p, (o, _))| (*p, *o))
     }
 
     /// Aborted transactions a reader of offsets `[from, to)` must know about: those whose
@@ -200,11 +206,14 @@ mod tests {
     #[test]
     fn lso_and_aborted_ranges() {
         let mut ix = TxnIndex::default();
-        assert!(!ix.on_data(-1, false, 0, 5));
+        assert!(!ix.on_data(-1, -1, false, 0, 5));
         assert_eq!(ix.last_stable_offset(5), 5);
-        assert!(ix.on_data(7, true, 5, 2)); // txn of 7 opens at 5
-        assert!(!ix.on_data(7, true, 7, 1));
-        assert!(ix.on_data(8, true, 8, 1)); // txn of 8 opens at 8
+        assert!(ix.on_data(7, 0, true, 5, 2)); // txn of 7 opens at 5
+        assert!(!ix.on_data(7, 0, true, 7, 1));
+        assert!(ix.on_data(8, 0, true, 8, 1)); // txn of 8 opens at 8
+                                               // A batch at a newer epoch (the next transaction, under version 2) does not count
+                                               // as part of the open one.
+        assert!(ix.is_open_at(8, 0) && !ix.is_open_at(8, 1));
         assert_eq!(ix.last_stable_offset(9), 5);
         assert!(ix.on_marker(7, 0, false, 1, 9)); // 7 aborts
         assert_eq!(ix.last_stable_offset(10), 8);
@@ -222,7 +231,7 @@ mod tests {
         assert_eq!(ix.marker_epoch(7), Some(0));
         // Fed again (re-applied after a restart): nothing changes.
         let before = ix.clone();
-        assert!(!ix.on_data(7, true, 5, 2));
+        assert!(!ix.on_data(7, 0, true, 5, 2));
         assert!(!ix.on_marker(7, 0, false, 1, 9));
         assert_eq!(ix, before);
         // A marker for a producer with nothing open here only records its epoch.
@@ -230,7 +239,7 @@ mod tests {
         assert_eq!(ix.aborted_between(0, 20).len(), 1);
         assert_eq!(ix.marker_epoch(9), Some(4));
         // A marker from a deposed coordinator does not end the transaction a newer one runs.
-        assert!(ix.on_data(7, true, 12, 1));
+        assert!(ix.on_data(7, 0, true, 12, 1));
         assert!(ix.on_marker(7, 0, true, 0, 13));
         assert!(ix.is_open(7));
         assert!(ix.on_marker(7, 0, false, 2, 14));
@@ -244,9 +253,9 @@ mod tests {
     #[test]
     fn checkpoint_round_trip() {
         let mut ix = TxnIndex::default();
-        ix.on_data(3, true, 0, 1);
+        ix.on_data(3, 0, true, 0, 1);
         ix.on_marker(3, 1, false, 1, 1);
-        ix.on_data(4, true, 2, 1);
+        ix.on_data(4, 0, true, 2, 1);
         let json = serde_json::to_vec(&ix).unwrap();
         let back: TxnIndex = serde_json::from_slice(&json).unwrap();
         assert_eq!(back, ix);

@@ -63,6 +63,14 @@ pub struct TxnMeta {
     /// When the current transaction began (its first AddPartitionsToTxn), in ms.
     pub started_ms: i64,
     pub updated_ms: i64,
+    /// The epoch before the last bump at EndTxn (transaction version 2, KIP-890 part 2):
+    /// a retried EndTxn carries it. -1 when there was none.
+    #[serde(default = "no_epoch")]
+    pub last_epoch: i16,
+}
+
+fn no_epoch() -> i16 {
+    -1
 }
 
 /// What InitProducerId does for an existing transactional id.
@@ -90,6 +98,7 @@ impl TxnMeta {
             partitions: BTreeSet::new(),
             started_ms: -1,
             updated_ms: now_ms,
+            last_epoch: -1,
         }
     }
 
@@ -217,6 +226,61 @@ impl TxnMeta {
         }
     }
 
+    /// EndTxn of transaction version 2 (KIP-890 part 2): the epoch is bumped at every end,
+    /// and the markers carry the new epoch, so nothing the producer wrote at the old one can
+    /// land after them. Returns the state to write (none for a retry of an end already
+    /// decided) and the producer id and epoch to answer with. An abort with nothing in the
+    /// transaction still bumps the epoch (and completes at once).
+    pub fn end_v2(
+        &self,
+        producer_id: i64,
+        epoch: i16,
+        commit: bool,
+        now_ms: i64,
+        fenced_code: i16,
+    ) -> Result<(Option<TxnMeta>, i16), i16> {
+        let same_outcome = if commit {
+            matches!(self.state, TxnState::PrepareCommit | TxnState::CompleteCommit)
+        } else {
+            matches!(self.state, TxnState::PrepareAbort | TxnState::CompleteAbort)
+        };
+        if producer_id == self.producer_id && epoch == self.last_epoch && epoch >= 0 && same_outcome {
+            return Ok((None, self.epoch));
+        }
+        self.check_producer(producer_id, epoch, fenced_code)?;
+        if self.epoch >= EPOCH_MAX - 1 {
+            // Kafka moves to a new producer id here; Keel asks for a new InitProducerId.
+            return Err(fenced_code);
+        }
+        let mut next = self.clone();
+        next.last_epoch = self.epoch;
+        next.epoch = self.epoch + 1;
+        next.updated_ms = now_ms;
+        match self.state {
+            TxnState::Ongoing => {
+                next.state = if commit {
+                    TxnState::PrepareCommit
+                } else {
+                    TxnState::PrepareAbort
+                };
+                {
+                    let e = next.epoch;
+                    Ok((Some(next), e))
+                }
+            }
+            TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort if !commit => {
+                next.state = TxnState::PrepareAbort;
+                next.partitions.clear();
+                {
+                    let e = next.epoch;
+                    Ok((Some(next), e))
+                }
+            }
+            s if s.is_prepared() => Err(CONCURRENT_TRANSACTIONS),
+            _ => Err(INVALID_TXN_STATE),
+        }
+    }
+
     /// A transaction that ran past its timeout is aborted with the epoch bumped, so the
     /// producer that left it hanging is fenced.
     pub fn expire(&self, now_ms: i64) -> Option<TxnMeta> {
@@ -224,6 +288,7 @@ impl TxnMeta {
             return None;
         }
         let mut next = self.clone();
+        next.last_epoch = self.epoch;
         next.epoch = self.epoch.saturating_add(1).min(EPOCH_MAX);
         next.state = TxnState::PrepareAbort;
         next.updated_ms = now_ms;
@@ -327,5 +392,38 @@ mod tests {
             panic!("init refused")
         };
         assert_eq!((n.producer_id, n.epoch), (99, 0));
+    }
+
+    /// Version 2: every EndTxn bumps the epoch and answers the new one; a retry with the
+    /// old epoch gets the same answer; the old epoch is fenced otherwise; an abort with
+    /// nothing open still bumps; a commit with nothing open is refused.
+    #[test]
+    fn version_2_bumps_the_epoch_at_every_end() {
+        let m = TxnMeta::new(10, 60_000, 0)
+            .add_partitions(10, 0, &[p("a", 0)], 1, PRODUCER_FENCED)
+            .unwrap()
+            .unwrap();
+        let (prepared, epoch) = m.end_v2(10, 0, true, 2, PRODUCER_FENCED).unwrap();
+        let prepared = prepared.unwrap();
+        assert_eq!(
+            (prepared.state, prepared.epoch, prepared.last_epoch, epoch),
+            (TxnState::PrepareCommit, 1, 0, 1)
+        );
+        assert_eq!(prepared.end_v2(10, 0, true, 3, PRODUCER_FENCED), Ok((None, 1)));
+        let done = prepared.complete(4);
+        assert_eq!(done.end_v2(10, 0, true, 5, PRODUCER_FENCED), Ok((None, 1)));
+        assert_eq!(done.end_v2(10, 0, false, 5, PRODUCER_FENCED), Err(PRODUCER_FENCED));
+        assert_eq!(
+            done.add_partitions(10, 0, &[p("a", 0)], 6, PRODUCER_FENCED),
+            Err(PRODUCER_FENCED)
+        );
+        let next = done
+            .add_partitions(10, 1, &[p("b", 1)], 6, PRODUCER_FENCED)
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.partitions.len(), 1);
+        let (aborted, epoch) = done.end_v2(10, 1, false, 7, PRODUCER_FENCED).unwrap();
+        assert_eq!((aborted.unwrap().state, epoch), (TxnState::PrepareAbort, 2));
+        assert_eq!(done.end_v2(10, 1, true, 7, PRODUCER_FENCED), Err(INVALID_TXN_STATE));
     }
 }
