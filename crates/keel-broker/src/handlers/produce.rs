@@ -306,6 +306,13 @@ async fn transactional_check(
         },
     )
     .await;
+    // As Kafka does, the coordinator's transient answers (busy finishing the previous
+    // transaction, moving, loading) reach the producer as NOT_ENOUGH_REPLICAS, which every
+    // client retries.
+    let code = match code {
+        51 | 14 | 15 | 16 => ResponseError::NotEnoughReplicas.code(),
+        c => c,
+    };
     (code != 0).then(|| {
         failed(
             index,
