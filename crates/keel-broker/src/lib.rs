@@ -406,6 +406,11 @@ async fn group_clock(broker: std::sync::Weak<Broker>) {
         n += 1;
         if n.is_multiple_of(10) {
             txn::coordinator::tick(&b).await;
+        }
+        // Every 5 s, per replica: the transaction index saved if it changed (applying saves
+        // it too, at most once a second), what DeleteRecords deleted removed, and the
+        // last-stable-offset lag of partitions with transactions.
+        if n.is_multiple_of(50) {
             for p in b.topics.all_partitions() {
                 p.save_txn_index();
                 // Replicas remove what DeleteRecords deleted on the leader.
