@@ -138,8 +138,9 @@ fn sigterm_is_clean_and_metrics_are_served() {
     assert!(value("keel_fsync_duration_seconds_count") >= 1.0);
     assert!(value("keel_requests_total{api=\"Produce\"}") >= 2.0);
     assert!(value("keel_log_size_bytes{topic=\"t\",partition=\"0\"}") > 1000.0);
-    // The topic's partition plus the internal __consumer_offsets partition.
-    assert_eq!(value("keel_partitions"), 2.0);
+    // The topic's partition plus the internal __consumer_offsets and __transaction_state
+    // partitions.
+    assert_eq!(value("keel_partitions"), 3.0);
     let (status, health) = k.http_get("/health");
     assert_eq!(status, 200);
     assert!(health.contains("\"status\":\"ok\""), "{health}");
