@@ -91,8 +91,15 @@ impl Apply for PartitionHook {
                         .on_log_start(before, next);
                 } else if let Some((kind, coordinator_epoch)) = payload.get(pos..).and_then(batch::control_record) {
                     let commit = kind == batch::CONTROL_COMMIT;
-                    let mut txns = self.txns.lock().unwrap_or_else(|e| e.into_inner());
-                    txns_changed |= txns.on_marker(h.producer_id, h.producer_epoch, commit, coordinator_epoch, next);
+                    // One lock at a time: a produce holds the producers' lock while it
+                    // asks the transaction index, so holding both here would deadlock.
+                    txns_changed |= self.txns.lock().unwrap_or_else(|e| e.into_inner()).on_marker(
+                        h.producer_id,
+                        h.producer_epoch,
+                        commit,
+                        coordinator_epoch,
+                        next,
+                    );
                     self.producers
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -467,14 +474,14 @@ impl Partition {
 
     /// Removes whole segments below the offset DeleteRecords deleted records before.
     pub async fn purge_deleted(&self) {
-        let (deleted, physical) = (
-            self.hook
-                .txns
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .deleted_before(),
-            self.group.shared.log().start_offset(),
-        );
+        // One lock at a time (a read holds the log while it asks the transaction index).
+        let deleted = self
+            .hook
+            .txns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .deleted_before();
+        let physical = self.group.shared.log().start_offset();
         if deleted > physical {
             if let Err(e) = self.purge_before_offset(deleted).await {
                 warn!(topic = %self.topic, partition = self.index, error = %e, "could not remove deleted records' segments");
@@ -584,15 +591,19 @@ impl Partition {
             // send them again).
             let mut to_append = Vec::with_capacity(batches.len());
             let log_start_offset = self.log_start_offset();
+            // Asked before the producers' lock is taken: applying a marker takes the
+            // transaction index's lock and then the producers'; never both at once.
+            if batches.iter().any(|(h, _)| {
+                h.is_transactional() && !h.is_control() && !self.txn_may_write(h.producer_id, h.producer_epoch)
+            }) {
+                return Err(PartitionError::Producer(INVALID_TXN_STATE));
+            }
             let checked = (|| {
                 let term = self.group.term();
                 let mut producers = self.hook.producers.lock().unwrap_or_else(|e| e.into_inner());
                 for (h, bytes) in &batches {
                     if bytes.len() > max {
                         return Err(PartitionError::BatchTooLarge { size: bytes.len(), max });
-                    }
-                    if h.is_transactional() && !h.is_control() && !self.txn_may_write(h.producer_id, h.producer_epoch) {
-                        return Err(PartitionError::Producer(INVALID_TXN_STATE));
                     }
                     if h.producer_id >= 0 && !h.is_control() && h.base_sequence >= 0 {
                         match producers.check(term, h.producer_id, h.producer_epoch, h.base_sequence, h.record_count) {
