@@ -27,8 +27,8 @@ def pct(xs, q):
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-AdminClient({"bootstrap.servers": BOOTSTRAP}).create_topics(
-    [NewTopic(topic, num_partitions=PARTITIONS, replication_factor=RF)])[topic].result(30)
+admin = AdminClient({"bootstrap.servers": BOOTSTRAP})
+admin.create_topics([NewTopic(topic, num_partitions=PARTITIONS, replication_factor=RF)])[topic].result(30)
 p = Producer({"bootstrap.servers": BOOTSTRAP, "transactional.id": f"perf-{topic}", "linger.ms": 0})
 p.init_transactions(30)
 value = b"x" * VALUE_BYTES
