@@ -81,53 +81,33 @@ impl Apply for PartitionHook {
         let mut next = base_offset;
         let mut txns_changed = false;
         for (pos, h) in batch::batches(payload).map_while(Result::ok) {
-            let count = h.offset_span();
-            if h.is_control() {
-                if let Some(before) = payload.get(pos..).and_then(batch::log_start_of) {
-                    txns_changed |= self
-                        .txns
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .on_log_start(before, next);
-                } else if let Some((kind, coordinator_epoch)) = payload.get(pos..).and_then(batch::control_record) {
-                    let commit = kind == batch::CONTROL_COMMIT;
-                    // One lock at a time: a produce holds the producers' lock while it
-                    // asks the transaction index, so holding both here would deadlock.
-                    txns_changed |= self.txns.lock().unwrap_or_else(|e| e.into_inner()).on_marker(
-                        h.producer_id,
-                        h.producer_epoch,
-                        commit,
-                        coordinator_epoch,
-                        next,
-                    );
-                    self.producers
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .fence(h.producer_id, h.producer_epoch);
-                    self.verified
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&h.producer_id);
-                }
-            } else {
-                if h.producer_id >= 0 && h.base_sequence >= 0 {
-                    self.producers.lock().unwrap_or_else(|e| e.into_inner()).record(
-                        h.producer_id,
-                        h.producer_epoch,
-                        h.base_sequence,
-                        h.record_count,
-                        next,
-                    );
-                }
-                txns_changed |= self.txns.lock().unwrap_or_else(|e| e.into_inner()).on_data(
+            // One lock at a time: a produce holds the producers' lock while it asks the
+            // transaction index, so holding both here would deadlock.
+            let (changed, marker) = self.txns.lock().unwrap_or_else(|e| e.into_inner()).feed(
+                payload.get(pos..).unwrap_or_default(),
+                &h,
+                next,
+            );
+            txns_changed |= changed;
+            if marker {
+                self.producers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .fence(h.producer_id, h.producer_epoch);
+                self.verified
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&h.producer_id);
+            } else if !h.is_control() && h.producer_id >= 0 && h.base_sequence >= 0 {
+                self.producers.lock().unwrap_or_else(|e| e.into_inner()).record(
                     h.producer_id,
                     h.producer_epoch,
-                    h.is_transactional(),
+                    h.base_sequence,
+                    h.record_count,
                     next,
-                    count,
                 );
             }
-            next = next.saturating_add(count);
+            next = next.saturating_add(h.offset_span());
         }
         if txns_changed {
             self.txns_changed();
@@ -1374,6 +1354,18 @@ async fn watch_raft(p: std::sync::Weak<Partition>) {
     }
 }
 
+/// One past the last index the replica's group had applied when it last saved that
+/// (`raft-applied.json`), within the log.
+fn applied_end(log: &DiskLog, dir: &std::path::Path) -> u64 {
+    std::fs::read(dir.join("raft-applied.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<keel_raft::store::AppliedState>(&b).ok())
+        .and_then(|a| a.last_applied)
+        .map(|l| l.index + 1)
+        .unwrap_or(0)
+        .min(log.next_index())
+}
+
 /// fsyncs on the `interval` policy; the `always` policy fsyncs in the group itself.
 /// Rebuilds idempotent-producer state from the newest applied entries of the log, so that
 /// a producer retrying across a restart is still deduplicated. Entries past the applied
@@ -1382,13 +1374,7 @@ fn rebuild_producers(log: &DiskLog, dir: &std::path::Path) -> ProducerStates {
     const ENTRIES_SCANNED: u64 = 20_000;
     const BYTES_SCANNED: usize = 256 * 1024 * 1024;
     let mut states = ProducerStates::default();
-    let applied_end = std::fs::read(dir.join("raft-applied.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<keel_raft::store::AppliedState>(&b).ok())
-        .and_then(|a| a.last_applied)
-        .map(|l| l.index + 1)
-        .unwrap_or(0)
-        .min(log.next_index());
+    let applied_end = applied_end(log, dir);
     let from = log.first_index().max(applied_end.saturating_sub(ENTRIES_SCANNED));
     if from >= applied_end {
         return states;
@@ -1421,13 +1407,7 @@ fn rebuild_producers(log: &DiskLog, dir: &std::path::Path) -> ProducerStates {
 /// (none yet, unreadable, or past the log's end after a power loss) the whole log is read.
 fn rebuild_txns(log: &DiskLog, dir: &std::path::Path) -> TxnIndex {
     const CHUNK_BYTES: usize = 64 * 1024 * 1024;
-    let applied_end = std::fs::read(dir.join("raft-applied.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice::<keel_raft::store::AppliedState>(&b).ok())
-        .and_then(|a| a.last_applied)
-        .map(|l| l.index + 1)
-        .unwrap_or(0)
-        .min(log.next_index());
+    let applied_end = applied_end(log, dir);
     let log_end = log.next_offset();
     let mut index = std::fs::read(dir.join(TXN_CHECKPOINT))
         .ok()
@@ -1450,24 +1430,8 @@ fn rebuild_txns(log: &DiskLog, dir: &std::path::Path) -> TxnIndex {
             }
             let mut next = e.offset;
             for (pos, h) in batch::batches(&e.payload).map_while(Result::ok) {
-                let count = h.offset_span();
-                if h.is_control() {
-                    if let Some(before) = e.payload.get(pos..).and_then(batch::log_start_of) {
-                        index.on_log_start(before, next);
-                    } else if let Some((kind, coordinator_epoch)) = e.payload.get(pos..).and_then(batch::control_record)
-                    {
-                        index.on_marker(
-                            h.producer_id,
-                            h.producer_epoch,
-                            kind == batch::CONTROL_COMMIT,
-                            coordinator_epoch,
-                            next,
-                        );
-                    }
-                } else {
-                    index.on_data(h.producer_id, h.producer_epoch, h.is_transactional(), next, count);
-                }
-                next = next.saturating_add(count);
+                index.feed(e.payload.get(pos..).unwrap_or_default(), &h, next);
+                next = next.saturating_add(h.offset_span());
             }
             at = at.max(next);
         }

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use keel_proto::batch::BatchHeader;
 use serde::{Deserialize, Serialize};
 
 /// An aborted transaction's span in one partition.
@@ -137,6 +138,33 @@ impl TxnIndex {
     /// Records before this offset were deleted.
     pub fn deleted_before(&self) -> i64 {
         self.deleted_before
+    }
+
+    /// Feeds the batch at the start of `batch` (header `h`) placed at `offset`, whatever
+    /// it is: data, a transaction marker, or DeleteRecords' log-start record. Returns
+    /// (whether the index changed, whether it was a transaction marker).
+    pub fn feed(&mut self, batch: &[u8], h: &BatchHeader, offset: i64) -> (bool, bool) {
+        if !h.is_control() {
+            let changed = self.on_data(
+                h.producer_id,
+                h.producer_epoch,
+                h.is_transactional(),
+                offset,
+                h.offset_span(),
+            );
+            return (changed, false);
+        }
+        if let Some(before) = keel_proto::batch::log_start_of(batch) {
+            return (self.on_log_start(before, offset), false);
+        }
+        match keel_proto::batch::control_record(batch) {
+            Some((kind, coordinator_epoch)) => {
+                let commit = kind == keel_proto::batch::CONTROL_COMMIT;
+                let changed = self.on_marker(h.producer_id, h.producer_epoch, commit, coordinator_epoch, offset);
+                (changed, true)
+            }
+            None => (false, false),
+        }
     }
 
     /// Whether `producer_id` has a transaction open here.
