@@ -696,27 +696,37 @@ pub const CONTROL_LOG_START: i16 = 100;
 
 /// The control batch DeleteRecords appends: records before `offset` are deleted.
 pub fn encode_log_start_batch(offset: i64, timestamp: i64) -> Result<Bytes, ProtoError> {
-    use bytes::BufMut;
+    let mut value = Vec::with_capacity(10);
+    value.extend_from_slice(&0i16.to_be_bytes());
+    value.extend_from_slice(&offset.to_be_bytes());
+    encode_control(CONTROL_LOG_START, value, None, timestamp)
+}
+
+/// One control batch of one record: key = version 0 and `kind`, then `value`; with
+/// `producer` (id, epoch) a transactional one.
+fn encode_control(
+    kind: i16,
+    value: Vec<u8>,
+    producer: Option<(i64, i16)>,
+    timestamp: i64,
+) -> Result<Bytes, ProtoError> {
     use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
-    let mut key = bytes::BytesMut::with_capacity(4);
-    key.put_i16(0);
-    key.put_i16(CONTROL_LOG_START);
-    let mut value = bytes::BytesMut::with_capacity(10);
-    value.put_i16(0);
-    value.put_i64(offset);
+    let mut key = Vec::with_capacity(4);
+    key.extend_from_slice(&0i16.to_be_bytes());
+    key.extend_from_slice(&kind.to_be_bytes());
     let record = Record {
-        transactional: false,
+        transactional: producer.is_some(),
         control: true,
         delete_horizon: false,
         partition_leader_epoch: -1,
-        producer_id: -1,
-        producer_epoch: -1,
+        producer_id: producer.map(|p| p.0).unwrap_or(-1),
+        producer_epoch: producer.map(|p| p.1).unwrap_or(-1),
         timestamp_type: TimestampType::Creation,
         offset: 0,
         sequence: -1,
         timestamp,
-        key: Some(key.freeze()),
-        value: Some(value.freeze()),
+        key: Some(Bytes::from(key)),
+        value: Some(Bytes::from(value)),
         headers: Default::default(),
     };
     let mut buf = bytes::BytesMut::new();
@@ -762,40 +772,11 @@ pub fn encode_control_batch(
     coordinator_epoch: i32,
     timestamp: i64,
 ) -> Result<Bytes, ProtoError> {
-    use bytes::BufMut;
-    use kafka_protocol::records::{Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
-    let mut key = bytes::BytesMut::with_capacity(4);
-    key.put_i16(0);
-    key.put_i16(if commit { CONTROL_COMMIT } else { CONTROL_ABORT });
-    let mut value = bytes::BytesMut::with_capacity(6);
-    value.put_i16(0);
-    value.put_i32(coordinator_epoch);
-    let record = Record {
-        transactional: true,
-        control: true,
-        delete_horizon: false,
-        partition_leader_epoch: -1,
-        producer_id,
-        producer_epoch,
-        timestamp_type: TimestampType::Creation,
-        offset: 0,
-        sequence: -1,
-        timestamp,
-        key: Some(key.freeze()),
-        value: Some(value.freeze()),
-        headers: Default::default(),
-    };
-    let mut buf = bytes::BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &[record],
-        &RecordEncodeOptions {
-            version: 2,
-            compression: kafka_protocol::records::Compression::None,
-        },
-    )
-    .map_err(|e| ProtoError::Malformed(format!("encoding a control batch: {e:#}")))?;
-    Ok(buf.freeze())
+    let mut value = Vec::with_capacity(6);
+    value.extend_from_slice(&0i16.to_be_bytes());
+    value.extend_from_slice(&coordinator_epoch.to_be_bytes());
+    let kind = if commit { CONTROL_COMMIT } else { CONTROL_ABORT };
+    encode_control(kind, value, Some((producer_id, producer_epoch)), timestamp)
 }
 
 /// The control record type (commit or abort) of a control batch at the start of `batch`:
