@@ -1172,11 +1172,17 @@ async fn final_commits(bootstrap: &str, partitions: i32, history: &History, star
 /// Every record of every partition, read from the leaders after healing.
 async fn read_back(bootstrap: &str, partitions: i32) -> Result<BTreeMap<i32, Vec<(i64, String)>>> {
     let mut out = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut client: Option<Client> = None;
     for p in 0..partitions {
+        // Each partition gets its own minute to become readable: after healing, a
+        // partition may still be electing while the ones before it are read.
+        let deadline = Instant::now() + Duration::from_secs(60);
         let records = loop {
             let attempt = async {
-                let mut c = Client::connect(bootstrap).await?;
+                let c = match client.as_mut() {
+                    Some(c) => c,
+                    None => client.insert(Client::connect(bootstrap).await?),
+                };
                 let start = c.list_offset(TOPIC, p, -2).await?;
                 let end = c.list_offset(TOPIC, p, -1).await?;
                 let mut pos = start;
@@ -1194,7 +1200,10 @@ async fn read_back(bootstrap: &str, partitions: i32) -> Result<BTreeMap<i32, Vec
             match attempt.await {
                 Ok(r) => break r,
                 Err(e) if Instant::now() > deadline => return Err(e.context(format!("reading back partition {p}"))),
-                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                Err(_) => {
+                    client = None;
+                    tokio::time::sleep(Duration::from_millis(500)).await
+                }
             }
         };
         out.insert(p, records);
