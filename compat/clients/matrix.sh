@@ -88,7 +88,7 @@ for client in "${CLIENTS[@]}"; do
     rc=$?
     took=$(( $(date +%s) - start ))
     for sc in "${SCENARIOS[@]}"; do
-        line="$(grep -E "^RESULT ${sc} " "${log}" | tail -1)"
+        line="$(grep -oE "RESULT ${sc} .*" "${log}" | tail -1)"
         if [[ -z "${line}" ]]; then
             st=FAIL; detail="no result (exit ${rc}): $(grep -v '^RESULT' "${log}" | tail -3 | tr '\t\n' '  ' | cut -c1-300)"
         else
@@ -102,8 +102,8 @@ for client in "${CLIENTS[@]}"; do
             echo "  ${client} ${sc}: FAIL ${detail}"
         fi
     done
-    echo "${client}: $(grep -c ' PASS' <(grep '^RESULT' "${log}")) of ${#SCENARIOS[@]} pass (${took} s)"
-    if grep -qE '^RESULT [a-z_]+ FAIL' "${log}" || [[ ${rc} -ne 0 ]]; then
+    echo "${client}: $(grep -oE 'RESULT [a-z_]+ PASS' "${log}" | wc -l) of ${#SCENARIOS[@]} pass (${took} s)"
+    if grep -qE 'RESULT [a-z_]+ FAIL' "${log}" || [[ ${rc} -ne 0 ]]; then
         echo "--- ${client} output (last 30 lines)"; tail -30 "${log}"
     fi
 done

@@ -87,9 +87,14 @@ async function adminScenario() {
   check(md.topics[0].partitions.length === 3, `${md.topics[0].partitions.length} partitions`);
   await admin.alterConfigs({ validateOnly: false, resources: [{ type: ConfigResourceTypes.TOPIC, name: topic,
     configEntries: [{ name: "retention.ms", value: "3600000" }] }] });
-  const d = await admin.describeConfigs({ includeSynonyms: false,
-    resources: [{ type: ConfigResourceTypes.TOPIC, name: topic, configNames: ["retention.ms"] }] });
-  const v = d.resources[0].configEntries.find((e) => e.configName === "retention.ms")?.configValue;
+  // A changed config reaches every broker soon after it is committed, not at once.
+  let v;
+  await until(15000, async () => {
+    const d = await admin.describeConfigs({ includeSynonyms: false,
+      resources: [{ type: ConfigResourceTypes.TOPIC, name: topic, configNames: ["retention.ms"] }] });
+    v = d.resources[0].configEntries.find((e) => e.configName === "retention.ms")?.configValue;
+    return v === "3600000";
+  });
   check(v === "3600000", `retention.ms = ${v}`);
   check((await admin.listTopics()).includes(topic), "not listed");
   await admin.deleteTopics({ topics: [topic] });
@@ -194,10 +199,11 @@ async function group() {
   await until(60000, () => new Set([...a.seen, ...b.seen]).size >= 40);
   check(equal(new Set([...a.seen, ...b.seen]), names("g", 40)), "two members did not read the 40");
   await a.c.disconnect();
+  await until(60000, () => b.owned === 4);
+  check(b.owned === 4, `remaining member has ${b.owned} partitions`);
   b.seen.clear();
   await send(p, topic, "h", 20);
-  await until(60000, () => b.owned === 4 && [...names("h", 20)].every((x) => b.seen.has(x)));
-  check(b.owned === 4, `remaining member has ${b.owned} partitions`);
+  await until(60000, () => [...names("h", 20)].every((x) => b.seen.has(x)));
   check(equal(b.seen, names("h", 20)), `after rebalance read ${[...b.seen].sort()}`);
   await b.c.disconnect();
   await send(p, topic, "j", 10);

@@ -76,9 +76,18 @@ class Matrix:
         await self.create(topic, 3)
         check(len(await self.partitions_of(topic)) == 3, "partitions")
         await self.admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs={"retention.ms": "3600000"})])
-        resp = await self.admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic, configs={"retention.ms": None})])
-        entries = {e[0]: e[1] for e in resp[0].resources[0][4]}
-        check(entries.get("retention.ms") == "3600000", f"retention.ms = {entries.get('retention.ms')}")
+        # A changed config reaches every broker soon after it is committed, not at once.
+        async def described():
+            resp = await self.admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic, configs={"retention.ms": None})])
+            return {e[0]: e[1] for e in resp[0].resources[0][4]}.get("retention.ms")
+
+        async def changed():
+            return await described() == "3600000"
+
+        await until(15, changed)
+        value = await described()
+        check(value == "3600000", f"retention.ms = {value}")
         check(topic in await self.admin.list_topics(), "not listed")
         await self.admin.delete_topics([topic])
 
@@ -168,14 +177,19 @@ class Matrix:
         await until(60, all40)
         check(a.seen | b.seen == names("g", 40), f"two members read {len(a.seen | b.seen)} of 40")
         await a.stop()
-        b.seen.clear()
-        await send("h", 20)
 
         async def rebalanced():
-            return b.owned() == 4 and names("h", 20) <= b.seen
+            return b.owned() == 4
 
         await until(60, rebalanced)
         check(b.owned() == 4, f"remaining member has {b.owned()} partitions")
+        b.seen.clear()
+        await send("h", 20)
+
+        async def twenty():
+            return names("h", 20) <= b.seen
+
+        await until(60, twenty)
         check(b.seen == names("h", 20), f"after rebalance read {sorted(b.seen)}")
         await b.stop()
         await send("j", 10)

@@ -297,6 +297,60 @@ pub async fn handle_from(
             UnregisterBrokerRequest,
             handlers::unregister_broker::handle
         ),
+        ApiKey::OffsetForLeaderEpoch => route!(
+            b,
+            body,
+            api,
+            v,
+            corr,
+            OffsetForLeaderEpochRequest,
+            handlers::offset_for_leader_epoch::handle
+        ),
+        ApiKey::DescribeLogDirs => route!(
+            b,
+            body,
+            api,
+            v,
+            corr,
+            DescribeLogDirsRequest,
+            handlers::describe_log_dirs::handle
+        ),
+        ApiKey::ElectLeaders => route!(
+            b,
+            body,
+            api,
+            v,
+            corr,
+            ElectLeadersRequest,
+            handlers::elect_leaders::handle
+        ),
+        ApiKey::DescribeProducers => route!(
+            b,
+            body,
+            api,
+            v,
+            corr,
+            DescribeProducersRequest,
+            handlers::describe_producers::handle
+        ),
+        ApiKey::DescribeQuorum => route!(
+            b,
+            body,
+            api,
+            v,
+            corr,
+            DescribeQuorumRequest,
+            handlers::describe_quorum::handle
+        ),
+        ApiKey::DescribeTopicPartitions => route!(
+            b,
+            body,
+            api,
+            v,
+            corr,
+            DescribeTopicPartitionsRequest,
+            handlers::describe_topic_partitions::handle
+        ),
         ApiKey::DescribeCluster => {
             route!(
                 b,

@@ -136,7 +136,13 @@ impl Broker {
             let weak = weak.clone();
             Box::pin(async move {
                 let b = weak.upgrade().ok_or_else(|| "broker stopped".to_string())?;
-                txn::coordinator::handle_route(&b, &route, &body).await
+                if route == handlers::elect_leaders::ELECT_ROUTE {
+                    handlers::elect_leaders::handle_route(&b, &body).await
+                } else if route == handlers::describe_quorum::QUORUM_ROUTE {
+                    handlers::describe_quorum::handle_route(&b)
+                } else {
+                    txn::coordinator::handle_route(&b, &route, &body).await
+                }
             })
         }));
         tokio::spawn(group_clock(Arc::downgrade(&broker)));

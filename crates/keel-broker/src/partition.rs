@@ -1139,6 +1139,72 @@ impl Partition {
         }
     }
 
+    /// DescribeProducers (KIP-664): the idempotent and transactional producers this
+    /// replica remembers, as (id, epoch, last sequence, first offset of its open
+    /// transaction or -1).
+    pub fn active_producers(&self) -> Result<Vec<(i64, i16, i32, i64)>, PartitionError> {
+        if !self.may_serve_reads() {
+            return Err(PartitionError::NotLeader);
+        }
+        let producers = self.hook.producers.lock().unwrap_or_else(|e| e.into_inner()).describe();
+        let open: std::collections::HashMap<i64, i64> = self
+            .hook
+            .txns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .open()
+            .collect();
+        Ok(producers
+            .into_iter()
+            .map(|(id, epoch, seq)| (id, epoch, seq, open.get(&id).copied().unwrap_or(-1)))
+            .collect())
+    }
+
+    /// OffsetForLeaderEpoch (KIP-101, KIP-279): for a leader epoch (a Raft term), the
+    /// largest epoch at most `epoch` that wrote to this log and the offset where the next
+    /// epoch's entries begin (the high watermark when `epoch` is the current term), so a
+    /// consumer can tell whether the log it read from was truncated. `(-1, -1)` for an
+    /// epoch later than the current term. Terms never decrease along the log, so the first
+    /// entry of a later term is found by bisection.
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> Result<(i32, i64), PartitionError> {
+        if !self.may_serve_reads() {
+            return Err(PartitionError::NotLeader);
+        }
+        let hw = self.high_watermark();
+        let current = self.group.term().min(i32::MAX as u64) as i32;
+        if epoch == current {
+            return Ok((epoch, hw));
+        }
+        if epoch > current || epoch < 0 {
+            return Ok((-1, -1));
+        }
+        let log = self.group.shared.log();
+        let at = |index: u64| -> Result<(u64, i64), PartitionError> {
+            let entries = log.read(index, 0)?;
+            let e = entries.first().ok_or(keel_log::LogError::OutOfRange(index))?;
+            Ok((e.term, e.offset))
+        };
+        let first = log.first_index();
+        let (mut lo, mut hi) = (first, log.next_index());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if at(mid)?.0 > epoch as u64 {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        let end = if lo < log.next_index() { at(lo)?.1.min(hw) } else { hw };
+        // The epoch of the entry before the boundary; an epoch older than the log's first
+        // entry is answered with itself, as Kafka's epoch cache does.
+        let floor = if lo > first {
+            at(lo - 1)?.0.min(i32::MAX as u64) as i32
+        } else {
+            epoch
+        };
+        Ok((floor, end))
+    }
+
     /// Drops whole segments that hold only offsets below `offset`, through the group (so
     /// the Raft log knows where it now starts). Returns whether anything was dropped.
     pub async fn purge_before_offset(&self, offset: i64) -> Result<bool, PartitionError> {

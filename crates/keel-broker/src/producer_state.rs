@@ -213,6 +213,17 @@ impl ProducerStates {
         }
     }
 
+    /// Every remembered producer: (id, epoch, last sequence written), by id.
+    pub fn describe(&self) -> Vec<(i64, i16, i32)> {
+        let mut out: Vec<(i64, i16, i32)> = self
+            .producers
+            .iter()
+            .map(|(id, p)| (*id, p.epoch, p.batches.back().map(|b| b.last_seq).unwrap_or(-1)))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     /// A transaction marker with `epoch` was applied: the producer's older epochs are
     /// fenced (a zombie's late batch is refused), as Kafka's partition leaders do.
     pub fn fence(&mut self, producer_id: i64, epoch: i16) {

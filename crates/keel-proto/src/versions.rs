@@ -49,6 +49,12 @@ pub const SUPPORTED: &[Supported] = &[
     s(ApiKey::ListPartitionReassignments, 0, 0),
     s(ApiKey::UnregisterBroker, 0, 0),
     s(ApiKey::DeleteRecords, 0, 2),
+    s(ApiKey::OffsetForLeaderEpoch, 2, 4),
+    s(ApiKey::DescribeLogDirs, 1, 4),
+    s(ApiKey::ElectLeaders, 0, 2),
+    s(ApiKey::DescribeProducers, 0, 0),
+    s(ApiKey::DescribeQuorum, 0, 2),
+    s(ApiKey::DescribeTopicPartitions, 0, 0),
     // Transactions, versions 1 and 2 (KIP-890: partition leaders verify, and from Produce
     // v12, EndTxn v5 and TxnOffsetCommit v5 add partitions themselves and bump the epoch
     // at every end).

@@ -1,5 +1,5 @@
-//! ListTransactions: transactional ids this node coordinates, filtered by state, producer
-//! id and (v1) how long they have been running.
+//! ListTransactions: transactional ids this node coordinates (none on a node that does not
+//! coordinate), filtered by state, producer id and (v1) how long they have been running.
 
 use std::sync::Arc;
 
@@ -21,9 +21,15 @@ const STATES: [TxnState; 6] = [
 
 pub async fn handle(b: &Arc<Broker>, req: ListTransactionsRequest, _v: i16) -> ListTransactionsResponse {
     let mut r = ListTransactionsResponse::default();
-    if let Some(code) = b.txns.coordinator_error() {
-        r.error_code = code;
-        return r;
+    // Admin clients ask every broker and merge the answers: a node that coordinates no
+    // transactions answers with none, as Kafka's brokers do.
+    match b.txns.coordinator_error() {
+        Some(code) if code == kafka_protocol::ResponseError::NotCoordinator.code() => return r,
+        Some(code) => {
+            r.error_code = code;
+            return r;
+        }
+        None => {}
     }
     r.unknown_state_filters = req
         .state_filters
