@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts `keel serve` (the binary given as $1, default target/debug/keel) on free ports in a
-# fresh data directory, runs the kcat and confluent-kafka flows (transactions included) against it, stops it with
+# fresh data directory, runs the kcat, confluent-kafka, Java client, Kafka Streams and Kafka
+# Connect flows against it, stops it with
 # SIGTERM (which must exit 0) and prints "N passed, N failed".
 set -uo pipefail
 DIR="$(cd "$(dirname "$0")" && pwd)"
@@ -35,6 +36,7 @@ run "confluent-kafka consumer group (2 members, sync commits)" timeout 180 "${VE
 run "confluent-kafka transactions (consume-transform-produce, fencing, timeout)" timeout 240 "${VENV}/bin/python" "${DIR}/ck_txn.py"
 run "Java kafka-clients transactions (consume-transform-produce, fencing)" timeout 300 bash "${DIR}/clients/java/run.sh"
 run "Kafka Streams exactly_once_v2 word count (repartition and compacted changelog topics)" timeout 300 bash "${DIR}/clients/streams/run.sh"
+run "Kafka Connect distributed worker (compacted internal topics, FileStream source and sink, restart)" timeout 400 bash "${DIR}/clients/connect/run.sh"
 run "metrics endpoint" bash -c "curl -sf http://${HTTP}/metrics | grep -q '^keel_produced_records_total [1-9]'"
 run "health endpoint" bash -c "curl -sf http://${HTTP}/health | grep -q '\"status\":\"ok\"'"
 

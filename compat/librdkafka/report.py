@@ -48,14 +48,14 @@ for t in tests:
     counts[shown] += 1
     rows.append((t, shown, secs, "yes" if t in allow else "", why))
 
-out = []
-out.append("# Client conformance: librdkafka's test suite")
+out = ["<!-- librdkafka:begin -->"]
+out.append("## librdkafka's test suite")
 out.append("")
 out.append("librdkafka 2.12.1's own integration tests (the source the `rdkafka` crate vendors),")
 out.append("run against `keel serve` with `TEST_KAFKA_VERSION=2.8.0` by `compat/librdkafka/suite.sh`:")
 out.append("against a single node, except the tests that need three brokers (a cluster pass against")
 out.append("three Raft-replicated nodes) and the SASL test (a node that requires SASL/PLAIN).")
-out.append("This page is regenerated from the results by")
+out.append("This section is regenerated from the results by")
 out.append("`python3 compat/librdkafka/report.py`. Tests in the allow-list must pass in CI")
 out.append("(`compat/librdkafka/allow_list.txt`, run by `.ci/run`).")
 out.append("")
@@ -72,8 +72,18 @@ out.append("|---|---|---|---|---|")
 for t, shown, secs, ci, why in rows:
     out.append(f"| {t} | {shown} | {secs} | {ci} | {why} |")
 out.append("")
-with open(os.path.join(ROOT, "docs", "compat.md"), "w") as f:
-    f.write("\n".join(out))
+out.append("<!-- librdkafka:end -->")
+# The page has other sections (the client matrix, Kafka's tools): only this one is replaced.
+path = os.path.join(ROOT, "docs", "compat.md")
+page = open(path).read() if os.path.exists(path) else "# Client compatibility\n\n"
+block = "\n".join(out)
+if "<!-- librdkafka:begin -->" in page and "<!-- librdkafka:end -->" in page:
+    head, rest = page.split("<!-- librdkafka:begin -->", 1)
+    page = head + block + rest.split("<!-- librdkafka:end -->", 1)[1]
+else:
+    page = page.rstrip("\n") + "\n\n" + block + "\n"
+with open(path, "w") as f:
+    f.write(page)
 print(f"docs/compat.md: {counts}")
 missing = [t for t in allow if t not in tests]
 if missing:

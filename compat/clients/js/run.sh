@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One JavaScript client of the matrix ($1: kafkajs, confluent-kafka-javascript) against
+# One JavaScript client of the matrix ($1: kafkajs) against
 # $BOOTSTRAP: installs the pinned packages from the npm registry and runs its program.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
