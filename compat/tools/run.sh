@@ -106,7 +106,11 @@ eventually "kafka-topics --describe after --alter" "PartitionCount: 4" tool ${T}
 echo "== kafka-configs"
 check "kafka-configs --alter topic" "Completed updating config for topic tools-t" tool ${T}.ConfigCommand --bootstrap-server "${B}" --entity-type topics --entity-name tools-t --alter --add-config retention.ms=3600000,cleanup.policy=delete
 eventually "kafka-configs --describe topic" "retention.ms=3600000" tool ${T}.ConfigCommand --bootstrap-server "${B}" --entity-type topics --entity-name tools-t --describe
-check "kafka-configs --describe broker --all (Kafka's broker config names)" "log.retention.ms=.*|num.partitions=" tool ${T}.ConfigCommand --bootstrap-server "${B}" --entity-type brokers --entity-name 1 --describe --all
+check "kafka-configs --describe broker --all (Kafka's broker config names)" "^all-found$" \
+    bash -c "$(declare -f tool); WORK='${WORK}' CP='${CP}'; out=\$(tool ${T}.ConfigCommand --bootstrap-server ${B} --entity-type brokers --entity-name 1 --describe --all)
+        for name in 'node.id=1' 'num.partitions=' 'log.retention.ms=' 'advertised.listeners=PLAINTEXT://127.0.0.1:${BASE}' 'unclean.leader.election.enable=false' 'log.cleaner.enable=true'; do
+            grep -qF \"\$name\" <<<\"\$out\" || { echo \"missing \$name\"; echo \"\$out\"; exit 0; }
+        done; echo all-found"
 
 echo "== console producer and consumer, consumer groups"
 seq 1 50 | sed 's/^/key-&:value-&/' >"${WORK}/records"

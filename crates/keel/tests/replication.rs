@@ -819,3 +819,97 @@ async fn a_restarted_node_names_the_group_coordinator_of_a_quiet_offsets_topic()
         .expect("the restarted node named no coordinator");
     assert_eq!(got.find_partition(TOPIC, 0).unwrap().offset(), Offset::Offset(42));
 }
+
+/// OffsetForLeaderEpoch at `addr` for partition 0 of `TOPIC`: (error, epoch, end offset).
+async fn epoch_end(addr: &str, current: i32, epoch: i32) -> (i16, i32, i64) {
+    use kafka_protocol::messages::offset_for_leader_epoch_request::{OffsetForLeaderPartition, OffsetForLeaderTopic};
+    use kafka_protocol::messages::{BrokerId, OffsetForLeaderEpochRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let mut c = keel_client::Client::connect(addr).await.expect("connect");
+    let req = OffsetForLeaderEpochRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![OffsetForLeaderTopic::default()
+            .with_topic(TopicName(StrBytes::from_static_str(TOPIC)))
+            .with_partitions(vec![OffsetForLeaderPartition::default()
+                .with_partition(0)
+                .with_current_leader_epoch(current)
+                .with_leader_epoch(epoch)])]);
+    let r = c.call_at(&req, 4).await.expect("OffsetForLeaderEpoch");
+    let p = &r.topics[0].partitions[0];
+    (p.error_code, p.leader_epoch, p.end_offset)
+}
+
+/// The partition's leader epoch as its leader reports it in ListOffsets v4.
+async fn leader_epoch(addr: &str) -> i32 {
+    use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+    use kafka_protocol::messages::{BrokerId, ListOffsetsRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let mut c = keel_client::Client::connect(addr).await.expect("connect");
+    let req = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![ListOffsetsTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str(TOPIC)))
+            .with_partitions(vec![ListOffsetsPartition::default()
+                .with_partition_index(0)
+                .with_timestamp(-1)])]);
+    let r = c.call_at(&req, 4).await.expect("ListOffsets");
+    r.topics[0].partitions[0].leader_epoch
+}
+
+/// A consumer that sees a new leader asks where the epoch of the records it read ended
+/// (KIP-101/320): the answer is the first offset the next leader wrote, so nothing it read
+/// looks truncated; the current epoch ends at the high watermark; a stale or unknown
+/// current epoch is refused as Kafka refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offset_for_leader_epoch_tells_where_each_leader_s_term_ended() {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(root.path(), 3, &[]);
+    let bs = bootstrap(&nodes);
+    create_topic(&bs).await;
+    let p = producer(&bs);
+    send(&p, 0, 100).await;
+    let first = wait_leader(&bs, None).await;
+    let first_addr = node_of(&mut nodes, first).kafka.clone();
+    let e1 = leader_epoch(&first_addr).await;
+    assert_eq!(
+        epoch_end(&first_addr, e1, e1).await,
+        (0, e1, 100),
+        "the current epoch ends at the high watermark"
+    );
+
+    node_of(&mut nodes, first).kill9();
+    let acked = send(&p, 100, 50).await;
+    assert_eq!(acked[0].1, 100, "the new leader's first record follows the old one's");
+    let second = wait_leader(&bs, Some(first)).await;
+    let addr = node_of(&mut nodes, second).kafka.clone();
+    let e2 = leader_epoch(&addr).await;
+    assert!(e2 > e1, "a new leader has a later epoch ({e2} after {e1})");
+
+    assert_eq!(
+        epoch_end(&addr, e2, e1).await,
+        (0, e1, 100),
+        "the old epoch ends where the new leader began"
+    );
+    assert_eq!(epoch_end(&addr, e2, e2).await, (0, e2, 150));
+    assert_eq!(
+        epoch_end(&addr, -1, e2).await,
+        (0, e2, 150),
+        "no current epoch: not checked"
+    );
+    assert_eq!(
+        epoch_end(&addr, e2, e2 + 5).await,
+        (0, -1, -1),
+        "an epoch from the future is unknown"
+    );
+    assert_eq!(
+        epoch_end(&addr, e1, e1).await.0,
+        74,
+        "a stale current epoch is FENCED_LEADER_EPOCH"
+    );
+    assert_eq!(
+        epoch_end(&addr, e2 + 1, e1).await.0,
+        75,
+        "a newer current epoch is UNKNOWN_LEADER_EPOCH"
+    );
+}

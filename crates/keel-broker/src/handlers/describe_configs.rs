@@ -24,15 +24,22 @@ fn config_type(name: &str) -> i8 {
     const STRING: i8 = 2;
     const INT: i8 = 3;
     const LONG: i8 = 5;
+    const SHORT: i8 = 4;
+    const DOUBLE: i8 = 6;
     const LIST: i8 = 7;
     match name {
-        "cleanup.policy" => LIST,
+        "cleanup.policy" | "log.cleanup.policy" | "listeners" | "advertised.listeners" | "process.roles" => LIST,
         "retention.ms"
         | "retention.bytes"
         | "segment.ms"
+        | "delete.retention.ms"
+        | "min.compaction.lag.ms"
+        | "max.compaction.lag.ms"
+        | "file.delete.delay.ms"
         | "log.retention.ms"
         | "log.retention.bytes"
         | "log.roll.ms"
+        | "log.cleaner.backoff.ms"
         | "keel.fsync.interval.ms" => LONG,
         "segment.bytes"
         | "max.message.bytes"
@@ -42,8 +49,17 @@ fn config_type(name: &str) -> i8 {
         | "socket.request.max.bytes"
         | "log.segment.bytes"
         | "broker.id"
+        | "node.id"
+        | "default.replication.factor"
+        | "group.initial.rebalance.delay.ms"
+        | "fetch.max.bytes"
         | "max.connections" => INT,
-        "auto.create.topics.enable" => BOOLEAN,
+        "offsets.topic.replication.factor" | "transaction.state.log.replication.factor" => SHORT,
+        "min.cleanable.dirty.ratio" => DOUBLE,
+        "auto.create.topics.enable"
+        | "log.cleaner.enable"
+        | "delete.topic.enable"
+        | "unclean.leader.election.enable" => BOOLEAN,
         _ => STRING,
     }
 }
@@ -90,6 +106,39 @@ fn broker_configs(b: &Broker) -> Vec<(String, String)> {
         ("max.connections".into(), c.connections_max.to_string()),
         ("keel.fsync.policy".into(), c.fsync.as_str().to_string()),
         ("keel.fsync.interval.ms".into(), c.fsync_interval_ms.to_string()),
+        // Kafka's names for what Keel does by design or by its own settings.
+        ("node.id".into(), c.node_id.to_string()),
+        ("process.roles".into(), "broker,controller".into()),
+        ("listeners".into(), format!("PLAINTEXT://{}", c.kafka_listen)),
+        (
+            "advertised.listeners".into(),
+            format!("PLAINTEXT://{}:{}", b.advertised.0, b.advertised.1),
+        ),
+        (
+            "default.replication.factor".into(),
+            c.default_replication_factor.to_string(),
+        ),
+        (
+            "offsets.topic.replication.factor".into(),
+            c.default_replication_factor.to_string(),
+        ),
+        (
+            "transaction.state.log.replication.factor".into(),
+            c.default_replication_factor.to_string(),
+        ),
+        (
+            "group.initial.rebalance.delay.ms".into(),
+            c.group_initial_rebalance_delay_ms.to_string(),
+        ),
+        ("log.cleanup.policy".into(), "delete".into()),
+        ("log.cleaner.enable".into(), "true".into()),
+        ("log.cleaner.backoff.ms".into(), c.log_cleaner_interval_ms.to_string()),
+        ("log.message.timestamp.type".into(), "CreateTime".into()),
+        ("compression.type".into(), "producer".into()),
+        ("delete.topic.enable".into(), "true".into()),
+        // Raft elects only a replica holding every committed entry.
+        ("unclean.leader.election.enable".into(), "false".into()),
+        ("fetch.max.bytes".into(), c.fetch_bytes_max.to_string()),
     ]
 }
 
