@@ -35,6 +35,7 @@ run "confluent-kafka admin/produce/read" timeout 180 "${VENV}/bin/python" "${DIR
 run "confluent-kafka consumer group (2 members, sync commits)" timeout 180 "${VENV}/bin/python" "${DIR}/ck_group_smoke.py"
 run "confluent-kafka transactions (consume-transform-produce, fencing, timeout)" timeout 240 "${VENV}/bin/python" "${DIR}/ck_txn.py"
 run "Java kafka-clients transactions (consume-transform-produce, fencing)" timeout 300 bash "${DIR}/clients/java/run.sh"
+run "Java client through a partition leader's kill -9 on three nodes (OffsetForLeaderEpoch, no reset, nothing lost)" timeout 300 bash "${DIR}/clients/java/failover.sh" "${KEEL}"
 run "Kafka Streams: exactly_once_v2 word count (repartition, compacted changelog), at_least_once windowed join and windowed count" timeout 300 bash "${DIR}/clients/streams/run.sh"
 run "Kafka Connect distributed worker (compacted internal topics, FileStream source and sink, restart)" timeout 400 bash "${DIR}/clients/connect/run.sh"
 run "metrics endpoint" bash -c "curl -sf http://${HTTP}/metrics | grep -q '^keel_produced_records_total [1-9]'"

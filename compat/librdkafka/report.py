@@ -26,6 +26,11 @@ results = {}
 for line in read_lines("results.tsv"):
     t, status, secs = line.split("\t")
     results[t] = (status, secs)
+# The control: the same tests against Apache Kafka (PEER=kafka RESULTS=.../results-kafka.tsv).
+control = {}
+for line in read_lines("results-kafka.tsv"):
+    t, status, secs = line.split("\t")
+    control[t] = "passed" if status == "passed" else ("failed" if status in ("failed", "skipped") else status)
 notes = {}
 for line in read_lines("notes.tsv"):
     t, verdict, why = line.split("\t", 2)
@@ -46,7 +51,7 @@ for t in tests:
     else:
         shown = "not run"
     counts[shown] += 1
-    rows.append((t, shown, secs, "yes" if t in allow else "", why))
+    rows.append((t, shown, secs, "yes" if t in allow else "", why, control.get(t, "-")))
 
 out = ["<!-- librdkafka:begin -->"]
 out.append("## librdkafka's test suite")
@@ -59,7 +64,7 @@ out.append("This section is regenerated from the results by")
 out.append("`python3 compat/librdkafka/report.py`. Tests in the allow-list must pass in CI")
 out.append("(`compat/librdkafka/allow_list.txt`, run by `.ci/run`).")
 out.append("")
-cluster = sum(1 for t, shown, _, _, why in rows if shown == "passed" and "cluster pass" in why)
+cluster = sum(1 for t, shown, _, _, why, _ in rows if shown == "passed" and "cluster pass" in why)
 out.append(f"**{counts['passed']} passed, {counts['failed']} failed, {counts['not applicable']} not applicable"
            + (f", {counts['not run']} not run" if counts["not run"] else "") + f"** of {len(tests)} broker tests"
            + (f" ({counts['passed'] - cluster} of the passes on a single node, {cluster} on the three-node cluster)." if cluster else "."))
@@ -67,10 +72,15 @@ out.append("")
 out.append("The whole suite: `cargo build -p keel && compat/librdkafka/suite.sh target/debug/keel`")
 out.append("(builds the test-runner on first use, about 5 minutes; the run takes about 40 minutes on 2 cores).")
 out.append("")
-out.append("| test | result | seconds | in CI | notes |")
-out.append("|---|---|---|---|---|")
-for t, shown, secs, ci, why in rows:
-    out.append(f"| {t} | {shown} | {secs} | {ci} | {why} |")
+if control:
+    out.append("The column *Kafka 4.4* is the control: the same test-runner against Apache Kafka 4.4 in KRaft")
+    out.append("mode, one node (`PEER=kafka RESULTS=compat/librdkafka/results-kafka.tsv compat/librdkafka/suite.sh`")
+    out.append("with the tests to run); `-` where it was not run.")
+    out.append("")
+out.append("| test | result | seconds | in CI | Kafka 4.4 | notes |")
+out.append("|---|---|---|---|---|---|")
+for t, shown, secs, ci, why, ctl in rows:
+    out.append(f"| {t} | {shown} | {secs} | {ci} | {ctl} | {why} |")
 out.append("")
 out.append("<!-- librdkafka:end -->")
 # The page has other sections (the client matrix, Kafka's tools): only this one is replaced.

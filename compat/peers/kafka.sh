@@ -8,7 +8,8 @@
 #   bash compat/peers/kafka.sh classpath   # builds (once) and prints the classpath
 #
 # Kafka's defaults are kept except what one node needs (replication factors of 1) and
-# group.initial.rebalance.delay.ms=0, as Keel has no such delay.
+# group.initial.rebalance.delay.ms=0, as Keel has no such delay. KAFKA_PROPS (lines of
+# key=value) is appended to the server's properties.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 LIB="${HERE}/kafka/target/lib"
@@ -46,6 +47,7 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+${KAFKA_PROPS:-}
 PROPS
         cat >"${DIR}/kafka/log4j2.properties" <<'PROPS'
 rootLogger.level=WARN

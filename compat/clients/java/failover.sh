@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Apache Kafka's Java client through a partition leader's kill -9 (Failover.java) against a
+# three-node Keel cluster this script starts with `keel dev`.
+#
+#   bash compat/clients/java/failover.sh [KEEL]     # KEEL defaults to target/debug/keel
+set -euo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+ROOT="$(cd "${HERE}/../../.." && pwd)"
+KEEL="${1:-${ROOT}/target/debug/keel}"
+WORK="$(mktemp -d /tmp/keel-failover.XXXXXX)"
+DEV=""
+cleanup() { [[ -n "${DEV}" ]] && kill -INT "${DEV}" 2>/dev/null; sleep 1; pkill -9 -f "${WORK}/dev" 2>/dev/null; rm -rf "${WORK}"; }
+trap cleanup EXIT
+cd "${HERE}"
+mvn -q -B package -DskipTests >/dev/null
+BASE="$(python3 - <<'PY'
+import random, socket
+for _ in range(200):
+    base = random.randrange(20000, 40000)
+    socks = []
+    try:
+        for off in (0, 1, 2, 100, 101, 102, 200, 201, 202):
+            s = socket.socket(); s.bind(("127.0.0.1", base + off)); socks.append(s)
+        print(base)
+        break
+    except OSError:
+        pass
+    finally:
+        for s in socks:
+            s.close()
+PY
+)"
+"${KEEL}" dev --nodes 3 --base-port "${BASE}" --data-dir "${WORK}/dev" >"${WORK}/dev.log" 2>&1 &
+DEV=$!
+for _ in $(seq 1 100); do
+    [[ "$(grep -c '^node [123]: pid' "${WORK}/dev.log")" -eq 3 ]] && break
+    sleep 0.1
+done
+NODE_PIDS="$(sed -nE 's/^node ([0-9]+): pid ([0-9]+) .*/\1:\2/p' "${WORK}/dev.log" | paste -sd,)"
+export NODE_PIDS
+export BOOTSTRAP="127.0.0.1:${BASE},127.0.0.1:$((BASE + 1)),127.0.0.1:$((BASE + 2))"
+java -Dorg.slf4j.simpleLogger.defaultLogLevel=error \
+    -cp "${HERE}/target/keel-java-client-check-0.1.0.jar:${HERE}/target/lib/*" keel.Failover
+# The consumer validated its position with the new leader: OffsetForLeaderEpoch requests
+# were served (counted in the surviving nodes' metrics).
+served=0
+for port in $((BASE + 200)) $((BASE + 201)) $((BASE + 202)); do
+    n="$(curl -sf "http://127.0.0.1:${port}/metrics" | sed -nE 's/^keel_requests_total\{api="OffsetForLeaderEpoch"\} ([0-9]+).*/\1/p')" || true
+    served=$((served + ${n:-0}))
+done
+if [[ ${served} -lt 1 ]]; then echo "FAIL: no OffsetForLeaderEpoch request reached the cluster"; exit 1; fi
+echo "ok: the consumer's OffsetForLeaderEpoch requests were served (${served})"
