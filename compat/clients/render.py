@@ -40,6 +40,11 @@ def main(results_dir, doc):
         "Regenerate with `bash compat/clients/matrix.sh --docs` (Keel) and",
         "`bash compat/clients/matrix.sh --peer kafka --docs` (the control).",
         "",
+        "Versions: Apache Kafka's Java client (`kafka-clients`) 4.4.0 and 3.9.1; franz-go 1.22.3 (kadm 1.20.0);",
+        "Sarama 1.61.1 speaking Kafka 4.0's protocol versions; segmentio/kafka-go 0.4.51; KafkaJS 2.2.4;",
+        "confluent-kafka-python 2.16.2; kafka-python 3.0.12; aiokafka 0.14.0; the `rdkafka` crate 0.39",
+        "(librdkafka 2.12.1).",
+        "",
         "| client | " + " | ".join(f"`{s}`" for s in SCENARIOS) + " |",
         "|---" * (len(SCENARIOS) + 1) + "|",
     ]
