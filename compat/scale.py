@@ -67,7 +67,8 @@ class Cluster:
                 "--peers", self.peers,
             ],
             stdout=subprocess.DEVNULL, stderr=log,
-            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")},
+            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn"),
+                 "KEEL_CLUSTER_SECRET": "scale measurement cluster secret"},
         )
 
     def bootstrap(self, nodes=(1, 2, 3)):

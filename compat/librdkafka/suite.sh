@@ -80,6 +80,8 @@ start_keel() {
     BOOTSTRAP="$(sed -nE 's/.*kafka=([^ ]+).*/\1/p' "${WORK}/stdout" | tail -1)"
     printf 'bootstrap.servers=%s\n%s' "${BOOTSTRAP}" "${CLIENT_EXTRA}" > "${SRC_DIR}/tests/test.conf"
 }
+# The secret the three nodes of the cluster pass share.
+export KEEL_CLUSTER_SECRET="librdkafka suite cluster secret"
 # Three nodes on free ports: node 1's process stands in PID (a dead node 1 restarts the
 # cluster between tests, as a dead single node does).
 CPIDS=()

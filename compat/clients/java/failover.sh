@@ -7,6 +7,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "${HERE}/../../.." && pwd)"
 KEEL="${1:-${ROOT}/target/debug/keel}"
+KEEL="$(cd "$(dirname "${KEEL}")" && pwd)/$(basename "${KEEL}")"   # this script changes directory
 WORK="$(mktemp -d /tmp/keel-failover.XXXXXX)"
 DEV=""
 cleanup() { [[ -n "${DEV}" ]] && kill -INT "${DEV}" 2>/dev/null; sleep 1; pkill -9 -f "${WORK}/dev" 2>/dev/null; rm -rf "${WORK}"; }
@@ -37,6 +38,7 @@ for _ in $(seq 1 100); do
     sleep 0.1
 done
 NODE_PIDS="$(sed -nE 's/^node ([0-9]+): pid ([0-9]+) .*/\1:\2/p' "${WORK}/dev.log" | paste -sd,)"
+if [[ -z "${NODE_PIDS}" ]]; then echo "FAIL: keel dev did not start"; tail -20 "${WORK}/dev.log"; exit 1; fi
 export NODE_PIDS
 export BOOTSTRAP="127.0.0.1:${BASE},127.0.0.1:$((BASE + 1)),127.0.0.1:$((BASE + 2))"
 java -Dorg.slf4j.simpleLogger.defaultLogLevel=error \

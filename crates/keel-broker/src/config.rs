@@ -115,12 +115,40 @@ pub struct BrokerConfig {
     /// Serve `POST /fault/cut` and `/fault/heal` on the HTTP listener, which cut this node's
     /// links to other nodes (for chaos tests). Never enable in production.
     pub fault_injection: bool,
+    /// The secret every node of a cluster holds (16 bytes or more): node-to-node
+    /// connections prove they hold it (an HMAC challenge-response, see `keel_raft::auth`)
+    /// before any Raft message or forwarded request is taken. Required with `peers` unless
+    /// `insecure_transport`. Prefer `cluster_secret_file` or the `KEEL_CLUSTER_SECRET`
+    /// environment variable to writing it here.
+    pub cluster_secret: Option<Secret>,
+    /// A file holding the cluster secret (its content, trimmed); read at start.
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Runs a cluster's node-to-node transport without authentication. Any host that can
+    /// reach the Raft port can then act as a node: only for a trusted, closed network.
+    pub insecure_transport: bool,
     /// SASL/PLAIN users and their passwords. When any is set, every Kafka connection must
     /// authenticate (SaslHandshake, SaslAuthenticate) before any request but ApiVersions.
     /// PLAIN sends the password as it is: use it on trusted networks (TLS is not built yet).
     pub sasl_plain_users: std::collections::BTreeMap<String, String>,
     /// Default log settings of partitions.
     pub log: LogConfig,
+}
+
+/// A value kept out of logs, debug output and serialized configs.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("<redacted>")
+    }
 }
 
 impl Default for BrokerConfig {
@@ -157,6 +185,9 @@ impl Default for BrokerConfig {
             raft_heartbeat_ms: 50,
             raft_election_timeout_ms: 150,
             fault_injection: false,
+            cluster_secret: None,
+            cluster_secret_file: None,
+            insecure_transport: false,
             sasl_plain_users: Default::default(),
             log: LogConfig::default(),
         }
@@ -207,6 +238,19 @@ impl BrokerConfig {
             return Err("raft_election_timeout_ms must exceed raft_heartbeat_ms, which must be positive".into());
         }
         let peers = self.parse_peers()?;
+        if !peers.is_empty()
+            && self.cluster_secret.is_none()
+            && self.cluster_secret_file.is_none()
+            && !self.insecure_transport
+        {
+            return Err("a cluster (peers) needs a cluster secret that every node holds: set \
+                        KEEL_CLUSTER_SECRET, cluster_secret_file (--cluster-secret-file) or cluster_secret; \
+                        insecure_transport = true runs without one on a trusted network"
+                .into());
+        }
+        if self.cluster_secret.as_ref().is_some_and(|s| s.0.len() < 16) {
+            return Err("cluster_secret must be at least 16 bytes".into());
+        }
         if self.join && peers.is_empty() {
             return Err("join needs the peers of the cluster to join".into());
         }

@@ -140,6 +140,11 @@ async fn metrics(State(b): State<Arc<Broker>>) -> impl IntoResponse {
     let (leaders, followers) = b.controller.transport.liveness().quiet_counts();
     b.metrics.quiet_leaders.set(leaders as i64);
     b.metrics.sleeping_followers.set(followers as i64);
+    let refused = b.controller.transport.auth_failures();
+    let counted = b.metrics.transport_auth_failures.get();
+    if refused > counted {
+        b.metrics.transport_auth_failures.inc_by(refused - counted);
+    }
     (
         [(
             header::CONTENT_TYPE,

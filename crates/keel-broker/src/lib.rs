@@ -224,6 +224,21 @@ impl Broker {
     }
 }
 
+/// The cluster secret, from the config or the file it names.
+fn cluster_secret(config: &BrokerConfig) -> anyhow::Result<Option<keel_raft::auth::ClusterSecret>> {
+    let value = match (&config.cluster_secret, &config.cluster_secret_file) {
+        (Some(s), _) => s.0.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cluster secret file {}: {e}", path.display()))?
+            .trim()
+            .to_string(),
+        (None, None) => return Ok(None),
+    };
+    keel_raft::auth::ClusterSecret::new(value)
+        .map(Some)
+        .map_err(anyhow::Error::msg)
+}
+
 /// Starts the node-to-node transport, joins the controller group, and starts applying
 /// its topic commands to this node's replicas (replaying them all at start).
 async fn start_replication(
@@ -235,6 +250,13 @@ async fn start_replication(
 ) -> anyhow::Result<(Arc<controller::Controller>, Arc<topics::Topics>)> {
     let node_id = config.node_id.max(0) as u64;
     let transport = keel_raft::Transport::new(node_id);
+    match cluster_secret(config)? {
+        Some(secret) => transport.require_secret(secret),
+        None if !config.peers.is_empty() => {
+            tracing::warn!("insecure_transport: the node-to-node transport accepts any peer without authentication")
+        }
+        None => {}
+    }
     let mut raft_addr = config
         .advertised_raft
         .clone()

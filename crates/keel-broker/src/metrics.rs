@@ -57,6 +57,8 @@ pub struct Metrics {
     pub connections_refused: Counter,
     pub malformed_requests: Counter,
     pub sasl_failures: Counter,
+    /// Node-to-node connections refused for failing the cluster-secret handshake.
+    pub transport_auth_failures: Counter,
     pub partitions: Gauge,
     pub topics: Gauge,
     pub log_size_bytes: Family<PartitionLabels, Gauge>,
@@ -121,6 +123,7 @@ impl Metrics {
             connections_refused: Counter::default(),
             malformed_requests: Counter::default(),
             sasl_failures: Counter::default(),
+            transport_auth_failures: Counter::default(),
             partitions: Gauge::default(),
             topics: Gauge::default(),
             log_size_bytes: Family::default(),
@@ -192,6 +195,11 @@ impl Metrics {
             "sasl_authentication_failures",
             "SASL authentications refused (connection closed)",
             m.sasl_failures.clone(),
+        );
+        registry.register(
+            "transport_authentication_failures",
+            "Node-to-node connections refused: the peer did not prove it holds the cluster secret, or spoke for another node",
+            m.transport_auth_failures.clone(),
         );
         registry.register("partitions", "Partitions hosted", m.partitions.clone());
         registry.register("topics", "Topics hosted", m.topics.clone());

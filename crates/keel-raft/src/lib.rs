@@ -22,6 +22,7 @@
 // openraft's StorageError is large and is the error type its traits require.
 #![allow(clippy::result_large_err)]
 
+pub mod auth;
 pub mod group;
 pub mod liveness;
 pub mod store;

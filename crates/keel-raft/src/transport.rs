@@ -37,6 +37,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
+use crate::auth::{self, ClusterSecret};
 use crate::liveness::{Liveness, Replica, ALIVE_WITHIN, PING_INTERVAL};
 use crate::{Node, NodeId, SnapshotBody, TypeConfig, Vote};
 
@@ -114,6 +115,10 @@ pub struct Transport {
     me: std::sync::Weak<Transport>,
     /// When each peer last refused a connection (see [`Transport::conn`]).
     refused: Mutex<HashMap<NodeId, std::time::Instant>>,
+    /// With a cluster secret, every connection is authenticated (see [`crate::auth`]).
+    secret: RwLock<Option<ClusterSecret>>,
+    /// Handshakes that failed: a peer without the secret, or one speaking for another node.
+    auth_failures: AtomicU64,
 }
 
 fn encode_frame(kind: u8, request: u64, from: NodeId, group: &str, body: &[u8]) -> Result<Bytes, TransportError> {
@@ -200,7 +205,24 @@ impl Transport {
             slow: RwLock::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             liveness: Arc::new(Liveness::new(id)),
+            secret: RwLock::new(None),
+            auth_failures: AtomicU64::new(0),
         })
+    }
+
+    /// Requires every connection, in and out, to prove it holds `secret` before any frame
+    /// (see [`crate::auth`]). Set before the transport serves or connects.
+    pub fn require_secret(&self, secret: ClusterSecret) {
+        *self.secret.write().unwrap_or_else(|e| e.into_inner()) = Some(secret);
+    }
+
+    fn secret(&self) -> Option<ClusterSecret> {
+        self.secret.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Connections refused because the peer failed the authentication handshake.
+    pub fn auth_failures(&self) -> u64 {
+        self.auth_failures.load(Ordering::Relaxed)
     }
 
     /// A connection to `node` failed: it counts as gone until it answers again.
@@ -362,7 +384,25 @@ impl Transport {
         }
     }
 
-    async fn serve_conn(self: Arc<Self>, stream: TcpStream) {
+    async fn serve_conn(self: Arc<Self>, mut stream: TcpStream) {
+        let peer_addr = stream.peer_addr().ok();
+        // With a cluster secret, the connection speaks for the node it proved to be.
+        let proven = match self.secret() {
+            None => None,
+            Some(secret) => match auth::accept(&mut stream, &secret, self.id).await {
+                Ok(node) => Some(node),
+                // A probe (a connect that only checks the port is open) closes at once.
+                Err(e) if e.starts_with("no handshake: ") => {
+                    debug!(peer = ?peer_addr, error = %e, "peer connection closed before the handshake");
+                    return;
+                }
+                Err(e) => {
+                    self.auth_failures.fetch_add(1, Ordering::Relaxed);
+                    warn!(peer = ?peer_addr, error = %e, "refused a node-to-node connection");
+                    return;
+                }
+            },
+        };
         let (mut r, w) = stream.into_split();
         let (tx, rx) = mpsc::channel::<Bytes>(QUEUE_DEPTH);
         tokio::spawn(writer(w, rx));
@@ -375,6 +415,11 @@ impl Transport {
                     return;
                 }
             };
+            if proven.is_some_and(|node| node != frame.from) {
+                self.auth_failures.fetch_add(1, Ordering::Relaxed);
+                warn!(peer = ?peer_addr, proven = ?proven, claimed = frame.from, "closing a peer connection that spoke for another node");
+                return;
+            }
             if self.is_cut(frame.from) {
                 continue;
             }
@@ -514,7 +559,15 @@ impl Transport {
                 ))
             }
         };
+        let mut stream = stream;
         let _ = stream.set_nodelay(true);
+        if let Some(secret) = self.secret() {
+            if let Err(e) = auth::dial(&mut stream, &secret, self.id, target).await {
+                self.auth_failures.fetch_add(1, Ordering::Relaxed);
+                warn!(peer = target, %addr, error = %e, "node-to-node authentication failed");
+                return Err(TransportError::Unreachable(target, format!("authentication: {e}")));
+            }
+        }
         let (mut r, w) = stream.into_split();
         let (tx, rx) = mpsc::channel::<Bytes>(QUEUE_DEPTH);
         tokio::spawn(writer(w, rx));

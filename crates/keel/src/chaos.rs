@@ -662,6 +662,7 @@ fn start_cluster(out: &Path, n: u16) -> Result<Vec<NodeProc>> {
         .enumerate()
         .map(|(i, p)| format!("{}@127.0.0.1:{}", i + 1, p.1))
         .collect();
+    let secret_file = crate::dev::write_cluster_secret(out)?;
     let mut nodes = Vec::new();
     for (i, (kafka, raft, http)) in ports.into_iter().enumerate() {
         let id = i as u64 + 1;
@@ -678,6 +679,8 @@ fn start_cluster(out: &Path, n: u16) -> Result<Vec<NodeProc>> {
             format!("127.0.0.1:{http}"),
             "--peers".into(),
             peers.join(","),
+            "--cluster-secret-file".into(),
+            secret_file.display().to_string(),
             "--fault-injection".into(),
         ];
         let mut node = NodeProc {

@@ -27,12 +27,34 @@ pub fn ports(base: u16, n: u16) -> (u16, u16, u16) {
     (base + n - 1, base + 100 + n - 1, base + 200 + n - 1)
 }
 
+/// The cluster secret of a local cluster under `dir` (`dir/cluster-secret`, readable by
+/// its owner only): made once, random, and kept, so restarted nodes still hold it.
+pub fn write_cluster_secret(dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("cluster-secret");
+    if !path.exists() {
+        let secret: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        f.write_all(secret.as_bytes())?;
+        f.sync_all()?;
+    }
+    Ok(path)
+}
+
 pub async fn run(args: DevArgs) -> Result<()> {
     anyhow::ensure!((1..=9).contains(&args.nodes), "--nodes must be between 1 and 9");
     let exe = std::env::current_exe().context("locating the keel binary")?;
     let peers: Vec<String> = (1..=args.nodes)
         .map(|n| format!("{n}@127.0.0.1:{}", ports(args.base_port, n).1))
         .collect();
+    let secret_file = write_cluster_secret(&args.data_dir)?;
     let mut children: Vec<(u16, Child)> = Vec::new();
     for n in 1..=args.nodes {
         let (kafka, raft, http) = ports(args.base_port, n);
@@ -46,6 +68,8 @@ pub async fn run(args: DevArgs) -> Result<()> {
             .args(["--raft-listen", &format!("127.0.0.1:{raft}")])
             .args(["--http-listen", &format!("127.0.0.1:{http}")])
             .args(["--peers", &peers.join(",")])
+            .arg("--cluster-secret-file")
+            .arg(&secret_file)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

@@ -65,6 +65,16 @@ pub struct ServeArgs {
     /// Replicas of new topics' partitions [default: 3, capped at the number of nodes].
     #[arg(long, env = "KEEL_REPLICATION_FACTOR")]
     pub replication_factor: Option<i32>,
+    /// The cluster secret every node holds (16 bytes or more); node-to-node connections
+    /// prove it before any Raft message. Prefer the environment variable to the flag.
+    #[arg(long, env = "KEEL_CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// A file holding the cluster secret.
+    #[arg(long, env = "KEEL_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<std::path::PathBuf>,
+    /// Run a cluster's node-to-node transport without authentication (trusted networks only).
+    #[arg(long, env = "KEEL_INSECURE_TRANSPORT")]
+    pub insecure_transport: bool,
     /// Serve POST /fault/cut?peers=.. and /fault/heal (chaos tests only).
     #[arg(long, env = "KEEL_FAULT_INJECTION")]
     pub fault_injection: bool,
@@ -132,6 +142,15 @@ pub fn load_config(args: &ServeArgs) -> Result<BrokerConfig> {
     }
     if args.fault_injection {
         c.fault_injection = true;
+    }
+    if let Some(v) = &args.cluster_secret {
+        c.cluster_secret = Some(keel_broker::config::Secret(v.clone()));
+    }
+    if let Some(v) = &args.cluster_secret_file {
+        c.cluster_secret_file = Some(v.clone());
+    }
+    if args.insecure_transport {
+        c.insecure_transport = true;
     }
     c.validate()
         .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;

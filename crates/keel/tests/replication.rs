@@ -913,3 +913,97 @@ async fn offset_for_leader_epoch_tells_where_each_leader_s_term_ended() {
         "a newer current epoch is UNKNOWN_LEADER_EPOCH"
     );
 }
+
+/// `keel_transport_authentication_failures_total` on node `k`.
+fn transport_auth_failures(k: &Keel) -> u64 {
+    let (_, text) = k.http_get("/metrics");
+    text.lines()
+        .find(|l| l.starts_with("keel_transport_authentication_failures_total "))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The node-to-node port admits only holders of the cluster secret: a node started with
+/// another secret cannot join (the members refuse its connections, count them, and never
+/// list it), and the cluster carries on; a cluster node given no secret at all refuses to
+/// start (secure by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_the_cluster_secret_cannot_join() {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(root.path(), 3, &[]);
+    let bs = bootstrap(&nodes);
+    create_topic(&bs).await;
+    let before: u64 = nodes.iter().map(transport_auth_failures).sum();
+
+    let peers = nodes[0].flag("--peers").unwrap();
+    let dir = root.path().join("node-4");
+    let mut intruder = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args([
+            "serve",
+            "--node-id",
+            "4",
+            "--kafka-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--raft-listen",
+            &format!("127.0.0.1:{}", common::free_port()),
+            "--peers",
+            &peers,
+            "--join",
+        ])
+        .arg("--data-dir")
+        .arg(&dir)
+        .env("KEEL_CLUSTER_SECRET", "not the secret this cluster holds")
+        .env("KEEL_LOG", "warn,openraft=off")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        let now: u64 = nodes.iter().map(transport_auth_failures).sum();
+        if now > before || Instant::now() > deadline {
+            break now - before;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(refused > 0, "no member refused the node holding another secret");
+    let (_, brokers) = replicas_and_nodes(&bs).expect("metadata");
+    assert!(!brokers.contains(&4), "the node without the secret joined: {brokers:?}");
+    // The cluster still takes writes.
+    let acked = send(&producer(&bs), 0, 10).await;
+    assert_eq!(acked.len(), 10);
+    let _ = intruder.kill();
+    let _ = intruder.wait();
+
+    // A cluster node with no secret at all does not start.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args([
+            "serve",
+            "--node-id",
+            "1",
+            "--kafka-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--raft-listen",
+            "127.0.0.1:0",
+            "--peers",
+            "1@127.0.0.1:1,2@127.0.0.1:2,3@127.0.0.1:3",
+        ])
+        .arg("--data-dir")
+        .arg(root.path().join("no-secret"))
+        .env_remove("KEEL_CLUSTER_SECRET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a cluster node started without a cluster secret");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cluster secret"), "{err}");
+}

@@ -26,6 +26,7 @@ fn spawn(data_dir: &Path, kafka: &str, http: &str, extra: &[String]) -> (Child, 
         .arg("--http-listen")
         .arg(http)
         .args(extra)
+        .env("KEEL_CLUSTER_SECRET", "keel integration tests' cluster secret")
         .env(
             "KEEL_LOG",
             std::env::var("KEEL_TEST_LOG").unwrap_or_else(|_| "warn,openraft=off".into()),
