@@ -532,6 +532,25 @@ impl Transport {
             let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
             conns.entry(target).or_default().clone()
         };
+        if let Some(c) = slot.lock().await.as_ref() {
+            if c.alive.load(Ordering::Acquire) {
+                return Ok(c.clone());
+            }
+        }
+        // Connecting (and the handshake, with a cluster secret) runs in a task of its own:
+        // a caller whose short deadline (a heartbeat's) passes meanwhile must not abort a
+        // handshake half-way, or under load no connection would ever be made.
+        let me = self
+            .me
+            .upgrade()
+            .ok_or_else(|| TransportError::Unreachable(target, "transport stopped".into()))?;
+        tokio::spawn(async move { me.connect(slot, target).await })
+            .await
+            .map_err(|e| TransportError::Unreachable(target, e.to_string()))?
+    }
+
+    /// Makes the connection to `target` into `slot` unless another task made it meanwhile.
+    async fn connect(self: Arc<Self>, slot: ConnSlot, target: NodeId) -> Result<Arc<Conn>, TransportError> {
         let mut slot = slot.lock().await;
         if let Some(c) = slot.as_ref() {
             if c.alive.load(Ordering::Acquire) {
