@@ -15,7 +15,11 @@ mvn -q -B package >/dev/null
 CP="${HERE}/target/lib/*"
 WORK="$(mktemp -d /tmp/keel-connect.XXXXXX)"
 WORKER=""
-cleanup() { [[ -n "${WORKER}" ]] && kill -9 "${WORKER}" 2>/dev/null; rm -rf "${WORK}"; }
+# (set -e applies inside the trap too: every step may fail without changing the result.)
+cleanup() {
+    if [[ -n "${WORKER}" ]]; then kill -9 "${WORKER}" 2>/dev/null || true; fi
+    rm -rf "${WORK}" || true
+}
 trap cleanup EXIT
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 RUN="$(date +%s%N | tail -c 7)"

@@ -10,7 +10,12 @@ KEEL="${1:-${ROOT}/target/debug/keel}"
 KEEL="$(cd "$(dirname "${KEEL}")" && pwd)/$(basename "${KEEL}")"   # this script changes directory
 WORK="$(mktemp -d /tmp/keel-failover.XXXXXX)"
 DEV=""
-cleanup() { [[ -n "${DEV}" ]] && kill -INT "${DEV}" 2>/dev/null; sleep 1; pkill -9 -f "${WORK}/dev" 2>/dev/null; rm -rf "${WORK}"; }
+# (set -e applies inside the trap too: every step may fail without changing the result.)
+cleanup() {
+    if [[ -n "${DEV}" ]]; then kill -INT "${DEV}" 2>/dev/null || true; sleep 1; fi
+    pkill -9 -f "${WORK}/dev" 2>/dev/null || true
+    rm -rf "${WORK}" || true
+}
 trap cleanup EXIT
 cd "${HERE}"
 mvn -q -B package -DskipTests >/dev/null
