@@ -692,14 +692,17 @@ impl Partition {
     }
 
     /// Whether a transactional batch of `producer_id` may be written: its transaction is
-    /// open here already, or the coordinator confirmed this partition is in it.
+    /// open here already at this epoch, or the coordinator confirmed this partition is in
+    /// it. (With an epoch bump per transaction, a batch at a newer epoch than the open
+    /// transaction's belongs to the next transaction, whose marker for the previous one may
+    /// not be here yet: it must be verified, or it would be committed with the previous one.)
     fn txn_may_write(&self, producer_id: i64, epoch: i16) -> bool {
         if self
             .hook
             .txns
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .is_open(producer_id)
+            .is_open_at(producer_id, epoch)
         {
             return true;
         }
