@@ -30,7 +30,8 @@ for line in read_lines("results.tsv"):
 control = {}
 for line in read_lines("results-kafka.tsv"):
     t, status, secs = line.split("\t")
-    control[t] = "passed" if status == "passed" else ("failed" if status in ("failed", "skipped") else status)
+    # "skipped": the control runs only the single-node scenario (no SASL or cluster pass).
+    control[t] = {"passed": "passed", "failed": "failed"}.get(status, "-")
 notes = {}
 for line in read_lines("notes.tsv"):
     t, verdict, why = line.split("\t", 2)
@@ -75,7 +76,10 @@ out.append("")
 if control:
     out.append("The column *Kafka 4.4* is the control: the same test-runner against Apache Kafka 4.4 in KRaft")
     out.append("mode, one node (`PEER=kafka RESULTS=compat/librdkafka/results-kafka.tsv compat/librdkafka/suite.sh`")
-    out.append("with the tests to run); `-` where it was not run.")
+    out.append("with the tests to run); `-` where it was not run. Of the allow-list, three fail on Kafka 4.4 for Kafka 4's")
+    out.append("removals, not for the client: 0052's 0.9.0 cases speak protocol versions Kafka 4 dropped (KIP-896), 0092 sets")
+    out.append("`message.format.version`, a topic config Kafka 4 no longer knows, and 0129 asks for `segment.bytes=20000`,")
+    out.append("below Kafka 4's 1 MiB minimum. Keel accepts all three, as Kafka 3 did.")
     out.append("")
 out.append("| test | result | seconds | in CI | Kafka 4.4 | notes |")
 out.append("|---|---|---|---|---|---|")
