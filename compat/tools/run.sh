@@ -17,23 +17,7 @@ cleanup() { [[ -n "${DEV_PID}" ]] && kill -INT "${DEV_PID}" 2>/dev/null && sleep
 trap cleanup EXIT
 
 # A base port with base..base+2, +100 and +200 free (keel dev's layout).
-BASE="$(python3 - <<'EOF'
-import random, socket
-for _ in range(200):
-    base = random.randrange(20000, 40000)
-    socks = []
-    try:
-        for off in (0, 1, 2, 100, 101, 102, 200, 201, 202):
-            s = socket.socket(); s.bind(("127.0.0.1", base + off)); socks.append(s)
-        print(base)
-        break
-    except OSError:
-        pass
-    finally:
-        for s in socks:
-            s.close()
-EOF
-)"
+BASE="$(python3 "${ROOT}/compat/free_base_port.py")"
 "${KEEL}" dev --nodes 3 --base-port "${BASE}" --data-dir "${WORK}/dev" >"${WORK}/dev.log" 2>&1 &
 DEV_PID=$!
 B="127.0.0.1:${BASE},127.0.0.1:$((BASE + 1)),127.0.0.1:$((BASE + 2))"

@@ -19,23 +19,7 @@ cleanup() {
 trap cleanup EXIT
 cd "${HERE}"
 mvn -q -B package -DskipTests >/dev/null
-BASE="$(python3 - <<'PY'
-import random, socket
-for _ in range(200):
-    base = random.randrange(20000, 40000)
-    socks = []
-    try:
-        for off in (0, 1, 2, 100, 101, 102, 200, 201, 202):
-            s = socket.socket(); s.bind(("127.0.0.1", base + off)); socks.append(s)
-        print(base)
-        break
-    except OSError:
-        pass
-    finally:
-        for s in socks:
-            s.close()
-PY
-)"
+BASE="$(python3 "${ROOT}/compat/free_base_port.py")"
 "${KEEL}" dev --nodes 3 --base-port "${BASE}" --data-dir "${WORK}/dev" >"${WORK}/dev.log" 2>&1 &
 DEV=$!
 for _ in $(seq 1 100); do

@@ -64,21 +64,34 @@ pub async fn handle_route(b: &Arc<Broker>, body: &[u8]) -> Result<Bytes, String>
     Ok(Bytes::copy_from_slice(&code.to_be_bytes()))
 }
 
-async fn elect(b: &Arc<Broker>, topic: &str, partition: i32, election_type: i8, timeout_ms: u64) -> i16 {
-    let Some(t) = b.topics.get(topic) else {
+/// The leader of each partition of `topic` as Metadata reports it (-1: none), once per
+/// topic rather than per partition.
+fn leaders(b: &Broker, topic: &str) -> Option<(Arc<crate::topics::Topic>, Vec<i32>)> {
+    let t = b.topics.get(topic)?;
+    let mut leaders = vec![-1; t.meta().partitions.max(0) as usize];
+    for p in super::metadata::topic_entry(b, &t, false).partitions {
+        if let Some(slot) = leaders.get_mut(p.partition_index as usize) {
+            *slot = p.leader_id.0;
+        }
+    }
+    Some((t, leaders))
+}
+
+async fn elect(
+    b: &Arc<Broker>,
+    topic: &str,
+    known: Option<&(Arc<crate::topics::Topic>, Vec<i32>)>,
+    partition: i32,
+    election_type: i8,
+    timeout_ms: u64,
+) -> i16 {
+    let Some((t, leaders)) = known else {
         return ResponseError::UnknownTopicOrPartition.code();
     };
     let meta = t.meta();
-    if partition < 0 || partition >= meta.partitions {
+    let Some(&leader) = usize::try_from(partition).ok().and_then(|i| leaders.get(i)) else {
         return ResponseError::UnknownTopicOrPartition.code();
-    }
-    let entry = super::metadata::topic_entry(b, &t, false);
-    let leader = entry
-        .partitions
-        .iter()
-        .find(|p| p.partition_index == partition)
-        .map(|p| p.leader_id.0)
-        .unwrap_or(-1);
+    };
     if election_type != PREFERRED {
         return if leader >= 0 {
             ResponseError::ElectionNotNeeded.code()
@@ -139,8 +152,9 @@ pub async fn handle(b: &Arc<Broker>, req: ElectLeadersRequest, _v: i16) -> Elect
     for (topic, partitions) in wanted {
         let mut tr = ReplicaElectionResult::default();
         tr.topic = TopicName(s(topic.clone()));
+        let known = leaders(b, &topic);
         for p in partitions {
-            let code = elect(b, &topic, p, req.election_type, timeout_ms).await;
+            let code = elect(b, &topic, known.as_ref(), p, req.election_type, timeout_ms).await;
             if all && code == ResponseError::ElectionNotNeeded.code() {
                 continue;
             }
