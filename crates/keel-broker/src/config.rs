@@ -40,6 +40,149 @@ impl FsyncPolicy {
     }
 }
 
+/// A Kafka listener's security protocol, as Kafka names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SecurityProtocol {
+    #[serde(rename = "PLAINTEXT", alias = "plaintext")]
+    Plaintext,
+    #[serde(rename = "SSL", alias = "ssl")]
+    Ssl,
+    #[serde(rename = "SASL_PLAINTEXT", alias = "sasl_plaintext")]
+    SaslPlaintext,
+    #[serde(rename = "SASL_SSL", alias = "sasl_ssl")]
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "PLAINTEXT",
+            SecurityProtocol::Ssl => "SSL",
+            SecurityProtocol::SaslPlaintext => "SASL_PLAINTEXT",
+            SecurityProtocol::SaslSsl => "SASL_SSL",
+        }
+    }
+
+    /// Connections speak TLS.
+    pub fn tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+
+    /// Connections authenticate with SASL before any request but ApiVersions.
+    pub fn sasl(self) -> bool {
+        matches!(self, SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl)
+    }
+}
+
+impl std::str::FromStr for SecurityProtocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_uppercase().as_str() {
+            "PLAINTEXT" => Ok(SecurityProtocol::Plaintext),
+            "SSL" => Ok(SecurityProtocol::Ssl),
+            "SASL_PLAINTEXT" => Ok(SecurityProtocol::SaslPlaintext),
+            "SASL_SSL" => Ok(SecurityProtocol::SaslSsl),
+            _ => Err(format!(
+                "unknown security protocol {s:?} (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL)"
+            )),
+        }
+    }
+}
+
+/// A Kafka listener besides the main one (`kafka_listen`), as Kafka's `listeners`,
+/// `advertised.listeners` and `listener.security.protocol.map` describe one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// The listener's name (clients that connect through it get every node's address on
+    /// the listener of the same name in Metadata).
+    pub name: String,
+    /// Address to bind, host:port.
+    pub listen: String,
+    /// Its security protocol; defaults to the protocol its name spells (as Kafka's
+    /// default `listener.security.protocol.map`).
+    #[serde(default)]
+    pub protocol: Option<SecurityProtocol>,
+    /// host:port clients are told to connect to; defaults to the bound address.
+    #[serde(default)]
+    pub advertised: Option<String>,
+}
+
+impl ListenerConfig {
+    /// Parses the `--listener` form `[NAME=]PROTOCOL://HOST:PORT[,advertised=HOST:PORT]`.
+    pub fn parse(spec: &str) -> Result<ListenerConfig, String> {
+        let (main, advertised) = match spec.split_once(",advertised=") {
+            Some((m, a)) => (m, Some(a.to_string())),
+            None => (spec, None),
+        };
+        let (name, rest) = match main.split_once('=') {
+            Some((n, r)) => (Some(n.to_string()), r),
+            None => (None, main),
+        };
+        let (protocol, listen) = rest
+            .split_once("://")
+            .ok_or_else(|| format!("listener {spec:?}: expected [NAME=]PROTOCOL://HOST:PORT"))?;
+        let protocol: SecurityProtocol = protocol.parse()?;
+        Ok(ListenerConfig {
+            name: name.unwrap_or_else(|| protocol.as_str().to_string()),
+            listen: listen.to_string(),
+            protocol: Some(protocol),
+            advertised,
+        })
+    }
+
+    /// The listener's protocol: the configured one, or the one its name spells.
+    pub fn protocol(&self) -> Result<SecurityProtocol, String> {
+        match self.protocol {
+            Some(p) => Ok(p),
+            None => self.name.parse().map_err(|_| {
+                format!(
+                    "listener {:?}: its name is not a security protocol, so it needs `protocol`",
+                    self.name
+                )
+            }),
+        }
+    }
+}
+
+/// Whether TLS listeners ask clients for certificates (Kafka's `ssl.client.auth`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// No client certificates.
+    #[default]
+    None,
+    /// Asked for; a client without one connects as ANONYMOUS (or authenticates with SASL).
+    Requested,
+    /// A certificate signed by `client_ca_file` is needed to connect.
+    Required,
+}
+
+/// TLS for the Kafka listeners whose protocol is SSL or SASL_SSL, and for the HTTP
+/// listener when `http_tls` is set. Files are PEM; they are read again when they change
+/// (checked every `reload_interval_ms`), so certificates are renewed without a restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The node's certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// The certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// CA certificates that client certificates must chain to (needed unless
+    /// `client_auth` is none).
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// How often the files are checked for changes.
+    #[serde(default = "default_tls_reload_ms")]
+    pub reload_interval_ms: u64,
+}
+
+fn default_tls_reload_ms() -> u64 {
+    10_000
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
@@ -54,8 +197,17 @@ pub struct BrokerConfig {
     pub advertised_host: Option<String>,
     /// Port clients are told to connect to; defaults to the listener's port.
     pub advertised_port: Option<u16>,
+    /// The main Kafka listener's security protocol (its name is the protocol's). Defaults
+    /// to SASL_PLAINTEXT when `sasl_plain_users` are set, else PLAINTEXT.
+    pub kafka_protocol: Option<SecurityProtocol>,
+    /// More Kafka listeners, each with its name, protocol and advertised address.
+    pub listeners: Vec<ListenerConfig>,
+    /// Certificates for TLS listeners (see [`TlsConfig`]).
+    pub tls: Option<TlsConfig>,
     /// HTTP listener for `/metrics` and `/health`.
     pub http_listen: String,
+    /// Serve the HTTP listener over TLS with the `tls` certificate.
+    pub http_tls: bool,
     /// Reported in Metadata and DescribeCluster.
     pub cluster_id: String,
     /// Create unknown topics on Metadata and Produce, as Kafka's `auto.create.topics.enable`.
@@ -159,7 +311,11 @@ impl Default for BrokerConfig {
             kafka_listen: "127.0.0.1:9092".into(),
             advertised_host: None,
             advertised_port: None,
+            kafka_protocol: None,
+            listeners: Vec::new(),
+            tls: None,
             http_listen: "127.0.0.1:9644".into(),
+            http_tls: false,
             cluster_id: "keel-cluster".into(),
             auto_create_topics: true,
             default_partitions: 1,
@@ -211,7 +367,65 @@ impl BrokerConfig {
         Ok(out)
     }
 
+    /// The main listener's protocol.
+    pub fn main_protocol(&self) -> SecurityProtocol {
+        self.kafka_protocol.unwrap_or(if self.sasl_plain_users.is_empty() {
+            SecurityProtocol::Plaintext
+        } else {
+            SecurityProtocol::SaslPlaintext
+        })
+    }
+
+    /// Every Kafka listener, the main one first: (name, protocol, bind address, advertised).
+    pub fn all_listeners(&self) -> Result<Vec<(String, SecurityProtocol, String, Option<String>)>, String> {
+        let main = self.main_protocol();
+        let mut out = vec![(main.as_str().to_string(), main, self.kafka_listen.clone(), None)];
+        for l in &self.listeners {
+            out.push((l.name.clone(), l.protocol()?, l.listen.clone(), l.advertised.clone()));
+        }
+        Ok(out)
+    }
+
     pub fn validate(&self) -> Result<(), String> {
+        let listeners = self.all_listeners()?;
+        for (i, (name, protocol, listen, advertised)) in listeners.iter().enumerate() {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                return Err(format!("listener name {name:?}: letters, digits, '_' and '-' only"));
+            }
+            if listeners[..i].iter().any(|(n, ..)| n == name) {
+                return Err(format!(
+                    "two listeners are named {name:?} (the main listener is named after its protocol)"
+                ));
+            }
+            listen
+                .parse::<std::net::SocketAddr>()
+                .map_err(|e| format!("listener {name}: {listen:?}: {e}"))?;
+            if let Some(a) = advertised {
+                let ok = a
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+                if !ok {
+                    return Err(format!("listener {name}: advertised {a:?}: expected host:port"));
+                }
+            }
+            if protocol.tls() && self.tls.is_none() {
+                return Err(format!(
+                    "listener {name} is {}: it needs [tls] cert_file and key_file",
+                    protocol.as_str()
+                ));
+            }
+        }
+        if self.http_tls && self.tls.is_none() {
+            return Err("http_tls needs [tls] cert_file and key_file".into());
+        }
+        if let Some(t) = &self.tls {
+            if t.client_auth != ClientAuth::None && t.client_ca_file.is_none() {
+                return Err("tls.client_auth asks for client certificates: set tls.client_ca_file".into());
+            }
+            if t.reload_interval_ms == 0 {
+                return Err("tls.reload_interval_ms must be positive".into());
+            }
+        }
         self.log.validate()?;
         if self.sasl_plain_users.keys().any(|u| u.is_empty() || u.contains('\0')) {
             return Err("sasl_plain_users: a user name is empty or holds a NUL byte".into());
@@ -276,5 +490,56 @@ impl BrokerConfig {
             .parse::<std::net::SocketAddr>()
             .map_err(|e| format!("http_listen {:?}: {e}", self.http_listen))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod listener_tests {
+    use super::*;
+
+    #[test]
+    fn listener_specs_parse_as_kafka_writes_them() {
+        let l = ListenerConfig::parse("SASL_SSL://0.0.0.0:9094,advertised=kafka-0.example.com:9094").unwrap();
+        assert_eq!(l.name, "SASL_SSL");
+        assert_eq!(l.protocol(), Ok(SecurityProtocol::SaslSsl));
+        assert_eq!(l.advertised.as_deref(), Some("kafka-0.example.com:9094"));
+        let l = ListenerConfig::parse("INTERNAL=plaintext://127.0.0.1:19092").unwrap();
+        assert_eq!((l.name.as_str(), l.listen.as_str()), ("INTERNAL", "127.0.0.1:19092"));
+        assert_eq!(l.protocol(), Ok(SecurityProtocol::Plaintext));
+        assert!(ListenerConfig::parse("127.0.0.1:9092").is_err());
+        assert!(ListenerConfig::parse("TLS://127.0.0.1:9092").is_err());
+        let unnamed = ListenerConfig {
+            name: "EXTERNAL".into(),
+            listen: "127.0.0.1:0".into(),
+            protocol: None,
+            advertised: None,
+        };
+        assert!(unnamed.protocol().is_err());
+    }
+
+    #[test]
+    fn listeners_are_checked_when_the_config_is() {
+        let with = |l: &str| BrokerConfig {
+            listeners: vec![ListenerConfig::parse(l).unwrap()],
+            ..BrokerConfig::default()
+        };
+        assert_eq!(with("EXTERNAL=SASL_PLAINTEXT://127.0.0.1:0").validate(), Ok(()));
+        // The main listener is PLAINTEXT already.
+        assert!(with("PLAINTEXT://127.0.0.1:0").validate().is_err());
+        // TLS needs a certificate.
+        assert!(with("SSL://127.0.0.1:0").validate().unwrap_err().contains("cert_file"));
+        assert!(with("SASL_SSL://127.0.0.1:0,advertised=nohost").validate().is_err());
+        let mut tls = with("SSL://127.0.0.1:0");
+        tls.tls = Some(TlsConfig {
+            cert_file: "c.pem".into(),
+            key_file: "k.pem".into(),
+            client_ca_file: None,
+            client_auth: ClientAuth::Required,
+            reload_interval_ms: 1000,
+        });
+        assert!(tls.validate().unwrap_err().contains("client_ca_file"));
+        let default = BrokerConfig::default();
+        assert_eq!(default.main_protocol(), SecurityProtocol::Plaintext);
+        assert_eq!(default.all_listeners().unwrap().len(), 1);
     }
 }

@@ -39,6 +39,10 @@ pub struct NodeInfo {
     pub kafka_host: String,
     pub kafka_port: u16,
     pub raft_addr: String,
+    /// Every Kafka listener's advertised host and port, by listener name (the main one,
+    /// `kafka_host:kafka_port`, included).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub listeners: BTreeMap<String, (String, u16)>,
 }
 
 /// A topic as the cluster knows it.

@@ -48,7 +48,8 @@ fn respond<T: kafka_protocol::protocol::Encodable>(api: ApiKey, v: i16, corr: i3
 
 /// Handles one request frame from an unknown peer, on a connection of its own.
 pub async fn handle(b: &Arc<Broker>, frame: Bytes) -> Outcome {
-    let mut session = handlers::sasl::Session::new(&b.config.sasl_plain_users);
+    let mut session =
+        handlers::sasl::Session::on_listener(b.main_listener.as_str().into(), b.config.main_protocol(), None);
     handle_from(b, frame, None, &mut session).await
 }
 
@@ -192,7 +193,18 @@ pub async fn handle_from(
             ApiVersionsRequest,
             handlers::api_versions::handle
         ),
-        ApiKey::Metadata => route!(b, body, api, v, corr, MetadataRequest, handlers::metadata::handle),
+        ApiKey::Metadata => {
+            let req: MetadataRequest = match decode_body(&mut body, v) {
+                Ok(r) => r,
+                Err(e) => return Outcome::Close(format!("Metadata v{v}: {e}")),
+            };
+            respond(
+                api,
+                v,
+                corr,
+                &handlers::metadata::handle(b, req, v, &session.listener).await,
+            )
+        }
         ApiKey::Produce if v < keel_proto::versions::PRODUCE_DECODE_MIN => {
             let req = match keel_proto::legacy::decode_produce(&mut body) {
                 Ok(r) => r,
@@ -352,14 +364,15 @@ pub async fn handle_from(
             handlers::describe_topic_partitions::handle
         ),
         ApiKey::DescribeCluster => {
-            route!(
-                b,
-                body,
+            let req: DescribeClusterRequest = match decode_body(&mut body, v) {
+                Ok(r) => r,
+                Err(e) => return Outcome::Close(format!("DescribeCluster v{v}: {e}")),
+            };
+            respond(
                 api,
                 v,
                 corr,
-                DescribeClusterRequest,
-                handlers::describe_cluster::handle
+                &handlers::describe_cluster::handle(b, req, v, &session.listener).await,
             )
         }
         ApiKey::InitProducerId => {
@@ -429,14 +442,15 @@ pub async fn handle_from(
             handlers::list_transactions::handle
         ),
         ApiKey::FindCoordinator => {
-            route!(
-                b,
-                body,
+            let req: FindCoordinatorRequest = match decode_body(&mut body, v) {
+                Ok(r) => r,
+                Err(e) => return Outcome::Close(format!("FindCoordinator v{v}: {e}")),
+            };
+            respond(
                 api,
                 v,
                 corr,
-                FindCoordinatorRequest,
-                handlers::find_coordinator::handle
+                &handlers::find_coordinator::handle(b, req, v, &session.listener).await,
             )
         }
         ApiKey::JoinGroup => {

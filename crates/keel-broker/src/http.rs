@@ -178,22 +178,94 @@ async fn health(State(b): State<Arc<Broker>>) -> impl IntoResponse {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string())
 }
 
-/// Serves the HTTP endpoints on `listener` until `shutdown` turns true.
+/// Serves the HTTP endpoints on `listener` until `shutdown` turns true: over TLS when
+/// `http_tls` is set.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     broker: Arc<Broker>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let r = axum::serve(
-        listener,
-        router(broker).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    use axum::serve::ListenerExt;
+    let app = router(broker.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let stop = async move {
         let _ = shutdown.changed().await;
-    })
-    .await;
+    };
+    let r = match broker.tls.clone().filter(|_| broker.config.http_tls) {
+        Some(tls) => {
+            let listener = TlsListener::start(listener, tls, broker.clone()).tap_io(|_| {});
+            axum::serve(listener, app).with_graceful_shutdown(stop).await
+        }
+        None => axum::serve(listener, app).with_graceful_shutdown(stop).await,
+    };
     if let Err(e) = r {
         tracing::warn!(error = %e, "http server stopped");
+    }
+}
+
+/// HTTPS connections whose handshakes finished: a task accepts TCP connections and runs
+/// each handshake in a task of its own (bounded in time), so a slow client holds up no other.
+struct TlsListener {
+    ready: tokio::sync::mpsc::Receiver<(
+        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+        std::net::SocketAddr,
+    )>,
+    local: std::net::SocketAddr,
+}
+
+impl TlsListener {
+    fn start(listener: tokio::net::TcpListener, tls: Arc<crate::tls::Tls>, b: Arc<Broker>) -> TlsListener {
+        let local = listener
+            .local_addr()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (tx, ready) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = tokio::select! {
+                    _ = tx.closed() => return,
+                    r = listener.accept() => match r {
+                        Ok(x) => x,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "http accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                };
+                let (tx, acceptor, b) = (tx.clone(), tls.http_acceptor(), b.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(crate::server::AUTHENTICATION_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => {
+                            let _ = tx.send((s, peer)).await;
+                        }
+                        Ok(Err(e)) => {
+                            b.metrics.tls_handshake_failures.inc();
+                            tracing::debug!(%peer, error = %e, "https handshake failed");
+                        }
+                        Err(_) => {
+                            b.metrics.tls_handshake_failures.inc();
+                        }
+                    }
+                });
+            }
+        });
+        TlsListener { ready, local }
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(x) => x,
+            // The accepting task ended: nothing more will come.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
     }
 }
 

@@ -36,7 +36,9 @@ pub mod metrics;
 pub mod moves;
 pub mod partition;
 pub mod producer_state;
+pub mod scram;
 pub mod server;
+pub mod tls;
 pub mod topic_config;
 pub mod topics;
 pub mod txn;
@@ -61,8 +63,14 @@ pub struct Broker {
     pub producer_ids: ProducerIds,
     pub groups: group::coordinator::Coordinator,
     pub txns: txn::coordinator::TxnStore,
-    /// Host and port clients are told to connect to.
+    /// Host and port clients of the main listener are told to connect to.
     pub advertised: (String, u16),
+    /// The main listener's name (its protocol's).
+    pub main_listener: String,
+    /// Every listener's advertised host and port, by name.
+    pub endpoints: std::collections::BTreeMap<String, (String, u16)>,
+    /// TLS settings of the SSL and SASL_SSL listeners and of an HTTPS listener.
+    pub tls: Option<Arc<tls::Tls>>,
     pub started: Instant,
     /// The `__consumer_offsets` leader term whose offsets are loaded here (this node
     /// coordinates groups only while it leads that partition and has replayed it).
@@ -70,10 +78,43 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// Opens the data directory and every topic in it. `kafka_port` is the bound port (the
-    /// configured one may be 0).
+    /// Opens the data directory and every topic in it. `kafka_port` is the main listener's
+    /// bound port (the configured one may be 0); other listeners are taken as configured.
     pub async fn open(config: BrokerConfig, kafka_port: u16) -> anyhow::Result<Arc<Broker>> {
+        let main = config.main_protocol().as_str().to_string();
+        let mut bound = std::collections::BTreeMap::new();
+        for l in &config.listeners {
+            if let Ok(addr) = l.listen.parse() {
+                bound.insert(l.name.clone(), addr);
+            }
+        }
+        let listen: std::net::SocketAddr = config.kafka_listen.parse()?;
+        bound.insert(main, std::net::SocketAddr::new(listen.ip(), kafka_port));
+        Broker::open_bound(config, &bound).await
+    }
+
+    /// Opens the broker whose listeners are bound at `bound` (by listener name).
+    pub async fn open_bound(
+        config: BrokerConfig,
+        bound: &std::collections::BTreeMap<String, std::net::SocketAddr>,
+    ) -> anyhow::Result<Arc<Broker>> {
         config.validate().map_err(anyhow::Error::msg)?;
+        let main_listener = config.main_protocol().as_str().to_string();
+        let kafka_port = bound
+            .get(&main_listener)
+            .map(|a| a.port())
+            .ok_or_else(|| anyhow::anyhow!("the main listener {main_listener} is not bound"))?;
+        let mut endpoints = std::collections::BTreeMap::new();
+        for l in &config.listeners {
+            let addr = bound
+                .get(&l.name)
+                .ok_or_else(|| anyhow::anyhow!("listener {} is not bound", l.name))?;
+            endpoints.insert(l.name.clone(), advertised_endpoint(addr, l.advertised.as_deref())?);
+        }
+        let tls = match &config.tls {
+            Some(t) => Some(tls::Tls::load(t).map_err(|e| anyhow::anyhow!("tls: {e}"))?),
+            None => None,
+        };
         if config.fault_injection {
             // What the node fsyncs is recorded, so that POST /fault/power-loss can throw
             // away the rest.
@@ -92,7 +133,11 @@ impl Broker {
             }
         });
         let port = config.advertised_port.unwrap_or(kafka_port);
-        let (controller, topics) = start_replication(&config, &metrics, &data_changed, &host, port).await?;
+        endpoints.insert(main_listener.clone(), (host.clone(), port));
+        if let Some(t) = &tls {
+            t.spawn_reloader(metrics.clone());
+        }
+        let (controller, topics) = start_replication(&config, &metrics, &data_changed, &host, port, &endpoints).await?;
         let producer_ids = ProducerIds::open(&config.data_dir.join("producer_ids"), config.node_id.max(0) as i64)?;
         // At start the controller's log is replayed and every local replica reopened; a node
         // with many partitions takes a while, and serves nothing until it is done.
@@ -128,6 +173,9 @@ impl Broker {
             groups: group::coordinator::Coordinator::new(offsets, timing),
             txns: txn::coordinator::TxnStore::load(txn_partition),
             advertised: (host, port),
+            main_listener,
+            endpoints,
+            tls,
             started: Instant::now(),
             offsets_term: std::sync::Mutex::new(loaded_term),
         });
@@ -163,13 +211,18 @@ impl Broker {
     }
 
     /// The node coordinating groups (leading `__consumer_offsets`): id, host, port.
-    pub fn coordinator_node(&self) -> Option<(i32, String, i32)> {
-        self.leader_node_of(group::offsets::OFFSETS_TOPIC, &self.groups.offsets.partition())
+    /// `listener` names the listener whose addresses are given.
+    pub fn coordinator_node(&self, listener: &str) -> Option<(i32, String, i32)> {
+        self.leader_node_of(
+            group::offsets::OFFSETS_TOPIC,
+            &self.groups.offsets.partition(),
+            listener,
+        )
     }
 
     /// The node leading partition 0 of an internal topic (`p` is this node's replica):
     /// id, host, port.
-    pub fn leader_node_of(&self, topic: &str, p: &partition::Partition) -> Option<(i32, String, i32)> {
+    pub fn leader_node_of(&self, topic: &str, p: &partition::Partition, listener: &str) -> Option<(i32, String, i32)> {
         let leader = match p.group().leader().filter(|_| !p.is_closed()) {
             Some(l) => keel_raft::node_of(l) as i32,
             // This node's replica was moved off, or knows no leader (it restarted while
@@ -182,7 +235,7 @@ impl Broker {
                     .0 as i32
             }
         };
-        handlers::metadata::nodes(self)
+        handlers::metadata::nodes(self, listener)
             .into_iter()
             .find(|(id, _, _)| *id == leader)
     }
@@ -247,6 +300,7 @@ async fn start_replication(
     data_changed: &Arc<watch::Sender<u64>>,
     kafka_host: &str,
     kafka_port: u16,
+    endpoints: &std::collections::BTreeMap<String, (String, u16)>,
 ) -> anyhow::Result<(Arc<controller::Controller>, Arc<topics::Topics>)> {
     let node_id = config.node_id.max(0) as u64;
     let transport = keel_raft::Transport::new(node_id);
@@ -338,9 +392,27 @@ async fn start_replication(
         kafka_host: kafka_host.to_string(),
         kafka_port,
         raft_addr,
+        listeners: endpoints.clone(),
     };
     tokio::spawn(register_node(controller.clone(), node_id, info));
     Ok((controller, topics))
+}
+
+/// A listener's advertised host and port: the configured `host:port`, or the bound address
+/// (127.0.0.1 for an unspecified one: clients cannot connect to 0.0.0.0).
+fn advertised_endpoint(bound: &std::net::SocketAddr, advertised: Option<&str>) -> anyhow::Result<(String, u16)> {
+    if let Some(a) = advertised {
+        let (h, p) = a
+            .rsplit_once(':')
+            .ok_or_else(|| anyhow::anyhow!("advertised {a:?}: expected host:port"))?;
+        return Ok((h.to_string(), p.parse()?));
+    }
+    let host = if bound.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        bound.ip().to_string()
+    };
+    Ok((host, bound.port()))
 }
 
 /// Creates an internal topic of one partition unless it exists (it needs a controller

@@ -57,6 +57,10 @@ pub struct Metrics {
     pub connections_refused: Counter,
     pub malformed_requests: Counter,
     pub sasl_failures: Counter,
+    /// TLS handshakes that failed or timed out (connection closed).
+    pub tls_handshake_failures: Counter,
+    pub tls_reloads: Counter,
+    pub tls_reload_failures: Counter,
     /// Node-to-node connections refused for failing the cluster-secret handshake.
     pub transport_auth_failures: Counter,
     pub partitions: Gauge,
@@ -123,6 +127,9 @@ impl Metrics {
             connections_refused: Counter::default(),
             malformed_requests: Counter::default(),
             sasl_failures: Counter::default(),
+            tls_handshake_failures: Counter::default(),
+            tls_reloads: Counter::default(),
+            tls_reload_failures: Counter::default(),
             transport_auth_failures: Counter::default(),
             partitions: Gauge::default(),
             topics: Gauge::default(),
@@ -195,6 +202,21 @@ impl Metrics {
             "sasl_authentication_failures",
             "SASL authentications refused (connection closed)",
             m.sasl_failures.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes on Kafka and HTTP listeners that failed or did not finish in time",
+            m.tls_handshake_failures.clone(),
+        );
+        registry.register(
+            "tls_certificate_reloads",
+            "Times changed TLS certificate files were read and put in force",
+            m.tls_reloads.clone(),
+        );
+        registry.register(
+            "tls_certificate_reload_failures",
+            "Times changed TLS certificate files could not be used (the previous ones stay)",
+            m.tls_reload_failures.clone(),
         );
         registry.register(
             "transport_authentication_failures",

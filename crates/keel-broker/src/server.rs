@@ -1,5 +1,8 @@
-//! The Kafka TCP listener: a reader and a writer task per connection; requests are
+//! The Kafka TCP listeners: a reader and a writer task per connection; requests are
 //! answered in order, and Produce requests are pipelined (see [`serve_connection`]).
+//! Each listener has its name and security protocol (config `listeners`); on SSL and
+//! SASL_SSL listeners a connection's TLS handshake must finish within
+//! `AUTHENTICATION_TIMEOUT`, and a client certificate's subject becomes its principal.
 //!
 //! Limits: `connections_max` open connections (more are closed at accept),
 //! `request_bytes_max` per frame, `inflight_bytes_max` of request bytes held at once
@@ -12,30 +15,75 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use keel_proto::frame::check_frame_len;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+use crate::config::SecurityProtocol;
 use crate::dispatch::{self, Outcome, Started};
+use crate::handlers::sasl::Session;
 use crate::Broker;
 
 /// Time allowed to receive the rest of a frame once its length has arrived.
 const FRAME_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Accepts connections until `shutdown` turns true, then waits (up to the grace period)
-/// for connections to finish the request they are handling.
-pub async fn run(
+/// Time allowed for a TLS handshake.
+pub const AUTHENTICATION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Limits shared by every listener of a broker.
+#[derive(Clone)]
+pub struct Shared {
+    conns: Arc<Semaphore>,
+    inflight: Arc<Semaphore>,
+}
+
+impl Shared {
+    pub fn new(broker: &Broker) -> Shared {
+        Shared {
+            conns: Arc::new(Semaphore::new(broker.config.connections_max)),
+            // Permits are counted in KiB so that any request_bytes_max fits a u32 permit count.
+            inflight: Arc::new(Semaphore::new((broker.config.inflight_bytes_max / 1024).max(1))),
+        }
+    }
+}
+
+/// Serves the main listener (`kafka_listen`) until `shutdown` turns true.
+pub async fn run(broker: Arc<Broker>, listener: TcpListener, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let shared = Shared::new(&broker);
+    let name = broker.main_listener.clone();
+    run_listener(broker, &name, listener, shared, shutdown).await
+}
+
+/// Accepts connections on the listener named `name` until `shutdown` turns true, then
+/// waits (up to the grace period) for connections to finish the request they are
+/// handling.
+pub async fn run_listener(
     broker: Arc<Broker>,
+    name: &str,
     listener: TcpListener,
+    shared: Shared,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let conns = Arc::new(Semaphore::new(broker.config.connections_max));
-    // Permits are counted in KiB so that any request_bytes_max fits a u32 permit count.
-    let inflight = Arc::new(Semaphore::new((broker.config.inflight_bytes_max / 1024).max(1)));
+    let protocol = broker
+        .config
+        .all_listeners()
+        .map_err(anyhow::Error::msg)?
+        .into_iter()
+        .find(|(n, ..)| n == name)
+        .map(|(_, p, ..)| p)
+        .ok_or_else(|| anyhow::anyhow!("no listener named {name}"))?;
+    if protocol.tls() && broker.tls.is_none() {
+        anyhow::bail!(
+            "listener {name} is {} but no TLS certificate is configured",
+            protocol.as_str()
+        );
+    }
+    let name: Arc<str> = Arc::from(name);
+    let Shared { conns, inflight } = shared;
     let mut tasks = JoinSet::new();
-    info!(addr = %listener.local_addr()?, "kafka listener ready");
+    info!(addr = %listener.local_addr()?, listener = %name, protocol = protocol.as_str(), "kafka listener ready");
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
@@ -55,10 +103,10 @@ pub async fn run(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let (b, sd, inf) = (broker.clone(), shutdown.clone(), inflight.clone());
+                let (b, sd, inf, name) = (broker.clone(), shutdown.clone(), inflight.clone(), name.clone());
                 tasks.spawn(async move {
                     b.metrics.connections.inc();
-                    serve_connection(&b, stream, peer, sd, inf).await;
+                    accept_connection(&b, stream, peer, name, protocol, sd, inf).await;
                     b.metrics.connections.dec();
                     drop(permit);
                 });
@@ -81,6 +129,47 @@ pub async fn run(
     Ok(())
 }
 
+/// Serves one accepted connection: its TLS handshake first on a TLS listener.
+async fn accept_connection(
+    b: &Arc<Broker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<str>,
+    protocol: SecurityProtocol,
+    shutdown: watch::Receiver<bool>,
+    inflight: Arc<Semaphore>,
+) {
+    let Some(tls) = b.tls.as_ref().filter(|_| protocol.tls()) else {
+        let session = Session::on_listener(listener, protocol, None);
+        let (rd, wr) = stream.into_split();
+        serve_connection(b, rd, wr, peer, session, shutdown, inflight).await;
+        return;
+    };
+    let stream = match tokio::time::timeout(AUTHENTICATION_TIMEOUT, tls.acceptor().accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            b.metrics.tls_handshake_failures.inc();
+            warn!(%peer, %listener, error = %e, "TLS handshake failed; closing connection");
+            return;
+        }
+        Err(_) => {
+            b.metrics.tls_handshake_failures.inc();
+            warn!(%peer, %listener, "TLS handshake not finished in time; closing connection");
+            return;
+        }
+    };
+    let principal = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(crate::tls::principal_of);
+    debug!(%peer, principal = principal.as_deref().unwrap_or("-"), "TLS connection");
+    let session = Session::on_listener(listener, protocol, principal);
+    let (rd, wr) = tokio::io::split(stream);
+    serve_connection(b, rd, wr, peer, session, shutdown, inflight).await;
+}
+
 /// Most requests one connection has in flight: Produce requests replicate side by side
 /// (librdkafka and the Java client keep up to five in flight) and are answered in order.
 const PIPELINE_DEPTH: usize = 8;
@@ -96,21 +185,24 @@ struct InFlight {
 /// order. Produce requests are pipelined (the next is read and handed to the logs while
 /// earlier ones replicate); any other request waits until everything before it is answered,
 /// so it sees the connection as if requests were served one at a time.
-async fn serve_connection(
+async fn serve_connection<R, W>(
     b: &Arc<Broker>,
-    stream: TcpStream,
+    rd: R,
+    wr: W,
     peer: SocketAddr,
+    mut session: Session,
     mut shutdown: watch::Receiver<bool>,
     inflight: Arc<Semaphore>,
-) {
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     debug!(%peer, "connection opened");
-    let (rd, wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let (tx, rx) = mpsc::channel::<InFlight>(PIPELINE_DEPTH);
     let (answered_tx, mut answered) = watch::channel(0u64);
     let writer = tokio::spawn(write_responses(b.clone(), peer, wr, rx, answered_tx));
     let max = b.config.request_bytes_max;
-    let mut session = crate::handlers::sasl::Session::new(&b.config.sasl_plain_users);
     let mut started = 0u64;
     loop {
         let len = tokio::select! {
@@ -180,10 +272,10 @@ async fn serve_connection(
 
 /// Answers the connection's requests in the order they were started; stops at the first
 /// outcome that closes the connection or at a failed write.
-async fn write_responses(
+async fn write_responses<W: AsyncWrite + Unpin + Send + 'static>(
     b: Arc<Broker>,
     peer: SocketAddr,
-    wr: tokio::net::tcp::OwnedWriteHalf,
+    wr: W,
     mut rx: mpsc::Receiver<InFlight>,
     answered: watch::Sender<u64>,
 ) {

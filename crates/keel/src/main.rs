@@ -25,6 +25,7 @@ macro_rules! say {
 }
 
 mod bench;
+mod certs;
 mod chaos;
 mod cli;
 mod cluster;
@@ -70,6 +71,8 @@ enum Command {
     /// Chaos engineering: a cluster under workload and faults, judged record by record.
     #[command(subcommand)]
     Chaos(chaos::ChaosCommand),
+    /// Make a development CA and node and client certificates for TLS listeners.
+    Certs(certs::CertsArgs),
 }
 
 fn main() -> Result<()> {
@@ -86,5 +89,6 @@ fn main() -> Result<()> {
         Command::Dev(args) => rt.block_on(dev::run(args)),
         Command::Cluster(cmd) => rt.block_on(cluster::run(cmd)),
         Command::Chaos(cmd) => rt.block_on(chaos::run(cmd)),
+        Command::Certs(args) => certs::run(args),
     }
 }

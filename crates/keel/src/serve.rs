@@ -22,6 +22,29 @@ pub struct ServeArgs {
     /// Kafka listener address [default: 127.0.0.1:9092]; port 0 picks a free port.
     #[arg(long, env = "KEEL_KAFKA_LISTEN")]
     pub kafka_listen: Option<String>,
+    /// The main Kafka listener's security protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or
+    /// SASL_SSL [default: PLAINTEXT, or SASL_PLAINTEXT with SASL/PLAIN users].
+    #[arg(long, env = "KEEL_KAFKA_PROTOCOL")]
+    pub kafka_protocol: Option<keel_broker::config::SecurityProtocol>,
+    /// Another Kafka listener: [NAME=]PROTOCOL://HOST:PORT[,advertised=HOST:PORT]
+    /// (repeatable), e.g. SASL_SSL://0.0.0.0:9094,advertised=kafka-0.example.com:9094.
+    #[arg(long = "listener", env = "KEEL_LISTENERS", value_delimiter = ';')]
+    pub listeners: Vec<String>,
+    /// PEM certificate chain for SSL and SASL_SSL listeners (and --http-tls).
+    #[arg(long, env = "KEEL_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, env = "KEEL_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates client certificates must chain to (mTLS).
+    #[arg(long, env = "KEEL_TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// Client certificates: none, requested or required.
+    #[arg(long, env = "KEEL_TLS_CLIENT_AUTH")]
+    pub tls_client_auth: Option<String>,
+    /// Serve the HTTP listener over TLS.
+    #[arg(long, env = "KEEL_HTTP_TLS")]
+    pub http_tls: bool,
     /// HTTP listener for /metrics and /health [default: 127.0.0.1:9644].
     #[arg(long, env = "KEEL_HTTP_LISTEN")]
     pub http_listen: Option<String>,
@@ -100,6 +123,47 @@ pub fn load_config(args: &ServeArgs) -> Result<BrokerConfig> {
     }
     if let Some(v) = &args.http_listen {
         c.http_listen = v.clone();
+    }
+    if let Some(v) = args.kafka_protocol {
+        c.kafka_protocol = Some(v);
+    }
+    for spec in args.listeners.iter().filter(|s| !s.is_empty()) {
+        c.listeners
+            .push(keel_broker::config::ListenerConfig::parse(spec).map_err(anyhow::Error::msg)?);
+    }
+    match (&args.tls_cert_file, &args.tls_key_file) {
+        (Some(cert), Some(key)) => {
+            let mut t = c.tls.take().unwrap_or(keel_broker::config::TlsConfig {
+                cert_file: cert.clone(),
+                key_file: key.clone(),
+                client_ca_file: None,
+                client_auth: Default::default(),
+                reload_interval_ms: 10_000,
+            });
+            t.cert_file = cert.clone();
+            t.key_file = key.clone();
+            c.tls = Some(t);
+        }
+        (None, None) => {}
+        _ => anyhow::bail!("--tls-cert-file and --tls-key-file go together"),
+    }
+    if let Some(t) = c.tls.as_mut() {
+        if let Some(ca) = &args.tls_client_ca_file {
+            t.client_ca_file = Some(ca.clone());
+        }
+        if let Some(auth) = &args.tls_client_auth {
+            t.client_auth = match auth.as_str() {
+                "none" => keel_broker::config::ClientAuth::None,
+                "requested" => keel_broker::config::ClientAuth::Requested,
+                "required" => keel_broker::config::ClientAuth::Required,
+                other => anyhow::bail!("--tls-client-auth {other:?}: none, requested or required"),
+            };
+        }
+    } else if args.tls_client_ca_file.is_some() || args.tls_client_auth.is_some() {
+        anyhow::bail!("--tls-client-ca-file and --tls-client-auth need --tls-cert-file and --tls-key-file");
+    }
+    if args.http_tls {
+        c.http_tls = true;
     }
     if let Some(v) = &args.advertised_host {
         c.advertised_host = Some(v.clone());
@@ -183,7 +247,17 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .with_context(|| format!("binding {}", config.http_listen))?;
     let kafka_addr = listener.local_addr()?;
     let http_addr = http.local_addr()?;
-    let broker = Broker::open(config, kafka_addr.port()).await?;
+    let mut bound = std::collections::BTreeMap::new();
+    bound.insert(config.main_protocol().as_str().to_string(), kafka_addr);
+    let mut more = Vec::new();
+    for l in &config.listeners {
+        let t = TcpListener::bind(&l.listen)
+            .await
+            .with_context(|| format!("binding listener {} at {}", l.name, l.listen))?;
+        bound.insert(l.name.clone(), t.local_addr()?);
+        more.push((l.name.clone(), t));
+    }
+    let broker = Broker::open_bound(config, &bound).await?;
     info!(data_dir = %broker.config.data_dir.display(), fsync = broker.config.fsync.as_str(), "broker opened");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -194,10 +268,22 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         info!("shutdown requested: finishing in-flight requests");
         let _ = shutdown_tx.send(true);
     });
-    // The line tests and scripts wait for; printed after both listeners are bound.
-    println!("keel ready: kafka={kafka_addr} http={http_addr}");
+    let shared = keel_broker::server::Shared::new(&broker);
+    let mut ready = format!("keel ready: kafka={kafka_addr} http={http_addr}");
+    for (name, t) in more {
+        ready.push_str(&format!(" listener.{name}={}", t.local_addr()?));
+        let (b, shared, sd) = (broker.clone(), shared.clone(), shutdown_rx.clone());
+        tokio::spawn(async move {
+            if let Err(e) = keel_broker::server::run_listener(b, &name, t, shared, sd).await {
+                tracing::error!(listener = %name, error = %e, "listener stopped");
+            }
+        });
+    }
+    // The line tests and scripts wait for; printed after every listener is bound.
+    println!("{ready}");
 
-    keel_broker::server::run(broker.clone(), listener, shutdown_rx).await?;
+    let main = broker.main_listener.clone();
+    keel_broker::server::run_listener(broker.clone(), &main, listener, shared, shutdown_rx).await?;
     broker.sync_all().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), http_task).await;
     info!("stopped cleanly");

@@ -9,7 +9,7 @@ use kafka_protocol::ResponseError;
 use super::s;
 use crate::Broker;
 
-pub async fn handle(b: &Arc<Broker>, req: DescribeClusterRequest, _v: i16) -> DescribeClusterResponse {
+pub async fn handle(b: &Arc<Broker>, req: DescribeClusterRequest, _v: i16, listener: &str) -> DescribeClusterResponse {
     let mut r = DescribeClusterResponse::default();
     // Endpoint type 2 asks for controllers, which a single node does not list separately.
     if req.endpoint_type != 1 {
@@ -20,7 +20,7 @@ pub async fn handle(b: &Arc<Broker>, req: DescribeClusterRequest, _v: i16) -> De
     r.cluster_id = s(b.config.cluster_id.clone());
     r.controller_id = BrokerId(b.controller.group.leader().map(|l| l as i32).unwrap_or(-1));
     r.endpoint_type = 1;
-    r.brokers = super::metadata::nodes(b)
+    r.brokers = super::metadata::nodes(b, listener)
         .into_iter()
         .map(|(id, host, port)| {
             let mut broker = DescribeClusterBroker::default();

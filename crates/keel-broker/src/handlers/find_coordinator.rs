@@ -14,11 +14,11 @@ use crate::Broker;
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
 
-pub async fn handle(b: &Arc<Broker>, req: FindCoordinatorRequest, v: i16) -> FindCoordinatorResponse {
+pub async fn handle(b: &Arc<Broker>, req: FindCoordinatorRequest, v: i16, listener: &str) -> FindCoordinatorResponse {
     let mut r = FindCoordinatorResponse::default();
     let coordinator = match req.key_type {
-        KEY_TYPE_GROUP => Ok(b.coordinator_node()),
-        KEY_TYPE_TRANSACTION => Ok(b.leader_node_of(crate::txn::coordinator::TXN_TOPIC, &b.txns.partition())),
+        KEY_TYPE_GROUP => Ok(b.coordinator_node(listener)),
+        KEY_TYPE_TRANSACTION => Ok(b.leader_node_of(crate::txn::coordinator::TXN_TOPIC, &b.txns.partition(), listener)),
         _ => Err(ResponseError::InvalidRequest.code()),
     };
     let (code, msg) = match &coordinator {

@@ -112,19 +112,31 @@ pub(crate) fn partition_view(p: &crate::partition::Partition) -> PartitionView {
     }
 }
 
-/// The cluster's nodes as Metadata and DescribeCluster list them: every registered node
-/// this node hears from (a stopped or cut-off node drops out, so clients stop sending to
-/// it), and this one even before its registration is committed.
-pub(crate) fn nodes(b: &Broker) -> Vec<(i32, String, i32)> {
+/// The cluster's nodes as Metadata and DescribeCluster list them to a client of
+/// `listener`: every registered node this node hears from (a stopped or cut-off node
+/// drops out, so clients stop sending to it) with its address on that listener (a node
+/// without one is left out, as Kafka does), and this one even before its registration is
+/// committed.
+pub(crate) fn nodes(b: &Broker, listener: &str) -> Vec<(i32, String, i32)> {
     let meta = b.controller.meta();
     let mut out: Vec<(i32, String, i32)> = meta
         .nodes
         .iter()
         .filter(|(id, _)| b.controller.transport.is_alive(**id))
-        .map(|(id, n)| (*id as i32, n.kafka_host.clone(), n.kafka_port as i32))
+        .filter_map(|(id, n)| {
+            let (host, port) = match n.listeners.get(listener) {
+                Some((h, p)) => (h.clone(), *p),
+                // Registered before listeners were recorded: its only listener is the main one.
+                None if n.listeners.is_empty() && listener == b.main_listener => (n.kafka_host.clone(), n.kafka_port),
+                None => return None,
+            };
+            Some((*id as i32, host, port as i32))
+        })
         .collect();
     if !out.iter().any(|(id, _, _)| *id == b.config.node_id) {
-        out.push((b.config.node_id, b.advertised.0.clone(), b.advertised.1 as i32));
+        if let Some((host, port)) = b.endpoints.get(listener) {
+            out.push((b.config.node_id, host.clone(), *port as i32));
+        }
     }
     out.sort();
     out
@@ -138,9 +150,10 @@ fn error_entry(name: Option<&str>, id: uuid::Uuid, code: i16) -> MetadataRespons
     out
 }
 
-pub async fn handle(b: &Arc<Broker>, req: MetadataRequest, v: i16) -> MetadataResponse {
+/// `listener` is the listener the client connected through.
+pub async fn handle(b: &Arc<Broker>, req: MetadataRequest, v: i16, listener: &str) -> MetadataResponse {
     let mut r = MetadataResponse::default();
-    r.brokers = nodes(b)
+    r.brokers = nodes(b, listener)
         .into_iter()
         .map(|(id, host, port)| {
             let mut broker = MetadataResponseBroker::default();

@@ -16,15 +16,35 @@ use super::s;
 /// The mechanisms Keel offers.
 pub const MECHANISMS: &[&str] = &["PLAIN"];
 
+/// The principal of a connection that has not authenticated (or needs not).
+pub const ANONYMOUS: &str = "User:ANONYMOUS";
+
 /// One connection's authentication state.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Session {
     /// May send any request.
     pub authenticated: bool,
-    /// The user it authenticated as.
+    /// The user it authenticated as with SASL.
     pub user: Option<String>,
+    /// Who the connection acts as: `User:<name>` after SASL, the client certificate's
+    /// subject on a TLS listener (`User:CN=...`), else `User:ANONYMOUS`.
+    pub principal: String,
+    /// The listener it came in through.
+    pub listener: std::sync::Arc<str>,
     /// SaslHandshake chose a mechanism; SaslAuthenticate comes next.
     handshaken: bool,
+}
+
+impl Default for Session {
+    fn default() -> Session {
+        Session {
+            authenticated: false,
+            user: None,
+            principal: ANONYMOUS.to_string(),
+            listener: std::sync::Arc::from("PLAINTEXT"),
+            handshaken: false,
+        }
+    }
 }
 
 impl Session {
@@ -32,6 +52,21 @@ impl Session {
     pub fn new(users: &BTreeMap<String, String>) -> Session {
         Session {
             authenticated: users.is_empty(),
+            ..Session::default()
+        }
+    }
+
+    /// A new connection on `listener`: it must authenticate with SASL first when its
+    /// protocol says so. `tls_principal` is the client certificate's principal, if any.
+    pub fn on_listener(
+        listener: std::sync::Arc<str>,
+        protocol: crate::config::SecurityProtocol,
+        tls_principal: Option<String>,
+    ) -> Session {
+        Session {
+            authenticated: !protocol.sasl(),
+            principal: tls_principal.unwrap_or_else(|| ANONYMOUS.to_string()),
+            listener,
             ..Session::default()
         }
     }
@@ -74,6 +109,7 @@ pub fn authenticate(
     match verify_plain(users, &req.auth_bytes) {
         Ok(user) => {
             session.authenticated = true;
+            session.principal = format!("User:{user}");
             session.user = Some(user);
             (r, false)
         }

@@ -414,7 +414,8 @@ pub async fn verify_write(b: &Arc<Broker>, partition: &Partition, v: VerifyReque
 
 /// The node leading `__transaction_state` (it may be this one).
 pub fn txn_coordinator_node(b: &Broker) -> Option<i32> {
-    b.leader_node_of(TXN_TOPIC, &b.txns.partition()).map(|(id, _, _)| id)
+    b.leader_node_of(TXN_TOPIC, &b.txns.partition(), &b.main_listener)
+        .map(|(id, _, _)| id)
 }
 
 /// Starts writing the markers of `id`'s decided transaction, unless a task already is.

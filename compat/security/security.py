@@ -1,0 +1,272 @@
+#!/usr/bin/env python3
+"""Keel's listeners, TLS and SASL, driven by real clients (confluent-kafka, kafka-python)
+and Python's own TLS stack.
+
+Usage: security.py KEEL_BINARY WORK_DIR
+
+Starts `keel serve` nodes itself, each with a TOML config made here, and checks:
+- listeners: a PLAINTEXT and an SSL listener on one node; Metadata read through each
+  names the addresses of that listener;
+- TLS: produce and consume over SSL with confluent-kafka and kafka-python; a client that
+  trusts another CA, a plaintext client on the TLS port and a TLS 1.1 client are refused
+  (and counted); client certificates when asked for; required client certificates refuse
+  a client without one; a replaced certificate is served without a restart; HTTPS for
+  /metrics;
+- SASL: see the SASL section below.
+Prints "N passed, N failed" and exits non-zero on any failure.
+"""
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+import warnings
+
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+KEEL = os.path.abspath(sys.argv[1])
+WORK = os.path.abspath(sys.argv[2])
+PASSED, FAILED = [], []
+
+
+def check(name, ok, detail=""):
+    (PASSED if ok else FAILED).append(name)
+    print(("ok   " if ok else "FAIL ") + name + (f": {detail}" if detail and not ok else ""))
+    sys.stdout.flush()
+
+
+class Node:
+    """A `keel serve` child on free ports with the given TOML config lines."""
+
+    def __init__(self, name, toml_lines, extra_args=()):
+        self.dir = os.path.join(WORK, name)
+        os.makedirs(self.dir, exist_ok=True)
+        self.config = os.path.join(self.dir, "keel.toml")
+        with open(self.config, "w") as f:
+            f.write("\n".join(toml_lines) + "\n")
+        self.out = open(os.path.join(self.dir, "stdout"), "w+")
+        self.err = open(os.path.join(self.dir, "stderr"), "w")
+        self.proc = subprocess.Popen(
+            [KEEL, "serve", "--config", self.config, "--data-dir", os.path.join(self.dir, "data"),
+             "--kafka-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", *extra_args],
+            stdout=self.out, stderr=self.err, env={**os.environ, "KEEL_LOG": "info,openraft=off"})
+        deadline = time.time() + 60
+        self.ready = None
+        while time.time() < deadline and self.proc.poll() is None:
+            self.out.seek(0)
+            for line in self.out.read().splitlines():
+                if line.startswith("keel ready: "):
+                    self.ready = dict(p.split("=", 1) for p in line[len("keel ready: "):].split())
+            if self.ready:
+                break
+            time.sleep(0.1)
+        if not self.ready:
+            with open(os.path.join(self.dir, "stderr")) as f:
+                sys.exit(f"{name}: keel did not start:\n{f.read()[-3000:]}")
+        self.kafka = self.ready["kafka"]
+        self.http = self.ready["http"]
+
+    def listener(self, name):
+        return self.ready[f"listener.{name}"]
+
+    def metric(self, name, scheme="http", context=None):
+        with urllib.request.urlopen(f"{scheme}://{self.http}/metrics", timeout=10, context=context) as r:
+            for line in r.read().decode().splitlines():
+                if line.startswith(name + " ") or line.startswith(name + "{"):
+                    return float(line.rsplit(" ", 1)[1])
+        return None
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def certs(out, clients="admin"):
+    subprocess.run([KEEL, "certs", "--out", out, "--clients", clients], check=True, stdout=subprocess.DEVNULL)
+    return out
+
+
+def produce_consume(conf, topic, n=200):
+    """Creates `topic`, produces n keyed records with acks=all and reads them back."""
+    admin = AdminClient(conf)
+    admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])[topic].result(timeout=30)
+    p = Producer({**conf, "acks": "all", "enable.idempotence": True})
+    acked = []
+    for i in range(n):
+        p.produce(topic, key=str(i).encode(), value=f"v{i}".encode(),
+                  on_delivery=lambda err, m: acked.append(m) if err is None else None)
+    p.flush(30)
+    c = Consumer({**conf, "group.id": "g-" + uuid.uuid4().hex[:6], "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, part, 0) for part in range(2)])
+    seen = set()
+    deadline = time.time() + 30
+    while len(seen) < n and time.time() < deadline:
+        m = c.poll(0.5)
+        if m is not None and m.error() is None:
+            seen.add(m.key().decode())
+    c.close()
+    return len(acked), len(seen)
+
+
+def refused(conf):
+    """Whether a client with `conf` fails to read Metadata within a few seconds."""
+    admin = AdminClient({**conf, "socket.timeout.ms": 3000})
+    try:
+        admin.list_topics(timeout=5)
+        return False
+    except KafkaException:
+        return True
+
+
+def tls_connect(addr, cafile, **kw):
+    """A raw TLS handshake with Python's ssl module: the negotiated version, or the error."""
+    host, port = addr.rsplit(":", 1)
+    ctx = ssl.create_default_context(cafile=cafile)
+    # Security level 0 lets this client offer TLS 1.0 and 1.1, so that a refusal is the
+    # server's.
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    for k, v in kw.items():
+        setattr(ctx, k, v)
+    try:
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            with ctx.wrap_socket(s, server_hostname=host) as t:
+                return t.version()
+    except (ssl.SSLError, OSError) as e:
+        return f"refused: {e.__class__.__name__}"
+
+
+def wait_for(cond, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return True
+        time.sleep(0.2)
+    return cond()
+
+
+def tls_section():
+    ca = certs(os.path.join(WORK, "certs"), "alice")
+    other = certs(os.path.join(WORK, "certs-other"))
+    live = os.path.join(WORK, "live")  # the files the node reads; replaced to test reload
+    os.makedirs(live, exist_ok=True)
+    for f in ("node.pem", "node.key"):
+        shutil.copy(os.path.join(ca, f), os.path.join(live, f))
+    node = Node("tls", [
+        "http_tls = true",
+        'listeners = [{ name = "SSL", listen = "127.0.0.1:0" }]',
+        "[tls]",
+        f'cert_file = "{live}/node.pem"',
+        f'key_file = "{live}/node.key"',
+        f'client_ca_file = "{ca}/ca.pem"',
+        'client_auth = "requested"',
+        "reload_interval_ms = 300",
+    ])
+    ssl_addr = node.listener("SSL")
+    https = ssl.create_default_context(cafile=f"{ca}/ca.pem")
+    try:
+        plain = {"bootstrap.servers": node.kafka}
+        tls = {"bootstrap.servers": ssl_addr, "security.protocol": "SSL", "ssl.ca.location": f"{ca}/ca.pem"}
+
+        md = AdminClient(tls).list_topics(timeout=10)
+        ports = sorted(b.port for b in md.brokers.values())
+        check("Metadata over the SSL listener names the SSL listener's address",
+              ports == [int(ssl_addr.rsplit(":", 1)[1])], f"brokers {ports}, listener {ssl_addr}")
+        md = AdminClient(plain).list_topics(timeout=10)
+        ports = sorted(b.port for b in md.brokers.values())
+        check("Metadata over the PLAINTEXT listener names the PLAINTEXT listener's address",
+              ports == [int(node.kafka.rsplit(":", 1)[1])], f"brokers {ports}")
+
+        acked, seen = produce_consume(tls, "tls-" + uuid.uuid4().hex[:6])
+        check("confluent-kafka over SSL: 200 acknowledged, 200 read back", (acked, seen) == (200, 200), f"{acked}, {seen}")
+
+        with_cert = {**tls, "ssl.certificate.location": f"{ca}/client-alice.pem",
+                     "ssl.key.location": f"{ca}/client-alice.key"}
+        acked, seen = produce_consume(with_cert, "mtls-" + uuid.uuid4().hex[:6], 50)
+        check("confluent-kafka with a client certificate (mTLS): 50 acknowledged, 50 read back",
+              (acked, seen) == (50, 50), f"{acked}, {seen}")
+
+        check("a client trusting another CA is refused",
+              refused({**tls, "ssl.ca.location": f"{other}/ca.pem"}))
+        before = node.metric("keel_tls_handshake_failures_total", "https", https) or 0
+        check("a plaintext client on the SSL port is refused", refused({"bootstrap.servers": ssl_addr}))
+        v = tls_connect(ssl_addr, f"{ca}/ca.pem", maximum_version=ssl.TLSVersion.TLSv1_1,
+                        minimum_version=ssl.TLSVersion.TLSv1)
+        check("TLS 1.1 is refused", v.startswith("refused"), v)
+        v12 = tls_connect(ssl_addr, f"{ca}/ca.pem", maximum_version=ssl.TLSVersion.TLSv1_2)
+        v13 = tls_connect(ssl_addr, f"{ca}/ca.pem")
+        check("TLS 1.2 and 1.3 are served", (v12, v13) == ("TLSv1.2", "TLSv1.3"), f"{v12}, {v13}")
+        after = node.metric("keel_tls_handshake_failures_total", "https", https) or 0
+        check("failed handshakes are counted in keel_tls_handshake_failures_total", after >= before + 2,
+              f"{before} -> {after}")
+
+        from kafka import KafkaConsumer, KafkaProducer
+        topic = "kp-tls-" + uuid.uuid4().hex[:6]
+        kp = KafkaProducer(bootstrap_servers=ssl_addr, security_protocol="SSL", ssl_cafile=f"{ca}/ca.pem", acks="all")
+        for i in range(20):
+            kp.send(topic, f"r{i}".encode())
+        kp.flush(30)
+        kp.close()
+        kc = KafkaConsumer(topic, bootstrap_servers=ssl_addr, security_protocol="SSL", ssl_cafile=f"{ca}/ca.pem",
+                           auto_offset_reset="earliest", consumer_timeout_ms=10000)
+        got = [m.value for m in kc]
+        kc.close()
+        check("kafka-python over SSL: 20 written, 20 read", len(got) == 20, f"{len(got)} read")
+
+        try:
+            with urllib.request.urlopen(f"https://{node.http}/health", timeout=10, context=https) as r:
+                health = r.status
+        except OSError as e:
+            health = str(e)
+        check("HTTPS /health answers with the node certificate", health == 200, str(health))
+
+        # Renewal: the node's files are replaced by a certificate from another CA; a client
+        # trusting only that CA connects once the node has read them, with no restart.
+        check("before renewal, a client trusting the new CA is refused",
+              refused({**tls, "ssl.ca.location": f"{other}/ca.pem"}))
+        for f in ("node.key", "node.pem"):
+            shutil.copy(os.path.join(other, f), os.path.join(live, f + ".tmp"))
+            os.replace(os.path.join(live, f + ".tmp"), os.path.join(live, f))
+        renewed = wait_for(lambda: tls_connect(ssl_addr, f"{other}/ca.pem").startswith("TLSv1"), 15)
+        check("a replaced certificate is served without a restart", renewed)
+        check("the replaced certificate serves Kafka clients",
+              not refused({**tls, "ssl.ca.location": f"{other}/ca.pem"}))
+        check("the same process still runs", node.proc.poll() is None)
+    finally:
+        node.stop()
+
+    strict = Node("mtls-required", [
+        'listeners = [{ name = "SSL", listen = "127.0.0.1:0" }]',
+        "[tls]",
+        f'cert_file = "{ca}/node.pem"',
+        f'key_file = "{ca}/node.key"',
+        f'client_ca_file = "{ca}/ca.pem"',
+        'client_auth = "required"',
+    ])
+    try:
+        tls = {"bootstrap.servers": strict.listener("SSL"), "security.protocol": "SSL",
+               "ssl.ca.location": f"{ca}/ca.pem"}
+        check("client_auth = required: a client without a certificate is refused", refused(tls))
+        check("client_auth = required: a certificate from another CA is refused",
+              refused({**tls, "ssl.certificate.location": f"{other}/client-admin.pem",
+                       "ssl.key.location": f"{other}/client-admin.key"}))
+        check("client_auth = required: a certificate from the CA is served",
+              not refused({**tls, "ssl.certificate.location": f"{ca}/client-alice.pem",
+                           "ssl.key.location": f"{ca}/client-alice.key"}))
+    finally:
+        strict.stop()
+
+
+if __name__ == "__main__":
+    os.makedirs(WORK, exist_ok=True)
+    tls_section()
+    print(f"{len(PASSED)} passed, {len(FAILED)} failed")
+    sys.exit(1 if FAILED else 0)
