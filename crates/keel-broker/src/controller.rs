@@ -115,6 +115,9 @@ pub struct ClusterMeta {
     pub topics: BTreeMap<String, TopicRecord>,
     /// Controller log index of the last applied command.
     pub applied_index: u64,
+    /// SCRAM credentials by user and mechanism (salted: no password is kept).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scram: BTreeMap<String, BTreeMap<crate::scram::Mechanism, crate::scram::Credential>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,6 +158,11 @@ pub enum Command {
     UnregisterNode {
         id: NodeId,
     },
+    /// Sets and removes users' SCRAM credentials (AlterUserScramCredentials).
+    AlterScramCredentials {
+        upsert: Vec<(String, crate::scram::Mechanism, crate::scram::Credential)>,
+        delete: Vec<(String, crate::scram::Mechanism)>,
+    },
 }
 
 /// What applying a command asks of this node's topics.
@@ -184,6 +192,23 @@ fn apply(meta: &mut ClusterMeta, command: &Command) -> (bool, Option<TopicRecord
         }
         Command::UnregisterNode { id } => {
             meta.nodes.remove(id);
+            false
+        }
+        Command::AlterScramCredentials { upsert, delete } => {
+            for (user, mechanism) in delete {
+                if let Some(m) = meta.scram.get_mut(user) {
+                    m.remove(mechanism);
+                    if m.is_empty() {
+                        meta.scram.remove(user);
+                    }
+                }
+            }
+            for (user, mechanism, credential) in upsert {
+                meta.scram
+                    .entry(user.clone())
+                    .or_default()
+                    .insert(*mechanism, credential.clone());
+            }
             false
         }
         Command::CreateTopic { name, record } => {
@@ -272,7 +297,7 @@ fn apply(meta: &mut ClusterMeta, command: &Command) -> (bool, Option<TopicRecord
         | Command::AlterConfigs { name, .. }
         | Command::Reassign { name, .. }
         | Command::CompleteReassignment { name, .. } => meta.topics.get(name).cloned(),
-        Command::RegisterNode { .. } | Command::UnregisterNode { .. } => None,
+        Command::RegisterNode { .. } | Command::UnregisterNode { .. } | Command::AlterScramCredentials { .. } => None,
     };
     (applies, topic)
 }

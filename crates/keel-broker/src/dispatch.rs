@@ -163,7 +163,8 @@ pub async fn handle_from(
                 Ok(r) => r,
                 Err(e) => return Outcome::Close(format!("SaslHandshake v{v}: {e}")),
             };
-            let resp = handlers::sasl::handshake(&b.config.sasl_plain_users, session, req);
+            let meta = b.controller.meta();
+            let resp = handlers::sasl::handshake(&b.sasl_users(&meta), session, req);
             respond(api, v, corr, &resp)
         }
         ApiKey::SaslAuthenticate => {
@@ -171,9 +172,18 @@ pub async fn handle_from(
                 Ok(r) => r,
                 Err(e) => return Outcome::Close(format!("SaslAuthenticate v{v}: {e}")),
             };
-            let (resp, close) = handlers::sasl::authenticate(&b.config.sasl_plain_users, session, req);
+            let meta = b.controller.meta();
+            let nonce = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+            let (resp, close) = handlers::sasl::authenticate(&b.sasl_users(&meta), session, req, &nonce);
             if resp.error_code == 0 {
-                tracing::info!(peer = ?peer, user = session.user.as_deref().unwrap_or(""), "SASL/PLAIN authenticated");
+                if session.authenticated {
+                    tracing::info!(
+                        peer = ?peer,
+                        principal = %session.principal,
+                        mechanism = session.mechanism().map(|m| m.name()).unwrap_or(""),
+                        "SASL authenticated"
+                    );
+                }
             } else {
                 b.metrics.sasl_failures.inc();
             }
@@ -353,6 +363,24 @@ pub async fn handle_from(
             corr,
             DescribeQuorumRequest,
             handlers::describe_quorum::handle
+        ),
+        ApiKey::DescribeUserScramCredentials => route!(
+            b,
+            body,
+            api,
+            v,
+            corr,
+            DescribeUserScramCredentialsRequest,
+            handlers::scram_credentials::describe
+        ),
+        ApiKey::AlterUserScramCredentials => route!(
+            b,
+            body,
+            api,
+            v,
+            corr,
+            AlterUserScramCredentialsRequest,
+            handlers::scram_credentials::alter
         ),
         ApiKey::DescribeTopicPartitions => route!(
             b,

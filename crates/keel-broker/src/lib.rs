@@ -71,6 +71,8 @@ pub struct Broker {
     pub endpoints: std::collections::BTreeMap<String, (String, u16)>,
     /// TLS settings of the SSL and SASL_SSL listeners and of an HTTPS listener.
     pub tls: Option<Arc<tls::Tls>>,
+    /// Random per start: derives SCRAM's stand-in salts for unknown users.
+    sasl_key: Vec<u8>,
     pub started: Instant,
     /// The `__consumer_offsets` leader term whose offsets are loaded here (this node
     /// coordinates groups only while it leads that partition and has replayed it).
@@ -111,6 +113,7 @@ impl Broker {
                 .ok_or_else(|| anyhow::anyhow!("listener {} is not bound", l.name))?;
             endpoints.insert(l.name.clone(), advertised_endpoint(addr, l.advertised.as_deref())?);
         }
+        let sasl_key = sasl_key(&config)?;
         let tls = match &config.tls {
             Some(t) => Some(tls::Tls::load(t).map_err(|e| anyhow::anyhow!("tls: {e}"))?),
             None => None,
@@ -176,6 +179,7 @@ impl Broker {
             main_listener,
             endpoints,
             tls,
+            sasl_key,
             started: Instant::now(),
             offsets_term: std::sync::Mutex::new(loaded_term),
         });
@@ -195,6 +199,15 @@ impl Broker {
         }));
         tokio::spawn(group_clock(Arc::downgrade(&broker)));
         Ok(broker)
+    }
+
+    /// The users SASL authenticates against, with the SCRAM credentials of `meta`.
+    pub fn sasl_users<'a>(&'a self, meta: &'a controller::ClusterMeta) -> handlers::sasl::Users<'a> {
+        handlers::sasl::Users {
+            plain: &self.config.sasl_plain_users,
+            scram: &meta.scram,
+            unknown_key: &self.sasl_key,
+        }
     }
 
     /// `None` when this node coordinates groups now; otherwise the error to answer with.
@@ -279,17 +292,40 @@ impl Broker {
 
 /// The cluster secret, from the config or the file it names.
 fn cluster_secret(config: &BrokerConfig) -> anyhow::Result<Option<keel_raft::auth::ClusterSecret>> {
-    let value = match (&config.cluster_secret, &config.cluster_secret_file) {
-        (Some(s), _) => s.0.clone(),
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("cluster secret file {}: {e}", path.display()))?
-            .trim()
-            .to_string(),
-        (None, None) => return Ok(None),
+    let Some(value) = cluster_secret_value(config)? else {
+        return Ok(None);
     };
     keel_raft::auth::ClusterSecret::new(value)
         .map(Some)
         .map_err(anyhow::Error::msg)
+}
+
+fn cluster_secret_value(config: &BrokerConfig) -> anyhow::Result<Option<String>> {
+    Ok(match (&config.cluster_secret, &config.cluster_secret_file) {
+        (Some(s), _) => Some(s.0.clone()),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cluster secret file {}: {e}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    })
+}
+
+/// The key of SCRAM's stand-in salts for unknown users: the same on every node of a
+/// cluster (derived from the cluster secret), so that no node's answers differ from
+/// another's for a user that does not exist; random for a lone node.
+fn sasl_key(config: &BrokerConfig) -> anyhow::Result<Vec<u8>> {
+    use sha2::Digest;
+    Ok(match cluster_secret_value(config)? {
+        Some(secret) => sha2::Sha256::new()
+            .chain_update(b"keel: SCRAM salts of unknown users\0")
+            .chain_update(secret.as_bytes())
+            .finalize()
+            .to_vec(),
+        None => [uuid::Uuid::new_v4().into_bytes(), uuid::Uuid::new_v4().into_bytes()].concat(),
+    })
 }
 
 /// Starts the node-to-node transport, joins the controller group, and starts applying

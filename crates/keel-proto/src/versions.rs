@@ -55,6 +55,9 @@ pub const SUPPORTED: &[Supported] = &[
     s(ApiKey::DescribeProducers, 0, 0),
     s(ApiKey::DescribeQuorum, 0, 2),
     s(ApiKey::DescribeTopicPartitions, 0, 0),
+    // SCRAM users (KIP-554).
+    s(ApiKey::DescribeUserScramCredentials, 0, 0),
+    s(ApiKey::AlterUserScramCredentials, 0, 0),
     // Transactions, versions 1 and 2 (KIP-890: partition leaders verify, and from Produce
     // v12, EndTxn v5 and TxnOffsetCommit v5 add partitions themselves and bump the epoch
     // at every end).

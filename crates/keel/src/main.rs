@@ -33,6 +33,7 @@ mod dev;
 mod group;
 mod serve;
 mod txn;
+mod user;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -73,6 +74,9 @@ enum Command {
     Chaos(chaos::ChaosCommand),
     /// Make a development CA and node and client certificates for TLS listeners.
     Certs(certs::CertsArgs),
+    /// SCRAM users: set passwords, delete, list.
+    #[command(subcommand)]
+    User(user::UserCommand),
 }
 
 fn main() -> Result<()> {
@@ -90,5 +94,6 @@ fn main() -> Result<()> {
         Command::Cluster(cmd) => rt.block_on(cluster::run(cmd)),
         Command::Chaos(cmd) => rt.block_on(chaos::run(cmd)),
         Command::Certs(args) => certs::run(args),
+        Command::User(cmd) => rt.block_on(user::run(cmd)),
     }
 }

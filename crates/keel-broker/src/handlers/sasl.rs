@@ -1,5 +1,7 @@
-//! SaslHandshake and SaslAuthenticate: SASL/PLAIN authentication of a connection against
-//! `sasl_plain_users`. Until a connection authenticates, it may send only ApiVersions and
+//! SaslHandshake and SaslAuthenticate: SASL authentication of a connection on a
+//! SASL_PLAINTEXT or SASL_SSL listener, with PLAIN (against `sasl_plain_users`) or
+//! SCRAM-SHA-256/512 (against the SCRAM credentials the controller keeps, see
+//! [`crate::scram`]). Until a connection authenticates, it may send only ApiVersions and
 //! these two; anything else closes it (see `dispatch`). A failed authentication is answered
 //! with SASL_AUTHENTICATION_FAILED and then the connection is closed, as Kafka does.
 
@@ -12,12 +14,48 @@ use kafka_protocol::messages::{
 use kafka_protocol::ResponseError;
 
 use super::s;
-
-/// The mechanisms Keel offers.
-pub const MECHANISMS: &[&str] = &["PLAIN"];
+use crate::scram::{self, Credential, Mechanism as Scram};
 
 /// The principal of a connection that has not authenticated (or needs not).
 pub const ANONYMOUS: &str = "User:ANONYMOUS";
+
+/// A SASL mechanism a connection chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mechanism {
+    Plain,
+    Scram(Scram),
+}
+
+impl Mechanism {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mechanism::Plain => "PLAIN",
+            Mechanism::Scram(m) => m.name(),
+        }
+    }
+}
+
+/// What authentication checks against.
+pub struct Users<'a> {
+    /// SASL/PLAIN users and passwords; PLAIN is offered only when there are some.
+    pub plain: &'a BTreeMap<String, String>,
+    /// SCRAM credentials by user and mechanism.
+    pub scram: &'a BTreeMap<String, BTreeMap<Scram, Credential>>,
+    /// The key that derives stand-in salts for unknown SCRAM users (per node, secret).
+    pub unknown_key: &'a [u8],
+}
+
+impl Users<'_> {
+    /// The mechanisms offered, as SaslHandshake lists them.
+    pub fn mechanisms(&self) -> Vec<Mechanism> {
+        let mut out = Vec::new();
+        if !self.plain.is_empty() {
+            out.push(Mechanism::Plain);
+        }
+        out.extend(Scram::ALL.map(Mechanism::Scram));
+        out
+    }
+}
 
 /// One connection's authentication state.
 #[derive(Debug, Clone)]
@@ -31,8 +69,12 @@ pub struct Session {
     pub principal: String,
     /// The listener it came in through.
     pub listener: std::sync::Arc<str>,
-    /// SaslHandshake chose a mechanism; SaslAuthenticate comes next.
-    handshaken: bool,
+    /// The listener authenticates with SASL.
+    sasl: bool,
+    /// The mechanism SaslHandshake chose; SaslAuthenticate comes next.
+    mechanism: Option<Mechanism>,
+    /// A SCRAM exchange between its first and final messages.
+    scram: Option<scram::Exchange>,
 }
 
 impl Default for Session {
@@ -42,7 +84,9 @@ impl Default for Session {
             user: None,
             principal: ANONYMOUS.to_string(),
             listener: std::sync::Arc::from("PLAINTEXT"),
-            handshaken: false,
+            sasl: false,
+            mechanism: None,
+            scram: None,
         }
     }
 }
@@ -52,6 +96,7 @@ impl Session {
     pub fn new(users: &BTreeMap<String, String>) -> Session {
         Session {
             authenticated: users.is_empty(),
+            sasl: !users.is_empty(),
             ..Session::default()
         }
     }
@@ -65,59 +110,103 @@ impl Session {
     ) -> Session {
         Session {
             authenticated: !protocol.sasl(),
+            sasl: protocol.sasl(),
             principal: tls_principal.unwrap_or_else(|| ANONYMOUS.to_string()),
             listener,
             ..Session::default()
         }
     }
+
+    /// The mechanism the connection authenticated or is authenticating with.
+    pub fn mechanism(&self) -> Option<Mechanism> {
+        self.mechanism
+    }
 }
 
-pub fn handshake(
-    users: &BTreeMap<String, String>,
-    session: &mut Session,
-    req: SaslHandshakeRequest,
-) -> SaslHandshakeResponse {
+pub fn handshake(users: &Users<'_>, session: &mut Session, req: SaslHandshakeRequest) -> SaslHandshakeResponse {
     let mut r = SaslHandshakeResponse::default();
-    if users.is_empty() {
+    if !session.sasl {
         // SASL is not enabled on this listener.
         r.error_code = ResponseError::UnsupportedSaslMechanism.code();
         return r;
     }
-    r.mechanisms = MECHANISMS.iter().map(|m| s(*m)).collect();
-    if MECHANISMS.contains(&req.mechanism.as_str()) {
-        session.handshaken = true;
-    } else {
-        r.error_code = ResponseError::UnsupportedSaslMechanism.code();
+    if session.authenticated || session.mechanism.is_some() {
+        r.error_code = ResponseError::IllegalSaslState.code();
+        return r;
+    }
+    let offered = users.mechanisms();
+    r.mechanisms = offered.iter().map(|m| s(m.name())).collect();
+    match offered.into_iter().find(|m| m.name() == req.mechanism.as_str()) {
+        Some(m) => session.mechanism = Some(m),
+        None => r.error_code = ResponseError::UnsupportedSaslMechanism.code(),
     }
     r
 }
 
 /// Answers SaslAuthenticate; the bool says whether the connection must close after it.
+/// `server_nonce` is fresh random printable text for a SCRAM exchange's first reply.
 pub fn authenticate(
-    users: &BTreeMap<String, String>,
+    users: &Users<'_>,
     session: &mut Session,
     req: SaslAuthenticateRequest,
+    server_nonce: &str,
 ) -> (SaslAuthenticateResponse, bool) {
     let mut r = SaslAuthenticateResponse::default();
     r.auth_bytes = Bytes::new();
-    if !session.handshaken {
+    let failed = |mut r: SaslAuthenticateResponse, why: String| {
+        r.error_code = ResponseError::SaslAuthenticationFailed.code();
+        r.error_message = Some(s(why));
+        (r, true)
+    };
+    let Some(mechanism) = session.mechanism.filter(|_| !session.authenticated) else {
         r.error_code = ResponseError::IllegalSaslState.code();
         r.error_message = Some(s("SaslAuthenticate before SaslHandshake"));
         return (r, true);
+    };
+    match mechanism {
+        Mechanism::Plain => match verify_plain(users.plain, &req.auth_bytes) {
+            Ok(user) => {
+                session.succeed(user);
+                (r, false)
+            }
+            Err(why) => failed(r, why.to_string()),
+        },
+        Mechanism::Scram(m) => match session.scram.take() {
+            None => {
+                let lookup = |u: &str| users.scram.get(u).and_then(|c| c.get(&m)).cloned();
+                match scram::server_first(m, &req.auth_bytes, lookup, users.unknown_key, server_nonce) {
+                    Ok((exchange, reply)) => {
+                        session.scram = Some(exchange);
+                        r.auth_bytes = Bytes::from(reply);
+                        (r, false)
+                    }
+                    Err(e) => failed(r, e.to_string()),
+                }
+            }
+            Some(exchange) => match scram::server_final(&exchange, &req.auth_bytes) {
+                Ok(reply) => {
+                    session.succeed(exchange.user);
+                    r.auth_bytes = Bytes::from(reply);
+                    (r, false)
+                }
+                Err(scram::ScramError::BadCredentials) => failed(
+                    r,
+                    format!(
+                        "Authentication failed during authentication due to invalid credentials with SASL mechanism {}",
+                        m.name()
+                    ),
+                ),
+                Err(e) => failed(r, e.to_string()),
+            },
+        },
     }
-    session.handshaken = false;
-    match verify_plain(users, &req.auth_bytes) {
-        Ok(user) => {
-            session.authenticated = true;
-            session.principal = format!("User:{user}");
-            session.user = Some(user);
-            (r, false)
-        }
-        Err(why) => {
-            r.error_code = ResponseError::SaslAuthenticationFailed.code();
-            r.error_message = Some(s(why));
-            (r, true)
-        }
+}
+
+impl Session {
+    fn succeed(&mut self, user: String) {
+        self.authenticated = true;
+        self.principal = format!("User:{user}");
+        self.user = Some(user);
     }
 }
 
@@ -154,13 +243,24 @@ fn same_bytes(a: &[u8], b: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    fn users() -> BTreeMap<String, String> {
+    fn plain() -> BTreeMap<String, String> {
         [("alice".to_string(), "s3cret".to_string())].into_iter().collect()
+    }
+
+    fn users<'a>(
+        plain: &'a BTreeMap<String, String>,
+        scram: &'a BTreeMap<String, BTreeMap<Scram, Credential>>,
+    ) -> Users<'a> {
+        Users {
+            plain,
+            scram,
+            unknown_key: b"k",
+        }
     }
 
     #[test]
     fn plain_tokens_are_checked() {
-        let u = users();
+        let u = plain();
         assert_eq!(verify_plain(&u, b"\0alice\0s3cret"), Ok("alice".to_string()));
         assert_eq!(verify_plain(&u, b"alice\0alice\0s3cret"), Ok("alice".to_string()));
         for bad in [
@@ -178,45 +278,112 @@ mod tests {
         }
     }
 
+    fn auth(token: &[u8]) -> SaslAuthenticateRequest {
+        SaslAuthenticateRequest::default().with_auth_bytes(Bytes::copy_from_slice(token))
+    }
+
+    fn hs(m: &'static str) -> SaslHandshakeRequest {
+        SaslHandshakeRequest::default().with_mechanism(s(m))
+    }
+
     #[test]
     fn authentication_needs_a_handshake_first_and_a_failure_closes() {
-        let u = users();
-        let mut session = Session::new(&u);
+        let (p, none) = (plain(), BTreeMap::new());
+        let u = users(&p, &none);
+        let mut session = Session::new(&p);
         assert!(!session.authenticated);
-        let auth = |token: &'static [u8]| SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from_static(token));
-        let (r, close) = authenticate(&u, &mut session, auth(b"\0alice\0s3cret"));
+        let (r, close) = authenticate(&u, &mut session, auth(b"\0alice\0s3cret"), "n");
         assert_eq!((r.error_code, close), (ResponseError::IllegalSaslState.code(), true));
 
-        let hs = |m: &'static str| SaslHandshakeRequest::default().with_mechanism(s(m));
         assert_eq!(
-            handshake(&u, &mut session, hs("SCRAM-SHA-256")).error_code,
+            handshake(&u, &mut session, hs("GSSAPI")).error_code,
             ResponseError::UnsupportedSaslMechanism.code()
         );
-        assert_eq!(handshake(&u, &mut session, hs("PLAIN")).error_code, 0);
-        let (r, close) = authenticate(&u, &mut session, auth(b"\0alice\0nope"));
+        let r = handshake(&u, &mut session, hs("PLAIN"));
+        assert_eq!(r.error_code, 0);
+        let offered: Vec<&str> = r.mechanisms.iter().map(|m| m.as_str()).collect();
+        assert_eq!(offered, ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]);
+        let (r, close) = authenticate(&u, &mut session, auth(b"\0alice\0nope"), "n");
         assert_eq!(
             (r.error_code, close),
             (ResponseError::SaslAuthenticationFailed.code(), true)
         );
         assert!(!session.authenticated);
 
+        let mut session = Session::new(&p);
         assert_eq!(handshake(&u, &mut session, hs("PLAIN")).error_code, 0);
-        let (r, close) = authenticate(&u, &mut session, auth(b"\0alice\0s3cret"));
+        let (r, close) = authenticate(&u, &mut session, auth(b"\0alice\0s3cret"), "n");
         assert_eq!((r.error_code, close), (0, false));
         assert!(session.authenticated);
         assert_eq!(session.user.as_deref(), Some("alice"));
+        assert_eq!(session.principal, "User:alice");
+        // Authenticated connections do not authenticate again.
+        assert_eq!(
+            handshake(&u, &mut session, hs("PLAIN")).error_code,
+            ResponseError::IllegalSaslState.code()
+        );
     }
 
     #[test]
-    fn without_users_every_connection_is_open_and_handshakes_are_refused() {
-        let none = BTreeMap::new();
-        let mut session = Session::new(&none);
+    fn without_plain_users_only_scram_is_offered() {
+        let (p, none) = (BTreeMap::new(), BTreeMap::new());
+        let u = users(&p, &none);
+        let mut session = Session::on_listener("SASL_SSL".into(), crate::config::SecurityProtocol::SaslSsl, None);
+        assert!(!session.authenticated);
+        let r = handshake(&u, &mut session, hs("PLAIN"));
+        assert_eq!(r.error_code, ResponseError::UnsupportedSaslMechanism.code());
+        let offered: Vec<&str> = r.mechanisms.iter().map(|m| m.as_str()).collect();
+        assert_eq!(offered, ["SCRAM-SHA-256", "SCRAM-SHA-512"]);
+    }
+
+    #[test]
+    fn a_scram_exchange_authenticates_the_user() {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let m = Scram::Sha512;
+        let salt = b"salt-salt-salt-1";
+        let salted = m.salted_password(b"pw", salt, 4096);
+        let cred = Credential::from_salted(m, &salted, salt, 4096);
+        let scram: BTreeMap<String, BTreeMap<Scram, Credential>> =
+            [("bob".to_string(), [(m, cred)].into_iter().collect())]
+                .into_iter()
+                .collect();
+        let p = BTreeMap::new();
+        let u = users(&p, &scram);
+        let mut session = Session::on_listener("SASL".into(), crate::config::SecurityProtocol::SaslPlaintext, None);
+        assert_eq!(handshake(&u, &mut session, hs("SCRAM-SHA-512")).error_code, 0);
+        let (r, close) = authenticate(&u, &mut session, auth(b"n,,n=bob,r=cn"), "sn");
+        assert_eq!((r.error_code, close), (0, false));
+        assert!(!session.authenticated);
+        let server_first = String::from_utf8(r.auth_bytes.to_vec()).unwrap();
+        assert_eq!(server_first, format!("r=cnsn,s={},i=4096", b64.encode(salt)));
+        // The client's proof, as RFC 5802 computes it.
+        use hmac::{Hmac, Mac};
+        use sha2::{Digest, Sha512};
+        let mac = |k: &[u8], d: &[u8]| {
+            let mut h = <Hmac<Sha512> as Mac>::new_from_slice(k).unwrap();
+            h.update(d);
+            h.finalize().into_bytes().to_vec()
+        };
+        let client_key = mac(&salted, b"Client Key");
+        let stored = Sha512::digest(&client_key).to_vec();
+        let auth_message = format!("n=bob,r=cn,{server_first},c=biws,r=cnsn");
+        let sig = mac(&stored, auth_message.as_bytes());
+        let proof: Vec<u8> = client_key.iter().zip(&sig).map(|(a, b)| a ^ b).collect();
+        let last = format!("c=biws,r=cnsn,p={}", b64.encode(&proof));
+        let (r, close) = authenticate(&u, &mut session, auth(last.as_bytes()), "unused");
+        assert_eq!((r.error_code, close), (0, false), "{:?}", r.error_message);
         assert!(session.authenticated);
-        let r = handshake(
-            &none,
-            &mut session,
-            SaslHandshakeRequest::default().with_mechanism(s("PLAIN")),
-        );
+        assert_eq!(session.principal, "User:bob");
+        assert!(r.auth_bytes.starts_with(b"v="));
+    }
+
+    #[test]
+    fn on_a_listener_without_sasl_handshakes_are_refused() {
+        let (p, none) = (BTreeMap::new(), BTreeMap::new());
+        let mut session = Session::new(&p);
+        assert!(session.authenticated);
+        let r = handshake(&users(&p, &none), &mut session, hs("PLAIN"));
         assert_eq!(r.error_code, ResponseError::UnsupportedSaslMechanism.code());
     }
 }
