@@ -44,7 +44,7 @@ def check(name, ok, detail=""):
 class Node:
     """A `keel serve` child on free ports with the given TOML config lines."""
 
-    def __init__(self, name, toml_lines, extra_args=()):
+    def __init__(self, name, toml_lines, extra_args=(), wait=True):
         self.dir = os.path.join(WORK, name)
         os.makedirs(self.dir, exist_ok=True)
         self.config = os.path.join(self.dir, "keel.toml")
@@ -56,6 +56,12 @@ class Node:
             [KEEL, "serve", "--config", self.config, "--data-dir", os.path.join(self.dir, "data"),
              "--kafka-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", *extra_args],
             stdout=self.out, stderr=self.err, env={**os.environ, "KEEL_LOG": "info,openraft=off"})
+        self.name = name
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self):
+        name = self.name
         deadline = time.time() + 60
         self.ready = None
         while time.time() < deadline and self.proc.poll() is None:
@@ -365,9 +371,203 @@ def sasl_section():
         node.stop()
 
 
+def delivery_errors(conf, topic, n=5):
+    """Produces n records; the distinct error names of their delivery reports."""
+    p = Producer({**conf, "acks": "all", "message.timeout.ms": 8000, "retries": 0})
+    errors = []
+    for i in range(n):
+        p.produce(topic, value=b"x", on_delivery=lambda err, m: errors.append(err.name() if err else None))
+    p.flush(15)
+    return sorted(set(str(e) for e in errors)) if len(errors) == n else ["undelivered"]
+
+
+def consume_error(conf, topic, group):
+    """Subscribes with `group`: the first error name the consumer reports, or the number of
+    records read within a few seconds."""
+    c = Consumer({**conf, "group.id": group, "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.subscribe([topic])
+    read, err = 0, None
+    deadline = time.time() + 15
+    while time.time() < deadline and err is None:
+        m = c.poll(0.5)
+        if m is None:
+            if read:
+                break
+            continue
+        if m.error():
+            if m.error().code() != -191:  # end of partition
+                err = m.error().name()
+        else:
+            read += 1
+    c.close()
+    return err or read
+
+
+def acl_section():
+    from confluent_kafka.admin import (AclBinding, AclBindingFilter, AclOperation, AclPermissionType,
+                                       ResourcePatternType, ResourceType)
+    ca = os.path.join(WORK, "certs")
+    node = Node("acl", [
+        "authorizer = true",
+        'super_users = ["User:admin"]',
+        'listeners = [{ name = "SSL", listen = "127.0.0.1:0" }]',
+        "[sasl_plain_users]",
+        'admin = "admin-pw"',
+        'alice = "alice-pw"',
+        'bob = "bob-pw"',
+        "[tls]",
+        f'cert_file = "{ca}/node.pem"',
+        f'key_file = "{ca}/node.key"',
+        f'client_ca_file = "{ca}/ca.pem"',
+        'client_auth = "requested"',
+    ])
+    try:
+        sasl = {"bootstrap.servers": node.kafka, "security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN"}
+        admin_conf = {**sasl, "sasl.username": "admin", "sasl.password": "admin-pw"}
+        alice = {**sasl, "sasl.username": "alice", "sasl.password": "alice-pw"}
+        bob = {**sasl, "sasl.username": "bob", "sasl.password": "bob-pw"}
+        admin = AdminClient(admin_conf)
+        for t in ("orders", "logs-app", "secret"):
+            admin.create_topics([NewTopic(t, num_partitions=1, replication_factor=1)])[t].result(timeout=30)
+        check("a super user creates topics with the authorizer on", True)
+
+        visible = set(AdminClient(alice).list_topics(timeout=10).topics)
+        check("Metadata hides every topic from a principal without ACLs", not visible & {"orders", "logs-app", "secret"},
+              str(visible))
+        errs = delivery_errors(alice, "orders")
+        check("without an ACL, Produce is refused with TOPIC_AUTHORIZATION_FAILED", errs == ["TOPIC_AUTHORIZATION_FAILED"],
+              str(errs))
+        alice_admin = AdminClient(alice)
+        try:
+            alice_admin.create_topics([NewTopic("alice-new", 1, 1)])["alice-new"].result(timeout=30)
+            created = "created"
+        except KafkaException as e:
+            created = e.args[0].name()
+        check("CreateTopics without CREATE is refused with TOPIC_AUTHORIZATION_FAILED",
+              created == "TOPIC_AUTHORIZATION_FAILED", created)
+        r = subprocess.run([KEEL, "acl", "list", "-b", node.kafka, "--sasl-user", "alice", "--sasl-password", "alice-pw"],
+                           capture_output=True, text=True, timeout=60, env={**os.environ, "RUST_BACKTRACE": "0"})
+        check("DescribeAcls without DESCRIBE on the cluster is refused with CLUSTER_AUTHORIZATION_FAILED (31)",
+              r.returncode != 0 and "error 31" in r.stderr, r.stdout + r.stderr)
+        try:
+            leaked = alice_admin.describe_acls(AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None,
+                                                                AclOperation.ANY, AclPermissionType.ANY)).result(timeout=30)
+        except KafkaException:
+            leaked = []
+        check("confluent-kafka's DescribeAcls as alice gets no ACLs", leaked == [], str(leaked))
+
+        r = subprocess.run([KEEL, "acl", "add", "--principal", "User:alice", "--operation", "WRITE,READ", "--topic", "orders",
+                            "-b", node.kafka, "--sasl-user", "admin", "--sasl-password", "admin-pw"],
+                           capture_output=True, text=True, timeout=60)
+        check("keel acl add (as a super user over SASL/PLAIN)", r.returncode == 0, r.stdout + r.stderr)
+        errs = delivery_errors(alice, "orders")
+        check("with WRITE on the topic, Produce is served", errs == ["None"], str(errs))
+        check("Metadata shows the topic alice may now describe (READ/WRITE imply DESCRIBE)",
+              "orders" in AdminClient(alice).list_topics(timeout=10).topics)
+        got = consume_error(alice, "orders", "g-orders")
+        check("READ on the topic but none on the group: GROUP_AUTHORIZATION_FAILED", got == "GROUP_AUTHORIZATION_FAILED",
+              str(got))
+        futs = admin.create_acls([
+            AclBinding(ResourceType.GROUP, "g-", ResourcePatternType.PREFIXED, "User:alice", "*",
+                       AclOperation.READ, AclPermissionType.ALLOW),
+            AclBinding(ResourceType.TOPIC, "logs-", ResourcePatternType.PREFIXED, "User:alice", "*",
+                       AclOperation.WRITE, AclPermissionType.ALLOW)])
+        for f in futs.values():
+            f.result(timeout=30)
+        got = consume_error(alice, "orders", "g-orders")
+        check("with READ on a group prefix (created by confluent-kafka's AdminClient), the group consumes all 5 records",
+              got == 5, str(got))
+        check("a PREFIXED WRITE on logs- serves logs-app", delivery_errors(alice, "logs-app") == ["None"])
+        check("... and not secret", delivery_errors(alice, "secret") == ["TOPIC_AUTHORIZATION_FAILED"])
+
+        futs = admin.create_acls([
+            AclBinding(ResourceType.TOPIC, "*", ResourcePatternType.LITERAL, "User:bob", "*",
+                       AclOperation.ALL, AclPermissionType.ALLOW),
+            AclBinding(ResourceType.GROUP, "*", ResourcePatternType.LITERAL, "User:bob", "*",
+                       AclOperation.ALL, AclPermissionType.ALLOW),
+            AclBinding(ResourceType.TOPIC, "secret", ResourcePatternType.LITERAL, "User:bob", "*",
+                       AclOperation.READ, AclPermissionType.DENY)])
+        for f in futs.values():
+            f.result(timeout=30)
+        check("ALLOW ALL on every topic: bob writes secret", delivery_errors(bob, "secret") == ["None"])
+        got = consume_error(bob, "secret", "g-bob")
+        check("a DENY READ on secret wins over bob's ALLOW ALL", got == "TOPIC_AUTHORIZATION_FAILED", str(got))
+        check("bob still reads orders", consume_error(bob, "orders", "g-bob2") == 5)
+
+        ssl_conf = {"bootstrap.servers": node.listener("SSL"), "security.protocol": "SSL", "ssl.ca.location": f"{ca}/ca.pem"}
+        with_cert = {**ssl_conf, "ssl.certificate.location": f"{ca}/client-alice.pem", "ssl.key.location": f"{ca}/client-alice.key"}
+        check("a client certificate's principal without ACLs is refused",
+              delivery_errors(with_cert, "orders") == ["TOPIC_AUTHORIZATION_FAILED"])
+        futs = admin.create_acls([AclBinding(ResourceType.TOPIC, "orders", ResourcePatternType.LITERAL, "User:CN=alice",
+                                             "*", AclOperation.WRITE, AclPermissionType.ALLOW)])
+        for f in futs.values():
+            f.result(timeout=30)
+        check("an ACL for User:CN=alice serves the client with alice's certificate",
+              delivery_errors(with_cert, "orders") == ["None"])
+        check("... and not the same listener's client without a certificate (User:ANONYMOUS)",
+              delivery_errors(ssl_conf, "orders") == ["TOPIC_AUTHORIZATION_FAILED"])
+
+        listed = admin.describe_acls(AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, "User:alice", None,
+                                                      AclOperation.ANY, AclPermissionType.ANY)).result(timeout=30)
+        check("DescribeAcls lists alice's 4 ACLs", len(listed) == 4, str(listed))
+        deleted = admin.delete_acls([AclBindingFilter(ResourceType.TOPIC, "orders", ResourcePatternType.LITERAL, "User:alice",
+                                                      None, AclOperation.WRITE, AclPermissionType.ALLOW)])
+        n = sum(len(f.result(timeout=30)) for f in deleted.values())
+        check("DeleteAcls removes the matching ACL", n == 1, str(n))
+        check("after DeleteAcls, alice's Produce is refused again",
+              delivery_errors(alice, "orders") == ["TOPIC_AUTHORIZATION_FAILED"])
+        denials = node.metric("keel_authorization_denials_total") or 0
+        check("refusals are counted in keel_authorization_denials_total", denials >= 8, str(denials))
+    finally:
+        node.stop()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def acl_cluster_section():
+    """ACLs made through one node of three are in force on the others within a second."""
+    raft = [free_port() for _ in range(3)]
+    peers = ",".join(f"{i}@127.0.0.1:{p}" for i, p in enumerate(raft))
+    common = ["authorizer = true", 'super_users = ["User:admin"]',
+              "[sasl_plain_users]", 'admin = "admin-pw"', 'carol = "carol-pw"']
+    nodes = []
+    try:
+        for i in range(3):
+            nodes.append(Node(f"acl-node{i}", common, extra_args=(
+                "--node-id", str(i), "--raft-listen", f"127.0.0.1:{raft[i]}", "--peers", peers,
+                "--cluster-secret", "security checks' cluster secret"), wait=False))
+        for n in nodes:
+            n.wait_ready()
+        admin = ["--sasl-user", "admin", "--sasl-password", "admin-pw"]
+
+        def listed_on(node):
+            r = subprocess.run([KEEL, "acl", "list", "--principal", "User:carol", "-b", node.kafka, *admin],
+                               capture_output=True, text=True, timeout=30)
+            return "TOPIC:carol-topic" in r.stdout
+
+        r = subprocess.run([KEEL, "acl", "add", "--principal", "User:carol", "--operation", "READ", "--topic", "carol-topic",
+                            "-b", nodes[0].kafka, *admin], capture_output=True, text=True, timeout=60)
+        t0 = time.time()
+        check("keel acl add through node 0", r.returncode == 0, r.stdout + r.stderr)
+        check("keel acl list shows the ACL on the node it was added through", listed_on(nodes[0]))
+        ok = r.returncode == 0 and wait_for(lambda: listed_on(nodes[1]) and listed_on(nodes[2]), 5)
+        elapsed = time.time() - t0
+        check(f"an ACL added through node 0 is listed by nodes 1 and 2 within a second ({elapsed * 1000:.0f} ms)",
+              ok and elapsed < 1.0, r.stdout + r.stderr)
+    finally:
+        for n in nodes:
+            n.stop()
+
+
 if __name__ == "__main__":
     os.makedirs(WORK, exist_ok=True)
     tls_section()
     sasl_section()
+    acl_section()
+    acl_cluster_section()
     print(f"{len(PASSED)} passed, {len(FAILED)} failed")
     sys.exit(1 if FAILED else 0)

@@ -282,6 +282,14 @@ pub struct BrokerConfig {
     /// authenticate (SaslHandshake, SaslAuthenticate) before any request but ApiVersions.
     /// PLAIN sends the password as it is: use it on trusted networks (TLS is not built yet).
     pub sasl_plain_users: std::collections::BTreeMap<String, String>,
+    /// Authorize every request against the ACLs (CreateAcls, `keel acl`); without an ACL
+    /// that allows it, a request is refused (Kafka's StandardAuthorizer).
+    pub authorizer: bool,
+    /// Principals allowed everything when the authorizer is on, e.g. `User:admin` or
+    /// `User:CN=admin` (a client certificate's subject).
+    pub super_users: Vec<String>,
+    /// Allow what no ACL mentions (Kafka's `allow.everyone.if.no.acl.found`).
+    pub allow_everyone_if_no_acl_found: bool,
     /// Default log settings of partitions.
     pub log: LogConfig,
 }
@@ -345,6 +353,9 @@ impl Default for BrokerConfig {
             cluster_secret_file: None,
             insecure_transport: false,
             sasl_plain_users: Default::default(),
+            authorizer: false,
+            super_users: Vec::new(),
+            allow_everyone_if_no_acl_found: false,
             log: LogConfig::default(),
         }
     }
@@ -414,6 +425,13 @@ impl BrokerConfig {
                     protocol.as_str()
                 ));
             }
+        }
+        if let Some(bad) = self
+            .super_users
+            .iter()
+            .find(|p| !p.split_once(':').is_some_and(|(k, n)| !k.is_empty() && !n.is_empty()))
+        {
+            return Err(format!("super_users: {bad:?} is not TYPE:NAME (e.g. User:admin)"));
         }
         if self.http_tls && self.tls.is_none() {
             return Err("http_tls needs [tls] cert_file and key_file".into());

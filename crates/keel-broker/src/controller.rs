@@ -118,6 +118,9 @@ pub struct ClusterMeta {
     /// SCRAM credentials by user and mechanism (salted: no password is kept).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub scram: BTreeMap<String, BTreeMap<crate::scram::Mechanism, crate::scram::Credential>>,
+    /// ACL bindings (CreateAcls, DeleteAcls).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub acls: BTreeSet<crate::acl::Binding>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -158,6 +161,14 @@ pub enum Command {
     UnregisterNode {
         id: NodeId,
     },
+    /// Adds ACL bindings (CreateAcls).
+    CreateAcls {
+        acls: Vec<crate::acl::Binding>,
+    },
+    /// Removes ACL bindings (DeleteAcls: the bindings its filters matched).
+    DeleteAcls {
+        acls: Vec<crate::acl::Binding>,
+    },
     /// Sets and removes users' SCRAM credentials (AlterUserScramCredentials).
     AlterScramCredentials {
         upsert: Vec<(String, crate::scram::Mechanism, crate::scram::Credential)>,
@@ -192,6 +203,16 @@ fn apply(meta: &mut ClusterMeta, command: &Command) -> (bool, Option<TopicRecord
         }
         Command::UnregisterNode { id } => {
             meta.nodes.remove(id);
+            false
+        }
+        Command::CreateAcls { acls } => {
+            meta.acls.extend(acls.iter().cloned());
+            false
+        }
+        Command::DeleteAcls { acls } => {
+            for a in acls {
+                meta.acls.remove(a);
+            }
             false
         }
         Command::AlterScramCredentials { upsert, delete } => {
@@ -297,7 +318,11 @@ fn apply(meta: &mut ClusterMeta, command: &Command) -> (bool, Option<TopicRecord
         | Command::AlterConfigs { name, .. }
         | Command::Reassign { name, .. }
         | Command::CompleteReassignment { name, .. } => meta.topics.get(name).cloned(),
-        Command::RegisterNode { .. } | Command::UnregisterNode { .. } | Command::AlterScramCredentials { .. } => None,
+        Command::RegisterNode { .. }
+        | Command::UnregisterNode { .. }
+        | Command::AlterScramCredentials { .. }
+        | Command::CreateAcls { .. }
+        | Command::DeleteAcls { .. } => None,
     };
     (applies, topic)
 }

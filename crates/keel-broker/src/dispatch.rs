@@ -29,12 +29,12 @@ pub enum Outcome {
 }
 
 macro_rules! route {
-    ($b:expr, $body:expr, $api:expr, $v:expr, $corr:expr, $req:ty, $handler:path) => {{
+    ($b:expr, $who:expr, $body:expr, $api:expr, $v:expr, $corr:expr, $req:ty, $handler:path) => {{
         let req: $req = match decode_body(&mut $body, $v) {
             Ok(r) => r,
             Err(e) => return Outcome::Close(format!("{:?} v{}: {e}", $api, $v)),
         };
-        let resp = $handler($b, req, $v).await;
+        let resp = $handler($b, req, $v, $who).await;
         respond($api, $v, $corr, &resp)
     }};
 }
@@ -95,7 +95,7 @@ pub async fn start_from(
         Ok(r) => r,
         Err(e) => return Started::Done(Outcome::Close(format!("Produce v{v}: {e}"))),
     };
-    let wait = handlers::produce::start(b, req, v).await;
+    let wait = handlers::produce::start(b, req, v, session).await;
     let b = b.clone();
     Started::Later(Box::pin(async move {
         let out = match wait.await {
@@ -196,6 +196,7 @@ pub async fn handle_from(
         }
         ApiKey::ApiVersions => route!(
             b,
+            session,
             body,
             api,
             v,
@@ -208,19 +209,14 @@ pub async fn handle_from(
                 Ok(r) => r,
                 Err(e) => return Outcome::Close(format!("Metadata v{v}: {e}")),
             };
-            respond(
-                api,
-                v,
-                corr,
-                &handlers::metadata::handle(b, req, v, &session.listener).await,
-            )
+            respond(api, v, corr, &handlers::metadata::handle(b, req, v, session).await)
         }
         ApiKey::Produce if v < keel_proto::versions::PRODUCE_DECODE_MIN => {
             let req = match keel_proto::legacy::decode_produce(&mut body) {
                 Ok(r) => r,
                 Err(e) => return Outcome::Close(format!("Produce v{v}: {e}")),
             };
-            match handlers::produce::handle_legacy(b, req).await {
+            match handlers::produce::handle_legacy(b, req, session).await {
                 Some(answers) => {
                     let mut buf = BytesMut::new();
                     buf.put_i32(0);
@@ -237,14 +233,15 @@ pub async fn handle_from(
                 Ok(r) => r,
                 Err(e) => return Outcome::Close(format!("Produce v{v}: {e}")),
             };
-            match handlers::produce::handle(b, req, v).await {
+            match handlers::produce::handle(b, req, v, session).await {
                 Some(resp) => respond(api, v, corr, &resp),
                 None => Outcome::NoResponse,
             }
         }
-        ApiKey::Fetch => route!(b, body, api, v, corr, FetchRequest, handlers::fetch::handle),
+        ApiKey::Fetch => route!(b, session, body, api, v, corr, FetchRequest, handlers::fetch::handle),
         ApiKey::ListOffsets => route!(
             b,
+            session,
             body,
             api,
             v,
@@ -254,6 +251,7 @@ pub async fn handle_from(
         ),
         ApiKey::CreateTopics => route!(
             b,
+            session,
             body,
             api,
             v,
@@ -263,6 +261,7 @@ pub async fn handle_from(
         ),
         ApiKey::DeleteTopics => route!(
             b,
+            session,
             body,
             api,
             v,
@@ -273,6 +272,7 @@ pub async fn handle_from(
         ApiKey::CreatePartitions => {
             route!(
                 b,
+                session,
                 body,
                 api,
                 v,
@@ -284,6 +284,7 @@ pub async fn handle_from(
         ApiKey::DescribeConfigs => {
             route!(
                 b,
+                session,
                 body,
                 api,
                 v,
@@ -294,6 +295,7 @@ pub async fn handle_from(
         }
         ApiKey::AlterPartitionReassignments => route!(
             b,
+            session,
             body,
             api,
             v,
@@ -303,6 +305,7 @@ pub async fn handle_from(
         ),
         ApiKey::ListPartitionReassignments => route!(
             b,
+            session,
             body,
             api,
             v,
@@ -312,6 +315,7 @@ pub async fn handle_from(
         ),
         ApiKey::UnregisterBroker => route!(
             b,
+            session,
             body,
             api,
             v,
@@ -321,6 +325,7 @@ pub async fn handle_from(
         ),
         ApiKey::OffsetForLeaderEpoch => route!(
             b,
+            session,
             body,
             api,
             v,
@@ -330,6 +335,7 @@ pub async fn handle_from(
         ),
         ApiKey::DescribeLogDirs => route!(
             b,
+            session,
             body,
             api,
             v,
@@ -339,6 +345,7 @@ pub async fn handle_from(
         ),
         ApiKey::ElectLeaders => route!(
             b,
+            session,
             body,
             api,
             v,
@@ -348,6 +355,7 @@ pub async fn handle_from(
         ),
         ApiKey::DescribeProducers => route!(
             b,
+            session,
             body,
             api,
             v,
@@ -357,6 +365,7 @@ pub async fn handle_from(
         ),
         ApiKey::DescribeQuorum => route!(
             b,
+            session,
             body,
             api,
             v,
@@ -364,8 +373,39 @@ pub async fn handle_from(
             DescribeQuorumRequest,
             handlers::describe_quorum::handle
         ),
+        ApiKey::CreateAcls => route!(
+            b,
+            session,
+            body,
+            api,
+            v,
+            corr,
+            CreateAclsRequest,
+            handlers::acls::create
+        ),
+        ApiKey::DescribeAcls => route!(
+            b,
+            session,
+            body,
+            api,
+            v,
+            corr,
+            DescribeAclsRequest,
+            handlers::acls::describe
+        ),
+        ApiKey::DeleteAcls => route!(
+            b,
+            session,
+            body,
+            api,
+            v,
+            corr,
+            DeleteAclsRequest,
+            handlers::acls::delete
+        ),
         ApiKey::DescribeUserScramCredentials => route!(
             b,
+            session,
             body,
             api,
             v,
@@ -375,6 +415,7 @@ pub async fn handle_from(
         ),
         ApiKey::AlterUserScramCredentials => route!(
             b,
+            session,
             body,
             api,
             v,
@@ -384,6 +425,7 @@ pub async fn handle_from(
         ),
         ApiKey::DescribeTopicPartitions => route!(
             b,
+            session,
             body,
             api,
             v,
@@ -400,12 +442,13 @@ pub async fn handle_from(
                 api,
                 v,
                 corr,
-                &handlers::describe_cluster::handle(b, req, v, &session.listener).await,
+                &handlers::describe_cluster::handle(b, req, v, session).await,
             )
         }
         ApiKey::InitProducerId => {
             route!(
                 b,
+                session,
                 body,
                 api,
                 v,
@@ -416,6 +459,7 @@ pub async fn handle_from(
         }
         ApiKey::AddPartitionsToTxn => route!(
             b,
+            session,
             body,
             api,
             v,
@@ -425,6 +469,7 @@ pub async fn handle_from(
         ),
         ApiKey::AddOffsetsToTxn => route!(
             b,
+            session,
             body,
             api,
             v,
@@ -434,6 +479,7 @@ pub async fn handle_from(
         ),
         ApiKey::DeleteRecords => route!(
             b,
+            session,
             body,
             api,
             v,
@@ -441,9 +487,10 @@ pub async fn handle_from(
             DeleteRecordsRequest,
             handlers::delete_records::handle
         ),
-        ApiKey::EndTxn => route!(b, body, api, v, corr, EndTxnRequest, handlers::end_txn::handle),
+        ApiKey::EndTxn => route!(b, session, body, api, v, corr, EndTxnRequest, handlers::end_txn::handle),
         ApiKey::TxnOffsetCommit => route!(
             b,
+            session,
             body,
             api,
             v,
@@ -453,6 +500,7 @@ pub async fn handle_from(
         ),
         ApiKey::DescribeTransactions => route!(
             b,
+            session,
             body,
             api,
             v,
@@ -462,6 +510,7 @@ pub async fn handle_from(
         ),
         ApiKey::ListTransactions => route!(
             b,
+            session,
             body,
             api,
             v,
@@ -478,7 +527,7 @@ pub async fn handle_from(
                 api,
                 v,
                 corr,
-                &handlers::find_coordinator::handle(b, req, v, &session.listener).await,
+                &handlers::find_coordinator::handle(b, req, v, session).await,
             )
         }
         ApiKey::JoinGroup => {
@@ -490,13 +539,46 @@ pub async fn handle_from(
                 id: header.client_id.as_ref().map(|c| c.to_string()).unwrap_or_default(),
                 host: peer.map(|p| format!("/{}", p.ip())).unwrap_or_default(),
             };
-            respond(api, v, corr, &handlers::join_group::handle(b, req, v, client).await)
+            respond(
+                api,
+                v,
+                corr,
+                &handlers::join_group::handle(b, req, v, client, session).await,
+            )
         }
-        ApiKey::SyncGroup => route!(b, body, api, v, corr, SyncGroupRequest, handlers::sync_group::handle),
-        ApiKey::Heartbeat => route!(b, body, api, v, corr, HeartbeatRequest, handlers::heartbeat::handle),
-        ApiKey::LeaveGroup => route!(b, body, api, v, corr, LeaveGroupRequest, handlers::leave_group::handle),
+        ApiKey::SyncGroup => route!(
+            b,
+            session,
+            body,
+            api,
+            v,
+            corr,
+            SyncGroupRequest,
+            handlers::sync_group::handle
+        ),
+        ApiKey::Heartbeat => route!(
+            b,
+            session,
+            body,
+            api,
+            v,
+            corr,
+            HeartbeatRequest,
+            handlers::heartbeat::handle
+        ),
+        ApiKey::LeaveGroup => route!(
+            b,
+            session,
+            body,
+            api,
+            v,
+            corr,
+            LeaveGroupRequest,
+            handlers::leave_group::handle
+        ),
         ApiKey::OffsetCommit => route!(
             b,
+            session,
             body,
             api,
             v,
@@ -506,6 +588,7 @@ pub async fn handle_from(
         ),
         ApiKey::OffsetFetch => route!(
             b,
+            session,
             body,
             api,
             v,
@@ -513,9 +596,19 @@ pub async fn handle_from(
             OffsetFetchRequest,
             handlers::offset_fetch::handle
         ),
-        ApiKey::ListGroups => route!(b, body, api, v, corr, ListGroupsRequest, handlers::list_groups::handle),
+        ApiKey::ListGroups => route!(
+            b,
+            session,
+            body,
+            api,
+            v,
+            corr,
+            ListGroupsRequest,
+            handlers::list_groups::handle
+        ),
         ApiKey::DescribeGroups => route!(
             b,
+            session,
             body,
             api,
             v,
@@ -525,6 +618,7 @@ pub async fn handle_from(
         ),
         ApiKey::DeleteGroups => route!(
             b,
+            session,
             body,
             api,
             v,
@@ -534,6 +628,7 @@ pub async fn handle_from(
         ),
         ApiKey::OffsetDelete => route!(
             b,
+            session,
             body,
             api,
             v,
@@ -543,6 +638,7 @@ pub async fn handle_from(
         ),
         ApiKey::AlterConfigs => route!(
             b,
+            session,
             body,
             api,
             v,
@@ -553,6 +649,7 @@ pub async fn handle_from(
         ApiKey::IncrementalAlterConfigs => {
             route!(
                 b,
+                session,
                 body,
                 api,
                 v,

@@ -23,6 +23,7 @@
 //! - [`error`]: broker errors and their Kafka error codes.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod acl;
 pub mod cleaner;
 pub mod coalesce;
 pub mod config;
@@ -199,6 +200,59 @@ impl Broker {
         }));
         tokio::spawn(group_clock(Arc::downgrade(&broker)));
         Ok(broker)
+    }
+
+    /// Whether the connection `who` may do `operation` to a resource (always, when the
+    /// authorizer is off). A refusal is logged and counted.
+    pub fn authorize(&self, who: &handlers::sasl::Session, operation: i8, resource_type: i8, name: &str) -> bool {
+        if !self.config.authorizer {
+            return true;
+        }
+        let meta = self.controller.meta();
+        let policy = acl::Policy {
+            super_users: &self.config.super_users,
+            allow_if_no_acl: self.config.allow_everyone_if_no_acl_found,
+        };
+        let ok = acl::authorize(
+            &meta.acls,
+            &policy,
+            &who.principal,
+            &who.host,
+            operation,
+            resource_type,
+            name,
+        );
+        if !ok {
+            self.metrics.authorization_denials.inc();
+            tracing::info!(
+                principal = %who.principal,
+                host = %who.host,
+                operation = acl::op_name(operation),
+                resource_type = acl::resource_name(resource_type),
+                resource = name,
+                "authorization denied"
+            );
+        }
+        ok
+    }
+
+    /// Whether `who` may do `operation` to some resource of the type (see
+    /// [`acl::authorize_any`]).
+    pub fn authorize_any(&self, who: &handlers::sasl::Session, operation: i8, resource_type: i8) -> bool {
+        if !self.config.authorizer {
+            return true;
+        }
+        let meta = self.controller.meta();
+        let policy = acl::Policy {
+            super_users: &self.config.super_users,
+            allow_if_no_acl: self.config.allow_everyone_if_no_acl_found,
+        };
+        acl::authorize_any(&meta.acls, &policy, &who.principal, &who.host, operation, resource_type)
+    }
+
+    /// As [`Broker::authorize`] on the cluster resource.
+    pub fn authorize_cluster(&self, who: &handlers::sasl::Session, operation: i8) -> bool {
+        self.authorize(who, operation, acl::resource::CLUSTER, acl::CLUSTER_NAME)
     }
 
     /// The users SASL authenticates against, with the SCRAM credentials of `meta`.

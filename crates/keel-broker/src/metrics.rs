@@ -57,6 +57,8 @@ pub struct Metrics {
     pub connections_refused: Counter,
     pub malformed_requests: Counter,
     pub sasl_failures: Counter,
+    /// Requests (or parts of requests) refused by the authorizer.
+    pub authorization_denials: Counter,
     /// TLS handshakes that failed or timed out (connection closed).
     pub tls_handshake_failures: Counter,
     pub tls_reloads: Counter,
@@ -127,6 +129,7 @@ impl Metrics {
             connections_refused: Counter::default(),
             malformed_requests: Counter::default(),
             sasl_failures: Counter::default(),
+            authorization_denials: Counter::default(),
             tls_handshake_failures: Counter::default(),
             tls_reloads: Counter::default(),
             tls_reload_failures: Counter::default(),
@@ -202,6 +205,11 @@ impl Metrics {
             "sasl_authentication_failures",
             "SASL authentications refused (connection closed)",
             m.sasl_failures.clone(),
+        );
+        registry.register(
+            "authorization_denials",
+            "Operations on resources refused by the ACL authorizer",
+            m.authorization_denials.clone(),
         );
         registry.register(
             "tls_handshake_failures",

@@ -140,7 +140,8 @@ async fn accept_connection(
     inflight: Arc<Semaphore>,
 ) {
     let Some(tls) = b.tls.as_ref().filter(|_| protocol.tls()) else {
-        let session = Session::on_listener(listener, protocol, None);
+        let mut session = Session::on_listener(listener, protocol, None);
+        session.host = peer.ip().to_string();
         let (rd, wr) = stream.into_split();
         serve_connection(b, rd, wr, peer, session, shutdown, inflight).await;
         return;
@@ -165,7 +166,8 @@ async fn accept_connection(
         .and_then(|certs| certs.first())
         .and_then(crate::tls::principal_of);
     debug!(%peer, principal = principal.as_deref().unwrap_or("-"), "TLS connection");
-    let session = Session::on_listener(listener, protocol, principal);
+    let mut session = Session::on_listener(listener, protocol, principal);
+    session.host = peer.ip().to_string();
     let (rd, wr) = tokio::io::split(stream);
     serve_connection(b, rd, wr, peer, session, shutdown, inflight).await;
 }

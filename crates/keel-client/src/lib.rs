@@ -95,6 +95,7 @@ fn client_max(key: ApiKey) -> i16 {
         ApiKey::DeleteTopics => 6,
         ApiKey::DescribeConfigs => 4,
         ApiKey::CreatePartitions => 3,
+        ApiKey::CreateAcls | ApiKey::DescribeAcls | ApiKey::DeleteAcls => 3,
         ApiKey::ListGroups => 4,
         ApiKey::DescribeGroups => 5,
         ApiKey::OffsetFetch => 7,
@@ -160,6 +161,38 @@ impl Client {
             c.versions.insert(k.api_key, (k.min_version, k.max_version));
         }
         Ok(c)
+    }
+
+    /// Authenticates this connection with SASL/PLAIN (a SASL_PLAINTEXT or SASL_SSL
+    /// listener; over plaintext the password crosses the network as it is).
+    pub async fn authenticate_plain(&mut self, user: &str, password: &str) -> Result<()> {
+        use kafka_protocol::messages::{SaslAuthenticateRequest, SaslHandshakeRequest};
+        let hs = self
+            .call_at(
+                &SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")),
+                1,
+            )
+            .await
+            .context("SaslHandshake")?;
+        if hs.error_code != 0 {
+            bail!(
+                "SaslHandshake: PLAIN refused (error {}), offered {:?}",
+                hs.error_code,
+                hs.mechanisms
+            );
+        }
+        let token = Bytes::from(format!("\0{user}\0{password}").into_bytes());
+        let r = self
+            .call_at(&SaslAuthenticateRequest::default().with_auth_bytes(token), 1)
+            .await
+            .context("SaslAuthenticate")?;
+        if r.error_code != 0 {
+            bail!(
+                "authentication failed: {}",
+                r.error_message.as_deref().unwrap_or("SASL_AUTHENTICATION_FAILED")
+            );
+        }
+        Ok(())
     }
 
     fn version(&self, key: ApiKey) -> Result<i16> {

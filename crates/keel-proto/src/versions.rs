@@ -55,6 +55,10 @@ pub const SUPPORTED: &[Supported] = &[
     s(ApiKey::DescribeProducers, 0, 0),
     s(ApiKey::DescribeQuorum, 0, 2),
     s(ApiKey::DescribeTopicPartitions, 0, 0),
+    // ACLs (v1+: resource patterns, KIP-290).
+    s(ApiKey::CreateAcls, 1, 3),
+    s(ApiKey::DescribeAcls, 1, 3),
+    s(ApiKey::DeleteAcls, 1, 3),
     // SCRAM users (KIP-554).
     s(ApiKey::DescribeUserScramCredentials, 0, 0),
     s(ApiKey::AlterUserScramCredentials, 0, 0),

@@ -13,6 +13,24 @@ pub struct Conn {
     /// Broker addresses (comma-separated; the first that answers is used).
     #[arg(long, short = 'b', env = "KEEL_BOOTSTRAP", default_value = "127.0.0.1:9092")]
     pub bootstrap: String,
+    /// Authenticate with SASL/PLAIN as this user (a SASL_PLAINTEXT listener).
+    #[arg(long, env = "KEEL_SASL_USER")]
+    pub sasl_user: Option<String>,
+    /// The SASL/PLAIN user's password.
+    #[arg(long, env = "KEEL_SASL_PASSWORD", hide_env_values = true)]
+    pub sasl_password: Option<String>,
+}
+
+impl Conn {
+    /// A connection to the first broker that answers, authenticated if asked.
+    pub async fn connect(&self) -> anyhow::Result<keel_client::Client> {
+        let mut c = keel_client::Client::connect(&self.bootstrap).await?;
+        if let Some(user) = &self.sasl_user {
+            c.authenticate_plain(user, self.sasl_password.as_deref().unwrap_or_default())
+                .await?;
+        }
+        Ok(c)
+    }
 }
 
 #[derive(Subcommand, Debug)]

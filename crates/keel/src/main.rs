@@ -24,6 +24,7 @@ macro_rules! say {
     }};
 }
 
+mod acl;
 mod bench;
 mod certs;
 mod chaos;
@@ -74,6 +75,9 @@ enum Command {
     Chaos(chaos::ChaosCommand),
     /// Make a development CA and node and client certificates for TLS listeners.
     Certs(certs::CertsArgs),
+    /// ACLs: add, remove, list.
+    #[command(subcommand)]
+    Acl(acl::AclCommand),
     /// SCRAM users: set passwords, delete, list.
     #[command(subcommand)]
     User(user::UserCommand),
@@ -95,5 +99,6 @@ fn main() -> Result<()> {
         Command::Chaos(cmd) => rt.block_on(chaos::run(cmd)),
         Command::Certs(args) => certs::run(args),
         Command::User(cmd) => rt.block_on(user::run(cmd)),
+        Command::Acl(cmd) => rt.block_on(acl::run(cmd)),
     }
 }

@@ -42,6 +42,12 @@ pub struct ServeArgs {
     /// Client certificates: none, requested or required.
     #[arg(long, env = "KEEL_TLS_CLIENT_AUTH")]
     pub tls_client_auth: Option<String>,
+    /// Authorize every request against the ACLs (no ACL: no access, but for super users).
+    #[arg(long, env = "KEEL_AUTHORIZER")]
+    pub authorizer: bool,
+    /// Principals allowed everything, comma-separated (e.g. User:admin,User:CN=ops).
+    #[arg(long, env = "KEEL_SUPER_USERS", value_delimiter = ',')]
+    pub super_users: Option<Vec<String>>,
     /// Serve the HTTP listener over TLS.
     #[arg(long, env = "KEEL_HTTP_TLS")]
     pub http_tls: bool,
@@ -164,6 +170,12 @@ pub fn load_config(args: &ServeArgs) -> Result<BrokerConfig> {
     }
     if args.http_tls {
         c.http_tls = true;
+    }
+    if args.authorizer {
+        c.authorizer = true;
+    }
+    if let Some(v) = &args.super_users {
+        c.super_users = v.iter().filter(|p| !p.is_empty()).cloned().collect();
     }
     if let Some(v) = &args.advertised_host {
         c.advertised_host = Some(v.clone());

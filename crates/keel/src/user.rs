@@ -135,12 +135,12 @@ pub async fn run(cmd: UserCommand) -> Result<()> {
                 u.salted_password = salted.into();
                 req.upsertions.push(u);
             }
-            let mut c = Client::connect(&conn.bootstrap).await?;
+            let mut c = conn.connect().await?;
             alter(&mut c, req).await?;
             say!("user {name}: {} set", mechanism.join(", "));
         }
         UserCommand::Delete { name, mechanism, conn } => {
-            let mut c = Client::connect(&conn.bootstrap).await?;
+            let mut c = conn.connect().await?;
             let chosen = if mechanism.is_empty() {
                 describe(&mut c, Some(&name))
                     .await?
@@ -161,7 +161,7 @@ pub async fn run(cmd: UserCommand) -> Result<()> {
             say!("user {name}: deleted");
         }
         UserCommand::List { conn } => {
-            let mut c = Client::connect(&conn.bootstrap).await?;
+            let mut c = conn.connect().await?;
             say!("user\tmechanisms");
             for (user, creds) in describe(&mut c, None).await? {
                 let list: Vec<String> = creds

@@ -42,7 +42,12 @@ fn results(topics: &[AddPartitionsToTxnTopic], code: impl Fn(&str, i32) -> i16) 
         .collect()
 }
 
-pub async fn handle(b: &Arc<Broker>, req: AddPartitionsToTxnRequest, v: i16) -> AddPartitionsToTxnResponse {
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: AddPartitionsToTxnRequest,
+    v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> AddPartitionsToTxnResponse {
     let mut r = AddPartitionsToTxnResponse::default();
     let fenced = if v >= 2 {
         state::PRODUCER_FENCED
@@ -51,6 +56,33 @@ pub async fn handle(b: &Arc<Broker>, req: AddPartitionsToTxnRequest, v: i16) -> 
     };
     if v <= 3 {
         let parts = partitions_of(&req.v3_and_below_topics);
+        // WRITE on the transactional id and on every topic; when a topic is refused, the
+        // others are not attempted (as Kafka answers).
+        if !b.authorize(
+            who,
+            crate::acl::op::WRITE,
+            crate::acl::resource::TRANSACTIONAL_ID,
+            req.v3_and_below_transactional_id.0.as_str(),
+        ) {
+            let code = kafka_protocol::ResponseError::TransactionalIdAuthorizationFailed.code();
+            r.results_by_topic_v3_and_below = results(&req.v3_and_below_topics, |_, _| code);
+            return r;
+        }
+        let denied: std::collections::BTreeSet<String> = parts
+            .iter()
+            .map(|(t, _)| t.clone())
+            .filter(|t| !b.authorize(who, crate::acl::op::WRITE, crate::acl::resource::TOPIC, t))
+            .collect();
+        if !denied.is_empty() {
+            r.results_by_topic_v3_and_below = results(&req.v3_and_below_topics, |t, _| {
+                if denied.contains(t) {
+                    kafka_protocol::ResponseError::TopicAuthorizationFailed.code()
+                } else {
+                    kafka_protocol::ResponseError::OperationNotAttempted.code()
+                }
+            });
+            return r;
+        }
         let code = coordinator::add_partitions(
             b,
             req.v3_and_below_transactional_id.0.as_str(),
@@ -63,6 +95,11 @@ pub async fn handle(b: &Arc<Broker>, req: AddPartitionsToTxnRequest, v: i16) -> 
         .err()
         .unwrap_or(0);
         r.results_by_topic_v3_and_below = results(&req.v3_and_below_topics, |_, _| code);
+        return r;
+    }
+    // v4+ batches are brokers' verification requests: CLUSTER_ACTION.
+    if !b.authorize_cluster(who, crate::acl::op::CLUSTER_ACTION) {
+        r.error_code = kafka_protocol::ResponseError::ClusterAuthorizationFailed.code();
         return r;
     }
     for t in &req.transactions {

@@ -30,7 +30,21 @@ async fn apply(
     name: &str,
     new: Result<BTreeMap<String, String>, String>,
     validate_only: bool,
+    who: &crate::handlers::sasl::Session,
 ) -> (i16, Option<StrBytes>) {
+    // ALTER_CONFIGS on the topic, or on the cluster for a broker's configs.
+    let allowed = match resource_type {
+        RESOURCE_TOPIC => b.authorize(who, crate::acl::op::ALTER_CONFIGS, crate::acl::resource::TOPIC, name),
+        _ => b.authorize_cluster(who, crate::acl::op::ALTER_CONFIGS),
+    };
+    if !allowed {
+        let e = if resource_type == RESOURCE_TOPIC {
+            ResponseError::TopicAuthorizationFailed
+        } else {
+            ResponseError::ClusterAuthorizationFailed
+        };
+        return (e.code(), None);
+    }
     match resource_type {
         RESOURCE_TOPIC => {}
         RESOURCE_BROKER => {
@@ -62,7 +76,12 @@ fn current(b: &Broker, name: &str) -> BTreeMap<String, String> {
     b.topics.get(name).map(|t| t.meta().configs).unwrap_or_default()
 }
 
-pub async fn handle(b: &Arc<Broker>, req: AlterConfigsRequest, _v: i16) -> AlterConfigsResponse {
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: AlterConfigsRequest,
+    _v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> AlterConfigsResponse {
     let mut r = AlterConfigsResponse::default();
     for res in req.resources {
         let configs: BTreeMap<String, String> = res
@@ -76,6 +95,7 @@ pub async fn handle(b: &Arc<Broker>, req: AlterConfigsRequest, _v: i16) -> Alter
             res.resource_name.as_str(),
             Ok(configs),
             req.validate_only,
+            who,
         )
         .await;
         let mut out = alter_configs_response::AlterConfigsResourceResponse::default();
@@ -100,6 +120,7 @@ pub async fn handle_incremental(
     b: &Arc<Broker>,
     req: IncrementalAlterConfigsRequest,
     _v: i16,
+    who: &crate::handlers::sasl::Session,
 ) -> IncrementalAlterConfigsResponse {
     let mut r = IncrementalAlterConfigsResponse::default();
     for res in req.resources {
@@ -148,7 +169,7 @@ pub async fn handle_incremental(
             Some(p) => Err(p),
             None => Ok(configs),
         };
-        let (code, msg) = apply(b, res.resource_type, &name, new, req.validate_only).await;
+        let (code, msg) = apply(b, res.resource_type, &name, new, req.validate_only, who).await;
         let mut out = incremental_alter_configs_response::AlterConfigsResourceResponse::default();
         out.error_code = code;
         out.error_message = msg;

@@ -21,11 +21,16 @@ pub async fn handle(
     b: &Arc<Broker>,
     req: AlterPartitionReassignmentsRequest,
     v: i16,
+    who: &crate::handlers::sasl::Session,
 ) -> AlterPartitionReassignmentsResponse {
     let mut r = AlterPartitionReassignmentsResponse::default();
     // v0 has no such field: its requests may always change the replication factor.
     let allow_rf_change = v == 0 || req.allow_replication_factor_change;
     r.allow_replication_factor_change = allow_rf_change;
+    if !b.authorize_cluster(who, crate::acl::op::ALTER) {
+        r.error_code = ResponseError::ClusterAuthorizationFailed.code();
+        return r;
+    }
     let count: usize = req.topics.iter().map(|t| t.partitions.len()).sum();
     if count > PARTITIONS_MAX {
         r.error_code = ResponseError::PolicyViolation.code();

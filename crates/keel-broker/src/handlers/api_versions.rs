@@ -30,7 +30,12 @@ const TRANSACTION_VERSION: &str = "transaction.version";
 /// transaction version 2 when it is finalized.
 const FEATURE_CLIENTS: &[&str] = &["apache-kafka-java"];
 
-pub async fn handle(_b: &Arc<Broker>, req: ApiVersionsRequest, v: i16) -> ApiVersionsResponse {
+pub async fn handle(
+    _b: &Arc<Broker>,
+    req: ApiVersionsRequest,
+    v: i16,
+    _who: &crate::handlers::sasl::Session,
+) -> ApiVersionsResponse {
     let r = ApiVersionsResponse::default().with_api_keys(api_keys());
     // Features are tagged fields of v3, which librdkafka before 2.2 mis-parses (Debian's
     // kcat links 2.0.2): they go only to clients known to read them.

@@ -9,7 +9,12 @@ use kafka_protocol::ResponseError;
 use super::s;
 use crate::Broker;
 
-pub async fn handle(b: &Arc<Broker>, req: CreatePartitionsRequest, _v: i16) -> CreatePartitionsResponse {
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: CreatePartitionsRequest,
+    _v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> CreatePartitionsResponse {
     let mut r = CreatePartitionsResponse::default();
     for t in req.topics {
         let mut res = CreatePartitionsTopicResult::default();
@@ -20,7 +25,14 @@ pub async fn handle(b: &Arc<Broker>, req: CreatePartitionsRequest, _v: i16) -> C
             .as_ref()
             .map(|a| a.iter().any(|x| x.broker_ids.len() != 1 || x.broker_ids[0].0 != node))
             .unwrap_or(false);
-        if bad_assignment {
+        if !b.authorize(
+            who,
+            crate::acl::op::ALTER,
+            crate::acl::resource::TOPIC,
+            t.name.0.as_str(),
+        ) {
+            res.error_code = ResponseError::TopicAuthorizationFailed.code();
+        } else if bad_assignment {
             res.error_code = ResponseError::InvalidReplicaAssignment.code();
             res.error_message = Some(s(format!("new partitions must be assigned to broker {node} alone")));
         } else if let Err(e) = b

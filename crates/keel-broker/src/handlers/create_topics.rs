@@ -11,7 +11,12 @@ use super::s;
 use crate::topic_config;
 use crate::Broker;
 
-pub async fn handle(b: &Arc<Broker>, req: CreateTopicsRequest, _v: i16) -> CreateTopicsResponse {
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: CreateTopicsRequest,
+    _v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> CreateTopicsResponse {
     let mut r = CreateTopicsResponse::default();
     let mut seen = std::collections::HashMap::new();
     for t in &req.topics {
@@ -27,6 +32,18 @@ pub async fn handle(b: &Arc<Broker>, req: CreateTopicsRequest, _v: i16) -> Creat
             res.error_code = e.code();
             res.error_message = Some(s(m));
         };
+        // CREATE on the cluster, or on the topic.
+        if !(b.authorize_cluster(who, crate::acl::op::CREATE)
+            || b.authorize(who, crate::acl::op::CREATE, crate::acl::resource::TOPIC, &name))
+        {
+            fail(
+                &mut res,
+                ResponseError::TopicAuthorizationFailed,
+                "Authorization failed.".to_string(),
+            );
+            r.topics.push(res);
+            continue;
+        }
         if seen.get(&name).copied().unwrap_or(0) > 1 {
             fail(
                 &mut res,

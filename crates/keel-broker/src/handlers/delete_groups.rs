@@ -7,13 +7,22 @@ use kafka_protocol::messages::{DeleteGroupsRequest, DeleteGroupsResponse};
 
 use crate::Broker;
 
-pub async fn handle(b: &Arc<Broker>, req: DeleteGroupsRequest, _v: i16) -> DeleteGroupsResponse {
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: DeleteGroupsRequest,
+    _v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> DeleteGroupsResponse {
     let mut r = DeleteGroupsResponse::default();
     for id in req.groups_names {
         let mut res = DeletableGroupResult::default();
-        res.error_code = match b.coordinator_error() {
-            Some(code) => code,
-            None => b.groups.delete_group(id.0.as_str()).await,
+        res.error_code = if !b.authorize(who, crate::acl::op::DELETE, crate::acl::resource::GROUP, id.0.as_str()) {
+            kafka_protocol::ResponseError::GroupAuthorizationFailed.code()
+        } else {
+            match b.coordinator_error() {
+                Some(code) => code,
+                None => b.groups.delete_group(id.0.as_str()).await,
+            }
         };
         res.group_id = id;
         r.results.push(res);

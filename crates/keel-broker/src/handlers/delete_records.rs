@@ -11,19 +11,31 @@ use kafka_protocol::ResponseError;
 
 use crate::Broker;
 
-pub async fn handle(b: &Arc<Broker>, req: DeleteRecordsRequest, _v: i16) -> DeleteRecordsResponse {
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: DeleteRecordsRequest,
+    _v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> DeleteRecordsResponse {
     let timeout = Duration::from_millis(req.timeout_ms.clamp(0, 300_000) as u64);
     let mut r = DeleteRecordsResponse::default();
     for t in req.topics {
         let mut tr = DeleteRecordsTopicResult::default();
         tr.name = t.name.clone();
         let topic = b.topics.get(t.name.0.as_str());
+        let allowed = b.authorize(
+            who,
+            crate::acl::op::DELETE,
+            crate::acl::resource::TOPIC,
+            t.name.0.as_str(),
+        );
         for p in t.partitions {
             let mut pr = DeleteRecordsPartitionResult::default();
             pr.partition_index = p.partition_index;
             pr.low_watermark = -1;
             let part = topic.as_ref().and_then(|t| t.partition(p.partition_index));
             match part {
+                _ if !allowed => pr.error_code = ResponseError::TopicAuthorizationFailed.code(),
                 None => pr.error_code = ResponseError::UnknownTopicOrPartition.code(),
                 Some(_) if crate::is_internal_topic(t.name.0.as_str()) => {
                     pr.error_code = ResponseError::PolicyViolation.code()

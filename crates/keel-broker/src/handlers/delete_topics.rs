@@ -9,7 +9,12 @@ use kafka_protocol::ResponseError;
 use super::s;
 use crate::Broker;
 
-pub async fn handle(b: &Arc<Broker>, req: DeleteTopicsRequest, v: i16) -> DeleteTopicsResponse {
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: DeleteTopicsRequest,
+    v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> DeleteTopicsResponse {
     let mut r = DeleteTopicsResponse::default();
     let targets: Vec<(Option<String>, uuid::Uuid)> = if v >= 6 {
         req.topics
@@ -32,6 +37,9 @@ pub async fn handle(b: &Arc<Broker>, req: DeleteTopicsRequest, v: i16) -> Delete
         res.name = name.clone().map(|n| TopicName(s(n)));
         match name {
             None => res.error_code = ResponseError::UnknownTopicId.code(),
+            Some(n) if !b.authorize(who, crate::acl::op::DELETE, crate::acl::resource::TOPIC, &n) => {
+                res.error_code = ResponseError::TopicAuthorizationFailed.code()
+            }
             Some(n) => match b.topics.delete(&n).await {
                 Ok(deleted_id) => {
                     res.topic_id = deleted_id;

@@ -9,7 +9,12 @@ use kafka_protocol::ResponseError;
 use super::s;
 use crate::Broker;
 
-pub async fn handle(b: &Arc<Broker>, req: DescribeClusterRequest, _v: i16, listener: &str) -> DescribeClusterResponse {
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: DescribeClusterRequest,
+    _v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> DescribeClusterResponse {
     let mut r = DescribeClusterResponse::default();
     // Endpoint type 2 asks for controllers, which a single node does not list separately.
     if req.endpoint_type != 1 {
@@ -17,10 +22,14 @@ pub async fn handle(b: &Arc<Broker>, req: DescribeClusterRequest, _v: i16, liste
         r.error_message = Some(s("only broker endpoints are described"));
         return r;
     }
+    if !b.authorize_cluster(who, crate::acl::op::DESCRIBE) {
+        r.error_code = ResponseError::ClusterAuthorizationFailed.code();
+        return r;
+    }
     r.cluster_id = s(b.config.cluster_id.clone());
     r.controller_id = BrokerId(b.controller.group.leader().map(|l| l as i32).unwrap_or(-1));
     r.endpoint_type = 1;
-    r.brokers = super::metadata::nodes(b, listener)
+    r.brokers = super::metadata::nodes(b, &who.listener)
         .into_iter()
         .map(|(id, host, port)| {
             let mut broker = DescribeClusterBroker::default();

@@ -142,7 +142,12 @@ fn broker_configs(b: &Broker) -> Vec<(String, String)> {
     ]
 }
 
-pub async fn handle(b: &Arc<Broker>, req: DescribeConfigsRequest, _v: i16) -> DescribeConfigsResponse {
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: DescribeConfigsRequest,
+    _v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> DescribeConfigsResponse {
     let mut r = DescribeConfigsResponse::default();
     let docs = req.include_documentation;
     for res in req.resources {
@@ -153,6 +158,24 @@ pub async fn handle(b: &Arc<Broker>, req: DescribeConfigsRequest, _v: i16) -> De
             Some(keys) if !keys.is_empty() => keys.iter().any(|k| k.as_str() == name),
             _ => true,
         };
+        let allowed = match res.resource_type {
+            RESOURCE_TOPIC => b.authorize(
+                who,
+                crate::acl::op::DESCRIBE_CONFIGS,
+                crate::acl::resource::TOPIC,
+                res.resource_name.as_str(),
+            ),
+            _ => b.authorize_cluster(who, crate::acl::op::DESCRIBE_CONFIGS),
+        };
+        if !allowed {
+            out.error_code = if res.resource_type == RESOURCE_TOPIC {
+                ResponseError::TopicAuthorizationFailed.code()
+            } else {
+                ResponseError::ClusterAuthorizationFailed.code()
+            };
+            r.results.push(out);
+            continue;
+        }
         match res.resource_type {
             RESOURCE_TOPIC => match b.topics.get(res.resource_name.as_str()) {
                 Some(t) => {

@@ -11,11 +11,26 @@ use crate::Broker;
 /// READ, DELETE, DESCRIBE.
 const GROUP_OPS: i32 = (1 << 3) | (1 << 6) | (1 << 8);
 
-pub async fn handle(b: &Arc<Broker>, req: DescribeGroupsRequest, v: i16) -> DescribeGroupsResponse {
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: DescribeGroupsRequest,
+    v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> DescribeGroupsResponse {
     let mut r = DescribeGroupsResponse::default();
     for id in req.groups {
         let mut g = DescribedGroup::default();
         g.group_id = id.clone();
+        if !b.authorize(
+            who,
+            crate::acl::op::DESCRIBE,
+            crate::acl::resource::GROUP,
+            id.0.as_str(),
+        ) {
+            g.error_code = kafka_protocol::ResponseError::GroupAuthorizationFailed.code();
+            r.groups.push(g);
+            continue;
+        }
         if let Some(code) = b.coordinator_error() {
             g.error_code = code;
             r.groups.push(g);

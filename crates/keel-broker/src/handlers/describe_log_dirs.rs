@@ -27,7 +27,18 @@ fn space(dir: &std::path::Path) -> (i64, i64) {
     }
 }
 
-pub async fn handle(b: &Arc<Broker>, req: DescribeLogDirsRequest, _v: i16) -> DescribeLogDirsResponse {
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: DescribeLogDirsRequest,
+    _v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> DescribeLogDirsResponse {
+    if !b.authorize_cluster(who, crate::acl::op::DESCRIBE) {
+        // v3+ carry the error; older versions answer no directories, as Kafka does.
+        let mut r = DescribeLogDirsResponse::default();
+        r.error_code = kafka_protocol::ResponseError::ClusterAuthorizationFailed.code();
+        return r;
+    }
     let wanted: Option<BTreeMap<String, Vec<i32>>> = req
         .topics
         .map(|ts| ts.into_iter().map(|t| (t.topic.0.to_string(), t.partitions)).collect());

@@ -12,16 +12,28 @@ use kafka_protocol::ResponseError;
 
 use crate::Broker;
 
-pub async fn handle(b: &Arc<Broker>, req: DescribeProducersRequest, _v: i16) -> DescribeProducersResponse {
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: DescribeProducersRequest,
+    _v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> DescribeProducersResponse {
     let mut r = DescribeProducersResponse::default();
     for t in req.topics {
         let mut tr = TopicResponse::default();
         tr.name = t.name.clone();
         let topic = b.topics.get(t.name.0.as_str());
+        let allowed = b.authorize(
+            who,
+            crate::acl::op::READ,
+            crate::acl::resource::TOPIC,
+            t.name.0.as_str(),
+        );
         for p in t.partition_indexes {
             let mut pr = PartitionResponse::default();
             pr.partition_index = p;
             match topic.as_ref().and_then(|t| t.partition(p)) {
+                _ if !allowed => pr.error_code = ResponseError::TopicAuthorizationFailed.code(),
                 None => pr.error_code = ResponseError::UnknownTopicOrPartition.code(),
                 Some(part) => match part.active_producers() {
                     Ok(list) => {

@@ -117,8 +117,17 @@ fn state(r: &Replica) -> ReplicaState {
     s
 }
 
-pub async fn handle(b: &Arc<Broker>, req: DescribeQuorumRequest, _v: i16) -> DescribeQuorumResponse {
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: DescribeQuorumRequest,
+    _v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> DescribeQuorumResponse {
     let mut r = DescribeQuorumResponse::default();
+    if !b.authorize_cluster(who, crate::acl::op::DESCRIBE) {
+        r.error_code = ResponseError::ClusterAuthorizationFailed.code();
+        return r;
+    }
     let asked = req
         .topics
         .iter()

@@ -17,13 +17,25 @@ use crate::Broker;
 /// Kafka's default and maximum partitions per response.
 const PARTITION_LIMIT: i32 = 2000;
 
-pub async fn handle(b: &Arc<Broker>, req: DescribeTopicPartitionsRequest, _v: i16) -> DescribeTopicPartitionsResponse {
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: DescribeTopicPartitionsRequest,
+    _v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> DescribeTopicPartitionsResponse {
     let limit = match req.response_partition_limit {
         n if n > 0 => n.min(PARTITION_LIMIT),
         _ => PARTITION_LIMIT,
     } as usize;
-    let mut names: Vec<String> = if req.topics.is_empty() {
-        b.topics.list().iter().map(|t| t.meta().name.clone()).collect()
+    let all = req.topics.is_empty();
+    let mut names: Vec<String> = if all {
+        // Topics the principal may not describe are left out.
+        b.topics
+            .list()
+            .iter()
+            .map(|t| t.meta().name.clone())
+            .filter(|n| b.authorize(who, crate::acl::op::DESCRIBE, crate::acl::resource::TOPIC, n))
+            .collect()
     } else {
         req.topics.iter().map(|t| t.name.0.to_string()).collect()
     };
@@ -43,6 +55,11 @@ pub async fn handle(b: &Arc<Broker>, req: DescribeTopicPartitionsRequest, _v: i1
         };
         let mut out = DescribeTopicPartitionsResponseTopic::default();
         out.name = Some(TopicName(s(name.clone())));
+        if !all && !b.authorize(who, crate::acl::op::DESCRIBE, crate::acl::resource::TOPIC, &name) {
+            out.error_code = ResponseError::TopicAuthorizationFailed.code();
+            r.topics.push(out);
+            continue;
+        }
         let Some(t) = b.topics.get(&name) else {
             out.error_code = ResponseError::UnknownTopicOrPartition.code();
             r.topics.push(out);

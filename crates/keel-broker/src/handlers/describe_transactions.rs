@@ -11,7 +11,12 @@ use crate::Broker;
 
 const TRANSACTIONAL_ID_NOT_FOUND: i16 = 105;
 
-pub async fn handle(b: &Arc<Broker>, req: DescribeTransactionsRequest, _v: i16) -> DescribeTransactionsResponse {
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: DescribeTransactionsRequest,
+    _v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> DescribeTransactionsResponse {
     let mut r = DescribeTransactionsResponse::default();
     let not_here = b.txns.coordinator_error();
     for id in req.transactional_ids {
@@ -20,6 +25,16 @@ pub async fn handle(b: &Arc<Broker>, req: DescribeTransactionsRequest, _v: i16) 
         ts.producer_id = ProducerId(-1);
         ts.producer_epoch = -1;
         ts.transaction_start_time_ms = -1;
+        if !b.authorize(
+            who,
+            crate::acl::op::DESCRIBE,
+            crate::acl::resource::TRANSACTIONAL_ID,
+            id.0.as_str(),
+        ) {
+            ts.error_code = kafka_protocol::ResponseError::TransactionalIdAuthorizationFailed.code();
+            r.transaction_states.push(ts);
+            continue;
+        }
         match (not_here, b.txns.get(id.0.as_str())) {
             (Some(code), _) => ts.error_code = code,
             (None, None) => ts.error_code = TRANSACTIONAL_ID_NOT_FOUND,

@@ -131,7 +131,12 @@ async fn elect(
     }
 }
 
-pub async fn handle(b: &Arc<Broker>, req: ElectLeadersRequest, _v: i16) -> ElectLeadersResponse {
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: ElectLeadersRequest,
+    _v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> ElectLeadersResponse {
     let timeout_ms = req.timeout_ms.clamp(1000, 60_000) as u64;
     // No list: every partition of every topic, reporting only those where an election
     // was tried (as Kafka's controller does).
@@ -149,6 +154,10 @@ pub async fn handle(b: &Arc<Broker>, req: ElectLeadersRequest, _v: i16) -> Elect
             .collect(),
     };
     let mut r = ElectLeadersResponse::default();
+    if !b.authorize_cluster(who, crate::acl::op::ALTER) {
+        r.error_code = ResponseError::ClusterAuthorizationFailed.code();
+        return r;
+    }
     for (topic, partitions) in wanted {
         let mut tr = ReplicaElectionResult::default();
         tr.topic = TopicName(s(topic.clone()));

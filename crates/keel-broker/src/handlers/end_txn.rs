@@ -9,7 +9,12 @@ use kafka_protocol::messages::{EndTxnRequest, EndTxnResponse};
 use crate::txn::{coordinator, state};
 use crate::Broker;
 
-pub async fn handle(b: &Arc<Broker>, req: EndTxnRequest, v: i16) -> EndTxnResponse {
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: EndTxnRequest,
+    v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> EndTxnResponse {
     let mut r = EndTxnResponse::default();
     let fenced = if v >= 2 {
         state::PRODUCER_FENCED
@@ -18,6 +23,15 @@ pub async fn handle(b: &Arc<Broker>, req: EndTxnRequest, v: i16) -> EndTxnRespon
     };
     r.producer_id = req.producer_id;
     r.producer_epoch = req.producer_epoch;
+    if !b.authorize(
+        who,
+        crate::acl::op::WRITE,
+        crate::acl::resource::TRANSACTIONAL_ID,
+        req.transactional_id.0.as_str(),
+    ) {
+        r.error_code = kafka_protocol::ResponseError::TransactionalIdAuthorizationFailed.code();
+        return r;
+    }
     match coordinator::end_txn(
         b,
         req.transactional_id.0.as_str(),

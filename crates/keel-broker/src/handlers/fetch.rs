@@ -36,7 +36,12 @@ fn partition_error(index: i32, code: i16, hw: i64, start: i64) -> PartitionData 
 
 /// One pass over the requested partitions. Returns the response, its record bytes and
 /// whether any partition reported an error.
-fn read_once(b: &Broker, req: &FetchRequest, max_bytes: usize) -> (Vec<FetchableTopicResponse>, usize, bool) {
+fn read_once(
+    b: &Broker,
+    req: &FetchRequest,
+    max_bytes: usize,
+    denied: &std::collections::HashSet<&str>,
+) -> (Vec<FetchableTopicResponse>, usize, bool) {
     let mut budget = max_bytes;
     let mut total = 0usize;
     let mut any_error = false;
@@ -46,6 +51,19 @@ fn read_once(b: &Broker, req: &FetchRequest, max_bytes: usize) -> (Vec<Fetchable
         let mut tr = FetchableTopicResponse::default();
         tr.topic = t.topic.clone();
         tr.topic_id = t.topic_id;
+        if denied.contains(t.topic.0.as_str()) {
+            any_error = true;
+            for fp in &t.partitions {
+                tr.partitions.push(partition_error(
+                    fp.partition,
+                    ResponseError::TopicAuthorizationFailed.code(),
+                    -1,
+                    -1,
+                ));
+            }
+            out.push(tr);
+            continue;
+        }
         let topic = b.topics.get(t.topic.0.as_str());
         for fp in &t.partitions {
             let Some(part) = topic.as_ref().and_then(|topic| topic.partition(fp.partition)) else {
@@ -121,15 +139,27 @@ fn read_once(b: &Broker, req: &FetchRequest, max_bytes: usize) -> (Vec<Fetchable
     (out, total, any_error)
 }
 
-pub async fn handle(b: &Arc<Broker>, req: FetchRequest, _v: i16) -> FetchResponse {
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: FetchRequest,
+    _v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> FetchResponse {
     let max_wait = Duration::from_millis((req.max_wait_ms.max(0) as u64).min(b.config.fetch_wait_ms_max));
     let max_bytes = (req.max_bytes.max(0) as usize).min(b.config.fetch_bytes_max);
     let min_bytes = req.min_bytes.max(0) as usize;
     let deadline = Instant::now() + max_wait;
     let mut changed = b.data_changed.subscribe();
+    // Topics this consumer may not READ: answered TOPIC_AUTHORIZATION_FAILED.
+    let denied: std::collections::HashSet<&str> = req
+        .topics
+        .iter()
+        .map(|t| t.topic.0.as_str())
+        .filter(|t| !b.authorize(who, crate::acl::op::READ, crate::acl::resource::TOPIC, t))
+        .collect();
     let responses = loop {
         changed.borrow_and_update();
-        let (responses, total, any_error) = read_once(b, &req, max_bytes);
+        let (responses, total, any_error) = read_once(b, &req, max_bytes, &denied);
         if total >= min_bytes.max(1) || any_error || Instant::now() >= deadline {
             b.metrics.fetched_bytes.inc_by(total as u64);
             break responses;

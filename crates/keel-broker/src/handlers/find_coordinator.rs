@@ -14,11 +14,18 @@ use crate::Broker;
 const KEY_TYPE_GROUP: i8 = 0;
 const KEY_TYPE_TRANSACTION: i8 = 1;
 
-pub async fn handle(b: &Arc<Broker>, req: FindCoordinatorRequest, v: i16, listener: &str) -> FindCoordinatorResponse {
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: FindCoordinatorRequest,
+    v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> FindCoordinatorResponse {
     let mut r = FindCoordinatorResponse::default();
     let coordinator = match req.key_type {
-        KEY_TYPE_GROUP => Ok(b.coordinator_node(listener)),
-        KEY_TYPE_TRANSACTION => Ok(b.leader_node_of(crate::txn::coordinator::TXN_TOPIC, &b.txns.partition(), listener)),
+        KEY_TYPE_GROUP => Ok(b.coordinator_node(&who.listener)),
+        KEY_TYPE_TRANSACTION => {
+            Ok(b.leader_node_of(crate::txn::coordinator::TXN_TOPIC, &b.txns.partition(), &who.listener))
+        }
         _ => Err(ResponseError::InvalidRequest.code()),
     };
     let (code, msg) = match &coordinator {
@@ -35,6 +42,16 @@ pub async fn handle(b: &Arc<Broker>, req: FindCoordinatorRequest, v: i16, listen
         Some((_, h, p)) => (s(h.clone()), *p),
         None => (s(""), -1),
     };
+    let (resource, denied) = match req.key_type {
+        KEY_TYPE_TRANSACTION => (
+            crate::acl::resource::TRANSACTIONAL_ID,
+            ResponseError::TransactionalIdAuthorizationFailed.code(),
+        ),
+        _ => (
+            crate::acl::resource::GROUP,
+            ResponseError::GroupAuthorizationFailed.code(),
+        ),
+    };
     if v >= 4 {
         r.coordinators = req
             .coordinator_keys
@@ -42,8 +59,10 @@ pub async fn handle(b: &Arc<Broker>, req: FindCoordinatorRequest, v: i16, listen
             .map(|key: &StrBytes| {
                 let mut c = Coordinator::default();
                 c.key = key.clone();
+                let allowed = b.authorize(who, crate::acl::op::DESCRIBE, resource, key.as_str());
+                let code = if allowed { code } else { denied };
                 c.error_code = code;
-                c.error_message = msg.map(s);
+                c.error_message = if allowed { msg.map(s) } else { None };
                 if code == 0 {
                     c.node_id = node;
                     c.host = host.clone();
@@ -57,6 +76,8 @@ pub async fn handle(b: &Arc<Broker>, req: FindCoordinatorRequest, v: i16, listen
             .collect();
         return r;
     }
+    let allowed = b.authorize(who, crate::acl::op::DESCRIBE, resource, req.key.as_str());
+    let (code, msg) = if allowed { (code, msg) } else { (denied, None) };
     r.error_code = code;
     if v >= 1 {
         r.error_message = msg.map(s);

@@ -10,11 +10,25 @@ use tracing::error;
 use crate::txn::{coordinator, state};
 use crate::Broker;
 
-pub async fn handle(b: &Arc<Broker>, req: InitProducerIdRequest, v: i16) -> InitProducerIdResponse {
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: InitProducerIdRequest,
+    v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> InitProducerIdResponse {
     let mut r = InitProducerIdResponse::default();
     r.producer_id = ProducerId(-1);
     r.producer_epoch = -1;
     if let Some(id) = req.transactional_id.as_ref().filter(|id| !id.0.is_empty()) {
+        if !b.authorize(
+            who,
+            crate::acl::op::WRITE,
+            crate::acl::resource::TRANSACTIONAL_ID,
+            id.0.as_str(),
+        ) {
+            r.error_code = kafka_protocol::ResponseError::TransactionalIdAuthorizationFailed.code();
+            return r;
+        }
         let expected = (req.producer_id.0 >= 0).then_some((req.producer_id.0, req.producer_epoch));
         let fenced = if v >= 4 {
             state::PRODUCER_FENCED
@@ -28,6 +42,14 @@ pub async fn handle(b: &Arc<Broker>, req: InitProducerIdRequest, v: i16) -> Init
             }
             Err(code) => r.error_code = code,
         }
+        return r;
+    }
+    // An idempotent producer: IDEMPOTENT_WRITE on the cluster, or WRITE on some topic
+    // (KIP-679).
+    if !(b.authorize_cluster(who, crate::acl::op::IDEMPOTENT_WRITE)
+        || b.authorize_any(who, crate::acl::op::WRITE, crate::acl::resource::TOPIC))
+    {
+        r.error_code = kafka_protocol::ResponseError::ClusterAuthorizationFailed.code();
         return r;
     }
     // KIP-360: a producer that knows its id asks for the next epoch.

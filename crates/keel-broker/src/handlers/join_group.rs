@@ -20,10 +20,25 @@ pub struct Client {
     pub host: String,
 }
 
-pub async fn handle(b: &Arc<Broker>, req: JoinGroupRequest, v: i16, client: Client) -> JoinGroupResponse {
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: JoinGroupRequest,
+    v: i16,
+    client: Client,
+    who: &crate::handlers::sasl::Session,
+) -> JoinGroupResponse {
     let mut r = JoinGroupResponse::default();
     r.member_id = req.member_id.clone();
     r.generation_id = -1;
+    if !b.authorize(
+        who,
+        crate::acl::op::READ,
+        crate::acl::resource::GROUP,
+        req.group_id.0.as_str(),
+    ) {
+        r.error_code = ResponseError::GroupAuthorizationFailed.code();
+        return r;
+    }
     if let Some(code) = b.coordinator_error() {
         r.error_code = code;
         return r;

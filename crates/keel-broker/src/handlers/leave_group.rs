@@ -7,8 +7,22 @@ use kafka_protocol::messages::{LeaveGroupRequest, LeaveGroupResponse};
 
 use crate::Broker;
 
-pub async fn handle(b: &Arc<Broker>, req: LeaveGroupRequest, v: i16) -> LeaveGroupResponse {
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: LeaveGroupRequest,
+    v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> LeaveGroupResponse {
     let mut r = LeaveGroupResponse::default();
+    if !b.authorize(
+        who,
+        crate::acl::op::READ,
+        crate::acl::resource::GROUP,
+        req.group_id.0.as_str(),
+    ) {
+        r.error_code = kafka_protocol::ResponseError::GroupAuthorizationFailed.code();
+        return r;
+    }
     if let Some(code) = b.coordinator_error() {
         r.error_code = code;
         return r;

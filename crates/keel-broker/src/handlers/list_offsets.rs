@@ -15,17 +15,33 @@ const EARLIEST: i64 = -2;
 /// offset is the last stable offset.
 const READ_COMMITTED: i8 = 1;
 
-pub async fn handle(b: &Arc<Broker>, req: ListOffsetsRequest, v: i16) -> ListOffsetsResponse {
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: ListOffsetsRequest,
+    v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> ListOffsetsResponse {
     let mut r = ListOffsetsResponse::default();
     for t in req.topics {
         let mut tr = ListOffsetsTopicResponse::default();
         tr.name = t.name.clone();
         let topic = b.topics.get(t.name.0.as_str());
+        let allowed = b.authorize(
+            who,
+            crate::acl::op::DESCRIBE,
+            crate::acl::resource::TOPIC,
+            t.name.0.as_str(),
+        );
         for p in t.partitions {
             let mut pr = ListOffsetsPartitionResponse::default();
             pr.partition_index = p.partition_index;
             pr.timestamp = -1;
             pr.offset = -1;
+            if !allowed {
+                pr.error_code = ResponseError::TopicAuthorizationFailed.code();
+                tr.partitions.push(pr);
+                continue;
+            }
             let Some(part) = topic.as_ref().and_then(|t| t.partition(p.partition_index)) else {
                 pr.error_code = ResponseError::UnknownTopicOrPartition.code();
                 tr.partitions.push(pr);

@@ -19,7 +19,13 @@ pub async fn handle(
     b: &Arc<Broker>,
     req: ListPartitionReassignmentsRequest,
     _v: i16,
+    who: &crate::handlers::sasl::Session,
 ) -> ListPartitionReassignmentsResponse {
+    if !b.authorize_cluster(who, crate::acl::op::DESCRIBE) {
+        let mut r = ListPartitionReassignmentsResponse::default();
+        r.error_code = kafka_protocol::ResponseError::ClusterAuthorizationFailed.code();
+        return r;
+    }
     let wanted: Option<BTreeMap<String, Vec<i32>>> = req.topics.map(|ts| {
         ts.into_iter()
             .map(|t| (t.name.0.to_string(), t.partition_indexes))

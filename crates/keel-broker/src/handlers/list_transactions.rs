@@ -19,7 +19,12 @@ const STATES: [TxnState; 6] = [
     TxnState::CompleteAbort,
 ];
 
-pub async fn handle(b: &Arc<Broker>, req: ListTransactionsRequest, _v: i16) -> ListTransactionsResponse {
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: ListTransactionsRequest,
+    _v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> ListTransactionsResponse {
     let mut r = ListTransactionsResponse::default();
     // Admin clients ask every broker and merge the answers: a node that coordinates no
     // transactions answers with none, as Kafka's brokers do.
@@ -39,6 +44,14 @@ pub async fn handle(b: &Arc<Broker>, req: ListTransactionsRequest, _v: i16) -> L
         .collect();
     let now = keel_log::disk::now_ms();
     for (id, meta) in b.txns.all() {
+        if !b.authorize(
+            who,
+            crate::acl::op::DESCRIBE,
+            crate::acl::resource::TRANSACTIONAL_ID,
+            &id,
+        ) {
+            continue;
+        }
         if !req.state_filters.is_empty() && !req.state_filters.iter().any(|f| f.as_str() == meta.state.name()) {
             continue;
         }

@@ -151,9 +151,17 @@ fn error_entry(name: Option<&str>, id: uuid::Uuid, code: i16) -> MetadataRespons
 }
 
 /// `listener` is the listener the client connected through.
-pub async fn handle(b: &Arc<Broker>, req: MetadataRequest, v: i16, listener: &str) -> MetadataResponse {
+use crate::acl::op::DESCRIBE;
+use crate::acl::resource::TOPIC;
+
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: MetadataRequest,
+    v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> MetadataResponse {
     let mut r = MetadataResponse::default();
-    r.brokers = nodes(b, listener)
+    r.brokers = nodes(b, &who.listener)
         .into_iter()
         .map(|(id, host, port)| {
             let mut broker = MetadataResponseBroker::default();
@@ -176,14 +184,31 @@ pub async fn handle(b: &Arc<Broker>, req: MetadataRequest, v: i16, listener: &st
     let allow_create = v < 4 || req.allow_auto_topic_creation;
     match requested {
         None => {
-            r.topics = b.topics.list().iter().map(|t| topic_entry(b, t, ops)).collect();
+            // Topics the principal may not describe are left out.
+            r.topics = b
+                .topics
+                .list()
+                .iter()
+                .filter(|t| b.authorize(who, DESCRIBE, TOPIC, &t.meta().name))
+                .map(|t| topic_entry(b, t, ops))
+                .collect();
         }
         Some(wanted) => {
             for want in wanted {
                 let entry = match &want.name {
+                    Some(name) if !b.authorize(who, DESCRIBE, TOPIC, name.0.as_str()) => error_entry(
+                        Some(name.0.as_str()),
+                        uuid::Uuid::nil(),
+                        ResponseError::TopicAuthorizationFailed.code(),
+                    ),
                     Some(name) => {
                         let name = name.0.as_str();
-                        let found = if allow_create {
+                        // Auto-creation needs CREATE on the cluster or on the topic.
+                        let may_create = allow_create
+                            && b.topics.get(name).is_none()
+                            && (b.authorize_cluster(who, crate::acl::op::CREATE)
+                                || b.authorize(who, crate::acl::op::CREATE, TOPIC, name));
+                        let found = if may_create {
                             b.topics.get_or_auto_create(name).await
                         } else {
                             b.topics.get(name).ok_or(crate::topics::AdminError {
@@ -197,6 +222,9 @@ pub async fn handle(b: &Arc<Broker>, req: MetadataRequest, v: i16, listener: &st
                         }
                     }
                     None => match b.topics.by_id(want.topic_id) {
+                        Some(t) if !b.authorize(who, DESCRIBE, TOPIC, &t.meta().name) => {
+                            error_entry(None, want.topic_id, ResponseError::TopicAuthorizationFailed.code())
+                        }
                         Some(t) => topic_entry(b, &t, ops),
                         None => error_entry(None, want.topic_id, ResponseError::UnknownTopicId.code()),
                     },

@@ -1,6 +1,7 @@
 //! One module per Kafka API. Each takes the decoded request and returns the response;
 //! partition- and topic-level failures are error codes inside the response.
 
+pub mod acls;
 pub mod add_offsets_to_txn;
 pub mod add_partitions_to_txn;
 pub mod alter_configs;

@@ -10,9 +10,16 @@ use kafka_protocol::ResponseError;
 use crate::group::offsets::{CommittedOffset, METADATA_BYTES_MAX};
 use crate::Broker;
 
-pub async fn handle(b: &Arc<Broker>, req: OffsetCommitRequest, _v: i16) -> OffsetCommitResponse {
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: OffsetCommitRequest,
+    _v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> OffsetCommitResponse {
     let group = req.group_id.0.to_string();
-    let fence = if let Some(code) = b.coordinator_error() {
+    let fence = if !b.authorize(who, crate::acl::op::READ, crate::acl::resource::GROUP, &group) {
+        ResponseError::GroupAuthorizationFailed.code()
+    } else if let Some(code) = b.coordinator_error() {
         code
     } else if group.is_empty() {
         ResponseError::InvalidGroupId.code()
@@ -36,11 +43,20 @@ pub async fn handle(b: &Arc<Broker>, req: OffsetCommitRequest, _v: i16) -> Offse
         let mut tr = OffsetCommitResponseTopic::default();
         tr.name = t.name.clone();
         let topic = b.topics.get(t.name.0.as_str());
+        let readable = fence != 0
+            || b.authorize(
+                who,
+                crate::acl::op::READ,
+                crate::acl::resource::TOPIC,
+                t.name.0.as_str(),
+            );
         for p in &t.partitions {
             let mut pr = OffsetCommitResponsePartition::default();
             pr.partition_index = p.partition_index;
             pr.error_code = if fence != 0 {
                 fence
+            } else if !readable {
+                ResponseError::TopicAuthorizationFailed.code()
             } else if topic.as_ref().and_then(|t| t.partition(p.partition_index)).is_none() {
                 ResponseError::UnknownTopicOrPartition.code()
             } else if p

@@ -8,9 +8,18 @@ use kafka_protocol::ResponseError;
 
 use crate::Broker;
 
-pub async fn handle(b: &Arc<Broker>, req: OffsetDeleteRequest, _v: i16) -> OffsetDeleteResponse {
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: OffsetDeleteRequest,
+    _v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> OffsetDeleteResponse {
     let group = req.group_id.0.to_string();
     let mut r = OffsetDeleteResponse::default();
+    if !b.authorize(who, crate::acl::op::DELETE, crate::acl::resource::GROUP, &group) {
+        r.error_code = ResponseError::GroupAuthorizationFailed.code();
+        return r;
+    }
     if let Some(code) = b.coordinator_error() {
         r.error_code = code;
         return r;
@@ -26,10 +35,18 @@ pub async fn handle(b: &Arc<Broker>, req: OffsetDeleteRequest, _v: i16) -> Offse
     for t in &req.topics {
         let mut tr = OffsetDeleteResponseTopic::default();
         tr.name = t.name.clone();
+        let readable = b.authorize(
+            who,
+            crate::acl::op::READ,
+            crate::acl::resource::TOPIC,
+            t.name.0.as_str(),
+        );
         for p in &t.partitions {
             let mut pr = OffsetDeleteResponsePartition::default();
             pr.partition_index = p.partition_index;
-            if active {
+            if !readable {
+                pr.error_code = ResponseError::TopicAuthorizationFailed.code();
+            } else if active {
                 pr.error_code = ResponseError::GroupSubscribedToTopic.code();
             } else {
                 keys.push((t.name.0.to_string(), p.partition_index));

@@ -12,9 +12,18 @@ use crate::Broker;
 
 const UNSTABLE_OFFSET_COMMIT: i16 = 88;
 
-pub async fn handle(b: &Arc<Broker>, req: OffsetFetchRequest, v: i16) -> OffsetFetchResponse {
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: OffsetFetchRequest,
+    v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> OffsetFetchResponse {
     let group = req.group_id.0.as_str();
     let mut r = OffsetFetchResponse::default();
+    if !b.authorize(who, crate::acl::op::DESCRIBE, crate::acl::resource::GROUP, group) {
+        r.error_code = kafka_protocol::ResponseError::GroupAuthorizationFailed.code();
+        return r;
+    }
     let not_coordinator = b.coordinator_error();
     if let (Some(code), true) = (not_coordinator, v >= 2) {
         r.error_code = code;
@@ -33,12 +42,24 @@ pub async fn handle(b: &Arc<Broker>, req: OffsetFetchRequest, v: i16) -> OffsetF
             by_topic.into_iter().collect()
         }
     };
+    let all_topics = req.topics.is_none();
     for (topic, parts) in wanted {
+        // Asked for all: topics it may not describe are left out; asked by name: refused.
+        let describable = b.authorize(who, crate::acl::op::DESCRIBE, crate::acl::resource::TOPIC, &topic);
+        if !describable && all_topics {
+            continue;
+        }
         let mut tr = OffsetFetchResponseTopic::default();
         tr.name = TopicName(s(topic.clone()));
         for part in parts {
             let mut pr = OffsetFetchResponsePartition::default();
             pr.partition_index = part;
+            if !describable {
+                pr.error_code = kafka_protocol::ResponseError::TopicAuthorizationFailed.code();
+                pr.committed_offset = -1;
+                tr.partitions.push(pr);
+                continue;
+            }
             if let Some(code) = not_coordinator {
                 pr.error_code = code;
                 pr.committed_offset = -1;

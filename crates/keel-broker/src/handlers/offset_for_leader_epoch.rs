@@ -11,17 +11,33 @@ use kafka_protocol::ResponseError;
 
 use crate::Broker;
 
-pub async fn handle(b: &Arc<Broker>, req: OffsetForLeaderEpochRequest, _v: i16) -> OffsetForLeaderEpochResponse {
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: OffsetForLeaderEpochRequest,
+    _v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> OffsetForLeaderEpochResponse {
     let mut r = OffsetForLeaderEpochResponse::default();
     for t in req.topics {
         let mut tr = OffsetForLeaderTopicResult::default();
         tr.topic = t.topic.clone();
         let topic = b.topics.get(t.topic.0.as_str());
+        let allowed = b.authorize(
+            who,
+            crate::acl::op::DESCRIBE,
+            crate::acl::resource::TOPIC,
+            t.topic.0.as_str(),
+        );
         for p in t.partitions {
             let mut pr = EpochEndOffset::default();
             pr.partition = p.partition;
             pr.leader_epoch = -1;
             pr.end_offset = -1;
+            if !allowed {
+                pr.error_code = ResponseError::TopicAuthorizationFailed.code();
+                tr.partitions.push(pr);
+                continue;
+            }
             let Some(part) = topic.as_ref().and_then(|t| t.partition(p.partition)) else {
                 pr.error_code = ResponseError::UnknownTopicOrPartition.code();
                 tr.partitions.push(pr);

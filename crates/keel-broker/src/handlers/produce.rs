@@ -80,6 +80,7 @@ fn keyless(
 pub async fn handle_legacy(
     b: &Arc<Broker>,
     req: keel_proto::legacy::ProduceV0,
+    who: &crate::handlers::sasl::Session,
 ) -> Option<Vec<(String, Vec<keel_proto::legacy::PartitionAnswer>)>> {
     use keel_proto::legacy::{upconvert, PartitionAnswer};
     let mut refused: std::collections::HashMap<(String, i32), i16> = Default::default();
@@ -109,7 +110,7 @@ pub async fn handle_legacy(
     v3.acks = req.acks;
     v3.timeout_ms = req.timeout_ms;
     v3.topic_data = topic_data;
-    let resp = handle(b, v3, 3).await?;
+    let resp = handle(b, v3, 3, who).await?;
     let answered: std::collections::HashMap<(String, i32), &PartitionProduceResponse> = resp
         .responses
         .iter()
@@ -159,8 +160,13 @@ struct Pending {
 }
 
 /// Serves a Produce request whole.
-pub async fn handle(b: &Arc<Broker>, req: ProduceRequest, v: i16) -> Option<ProduceResponse> {
-    start(b, req, v).await.await
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: ProduceRequest,
+    v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> Option<ProduceResponse> {
+    start(b, req, v, who).await.await
 }
 
 /// Validates every partition's batches and hands them to the partitions' logs, in the
@@ -172,18 +178,32 @@ pub async fn start(
     b: &Arc<Broker>,
     req: ProduceRequest,
     v: i16,
+    who: &crate::handlers::sasl::Session,
 ) -> impl std::future::Future<Output = Option<ProduceResponse>> + Send + 'static {
     let acks = req.acks;
     let mut responses = Vec::with_capacity(req.topic_data.len());
     // (response slot, partition slot, replication task) for the commit wait.
     let mut pending: Vec<Pending> = Vec::new();
     let timeout = Duration::from_millis(req.timeout_ms.max(0) as u64);
+    // A transactional producer needs WRITE on its transactional id; every topic, WRITE.
+    let txn_allowed = req.transactional_id.as_ref().is_none_or(|id| {
+        b.authorize(
+            who,
+            crate::acl::op::WRITE,
+            crate::acl::resource::TRANSACTIONAL_ID,
+            id.as_str(),
+        )
+    });
     for topic in req.topic_data {
         let name = topic.name.0.to_string();
         let mut tr = TopicProduceResponse::default();
         tr.name = topic.name.clone();
         let found = if acks != 0 && acks != 1 && acks != -1 {
             Err(ResponseError::InvalidRequiredAcks.code())
+        } else if !txn_allowed {
+            Err(ResponseError::TransactionalIdAuthorizationFailed.code())
+        } else if !b.authorize(who, crate::acl::op::WRITE, crate::acl::resource::TOPIC, &name) {
+            Err(ResponseError::TopicAuthorizationFailed.code())
         } else if crate::is_internal_topic(&name) {
             Err(ResponseError::InvalidTopicException.code())
         } else {

@@ -69,6 +69,8 @@ pub struct Session {
     pub principal: String,
     /// The listener it came in through.
     pub listener: std::sync::Arc<str>,
+    /// The client's IP address, as ACLs name hosts ("" when unknown).
+    pub host: String,
     /// The listener authenticates with SASL.
     sasl: bool,
     /// The mechanism SaslHandshake chose; SaslAuthenticate comes next.
@@ -84,6 +86,7 @@ impl Default for Session {
             user: None,
             principal: ANONYMOUS.to_string(),
             listener: std::sync::Arc::from("PLAINTEXT"),
+            host: String::new(),
             sasl: false,
             mechanism: None,
             scram: None,

@@ -27,9 +27,14 @@ pub async fn describe(
     b: &Arc<Broker>,
     req: DescribeUserScramCredentialsRequest,
     _v: i16,
+    who: &crate::handlers::sasl::Session,
 ) -> DescribeUserScramCredentialsResponse {
     let meta = b.controller.meta();
     let mut r = DescribeUserScramCredentialsResponse::default();
+    if !b.authorize_cluster(who, crate::acl::op::DESCRIBE) {
+        r.error_code = E::ClusterAuthorizationFailed.code();
+        return r;
+    }
     let entry = |user: &str| {
         let mut out = DescribeUserScramCredentialsResult::default();
         out.user = s(user);
@@ -89,8 +94,28 @@ pub async fn alter(
     b: &Arc<Broker>,
     req: AlterUserScramCredentialsRequest,
     _v: i16,
+    who: &crate::handlers::sasl::Session,
 ) -> AlterUserScramCredentialsResponse {
     let meta = b.controller.meta();
+    if !b.authorize_cluster(who, crate::acl::op::ALTER) {
+        let mut r = AlterUserScramCredentialsResponse::default();
+        let users: BTreeSet<String> = req
+            .deletions
+            .iter()
+            .map(|d| d.name.to_string())
+            .chain(req.upsertions.iter().map(|u| u.name.to_string()))
+            .collect();
+        r.results = users
+            .into_iter()
+            .map(|u| {
+                let mut out = AlterUserScramCredentialsResult::default();
+                out.user = s(u);
+                out.error_code = E::ClusterAuthorizationFailed.code();
+                out
+            })
+            .collect();
+        return r;
+    }
     let mut errors: BTreeMap<String, (i16, String)> = BTreeMap::new();
     let mut seen: BTreeSet<(String, i8)> = BTreeSet::new();
     let mut users: BTreeSet<String> = BTreeSet::new();

@@ -7,7 +7,22 @@ use kafka_protocol::messages::{SyncGroupRequest, SyncGroupResponse};
 use super::s;
 use crate::Broker;
 
-pub async fn handle(b: &Arc<Broker>, req: SyncGroupRequest, v: i16) -> SyncGroupResponse {
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: SyncGroupRequest,
+    v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> SyncGroupResponse {
+    if !b.authorize(
+        who,
+        crate::acl::op::READ,
+        crate::acl::resource::GROUP,
+        req.group_id.0.as_str(),
+    ) {
+        let mut r = SyncGroupResponse::default();
+        r.error_code = kafka_protocol::ResponseError::GroupAuthorizationFailed.code();
+        return r;
+    }
     if let Some(code) = b.coordinator_error() {
         let mut r = SyncGroupResponse::default();
         r.error_code = code;

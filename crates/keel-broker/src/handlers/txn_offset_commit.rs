@@ -16,9 +16,35 @@ use crate::Broker;
 
 const OFFSET_METADATA_TOO_LARGE: i16 = 12;
 
-pub async fn handle(b: &Arc<Broker>, req: TxnOffsetCommitRequest, v: i16) -> TxnOffsetCommitResponse {
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: TxnOffsetCommitRequest,
+    v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> TxnOffsetCommitResponse {
     let group = req.group_id.0.to_string();
-    let mut code = b.coordinator_error().unwrap_or(0);
+    // WRITE on the transactional id, READ on the group and on every topic.
+    let mut code = if !b.authorize(
+        who,
+        crate::acl::op::WRITE,
+        crate::acl::resource::TRANSACTIONAL_ID,
+        req.transactional_id.0.as_str(),
+    ) {
+        kafka_protocol::ResponseError::TransactionalIdAuthorizationFailed.code()
+    } else if !b.authorize(who, crate::acl::op::READ, crate::acl::resource::GROUP, &group) {
+        kafka_protocol::ResponseError::GroupAuthorizationFailed.code()
+    } else if req.topics.iter().any(|t| {
+        !b.authorize(
+            who,
+            crate::acl::op::READ,
+            crate::acl::resource::TOPIC,
+            t.name.0.as_str(),
+        )
+    }) {
+        kafka_protocol::ResponseError::TopicAuthorizationFailed.code()
+    } else {
+        b.coordinator_error().unwrap_or(0)
+    };
     if code == 0 && (req.generation_id >= 0 || !req.member_id.is_empty()) {
         code = b
             .groups

@@ -10,9 +10,18 @@ use kafka_protocol::ResponseError as E;
 use super::s;
 use crate::Broker;
 
-pub async fn handle(b: &Arc<Broker>, req: UnregisterBrokerRequest, _v: i16) -> UnregisterBrokerResponse {
+pub async fn handle(
+    b: &Arc<Broker>,
+    req: UnregisterBrokerRequest,
+    _v: i16,
+    who: &crate::handlers::sasl::Session,
+) -> UnregisterBrokerResponse {
     let mut r = UnregisterBrokerResponse::default();
     let id = req.broker_id.0;
+    if !b.authorize_cluster(who, crate::acl::op::ALTER) {
+        r.error_code = E::ClusterAuthorizationFailed.code();
+        return r;
+    }
     let refuse = |r: &mut UnregisterBrokerResponse, code: E, message: String| {
         r.error_code = code.code();
         r.error_message = Some(s(message));
