@@ -387,23 +387,33 @@ impl BrokerConfig {
         })
     }
 
-    /// Every Kafka listener, the main one first: (name, protocol, bind address, advertised).
-    pub fn all_listeners(&self) -> Result<Vec<(String, SecurityProtocol, String, Option<String>)>, String> {
+    /// Every Kafka listener, the main one first, each with its protocol resolved.
+    pub fn all_listeners(&self) -> Result<Vec<ListenerConfig>, String> {
         let main = self.main_protocol();
-        let mut out = vec![(main.as_str().to_string(), main, self.kafka_listen.clone(), None)];
+        let mut out = vec![ListenerConfig {
+            name: main.as_str().to_string(),
+            listen: self.kafka_listen.clone(),
+            protocol: Some(main),
+            advertised: None,
+        }];
         for l in &self.listeners {
-            out.push((l.name.clone(), l.protocol()?, l.listen.clone(), l.advertised.clone()));
+            out.push(ListenerConfig {
+                protocol: Some(l.protocol()?),
+                ..l.clone()
+            });
         }
         Ok(out)
     }
 
     pub fn validate(&self) -> Result<(), String> {
         let listeners = self.all_listeners()?;
-        for (i, (name, protocol, listen, advertised)) in listeners.iter().enumerate() {
+        for (i, l) in listeners.iter().enumerate() {
+            let (name, listen, advertised) = (&l.name, &l.listen, &l.advertised);
+            let protocol = l.protocol()?;
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
                 return Err(format!("listener name {name:?}: letters, digits, '_' and '-' only"));
             }
-            if listeners[..i].iter().any(|(n, ..)| n == name) {
+            if listeners[..i].iter().any(|other| other.name == *name) {
                 return Err(format!(
                     "two listeners are named {name:?} (the main listener is named after its protocol)"
                 ));

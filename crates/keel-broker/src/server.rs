@@ -71,8 +71,8 @@ pub async fn run_listener(
         .all_listeners()
         .map_err(anyhow::Error::msg)?
         .into_iter()
-        .find(|(n, ..)| n == name)
-        .map(|(_, p, ..)| p)
+        .find(|l| l.name == name)
+        .and_then(|l| l.protocol)
         .ok_or_else(|| anyhow::anyhow!("no listener named {name}"))?;
     if protocol.tls() && broker.tls.is_none() {
         anyhow::bail!(

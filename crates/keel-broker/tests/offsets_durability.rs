@@ -87,7 +87,8 @@ async fn deleting_a_topic_removes_its_offsets() {
     .unwrap();
     o.commit("h", vec![(("doomed".into(), 1), at(9, ""))]).await.unwrap();
     let req = DeleteTopicsRequest::default().with_topic_names(vec![TopicName(StrBytes::from_static_str("doomed"))]);
-    let resp = keel_broker::handlers::delete_topics::handle(&b, req, 5).await;
+    let admin = keel_broker::handlers::sasl::Session::default();
+    let resp = keel_broker::handlers::delete_topics::handle(&b, req, 5, &admin).await;
     assert_eq!(resp.responses[0].error_code, 0);
     assert_eq!(o.fetch("g", "doomed", 0), None);
     assert_eq!(o.fetch("g", "doomed", 1), None);
