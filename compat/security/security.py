@@ -420,7 +420,7 @@ def acl_section():
         f'key_file = "{ca}/node.key"',
         f'client_ca_file = "{ca}/ca.pem"',
         'client_auth = "requested"',
-    ])
+    ], extra_args=("--audit-log", os.path.join(WORK, "acl", "audit", "audit.log")))
     try:
         sasl = {"bootstrap.servers": node.kafka, "security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN"}
         admin_conf = {**sasl, "sasl.username": "admin", "sasl.password": "admin-pw"}
@@ -518,8 +518,45 @@ def acl_section():
               delivery_errors(alice, "orders") == ["TOPIC_AUTHORIZATION_FAILED"])
         denials = node.metric("keel_authorization_denials_total") or 0
         check("refusals are counted in keel_authorization_denials_total", denials >= 8, str(denials))
+        check("a wrong password is refused", refused({**sasl, "sasl.username": "alice", "sasl.password": "nope"}))
+        audit_checks(os.path.join(WORK, "acl", "audit", "audit.log"))
     finally:
         node.stop()
+
+
+def audit_checks(path):
+    """The audit log of acl_section's node: JSON lines naming who did what, from where."""
+    import json
+    deadline = time.time() + 10
+    events = []
+    while time.time() < deadline:
+        with open(path) as f:
+            events = [json.loads(line) for line in f if line.strip()]
+        if any(e["operation"] == "DeleteAcls" for e in events):
+            break
+        time.sleep(0.2)
+    fields = {"time", "node", "event", "principal", "client", "listener", "operation", "resource_type", "resource", "outcome"}
+    check("every audit line is a JSON object with the documented fields",
+          events and all(fields <= set(e) for e in events), str(events[:1]))
+
+    def has(**kw):
+        return any(all(e.get(k) == v for k, v in kw.items()) for e in events)
+    check("audit: admin's SASL/PLAIN authentication", has(event="authentication", principal="User:admin", operation="PLAIN",
+                                                           outcome="success"))
+    check("audit: a failed authentication", has(event="authentication", operation="PLAIN", outcome="failure"))
+    check("audit: a client certificate's authentication", has(event="authentication", principal="User:CN=alice",
+                                                               operation="TLS", outcome="success"))
+    check("audit: alice's refused WRITE on orders", has(event="authorization", principal="User:alice", operation="WRITE",
+                                                         resource_type="TOPIC", resource="orders", outcome="denied"))
+    check("audit: admin created topic secret", has(event="change", principal="User:admin", operation="CreateTopics",
+                                                    resource="secret", outcome="success"))
+    check("audit: alice's refused CreateTopics", has(event="change", principal="User:alice", operation="CreateTopics",
+                                                      outcome="failure", detail="TopicAuthorizationFailed"))
+    check("audit: ACLs created and deleted", has(event="change", operation="CreateAcls", outcome="success")
+          and has(event="change", operation="DeleteAcls", outcome="success",
+                  resource="TOPIC LITERAL:orders User:alice WRITE ALLOW"))
+    check("audit: clients are named by address and port",
+          all(e["client"].count(":") >= 1 for e in events if e["event"] == "authentication"))
 
 
 def free_port():

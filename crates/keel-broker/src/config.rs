@@ -290,6 +290,13 @@ pub struct BrokerConfig {
     pub super_users: Vec<String>,
     /// Allow what no ACL mentions (Kafka's `allow.everyone.if.no.acl.found`).
     pub allow_everyone_if_no_acl_found: bool,
+    /// Audit log file (JSON lines: authentications, authorization denials, changes to
+    /// topics, configs, ACLs, users and nodes); none when unset.
+    pub audit_log: Option<PathBuf>,
+    /// The audit log is rotated when it would pass this size.
+    pub audit_log_max_bytes: u64,
+    /// Rotated audit log files kept (`audit.log.1` the newest).
+    pub audit_log_keep: usize,
     /// Default log settings of partitions.
     pub log: LogConfig,
 }
@@ -356,6 +363,9 @@ impl Default for BrokerConfig {
             authorizer: false,
             super_users: Vec::new(),
             allow_everyone_if_no_acl_found: false,
+            audit_log: None,
+            audit_log_max_bytes: 100 * 1024 * 1024,
+            audit_log_keep: 10,
             log: LogConfig::default(),
         }
     }

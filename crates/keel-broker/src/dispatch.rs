@@ -175,6 +175,18 @@ pub async fn handle_from(
             let meta = b.controller.meta();
             let nonce = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
             let (resp, close) = handlers::sasl::authenticate(&b.sasl_users(&meta), session, req, &nonce);
+            let mechanism = session.mechanism().map(|m| m.name()).unwrap_or("SASL");
+            if resp.error_code != 0 {
+                b.audit.authentication(
+                    session,
+                    peer,
+                    mechanism,
+                    false,
+                    resp.error_message.as_ref().map(|m| m.to_string()),
+                );
+            } else if session.authenticated {
+                b.audit.authentication(session, peer, mechanism, true, None);
+            }
             if resp.error_code == 0 {
                 if session.authenticated {
                     tracing::info!(

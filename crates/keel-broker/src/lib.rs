@@ -24,6 +24,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod acl;
+pub mod audit;
 pub mod cleaner;
 pub mod coalesce;
 pub mod config;
@@ -74,6 +75,8 @@ pub struct Broker {
     pub tls: Option<Arc<tls::Tls>>,
     /// Random per start: derives SCRAM's stand-in salts for unknown users.
     sasl_key: Vec<u8>,
+    /// The audit log (disabled unless `audit_log` is set).
+    pub audit: audit::Audit,
     pub started: Instant,
     /// The `__consumer_offsets` leader term whose offsets are loaded here (this node
     /// coordinates groups only while it leads that partition and has replayed it).
@@ -141,6 +144,17 @@ impl Broker {
         if let Some(t) = &tls {
             t.spawn_reloader(metrics.clone());
         }
+        let audit = match &config.audit_log {
+            Some(path) => audit::Audit::open(
+                path,
+                config.audit_log_max_bytes,
+                config.audit_log_keep,
+                config.node_id,
+                metrics.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!("audit log {}: {e}", path.display()))?,
+            None => audit::Audit::disabled(metrics.clone()),
+        };
         let (controller, topics) = start_replication(&config, &metrics, &data_changed, &host, port, &endpoints).await?;
         let producer_ids = ProducerIds::open(&config.data_dir.join("producer_ids"), config.node_id.max(0) as i64)?;
         // At start the controller's log is replayed and every local replica reopened; a node
@@ -181,6 +195,7 @@ impl Broker {
             endpoints,
             tls,
             sasl_key,
+            audit,
             started: Instant::now(),
             offsets_term: std::sync::Mutex::new(loaded_term),
         });
@@ -224,6 +239,8 @@ impl Broker {
         );
         if !ok {
             self.metrics.authorization_denials.inc();
+            self.audit
+                .denied(who, acl::op_name(operation), acl::resource_name(resource_type), name);
             tracing::info!(
                 principal = %who.principal,
                 host = %who.host,

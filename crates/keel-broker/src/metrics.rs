@@ -59,6 +59,9 @@ pub struct Metrics {
     pub sasl_failures: Counter,
     /// Requests (or parts of requests) refused by the authorizer.
     pub authorization_denials: Counter,
+    /// Audit events dropped because the audit log's queue was full.
+    pub audit_dropped: Counter,
+    pub audit_write_failures: Counter,
     /// TLS handshakes that failed or timed out (connection closed).
     pub tls_handshake_failures: Counter,
     pub tls_reloads: Counter,
@@ -130,6 +133,8 @@ impl Metrics {
             malformed_requests: Counter::default(),
             sasl_failures: Counter::default(),
             authorization_denials: Counter::default(),
+            audit_dropped: Counter::default(),
+            audit_write_failures: Counter::default(),
             tls_handshake_failures: Counter::default(),
             tls_reloads: Counter::default(),
             tls_reload_failures: Counter::default(),
@@ -210,6 +215,16 @@ impl Metrics {
             "authorization_denials",
             "Operations on resources refused by the ACL authorizer",
             m.authorization_denials.clone(),
+        );
+        registry.register(
+            "audit_events_dropped",
+            "Audit events dropped because the audit log's queue was full",
+            m.audit_dropped.clone(),
+        );
+        registry.register(
+            "audit_write_failures",
+            "Audit events that could not be written to the audit log file",
+            m.audit_write_failures.clone(),
         );
         registry.register(
             "tls_handshake_failures",

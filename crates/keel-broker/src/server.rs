@@ -142,6 +142,7 @@ async fn accept_connection(
     let Some(tls) = b.tls.as_ref().filter(|_| protocol.tls()) else {
         let mut session = Session::on_listener(listener, protocol, None);
         session.host = peer.ip().to_string();
+        session.client = peer.to_string();
         let (rd, wr) = stream.into_split();
         serve_connection(b, rd, wr, peer, session, shutdown, inflight).await;
         return;
@@ -151,11 +152,17 @@ async fn accept_connection(
         Ok(Err(e)) => {
             b.metrics.tls_handshake_failures.inc();
             warn!(%peer, %listener, error = %e, "TLS handshake failed; closing connection");
+            let who = Session::on_listener(listener, protocol, None);
+            b.audit
+                .authentication(&who, Some(peer), "TLS", false, Some(e.to_string()));
             return;
         }
         Err(_) => {
             b.metrics.tls_handshake_failures.inc();
             warn!(%peer, %listener, "TLS handshake not finished in time; closing connection");
+            let who = Session::on_listener(listener, protocol, None);
+            b.audit
+                .authentication(&who, Some(peer), "TLS", false, Some("handshake timed out".into()));
             return;
         }
     };
@@ -166,8 +173,13 @@ async fn accept_connection(
         .and_then(|certs| certs.first())
         .and_then(crate::tls::principal_of);
     debug!(%peer, principal = principal.as_deref().unwrap_or("-"), "TLS connection");
-    let mut session = Session::on_listener(listener, protocol, principal);
+    let mut session = Session::on_listener(listener, protocol, principal.clone());
     session.host = peer.ip().to_string();
+    session.client = peer.to_string();
+    if principal.is_some() {
+        // A client certificate authenticated the connection.
+        b.audit.authentication(&session, Some(peer), "TLS", true, None);
+    }
     let (rd, wr) = tokio::io::split(stream);
     serve_connection(b, rd, wr, peer, session, shutdown, inflight).await;
 }

@@ -48,6 +48,9 @@ pub struct ServeArgs {
     /// Principals allowed everything, comma-separated (e.g. User:admin,User:CN=ops).
     #[arg(long, env = "KEEL_SUPER_USERS", value_delimiter = ',')]
     pub super_users: Option<Vec<String>>,
+    /// Audit log file (JSON lines), rotated by size.
+    #[arg(long, env = "KEEL_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
     /// Serve the HTTP listener over TLS.
     #[arg(long, env = "KEEL_HTTP_TLS")]
     pub http_tls: bool,
@@ -173,6 +176,9 @@ pub fn load_config(args: &ServeArgs) -> Result<BrokerConfig> {
     }
     if args.authorizer {
         c.authorizer = true;
+    }
+    if let Some(v) = &args.audit_log {
+        c.audit_log = Some(v.clone());
     }
     if let Some(v) = &args.super_users {
         c.super_users = v.iter().filter(|p| !p.is_empty()).cloned().collect();

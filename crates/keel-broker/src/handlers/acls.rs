@@ -28,6 +28,29 @@ pub async fn create(
     let mut results = Vec::new();
     let mut valid = Vec::new();
     let allowed = b.authorize_cluster(who, crate::acl::op::ALTER);
+    let described: Vec<String> = req
+        .creations
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}:{} {} {} {}",
+                crate::acl::resource_name(c.resource_type),
+                if c.resource_pattern_type == crate::acl::pattern::PREFIXED {
+                    "PREFIXED"
+                } else {
+                    "LITERAL"
+                },
+                c.resource_name.as_str(),
+                c.principal.as_str(),
+                crate::acl::op_name(c.operation),
+                if c.permission_type == crate::acl::permission::DENY {
+                    "DENY"
+                } else {
+                    "ALLOW"
+                },
+            )
+        })
+        .collect();
     for c in req.creations {
         let binding = Binding {
             resource_type: c.resource_type,
@@ -69,6 +92,9 @@ pub async fn create(
     }
     let mut r = CreateAclsResponse::default();
     r.results = results;
+    for (res, acl) in r.results.iter().zip(&described) {
+        b.audit.change(who, "CreateAcls", "ACL", acl, res.error_code);
+    }
     r
 }
 
@@ -191,5 +217,30 @@ pub async fn delete(
     }
     let mut r = DeleteAclsResponse::default();
     r.filter_results = results;
+    for f in &r.filter_results {
+        for m in &f.matching_acls {
+            let acl = format!(
+                "{} {}:{} {} {} {}",
+                crate::acl::resource_name(m.resource_type),
+                if m.pattern_type == crate::acl::pattern::PREFIXED {
+                    "PREFIXED"
+                } else {
+                    "LITERAL"
+                },
+                m.resource_name.as_str(),
+                m.principal.as_str(),
+                crate::acl::op_name(m.operation),
+                if m.permission_type == crate::acl::permission::DENY {
+                    "DENY"
+                } else {
+                    "ALLOW"
+                },
+            );
+            b.audit.change(who, "DeleteAcls", "ACL", &acl, f.error_code);
+        }
+        if f.matching_acls.is_empty() && f.error_code != 0 {
+            b.audit.change(who, "DeleteAcls", "ACL", "", f.error_code);
+        }
+    }
     r
 }

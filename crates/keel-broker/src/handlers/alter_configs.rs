@@ -72,6 +72,15 @@ async fn apply(
     }
 }
 
+/// The audit log's resource type of a config resource.
+fn config_resource(resource_type: i8) -> &'static str {
+    if resource_type == RESOURCE_TOPIC {
+        "TOPIC"
+    } else {
+        "BROKER"
+    }
+}
+
 fn current(b: &Broker, name: &str) -> BTreeMap<String, String> {
     b.topics.get(name).map(|t| t.meta().configs).unwrap_or_default()
 }
@@ -104,6 +113,15 @@ pub async fn handle(
         out.resource_type = res.resource_type;
         out.resource_name = res.resource_name;
         r.responses.push(out);
+    }
+    for res in &r.responses {
+        b.audit.change(
+            who,
+            "AlterConfigs",
+            config_resource(res.resource_type),
+            res.resource_name.as_str(),
+            res.error_code,
+        );
     }
     r
 }
@@ -176,6 +194,15 @@ pub async fn handle_incremental(
         out.resource_type = res.resource_type;
         out.resource_name = res.resource_name;
         r.responses.push(out);
+    }
+    for res in &r.responses {
+        b.audit.change(
+            who,
+            "IncrementalAlterConfigs",
+            config_resource(res.resource_type),
+            res.resource_name.as_str(),
+            res.error_code,
+        );
     }
     r
 }

@@ -68,5 +68,22 @@ pub async fn handle(
         }
         r.responses.push(topic);
     }
+    for t in &r.responses {
+        for p in &t.partitions {
+            let resource = format!("{}-{}", t.name.0.as_str(), p.partition_index);
+            let code = if r.error_code != 0 { r.error_code } else { p.error_code };
+            b.audit
+                .change(who, "AlterPartitionReassignments", "TOPIC", &resource, code);
+        }
+    }
+    if r.responses.is_empty() && r.error_code != 0 {
+        b.audit.change(
+            who,
+            "AlterPartitionReassignments",
+            "CLUSTER",
+            crate::acl::CLUSTER_NAME,
+            r.error_code,
+        );
+    }
     r
 }

@@ -45,5 +45,9 @@ pub async fn handle(
         }
         r.results.push(res);
     }
+    for t in &r.results {
+        b.audit
+            .change(who, "CreatePartitions", "TOPIC", t.name.0.as_str(), t.error_code);
+    }
     r
 }

@@ -146,5 +146,9 @@ pub async fn handle(
         }
         r.topics.push(res);
     }
+    for t in &r.topics {
+        b.audit
+            .change(who, "CreateTopics", "TOPIC", t.name.0.as_str(), t.error_code);
+    }
     r
 }

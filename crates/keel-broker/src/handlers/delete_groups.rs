@@ -27,5 +27,9 @@ pub async fn handle(
         res.group_id = id;
         r.results.push(res);
     }
+    for g in &r.results {
+        b.audit
+            .change(who, "DeleteGroups", "GROUP", g.group_id.0.as_str(), g.error_code);
+    }
     r
 }

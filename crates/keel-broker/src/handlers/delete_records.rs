@@ -51,5 +51,11 @@ pub async fn handle(
         }
         r.topics.push(tr);
     }
+    for t in &r.topics {
+        for p in &t.partitions {
+            let resource = format!("{}-{}", t.name.0.as_str(), p.partition_index);
+            b.audit.change(who, "DeleteRecords", "TOPIC", &resource, p.error_code);
+        }
+    }
     r
 }

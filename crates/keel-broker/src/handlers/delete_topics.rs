@@ -55,5 +55,13 @@ pub async fn handle(
         }
         r.responses.push(res);
     }
+    for t in &r.responses {
+        let name = t
+            .name
+            .as_ref()
+            .map(|n| n.0.to_string())
+            .unwrap_or_else(|| t.topic_id.to_string());
+        b.audit.change(who, "DeleteTopics", "TOPIC", &name, t.error_code);
+    }
     r
 }

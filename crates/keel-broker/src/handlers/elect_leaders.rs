@@ -179,5 +179,7 @@ pub async fn handle(
             r.replica_election_results.push(tr);
         }
     }
+    b.audit
+        .change(who, "ElectLeaders", "CLUSTER", crate::acl::CLUSTER_NAME, r.error_code);
     r
 }

@@ -59,5 +59,6 @@ pub async fn handle(
         tracing::warn!(group = %group, error = %e, "offset delete could not be written");
         r.error_code = ResponseError::CoordinatorNotAvailable.code();
     }
+    b.audit.change(who, "OffsetDelete", "GROUP", &group, r.error_code);
     r
 }

@@ -71,6 +71,8 @@ pub struct Session {
     pub listener: std::sync::Arc<str>,
     /// The client's IP address, as ACLs name hosts ("" when unknown).
     pub host: String,
+    /// The client's address and port, for the audit log ("" when unknown).
+    pub client: String,
     /// The listener authenticates with SASL.
     sasl: bool,
     /// The mechanism SaslHandshake chose; SaslAuthenticate comes next.
@@ -87,6 +89,7 @@ impl Default for Session {
             principal: ANONYMOUS.to_string(),
             listener: std::sync::Arc::from("PLAINTEXT"),
             host: String::new(),
+            client: String::new(),
             sasl: false,
             mechanism: None,
             scram: None,

@@ -240,5 +240,9 @@ pub async fn alter(
             out
         })
         .collect();
+    for u in &r.results {
+        b.audit
+            .change(who, "AlterUserScramCredentials", "USER", u.user.as_str(), u.error_code);
+    }
     r
 }

@@ -37,5 +37,7 @@ pub async fn handle(
             r.error_message = Some(s(e.message));
         }
     }
+    b.audit
+        .change(who, "UnregisterBroker", "NODE", &id.to_string(), r.error_code);
     r
 }
