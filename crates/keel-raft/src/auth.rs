@@ -224,3 +224,33 @@ mod tests {
         assert!(ClusterSecret::new(b"short").is_err());
     }
 }
+
+/// Entry points for `fuzz/` (cargo-fuzz).
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// `data` as a peer's side of the handshake, to an acceptor and to a dialer.
+    pub fn handshake(data: &[u8]) {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_time().build() else {
+            return;
+        };
+        let Ok(secret) = ClusterSecret::new("fuzzing cluster secret") else {
+            return;
+        };
+        // The peer's bytes fit the pipe, so writing them never waits on the reader.
+        let data = data.get(..4096).unwrap_or(data);
+        rt.block_on(async {
+            for dialing in [false, true] {
+                let (mut mine, mut theirs) = tokio::io::duplex(4096);
+                let _ = theirs.write_all(data).await;
+                drop(theirs.shutdown().await);
+                let _ = if dialing {
+                    dial(&mut mine, &secret, 1, 2).await
+                } else {
+                    accept(&mut mine, &secret, 1).await.map(|_| ())
+                };
+            }
+        });
+    }
+}

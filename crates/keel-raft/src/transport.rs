@@ -877,3 +877,44 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
         openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(200)))
     }
 }
+
+/// Entry points for `fuzz/` (cargo-fuzz): what a node does with a peer's bytes, without a
+/// socket or a Raft group.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::*;
+
+    /// Reads frames from `data` as a connection does, and decodes each one's body as its
+    /// kind says (the response kinds as the caller decodes them).
+    pub fn frame(data: &[u8]) {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().build() else {
+            return;
+        };
+        rt.block_on(async {
+            let mut r = data;
+            for _ in 0..16 {
+                let Ok(Some(f)) = read_frame(&mut r).await else { return };
+                body(f.kind, &f.body);
+            }
+        });
+    }
+
+    fn body(kind: u8, b: &[u8]) {
+        match kind {
+            KIND_APPEND => drop(decode::<AppendEntriesRequest<TypeConfig>>(b)),
+            KIND_VOTE => drop(decode::<VoteRequest<NodeId>>(b)),
+            KIND_SNAPSHOT => drop(decode::<(Vote, SnapshotMeta<NodeId, Node>, SnapshotBody)>(b)),
+            KIND_PING => drop(crate::liveness::decode_report(b)),
+            k if k == KIND_APPEND | KIND_RESPONSE => drop(decode::<
+                Result<AppendEntriesResponse<NodeId>, openraft::error::RaftError<NodeId>>,
+            >(b)),
+            k if k == KIND_VOTE | KIND_RESPONSE => {
+                drop(decode::<Result<VoteResponse<NodeId>, openraft::error::RaftError<NodeId>>>(b))
+            }
+            k if k == KIND_SNAPSHOT | KIND_RESPONSE => {
+                drop(decode::<Result<SnapshotResponse<NodeId>, openraft::error::Fatal<NodeId>>>(b))
+            }
+            _ => {}
+        }
+    }
+}

@@ -178,6 +178,21 @@ pub fn free_port() -> u16 {
 /// Starts `n` nodes of one cluster (node ids 1..=n) with data in `root/node-<id>`. Nodes
 /// start together: each waits for a controller quorum before it reports ready.
 pub fn start_cluster(root: &Path, n: usize, extra: &[&str]) -> Vec<Keel> {
+    // A free port is free when picked, not always when the node binds it (another test's
+    // listener may take it meanwhile): a node that could not start ends the attempt, and
+    // the cluster starts again on new ports in fresh directories.
+    for _ in 0..3 {
+        if let Some(nodes) = try_start_cluster(root, n, extra) {
+            return nodes;
+        }
+        for i in 0..n {
+            let _ = std::fs::remove_dir_all(root.join(format!("node-{}", i + 1)));
+        }
+    }
+    panic!("the cluster did not start in three attempts");
+}
+
+fn try_start_cluster(root: &Path, n: usize, extra: &[&str]) -> Option<Vec<Keel>> {
     let raft: Vec<u16> = (0..n).map(|_| free_port()).collect();
     let peers: Vec<String> = raft
         .iter()
@@ -205,7 +220,9 @@ pub fn start_cluster(root: &Path, n: usize, extra: &[&str]) -> Vec<Keel> {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().expect("node start")).collect()
+        // Nodes that started are stopped (on drop) when another did not.
+        let started: Vec<Option<Keel>> = handles.into_iter().map(|h| h.join().ok()).collect();
+        started.into_iter().collect()
     })
 }
 
