@@ -19,6 +19,7 @@ import os
 import shutil
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import time
@@ -559,6 +560,72 @@ def audit_checks(path):
           all(e["client"].count(":") >= 1 for e in events if e["event"] == "authentication"))
 
 
+def api_versions(sock):
+    """Sends ApiVersions v0 on a raw socket: whether an answer came back."""
+    req = struct.pack(">hhih", 18, 0, 1, -1)
+    try:
+        sock.sendall(struct.pack(">i", len(req)) + req)
+        return len(sock.recv(4)) == 4
+    except OSError:
+        return False
+
+
+def closed_by_server(sock, within):
+    """Whether the server closes `sock` within `within` seconds."""
+    sock.settimeout(within)
+    try:
+        return sock.recv(1) == b""
+    except socket.timeout:
+        return False
+    except OSError:
+        return True
+
+
+def limits_section():
+    node = Node("limits", [
+        "connections_max_per_ip = 5",
+        "unauthenticated_connections_max = 3",
+        'listeners = [{ name = "SASL_PLAINTEXT", listen = "127.0.0.1:0" }]',
+        "[sasl_plain_users]",
+        'admin = "admin-pw"',
+    ], extra_args=("--kafka-protocol", "PLAINTEXT"))
+    host, port = node.kafka.rsplit(":", 1)
+    shost, sport = node.listener("SASL_PLAINTEXT").rsplit(":", 1)
+    socks = []
+    try:
+        socks = [socket.create_connection((host, int(port))) for _ in range(5)]
+        check("five connections from one address are served", all(api_versions(s) for s in socks))
+        sixth = socket.create_connection((host, int(port)))
+        check("connections_max_per_ip = 5: a sixth from the same address is closed", closed_by_server(sixth, 5))
+        sixth.close()
+        socks.pop().close()
+        wait_for(lambda: node.metric("keel_connections") == 4, 10)
+        seventh = socket.create_connection((host, int(port)))
+        check("once one closes, a new connection is served again", api_versions(seventh))
+        seventh.close()
+        for s in socks:
+            s.close()
+        # The node counts those connections until it has seen them close.
+        wait_for(lambda: node.metric("keel_connections") == 0, 10)
+        socks = [socket.create_connection((shost, int(sport))) for _ in range(3)]
+        fourth = socket.create_connection((shost, int(sport)))
+        check("unauthenticated_connections_max = 3: a fourth unauthenticated connection is closed",
+              closed_by_server(fourth, 5))
+        fourth.close()
+        t0 = time.time()
+        closed = closed_by_server(socks[0], 20)
+        waited = time.time() - t0
+        check(f"a connection that does not authenticate is closed after the 10 s allowed ({waited:.1f} s)",
+              closed and 8 <= waited <= 15)
+        check("a client that authenticates is served meanwhile",
+              not refused({"bootstrap.servers": node.listener("SASL_PLAINTEXT"), "security.protocol": "SASL_PLAINTEXT",
+                           "sasl.mechanism": "PLAIN", "sasl.username": "admin", "sasl.password": "admin-pw"}))
+    finally:
+        for s in socks:
+            s.close()
+        node.stop()
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -606,5 +673,6 @@ if __name__ == "__main__":
     sasl_section()
     acl_section()
     acl_cluster_section()
+    limits_section()
     print(f"{len(PASSED)} passed, {len(FAILED)} failed")
     sys.exit(1 if FAILED else 0)

@@ -218,6 +218,12 @@ pub struct BrokerConfig {
     pub request_bytes_max: usize,
     /// Open client connections beyond this are closed at accept.
     pub connections_max: usize,
+    /// Open connections from one IP address beyond this are closed at accept (Kafka's
+    /// `max.connections.per.ip`).
+    pub connections_max_per_ip: usize,
+    /// Connections on SASL listeners that have not authenticated yet, at most; each has
+    /// 10 s to authenticate.
+    pub unauthenticated_connections_max: usize,
     /// Bytes of requests being processed at once across all connections.
     pub inflight_bytes_max: usize,
     /// Largest record batch accepted in a Produce request (Kafka's `message.max.bytes`).
@@ -336,6 +342,8 @@ impl Default for BrokerConfig {
             default_partitions: 1,
             request_bytes_max: keel_proto::frame::REQUEST_BYTES_MAX_DEFAULT,
             connections_max: 10_000,
+            connections_max_per_ip: 1_000,
+            unauthenticated_connections_max: 1_000,
             inflight_bytes_max: 256 * 1024 * 1024,
             message_bytes_max: 16 * 1024 * 1024,
             fsync: FsyncPolicy::Always,
@@ -477,8 +485,10 @@ impl BrokerConfig {
         if self.inflight_bytes_max < self.request_bytes_max {
             return Err("inflight_bytes_max must be at least request_bytes_max".into());
         }
-        if self.connections_max == 0 {
-            return Err("connections_max must be positive".into());
+        if self.connections_max == 0 || self.connections_max_per_ip == 0 || self.unauthenticated_connections_max == 0 {
+            return Err(
+                "connections_max, connections_max_per_ip and unauthenticated_connections_max must be positive".into(),
+            );
         }
         if self.fsync_interval_ms == 0 {
             return Err("fsync_interval_ms must be positive".into());

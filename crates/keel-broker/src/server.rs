@@ -4,7 +4,9 @@
 //! SASL_SSL listeners a connection's TLS handshake must finish within
 //! `AUTHENTICATION_TIMEOUT`, and a client certificate's subject becomes its principal.
 //!
-//! Limits: `connections_max` open connections (more are closed at accept),
+//! Limits: `connections_max` open connections and `connections_max_per_ip` from one
+//! address (more are closed at accept), `unauthenticated_connections_max` connections on
+//! SASL listeners not yet authenticated, each with `AUTHENTICATION_TIMEOUT` to do it,
 //! `request_bytes_max` per frame, `inflight_bytes_max` of request bytes held at once
 //! across all connections (a connection waits for room before reading a frame's body).
 //! A slow client has `FRAME_READ_TIMEOUT` to finish sending a frame it started.
@@ -37,6 +39,10 @@ pub const AUTHENTICATION_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Shared {
     conns: Arc<Semaphore>,
     inflight: Arc<Semaphore>,
+    /// Connections on SASL listeners that have not authenticated yet.
+    unauthenticated: Arc<Semaphore>,
+    /// Open connections per client IP address.
+    per_ip: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
 }
 
 impl Shared {
@@ -45,6 +51,40 @@ impl Shared {
             conns: Arc::new(Semaphore::new(broker.config.connections_max)),
             // Permits are counted in KiB so that any request_bytes_max fits a u32 permit count.
             inflight: Arc::new(Semaphore::new((broker.config.inflight_bytes_max / 1024).max(1))),
+            unauthenticated: Arc::new(Semaphore::new(broker.config.unauthenticated_connections_max)),
+            per_ip: Arc::default(),
+        }
+    }
+
+    /// Counts a connection from `ip`, unless it has `max` open already.
+    fn admit_ip(&self, ip: std::net::IpAddr, max: usize) -> Option<IpSlot> {
+        let mut m = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            ip,
+            per_ip: self.per_ip.clone(),
+        })
+    }
+}
+
+/// A connection's place in its IP address's count, given back on drop.
+struct IpSlot {
+    ip: std::net::IpAddr,
+    per_ip: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut m = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
         }
     }
 }
@@ -81,7 +121,12 @@ pub async fn run_listener(
         );
     }
     let name: Arc<str> = Arc::from(name);
-    let Shared { conns, inflight } = shared;
+    let Shared {
+        conns,
+        inflight,
+        unauthenticated,
+        ..
+    } = shared.clone();
     let mut tasks = JoinSet::new();
     info!(addr = %listener.local_addr()?, listener = %name, protocol = protocol.as_str(), "kafka listener ready");
     loop {
@@ -102,13 +147,41 @@ pub async fn run_listener(
                     drop(stream);
                     continue;
                 };
+                let Some(ip_slot) = shared.admit_ip(peer.ip(), broker.config.connections_max_per_ip) else {
+                    broker.metrics.connections_refused.inc();
+                    warn!(%peer, limit = broker.config.connections_max_per_ip, "connection limit per IP address reached; closing new connection");
+                    drop(stream);
+                    continue;
+                };
+                // A SASL listener's connection holds one of the unauthenticated places until it
+                // authenticates.
+                let unauth = if protocol.sasl() {
+                    match unauthenticated.clone().try_acquire_owned() {
+                        Ok(p) => Some(p),
+                        Err(_) => {
+                            broker.metrics.connections_refused.inc();
+                            warn!(%peer, limit = broker.config.unauthenticated_connections_max, "too many connections waiting to authenticate; closing new connection");
+                            drop(stream);
+                            continue;
+                        }
+                    }
+                } else {
+                    None
+                };
                 let _ = stream.set_nodelay(true);
                 let (b, sd, inf, name) = (broker.clone(), shutdown.clone(), inflight.clone(), name.clone());
                 tasks.spawn(async move {
                     b.metrics.connections.inc();
-                    accept_connection(&b, stream, peer, name, protocol, sd, inf).await;
+                    let env = ConnEnv {
+                        peer,
+                        shutdown: sd,
+                        inflight: inf,
+                        unauth,
+                    };
+                    accept_connection(&b, stream, name, protocol, env).await;
                     b.metrics.connections.dec();
                     drop(permit);
+                    drop(ip_slot);
                 });
                 while tasks.try_join_next().is_some() {}
             }
@@ -129,22 +202,31 @@ pub async fn run_listener(
     Ok(())
 }
 
+/// What a connection's task holds besides its stream and session.
+struct ConnEnv {
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+    /// The in-flight byte budget shared by every connection.
+    inflight: Arc<Semaphore>,
+    /// A place among the unauthenticated connections, until the connection authenticates.
+    unauth: Option<OwnedSemaphorePermit>,
+}
+
 /// Serves one accepted connection: its TLS handshake first on a TLS listener.
 async fn accept_connection(
     b: &Arc<Broker>,
     stream: TcpStream,
-    peer: SocketAddr,
     listener: Arc<str>,
     protocol: SecurityProtocol,
-    shutdown: watch::Receiver<bool>,
-    inflight: Arc<Semaphore>,
+    env: ConnEnv,
 ) {
+    let peer = env.peer;
     let Some(tls) = b.tls.as_ref().filter(|_| protocol.tls()) else {
         let mut session = Session::on_listener(listener, protocol, None);
         session.host = peer.ip().to_string();
         session.client = peer.to_string();
         let (rd, wr) = stream.into_split();
-        serve_connection(b, rd, wr, peer, session, shutdown, inflight).await;
+        serve_connection(b, rd, wr, session, env).await;
         return;
     };
     let stream = match tokio::time::timeout(AUTHENTICATION_TIMEOUT, tls.acceptor().accept(stream)).await {
@@ -181,7 +263,7 @@ async fn accept_connection(
         b.audit.authentication(&session, Some(peer), "TLS", true, None);
     }
     let (rd, wr) = tokio::io::split(stream);
-    serve_connection(b, rd, wr, peer, session, shutdown, inflight).await;
+    serve_connection(b, rd, wr, session, env).await;
 }
 
 /// Most requests one connection has in flight: Produce requests replicate side by side
@@ -199,18 +281,17 @@ struct InFlight {
 /// order. Produce requests are pipelined (the next is read and handed to the logs while
 /// earlier ones replicate); any other request waits until everything before it is answered,
 /// so it sees the connection as if requests were served one at a time.
-async fn serve_connection<R, W>(
-    b: &Arc<Broker>,
-    rd: R,
-    wr: W,
-    peer: SocketAddr,
-    mut session: Session,
-    mut shutdown: watch::Receiver<bool>,
-    inflight: Arc<Semaphore>,
-) where
+async fn serve_connection<R, W>(b: &Arc<Broker>, rd: R, wr: W, mut session: Session, env: ConnEnv)
+where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    let ConnEnv {
+        peer,
+        mut shutdown,
+        inflight,
+        mut unauth,
+    } = env;
     debug!(%peer, "connection opened");
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let (tx, rx) = mpsc::channel::<InFlight>(PIPELINE_DEPTH);
@@ -218,11 +299,22 @@ async fn serve_connection<R, W>(
     let writer = tokio::spawn(write_responses(b.clone(), peer, wr, rx, answered_tx));
     let max = b.config.request_bytes_max;
     let mut started = 0u64;
+    // A connection that must authenticate has AUTHENTICATION_TIMEOUT to do it.
+    let auth_deadline = tokio::time::Instant::now() + AUTHENTICATION_TIMEOUT;
     loop {
+        if session.authenticated {
+            unauth = None;
+        }
         let len = tokio::select! {
             biased;
             _ = shutdown.changed() => break,
             _ = tx.closed() => break, // the writer stopped: the connection is done
+            _ = tokio::time::sleep_until(auth_deadline), if !session.authenticated => {
+                b.metrics.sasl_failures.inc();
+                warn!(%peer, "no SASL authentication within the time allowed; closing connection");
+                b.audit.authentication(&session, Some(peer), "SASL", false, Some("not authenticated in time".into()));
+                break;
+            }
             r = rd.read_i32() => match r {
                 Ok(len) => len,
                 Err(_) => break, // closed by the client
@@ -280,6 +372,7 @@ async fn serve_connection<R, W>(
         }
     }
     drop(tx);
+    drop(unauth);
     let _ = writer.await;
     debug!(%peer, "connection closed");
 }
