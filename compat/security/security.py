@@ -626,6 +626,54 @@ def limits_section():
         node.stop()
 
 
+def kafka_tool(*args):
+    """Runs one of Apache Kafka's command-line tools (its Java class) from Maven Central."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    cp = subprocess.run(["bash", os.path.join(root, "compat", "peers", "kafka.sh"), "classpath"],
+                        capture_output=True, text=True, check=True, timeout=600).stdout.strip()
+    r = subprocess.run(["java", "-Xmx512m", "-cp", cp, *args], capture_output=True, text=True, timeout=120)
+    return r.returncode, r.stdout + r.stderr
+
+
+def quota_section():
+    node = Node("quotas", [])
+    try:
+        configs = ["org.apache.kafka.tools.ConfigCommand", "--bootstrap-server", node.kafka]
+        rc, out = kafka_tool(*configs, "--alter", "--entity-type", "clients", "--entity-name", "quota-app",
+                             "--add-config", "producer_byte_rate=50000")
+        check("kafka-configs sets a client's producer_byte_rate (AlterClientQuotas)", rc == 0, out[-500:])
+        rc, out = kafka_tool(*configs, "--describe", "--entity-type", "clients", "--entity-name", "quota-app")
+        check("kafka-configs describes it (DescribeClientQuotas)", rc == 0 and "producer_byte_rate=50000.0" in out,
+              out[-500:])
+        admin = AdminClient({"bootstrap.servers": node.kafka})
+        admin.create_topics([NewTopic("quota", num_partitions=1, replication_factor=1)])["quota"].result(timeout=30)
+
+        def produce(client_id):
+            throttles = []
+            p = Producer({"bootstrap.servers": node.kafka, "client.id": client_id, "acks": 1, "linger.ms": 5,
+                          "throttle_cb": lambda ev: throttles.append(ev.throttle_time)})
+            for i in range(60):
+                p.produce("quota", value=os.urandom(10_000))
+                p.poll(0)
+            p.flush(60)
+            deadline = time.time() + 5
+            while not throttles and time.time() < deadline:
+                p.poll(0.2)
+            return throttles
+
+        throttles = produce("quota-app")
+        check("a producer over its byte rate is told to wait (throttle_time_ms)",
+              throttles and max(throttles) > 0, str(throttles[:5]))
+        check("throttled responses are counted", (node.metric("keel_quota_throttled_responses_total") or 0) > 0)
+        check("another client id is not throttled", produce("other-app") == [])
+        rc, out = kafka_tool(*configs, "--alter", "--entity-type", "clients", "--entity-name", "quota-app",
+                             "--delete-config", "producer_byte_rate")
+        rc2, out2 = kafka_tool(*configs, "--describe", "--entity-type", "clients", "--entity-name", "quota-app")
+        check("kafka-configs removes the quota", rc == 0 and rc2 == 0 and "producer_byte_rate" not in out2, out + out2)
+    finally:
+        node.stop()
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -674,5 +722,6 @@ if __name__ == "__main__":
     acl_section()
     acl_cluster_section()
     limits_section()
+    quota_section()
     print(f"{len(PASSED)} passed, {len(FAILED)} failed")
     sys.exit(1 if FAILED else 0)

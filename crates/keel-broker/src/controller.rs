@@ -121,6 +121,28 @@ pub struct ClusterMeta {
     /// ACL bindings (CreateAcls, DeleteAcls).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub acls: BTreeSet<crate::acl::Binding>,
+    /// Client quotas by entity (AlterClientQuotas).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", with = "quota_entries")]
+    pub quotas: crate::quota::Quotas,
+}
+
+/// Quotas as a list of (entity, values): JSON map keys are strings, entities are not.
+mod quota_entries {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use crate::quota::Quotas;
+
+    pub fn serialize<S: Serializer>(q: &Quotas, s: S) -> Result<S::Ok, S::Error> {
+        q.iter().collect::<Vec<_>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Quotas, D::Error> {
+        type Entries = Vec<(
+            crate::quota::Entity,
+            std::collections::BTreeMap<String, crate::quota::Value>,
+        )>;
+        Ok(Entries::deserialize(d)?.into_iter().collect())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +191,10 @@ pub enum Command {
     DeleteAcls {
         acls: Vec<crate::acl::Binding>,
     },
+    /// Replaces entities' client quotas (an entity with no values left is removed).
+    AlterClientQuotas {
+        changes: Vec<(crate::quota::Entity, BTreeMap<String, crate::quota::Value>)>,
+    },
     /// Sets and removes users' SCRAM credentials (AlterUserScramCredentials).
     AlterScramCredentials {
         upsert: Vec<(String, crate::scram::Mechanism, crate::scram::Credential)>,
@@ -203,6 +229,16 @@ fn apply(meta: &mut ClusterMeta, command: &Command) -> (bool, Option<TopicRecord
         }
         Command::UnregisterNode { id } => {
             meta.nodes.remove(id);
+            false
+        }
+        Command::AlterClientQuotas { changes } => {
+            for (entity, values) in changes {
+                if values.is_empty() {
+                    meta.quotas.remove(entity);
+                } else {
+                    meta.quotas.insert(entity.clone(), values.clone());
+                }
+            }
             false
         }
         Command::CreateAcls { acls } => {
@@ -322,7 +358,8 @@ fn apply(meta: &mut ClusterMeta, command: &Command) -> (bool, Option<TopicRecord
         | Command::UnregisterNode { .. }
         | Command::AlterScramCredentials { .. }
         | Command::CreateAcls { .. }
-        | Command::DeleteAcls { .. } => None,
+        | Command::DeleteAcls { .. }
+        | Command::AlterClientQuotas { .. } => None,
     };
     (applies, topic)
 }

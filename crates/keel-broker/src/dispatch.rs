@@ -88,23 +88,39 @@ pub async fn start_from(
     };
     let started = Instant::now();
     let mut body = frame;
-    if let Err(e) = decode_header(&mut body, ApiKey::Produce, v) {
-        return Started::Done(Outcome::Close(e.to_string()));
-    }
+    let header = match decode_header(&mut body, ApiKey::Produce, v) {
+        Ok(h) => h,
+        Err(e) => return Started::Done(Outcome::Close(e.to_string())),
+    };
     let req: ProduceRequest = match decode_body(&mut body, v) {
         Ok(r) => r,
         Err(e) => return Started::Done(Outcome::Close(format!("Produce v{v}: {e}"))),
     };
+    let bytes: usize = req
+        .topic_data
+        .iter()
+        .flat_map(|t| &t.partition_data)
+        .map(|p| p.records.as_ref().map_or(0, |r| r.len()))
+        .sum();
+    let throttle = b.throttle(session, client_id(&header), crate::quota::PRODUCER_BYTE_RATE, bytes);
     let wait = handlers::produce::start(b, req, v, session).await;
     let b = b.clone();
     Started::Later(Box::pin(async move {
         let out = match wait.await {
-            Some(resp) => respond(ApiKey::Produce, v, corr, &resp),
+            Some(mut resp) => {
+                resp.throttle_time_ms = throttle;
+                respond(ApiKey::Produce, v, corr, &resp)
+            }
             None => Outcome::NoResponse,
         };
         count(&b, ApiKey::Produce, started);
         out
     }))
+}
+
+/// The request header's client id ("" when it has none).
+fn client_id(header: &RequestHeader) -> &str {
+    header.client_id.as_ref().map_or("", |c| c.as_str())
 }
 
 fn count(b: &Broker, api: ApiKey, started: Instant) {
@@ -250,7 +266,21 @@ pub async fn handle_from(
                 None => Outcome::NoResponse,
             }
         }
-        ApiKey::Fetch => route!(b, session, body, api, v, corr, FetchRequest, handlers::fetch::handle),
+        ApiKey::Fetch => {
+            let req: FetchRequest = match decode_body(&mut body, v) {
+                Ok(r) => r,
+                Err(e) => return Outcome::Close(format!("Fetch v{v}: {e}")),
+            };
+            let mut resp = handlers::fetch::handle(b, req, v, session).await;
+            let bytes: usize = resp
+                .responses
+                .iter()
+                .flat_map(|t| &t.partitions)
+                .map(|p| p.records.as_ref().map_or(0, |r| r.len()))
+                .sum();
+            resp.throttle_time_ms = b.throttle(session, client_id(&header), crate::quota::CONSUMER_BYTE_RATE, bytes);
+            respond(api, v, corr, &resp)
+        }
         ApiKey::ListOffsets => route!(
             b,
             session,
@@ -384,6 +414,26 @@ pub async fn handle_from(
             corr,
             DescribeQuorumRequest,
             handlers::describe_quorum::handle
+        ),
+        ApiKey::DescribeClientQuotas => route!(
+            b,
+            session,
+            body,
+            api,
+            v,
+            corr,
+            DescribeClientQuotasRequest,
+            handlers::client_quotas::describe
+        ),
+        ApiKey::AlterClientQuotas => route!(
+            b,
+            session,
+            body,
+            api,
+            v,
+            corr,
+            AlterClientQuotasRequest,
+            handlers::client_quotas::alter
         ),
         ApiKey::CreateAcls => route!(
             b,

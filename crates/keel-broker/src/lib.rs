@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod moves;
 pub mod partition;
 pub mod producer_state;
+pub mod quota;
 pub mod scram;
 pub mod server;
 pub mod tls;
@@ -77,6 +78,8 @@ pub struct Broker {
     sasl_key: Vec<u8>,
     /// The audit log (disabled unless `audit_log` is set).
     pub audit: audit::Audit,
+    /// Bytes served per user and client id, for client quotas.
+    pub quota_meters: quota::Meters,
     pub started: Instant,
     /// The `__consumer_offsets` leader term whose offsets are loaded here (this node
     /// coordinates groups only while it leads that partition and has replayed it).
@@ -196,6 +199,7 @@ impl Broker {
             tls,
             sasl_key,
             audit,
+            quota_meters: quota::Meters::default(),
             started: Instant::now(),
             offsets_term: std::sync::Mutex::new(loaded_term),
         });
@@ -265,6 +269,28 @@ impl Broker {
             allow_if_no_acl: self.config.allow_everyone_if_no_acl_found,
         };
         acl::authorize_any(&meta.acls, &policy, &who.principal, &who.host, operation, resource_type)
+    }
+
+    /// Meters `bytes` served to the connection's user and client id against their quota
+    /// `key` (if one applies) and returns the throttle time in milliseconds; the
+    /// connection reads no more requests until it has passed (KIP-219).
+    pub fn throttle(&self, who: &mut handlers::sasl::Session, client_id: &str, key: &'static str, bytes: usize) -> i32 {
+        let meta = self.controller.meta();
+        if meta.quotas.is_empty() {
+            return 0;
+        }
+        let user = who.principal.strip_prefix("User:").unwrap_or(&who.principal);
+        let Some(quota) = quota::quota_for(&meta.quotas, user, client_id, key) else {
+            return 0;
+        };
+        let now = Instant::now();
+        let wait = self.quota_meters.record(user, client_id, key, bytes as u64, quota, now);
+        if wait.is_zero() {
+            return 0;
+        }
+        self.metrics.quota_throttled.inc();
+        who.throttle_until = Some(now + wait);
+        wait.as_millis().min(i32::MAX as u128) as i32
     }
 
     /// As [`Broker::authorize`] on the cluster resource.

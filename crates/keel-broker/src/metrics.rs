@@ -59,6 +59,8 @@ pub struct Metrics {
     pub sasl_failures: Counter,
     /// Requests (or parts of requests) refused by the authorizer.
     pub authorization_denials: Counter,
+    /// Produce and Fetch responses that asked the client to wait (client quotas).
+    pub quota_throttled: Counter,
     /// Audit events dropped because the audit log's queue was full.
     pub audit_dropped: Counter,
     pub audit_write_failures: Counter,
@@ -134,6 +136,7 @@ impl Metrics {
             sasl_failures: Counter::default(),
             authorization_denials: Counter::default(),
             audit_dropped: Counter::default(),
+            quota_throttled: Counter::default(),
             audit_write_failures: Counter::default(),
             tls_handshake_failures: Counter::default(),
             tls_reloads: Counter::default(),
@@ -215,6 +218,11 @@ impl Metrics {
             "authorization_denials",
             "Operations on resources refused by the ACL authorizer",
             m.authorization_denials.clone(),
+        );
+        registry.register(
+            "quota_throttled_responses",
+            "Produce and Fetch responses throttled by a client quota",
+            m.quota_throttled.clone(),
         );
         registry.register(
             "audit_events_dropped",

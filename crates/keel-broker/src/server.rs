@@ -305,6 +305,13 @@ where
         if session.authenticated {
             unauth = None;
         }
+        // A throttled client's connection is muted until its quota allows it again.
+        if let Some(until) = session.throttle_until.take() {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = tokio::time::sleep_until(until.into()) => {}
+            }
+        }
         let len = tokio::select! {
             biased;
             _ = shutdown.changed() => break,

@@ -59,6 +59,9 @@ pub const SUPPORTED: &[Supported] = &[
     s(ApiKey::CreateAcls, 1, 3),
     s(ApiKey::DescribeAcls, 1, 3),
     s(ApiKey::DeleteAcls, 1, 3),
+    // Client quotas (KIP-546).
+    s(ApiKey::DescribeClientQuotas, 0, 1),
+    s(ApiKey::AlterClientQuotas, 0, 1),
     // SCRAM users (KIP-554).
     s(ApiKey::DescribeUserScramCredentials, 0, 0),
     s(ApiKey::AlterUserScramCredentials, 0, 0),

@@ -73,6 +73,8 @@ pub struct Session {
     pub host: String,
     /// The client's address and port, for the audit log ("" when unknown).
     pub client: String,
+    /// A client quota throttles the connection: nothing more is read from it until then.
+    pub throttle_until: Option<std::time::Instant>,
     /// The listener authenticates with SASL.
     sasl: bool,
     /// The mechanism SaslHandshake chose; SaslAuthenticate comes next.
@@ -90,6 +92,7 @@ impl Default for Session {
             listener: std::sync::Arc::from("PLAINTEXT"),
             host: String::new(),
             client: String::new(),
+            throttle_until: None,
             sasl: false,
             mechanism: None,
             scram: None,
