@@ -149,19 +149,19 @@ mod tests {
     #[test]
     fn the_most_specific_entity_wins_in_kafkas_order() {
         let mut q = Quotas::new();
-        let mut set = |entity: Entity, v: f64| {
+        fn set(q: &mut Quotas, entity: Entity, v: f64) {
             q.entry(entity).or_default().insert(PRODUCER_BYTE_RATE.into(), Value(v));
-        };
-        set(e(None, Some(None)), 1.0); // default client
+        }
+        set(&mut q, e(None, Some(None)), 1.0); // default client
         assert_eq!(quota_for(&q, "alice", "app", PRODUCER_BYTE_RATE), Some(1.0));
-        set(e(None, Some(Some("app"))), 2.0);
+        set(&mut q, e(None, Some(Some("app"))), 2.0);
         assert_eq!(quota_for(&q, "alice", "app", PRODUCER_BYTE_RATE), Some(2.0));
-        set(e(Some(None), None), 3.0); // default user
+        set(&mut q, e(Some(None), None), 3.0); // default user
         assert_eq!(quota_for(&q, "alice", "app", PRODUCER_BYTE_RATE), Some(3.0));
-        set(e(Some(Some("alice")), None), 4.0);
+        set(&mut q, e(Some(Some("alice")), None), 4.0);
         assert_eq!(quota_for(&q, "alice", "app", PRODUCER_BYTE_RATE), Some(4.0));
         assert_eq!(quota_for(&q, "bob", "app", PRODUCER_BYTE_RATE), Some(3.0));
-        set(e(Some(Some("alice")), Some(Some("app"))), 5.0);
+        set(&mut q, e(Some(Some("alice")), Some(Some("app"))), 5.0);
         assert_eq!(quota_for(&q, "alice", "app", PRODUCER_BYTE_RATE), Some(5.0));
         assert_eq!(quota_for(&q, "alice", "other", PRODUCER_BYTE_RATE), Some(4.0));
         assert_eq!(quota_for(&q, "alice", "app", CONSUMER_BYTE_RATE), None);
