@@ -585,9 +585,11 @@ def limits_section():
     node = Node("limits", [
         "connections_max_per_ip = 5",
         "unauthenticated_connections_max = 3",
+        "connections_max_per_principal = 2",
         'listeners = [{ name = "SASL_PLAINTEXT", listen = "127.0.0.1:0" }]',
         "[sasl_plain_users]",
         'admin = "admin-pw"',
+        'limited = "limited-pw"',
     ], extra_args=("--kafka-protocol", "PLAINTEXT"))
     host, port = node.kafka.rsplit(":", 1)
     shost, sport = node.listener("SASL_PLAINTEXT").rsplit(":", 1)
@@ -620,10 +622,44 @@ def limits_section():
         check("a client that authenticates is served meanwhile",
               not refused({"bootstrap.servers": node.listener("SASL_PLAINTEXT"), "security.protocol": "SASL_PLAINTEXT",
                            "sasl.mechanism": "PLAIN", "sasl.username": "admin", "sasl.password": "admin-pw"}))
+        for s in socks:
+            s.close()
+        socks = []
+        wait_for(lambda: node.metric("keel_connections") == 0, 10)
+        socks = [socket.create_connection((shost, int(sport))) for _ in range(3)]
+        authed = [plain_login(s, "limited", "limited-pw") for s in socks]
+        check("connections_max_per_principal = 2: two connections as one user are served",
+              authed[:2] == [True, True] and api_versions(socks[0]) and api_versions(socks[1]), str(authed))
+        check("... and a third is closed once it authenticates", closed_by_server(socks[2], 5))
+        socks.pop().close()
+        socks.pop(0).close()
+        wait_for(lambda: node.metric("keel_connections") == 1, 10)
+        again = socket.create_connection((shost, int(sport)))
+        socks.append(again)
+        check("once one closes, the user connects again", plain_login(again, "limited", "limited-pw") and api_versions(again))
     finally:
         for s in socks:
             s.close()
         node.stop()
+
+
+def plain_login(sock, user, password):
+    """SaslHandshake v1 (PLAIN) and SaslAuthenticate v0 on a raw socket: whether both succeeded."""
+    def call(api, version, body):
+        req = struct.pack(">hhih", api, version, 7, -1) + body
+        sock.sendall(struct.pack(">i", len(req)) + req)
+        n = struct.unpack(">i", sock.recv(4, socket.MSG_WAITALL))[0]
+        return sock.recv(n, socket.MSG_WAITALL)
+    try:
+        sock.settimeout(5)
+        hs = call(17, 1, struct.pack(">h", 5) + b"PLAIN")
+        if struct.unpack(">h", hs[4:6])[0] != 0:
+            return False
+        token = b"\0" + user.encode() + b"\0" + password.encode()
+        auth = call(36, 0, struct.pack(">i", len(token)) + token)
+        return struct.unpack(">h", auth[4:6])[0] == 0
+    except (OSError, struct.error):
+        return False
 
 
 def kafka_tool(*args):

@@ -221,6 +221,9 @@ pub struct BrokerConfig {
     /// Open connections from one IP address beyond this are closed at accept (Kafka's
     /// `max.connections.per.ip`).
     pub connections_max_per_ip: usize,
+    /// Open connections authenticated as one principal (SASL user or client certificate)
+    /// beyond this are closed once they authenticate.
+    pub connections_max_per_principal: usize,
     /// Connections on SASL listeners that have not authenticated yet, at most; each has
     /// 10 s to authenticate.
     pub unauthenticated_connections_max: usize,
@@ -343,6 +346,7 @@ impl Default for BrokerConfig {
             request_bytes_max: keel_proto::frame::REQUEST_BYTES_MAX_DEFAULT,
             connections_max: 10_000,
             connections_max_per_ip: 1_000,
+            connections_max_per_principal: 1_000,
             unauthenticated_connections_max: 1_000,
             inflight_bytes_max: 256 * 1024 * 1024,
             message_bytes_max: 16 * 1024 * 1024,
@@ -485,9 +489,15 @@ impl BrokerConfig {
         if self.inflight_bytes_max < self.request_bytes_max {
             return Err("inflight_bytes_max must be at least request_bytes_max".into());
         }
-        if self.connections_max == 0 || self.connections_max_per_ip == 0 || self.unauthenticated_connections_max == 0 {
+        if self.connections_max == 0
+            || self.connections_max_per_ip == 0
+            || self.connections_max_per_principal == 0
+            || self.unauthenticated_connections_max == 0
+        {
             return Err(
-                "connections_max, connections_max_per_ip and unauthenticated_connections_max must be positive".into(),
+                "connections_max, connections_max_per_ip, connections_max_per_principal and \
+                        unauthenticated_connections_max must be positive"
+                    .into(),
             );
         }
         if self.fsync_interval_ms == 0 {

@@ -43,6 +43,8 @@ pub struct Shared {
     unauthenticated: Arc<Semaphore>,
     /// Open connections per client IP address.
     per_ip: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    /// Open authenticated connections per principal.
+    per_principal: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
 }
 
 impl Shared {
@@ -53,7 +55,22 @@ impl Shared {
             inflight: Arc::new(Semaphore::new((broker.config.inflight_bytes_max / 1024).max(1))),
             unauthenticated: Arc::new(Semaphore::new(broker.config.unauthenticated_connections_max)),
             per_ip: Arc::default(),
+            per_principal: Arc::default(),
         }
+    }
+
+    /// Counts a connection authenticated as `principal`, unless it has `max` open already.
+    fn admit_principal(&self, principal: &str, max: usize) -> Option<PrincipalSlot> {
+        let mut m = self.per_principal.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(principal.to_string()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PrincipalSlot {
+            principal: principal.to_string(),
+            per_principal: self.per_principal.clone(),
+        })
     }
 
     /// Counts a connection from `ip`, unless it has `max` open already.
@@ -68,6 +85,24 @@ impl Shared {
             ip,
             per_ip: self.per_ip.clone(),
         })
+    }
+}
+
+/// A connection's place in its principal's count, given back on drop.
+struct PrincipalSlot {
+    principal: String,
+    per_principal: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+impl Drop for PrincipalSlot {
+    fn drop(&mut self) {
+        let mut m = self.per_principal.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.principal) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.principal);
+            }
+        }
     }
 }
 
@@ -169,7 +204,8 @@ pub async fn run_listener(
                     None
                 };
                 let _ = stream.set_nodelay(true);
-                let (b, sd, inf, name) = (broker.clone(), shutdown.clone(), inflight.clone(), name.clone());
+                let (b, sd, inf, name, sh) =
+                    (broker.clone(), shutdown.clone(), inflight.clone(), name.clone(), shared.clone());
                 tasks.spawn(async move {
                     b.metrics.connections.inc();
                     let env = ConnEnv {
@@ -177,6 +213,7 @@ pub async fn run_listener(
                         shutdown: sd,
                         inflight: inf,
                         unauth,
+                        shared: sh,
                     };
                     accept_connection(&b, stream, name, protocol, env).await;
                     b.metrics.connections.dec();
@@ -210,6 +247,7 @@ struct ConnEnv {
     inflight: Arc<Semaphore>,
     /// A place among the unauthenticated connections, until the connection authenticates.
     unauth: Option<OwnedSemaphorePermit>,
+    shared: Shared,
 }
 
 /// Serves one accepted connection: its TLS handshake first on a TLS listener.
@@ -291,7 +329,9 @@ where
         mut shutdown,
         inflight,
         mut unauth,
+        shared,
     } = env;
+    let mut principal_slot: Option<PrincipalSlot> = None;
     debug!(%peer, "connection opened");
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let (tx, rx) = mpsc::channel::<InFlight>(PIPELINE_DEPTH);
@@ -304,6 +344,25 @@ where
     loop {
         if session.authenticated {
             unauth = None;
+            // Every principal but ANONYMOUS (all of a PLAINTEXT listener's clients) has at
+            // most connections_max_per_principal connections.
+            if principal_slot.is_none() && session.principal != crate::handlers::sasl::ANONYMOUS {
+                match shared.admit_principal(&session.principal, b.config.connections_max_per_principal) {
+                    Some(slot) => principal_slot = Some(slot),
+                    None => {
+                        b.metrics.connections_refused.inc();
+                        warn!(%peer, principal = %session.principal, limit = b.config.connections_max_per_principal, "connection limit per principal reached; closing connection");
+                        b.audit.authentication(
+                            &session,
+                            Some(peer),
+                            "connection limit",
+                            false,
+                            Some("too many connections for this principal".into()),
+                        );
+                        break;
+                    }
+                }
+            }
         }
         // A throttled client's connection is muted until its quota allows it again.
         if let Some(until) = session.throttle_until.take() {
@@ -380,6 +439,7 @@ where
     }
     drop(tx);
     drop(unauth);
+    drop(principal_slot);
     let _ = writer.await;
     debug!(%peer, "connection closed");
 }
