@@ -637,6 +637,14 @@ def limits_section():
         again = socket.create_connection((shost, int(sport)))
         socks.append(again)
         check("once one closes, the user connects again", plain_login(again, "limited", "limited-pw") and api_versions(again))
+        v0 = socket.create_connection((shost, int(sport)))
+        socks.append(v0)
+        check("SaslHandshake v0 and a bare PLAIN token authenticate (Kafka 0.10's way)",
+              plain_login_v0(v0, "admin", "admin-pw") and api_versions(v0))
+        bad = socket.create_connection((shost, int(sport)))
+        socks.append(bad)
+        check("... and a bare token with a wrong password closes the connection",
+              not plain_login_v0(bad, "admin", "nope") and closed_by_server(bad, 5))
     finally:
         for s in socks:
             s.close()
@@ -658,6 +666,78 @@ def plain_login(sock, user, password):
         token = b"\0" + user.encode() + b"\0" + password.encode()
         auth = call(36, 0, struct.pack(">i", len(token)) + token)
         return struct.unpack(">h", auth[4:6])[0] == 0
+    except (OSError, struct.error):
+        return False
+
+
+def dev_secure_section():
+    """README's worked example: a secure three-node `keel dev --secure` cluster, a SCRAM
+    user and ACLs added with keel commands, kcat and confluent-kafka over SASL_SSL."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    base = int(subprocess.run([sys.executable, os.path.join(root, "compat", "free_base_port.py")],
+                              capture_output=True, text=True, check=True).stdout.strip())
+    dev_dir = os.path.join(WORK, "secure")
+    log = open(os.path.join(WORK, "secure.log"), "w")
+    dev = subprocess.Popen([KEEL, "dev", "--secure", "--nodes", "3", "--base-port", str(base), "--data-dir", dev_dir],
+                           stdout=log, stderr=log, env={**os.environ, "KEEL_LOG": "warn,openraft=off"})
+    try:
+        admin_b = f"127.0.0.1:{base + 300}"
+        bootstrap = ",".join(f"127.0.0.1:{base + i}" for i in range(3))
+        pw_file = os.path.join(dev_dir, "admin-password")
+        wait_for(lambda: os.path.exists(pw_file), 30)
+        admin = ["-b", admin_b, "--sasl-user", "admin", "--sasl-password", open(pw_file).read().strip()]
+        ok = wait_for(lambda: subprocess.run([KEEL, "user", "set", "alice", "--password", "alice-secret", *admin],
+                                             capture_output=True, timeout=60).returncode == 0, 90)
+        check("keel dev --secure: keel user set alice through the admin listener", ok)
+        r1 = subprocess.run([KEEL, "acl", "add", "--principal", "User:alice", "--operation", "ALL", "--topic", "orders", *admin],
+                            capture_output=True, text=True, timeout=60)
+        r2 = subprocess.run([KEEL, "acl", "add", "--principal", "User:alice", "--operation", "READ", "--group", "orders-",
+                             "--prefixed", *admin], capture_output=True, text=True, timeout=60)
+        check("keel acl add (topic orders, groups orders-*)", r1.returncode == 0 and r2.returncode == 0,
+              r1.stderr + r2.stderr)
+        ca = os.path.join(dev_dir, "certs", "ca.pem")
+        kcat = ["kcat", "-b", bootstrap, "-X", "security.protocol=SASL_SSL", "-X", f"ssl.ca.location={ca}",
+                "-X", "sasl.mechanisms=SCRAM-SHA-256", "-X", "sasl.username=alice", "-X", "sasl.password=alice-secret"]
+        lines = "".join(f"order {i}\n" for i in range(10))
+        p = subprocess.run([*kcat, "-P", "-t", "orders", "-X", "topic.request.required.acks=all"], input=lines,
+                           capture_output=True, text=True, timeout=60)
+        check("kcat produces over SASL_SSL with SCRAM-SHA-256", p.returncode == 0, p.stderr[-500:])
+        c = subprocess.run([*kcat, "-C", "-t", "orders", "-o", "beginning", "-c", "10", "-e"], capture_output=True,
+                           text=True, timeout=60)
+        got = sorted(l for l in c.stdout.splitlines() if l.startswith("order "))
+        check("kcat reads the 10 records back", len(got) == 10, c.stdout[-300:] + c.stderr[-300:])
+        conf = {"bootstrap.servers": bootstrap, "security.protocol": "SASL_SSL", "ssl.ca.location": ca,
+                "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "alice", "sasl.password": "alice-secret"}
+        got = consume_error(conf, "orders", "orders-app")
+        check("confluent-kafka reads them in group orders-app (SCRAM-SHA-512)", got == 10, str(got))
+        check("a client without credentials is refused",
+              refused({"bootstrap.servers": bootstrap, "security.protocol": "SSL", "ssl.ca.location": ca}))
+        check("alice may not read another topic",
+              consume_error(conf, "payments", "orders-app") in ("TOPIC_AUTHORIZATION_FAILED", "UNKNOWN_TOPIC_OR_PART",
+                                                                 "_UNKNOWN_TOPIC"))
+    finally:
+        dev.send_signal(2)
+        try:
+            dev.wait(30)
+        except subprocess.TimeoutExpired:
+            dev.kill()
+        subprocess.run(["pkill", "-9", "-f", dev_dir])
+
+
+def plain_login_v0(sock, user, password):
+    """SaslHandshake v0 (PLAIN), then the token as a bare frame: whether a bare answer came."""
+    try:
+        sock.settimeout(5)
+        req = struct.pack(">hhih", 17, 0, 7, -1) + struct.pack(">h", 5) + b"PLAIN"
+        sock.sendall(struct.pack(">i", len(req)) + req)
+        n = struct.unpack(">i", sock.recv(4, socket.MSG_WAITALL))[0]
+        hs = sock.recv(n, socket.MSG_WAITALL)
+        if struct.unpack(">h", hs[4:6])[0] != 0:
+            return False
+        token = b"\0" + user.encode() + b"\0" + password.encode()
+        sock.sendall(struct.pack(">i", len(token)) + token)
+        answer = sock.recv(4, socket.MSG_WAITALL)
+        return len(answer) == 4 and struct.unpack(">i", answer)[0] == 0
     except (OSError, struct.error):
         return False
 
@@ -759,5 +839,6 @@ if __name__ == "__main__":
     acl_cluster_section()
     limits_section()
     quota_section()
+    dev_secure_section()
     print(f"{len(PASSED)} passed, {len(FAILED)} failed")
     sys.exit(1 if FAILED else 0)

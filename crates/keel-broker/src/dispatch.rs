@@ -118,6 +118,60 @@ pub async fn start_from(
     }))
 }
 
+/// Runs one SaslAuthenticate step, with its log line, metric and audit record; the bool
+/// says whether the connection must close.
+fn sasl_authenticate(
+    b: &Arc<Broker>,
+    session: &mut handlers::sasl::Session,
+    peer: Option<std::net::SocketAddr>,
+    req: SaslAuthenticateRequest,
+) -> (SaslAuthenticateResponse, bool) {
+    let meta = b.controller.meta();
+    let nonce = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let (resp, close) = handlers::sasl::authenticate(&b.sasl_users(&meta), session, req, &nonce);
+    let mechanism = session.mechanism().map(|m| m.name()).unwrap_or("SASL");
+    if resp.error_code != 0 {
+        b.metrics.sasl_failures.inc();
+        b.audit.authentication(
+            session,
+            peer,
+            mechanism,
+            false,
+            resp.error_message.as_ref().map(|m| m.to_string()),
+        );
+    } else if session.authenticated {
+        b.audit.authentication(session, peer, mechanism, true, None);
+        tracing::info!(peer = ?peer, principal = %session.principal, mechanism, "SASL authenticated");
+    }
+    (resp, close)
+}
+
+/// A bare SASL token after SaslHandshake v0: answered with a bare token (length and
+/// bytes); a failure closes the connection without an answer, as Kafka does for v0.
+fn raw_sasl(
+    b: &Arc<Broker>,
+    session: &mut handlers::sasl::Session,
+    peer: Option<std::net::SocketAddr>,
+    token: Bytes,
+) -> Outcome {
+    let req = SaslAuthenticateRequest::default().with_auth_bytes(token);
+    let (resp, close) = sasl_authenticate(b, session, peer, req);
+    if resp.error_code != 0 || close {
+        return Outcome::Close(
+            resp.error_message
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| "SASL authentication failed".into()),
+        );
+    }
+    if session.authenticated {
+        session.raw_sasl = false;
+    }
+    let mut buf = BytesMut::with_capacity(4 + resp.auth_bytes.len());
+    buf.put_i32(resp.auth_bytes.len() as i32);
+    buf.extend_from_slice(&resp.auth_bytes);
+    Outcome::Respond(buf)
+}
+
 /// The request header's client id ("" when it has none).
 fn client_id(header: &RequestHeader) -> &str {
     header.client_id.as_ref().map_or("", |c| c.as_str())
@@ -141,6 +195,9 @@ pub async fn handle_from(
     peer: Option<std::net::SocketAddr>,
     session: &mut handlers::sasl::Session,
 ) -> Outcome {
+    if session.raw_sasl {
+        return raw_sasl(b, session, peer, frame);
+    }
     let prefix = match peek_prefix(&frame) {
         Ok(p) => p,
         Err(e) => return Outcome::Close(e.to_string()),
@@ -181,6 +238,8 @@ pub async fn handle_from(
             };
             let meta = b.controller.meta();
             let resp = handlers::sasl::handshake(&b.sasl_users(&meta), session, req);
+            // v0: the SASL tokens that follow come as bare frames, not SaslAuthenticate.
+            session.raw_sasl = v == 0 && resp.error_code == 0;
             respond(api, v, corr, &resp)
         }
         ApiKey::SaslAuthenticate => {
@@ -188,33 +247,7 @@ pub async fn handle_from(
                 Ok(r) => r,
                 Err(e) => return Outcome::Close(format!("SaslAuthenticate v{v}: {e}")),
             };
-            let meta = b.controller.meta();
-            let nonce = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
-            let (resp, close) = handlers::sasl::authenticate(&b.sasl_users(&meta), session, req, &nonce);
-            let mechanism = session.mechanism().map(|m| m.name()).unwrap_or("SASL");
-            if resp.error_code != 0 {
-                b.audit.authentication(
-                    session,
-                    peer,
-                    mechanism,
-                    false,
-                    resp.error_message.as_ref().map(|m| m.to_string()),
-                );
-            } else if session.authenticated {
-                b.audit.authentication(session, peer, mechanism, true, None);
-            }
-            if resp.error_code == 0 {
-                if session.authenticated {
-                    tracing::info!(
-                        peer = ?peer,
-                        principal = %session.principal,
-                        mechanism = session.mechanism().map(|m| m.name()).unwrap_or(""),
-                        "SASL authenticated"
-                    );
-                }
-            } else {
-                b.metrics.sasl_failures.inc();
-            }
+            let (resp, close) = sasl_authenticate(b, session, peer, req);
             match (respond(api, v, corr, &resp), close) {
                 (Outcome::Respond(buf), true) => {
                     Outcome::RespondThenClose(buf, resp.error_message.map(|m| m.to_string()).unwrap_or_default())

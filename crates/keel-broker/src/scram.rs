@@ -224,7 +224,10 @@ pub fn server_final(ex: &Exchange, message: &[u8]) -> Result<Vec<u8>, ScramError
     if B64.decode(binding).ok().as_deref() != Some(ex.gs2_header.as_bytes()) {
         return Err(ScramError::Malformed("channel binding differs from the GS2 header"));
     }
-    if r.strip_prefix("r=") != Some(ex.nonce.as_str()) {
+    // RFC 5802 wants the nonce itself; librdkafka before 2.2 sends the client nonce and then
+    // the whole nonce, which Kafka accepts by checking only how it ends. The proof covers
+    // the message as sent, so a replayed exchange still fails on the fresh server nonce.
+    if !r.strip_prefix("r=").is_some_and(|n| n.ends_with(ex.nonce.as_str())) {
         return Err(ScramError::Malformed("nonce differs"));
     }
     let proof = B64
@@ -319,6 +322,17 @@ mod tests {
 
     /// A client's side, as RFC 5802 writes it, against the server's, for both mechanisms.
     fn client_final(m: Mechanism, password: &[u8], client_first_bare: &str, server_first: &str) -> String {
+        client_final_with(m, password, client_first_bare, server_first, "")
+    }
+
+    /// As [`client_final`], with `prefix` before the nonce in the final message.
+    fn client_final_with(
+        m: Mechanism,
+        password: &[u8],
+        client_first_bare: &str,
+        server_first: &str,
+        prefix: &str,
+    ) -> String {
         let mut salt = None;
         let mut iterations = 0;
         let mut nonce = "";
@@ -333,7 +347,7 @@ mod tests {
         let salted = m.salted_password(password, &salt.unwrap(), iterations);
         let client_key = m.hmac(&salted, &[b"Client Key"]);
         let stored = m.hash(&client_key);
-        let without = format!("c=biws,r={nonce}");
+        let without = format!("c=biws,r={prefix}{nonce}");
         let auth = format!("{client_first_bare},{server_first},{without}");
         let sig = m.hmac(&stored, &[auth.as_bytes()]);
         let proof: Vec<u8> = client_key.iter().zip(&sig).map(|(a, b)| a ^ b).collect();
@@ -351,6 +365,13 @@ mod tests {
             assert_eq!(ex.user, "alice,=x");
             let sf = String::from_utf8(sf).unwrap();
             assert!(server_final(&ex, client_final(m, b"s3cret", "n=alice=2C=3Dx,r=abc", &sf).as_bytes()).is_ok());
+            // Older librdkafka sends the client nonce and then the whole nonce; Kafka takes it.
+            let last = client_final_with(m, b"s3cret", "n=alice=2C=3Dx,r=abc", &sf, "abc");
+            assert!(last.contains(",r=abcabcxyz,"), "{last}");
+            assert!(server_final(&ex, last.as_bytes()).is_ok());
+            // Not a nonce that ends otherwise.
+            let last = client_final_with(m, b"s3cret", "n=alice=2C=3Dx,r=abc", &sf, "").replace("xyz,p=", "xy,p=");
+            assert!(server_final(&ex, last.as_bytes()).is_err());
             assert_eq!(
                 server_final(&ex, client_final(m, b"s3creT", "n=alice=2C=3Dx,r=abc", &sf).as_bytes()),
                 Err(ScramError::BadCredentials)

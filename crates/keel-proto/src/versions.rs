@@ -74,9 +74,9 @@ pub const SUPPORTED: &[Supported] = &[
     s(ApiKey::TxnOffsetCommit, 0, 5),
     s(ApiKey::DescribeTransactions, 0, 0),
     s(ApiKey::ListTransactions, 0, 1),
-    // v0 of SaslHandshake hands the connection to raw SASL tokens; only v1 (tokens inside
-    // SaslAuthenticate) is served.
-    s(ApiKey::SaslHandshake, 1, 1),
+    // SaslHandshake v0 hands the connection to bare SASL tokens (Kafka 0.10's clients;
+    // librdkafka 2.0 looks for v0 before it offers SASL at all), v1 to SaslAuthenticate.
+    s(ApiKey::SaslHandshake, 0, 1),
     s(ApiKey::SaslAuthenticate, 0, 2),
 ];
 

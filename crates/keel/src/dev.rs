@@ -20,6 +20,12 @@ pub struct DevArgs {
     /// Each node's data lives in DIR/node-N.
     #[arg(long, default_value = "keel-dev")]
     pub data_dir: PathBuf,
+    /// A secure cluster: a development CA and node certificate (DIR/certs, see `keel
+    /// certs`), Kafka listeners speaking SASL_SSL (SCRAM or PLAIN), the ACL authorizer with
+    /// `User:admin` as super user (password in DIR/admin-password), an audit log per node,
+    /// and a loopback SASL_PLAINTEXT listener per node on base+300+N-1 for `keel` commands.
+    #[arg(long)]
+    pub secure: bool,
 }
 
 /// The ports of node `n` (1-based): Kafka, Raft, HTTP.
@@ -55,12 +61,40 @@ pub async fn run(args: DevArgs) -> Result<()> {
         .map(|n| format!("{n}@127.0.0.1:{}", ports(args.base_port, n).1))
         .collect();
     let secret_file = write_cluster_secret(&args.data_dir)?;
+    let secure = if args.secure {
+        Some(secure_setup(&args.data_dir)?)
+    } else {
+        None
+    };
     let mut children: Vec<(u16, Child)> = Vec::new();
     for n in 1..=args.nodes {
         let (kafka, raft, http) = ports(args.base_port, n);
         let dir = args.data_dir.join(format!("node-{n}"));
-        let child = Command::new(&exe)
-            .arg("serve")
+        let mut cmd = Command::new(&exe);
+        if let Some((certs, password)) = &secure {
+            let config = args.data_dir.join(format!("node-{n}.toml"));
+            let admin = args.base_port + 300 + n - 1;
+            let toml = format!(
+                "kafka_protocol = \"SASL_SSL\"\n\
+                 listeners = [{{ name = \"ADMIN\", listen = \"127.0.0.1:{admin}\", protocol = \"SASL_PLAINTEXT\" }}]\n\
+                 authorizer = true\n\
+                 super_users = [\"User:admin\"]\n\
+                 audit_log = {audit:?}\n\
+                 [sasl_plain_users]\n\
+                 admin = {password:?}\n\
+                 [tls]\n\
+                 cert_file = {cert:?}\n\
+                 key_file = {key:?}\n",
+                audit = dir.join("audit.log").display().to_string(),
+                cert = certs.join("node.pem").display().to_string(),
+                key = certs.join("node.key").display().to_string(),
+            );
+            std::fs::write(&config, toml).with_context(|| format!("writing {}", config.display()))?;
+            cmd.arg("serve").arg("--config").arg(&config);
+        } else {
+            cmd.arg("serve");
+        }
+        let child = cmd
             .args(["--node-id", &n.to_string()])
             .arg("--data-dir")
             .arg(&dir)
@@ -89,6 +123,18 @@ pub async fn run(args: DevArgs) -> Result<()> {
         args.nodes,
         bootstrap.join(",")
     );
+    if let Some((certs, _)) = &secure {
+        let admin: Vec<String> = (1..=args.nodes)
+            .map(|n| format!("127.0.0.1:{}", args.base_port + 300 + n - 1))
+            .collect();
+        println!(
+            "secure: clients use SASL_SSL with ssl.ca.location={}; keel commands use -b {} with \
+             --sasl-user admin --sasl-password \"$(cat {})\"",
+            certs.join("ca.pem").display(),
+            admin.join(","),
+            args.data_dir.join("admin-password").display()
+        );
+    }
     println!("kill a node (kill -9 PID) and watch the others elect new leaders; Ctrl-C stops all");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -99,6 +145,35 @@ pub async fn run(args: DevArgs) -> Result<()> {
         let _ = (n, c.wait());
     }
     Ok(())
+}
+
+/// A secure cluster's certificates (made once: DIR/certs) and the admin's password (made
+/// once: DIR/admin-password, readable by its owner only).
+fn secure_setup(dir: &std::path::Path) -> Result<(PathBuf, String)> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let certs = dir.join("certs");
+    if !certs.join("node.pem").exists() {
+        crate::certs::make(
+            &certs,
+            &["localhost".into(), "127.0.0.1".into()],
+            &["admin".into()],
+            365,
+        )?;
+    }
+    let path = dir.join("admin-password");
+    if !path.exists() {
+        let password: String = (0..16).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        f.write_all(password.as_bytes())?;
+    }
+    let password = std::fs::read_to_string(&path)?.trim().to_string();
+    Ok((certs, password))
 }
 
 /// Returns once every node has exited (each reported as it goes).

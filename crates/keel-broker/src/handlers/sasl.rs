@@ -73,6 +73,8 @@ pub struct Session {
     pub host: String,
     /// The client's address and port, for the audit log ("" when unknown).
     pub client: String,
+    /// After SaslHandshake v0: the next frames are bare SASL tokens until authenticated.
+    pub raw_sasl: bool,
     /// A client quota throttles the connection: nothing more is read from it until then.
     pub throttle_until: Option<std::time::Instant>,
     /// The listener authenticates with SASL.
@@ -93,6 +95,7 @@ impl Default for Session {
             host: String::new(),
             client: String::new(),
             throttle_until: None,
+            raw_sasl: false,
             sasl: false,
             mechanism: None,
             scram: None,
