@@ -742,6 +742,89 @@ def plain_login_v0(sock, user, password):
         return False
 
 
+def bad_input_section():
+    """Hostile or broken input over TLS and SASL: refused, counted, audited, and the node
+    keeps serving others."""
+    import json
+    d = os.path.join(WORK, "certs-bad")
+    certs(d, "good")
+    for f in ("node.pem", "node.key"):
+        shutil.copy(os.path.join(d, f), os.path.join(d, "good-" + f))
+    # The same CA signs a client certificate that has already expired.
+    subprocess.run([KEEL, "certs", "--out", d, "--clients", "old", "--days", "0"], check=True, stdout=subprocess.DEVNULL)
+    expired_after = time.time() + 1.5  # valid to the second it was made
+    audit = os.path.join(WORK, "bad", "audit.log")
+    node = Node("bad", [
+        'listeners = [{ name = "SSL", listen = "127.0.0.1:0" }, { name = "SASL_SSL", listen = "127.0.0.1:0" }]',
+        "[sasl_plain_users]",
+        'alice = "alice-pw"',
+        "[tls]",
+        f'cert_file = "{d}/good-node.pem"',
+        f'key_file = "{d}/good-node.key"',
+        f'client_ca_file = "{d}/ca.pem"',
+        'client_auth = "required"',
+    ], extra_args=("--kafka-protocol", "SASL_PLAINTEXT", "--audit-log", audit))
+    try:
+        ssl_addr, sasl_ssl = node.listener("SSL"), node.listener("SASL_SSL")
+        host, port = ssl_addr.rsplit(":", 1)
+        good = {"bootstrap.servers": ssl_addr, "security.protocol": "SSL", "ssl.ca.location": f"{d}/ca.pem",
+                "ssl.certificate.location": f"{d}/client-good.pem", "ssl.key.location": f"{d}/client-good.key"}
+        tls_before = node.metric("keel_tls_handshake_failures_total") or 0
+        for _ in range(20):
+            with socket.create_connection((host, int(port))) as g:
+                try:
+                    g.sendall(os.urandom(10_000))
+                    g.settimeout(5)
+                    g.recv(100)
+                except OSError:
+                    pass
+        wait_for(lambda: time.time() > expired_after, 5)
+        check("an expired client certificate is refused",
+              refused({**good, "ssl.certificate.location": f"{d}/client-old.pem", "ssl.key.location": f"{d}/client-old.key"}))
+        tls_after = node.metric("keel_tls_handshake_failures_total") or 0
+        check("20 connections of handshake garbage and the expired certificate are counted",
+              tls_after >= tls_before + 21, f"{tls_before} -> {tls_after}")
+        check("after them, a good client is served", not refused(good))
+
+        shost, sport = node.kafka.rsplit(":", 1)
+        with socket.create_connection((shost, int(sport))) as t:
+            t.settimeout(5)
+            req = struct.pack(">hhih", 17, 1, 1, -1) + struct.pack(">h", 13) + b"SCRAM-SHA-256"
+            t.sendall(struct.pack(">i", len(req)) + req)
+            n = struct.unpack(">i", t.recv(4, socket.MSG_WAITALL))[0]
+            t.recv(n, socket.MSG_WAITALL)
+            token = b"n,,n=al"
+            req = struct.pack(">hhih", 36, 0, 2, -1) + struct.pack(">i", len(token)) + token
+            t.sendall(struct.pack(">i", len(req)) + req)
+            n = struct.unpack(">i", t.recv(4, socket.MSG_WAITALL))[0]
+            body = t.recv(n, socket.MSG_WAITALL)
+            code = struct.unpack(">h", body[4:6])[0]
+            check("a truncated SCRAM message is answered SASL_AUTHENTICATION_FAILED (58) and the connection closed",
+                  code == 58 and closed_by_server(t, 5), str(code))
+        with socket.create_connection((shost, int(sport))) as t:
+            req = struct.pack(">hhih", 17, 1, 1, -1) + struct.pack(">h", 5) + b"PLAIN"
+            t.sendall(struct.pack(">i", len(req) + 100) + req)  # a frame cut short
+        before = node.metric("keel_sasl_authentication_failures_total") or 0
+        t0 = time.time()
+        results = []
+        for i in range(100):
+            with socket.create_connection((shost, int(sport))) as t:
+                results.append(plain_login(t, "alice", f"wrong-{i}"))
+        rate = 100 / (time.time() - t0)
+        after = node.metric("keel_sasl_authentication_failures_total") or 0
+        check(f"100 wrong passwords in a row ({rate:.0f}/s) are all refused and counted",
+              not any(results) and after >= before + 100, f"{before} -> {after}")
+        with socket.create_connection((shost, int(sport))) as t:
+            check("... and the right one still works", plain_login(t, "alice", "alice-pw") and api_versions(t))
+        with open(audit) as f:
+            events = [json.loads(line) for line in f if line.strip()]
+        fails = sum(1 for e in events if e["event"] == "authentication" and e["outcome"] == "failure")
+        check("the audit log holds every failed authentication", fails >= 100 + 21, str(fails))
+        check("the node kept running", node.proc.poll() is None)
+    finally:
+        node.stop()
+
+
 def kafka_tool(*args):
     """Runs one of Apache Kafka's command-line tools (its Java class) from Maven Central."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -840,5 +923,6 @@ if __name__ == "__main__":
     limits_section()
     quota_section()
     dev_secure_section()
+    bad_input_section()
     print(f"{len(PASSED)} passed, {len(FAILED)} failed")
     sys.exit(1 if FAILED else 0)
