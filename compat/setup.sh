@@ -2,14 +2,16 @@
 # Installs the third-party clients the compatibility flows use: kcat (Debian's package,
 # librdkafka 2.0.2); a Python venv with confluent-kafka (wheel with librdkafka 2.x),
 # kafka-python and aiokafka with their codecs; RapidJSON's headers, which librdkafka's
-# test-runner uses to check its statistics (tests 0053 and 0110). The Java, Go and
+# test-runner uses to check its statistics (tests 0053 and 0110); OpenSSL's headers, so that
+# the test-runner speaks TLS and SASL/SCRAM for the suite's secure passes. The Java, Go and
 # JavaScript clients of compat/clients/ fetch their pinned packages (Maven Central, the Go
 # module proxy, the npm registry) when they first run.
 set -euo pipefail
 VENV="${VENV:-/tmp/keel-compat-venv}"
-if ! command -v kcat >/dev/null || ! command -v curl >/dev/null || [[ ! -f /usr/include/rapidjson/schema.h ]]; then
+if ! command -v kcat >/dev/null || ! command -v curl >/dev/null || [[ ! -f /usr/include/rapidjson/schema.h ]] ||
+    [[ ! -f /usr/include/openssl/ssl.h ]]; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat curl rapidjson-dev >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat curl rapidjson-dev libssl-dev >/dev/null
 fi
 if [[ ! -x "${VENV}/bin/python" ]]; then
     python3 -m venv "${VENV}"

@@ -211,6 +211,60 @@ if grep -qw 0103 <<<"${NUMBERS}"; then
     run_numbers default:cluster "${CLUSTER_DEFAULT_TESTS}" 0103
 fi
 
+# Passes over TLS and SASL/SCRAM (SECURE_PASSES="ssl scram"): SECURE_TESTS again against a
+# Keel whose listener is SSL, then SASL_SSL with a SCRAM-SHA-512 user (created with `keel
+# user` through a loopback admin listener). Their rows ("test [pass]") go to
+# ${RESULTS%.tsv}-secure.tsv; a failure fails the run.
+SECURE_TESTS="${SECURE_TESTS:-0001 0002 0005 0011 0012 0013 0015 0017 0019 0022 0029 0034 0036 0056 0073 0090}"
+declare -A SEC_STATUS
+sec_fail=0
+if [[ -n "${SECURE_PASSES:-}" && "${PEER}" == keel ]]; then
+    "${KEEL}" certs --out "${WORK}/certs" >/dev/null
+    for p in "${CPIDS[@]}"; do { kill -9 "${p}"; wait "${p}"; } 2>/dev/null; done
+    CPIDS=()
+    for pass in ${SECURE_PASSES}; do
+        case "${pass}" in
+            ssl)
+                printf 'kafka_protocol = "SSL"\n[tls]\ncert_file = "%s"\nkey_file = "%s"\n' \
+                    "${WORK}/certs/node.pem" "${WORK}/certs/node.key" > "${WORK}/secure.toml"
+                CLIENT_EXTRA="$(printf 'security.protocol=SSL\nssl.ca.location=%s\n' "${WORK}/certs/ca.pem")"
+                ;;
+            scram)
+                printf 'kafka_protocol = "SASL_SSL"\nlisteners = [{ name = "ADMIN", listen = "127.0.0.1:0", protocol = "SASL_PLAINTEXT" }]\n[sasl_plain_users]\nadmin = "suite-admin"\n[tls]\ncert_file = "%s"\nkey_file = "%s"\n' \
+                    "${WORK}/certs/node.pem" "${WORK}/certs/node.key" > "${WORK}/secure.toml"
+                CLIENT_EXTRA="$(printf 'security.protocol=SASL_SSL\nssl.ca.location=%s\nsasl.mechanism=SCRAM-SHA-512\nsasl.username=suite\nsasl.password=suite-secret\n' "${WORK}/certs/ca.pem")"
+                ;;
+            *) echo "unknown secure pass ${pass}"; sec_fail=$((sec_fail+1)); continue ;;
+        esac
+        AUTO_CREATE=true; KEEL_EXTRA="--config ${WORK}/secure.toml"; START=start_keel
+        start_keel
+        if [[ "${pass}" == scram ]]; then
+            ADMIN="$(sed -nE 's/.*listener\.ADMIN=([^ ]+).*/\1/p' "${WORK}/stdout" | tail -1)"
+            "${KEEL}" user set suite --password suite-secret --mechanism SCRAM-SHA-512 -b "${ADMIN}" \
+                --sasl-user admin --sasl-password suite-admin >/dev/null || { echo "could not create the SCRAM user"; sec_fail=$((sec_fail+1)); continue; }
+        fi
+        echo "keel restarted with a ${pass} listener at ${BOOTSTRAP}"
+        declare -A SAVED_STATUS=() SAVED_SECS=()
+        for k in "${!STATUS[@]}"; do SAVED_STATUS[$k]="${STATUS[$k]}"; SAVED_SECS[$k]="${SECS[$k]}"; done
+        for n in ${SECURE_TESTS}; do
+            for t in $(grep "^${n}" "${HERE}/broker_tests.txt"); do unset "STATUS[$t]"; done
+        done
+        run_numbers "default:${pass}" '.*' ${SECURE_TESTS}
+        for n in ${SECURE_TESTS}; do
+            for t in $(grep "^${n}" "${HERE}/broker_tests.txt"); do
+                [[ -n "${STATUS[$t]:-}" ]] || continue
+                SEC_STATUS["${t} [${pass}]"]="${STATUS[$t]}"
+                [[ "${STATUS[$t]}" == failed ]] && sec_fail=$((sec_fail+1))
+            done
+        done
+        STATUS=(); SECS=()
+        for k in "${!SAVED_STATUS[@]}"; do STATUS[$k]="${SAVED_STATUS[$k]}"; SECS[$k]="${SAVED_SECS[$k]}"; done
+    done
+    CLIENT_EXTRA=""; KEEL_EXTRA=""
+    for k in "${!SEC_STATUS[@]}"; do printf '%s\t%s\n' "${k}" "${SEC_STATUS[$k]}"; done | sort > "${RESULTS%.tsv}-secure.tsv"
+    echo "secure passes: $(grep -c passed "${RESULTS%.tsv}-secure.tsv") passed, ${sec_fail} failed"
+fi
+
 : > "${RESULTS}"
 for t in $(cat "${HERE}/broker_tests.txt"); do
     [[ -n "${STATUS[$t]:-}" ]] && printf '%s\t%s\t%s\n' "${t}" "${STATUS[$t]}" "${SECS[$t]}" >> "${RESULTS}"
@@ -232,6 +286,7 @@ if [[ -n "${REQUIRE:-}" ]]; then
         fi
     done
 fi
+fail=$((fail + sec_fail))
 echo "${skip} skipped"
 echo "${pass} passed, ${fail} failed"
 [[ ${fail} -eq 0 ]]
