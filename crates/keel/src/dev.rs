@@ -36,22 +36,29 @@ pub fn ports(base: u16, n: u16) -> (u16, u16, u16) {
 /// The cluster secret of a local cluster under `dir` (`dir/cluster-secret`, readable by
 /// its owner only): made once, random, and kept, so restarted nodes still hold it.
 pub fn write_cluster_secret(dir: &std::path::Path) -> Result<std::path::PathBuf> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let path = dir.join("cluster-secret");
+    random_secret_file(&path, 32)?;
+    Ok(path)
+}
+
+/// The content of `path`, a secret of `bytes` random bytes in hex made (readable by its
+/// owner only) on first use and kept.
+fn random_secret_file(path: &std::path::Path, bytes: usize) -> Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     if !path.exists() {
-        let secret: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+        let secret: String = (0..bytes).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&path)
+            .open(path)
             .with_context(|| format!("creating {}", path.display()))?;
         f.write_all(secret.as_bytes())?;
         f.sync_all()?;
     }
-    Ok(path)
+    Ok(std::fs::read_to_string(path)?.trim().to_string())
 }
 
 pub async fn run(args: DevArgs) -> Result<()> {
@@ -150,8 +157,6 @@ pub async fn run(args: DevArgs) -> Result<()> {
 /// A secure cluster's certificates (made once: DIR/certs) and the admin's password (made
 /// once: DIR/admin-password, readable by its owner only).
 fn secure_setup(dir: &std::path::Path) -> Result<(PathBuf, String)> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let certs = dir.join("certs");
     if !certs.join("node.pem").exists() {
         crate::certs::make(
@@ -161,18 +166,7 @@ fn secure_setup(dir: &std::path::Path) -> Result<(PathBuf, String)> {
             365,
         )?;
     }
-    let path = dir.join("admin-password");
-    if !path.exists() {
-        let password: String = (0..16).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("creating {}", path.display()))?;
-        f.write_all(password.as_bytes())?;
-    }
-    let password = std::fs::read_to_string(&path)?.trim().to_string();
+    let password = random_secret_file(&dir.join("admin-password"), 16)?;
     Ok((certs, password))
 }
 

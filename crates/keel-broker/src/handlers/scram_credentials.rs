@@ -90,6 +90,46 @@ fn fail(errors: &mut BTreeMap<String, (i16, String)>, user: &str, e: E, msg: Str
     errors.entry(user.to_string()).or_insert((e.code(), msg));
 }
 
+/// The checks a deletion and an upsertion share: the user's change is counted, and its
+/// mechanism is returned unless the entry repeats one, names an unknown mechanism or no user.
+fn admit(
+    errors: &mut BTreeMap<String, (i16, String)>,
+    seen: &mut BTreeSet<(String, i8)>,
+    users: &mut BTreeSet<String>,
+    user: &str,
+    mechanism: i8,
+) -> Option<Mechanism> {
+    users.insert(user.to_string());
+    if !seen.insert((user.to_string(), mechanism)) {
+        fail(
+            errors,
+            user,
+            E::DuplicateResource,
+            "A user credential cannot be altered twice in the same request".into(),
+        );
+        return None;
+    }
+    let Some(m) = Mechanism::from_kafka_type(mechanism) else {
+        fail(
+            errors,
+            user,
+            E::UnsupportedSaslMechanism,
+            "Unknown SCRAM mechanism".into(),
+        );
+        return None;
+    };
+    if user.is_empty() {
+        fail(
+            errors,
+            user,
+            E::UnacceptableCredential,
+            "Username must not be empty".into(),
+        );
+        return None;
+    }
+    Some(m)
+}
+
 pub async fn alter(
     b: &Arc<Broker>,
     req: AlterUserScramCredentialsRequest,
@@ -123,33 +163,10 @@ pub async fn alter(
     let mut delete = Vec::new();
     for d in &req.deletions {
         let user = d.name.to_string();
-        users.insert(user.clone());
-        if !seen.insert((user.clone(), d.mechanism)) {
-            fail(
-                &mut errors,
-                &user,
-                E::DuplicateResource,
-                "A user credential cannot be altered twice in the same request".into(),
-            );
-            continue;
-        }
-        let Some(m) = Mechanism::from_kafka_type(d.mechanism) else {
-            fail(
-                &mut errors,
-                &user,
-                E::UnsupportedSaslMechanism,
-                "Unknown SCRAM mechanism".into(),
-            );
+        let Some(m) = admit(&mut errors, &mut seen, &mut users, &user, d.mechanism) else {
             continue;
         };
-        if user.is_empty() {
-            fail(
-                &mut errors,
-                &user,
-                E::UnacceptableCredential,
-                "Username must not be empty".into(),
-            );
-        } else if !meta.scram.get(&user).is_some_and(|c| c.contains_key(&m)) {
+        if !meta.scram.get(&user).is_some_and(|c| c.contains_key(&m)) {
             fail(
                 &mut errors,
                 &user,
@@ -162,33 +179,10 @@ pub async fn alter(
     }
     for u in &req.upsertions {
         let user = u.name.to_string();
-        users.insert(user.clone());
-        if !seen.insert((user.clone(), u.mechanism)) {
-            fail(
-                &mut errors,
-                &user,
-                E::DuplicateResource,
-                "A user credential cannot be altered twice in the same request".into(),
-            );
-            continue;
-        }
-        let Some(m) = Mechanism::from_kafka_type(u.mechanism) else {
-            fail(
-                &mut errors,
-                &user,
-                E::UnsupportedSaslMechanism,
-                "Unknown SCRAM mechanism".into(),
-            );
+        let Some(m) = admit(&mut errors, &mut seen, &mut users, &user, u.mechanism) else {
             continue;
         };
-        if user.is_empty() {
-            fail(
-                &mut errors,
-                &user,
-                E::UnacceptableCredential,
-                "Username must not be empty".into(),
-            );
-        } else if !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&u.iterations) {
+        if !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&u.iterations) {
             let msg = if u.iterations < MIN_ITERATIONS {
                 format!("Too few iterations: the minimum is {MIN_ITERATIONS}")
             } else {
