@@ -1260,17 +1260,17 @@ impl Partition {
     /// rejoins). Returns whether it did.
     pub async fn reclaim_leadership(&self, leader_alive: impl Fn(u64) -> bool) -> bool {
         // Borrowed, not cloned: this runs for every partition every round.
-        let (me, caught_up, follows_live_leader) = {
+        // The borrow ends before `leader_alive` takes the transport's peer lock (lock order:
+        // peers before metrics, as the liveness sweep takes them).
+        let (me, caught_up, leader) = {
             let m = self.group.raft.metrics();
             let m = m.borrow();
-            let me = m.id;
             let caught_up = m.last_applied.map(|l| l.index) == m.last_log_index && m.last_log_index.is_some();
-            let follows = m
-                .current_leader
-                .map(|l| l != me && leader_alive(keel_raft::node_of(l)))
-                .unwrap_or(false);
-            (me, caught_up, follows)
+            (m.id, caught_up, m.current_leader)
         };
+        let follows_live_leader = leader
+            .map(|l| l != me && leader_alive(keel_raft::node_of(l)))
+            .unwrap_or(false);
         if self.preferred_leader() == Some(me) && follows_live_leader && caught_up && !self.is_closed() {
             self.group.elect().await;
             return true;

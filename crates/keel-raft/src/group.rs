@@ -435,17 +435,21 @@ impl Group {
     /// quietly under a node-level lease (see [`crate::liveness`]): it may serve reads. A
     /// leader cut off from its majority stops within that time.
     pub fn is_serving_leader(&self) -> bool {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        let sole_voter = m.membership_config.membership().voter_ids().eq([self.node_id]);
-        m.state == ServerState::Leader
-            && m.current_leader == Some(self.node_id)
-            && !self.stalled(&m)
-            && (sole_voter
-                || self.quiet.lease_holds()
-                || m.millis_since_quorum_ack
+        // The borrow ends before `lease_holds` borrows the same metrics again: a second read
+        // lock taken by one thread while the Raft core waits to publish new metrics would
+        // wait behind that writer, which waits behind the first: both threads stuck.
+        let (leads, sole_voter, recent_quorum) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            (
+                m.state == ServerState::Leader && m.current_leader == Some(self.node_id) && !self.stalled(&m),
+                m.membership_config.membership().voter_ids().eq([self.node_id]),
+                m.millis_since_quorum_ack
                     .map(|ms| ms <= self.options.election_timeout_min_ms)
-                    .unwrap_or(false))
+                    .unwrap_or(false),
+            )
+        };
+        leads && (sole_voter || recent_quorum || self.quiet.lease_holds())
     }
 
     pub fn is_leader(&self) -> bool {

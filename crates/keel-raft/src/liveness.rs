@@ -676,10 +676,13 @@ impl Liveness {
             standing.retain(|(key, since)| {
                 now.duration_since(*since) < ELECTION_RECHECK
                     && replicas.get(key).is_some_and(|r| {
-                        let m = r.quiet.metrics.borrow();
-                        let leader_live = m
-                            .current_leader
-                            .map(|l| l == m.id || self.alive_within(crate::node_of(l), QUIET_DEAD_AFTER))
+                        // Copied out: no peer lock is taken under a metrics borrow.
+                        let (leader, id) = {
+                            let m = r.quiet.metrics.borrow();
+                            (m.current_leader, m.id)
+                        };
+                        let leader_live = leader
+                            .map(|l| l == id || self.alive_within(crate::node_of(l), QUIET_DEAD_AFTER))
                             .unwrap_or(false);
                         !leader_live
                     })
@@ -705,17 +708,25 @@ impl Liveness {
         for key in due {
             let Some(r) = self.replica(&key) else { continue };
             let (leaderless, other_candidate) = {
-                let m = r.quiet.metrics.borrow();
-                let leader_live = m
-                    .current_leader
+                // Copied out: no peer lock is taken under a metrics borrow.
+                let (leader, voted, committed, id, leads) = {
+                    let m = r.quiet.metrics.borrow();
+                    (
+                        m.current_leader,
+                        m.vote.leader_id().voted_for(),
+                        m.vote.is_committed(),
+                        m.id,
+                        m.state == openraft::ServerState::Leader,
+                    )
+                };
+                let leader_live = leader
                     .map(|l| self.alive_within(crate::node_of(l), QUIET_DEAD_AFTER))
                     .unwrap_or(false);
                 // This replica voted, in a term no leader has claimed, for another live
                 // candidate: its campaign is under way, and standing now would split it.
-                let voted = m.vote.leader_id().voted_for();
-                let other = !m.vote.is_committed()
-                    && voted.is_some_and(|c| c != m.id && self.alive_within(crate::node_of(c), QUIET_DEAD_AFTER));
-                (m.state != openraft::ServerState::Leader && !leader_live, other)
+                let other = !committed
+                    && voted.is_some_and(|c| c != id && self.alive_within(crate::node_of(c), QUIET_DEAD_AFTER));
+                (!leads && !leader_live, other)
             };
             if !leaderless {
                 let mut q = r.quiet.lock();
