@@ -208,6 +208,9 @@ pub struct BrokerConfig {
     pub http_listen: String,
     /// Serve the HTTP listener over TLS with the `tls` certificate.
     pub http_tls: bool,
+    /// Speak mutual TLS on the node-to-node transport: every node presents the `tls`
+    /// certificate and accepts only peers whose certificate `tls.client_ca_file` signed.
+    pub transport_tls: bool,
     /// Reported in Metadata and DescribeCluster.
     pub cluster_id: String,
     /// Create unknown topics on Metadata and Produce, as Kafka's `auto.create.topics.enable`.
@@ -340,6 +343,7 @@ impl Default for BrokerConfig {
             tls: None,
             http_listen: "127.0.0.1:9644".into(),
             http_tls: false,
+            transport_tls: false,
             cluster_id: "keel-cluster".into(),
             auto_create_topics: true,
             default_partitions: 1,
@@ -464,6 +468,9 @@ impl BrokerConfig {
             .find(|p| !p.split_once(':').is_some_and(|(k, n)| !k.is_empty() && !n.is_empty()))
         {
             return Err(format!("super_users: {bad:?} is not TYPE:NAME (e.g. User:admin)"));
+        }
+        if self.transport_tls && self.tls.as_ref().is_none_or(|t| t.client_ca_file.is_none()) {
+            return Err("transport_tls needs [tls] cert_file, key_file and client_ca_file (the cluster's CA)".into());
         }
         if self.http_tls && self.tls.is_none() {
             return Err("http_tls needs [tls] cert_file and key_file".into());

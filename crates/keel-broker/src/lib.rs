@@ -444,6 +444,13 @@ async fn start_replication(
         }
         None => {}
     }
+    if config.transport_tls {
+        let tls = config
+            .tls
+            .as_ref()
+            .ok_or_else(|| anyhow::anyhow!("transport_tls needs [tls]"))?;
+        transport.require_tls(tls::transport(tls).map_err(|e| anyhow::anyhow!("transport TLS: {e}"))?);
+    }
     let mut raft_addr = config
         .advertised_raft
         .clone()

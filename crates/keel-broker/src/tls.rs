@@ -154,6 +154,43 @@ fn build(config: &TlsConfig) -> Result<ServerConfig, String> {
         .map_err(|e| format!("{} and {}: {e}", config.cert_file.display(), config.key_file.display()))
 }
 
+/// The node-to-node transport's TLS: every node presents its certificate and requires
+/// the peer's, both signed by `client_ca_file` (the cluster's CA). Read once at start.
+pub fn transport(config: &TlsConfig) -> Result<keel_raft::transport::TransportTls, String> {
+    let ca = config
+        .client_ca_file
+        .as_ref()
+        .ok_or("transport_tls needs tls.client_ca_file: the CA every node's certificate is signed by")?;
+    let mut roots = RootCertStore::empty();
+    for c in read_certs(ca)? {
+        roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+    }
+    let roots = Arc::new(roots);
+    let certs = read_certs(&config.cert_file)?;
+    let key =
+        PrivateKeyDer::from_pem_file(&config.key_file).map_err(|e| format!("{}: {e}", config.key_file.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let server = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs.clone(), key.clone_key())
+        .map_err(|e| e.to_string())?;
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)
+        .map_err(|e| e.to_string())?;
+    Ok(keel_raft::transport::TransportTls {
+        server: Arc::new(server),
+        client: Arc::new(client),
+    })
+}
+
 /// The principal a client certificate names: `User:` and its subject as RFC 2253 writes
 /// a distinguished name (most specific first, comma-separated, e.g. `User:CN=alice,O=Acme`),
 /// which is what Kafka's default SSL principal builder gives.

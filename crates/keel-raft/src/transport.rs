@@ -97,6 +97,19 @@ impl Conn {
     }
 }
 
+/// TLS settings of the node-to-node transport.
+#[derive(Clone)]
+pub struct TransportTls {
+    /// What an accepting node offers (and how it checks the dialer's certificate).
+    pub server: Arc<rustls::ServerConfig>,
+    /// What a dialing node presents (and how it checks the acceptor's certificate).
+    pub client: Arc<rustls::ClientConfig>,
+}
+
+/// A connection's byte stream: TCP, or TLS over TCP.
+trait PeerStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> PeerStream for T {}
+
 /// One peer's connection, created on first use and replaced after it fails.
 type ConnSlot = Arc<tokio::sync::Mutex<Option<Arc<Conn>>>>;
 
@@ -117,6 +130,9 @@ pub struct Transport {
     refused: Mutex<HashMap<NodeId, std::time::Instant>>,
     /// With a cluster secret, every connection is authenticated (see [`crate::auth`]).
     secret: RwLock<Option<ClusterSecret>>,
+    /// TLS for node-to-node connections: both sides present certificates signed by the
+    /// cluster's CA (mutual TLS), and the cluster-secret handshake runs inside.
+    tls: RwLock<Option<TransportTls>>,
     /// Handshakes that failed: a peer without the secret, or one speaking for another node.
     auth_failures: AtomicU64,
 }
@@ -206,12 +222,22 @@ impl Transport {
             next_request: AtomicU64::new(1),
             liveness: Arc::new(Liveness::new(id)),
             secret: RwLock::new(None),
+            tls: RwLock::new(None),
             auth_failures: AtomicU64::new(0),
         })
     }
 
     /// Requires every connection, in and out, to prove it holds `secret` before any frame
     /// (see [`crate::auth`]). Set before the transport serves or connects.
+    /// Speaks TLS to peers (both ways, with client certificates) from now on.
+    pub fn require_tls(&self, tls: TransportTls) {
+        *self.tls.write().unwrap_or_else(|e| e.into_inner()) = Some(tls);
+    }
+
+    fn tls(&self) -> Option<TransportTls> {
+        self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     pub fn require_secret(&self, secret: ClusterSecret) {
         *self.secret.write().unwrap_or_else(|e| e.into_inner()) = Some(secret);
     }
@@ -384,8 +410,27 @@ impl Transport {
         }
     }
 
-    async fn serve_conn(self: Arc<Self>, mut stream: TcpStream) {
-        let peer_addr = stream.peer_addr().ok();
+    async fn serve_conn(self: Arc<Self>, tcp: TcpStream) {
+        let peer_addr = tcp.peer_addr().ok();
+        let mut stream: Box<dyn PeerStream> = match self.tls() {
+            None => Box::new(tcp),
+            Some(tls) => {
+                let accept = tokio_rustls::TlsAcceptor::from(tls.server).accept(tcp);
+                match tokio::time::timeout(auth::HANDSHAKE_TIMEOUT, accept).await {
+                    Ok(Ok(s)) => Box::new(s),
+                    Ok(Err(e)) => {
+                        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+                        warn!(peer = ?peer_addr, error = %e, "refused a node-to-node connection: TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+                        warn!(peer = ?peer_addr, "refused a node-to-node connection: TLS handshake timed out");
+                        return;
+                    }
+                }
+            }
+        };
         // With a cluster secret, the connection speaks for the node it proved to be.
         let proven = match self.secret() {
             None => None,
@@ -403,7 +448,7 @@ impl Transport {
                 }
             },
         };
-        let (mut r, w) = stream.into_split();
+        let (mut r, w) = tokio::io::split(stream);
         let (tx, rx) = mpsc::channel::<Bytes>(QUEUE_DEPTH);
         tokio::spawn(writer(w, rx));
         loop {
@@ -578,8 +623,28 @@ impl Transport {
                 ))
             }
         };
-        let mut stream = stream;
         let _ = stream.set_nodelay(true);
+        let mut stream: Box<dyn PeerStream> = match self.tls() {
+            None => Box::new(stream),
+            Some(tls) => {
+                let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(&addr);
+                let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+                let name = rustls::pki_types::ServerName::try_from(host)
+                    .map_err(|e| TransportError::Unreachable(target, format!("TLS name of {addr}: {e}")))?;
+                let connect = tokio_rustls::TlsConnector::from(tls.client).connect(name, stream);
+                match tokio::time::timeout(auth::HANDSHAKE_TIMEOUT, connect).await {
+                    Ok(Ok(s)) => Box::new(s),
+                    Ok(Err(e)) => {
+                        self.auth_failures.fetch_add(1, Ordering::Relaxed);
+                        warn!(peer = target, %addr, error = %e, "node-to-node TLS handshake failed");
+                        return Err(TransportError::Unreachable(target, format!("TLS: {e}")));
+                    }
+                    Err(_) => {
+                        return Err(TransportError::Unreachable(target, "TLS handshake timed out".into()));
+                    }
+                }
+            }
+        };
         if let Some(secret) = self.secret() {
             if let Err(e) = auth::dial(&mut stream, &secret, self.id, target).await {
                 self.auth_failures.fetch_add(1, Ordering::Relaxed);
@@ -587,7 +652,7 @@ impl Transport {
                 return Err(TransportError::Unreachable(target, format!("authentication: {e}")));
             }
         }
-        let (mut r, w) = stream.into_split();
+        let (mut r, w) = tokio::io::split(stream);
         let (tx, rx) = mpsc::channel::<Bytes>(QUEUE_DEPTH);
         tokio::spawn(writer(w, rx));
         let conn = Arc::new(Conn {
@@ -747,21 +812,26 @@ impl Transport {
     }
 }
 
-async fn writer(w: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
+/// Writes a connection's frames; when the connection's senders are gone (or a write
+/// fails) it shuts the stream's sending side, so the peer sees the connection end and the
+/// reading side ends too.
+async fn writer<W: tokio::io::AsyncWrite + Unpin>(w: W, mut rx: mpsc::Receiver<Bytes>) {
     let mut w = BufWriter::with_capacity(256 * 1024, w);
-    while let Some(first) = rx.recv().await {
+    'frames: while let Some(first) = rx.recv().await {
         if w.write_all(&first).await.is_err() {
-            return;
+            break;
         }
         while let Ok(more) = rx.try_recv() {
             if w.write_all(&more).await.is_err() {
-                return;
+                break 'frames;
             }
         }
         if w.flush().await.is_err() {
-            return;
+            break;
         }
     }
+    // Bounded: a peer that reads nothing must not hold this task forever.
+    let _ = tokio::time::timeout(Duration::from_secs(5), w.shutdown()).await;
 }
 
 pub struct GroupNetworkFactory {

@@ -23,7 +23,8 @@ pub struct DevArgs {
     /// A secure cluster: a development CA and node certificate (DIR/certs, see `keel
     /// certs`), Kafka listeners speaking SASL_SSL (SCRAM or PLAIN), the ACL authorizer with
     /// `User:admin` as super user (password in DIR/admin-password), an audit log per node,
-    /// and a loopback SASL_PLAINTEXT listener per node on base+300+N-1 for `keel` commands.
+    /// mutual TLS between the nodes, and a loopback SASL_PLAINTEXT listener per node on
+    /// base+300+N-1 for `keel` commands.
     #[arg(long)]
     pub secure: bool,
 }
@@ -85,16 +86,19 @@ pub async fn run(args: DevArgs) -> Result<()> {
                 "kafka_protocol = \"SASL_SSL\"\n\
                  listeners = [{{ name = \"ADMIN\", listen = \"127.0.0.1:{admin}\", protocol = \"SASL_PLAINTEXT\" }}]\n\
                  authorizer = true\n\
+                 transport_tls = true\n\
                  super_users = [\"User:admin\"]\n\
                  audit_log = {audit:?}\n\
                  [sasl_plain_users]\n\
                  admin = {password:?}\n\
                  [tls]\n\
                  cert_file = {cert:?}\n\
-                 key_file = {key:?}\n",
+                 key_file = {key:?}\n\
+                 client_ca_file = {ca:?}\n",
                 audit = dir.join("audit.log").display().to_string(),
                 cert = certs.join("node.pem").display().to_string(),
                 key = certs.join("node.key").display().to_string(),
+                ca = certs.join("ca.pem").display().to_string(),
             );
             std::fs::write(&config, toml).with_context(|| format!("writing {}", config.display()))?;
             cmd.arg("serve").arg("--config").arg(&config);

@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// Serve the HTTP listener over TLS.
     #[arg(long, env = "KEEL_HTTP_TLS")]
     pub http_tls: bool,
+    /// Mutual TLS between nodes (the --tls-cert-file certificate, peers' certificates
+    /// signed by --tls-client-ca-file).
+    #[arg(long, env = "KEEL_TRANSPORT_TLS")]
+    pub transport_tls: bool,
     /// HTTP listener for /metrics and /health [default: 127.0.0.1:9644].
     #[arg(long, env = "KEEL_HTTP_LISTEN")]
     pub http_listen: Option<String>,
@@ -173,6 +177,9 @@ pub fn load_config(args: &ServeArgs) -> Result<BrokerConfig> {
     }
     if args.http_tls {
         c.http_tls = true;
+    }
+    if args.transport_tls {
+        c.transport_tls = true;
     }
     if args.authorizer {
         c.authorizer = true;

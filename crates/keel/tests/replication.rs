@@ -1007,3 +1007,113 @@ async fn a_node_without_the_cluster_secret_cannot_join() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cluster secret"), "{err}");
 }
+
+/// With `--transport-tls`, nodes speak mutual TLS to each other: a cluster whose nodes hold
+/// certificates of one CA replicates; a node whose certificate another CA signed cannot
+/// join even with the cluster secret, and is counted as refused; a plain TCP peer gets no
+/// frame through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_speak_mutual_tls_and_refuse_a_foreign_certificate() {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    let certs = |dir: &std::path::Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(["certs", "--out"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let ours = root.path().join("certs");
+    let theirs = root.path().join("other-certs");
+    certs(&ours);
+    certs(&theirs);
+    let tls_flags = |dir: &std::path::Path| -> Vec<String> {
+        vec![
+            "--transport-tls".into(),
+            "--tls-cert-file".into(),
+            dir.join("node.pem").display().to_string(),
+            "--tls-key-file".into(),
+            dir.join("node.key").display().to_string(),
+            "--tls-client-ca-file".into(),
+            dir.join("ca.pem").display().to_string(),
+        ]
+    };
+    let flags = tls_flags(&ours);
+    let refs: Vec<&str> = flags.iter().map(|s| s.as_str()).collect();
+    let nodes = start_cluster(root.path(), 3, &refs);
+    let bs = bootstrap(&nodes);
+    create_topic(&bs).await;
+    let acked = send(&producer(&bs), 0, 20).await;
+    assert_eq!(acked.len(), 20, "a cluster speaking TLS between its nodes takes writes");
+    let before: u64 = nodes.iter().map(transport_auth_failures).sum();
+
+    // A node with the secret but another CA's certificate.
+    let peers = nodes[0].flag("--peers").unwrap();
+    let mut intruder = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args([
+            "serve",
+            "--node-id",
+            "4",
+            "--kafka-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--raft-listen",
+            &format!("127.0.0.1:{}", common::free_port()),
+            "--peers",
+            &peers,
+            "--join",
+        ])
+        .args(tls_flags(&theirs))
+        .arg("--data-dir")
+        .arg(root.path().join("node-4"))
+        .env("KEEL_CLUSTER_SECRET", "keel integration tests' cluster secret")
+        .env("KEEL_LOG", "warn,openraft=off")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // A plain TCP client on a node's Raft port: the TLS handshake fails on its bytes.
+    let raft_port = peers
+        .split(',')
+        .next()
+        .and_then(|p| p.rsplit(':').next())
+        .unwrap()
+        .to_string();
+    let mut plain = std::net::TcpStream::connect(format!("127.0.0.1:{raft_port}")).unwrap();
+    use std::io::{Read, Write};
+    let _ = plain.write_all(b"KEEL-AUTH1\0\0\0\0\0\0\0\x09 this is not TLS at all, just bytes..");
+    plain.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 64];
+    let n = plain.read(&mut buf).unwrap_or(0);
+    assert!(
+        n == 0 || buf[0] == 0x15,
+        "a plain TCP peer got something other than a TLS alert: {:?}",
+        &buf[..n]
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        let now: u64 = nodes.iter().map(transport_auth_failures).sum();
+        if now >= before + 2 || Instant::now() > deadline {
+            break now - before;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        refused >= 2,
+        "the foreign certificate and the plain peer were not both refused ({refused})"
+    );
+    let (_, brokers) = replicas_and_nodes(&bs).expect("metadata");
+    assert!(
+        !brokers.contains(&4),
+        "the node with a foreign certificate joined: {brokers:?}"
+    );
+    let acked = send(&producer(&bs), 0, 10).await;
+    assert_eq!(acked.len(), 10, "the cluster still takes writes");
+    let _ = intruder.kill();
+    let _ = intruder.wait();
+}
