@@ -246,6 +246,9 @@ pub struct BrokerConfig {
     pub fetch_bytes_max: usize,
     /// How long a clean shutdown waits for in-flight requests.
     pub shutdown_grace_ms: u64,
+    /// How long a clean shutdown (SIGTERM) spends handing this node's leaderships to
+    /// caught-up replicas on other nodes before it stops serving (0: no handover).
+    pub shutdown_handover_ms: u64,
     /// How long the first rebalance of an empty group waits for more members to join
     /// (Kafka's `group.initial.rebalance.delay.ms`).
     pub group_initial_rebalance_delay_ms: u64,
@@ -360,6 +363,7 @@ impl Default for BrokerConfig {
             fetch_wait_ms_max: 30_000,
             fetch_bytes_max: 64 * 1024 * 1024,
             shutdown_grace_ms: 10_000,
+            shutdown_handover_ms: 15_000,
             group_initial_rebalance_delay_ms: 1000,
             offsets_segment_bytes: 16 * 1024 * 1024,
             offsets_compact_bytes: 64 * 1024 * 1024,

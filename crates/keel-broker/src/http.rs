@@ -1,4 +1,6 @@
-//! HTTP endpoints: Prometheus `/metrics`, `/health` (liveness) and `/ready`; with
+//! HTTP endpoints: Prometheus `/metrics`; `/health/live` (the process answers),
+//! `/health/ready` (alias `/ready`: caught up and serving, for load balancers and
+//! Kubernetes' readiness probe) and `/health` (every partition accepts writes); with
 //! `fault_injection` on, `POST /fault/cut?peers=2,3`, `POST /fault/slow?peers=2,3&delay_ms=50&drop_per_mille=100`,
 //! `POST /fault/disk-full` (every log write fails with ENOSPC), `POST /fault/power-loss[?tear=1]`
 //! (unsynced data thrown away, then the process ends) and `POST /fault/heal` (undoes
@@ -20,7 +22,9 @@ pub fn router(broker: Arc<Broker>) -> Router {
     let mut r = Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))
-        .route("/ready", get(health));
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .route("/ready", get(ready));
     if broker.config.fault_injection {
         // Faults that can throw data away answer only callers on this machine.
         let faults = Router::new()
@@ -174,6 +178,99 @@ async fn health(State(b): State<Arc<Broker>>) -> impl IntoResponse {
         "topics": b.topics.list().len(),
         "partitions": parts.len(),
         "poisoned_partitions": poisoned,
+    });
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string())
+}
+
+/// 200 while the process serves HTTP at all: restarting it would not help anything that
+/// this cannot answer.
+async fn live(State(b): State<Arc<Broker>>) -> impl IntoResponse {
+    let body = serde_json::json!({
+        "status": "live",
+        "node_id": b.config.node_id,
+        "uptime_s": b.started.elapsed().as_secs(),
+    });
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+}
+
+/// Why a node is not ready, if it is not: see [`ready`].
+pub fn not_ready_reasons(b: &Broker) -> Vec<String> {
+    let mut why = Vec::new();
+    if b.topics.is_draining() {
+        why.push("stopping: leaderships handed over".to_string());
+    }
+    let transport = &b.controller.transport;
+    match b.controller.group.leader().map(keel_raft::node_of) {
+        Some(l) if transport.is_alive(l) => {}
+        Some(l) => why.push(format!("controller leader {l} not reachable")),
+        None => why.push("no controller leader".to_string()),
+    }
+    let applied = b.controller.meta().applied_index;
+    let reconciled = b.topics.reconciled_index();
+    if reconciled < applied {
+        why.push(format!(
+            "replicas match the metadata up to index {reconciled} of {applied}"
+        ));
+    }
+    let (mut leaderless, mut poisoned, mut holding) = (Vec::new(), 0usize, 0usize);
+    for p in b.topics.all_partitions() {
+        if p.committed().poisoned {
+            poisoned += 1;
+        }
+        // Just restarted, or repairing its log: it does not vote yet.
+        if p.group().quiet.holds_votes() || p.group().hold_votes.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            holding += 1;
+        }
+        // As Metadata sees it: the local replica's leader, or for a replica that knows of
+        // none (a follower of a group that went quiet before it heard a heartbeat) the
+        // leader's own report.
+        let local = p.group().leader().map(keel_raft::node_of);
+        let led = local.is_some_and(|l| transport.is_alive(l))
+            || transport
+                .reported_leader(&crate::partition::group_name(&p.topic, p.index))
+                .is_some_and(|(l, _)| transport.is_alive(l));
+        if !led {
+            leaderless.push(format!("{}-{}", p.topic, p.index));
+        }
+    }
+    if !leaderless.is_empty() {
+        let n = leaderless.len();
+        leaderless.truncate(5);
+        why.push(format!(
+            "{n} hosted partitions without a live leader ({}{})",
+            leaderless.join(", "),
+            if n > 5 { ", ..." } else { "" }
+        ));
+    }
+    if holding > 0 {
+        why.push(format!(
+            "{holding} replicas not voting yet (restarted moments ago, or repairing)"
+        ));
+    }
+    if poisoned > 0 {
+        why.push(format!("{poisoned} partitions poisoned"));
+    }
+    why
+}
+
+/// 200 when the node is caught up and serving: a live controller leader, every replica
+/// the metadata assigns here opened, every hosted partition led by a live node, none
+/// poisoned, and the node not stopping; 503 with the reasons otherwise.
+async fn ready(State(b): State<Arc<Broker>>) -> impl IntoResponse {
+    let why = not_ready_reasons(&b);
+    let status = if why.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": if why.is_empty() { "ready" } else { "not_ready" },
+        "node_id": b.config.node_id,
+        "reasons": why,
     });
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string())
 }

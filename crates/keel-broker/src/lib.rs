@@ -33,6 +33,7 @@ pub mod dispatch;
 pub mod error;
 pub mod group;
 pub mod handlers;
+pub mod handover;
 pub mod http;
 pub mod metrics;
 pub mod moves;
@@ -210,6 +211,8 @@ impl Broker {
                 let b = weak.upgrade().ok_or_else(|| "broker stopped".to_string())?;
                 if route == handlers::elect_leaders::ELECT_ROUTE {
                     handlers::elect_leaders::handle_route(&b, &body).await
+                } else if route == handover::TAKE_OVER_ROUTE {
+                    handover::handle_route(&b, &body).await
                 } else if route == handlers::describe_quorum::QUORUM_ROUTE {
                     handlers::describe_quorum::handle_route(&b)
                 } else {

@@ -88,6 +88,8 @@ pub struct Metrics {
     pub repaired_replicas: Counter,
     pub partition_moves: Gauge,
     pub partition_moves_done: Counter,
+    /// Leaderships handed to another node before this one stopped, by outcome.
+    pub handovers: Family<OutcomeLabels, Counter>,
     pub quiet_leaders: Gauge,
     pub sleeping_followers: Gauge,
     pub transactions_ended: Family<OutcomeLabels, Counter>,
@@ -160,6 +162,7 @@ impl Metrics {
             repaired_replicas: Counter::default(),
             partition_moves: Gauge::default(),
             partition_moves_done: Counter::default(),
+            handovers: Family::default(),
             quiet_leaders: Gauge::default(),
             sleeping_followers: Gauge::default(),
             transactions_ended: Family::default(),
@@ -323,6 +326,11 @@ impl Metrics {
             m.partition_moves_done.clone(),
         );
         registry.register(
+            "leadership_handovers",
+            "Group leaderships this node handed to another before it stopped (outcome: moved, or not_moved when no caught-up replica took over in time)",
+            m.handovers.clone(),
+        );
+        registry.register(
             "raft_quiet_leaders",
             "Replicas on this node leading an idle group quietly (heartbeats and timers off)",
             m.quiet_leaders.clone(),
@@ -401,6 +409,17 @@ impl Metrics {
                 outcome: if commit { "commit" } else { "abort" }.to_string(),
             })
             .clone()
+    }
+
+    /// Counts a handover's outcome.
+    pub fn handover(&self, moved: u64, not_moved: u64) {
+        for (outcome, n) in [("moved", moved), ("not_moved", not_moved)] {
+            self.handovers
+                .get_or_create(&OutcomeLabels {
+                    outcome: outcome.to_string(),
+                })
+                .inc_by(n);
+        }
     }
 
     pub fn log_size(&self, topic: &str, partition: i32) -> Gauge {

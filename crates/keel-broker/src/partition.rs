@@ -206,6 +206,9 @@ pub struct Partition {
     coalescer: std::sync::Mutex<Coalescer>,
     closed: AtomicBool,
     poisoned: AtomicBool,
+    /// Leadership is being handed to another replica (see [`crate::handover`]): writes are
+    /// refused as not the leader's, so the successor's log can match this one's.
+    handing_over: AtomicBool,
     /// Where the replica's vote is saved, to forget it when the replica is removed.
     vote_slot: VoteSlot,
     metrics: Arc<Metrics>,
@@ -378,6 +381,7 @@ impl Partition {
             coalescer: std::sync::Mutex::new(Coalescer::default()),
             closed: AtomicBool::new(false),
             poisoned: AtomicBool::new(false),
+            handing_over: AtomicBool::new(false),
             vote_slot,
             metrics,
         });
@@ -393,6 +397,11 @@ impl Partition {
 
     pub fn group(&self) -> &Group {
         &self.group
+    }
+
+    /// While on, writes are refused as not the leader's (leadership is being handed over).
+    pub fn set_handing_over(&self, on: bool) {
+        self.handing_over.store(on, Ordering::Release);
     }
 
     pub fn settings(&self) -> TopicSettings {
@@ -532,6 +541,9 @@ impl Partition {
         let wait = acks != Acks::None;
         if self.closed.load(Ordering::Acquire) {
             return Err(PartitionError::Deleted);
+        }
+        if self.handing_over.load(Ordering::Acquire) {
+            return Err(PartitionError::NotLeader);
         }
         if self.poisoned.load(Ordering::Acquire) {
             return Err(PartitionError::Storage(keel_log::LogError::Poisoned(

@@ -98,6 +98,8 @@ pub struct Topics {
     pub controller: Arc<Controller>,
     /// Controller index up to which this node's replicas match the metadata.
     reconciled: watch::Sender<u64>,
+    /// The node hands its leaderships over before it stops: it takes none back.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 /// How long an admin operation waits for the controller.
@@ -128,6 +130,7 @@ impl Topics {
             moving: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             controller,
             reconciled: watch::Sender::new(0),
+            draining: std::sync::atomic::AtomicBool::new(false),
         });
         tokio::spawn(reconcile(Arc::downgrade(&topics), events));
         tokio::spawn(balance_leaders(Arc::downgrade(&topics), Duration::from_secs(2)));
@@ -163,6 +166,11 @@ impl Topics {
                 "topic change not applied on this node in time",
             ))
         }
+    }
+
+    /// The controller index up to which this node's replicas match the metadata.
+    pub fn reconciled_index(&self) -> u64 {
+        *self.reconciled.borrow()
     }
 
     /// Waits until this node has applied everything the controller had applied when called
@@ -458,6 +466,16 @@ impl Topics {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// Marks the node as handing its leaderships over (it stops): preferred replicas here
+    /// no longer take leadership back.
+    pub fn set_draining(&self, on: bool) {
+        self.draining.store(on, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn all_partitions(&self) -> Vec<Arc<Partition>> {
@@ -926,6 +944,9 @@ pub async fn balance_leaders(topics: std::sync::Weak<Topics>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
         let Some(t) = topics.upgrade() else { return };
+        if t.is_draining() {
+            continue;
+        }
         let transport = t.controller.transport.clone();
         let mut reclaimed = 0;
         for p in t.all_partitions() {

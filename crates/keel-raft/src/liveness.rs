@@ -187,6 +187,12 @@ impl GroupQuiet {
         self.to_active(&mut q);
     }
 
+    /// Whether this replica, restarted from a stored vote, still refuses votes (for
+    /// [`QUIET_DEAD_AFTER`] after it started).
+    pub fn holds_votes(&self) -> bool {
+        self.lock().vote_hold_until.is_some_and(|t| Instant::now() < t)
+    }
+
     /// Whether this replica leads the group quietly (heartbeats off).
     pub fn is_quiet(&self) -> bool {
         self.quiet.load(Ordering::Acquire)

@@ -288,11 +288,19 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let http_task = tokio::spawn(keel_broker::http::serve(http, broker.clone(), shutdown_rx.clone()));
     tokio::spawn(retention_loop(broker.clone(), shutdown_rx.clone()));
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        info!("shutdown requested: finishing in-flight requests");
-        let _ = shutdown_tx.send(true);
-    });
+    {
+        let broker = broker.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            let within = Duration::from_millis(broker.config.shutdown_handover_ms);
+            if !within.is_zero() {
+                info!(?within, "shutdown requested: handing leaderships over");
+                keel_broker::handover::hand_over_all(&broker, within).await;
+            }
+            info!("shutdown requested: finishing in-flight requests");
+            let _ = shutdown_tx.send(true);
+        });
+    }
     let shared = keel_broker::server::Shared::new(&broker);
     let mut ready = format!("keel ready: kafka={kafka_addr} http={http_addr}");
     for (name, t) in more {

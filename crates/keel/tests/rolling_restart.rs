@@ -1,0 +1,220 @@
+//! A rolling restart of a three-node cluster under an acks=all idempotent producer
+//! (librdkafka, through the rdkafka crate): each node in turn gets SIGTERM, hands its
+//! leaderships over before it stops, and comes back; the next waits for it to report
+//! ready on `/health/ready`. Checks that a stopping node leads nothing when it exits and
+//! every partition has a live leader at that moment, that each node exits cleanly and
+//! becomes ready again, and that every acknowledged record reads back exactly once. The
+//! longest time a write waited is printed (docs/benchmarks.md records it).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{start_cluster, Keel};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+const TOPIC: &str = "rolling";
+const PARTITIONS: i32 = 12;
+/// Sends outstanding at once.
+const IN_FLIGHT: usize = 8;
+
+/// Each partition's leader as Metadata from `bootstrap` reports it (-1: none).
+fn leaders(bootstrap: &str) -> BTreeMap<i32, i32> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("metadata client");
+    let Ok(md) = c.fetch_metadata(Some(TOPIC), Duration::from_secs(10)) else {
+        return BTreeMap::new();
+    };
+    md.topics()
+        .iter()
+        .filter(|t| t.name() == TOPIC)
+        .flat_map(|t| t.partitions())
+        .map(|p| (p.id(), if p.error().is_none() { p.leader() } else { -1 }))
+        .collect()
+}
+
+async fn wait_ready(node: &Keel, timeout: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let (status, body) = node.http_get("/health/ready");
+        if status == 200 {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "node at {} not ready after {timeout:?}: {status} {body}",
+            node.http
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_hands_leadership_over_and_loses_no_acknowledged_write() {
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(root.path(), 3, &[]);
+    let bs: String = nodes.iter().map(|k| k.kafka.clone()).collect::<Vec<_>>().join(",");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &bs).create().unwrap();
+    let res = admin
+        .create_topics(
+            &[NewTopic::new(TOPIC, PARTITIONS, TopicReplication::Fixed(3))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(60))),
+        )
+        .await
+        .unwrap();
+    assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
+    for n in &nodes {
+        wait_ready(n, Duration::from_secs(60)).await;
+    }
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bs)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "0")
+        .set("request.timeout.ms", "5000")
+        .set("message.timeout.ms", "60000")
+        .set("topic.metadata.refresh.interval.ms", "1000")
+        .create()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut acked: Vec<(i32, i64, String)> = Vec::new();
+            let mut waits: Vec<Duration> = Vec::new();
+            let mut i = 0usize;
+            while !stop.load(Ordering::Acquire) {
+                let sends: Vec<_> = (0..IN_FLIGHT)
+                    .map(|k| {
+                        let n = i + k;
+                        let partition = (n % PARTITIONS as usize) as i32;
+                        let value = format!("r-{n:08}");
+                        let f = producer
+                            .send_result(FutureRecord::<(), _>::to(TOPIC).partition(partition).payload(&value))
+                            .map_err(|(e, _)| e)
+                            .expect("enqueue");
+                        (partition, value, Instant::now(), f)
+                    })
+                    .collect();
+                for (partition, value, sent, f) in sends {
+                    match f.await.expect("delivery report") {
+                        Ok(d) => {
+                            waits.push(sent.elapsed());
+                            acked.push((partition, d.offset, value));
+                        }
+                        Err((e, _)) => panic!("{value} to partition {partition} not delivered: {e}"),
+                    }
+                }
+                i += IN_FLIGHT;
+            }
+            (acked, waits)
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    for id in 1..=3usize {
+        let others: String = (1..=3usize)
+            .filter(|n| *n != id)
+            .map(|n| nodes[n - 1].kafka.clone())
+            .collect::<Vec<_>>()
+            .join(",");
+        let before = leaders(&others);
+        let led = before.values().filter(|l| **l == id as i32).count();
+        let stopping = Instant::now();
+        let code = nodes[id - 1].terminate();
+        let took = stopping.elapsed();
+        assert_eq!(code, Some(0), "node {id} did not exit cleanly on SIGTERM");
+        // Handed over: the moment it is gone, it leads nothing (without a handover, the
+        // others would name it leader until they notice it is gone), and every partition
+        // has a live leader at once or within moments (an election a restarted preferred
+        // replica started may be under way).
+        let after = leaders(&others);
+        let stale: Vec<i32> = after
+            .iter()
+            .filter(|(_, l)| **l == id as i32)
+            .map(|(p, _)| *p)
+            .collect();
+        assert!(
+            stale.is_empty(),
+            "node {id} stopped but is still named leader of {stale:?}: {after:?}"
+        );
+        let all_led = Instant::now();
+        loop {
+            let now = leaders(&others);
+            if now.len() == PARTITIONS as usize && now.values().all(|l| *l > 0 && *l != id as i32) {
+                break;
+            }
+            assert!(
+                all_led.elapsed() < Duration::from_secs(5),
+                "node {id} stopped; partitions not all led by the others: {now:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let all_led = all_led.elapsed();
+        nodes[id - 1].restart();
+        let ready = wait_ready(&nodes[id - 1], Duration::from_secs(60)).await;
+        eprintln!(
+            "node {id}: led {led} partitions, stopped in {took:?}, all led by others {all_led:?} later, ready {ready:?} after restart"
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Release);
+    let (acked, mut waits) = writer.await.unwrap();
+    assert!(
+        acked.len() > IN_FLIGHT,
+        "the producer acknowledged only {} records",
+        acked.len()
+    );
+    waits.sort();
+    let pct = |q: f64| waits[((waits.len() - 1) as f64 * q) as usize];
+    eprintln!(
+        "{} writes acknowledged; waited p50 {:?}, p99 {:?}, p999 {:?}, max {:?}",
+        waits.len(),
+        pct(0.5),
+        pct(0.99),
+        pct(0.999),
+        waits.last().unwrap()
+    );
+
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &bs)
+        .set("group.id", "rolling-reader")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "100")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(TOPIC, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut got: BTreeMap<(i32, i64), String> = BTreeMap::new();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.len() < acked.len() && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let v = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+            assert!(seen.insert(v.clone()), "{v} read twice");
+            got.insert((m.partition(), m.offset()), v);
+        }
+    }
+    for (partition, offset, value) in &acked {
+        assert_eq!(
+            got.get(&(*partition, *offset)),
+            Some(value),
+            "acknowledged {value} at {partition}/{offset} lost or moved"
+        );
+    }
+    assert_eq!(got.len(), acked.len(), "records that were never acknowledged appeared");
+}
