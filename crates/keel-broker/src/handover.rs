@@ -21,6 +21,8 @@ use kafka_protocol::ResponseError;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use keel_raft::transport::Transport;
+
 use crate::Broker;
 
 /// The node-to-node route asking a node to make its replica of a group the leader.
@@ -68,44 +70,54 @@ pub async fn handle_route(b: &Arc<Broker>, body: &[u8]) -> Result<Bytes, String>
 
 async fn stand(group: &keel_raft::Group, timeout: Duration) -> i16 {
     let me = group.metrics().id;
-    if group.leader() == Some(me) {
-        return 0;
-    }
-    group.elect().await;
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut rx = group.raft.metrics();
-    let led = matches!(
-        tokio::time::timeout(timeout, rx.wait_for(|m| m.current_leader == Some(me))).await,
-        Ok(Ok(_))
-    );
-    if led {
-        0
-    } else {
-        ResponseError::NotLeaderOrFollower.code()
+    // A leader elected moments ago refuses the first campaign's vote while its lease runs;
+    // it steps down on seeing the higher term, and the next campaign gets its vote.
+    while tokio::time::Instant::now() < deadline {
+        if group.leader() == Some(me) {
+            return 0;
+        }
+        group.elect().await;
+        let round = (tokio::time::Instant::now() + CAMPAIGN).min(deadline);
+        let led = matches!(
+            tokio::time::timeout_at(round, rx.wait_for(|m| m.current_leader == Some(me))).await,
+            Ok(Ok(_))
+        );
+        if led {
+            return 0;
+        }
     }
+    ResponseError::NotLeaderOrFollower.code()
 }
+
+/// How long the successor waits for one campaign to elect it before it stands again.
+const CAMPAIGN: Duration = Duration::from_millis(300);
 
 /// The voter that should take over `group` from this node: on a live node, its log
 /// matching the leader's or the least behind.
-fn successor(b: &Broker, group: &keel_raft::Group) -> Option<u64> {
+fn successor(transport: &Transport, group: &keel_raft::Group) -> Option<u64> {
     let me = group.metrics().id;
     group
         .voters()
         .into_iter()
-        .filter(|r| *r != me && b.controller.transport.is_alive(keel_raft::node_of(*r)))
+        .filter(|r| *r != me && transport.is_alive(keel_raft::node_of(*r)))
         .filter_map(|r| group.lag_of(r).map(|lag| (lag, r)))
         .min()
         .map(|(_, r)| r)
 }
 
-/// Hands one group over; `fence` is the partition whose writes stop meanwhile (none for
-/// the controller's group). Tries again, with the successor then least behind, until
-/// another node leads the group or `deadline` passes.
-async fn hand_over(
-    b: &Broker,
+/// Hands one group over to `to` (or, when `None`, to the voter on a live node least
+/// behind, chosen again at each try); `fence` is the partition whose writes stop meanwhile
+/// (none for the controller's group). Tries again until another node leads the group or
+/// `deadline` passes; on failure this replica leads and takes writes on as before.
+pub async fn hand_over(
+    transport: &Transport,
     group: &keel_raft::Group,
     fence: Option<&crate::partition::Partition>,
     topic: &str,
     partition: i32,
+    to: Option<u64>,
     deadline: Instant,
 ) -> Outcome {
     let me = group.metrics().id;
@@ -118,7 +130,7 @@ async fn hand_over(
         if group.leader().is_some_and(|l| l != me) {
             break Outcome::Moved;
         }
-        let Some(to) = successor(b, group) else {
+        let Some(to) = to.or_else(|| successor(transport, group)) else {
             break Outcome::NoSuccessor;
         };
         let now = Instant::now();
@@ -128,7 +140,8 @@ async fn hand_over(
         let attempt = (now + ATTEMPT).min(deadline);
         // Writes are fenced: the successor's log catches up with this one's, so that this
         // replica's vote, which the successor needs, goes to it.
-        while group.lag_of(to).is_none_or(|lag| lag > 0) && Instant::now() < attempt {
+        let matched_by = (now + ATTEMPT / 2).min(attempt);
+        while group.lag_of(to).is_none_or(|lag| lag > 0) && Instant::now() < matched_by {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         // A quiet leader refuses votes but its preferred replica's.
@@ -144,9 +157,7 @@ async fn hand_over(
         let Ok(body) = serde_json::to_vec(&req) else {
             break Outcome::Failed;
         };
-        let answer = b
-            .controller
-            .transport
+        let answer = transport
             .call_app(
                 keel_raft::node_of(to),
                 TAKE_OVER_ROUTE,
@@ -156,13 +167,18 @@ async fn hand_over(
             .await;
         match answer {
             Ok(r) if r.len() == 2 && i16::from_be_bytes([r[0], r[1]]) == 0 => break Outcome::Moved,
-            answer => info!(
-                group = %group.name,
-                successor = to,
-                lag = ?group.lag_of(to),
-                answer = ?answer.map(|r| r.to_vec()),
-                "the successor did not take the group over; trying again"
-            ),
+            answer => {
+                info!(
+                    group = %group.name,
+                    successor = to,
+                    lag = ?group.lag_of(to),
+                    answer = ?answer.map(|r| r.to_vec()),
+                    "the successor did not take the group over; trying again"
+                );
+                // A leader elected moments ago still holds its lease and refuses the
+                // successor's vote; the successor may not serve the route yet.
+                tokio::time::sleep(RETRY_AFTER).await;
+            }
         }
     };
     if !matches!(outcome, Outcome::Moved) {
@@ -175,12 +191,20 @@ async fn hand_over(
     outcome
 }
 
-/// How long one attempt to hand a group over waits for the successor to lead.
-const ATTEMPT: Duration = Duration::from_secs(2);
+/// How long one attempt to hand a group over takes at most: half for the successor's log
+/// to match, the rest for it to be elected (an election here takes milliseconds).
+const ATTEMPT: Duration = Duration::from_secs(1);
+/// The pause between attempts.
+const RETRY_AFTER: Duration = Duration::from_millis(50);
 
-enum Outcome {
+/// How a handover ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Another node leads the group.
     Moved,
+    /// No voter on a live node to take over.
     NoSuccessor,
+    /// The successor did not lead before the deadline; this replica still leads.
     Failed,
 }
 
@@ -201,7 +225,10 @@ pub async fn hand_over_all(b: &Arc<Broker>, within: Duration) -> Handover {
     let results: Vec<Outcome> = futures::stream::iter(led)
         .map(|p| {
             let b = b.clone();
-            async move { hand_over(&b, p.group(), Some(&p), &p.topic, p.index, deadline).await }
+            async move {
+                let transport = &b.controller.transport;
+                hand_over(transport, p.group(), Some(&p), &p.topic, p.index, None, deadline).await
+            }
         })
         .buffer_unordered(HANDOVERS_IN_FLIGHT)
         .collect()
@@ -212,7 +239,7 @@ pub async fn hand_over_all(b: &Arc<Broker>, within: Duration) -> Handover {
     let mut outcomes = results;
     if controller.is_leader() && controller.voters().len() > 1 {
         out.led += 1;
-        outcomes.push(hand_over(b, controller, None, "", -1, deadline).await);
+        outcomes.push(hand_over(&b.controller.transport, controller, None, "", -1, None, deadline).await);
     }
     for o in outcomes {
         match o {

@@ -1267,27 +1267,16 @@ impl Partition {
         }
     }
 
-    /// When this replica is the preferred leader, follows a live leader and is caught up,
-    /// stands for election so leadership returns to it (load balancing after a node
-    /// rejoins). Returns whether it did.
-    pub async fn reclaim_leadership(&self, leader_alive: impl Fn(u64) -> bool) -> bool {
-        // Borrowed, not cloned: this runs for every partition every round.
-        // The borrow ends before `leader_alive` takes the transport's peer lock (lock order:
-        // peers before metrics, as the liveness sweep takes them).
-        let (me, caught_up, leader) = {
-            let m = self.group.raft.metrics();
-            let m = m.borrow();
-            let caught_up = m.last_applied.map(|l| l.index) == m.last_log_index && m.last_log_index.is_some();
-            (m.id, caught_up, m.current_leader)
-        };
-        let follows_live_leader = leader
-            .map(|l| l != me && leader_alive(keel_raft::node_of(l)))
-            .unwrap_or(false);
-        if self.preferred_leader() == Some(me) && follows_live_leader && caught_up && !self.is_closed() {
-            self.group.elect().await;
-            return true;
+    /// The preferred replica this leader should hand the partition back to (leadership
+    /// balancing after a node rejoins): another voter, on a live node, its log matching
+    /// this one's.
+    pub fn preferred_successor(&self, alive: impl Fn(u64) -> bool) -> Option<u64> {
+        let preferred = self.preferred_leader()?;
+        if self.is_closed() || !self.group.is_leader() || preferred == self.replica_id() {
+            return None;
         }
-        false
+        let voter = self.group.voters().contains(&preferred);
+        (voter && alive(keel_raft::node_of(preferred)) && self.group.lag_of(preferred) == Some(0)).then_some(preferred)
     }
 
     /// A read met damage in this replica's log while it ran: it should be reopened, which

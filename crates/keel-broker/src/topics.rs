@@ -16,7 +16,7 @@ use kafka_protocol::ResponseError as E;
 use keel_log::DiskLog;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 use uuid::Uuid;
 
 use crate::config::BrokerConfig;
@@ -936,8 +936,10 @@ pub async fn repair_damaged(topics: std::sync::Weak<Topics>, every: Duration) {
 /// a minute, few enough that the elections do not crowd out the traffic.
 const LEADER_RECLAIMS_PER_ROUND: usize = 256;
 
-/// Moves leadership back to preferred replicas, a bounded number of partitions per round,
-/// so leaders spread over the nodes again after one rejoins.
+/// Hands leadership back to preferred replicas, a bounded number of partitions per round,
+/// so leaders spread over the nodes again after one rejoins. The leader drives it (a
+/// handover, see [`crate::handover`]): writes pause only while the preferred replica's log
+/// matches and it is elected, instead of an election deposing a leader mid-write.
 pub async fn balance_leaders(topics: std::sync::Weak<Topics>, every: Duration) {
     // Let a starting node catch up before it claims anything.
     tokio::time::sleep(every).await;
@@ -948,21 +950,45 @@ pub async fn balance_leaders(topics: std::sync::Weak<Topics>, every: Duration) {
             continue;
         }
         let transport = t.controller.transport.clone();
-        let mut reclaimed = 0;
-        for p in t.all_partitions() {
-            if p.reclaim_leadership(|n| transport.is_alive(n)).await {
-                reclaimed += 1;
-                debug!(topic = %p.topic, partition = p.index, "preferred replica reclaims leadership");
-                if reclaimed >= LEADER_RECLAIMS_PER_ROUND {
-                    break;
+        let due: Vec<(Arc<Partition>, u64)> = t
+            .all_partitions()
+            .into_iter()
+            .filter_map(|p| {
+                let to = p.preferred_successor(|n| transport.is_alive(n))?;
+                Some((p, to))
+            })
+            .take(LEADER_RECLAIMS_PER_ROUND)
+            .collect();
+        if due.is_empty() {
+            continue;
+        }
+        let outcomes: Vec<crate::handover::Outcome> = futures::stream::iter(due)
+            .map(|(p, to)| {
+                let transport = transport.clone();
+                async move {
+                    let deadline = std::time::Instant::now() + LEADER_RETURN_WAIT;
+                    crate::handover::hand_over(&transport, p.group(), Some(&p), &p.topic, p.index, Some(to), deadline)
+                        .await
                 }
-            }
-        }
-        if reclaimed > 0 {
-            info!(partitions = reclaimed, "preferred replicas reclaim leadership");
-        }
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        let moved = outcomes
+            .iter()
+            .filter(|o| **o == crate::handover::Outcome::Moved)
+            .count();
+        info!(
+            partitions = moved,
+            tried = outcomes.len(),
+            "leadership handed back to preferred replicas"
+        );
     }
 }
+
+/// How long handing one partition back to its preferred replica may take (its writes
+/// pause meanwhile); past it the leader keeps the partition until a later round.
+const LEADER_RETURN_WAIT: Duration = Duration::from_millis(500);
 
 /// Applies the controller's commands to this node's replicas, in order.
 async fn reconcile(topics: std::sync::Weak<Topics>, mut events: tokio::sync::mpsc::UnboundedReceiver<Event>) {

@@ -114,6 +114,9 @@ pub struct ServeArgs {
     /// Serve POST /fault/cut?peers=.. and /fault/heal (chaos tests only).
     #[arg(long, env = "KEEL_FAULT_INJECTION")]
     pub fault_injection: bool,
+    /// How long SIGTERM spends handing leaderships to other nodes before stopping (0: none).
+    #[arg(long, env = "KEEL_SHUTDOWN_HANDOVER_MS")]
+    pub shutdown_handover_ms: Option<u64>,
     /// Log level filter (tracing syntax), e.g. info or keel_broker=debug.
     #[arg(long, env = "KEEL_LOG", default_value = "info,openraft=off")]
     pub log: String,
@@ -231,6 +234,9 @@ pub fn load_config(args: &ServeArgs) -> Result<BrokerConfig> {
     }
     if args.fault_injection {
         c.fault_injection = true;
+    }
+    if let Some(v) = args.shutdown_handover_ms {
+        c.shutdown_handover_ms = v;
     }
     if let Some(v) = &args.cluster_secret {
         c.cluster_secret = Some(keel_broker::config::Secret(v.clone()));
