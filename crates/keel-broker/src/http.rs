@@ -141,6 +141,25 @@ async fn heal(State(b): State<Arc<Broker>>) -> impl IntoResponse {
 }
 
 async fn metrics(State(b): State<Arc<Broker>>) -> impl IntoResponse {
+    let dir = b.config.data_dir.clone();
+    if let Ok((total, available)) =
+        tokio::task::spawn_blocking(move || crate::handlers::describe_log_dirs::space(&dir)).await
+    {
+        b.metrics.disk_total_bytes.set(total);
+        b.metrics.disk_available_bytes.set(available);
+    }
+    let transport = &b.controller.transport;
+    for peer in transport.peer_ids() {
+        if peer != b.config.node_id as u64 {
+            b.metrics
+                .peer_up
+                .get_or_create(&crate::metrics::NodeLabels { node: peer })
+                .set(i64::from(transport.is_alive(peer)));
+        }
+    }
+    let why = not_ready_reasons(&b);
+    b.metrics.ready.set(i64::from(why.is_empty()));
+    b.metrics.leaderless_partitions.set(leaderless(&b).len() as i64);
     let (leaders, followers) = b.controller.transport.liveness().quiet_counts();
     b.metrics.quiet_leaders.set(leaders as i64);
     b.metrics.sleeping_followers.set(followers as i64);
@@ -216,7 +235,7 @@ pub fn not_ready_reasons(b: &Broker) -> Vec<String> {
             "replicas match the metadata up to index {reconciled} of {applied}"
         ));
     }
-    let (mut leaderless, mut poisoned, mut holding) = (Vec::new(), 0usize, 0usize);
+    let (mut poisoned, mut holding) = (0usize, 0usize);
     for p in b.topics.all_partitions() {
         if p.committed().poisoned {
             poisoned += 1;
@@ -225,18 +244,8 @@ pub fn not_ready_reasons(b: &Broker) -> Vec<String> {
         if p.group().quiet.holds_votes() || p.group().hold_votes.load(std::sync::atomic::Ordering::Acquire) > 0 {
             holding += 1;
         }
-        // As Metadata sees it: the local replica's leader, or for a replica that knows of
-        // none (a follower of a group that went quiet before it heard a heartbeat) the
-        // leader's own report.
-        let local = p.group().leader().map(keel_raft::node_of);
-        let led = local.is_some_and(|l| transport.is_alive(l))
-            || transport
-                .reported_leader(&crate::partition::group_name(&p.topic, p.index))
-                .is_some_and(|(l, _)| transport.is_alive(l));
-        if !led {
-            leaderless.push(format!("{}-{}", p.topic, p.index));
-        }
     }
+    let mut leaderless = leaderless(b);
     if !leaderless.is_empty() {
         let n = leaderless.len();
         leaderless.truncate(5);
@@ -255,6 +264,26 @@ pub fn not_ready_reasons(b: &Broker) -> Vec<String> {
         why.push(format!("{poisoned} partitions poisoned"));
     }
     why
+}
+
+/// Hosted partitions (`topic-partition`) without a leader this node knows alive, as
+/// Metadata sees them: the local replica's leader, or for a replica that knows of none (a
+/// follower of a group that went quiet before it heard a heartbeat) the leader's own report.
+fn leaderless(b: &Broker) -> Vec<String> {
+    let transport = &b.controller.transport;
+    b.topics
+        .all_partitions()
+        .into_iter()
+        .filter(|p| {
+            let local = p.group().leader().map(keel_raft::node_of);
+            let led = local.is_some_and(|l| transport.is_alive(l))
+                || transport
+                    .reported_leader(&crate::partition::group_name(&p.topic, p.index))
+                    .is_some_and(|(l, _)| transport.is_alive(l));
+            !led
+        })
+        .map(|p| format!("{}-{}", p.topic, p.index))
+        .collect()
 }
 
 /// 200 when the node is caught up and serving: a live controller leader, every replica

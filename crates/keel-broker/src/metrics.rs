@@ -84,6 +84,15 @@ pub struct Metrics {
     pub replica_lag_entries: Family<ReplicaLabels, Gauge>,
     pub under_replicated: Family<PartitionLabels, Gauge>,
     pub under_replicated_partitions: Gauge,
+    /// Set at each scrape: hosted partitions whose leader is not known alive here.
+    pub leaderless_partitions: Gauge,
+    /// Set at each scrape: the data directory's file system.
+    pub disk_total_bytes: Gauge,
+    pub disk_available_bytes: Gauge,
+    /// Set at each scrape: 1 for a peer this node heard from lately, 0 otherwise.
+    pub peer_up: Family<NodeLabels, Gauge>,
+    /// Set at each scrape: 1 when `/health/ready` would answer 200.
+    pub ready: Gauge,
     pub leaderless_seconds: Histogram,
     pub repaired_replicas: Counter,
     pub partition_moves: Gauge,
@@ -102,6 +111,11 @@ pub struct Metrics {
     pub cleaner_reclaimed_bytes: Counter,
     pub cleaner_errors: Counter,
     pub cleaner_last_pass_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabels {
+    pub node: u64,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -158,6 +172,11 @@ impl Metrics {
             replica_lag_entries: Family::default(),
             under_replicated: Family::default(),
             under_replicated_partitions: Gauge::default(),
+            leaderless_partitions: Gauge::default(),
+            disk_total_bytes: Gauge::default(),
+            disk_available_bytes: Gauge::default(),
+            peer_up: Family::default(),
+            ready: Gauge::default(),
             leaderless_seconds: latency_histogram(),
             repaired_replicas: Counter::default(),
             partition_moves: Gauge::default(),
@@ -324,6 +343,31 @@ impl Metrics {
             "partition_moves_completed",
             "Partition moves this node carried out as the partition's leader",
             m.partition_moves_done.clone(),
+        );
+        registry.register(
+            "leaderless_partitions",
+            "Partitions hosted here whose leader this node does not know to be alive",
+            m.leaderless_partitions.clone(),
+        );
+        registry.register(
+            "disk_total_bytes",
+            "Size of the file system holding the data directory",
+            m.disk_total_bytes.clone(),
+        );
+        registry.register(
+            "disk_available_bytes",
+            "Bytes available to Keel on the file system holding the data directory",
+            m.disk_available_bytes.clone(),
+        );
+        registry.register(
+            "peer_up",
+            "1 for a cluster peer this node heard from within the liveness window, 0 otherwise",
+            m.peer_up.clone(),
+        );
+        registry.register(
+            "ready",
+            "1 when the node is caught up and serving (as /health/ready answers 200), 0 otherwise",
+            m.ready.clone(),
         );
         registry.register(
             "leadership_handovers",

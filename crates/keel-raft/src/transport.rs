@@ -331,6 +331,19 @@ impl Transport {
         }
     }
 
+    /// The nodes this transport knows an address of (this node included).
+    pub fn peer_ids(&self) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> = self
+            .peers
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     pub fn peer_addr(&self, node: NodeId) -> Option<String> {
         self.peers.read().unwrap_or_else(|e| e.into_inner()).get(&node).cloned()
     }

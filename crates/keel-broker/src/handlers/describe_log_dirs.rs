@@ -14,7 +14,8 @@ use super::s;
 use crate::Broker;
 
 /// Total and usable bytes of the file system holding `dir` (-1 each when unknown).
-fn space(dir: &std::path::Path) -> (i64, i64) {
+/// The file system holding `dir`: (total bytes, bytes available), -1 when unknown.
+pub(crate) fn space(dir: &std::path::Path) -> (i64, i64) {
     match rustix::fs::statvfs(dir) {
         Ok(st) => {
             let block = st.f_frsize as i64;
