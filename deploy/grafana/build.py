@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Writes deploy/helm/keel/files/grafana-dashboard.json, Keel's Grafana dashboard, from the panel list below:
-one place to change a query. Run it after editing; CI checks that every metric the
+one place to change a query. Run it after editing (`--check` only compares); CI checks
+that the file is current and that every metric the
 dashboard and the alert rules query is exported by a running Keel
 (crates/keel/tests/observability.rs)."""
 import json
@@ -119,8 +120,15 @@ def build():
 
 
 if __name__ == "__main__":
+    import sys
     out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "helm", "keel", "files", "grafana-dashboard.json")
-    with open(out, "w") as f:
-        json.dump(build(), f, indent=2)
-        f.write("\n")
-    print(f"wrote {out}")
+    text = json.dumps(build(), indent=2) + "\n"
+    if "--check" in sys.argv:
+        with open(out) as f:
+            if f.read() != text:
+                sys.exit(f"{out} is not what deploy/grafana/build.py writes: run it")
+        print(f"{out} is current")
+    else:
+        with open(out, "w") as f:
+            f.write(text)
+        print(f"wrote {out}")
