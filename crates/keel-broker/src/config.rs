@@ -249,6 +249,9 @@ pub struct BrokerConfig {
     /// How long a clean shutdown (SIGTERM) spends handing this node's leaderships to
     /// caught-up replicas on other nodes before it stops serving (0: no handover).
     pub shutdown_handover_ms: u64,
+    /// How long a node may be unreachable before the controller moves its replicas onto
+    /// live nodes (0: never; moves are then `keel cluster reassign`'s and drain's).
+    pub replica_replace_after_ms: u64,
     /// How long the first rebalance of an empty group waits for more members to join
     /// (Kafka's `group.initial.rebalance.delay.ms`).
     pub group_initial_rebalance_delay_ms: u64,
@@ -364,6 +367,7 @@ impl Default for BrokerConfig {
             fetch_bytes_max: 64 * 1024 * 1024,
             shutdown_grace_ms: 10_000,
             shutdown_handover_ms: 15_000,
+            replica_replace_after_ms: 300_000,
             group_initial_rebalance_delay_ms: 1000,
             offsets_segment_bytes: 16 * 1024 * 1024,
             offsets_compact_bytes: 64 * 1024 * 1024,

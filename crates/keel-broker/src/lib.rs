@@ -34,6 +34,7 @@ pub mod error;
 pub mod group;
 pub mod handlers;
 pub mod handover;
+pub mod healing;
 pub mod http;
 pub mod metrics;
 pub mod moves;

@@ -97,6 +97,8 @@ pub struct Metrics {
     pub repaired_replicas: Counter,
     pub partition_moves: Gauge,
     pub partition_moves_done: Counter,
+    /// Moves the controller started to replace replicas on nodes gone too long.
+    pub self_healing_moves: Counter,
     /// Leaderships handed to another node before this one stopped, by outcome.
     pub handovers: Family<OutcomeLabels, Counter>,
     pub quiet_leaders: Gauge,
@@ -181,6 +183,7 @@ impl Metrics {
             repaired_replicas: Counter::default(),
             partition_moves: Gauge::default(),
             partition_moves_done: Counter::default(),
+            self_healing_moves: Counter::default(),
             handovers: Family::default(),
             quiet_leaders: Gauge::default(),
             sleeping_followers: Gauge::default(),
@@ -343,6 +346,11 @@ impl Metrics {
             "partition_moves_completed",
             "Partition moves this node carried out as the partition's leader",
             m.partition_moves_done.clone(),
+        );
+        registry.register(
+            "self_healing_moves",
+            "Partition moves this node, as the controller's leader, started to replace replicas on nodes unreachable longer than replica_replace_after_ms",
+            m.self_healing_moves.clone(),
         );
         registry.register(
             "leaderless_partitions",

@@ -88,7 +88,7 @@ impl AdminError {
 
 pub struct Topics {
     dir: PathBuf,
-    config: Arc<BrokerConfig>,
+    pub(crate) config: Arc<BrokerConfig>,
     map: RwLock<BTreeMap<String, Arc<Topic>>>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) admin: tokio::sync::Mutex<()>,
@@ -139,6 +139,7 @@ impl Topics {
             Duration::from_millis(250),
         ));
         tokio::spawn(repair_damaged(Arc::downgrade(&topics), Duration::from_millis(500)));
+        tokio::spawn(crate::healing::heal(Arc::downgrade(&topics), Duration::from_secs(1)));
         tokio::spawn(clean_on_interval(
             Arc::downgrade(&topics),
             topics.metrics.clone(),

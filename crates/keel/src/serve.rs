@@ -117,6 +117,9 @@ pub struct ServeArgs {
     /// How long SIGTERM spends handing leaderships to other nodes before stopping (0: none).
     #[arg(long, env = "KEEL_SHUTDOWN_HANDOVER_MS")]
     pub shutdown_handover_ms: Option<u64>,
+    /// How long a node may be unreachable before its replicas move to live nodes (0: never).
+    #[arg(long, env = "KEEL_REPLICA_REPLACE_AFTER_MS")]
+    pub replica_replace_after_ms: Option<u64>,
     /// Log level filter (tracing syntax), e.g. info or keel_broker=debug.
     #[arg(long, env = "KEEL_LOG", default_value = "info,openraft=off")]
     pub log: String,
@@ -237,6 +240,9 @@ pub fn load_config(args: &ServeArgs) -> Result<BrokerConfig> {
     }
     if let Some(v) = args.shutdown_handover_ms {
         c.shutdown_handover_ms = v;
+    }
+    if let Some(v) = args.replica_replace_after_ms {
+        c.replica_replace_after_ms = v;
     }
     if let Some(v) = &args.cluster_secret {
         c.cluster_secret = Some(keel_broker::config::Secret(v.clone()));
