@@ -93,11 +93,12 @@ async fn a_rolling_restart_hands_leadership_over_and_loses_no_acknowledged_write
         .create()
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
     let writer = {
         let stop = stop.clone();
         tokio::spawn(async move {
             let mut acked: Vec<(i32, i64, String)> = Vec::new();
-            let mut waits: Vec<Duration> = Vec::new();
+            let mut waits: Vec<(Duration, Duration, i32)> = Vec::new();
             let mut i = 0usize;
             while !stop.load(Ordering::Acquire) {
                 let sends: Vec<_> = (0..IN_FLIGHT)
@@ -115,7 +116,7 @@ async fn a_rolling_restart_hands_leadership_over_and_loses_no_acknowledged_write
                 for (partition, value, sent, f) in sends {
                     match f.await.expect("delivery report") {
                         Ok(d) => {
-                            waits.push(sent.elapsed());
+                            waits.push((sent.elapsed(), sent.duration_since(t0), partition));
                             acked.push((partition, d.offset, value));
                         }
                         Err((e, _)) => panic!("{value} to partition {partition} not delivered: {e}"),
@@ -137,6 +138,7 @@ async fn a_rolling_restart_hands_leadership_over_and_loses_no_acknowledged_write
         let before = leaders(&others);
         let led = before.values().filter(|l| **l == id as i32).count();
         let stopping = Instant::now();
+        eprintln!("{:?}: SIGTERM to node {id}", stopping.duration_since(t0));
         let code = nodes[id - 1].terminate();
         let took = stopping.elapsed();
         assert_eq!(code, Some(0), "node {id} did not exit cleanly on SIGTERM");
@@ -167,6 +169,7 @@ async fn a_rolling_restart_hands_leadership_over_and_loses_no_acknowledged_write
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let all_led = all_led.elapsed();
+        eprintln!("{:?}: node {id} exited; restarting it", t0.elapsed());
         nodes[id - 1].restart();
         let ready = wait_ready(&nodes[id - 1], Duration::from_secs(60)).await;
         eprintln!(
@@ -182,14 +185,17 @@ async fn a_rolling_restart_hands_leadership_over_and_loses_no_acknowledged_write
         acked.len()
     );
     waits.sort();
-    let pct = |q: f64| waits[((waits.len() - 1) as f64 * q) as usize];
+    for (wait, at, partition) in waits.iter().rev().take(5) {
+        eprintln!("a write to partition {partition} sent {at:?} in waited {wait:?}");
+    }
+    let pct = |q: f64| waits[((waits.len() - 1) as f64 * q) as usize].0;
     eprintln!(
         "{} writes acknowledged; waited p50 {:?}, p99 {:?}, p999 {:?}, max {:?}",
         waits.len(),
         pct(0.5),
         pct(0.99),
         pct(0.999),
-        waits.last().unwrap()
+        waits.last().unwrap().0
     );
 
     let consumer: BaseConsumer = ClientConfig::new()
