@@ -1,6 +1,7 @@
 //! HTTP endpoints: Prometheus `/metrics`; `/health/live` (the process answers),
 //! `/health/ready` (alias `/ready`: caught up and serving, for load balancers and
-//! Kubernetes' readiness probe) and `/health` (every partition accepts writes); with
+//! Kubernetes' readiness probe), `/health` (every partition accepts writes) and the admin
+//! API under `/api/v1/` (see [`crate::admin_api`]); with
 //! `fault_injection` on, `POST /fault/cut?peers=2,3`, `POST /fault/slow?peers=2,3&delay_ms=50&drop_per_mille=100`,
 //! `POST /fault/disk-full` (every log write fails with ENOSPC), `POST /fault/power-loss[?tear=1]`
 //! (unsynced data thrown away, then the process ends) and `POST /fault/heal` (undoes
@@ -24,7 +25,8 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/health", get(health))
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
-        .route("/ready", get(ready));
+        .route("/ready", get(ready))
+        .merge(crate::admin_api::router(broker.clone()));
     if broker.config.fault_injection {
         // Faults that can throw data away answer only callers on this machine.
         let faults = Router::new()

@@ -24,6 +24,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod acl;
+pub mod admin_api;
 pub mod audit;
 pub mod cleaner;
 pub mod coalesce;

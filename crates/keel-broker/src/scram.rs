@@ -107,6 +107,23 @@ impl Credential {
             iterations,
         }
     }
+
+    /// Whether `password` is the one this credential was made from (its salted form
+    /// derived again and compared by stored key, in time independent of where it differs).
+    pub fn matches(&self, mechanism: Mechanism, password: &[u8]) -> bool {
+        let Ok(iterations) = u32::try_from(self.iterations) else {
+            return false;
+        };
+        let salted = mechanism.salted_password(password, &self.salt, iterations);
+        let again = Credential::from_salted(mechanism, &salted, &self.salt, self.iterations);
+        again.stored_key.len() == self.stored_key.len()
+            && again
+                .stored_key
+                .iter()
+                .zip(&self.stored_key)
+                .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+                == 0
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

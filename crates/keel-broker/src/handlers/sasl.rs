@@ -104,6 +104,19 @@ impl Default for Session {
 }
 
 impl Session {
+    /// A caller of the HTTP admin API who proved to be `user` (HTTP Basic), from `peer`.
+    pub fn http(user: &str, peer: Option<std::net::SocketAddr>) -> Session {
+        Session {
+            authenticated: true,
+            user: Some(user.to_string()),
+            principal: format!("User:{user}"),
+            listener: std::sync::Arc::from("HTTP"),
+            host: peer.map(|p| p.ip().to_string()).unwrap_or_default(),
+            client: peer.map(|p| p.to_string()).unwrap_or_default(),
+            ..Session::default()
+        }
+    }
+
     /// A new connection's state: authenticated from the start when no users are configured.
     pub fn new(users: &BTreeMap<String, String>) -> Session {
         Session {

@@ -141,12 +141,24 @@ impl Keel {
     }
 
     fn http_request(&self, method: &str, path: &str) -> (u16, String) {
+        self.http_request_with(method, path, "")
+    }
+
+    /// An HTTP GET with HTTP Basic credentials: (status, body).
+    pub fn http_get_as(&self, path: &str, user: &str, password: &str) -> (u16, String) {
+        use base64::Engine as _;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        self.http_request_with("GET", path, &format!("Authorization: Basic {token}\r\n"))
+    }
+
+    /// An HTTP request with extra header lines (each ending in CRLF): (status, body).
+    fn http_request_with(&self, method: &str, path: &str, headers: &str) -> (u16, String) {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(&self.http).expect("connect http");
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         write!(
             s,
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n"
         )
         .unwrap();
         let mut buf = String::new();

@@ -1,0 +1,246 @@
+//! The admin HTTP API (read-only, JSON) under `/api/v1/`, described by the OpenAPI
+//! document it serves at `/api/v1/openapi.json` (`src/openapi.json`): the cluster and its
+//! nodes, topics, a topic's partitions (leaders, replicas, in-sync replicas, offsets and
+//! sizes where this node holds a replica) and the moves under way. Any node answers,
+//! from its own view of the replicated metadata.
+//!
+//! With the authorizer on, every call needs HTTP Basic credentials of a user Keel knows
+//! (`sasl_plain_users`, or SCRAM credentials checked against their salted form) whose
+//! principal may DESCRIBE the cluster: a super user, or one an ACL allows. Without
+//! credentials the answer is 401, with a principal not allowed 403; failures are counted
+//! and audited as SASL failures and denials are.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use base64::Engine as _;
+use serde_json::{json, Value};
+
+use crate::handlers::sasl::Session;
+use crate::Broker;
+
+/// The OpenAPI description of these routes.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+pub fn router(broker: Arc<Broker>) -> Router<Arc<Broker>> {
+    Router::new()
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/topics", get(topics))
+        .route("/api/v1/topics/{name}", get(topic))
+        .route("/api/v1/moves", get(moves))
+        .route_layer(axum::middleware::from_fn_with_state(broker, authenticate))
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    json_response(status, json!({ "error": message }))
+}
+
+/// Lets a request through when the authorizer is off, or when its Basic credentials name
+/// a known user whose principal may DESCRIBE the cluster.
+async fn authenticate(State(b): State<Arc<Broker>>, req: Request, next: Next) -> Response {
+    if !b.config.authorizer {
+        return next.run(req).await;
+    }
+    let challenge = || {
+        let mut r = error(StatusCode::UNAUTHORIZED, "credentials required");
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Basic realm=\"keel\""),
+        );
+        r
+    };
+    let Some((user, password)) = basic_credentials(&req) else {
+        return challenge();
+    };
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
+    let known = {
+        let b = b.clone();
+        let user = user.clone();
+        tokio::task::spawn_blocking(move || check_password(&b, &user, password.as_bytes()))
+            .await
+            .unwrap_or(false)
+    };
+    let who = Session::http(&user, peer);
+    if !known {
+        b.metrics.sasl_failures.inc();
+        b.audit
+            .authentication(&who, peer, "HTTP Basic", false, Some("admin API".into()));
+        return challenge();
+    }
+    if !b.authorize_cluster(&who, crate::acl::op::DESCRIBE) {
+        return error(StatusCode::FORBIDDEN, "not allowed to describe the cluster");
+    }
+    next.run(req).await
+}
+
+fn basic_credentials(req: &Request) -> Option<(String, String)> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let encoded = value.strip_prefix("Basic ")?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
+}
+
+/// Whether `password` is `user`'s: a `sasl_plain_users` entry, or any of the user's SCRAM
+/// credentials (its salted password derived again and compared by its stored key).
+fn check_password(b: &Broker, user: &str, password: &[u8]) -> bool {
+    let mut token = Vec::with_capacity(user.len() + password.len() + 2);
+    token.push(0);
+    token.extend_from_slice(user.as_bytes());
+    token.push(0);
+    token.extend_from_slice(password);
+    if crate::handlers::sasl::verify_plain(&b.config.sasl_plain_users, &token).is_ok() {
+        return true;
+    }
+    let meta = b.controller.meta();
+    meta.scram
+        .get(user)
+        .into_iter()
+        .flatten()
+        .any(|(mechanism, credential)| credential.matches(*mechanism, password))
+}
+
+async fn openapi() -> Response {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn cluster(State(b): State<Arc<Broker>>) -> Response {
+    let meta = b.controller.meta();
+    let transport = &b.controller.transport;
+    let controller = b.controller.group.leader().map(keel_raft::node_of);
+    let nodes: Vec<Value> = b
+        .topics
+        .node_ids()
+        .into_iter()
+        .map(|id| {
+            let info = meta.nodes.get(&id);
+            json!({
+                "id": id,
+                "host": info.map(|i| i.kafka_host.clone()),
+                "port": info.map(|i| i.kafka_port),
+                "alive": transport.is_alive(id),
+                "controller_voter": b.controller.voters.contains_key(&id),
+                "controller_leader": controller == Some(id),
+            })
+        })
+        .collect();
+    let (mut partitions, mut leaderless, mut under_replicated) = (0usize, 0usize, 0usize);
+    for t in b.topics.list() {
+        for p in super::handlers::metadata::topic_entry(&b, &t, false).partitions {
+            partitions += 1;
+            if p.leader_id.0 < 0 {
+                leaderless += 1;
+            }
+            if p.isr_nodes.len() < p.replica_nodes.len() {
+                under_replicated += 1;
+            }
+        }
+    }
+    json_response(
+        StatusCode::OK,
+        json!({
+            "cluster_id": b.config.cluster_id,
+            "node_id": b.config.node_id,
+            "controller": controller,
+            "nodes": nodes,
+            "topics": meta.topics.len(),
+            "partitions": partitions,
+            "leaderless_partitions": leaderless,
+            "under_replicated_partitions": under_replicated,
+            "moves_in_progress": b.topics.moves().len(),
+            "ready": crate::http::not_ready_reasons(&b).is_empty(),
+        }),
+    )
+}
+
+async fn topics(State(b): State<Arc<Broker>>) -> Response {
+    let meta = b.controller.meta();
+    let list: Vec<Value> = meta
+        .topics
+        .iter()
+        .map(|(name, record)| {
+            let local: u64 = b
+                .topics
+                .get(name)
+                .map(|t| t.partition_list().iter().map(|p| p.size_bytes()).sum())
+                .unwrap_or(0);
+            json!({
+                "name": name,
+                "id": record.id.to_string(),
+                "internal": crate::is_internal_topic(name),
+                "partitions": record.replicas.len(),
+                "replication_factor": record.replicas.first().map(|r| r.len()).unwrap_or(0),
+                "local_size_bytes": local,
+                "configs": record.configs,
+            })
+        })
+        .collect();
+    json_response(StatusCode::OK, json!({ "topics": list }))
+}
+
+async fn topic(State(b): State<Arc<Broker>>, Path(name): Path<String>) -> Response {
+    let Some(t) = b.topics.get(&name) else {
+        return error(StatusCode::NOT_FOUND, "no such topic");
+    };
+    let entry = super::handlers::metadata::topic_entry(&b, &t, false);
+    let partitions: Vec<Value> = entry
+        .partitions
+        .iter()
+        .map(|p| {
+            let local = t.partition(p.partition_index);
+            json!({
+                "partition": p.partition_index,
+                "leader": (p.leader_id.0 >= 0).then_some(p.leader_id.0),
+                "leader_epoch": p.leader_epoch,
+                "replicas": p.replica_nodes.iter().map(|n| n.0).collect::<Vec<_>>(),
+                "in_sync_replicas": p.isr_nodes.iter().map(|n| n.0).collect::<Vec<_>>(),
+                "under_replicated": p.isr_nodes.len() < p.replica_nodes.len(),
+                "high_watermark": local.as_ref().map(|l| l.high_watermark()),
+                "log_start_offset": local.as_ref().map(|l| l.log_start_offset()),
+                "local_size_bytes": local.as_ref().map(|l| l.size_bytes()),
+            })
+        })
+        .collect();
+    let meta = t.meta();
+    json_response(
+        StatusCode::OK,
+        json!({
+            "name": name,
+            "id": meta.id.to_string(),
+            "internal": crate::is_internal_topic(&name),
+            "partitions": partitions,
+        }),
+    )
+}
+
+async fn moves(State(b): State<Arc<Broker>>) -> Response {
+    let list: Vec<Value> = b
+        .topics
+        .moves()
+        .into_iter()
+        .map(|m| {
+            json!({
+                "topic": m.topic,
+                "partition": m.partition,
+                "replicas": m.replicas,
+                "adding": m.adding,
+                "removing": m.removing,
+            })
+        })
+        .collect();
+    json_response(StatusCode::OK, json!({ "moves": list }))
+}
