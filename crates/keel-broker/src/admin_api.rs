@@ -2,7 +2,8 @@
 //! document it serves at `/api/v1/openapi.json` (`src/openapi.json`): the cluster and its
 //! nodes, topics, a topic's partitions (leaders, replicas, in-sync replicas, offsets and
 //! sizes where this node holds a replica) and the moves under way. Any node answers,
-//! from its own view of the replicated metadata.
+//! from its own view of the replicated metadata. `/console` is a web console over the same
+//! calls: cluster overview, topics, a topic's partitions, moves.
 //!
 //! With the authorizer on, every call needs HTTP Basic credentials of a user Keel knows
 //! (`sasl_plain_users`, or SCRAM credentials checked against their salted form) whose
@@ -34,6 +35,7 @@ pub fn router(broker: Arc<Broker>) -> Router<Arc<Broker>> {
         .route("/api/v1/topics", get(topics))
         .route("/api/v1/topics/{name}", get(topic))
         .route("/api/v1/moves", get(moves))
+        .route("/console", get(console))
         .route_layer(axum::middleware::from_fn_with_state(broker, authenticate))
 }
 
@@ -112,6 +114,18 @@ fn check_password(b: &Broker, user: &str, password: &[u8]) -> bool {
         .into_iter()
         .flatten()
         .any(|(mechanism, credential)| credential.matches(*mechanism, password))
+}
+
+/// The web console: one page reading this API (nothing else is fetched).
+pub const CONSOLE: &str = include_str!("console/index.html");
+
+async fn console() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        CONSOLE,
+    )
+        .into_response()
 }
 
 async fn openapi() -> Response {

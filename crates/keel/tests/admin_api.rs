@@ -102,6 +102,23 @@ async fn the_admin_api_reports_what_a_client_did_and_serves_its_openapi_paths() 
         assert!(documented, "GET {concrete} answered {status}, not documented: {body}");
         assert_eq!(status, 200, "GET {concrete}: {body}");
     }
+    // The console is one page that reads only API paths the document lists.
+    let (status, page) = keel.http_get("/console");
+    assert_eq!(status, 200);
+    assert!(page.contains("<title>Keel console</title>"), "{page}");
+    let mut used = 0;
+    for call in page.split("api(\"").skip(1) {
+        let path = call.split('"').next().unwrap_or_default();
+        let listed = paths
+            .keys()
+            .any(|p| p.trim_start_matches("/api/v1/").split('/').next() == path.split('/').next());
+        assert!(
+            listed,
+            "the console calls {path}, which the OpenAPI document does not list"
+        );
+        used += 1;
+    }
+    assert!(used >= 4, "the console calls {used} API paths");
 }
 
 #[test]
