@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The web console against a running `keel serve`: its own script, run in Node, renders
-# every page from the admin API. Usage: bash compat/console/run.sh path/to/keel
+# every page from the admin API. Needs compat/setup.sh's venv.
+# Usage: bash compat/console/run.sh path/to/keel
 set -euo pipefail
 KEEL=$(realpath "${1:-target/debug/keel}")
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -13,4 +14,13 @@ KAFKA=$(grep -o "kafka=[^ ]*" "$WORK/out" | cut -d= -f2)
 HTTP=$(grep -o "http=[^ ]*" "$WORK/out" | cut -d= -f2)
 "$KEEL" topic create console-demo -p 3 --bootstrap "$KAFKA" > /dev/null
 for i in 1 2 3 4; do echo "v$i"; done | "$KEEL" produce console-demo --partition 1 --bootstrap "$KAFKA" > /dev/null
+# A consumer group (confluent-kafka, from compat/setup.sh's venv) that committed offset 3
+# of the four records: lag 1.
+"${VENV:-/tmp/keel-compat-venv}/bin/python" - "$KAFKA" <<'PY'
+import sys
+from confluent_kafka import Consumer, TopicPartition
+c = Consumer({"bootstrap.servers": sys.argv[1], "group.id": "console-reader", "enable.auto.commit": False})
+c.commit(offsets=[TopicPartition("console-demo", 1, 3)], asynchronous=False)
+c.close()
+PY
 node "$HERE/check.mjs" "http://$HTTP" console-demo

@@ -1,9 +1,10 @@
 //! The admin HTTP API (read-only, JSON) under `/api/v1/`, described by the OpenAPI
 //! document it serves at `/api/v1/openapi.json` (`src/openapi.json`): the cluster and its
 //! nodes, topics, a topic's partitions (leaders, replicas, in-sync replicas, offsets and
-//! sizes where this node holds a replica) and the moves under way. Any node answers,
+//! sizes where this node holds a replica), consumer groups with their lag and the moves
+//! under way. Any node answers,
 //! from its own view of the replicated metadata. `/console` is a web console over the same
-//! calls: cluster overview, topics, a topic's partitions, moves.
+//! calls: cluster overview, topics, a topic's partitions, consumer groups and lag, moves.
 //!
 //! With the authorizer on, every call needs HTTP Basic credentials of a user Keel knows
 //! (`sasl_plain_users`, or SCRAM credentials checked against their salted form) whose
@@ -35,6 +36,7 @@ pub fn router(broker: Arc<Broker>) -> Router<Arc<Broker>> {
         .route("/api/v1/topics", get(topics))
         .route("/api/v1/topics/{name}", get(topic))
         .route("/api/v1/moves", get(moves))
+        .route("/api/v1/groups", get(groups))
         .route("/console", get(console))
         .route_layer(axum::middleware::from_fn_with_state(broker, authenticate))
 }
@@ -238,6 +240,46 @@ async fn topic(State(b): State<Arc<Broker>>, Path(name): Path<String>) -> Respon
             "internal": crate::is_internal_topic(&name),
             "partitions": partitions,
         }),
+    )
+}
+
+/// Consumer groups and their lag, from the node coordinating groups (the leader of
+/// `__consumer_offsets`); another node answers with the coordinator's id and no groups.
+async fn groups(State(b): State<Arc<Broker>>) -> Response {
+    let coordinator = b.coordinator_node(&b.main_listener).map(|(id, _, _)| id);
+    if b.coordinator_error().is_some() {
+        return json_response(
+            StatusCode::OK,
+            json!({ "coordinator": coordinator, "coordinating": false, "groups": [] }),
+        );
+    }
+    let lag = b.groups.lag(&b.topics);
+    let list: Vec<Value> = b
+        .groups
+        .list()
+        .await
+        .into_iter()
+        .map(|(id, protocol_type, state)| {
+            let offsets: Vec<Value> = lag
+                .iter()
+                .filter(|l| l.group == id)
+                .map(|l| {
+                    json!({
+                        "topic": l.topic,
+                        "partition": l.partition,
+                        "committed": l.committed,
+                        "high_watermark": l.high_watermark,
+                        "lag": l.high_watermark.map(|hw| (hw - l.committed).max(0)),
+                    })
+                })
+                .collect();
+            let total: i64 = offsets.iter().filter_map(|o| o["lag"].as_i64()).sum();
+            json!({ "group": id, "protocol_type": protocol_type, "state": state, "lag": total, "offsets": offsets })
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        json!({ "coordinator": coordinator, "coordinating": true, "groups": list }),
     )
 }
 

@@ -294,16 +294,46 @@ impl Coordinator {
                 *seen = g.rebalances;
             }
         }
-        for group in self.offsets.groups() {
-            for ((topic, part), c) in self.offsets.group_offsets(&group) {
-                if let Some(p) = topics.get(&topic).and_then(|t| t.partition(part)) {
-                    metrics
-                        .consumer_lag(&group, &topic, part)
-                        .set((p.high_watermark() - c.offset).max(0));
-                }
+        for l in self.lag(topics) {
+            if let Some(hw) = l.high_watermark {
+                metrics
+                    .consumer_lag(&l.group, &l.topic, l.partition)
+                    .set((hw - l.committed).max(0));
             }
         }
     }
+
+    /// Every committed offset this node knows, with the partition's high watermark where
+    /// this node holds a replica of it.
+    pub fn lag(&self, topics: &Topics) -> Vec<Lag> {
+        let mut out = Vec::new();
+        for group in self.offsets.groups() {
+            for ((topic, partition), c) in self.offsets.group_offsets(&group) {
+                let high_watermark = topics
+                    .get(&topic)
+                    .and_then(|t| t.partition(partition))
+                    .map(|p| p.high_watermark());
+                out.push(Lag {
+                    group: group.clone(),
+                    topic,
+                    partition,
+                    committed: c.offset,
+                    high_watermark,
+                });
+            }
+        }
+        out
+    }
+}
+
+/// A group's committed offset in one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lag {
+    pub group: String,
+    pub topic: String,
+    pub partition: i32,
+    pub committed: i64,
+    pub high_watermark: Option<i64>,
 }
 
 fn join_failure(code: i16, member_id: &str) -> JoinResult {
