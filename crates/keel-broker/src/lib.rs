@@ -147,9 +147,6 @@ impl Broker {
         });
         let port = config.advertised_port.unwrap_or(kafka_port);
         endpoints.insert(main_listener.clone(), (host.clone(), port));
-        if let Some(t) = &tls {
-            t.spawn_reloader(metrics.clone());
-        }
         let audit = match &config.audit_log {
             Some(path) => audit::Audit::open(
                 path,
@@ -162,6 +159,11 @@ impl Broker {
             None => audit::Audit::disabled(metrics.clone()),
         };
         let (controller, topics) = start_replication(&config, &metrics, &data_changed, &host, port, &endpoints).await?;
+        if let Some(t) = &tls {
+            // The node transport's certificates are the same files: reloaded with them.
+            let transport = config.transport_tls.then(|| controller.transport.clone());
+            t.spawn_reloader(metrics.clone(), transport);
+        }
         let producer_ids = ProducerIds::open(&config.data_dir.join("producer_ids"), config.node_id.max(0) as i64)?;
         // At start the controller's log is replayed and every local replica reopened; a node
         // with many partitions takes a while, and serves nothing until it is done.

@@ -72,20 +72,40 @@ impl Tls {
         Ok(true)
     }
 
-    /// Checks the files every `reload_interval_ms` until `self` is dropped elsewhere.
-    pub fn spawn_reloader(self: &Arc<Self>, metrics: Arc<crate::metrics::Metrics>) {
+    /// Checks the files every `reload_interval_ms` until `self` is dropped elsewhere; with
+    /// `transport`, the node-to-node transport's TLS is rebuilt from them too (new peer
+    /// connections use it; open ones keep the certificate they were made with).
+    pub fn spawn_reloader(
+        self: &Arc<Self>,
+        metrics: Arc<crate::metrics::Metrics>,
+        transport: Option<Arc<keel_raft::Transport>>,
+    ) {
         let weak = Arc::downgrade(self);
         let every = Duration::from_millis(self.config.reload_interval_ms);
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
                 let Some(tls) = weak.upgrade() else { return };
-                match tokio::task::spawn_blocking(move || tls.reload_if_changed()).await {
-                    Ok(Ok(true)) => {
+                let for_transport = transport.is_some();
+                let reloaded = tokio::task::spawn_blocking(move || {
+                    let changed = tls.reload_if_changed()?;
+                    let node = if changed && for_transport {
+                        Some(self::transport(&tls.config)?)
+                    } else {
+                        None
+                    };
+                    Ok::<_, String>((changed, node))
+                })
+                .await;
+                match reloaded {
+                    Ok(Ok((true, node))) => {
+                        if let (Some(t), Some(node)) = (&transport, node) {
+                            t.require_tls(node);
+                        }
                         metrics.tls_reloads.inc();
                         info!("TLS certificate files changed: new connections use them")
                     }
-                    Ok(Ok(false)) => {}
+                    Ok(Ok((false, _))) => {}
                     Ok(Err(e)) => {
                         metrics.tls_reload_failures.inc();
                         warn!(error = %e, "TLS certificate files changed but could not be used; keeping the previous ones")
@@ -155,7 +175,8 @@ fn build(config: &TlsConfig) -> Result<ServerConfig, String> {
 }
 
 /// The node-to-node transport's TLS: every node presents its certificate and requires
-/// the peer's, both signed by `client_ca_file` (the cluster's CA). Read once at start.
+/// the peer's, both signed by `client_ca_file` (the cluster's CA). Built at start and again
+/// whenever the files change (see [`Tls::spawn_reloader`]).
 pub fn transport(config: &TlsConfig) -> Result<keel_raft::transport::TransportTls, String> {
     let ca = config
         .client_ca_file

@@ -915,6 +915,85 @@ async fn offset_for_leader_epoch_tells_where_each_leader_s_term_ended() {
 }
 
 /// `keel_transport_authentication_failures_total` on node `k`.
+/// The node transport's certificates are reloaded with the listeners' when their files
+/// change: every node's files are replaced by ones of another CA (as when a cluster's CA
+/// is rotated), each node reloads them, and a node restarted afterwards (whose every
+/// connection is new) is accepted by the others, which it could not be had they kept the
+/// old CA, and catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_transport_takes_new_certificates_without_a_restart() {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    let certs = |dir: &std::path::Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(["certs", "--out"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let (first, second, live) = (root.path().join("a"), root.path().join("b"), root.path().join("live"));
+    certs(&first);
+    certs(&second);
+    let install = |from: &std::path::Path| {
+        std::fs::create_dir_all(&live).unwrap();
+        for f in ["node.pem", "node.key", "ca.pem"] {
+            // Replaced whole (write, then rename), as certificate managers do.
+            let tmp = live.join(format!(".{f}.new"));
+            std::fs::copy(from.join(f), &tmp).unwrap();
+            std::fs::rename(&tmp, live.join(f)).unwrap();
+        }
+    };
+    install(&first);
+    let config = root.path().join("keel.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "transport_tls = true\n[tls]\ncert_file = {:?}\nkey_file = {:?}\nclient_ca_file = {:?}\nreload_interval_ms = 200\n",
+            live.join("node.pem"),
+            live.join("node.key"),
+            live.join("ca.pem")
+        ),
+    )
+    .unwrap();
+    let mut nodes = start_cluster(root.path(), 3, &["--config", config.to_str().unwrap()]);
+    let bs = bootstrap(&nodes);
+    create_topic(&bs).await;
+    assert_eq!(send(&producer(&bs), 0, 10).await.len(), 10);
+
+    install(&second);
+    let reloads = |k: &Keel| -> u64 {
+        let (_, text) = k.http_get("/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix("keel_tls_certificate_reloads_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !nodes.iter().all(|k| reloads(k) >= 1) {
+        assert!(Instant::now() < deadline, "not every node reloaded its certificates");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    nodes[2].restart();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, body) = nodes[2].http_get("/health/ready");
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the restarted node, on the new CA, is not ready: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let acked = send(&producer(&bs), 10, 10).await;
+    assert_eq!(acked.len(), 10, "the cluster takes writes after the rotation");
+    let refused: u64 = nodes.iter().map(transport_auth_failures).sum();
+    assert_eq!(refused, 0, "a node refused a peer's new certificate");
+}
+
 fn transport_auth_failures(k: &Keel) -> u64 {
     let (_, text) = k.http_get("/metrics");
     text.lines()

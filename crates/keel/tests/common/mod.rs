@@ -36,14 +36,26 @@ fn spawn(data_dir: &Path, kafka: &str, http: &str, extra: &[String]) -> (Child, 
         .spawn()
         .expect("spawn keel");
     let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
+    // Lines come through a thread that keeps draining stdout (so the child never blocks on
+    // a full pipe), and the wait for the ready line has a deadline even if none comes.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            let _ = tx.send(line);
+        }
+    });
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        assert!(Instant::now() < deadline, "keel did not become ready");
-        let line = lines
-            .next()
-            .expect("keel exited before it was ready")
-            .expect("read stdout");
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = match rx.recv_timeout(left) {
+            Ok(line) => line,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                panic!("keel did not become ready within 60 s");
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => panic!("keel exited before it was ready"),
+        };
         if let Some(rest) = line.strip_prefix("keel ready: ") {
             let mut kafka = String::new();
             let mut http = String::new();
@@ -55,8 +67,6 @@ fn spawn(data_dir: &Path, kafka: &str, http: &str, extra: &[String]) -> (Child, 
                     http = v.to_string();
                 }
             }
-            // Keep draining stdout so the child never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
             return (child, kafka, http);
         }
     }
