@@ -211,11 +211,14 @@ if grep -qw 0103 <<<"${NUMBERS}"; then
     run_numbers default:cluster "${CLUSTER_DEFAULT_TESTS}" 0103
 fi
 
-# Passes over TLS and SASL/SCRAM (SECURE_PASSES="ssl scram"): SECURE_TESTS again against a
-# Keel whose listener is SSL, then SASL_SSL with a SCRAM-SHA-512 user (created with `keel
-# user` through a loopback admin listener). Their rows ("test [pass]") go to
+# Passes over TLS and SASL/SCRAM (SECURE_PASSES="ssl scram acl"): SECURE_TESTS again against
+# a Keel whose listener is SSL, then SASL_SSL with a SCRAM-SHA-512 user (created with `keel
+# user` through a loopback admin listener); ACL_TESTS against a Keel with the authorizer on. Their rows ("test [pass]") go to
 # ${RESULTS%.tsv}-secure.tsv; a failure fails the run.
 SECURE_TESTS="${SECURE_TESTS:-0001 0002 0005 0011 0012 0013 0015 0017 0019 0022 0029 0034 0036 0056 0073 0090}"
+# The "acl" pass (SECURE_PASSES="... acl"): the tests that set ACLs with kafka-acls.sh,
+# against a Keel with the authorizer on.
+ACL_TESTS="${ACL_TESTS:-0109 0115 0119}"
 declare -A SEC_STATUS
 sec_fail=0
 if [[ -n "${SECURE_PASSES:-}" && "${PEER}" == keel ]]; then
@@ -228,6 +231,14 @@ if [[ -n "${SECURE_PASSES:-}" && "${PEER}" == keel ]]; then
                 printf 'kafka_protocol = "SSL"\n[tls]\ncert_file = "%s"\nkey_file = "%s"\n' \
                     "${WORK}/certs/node.pem" "${WORK}/certs/node.key" > "${WORK}/secure.toml"
                 CLIENT_EXTRA="$(printf 'security.protocol=SSL\nssl.ca.location=%s\n' "${WORK}/certs/ca.pem")"
+                ;;
+            acl)
+                # The authorizer on, everything allowed where no ACL names the resource:
+                # the tests deny with Kafka's kafka-acls.sh and expect the refusals.
+                printf 'authorizer = true\nallow_everyone_if_no_acl_found = true\n' > "${WORK}/secure.toml"
+                # Each kafka-acls.sh is a JVM start (2-3 s here), inside the tests' time
+                # budgets (0119: 20 s, with 15 s of consuming).
+                CLIENT_EXTRA="test.timeout.multiplier=3"
                 ;;
             scram)
                 printf 'kafka_protocol = "SASL_SSL"\nlisteners = [{ name = "ADMIN", listen = "127.0.0.1:0", protocol = "SASL_PLAINTEXT" }]\n[sasl_plain_users]\nadmin = "suite-admin"\n[tls]\ncert_file = "%s"\nkey_file = "%s"\n' \
@@ -246,11 +257,13 @@ if [[ -n "${SECURE_PASSES:-}" && "${PEER}" == keel ]]; then
         echo "keel restarted with a ${pass} listener at ${BOOTSTRAP}"
         declare -A SAVED_STATUS=() SAVED_SECS=()
         for k in "${!STATUS[@]}"; do SAVED_STATUS[$k]="${STATUS[$k]}"; SAVED_SECS[$k]="${SECS[$k]}"; done
-        for n in ${SECURE_TESTS}; do
+        tests="${SECURE_TESTS}"
+        [[ "${pass}" == acl ]] && tests="${ACL_TESTS}"
+        for n in ${tests}; do
             for t in $(grep "^${n}" "${HERE}/broker_tests.txt"); do unset "STATUS[$t]"; done
         done
-        run_numbers "default:${pass}" '.*' ${SECURE_TESTS}
-        for n in ${SECURE_TESTS}; do
+        run_numbers "default:${pass}" '.*' ${tests}
+        for n in ${tests}; do
             for t in $(grep "^${n}" "${HERE}/broker_tests.txt"); do
                 [[ -n "${STATUS[$t]:-}" ]] || continue
                 SEC_STATUS["${t} [${pass}]"]="${STATUS[$t]}"
