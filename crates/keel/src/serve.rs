@@ -305,7 +305,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         tokio::spawn(async move {
             wait_for_signal().await;
             let within = Duration::from_millis(broker.config.shutdown_handover_ms);
-            if !within.is_zero() {
+            // A single node has no one to hand anything to.
+            let alone = broker.topics.node_ids().len() <= 1;
+            if !within.is_zero() && !alone {
                 info!(?within, "shutdown requested: handing leaderships over");
                 keel_broker::handover::hand_over_all(&broker, within).await;
             }
