@@ -924,17 +924,9 @@ async fn offset_for_leader_epoch_tells_where_each_leader_s_term_ended() {
 async fn the_node_transport_takes_new_certificates_without_a_restart() {
     let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
     let root = tempfile::tempdir().unwrap();
-    let certs = |dir: &std::path::Path| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
-            .args(["certs", "--out"])
-            .arg(dir)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    };
     let (first, second, live) = (root.path().join("a"), root.path().join("b"), root.path().join("live"));
-    certs(&first);
-    certs(&second);
+    make_certs(&first);
+    make_certs(&second);
     let install = |from: &std::path::Path| {
         std::fs::create_dir_all(&live).unwrap();
         for f in ["node.pem", "node.key", "ca.pem"] {
@@ -994,6 +986,47 @@ async fn the_node_transport_takes_new_certificates_without_a_restart() {
     assert_eq!(refused, 0, "a node refused a peer's new certificate");
 }
 
+/// A development CA and node certificates in `dir` (`keel certs`).
+fn make_certs(dir: &std::path::Path) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["certs", "--out"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A node 4 asking to join the cluster of `peers` with `secret` and `extra` flags, its
+/// data in `dir`, its output discarded.
+fn spawn_joiner(peers: &str, dir: &std::path::Path, secret: &str, extra: &[String]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args([
+            "serve",
+            "--node-id",
+            "4",
+            "--kafka-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--raft-listen",
+            &format!("127.0.0.1:{}", common::free_port()),
+            "--peers",
+            peers,
+            "--join",
+        ])
+        .args(extra)
+        .arg("--data-dir")
+        .arg(dir)
+        .env("KEEL_CLUSTER_SECRET", secret)
+        .env("KEEL_LOG", "warn,openraft=off")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn transport_auth_failures(k: &Keel) -> u64 {
     let (_, text) = k.http_get("/metrics");
     text.lines()
@@ -1018,31 +1051,7 @@ async fn a_node_without_the_cluster_secret_cannot_join() {
 
     let peers = nodes[0].flag("--peers").unwrap();
     let dir = root.path().join("node-4");
-    let mut intruder = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args([
-            "serve",
-            "--node-id",
-            "4",
-            "--kafka-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--raft-listen",
-            &format!("127.0.0.1:{}", common::free_port()),
-            "--peers",
-            &peers,
-            "--join",
-        ])
-        .arg("--data-dir")
-        .arg(&dir)
-        .env("KEEL_CLUSTER_SECRET", "not the secret this cluster holds")
-        .env("KEEL_LOG", "warn,openraft=off")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut intruder = spawn_joiner(&peers, &dir, "not the secret this cluster holds", &[]);
     let deadline = Instant::now() + Duration::from_secs(30);
     let refused = loop {
         let now: u64 = nodes.iter().map(transport_auth_failures).sum();
@@ -1095,18 +1104,10 @@ async fn a_node_without_the_cluster_secret_cannot_join() {
 async fn nodes_speak_mutual_tls_and_refuse_a_foreign_certificate() {
     let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
     let root = tempfile::tempdir().unwrap();
-    let certs = |dir: &std::path::Path| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
-            .args(["certs", "--out"])
-            .arg(dir)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    };
     let ours = root.path().join("certs");
     let theirs = root.path().join("other-certs");
-    certs(&ours);
-    certs(&theirs);
+    make_certs(&ours);
+    make_certs(&theirs);
     let tls_flags = |dir: &std::path::Path| -> Vec<String> {
         vec![
             "--transport-tls".into(),
@@ -1129,32 +1130,12 @@ async fn nodes_speak_mutual_tls_and_refuse_a_foreign_certificate() {
 
     // A node with the secret but another CA's certificate.
     let peers = nodes[0].flag("--peers").unwrap();
-    let mut intruder = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args([
-            "serve",
-            "--node-id",
-            "4",
-            "--kafka-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--raft-listen",
-            &format!("127.0.0.1:{}", common::free_port()),
-            "--peers",
-            &peers,
-            "--join",
-        ])
-        .args(tls_flags(&theirs))
-        .arg("--data-dir")
-        .arg(root.path().join("node-4"))
-        .env("KEEL_CLUSTER_SECRET", "keel integration tests' cluster secret")
-        .env("KEEL_LOG", "warn,openraft=off")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut intruder = spawn_joiner(
+        &peers,
+        &root.path().join("node-4"),
+        "keel integration tests' cluster secret",
+        &tls_flags(&theirs),
+    );
     // A plain TCP client on a node's Raft port: the TLS handshake fails on its bytes.
     let raft_port = peers
         .split(',')
