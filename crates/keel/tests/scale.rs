@@ -38,19 +38,7 @@ const IN_FLIGHT: usize = 32;
 
 /// Each partition's leader as Metadata from `bootstrap` reports it (-1: none).
 fn leaders(bootstrap: &str) -> BTreeMap<i32, i32> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()
-        .expect("metadata client");
-    let Ok(md) = c.fetch_metadata(Some(TOPIC), Duration::from_secs(10)) else {
-        return BTreeMap::new();
-    };
-    md.topics()
-        .iter()
-        .filter(|t| t.name() == TOPIC)
-        .flat_map(|t| t.partitions())
-        .map(|p| (p.id(), if p.error().is_none() { p.leader() } else { -1 }))
-        .collect()
+    common::leaders(bootstrap, TOPIC)
 }
 
 /// Waits until every partition has a leader among `allowed`; returns how long it took.

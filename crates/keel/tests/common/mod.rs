@@ -260,3 +260,23 @@ pub fn join_cluster(root: &Path, nodes: &[Keel], id: usize, extra: &[&str]) -> K
     args.extend(extra);
     Keel::start(&dir, &args)
 }
+
+/// Each partition of `topic` and its leader as Metadata from `bootstrap` reports it (-1:
+/// none), asked with librdkafka; empty when no broker answers.
+pub fn leaders(bootstrap: &str, topic: &str) -> std::collections::BTreeMap<i32, i32> {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("metadata client");
+    let Ok(md) = c.fetch_metadata(Some(topic), Duration::from_secs(10)) else {
+        return Default::default();
+    };
+    md.topics()
+        .iter()
+        .filter(|t| t.name() == topic)
+        .flat_map(|t| t.partitions())
+        .map(|p| (p.id(), if p.error().is_none() { p.leader() } else { -1 }))
+        .collect()
+}
