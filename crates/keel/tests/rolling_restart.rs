@@ -8,18 +8,14 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{start_cluster, Keel};
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
 
 const TOPIC: &str = "rolling";
 const PARTITIONS: i32 = 12;
@@ -57,15 +53,7 @@ async fn a_rolling_restart_hands_leadership_over_and_loses_no_acknowledged_write
     let handing_over = handover != "0";
     let mut nodes = start_cluster(root.path(), 3, &["--shutdown-handover-ms", &handover]);
     let bs: String = nodes.iter().map(|k| k.kafka.clone()).collect::<Vec<_>>().join(",");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &bs).create().unwrap();
-    let res = admin
-        .create_topics(
-            &[NewTopic::new(TOPIC, PARTITIONS, TopicReplication::Fixed(3))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(60))),
-        )
-        .await
-        .unwrap();
-    assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
+    common::create_topic(&bs, TOPIC, PARTITIONS, 3).await;
     for n in &nodes {
         wait_ready(n, Duration::from_secs(60)).await;
     }
@@ -186,28 +174,7 @@ async fn a_rolling_restart_hands_leadership_over_and_loses_no_acknowledged_write
         waits.last().unwrap().0
     );
 
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &bs)
-        .set("group.id", "rolling-reader")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "100")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(TOPIC, p, Offset::Beginning).unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut got: BTreeMap<(i32, i64), String> = BTreeMap::new();
-    let mut seen: BTreeSet<String> = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while got.len() < acked.len() && Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            let v = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
-            assert!(seen.insert(v.clone()), "{v} read twice");
-            got.insert((m.partition(), m.offset()), v);
-        }
-    }
+    let got = common::read_from_start(&bs, TOPIC, PARTITIONS, acked.len(), Duration::from_secs(60));
     for (partition, offset, value) in &acked {
         assert_eq!(
             got.get(&(*partition, *offset)),

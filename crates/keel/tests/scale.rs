@@ -20,9 +20,7 @@ use common::start_cluster;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
 
 const TOPIC: &str = "wide";
 /// Partitions of the topic (`KEEL_SCALE_PARTITIONS`; 1,000 in a release build, 100 in a
@@ -154,28 +152,7 @@ async fn hundreds_of_partitions_are_led_again_after_a_node_dies_and_lose_nothing
     );
 
     // Every acknowledged record reads back exactly once.
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &sbs)
-        .set("group.id", "wide-reader")
-        .set("enable.auto.commit", "false")
-        .set("fetch.wait.max.ms", "100")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions() {
-        tpl.add_partition_offset(TOPIC, p, Offset::Beginning).unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut got: BTreeMap<(i32, i64), String> = BTreeMap::new();
-    let mut seen: BTreeSet<String> = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while got.len() < acked.len() && Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            let v = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
-            assert!(seen.insert(v.clone()), "{v} read twice");
-            got.insert((m.partition(), m.offset()), v);
-        }
-    }
+    let got = common::read_from_start(&sbs, TOPIC, partitions(), acked.len(), Duration::from_secs(120));
     let missing: BTreeSet<i32> = acked
         .iter()
         .filter(|(p, o, _)| !got.contains_key(&(*p, *o)))

@@ -10,12 +10,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::start_cluster;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
 
 const TOPIC: &str = "healing";
 const PARTITIONS: i32 = 8;
@@ -42,15 +39,7 @@ async fn replicas_on_a_node_gone_for_good_move_to_live_nodes_by_themselves() {
     let root = tempfile::tempdir().unwrap();
     let mut nodes = start_cluster(root.path(), 4, &["--replica-replace-after-ms", "2000"]);
     let bs: String = nodes.iter().map(|k| k.kafka.clone()).collect::<Vec<_>>().join(",");
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &bs).create().unwrap();
-    let res = admin
-        .create_topics(
-            &[NewTopic::new(TOPIC, PARTITIONS, TopicReplication::Fixed(3))],
-            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(60))),
-        )
-        .await
-        .unwrap();
-    assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
+    common::create_topic(&bs, TOPIC, PARTITIONS, 3).await;
 
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &bs)
@@ -109,25 +98,7 @@ async fn replicas_on_a_node_gone_for_good_move_to_live_nodes_by_themselves() {
     };
     eprintln!("node {victim} held {held} of {PARTITIONS} partitions' replicas; all replaced and in sync {healed:?} after it died");
 
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &survivors)
-        .set("group.id", "healing-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset(TOPIC, p, Offset::Beginning).unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    let mut got: BTreeMap<(i32, i64), String> = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while got.len() < acked.len() && Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            let v = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
-            got.insert((m.partition(), m.offset()), v);
-        }
-    }
+    let got = common::read_from_start(&survivors, TOPIC, PARTITIONS, acked.len(), Duration::from_secs(60));
     for (partition, offset, value) in &acked {
         assert_eq!(
             got.get(&(*partition, *offset)),

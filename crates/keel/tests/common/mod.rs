@@ -280,3 +280,61 @@ pub fn leaders(bootstrap: &str, topic: &str) -> std::collections::BTreeMap<i32, 
         .map(|p| (p.id(), if p.error().is_none() { p.leader() } else { -1 }))
         .collect()
 }
+
+/// Creates `topic` with `partitions` partitions of `replicas` replicas through librdkafka's
+/// admin client, and asserts it was created.
+pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32, replicas: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::config::ClientConfig;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .expect("admin client");
+    let res = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(replicas))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(120))),
+        )
+        .await
+        .expect("CreateTopics");
+    assert!(res.iter().all(|r| r.is_ok()), "{res:?}");
+}
+
+/// Reads every partition of `topic` from its start with librdkafka until `want` records
+/// came or `timeout` passed: (partition, offset) to value. Asserts no value is read twice.
+pub fn read_from_start(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    want: usize,
+    timeout: Duration,
+) -> std::collections::BTreeMap<(i32, i64), String> {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "read-from-start")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "100")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut got = std::collections::BTreeMap::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + timeout;
+    while got.len() < want && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            let v = String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+            assert!(seen.insert(v.clone()), "{v} read twice");
+            got.insert((m.partition(), m.offset()), v);
+        }
+    }
+    got
+}
