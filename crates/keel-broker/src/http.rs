@@ -159,9 +159,9 @@ async fn metrics(State(b): State<Arc<Broker>>) -> impl IntoResponse {
                 .set(i64::from(transport.is_alive(peer)));
         }
     }
-    let why = not_ready_reasons(&b);
+    let (why, leaderless) = readiness(&b);
     b.metrics.ready.set(i64::from(why.is_empty()));
-    b.metrics.leaderless_partitions.set(leaderless(&b).len() as i64);
+    b.metrics.leaderless_partitions.set(leaderless as i64);
     let (leaders, followers) = b.controller.transport.liveness().quiet_counts();
     b.metrics.quiet_leaders.set(leaders as i64);
     b.metrics.sleeping_followers.set(followers as i64);
@@ -220,6 +220,13 @@ async fn live(State(b): State<Arc<Broker>>) -> impl IntoResponse {
 
 /// Why a node is not ready, if it is not: see [`ready`].
 pub fn not_ready_reasons(b: &Broker) -> Vec<String> {
+    readiness(b).0
+}
+
+/// The reasons a node is not ready (none when it is), and how many hosted partitions have
+/// no leader this node knows alive: one pass over the partitions, for `/health/ready` and
+/// each scrape.
+fn readiness(b: &Broker) -> (Vec<String>, usize) {
     let mut why = Vec::new();
     if b.topics.is_draining() {
         why.push("stopping: leaderships handed over".to_string());
@@ -237,7 +244,7 @@ pub fn not_ready_reasons(b: &Broker) -> Vec<String> {
             "replicas match the metadata up to index {reconciled} of {applied}"
         ));
     }
-    let (mut poisoned, mut holding) = (0usize, 0usize);
+    let (mut poisoned, mut holding, mut leaderless) = (0usize, 0usize, Vec::new());
     for p in b.topics.all_partitions() {
         if p.committed().poisoned {
             poisoned += 1;
@@ -246,15 +253,25 @@ pub fn not_ready_reasons(b: &Broker) -> Vec<String> {
         if p.group().quiet.holds_votes() || p.group().hold_votes.load(std::sync::atomic::Ordering::Acquire) > 0 {
             holding += 1;
         }
+        // As Metadata sees it: the local replica's leader, or for a replica that knows of
+        // none (a follower of a group that went quiet before it heard a heartbeat) the
+        // leader's own report.
+        let local = p.group().leader().map(keel_raft::node_of);
+        let led = local.is_some_and(|l| transport.is_alive(l))
+            || transport
+                .reported_leader(&crate::partition::group_name(&p.topic, p.index))
+                .is_some_and(|(l, _)| transport.is_alive(l));
+        if !led {
+            leaderless.push(format!("{}-{}", p.topic, p.index));
+        }
     }
-    let mut leaderless = leaderless(b);
-    if !leaderless.is_empty() {
-        let n = leaderless.len();
+    let unled = leaderless.len();
+    if unled > 0 {
         leaderless.truncate(5);
         why.push(format!(
-            "{n} hosted partitions without a live leader ({}{})",
+            "{unled} hosted partitions without a live leader ({}{})",
             leaderless.join(", "),
-            if n > 5 { ", ..." } else { "" }
+            if unled > 5 { ", ..." } else { "" }
         ));
     }
     if holding > 0 {
@@ -265,27 +282,7 @@ pub fn not_ready_reasons(b: &Broker) -> Vec<String> {
     if poisoned > 0 {
         why.push(format!("{poisoned} partitions poisoned"));
     }
-    why
-}
-
-/// Hosted partitions (`topic-partition`) without a leader this node knows alive, as
-/// Metadata sees them: the local replica's leader, or for a replica that knows of none (a
-/// follower of a group that went quiet before it heard a heartbeat) the leader's own report.
-fn leaderless(b: &Broker) -> Vec<String> {
-    let transport = &b.controller.transport;
-    b.topics
-        .all_partitions()
-        .into_iter()
-        .filter(|p| {
-            let local = p.group().leader().map(keel_raft::node_of);
-            let led = local.is_some_and(|l| transport.is_alive(l))
-                || transport
-                    .reported_leader(&crate::partition::group_name(&p.topic, p.index))
-                    .is_some_and(|(l, _)| transport.is_alive(l));
-            !led
-        })
-        .map(|p| format!("{}-{}", p.topic, p.index))
-        .collect()
+    (why, unled)
 }
 
 /// 200 when the node is caught up and serving: a live controller leader, every replica
