@@ -110,7 +110,10 @@ fn successor(transport: &Transport, group: &keel_raft::Group) -> Option<u64> {
 /// Hands one group over to `to` (or, when `None`, to the voter on a live node least
 /// behind, chosen again at each try); `fence` is the partition whose writes stop meanwhile
 /// (none for the controller's group). Tries again until another node leads the group or
-/// `deadline` passes; on failure this replica leads and takes writes on as before.
+/// `deadline` passes; on failure this replica leads and takes writes on as before. After a
+/// move, `then` says whether the replica stays fenced and out of elections (the node is
+/// stopping) or follows like any other, ready to lead and take writes again when elected.
+#[allow(clippy::too_many_arguments)]
 pub async fn hand_over(
     transport: &Transport,
     group: &keel_raft::Group,
@@ -119,6 +122,7 @@ pub async fn hand_over(
     partition: i32,
     to: Option<u64>,
     deadline: Instant,
+    then: Then,
 ) -> Outcome {
     let me = group.metrics().id;
     if let Some(p) = fence {
@@ -181,8 +185,9 @@ pub async fn hand_over(
             }
         }
     };
-    if !matches!(outcome, Outcome::Moved) {
-        // Still the leader here: it serves on.
+    if !matches!(outcome, Outcome::Moved) || then == Then::Follow {
+        // Still the leader here, it serves on; or another node leads and this replica
+        // follows, and takes writes again should an election make it leader later.
         group.raft.runtime_config().elect(true);
         if let Some(p) = fence {
             p.set_handing_over(false);
@@ -196,6 +201,16 @@ pub async fn hand_over(
 const ATTEMPT: Duration = Duration::from_secs(1);
 /// The pause between attempts.
 const RETRY_AFTER: Duration = Duration::from_millis(50);
+
+/// What a replica does once its group has moved to another node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Then {
+    /// The node is stopping: the replica stays fenced and stands for no election.
+    Stop,
+    /// The node carries on: the replica follows, stands for elections and, if elected,
+    /// takes writes.
+    Follow,
+}
 
 /// How a handover ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,7 +242,17 @@ pub async fn hand_over_all(b: &Arc<Broker>, within: Duration) -> Handover {
             let b = b.clone();
             async move {
                 let transport = &b.controller.transport;
-                hand_over(transport, p.group(), Some(&p), &p.topic, p.index, None, deadline).await
+                hand_over(
+                    transport,
+                    p.group(),
+                    Some(&p),
+                    &p.topic,
+                    p.index,
+                    None,
+                    deadline,
+                    Then::Stop,
+                )
+                .await
             }
         })
         .buffer_unordered(HANDOVERS_IN_FLIGHT)
@@ -239,7 +264,19 @@ pub async fn hand_over_all(b: &Arc<Broker>, within: Duration) -> Handover {
     let mut outcomes = results;
     if controller.is_leader() && controller.voters().len() > 1 {
         out.led += 1;
-        outcomes.push(hand_over(&b.controller.transport, controller, None, "", -1, None, deadline).await);
+        outcomes.push(
+            hand_over(
+                &b.controller.transport,
+                controller,
+                None,
+                "",
+                -1,
+                None,
+                deadline,
+                Then::Stop,
+            )
+            .await,
+        );
     }
     for o in outcomes {
         match o {

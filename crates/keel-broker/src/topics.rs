@@ -968,8 +968,17 @@ pub async fn balance_leaders(topics: std::sync::Weak<Topics>, every: Duration) {
                 let transport = transport.clone();
                 async move {
                     let deadline = std::time::Instant::now() + LEADER_RETURN_WAIT;
-                    crate::handover::hand_over(&transport, p.group(), Some(&p), &p.topic, p.index, Some(to), deadline)
-                        .await
+                    crate::handover::hand_over(
+                        &transport,
+                        p.group(),
+                        Some(&p),
+                        &p.topic,
+                        p.index,
+                        Some(to),
+                        deadline,
+                        crate::handover::Then::Follow,
+                    )
+                    .await
                 }
             })
             .buffer_unordered(64)

@@ -723,6 +723,72 @@ async fn a_joined_node_takes_over_a_drained_node_s_replica() {
     );
 }
 
+/// Reordering a partition's replicas makes another one preferred, and its leader hands
+/// leadership over to it. Three reorders take leadership round all three replicas and
+/// back to the first: a replica that handed leadership over takes writes again when it
+/// leads again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_goes_round_the_replicas_and_each_leader_takes_writes() {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(root.path(), 3, &[]);
+    let bs = bootstrap(&nodes);
+    create_topic(&bs).await;
+    let p = producer(&bs);
+    let mut acked = send(&p, 0, 20).await;
+    let mut leaders = vec![wait_leader(&bs, None).await];
+    for round in 1..=3 {
+        let (mut order, _) = replicas_and_nodes(&bs).expect("metadata");
+        // The current leader goes last; the next replica becomes the preferred one.
+        let at = order
+            .iter()
+            .position(|r| *r == *leaders.last().unwrap())
+            .expect("leader is a replica");
+        order.rotate_left(at + 1);
+        let want = order[0];
+        let list = order.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(",");
+        let (ok, out) = keel_cli(&[
+            "cluster",
+            "reassign",
+            "-b",
+            &bs,
+            "--topic",
+            TOPIC,
+            "--partition",
+            "0",
+            "--replicas",
+            &list,
+            "--wait",
+            "--timeout-s",
+            "60",
+        ]);
+        assert!(ok, "reorder to {list} failed: {out}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while leader(&bs) != Some(want) {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: node {want} never led (order {list})"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        leaders.push(want);
+        let sent = send(&p, round * 20, 20).await;
+        assert_eq!(sent.len(), 20, "round {round}: node {want} leads and takes writes");
+        acked.extend(sent);
+    }
+    assert_eq!(
+        leaders.first(),
+        leaders.last(),
+        "leadership came back to the first leader: {leaders:?}"
+    );
+    let mut distinct = leaders.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "every replica led once: {leaders:?}");
+    let got = read_all(&bs, acked.len());
+    assert_exactly_the_acknowledged(&got, &acked);
+}
+
 /// A byte flips in the leader's closed segment while it runs. The consumer reading it gets
 /// KAFKA_STORAGE_ERROR instead of bad data; the leader reopens its replica, which cuts
 /// the log back at the damage and steps down; a consumer reads everything from the new
