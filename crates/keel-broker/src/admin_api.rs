@@ -138,6 +138,28 @@ async fn cluster(State(b): State<Arc<Broker>>) -> Response {
     let meta = b.controller.meta();
     let transport = &b.controller.transport;
     let controller = b.controller.group.leader().map(keel_raft::node_of);
+    // Replicas per node (every topic's, internal ones too) and leaders per node.
+    let mut replicas: std::collections::BTreeMap<u64, usize> = std::collections::BTreeMap::new();
+    for record in meta.topics.values() {
+        for n in record.replicas.iter().flatten() {
+            *replicas.entry(*n).or_default() += 1;
+        }
+    }
+    let mut leaders: std::collections::BTreeMap<u64, usize> = std::collections::BTreeMap::new();
+    let (mut partitions, mut leaderless, mut under_replicated) = (0usize, 0usize, 0usize);
+    for t in b.topics.list() {
+        for p in super::handlers::metadata::topic_entry(&b, &t, false).partitions {
+            partitions += 1;
+            if p.leader_id.0 < 0 {
+                leaderless += 1;
+            } else {
+                *leaders.entry(p.leader_id.0 as u64).or_default() += 1;
+            }
+            if p.isr_nodes.len() < p.replica_nodes.len() {
+                under_replicated += 1;
+            }
+        }
+    }
     let nodes: Vec<Value> = b
         .topics
         .node_ids()
@@ -151,21 +173,11 @@ async fn cluster(State(b): State<Arc<Broker>>) -> Response {
                 "alive": transport.is_alive(id),
                 "controller_voter": b.controller.voters.contains_key(&id),
                 "controller_leader": controller == Some(id),
+                "replicas": replicas.get(&id).copied().unwrap_or(0),
+                "leaders": leaders.get(&id).copied().unwrap_or(0),
             })
         })
         .collect();
-    let (mut partitions, mut leaderless, mut under_replicated) = (0usize, 0usize, 0usize);
-    for t in b.topics.list() {
-        for p in super::handlers::metadata::topic_entry(&b, &t, false).partitions {
-            partitions += 1;
-            if p.leader_id.0 < 0 {
-                leaderless += 1;
-            }
-            if p.isr_nodes.len() < p.replica_nodes.len() {
-                under_replicated += 1;
-            }
-        }
-    }
     json_response(
         StatusCode::OK,
         json!({

@@ -252,6 +252,9 @@ pub struct BrokerConfig {
     /// How long a node may be unreachable before the controller moves its replicas onto
     /// live nodes (0: never; moves are then `keel cluster reassign`'s and drain's).
     pub replica_replace_after_ms: u64,
+    /// The controller's leader moves replicas between nodes by itself to even out their
+    /// replica counts (a node that joins takes its share; see [`crate::healing`]).
+    pub balance_replicas: bool,
     /// How long the first rebalance of an empty group waits for more members to join
     /// (Kafka's `group.initial.rebalance.delay.ms`).
     pub group_initial_rebalance_delay_ms: u64,
@@ -368,6 +371,7 @@ impl Default for BrokerConfig {
             shutdown_grace_ms: 10_000,
             shutdown_handover_ms: 15_000,
             replica_replace_after_ms: 300_000,
+            balance_replicas: true,
             group_initial_rebalance_delay_ms: 1000,
             offsets_segment_bytes: 16 * 1024 * 1024,
             offsets_compact_bytes: 64 * 1024 * 1024,

@@ -124,6 +124,11 @@ pub struct ClusterMeta {
     /// Client quotas by entity (AlterClientQuotas).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty", with = "quota_entries")]
     pub quotas: crate::quota::Quotas,
+    /// Every registered node that has ever been given a replica. One of them holding none
+    /// was drained: replica balancing gives it none (see [`crate::healing`]), while a node
+    /// that joined and never held one is filled.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub placed: BTreeSet<NodeId>,
 }
 
 /// Quotas as a list of (entity, values): JSON map keys are strings, entities are not.
@@ -229,6 +234,7 @@ fn apply(meta: &mut ClusterMeta, command: &Command) -> (bool, Option<TopicRecord
         }
         Command::UnregisterNode { id } => {
             meta.nodes.remove(id);
+            meta.placed.remove(id);
             false
         }
         Command::AlterClientQuotas { changes } => {
@@ -361,6 +367,12 @@ fn apply(meta: &mut ClusterMeta, command: &Command) -> (bool, Option<TopicRecord
         | Command::DeleteAcls { .. }
         | Command::AlterClientQuotas { .. } => None,
     };
+    if let Some(t) = &topic {
+        if !matches!(command, Command::DeleteTopic { .. }) {
+            let given = t.replicas.iter().flatten().chain(t.reassigning.values().flatten());
+            meta.placed.extend(given);
+        }
+    }
     (applies, topic)
 }
 

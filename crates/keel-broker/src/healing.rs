@@ -12,6 +12,16 @@
 //! as learners, then replace the lost ones; `keel cluster moves` lists them, each decision
 //! is logged and counted (`keel_self_healing_moves`). A few moves start per round, so a
 //! dead node's thousands of partitions move at a pace the live nodes can copy.
+//!
+//! Replica balancing (`balance_replicas`, on by default) evens the replica counts of the
+//! nodes out when they drift apart: a node that joined takes replicas by itself, and the
+//! nodes left after a drain share them evenly. Its plan is pure too ([`balance_plan`]):
+//! each move takes a replica from the node holding the most to the one holding the
+//! fewest, in a partition the latter lacks, at the same place in the replica list (so the
+//! new node also becomes some partitions' preferred leader, and leadership follows, see
+//! [`crate::topics::balance_leaders`]). Balancing waits while any move is under way, while
+//! any node holding a replica is unreachable (self-healing's turn), and gives nothing to a
+//! node that held replicas and holds none now (it was drained on purpose).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -83,19 +93,130 @@ pub fn replacement_plan(
     out
 }
 
-/// Runs on every node; acts while this node leads the controller and
-/// `replica_replace_after_ms` is not 0.
+/// Most moves one balancing round starts (balancing waits for them all to finish before
+/// its next round).
+const BALANCE_MOVES_PER_ROUND: usize = 8;
+
+/// The moves that even out how many replicas the `nodes` hold (those that may take
+/// replicas). Each takes one replica from the node holding the most to the one holding
+/// the fewest, in a partition the latter does not hold and not moved already in this plan,
+/// keeping the replica's place in the list; it stops when the counts are within
+/// [`balance_tolerance`] of each other, when no partition can move, or after `max` moves.
+/// Replicas on nodes outside `nodes` stay where they are.
+pub fn balance_plan(nodes: &[u64], partitions: &[(String, i32, Vec<u64>)], max: usize) -> Vec<Move> {
+    let mut load: BTreeMap<u64, usize> = nodes.iter().map(|n| (*n, 0)).collect();
+    for (_, _, replicas) in partitions {
+        for n in replicas {
+            if let Some(l) = load.get_mut(n) {
+                *l += 1;
+            }
+        }
+    }
+    if load.len() < 2 {
+        return Vec::new();
+    }
+    let total: usize = load.values().sum();
+    let tolerance = balance_tolerance(total, load.len());
+    let mut targets: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
+    let mut moved: BTreeSet<usize> = BTreeSet::new();
+    let mut out = Vec::new();
+    while out.len() < max {
+        let (lo, lo_load) = load
+            .iter()
+            .min_by_key(|(n, l)| (**l, **n))
+            .map(|(n, l)| (*n, *l))
+            .expect("two nodes or more");
+        // The most loaded node that has a partition the least loaded one lacks.
+        let mut by_load: Vec<(u64, usize)> = load.iter().map(|(n, l)| (*n, *l)).collect();
+        by_load.sort_by_key(|(n, l)| (std::cmp::Reverse(*l), *n));
+        let pick = by_load
+            .iter()
+            .take_while(|(_, l)| *l > lo_load + tolerance)
+            .find_map(|(hi, _)| {
+                partitions.iter().enumerate().find_map(|(i, (_, _, replicas))| {
+                    let now = targets.get(&i).unwrap_or(replicas);
+                    (!moved.contains(&i) && now.contains(hi) && !now.contains(&lo)).then_some((i, *hi))
+                })
+            });
+        let Some((i, hi)) = pick else { break };
+        let mut target = partitions[i].2.clone();
+        for n in target.iter_mut().filter(|n| **n == hi) {
+            *n = lo;
+        }
+        *load.get_mut(&hi).expect("a node of the plan") -= 1;
+        *load.get_mut(&lo).expect("a node of the plan") += 1;
+        moved.insert(i);
+        targets.insert(i, target.clone());
+        out.push((partitions[i].0.clone(), partitions[i].1, target));
+    }
+    out
+}
+
+/// How far apart replica counts may be and still count as even: two replicas, or a tenth
+/// of the mean on large clusters (so that balancing does not chase single replicas).
+pub fn balance_tolerance(replicas: usize, nodes: usize) -> usize {
+    (replicas / nodes.max(1) / 10).max(2)
+}
+
+/// Runs on every node; acts while this node leads the controller: self-healing when
+/// `replica_replace_after_ms` is not 0, then replica balancing when `balance_replicas`.
 pub async fn heal(topics: std::sync::Weak<Topics>, every: Duration) {
     let mut down_since: HashMap<u64, Instant> = HashMap::new();
     loop {
         tokio::time::sleep(every).await;
         let Some(t) = topics.upgrade() else { return };
-        let after = Duration::from_millis(t.config.replica_replace_after_ms);
-        if after.is_zero() || !t.controller.group.is_leader() {
+        if !t.controller.group.is_leader() {
             down_since.clear();
             continue;
         }
-        round(&t, after, &mut down_since).await;
+        let after = Duration::from_millis(t.config.replica_replace_after_ms);
+        if after.is_zero() {
+            down_since.clear();
+        } else {
+            round(&t, after, &mut down_since).await;
+        }
+        if t.config.balance_replicas {
+            balance(&t).await;
+        }
+    }
+}
+
+/// One round of replica balancing (see the module's documentation).
+async fn balance(t: &Arc<Topics>) {
+    let transport = &t.controller.transport;
+    let meta = t.controller.meta();
+    if meta.topics.values().any(|r| !r.reassigning.is_empty()) {
+        return;
+    }
+    let mut partitions = Vec::new();
+    let mut holding = BTreeSet::new();
+    for (name, record) in &meta.topics {
+        for (i, replicas) in record.replicas.iter().enumerate() {
+            holding.extend(replicas.iter().copied());
+            partitions.push((name.clone(), i as i32, replicas.clone()));
+        }
+    }
+    if holding.iter().any(|n| !transport.is_alive(*n)) {
+        return;
+    }
+    let nodes: Vec<u64> = t
+        .node_ids()
+        .into_iter()
+        .filter(|n| transport.is_alive(*n) && (holding.contains(n) || !meta.placed.contains(n)))
+        .collect();
+    for (topic, partition, target) in balance_plan(&nodes, &partitions, BALANCE_MOVES_PER_ROUND) {
+        let from = partitions
+            .iter()
+            .find(|(n, p, _)| *n == topic && *p == partition)
+            .map(|(_, _, r)| r.clone())
+            .unwrap_or_default();
+        match t.reassign(&topic, partition, Some(target.clone()), false).await {
+            Ok(()) => {
+                t.metrics.replica_balance_moves.inc();
+                info!(%topic, partition, ?from, ?target, "replica balancing: moving a replica to even the nodes out");
+            }
+            Err(e) => info!(%topic, partition, error = %e.message, "replica balancing move not started"),
+        }
     }
 }
 
@@ -204,6 +325,81 @@ mod tests {
         let p = parts(&[("t", 0, &[1, 2, 3, 4, 5])]);
         let plan = replacement_plan(&gone, &[1, 2, 3, 6, 7], &p, &BTreeSet::new());
         assert_eq!(plan, vec![("t".into(), 0, vec![1, 2, 3, 6, 7])]);
+    }
+
+    fn loads(nodes: &[u64], p: &[(String, i32, Vec<u64>)], plan: &[Move]) -> BTreeMap<u64, usize> {
+        let mut now: BTreeMap<(String, i32), Vec<u64>> =
+            p.iter().map(|(t, i, r)| ((t.clone(), *i), r.clone())).collect();
+        for (t, i, target) in plan {
+            now.insert((t.clone(), *i), target.clone());
+        }
+        let mut load: BTreeMap<u64, usize> = nodes.iter().map(|n| (*n, 0)).collect();
+        for r in now.values() {
+            let mut distinct = r.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(
+                distinct.len(),
+                r.len(),
+                "two replicas of a partition on one node: {r:?}"
+            );
+            for n in r {
+                *load.entry(*n).or_default() += 1;
+            }
+        }
+        load
+    }
+
+    #[test]
+    fn a_node_that_joined_takes_replicas_until_the_counts_are_even() {
+        // Twelve partitions on three nodes, all of them on each: 12, 12, 12 and 0.
+        let p: Vec<(String, i32, Vec<u64>)> = (0..12).map(|i| ("t".to_string(), i, vec![1, 2, 3])).collect();
+        let plan = balance_plan(&[1, 2, 3, 4], &p, 100);
+        let load = loads(&[1, 2, 3, 4], &p, &plan);
+        let (min, max) = (load.values().min().unwrap(), load.values().max().unwrap());
+        assert!(max - min <= balance_tolerance(36, 4), "{load:?}");
+        assert!(load[&4] >= 7, "the new node took {} of 36 replicas", load[&4]);
+        // Each move takes the replica's place: some moves make node 4 a preferred leader.
+        assert!(plan.iter().any(|(_, _, t)| t[0] == 4), "{plan:?}");
+        // Moving more would not help: the plan of the balanced layout is empty.
+        let after: Vec<(String, i32, Vec<u64>)> = p
+            .iter()
+            .map(|(t, i, r)| {
+                let moved = plan.iter().find(|(pt, pi, _)| pt == t && pi == i);
+                (t.clone(), *i, moved.map(|m| m.2.clone()).unwrap_or_else(|| r.clone()))
+            })
+            .collect();
+        assert!(balance_plan(&[1, 2, 3, 4], &after, 100).is_empty());
+    }
+
+    #[test]
+    fn even_counts_and_nodes_outside_the_plan_are_left_alone() {
+        let p = parts(&[("t", 0, &[1, 2]), ("t", 1, &[2, 3]), ("t", 2, &[3, 1])]);
+        assert!(balance_plan(&[1, 2, 3], &p, 10).is_empty());
+        // Node 4 (drained, say) is not among the nodes: it gets nothing.
+        let many: Vec<(String, i32, Vec<u64>)> = (0..9).map(|i| ("t".to_string(), i, vec![1, 2])).collect();
+        let plan = balance_plan(&[1, 2, 3], &many, 100);
+        assert!(!plan.is_empty());
+        assert!(plan.iter().all(|(_, _, t)| !t.contains(&4)), "{plan:?}");
+        let load = loads(&[1, 2, 3], &many, &plan);
+        assert!(
+            load.values().max().unwrap() - load.values().min().unwrap() <= 2,
+            "{load:?}"
+        );
+    }
+
+    #[test]
+    fn a_round_starts_at_most_max_moves_each_on_a_different_partition() {
+        let p: Vec<(String, i32, Vec<u64>)> = (0..40).map(|i| ("t".to_string(), i, vec![1, 2, 3])).collect();
+        let plan = balance_plan(&[1, 2, 3, 4, 5], &p, 8);
+        assert_eq!(plan.len(), 8);
+        let mut moved: Vec<i32> = plan.iter().map(|(_, i, _)| *i).collect();
+        moved.dedup();
+        assert_eq!(moved.len(), 8);
+        assert!(
+            balance_plan(&[1], &p, 8).is_empty(),
+            "one node has nobody to balance with"
+        );
     }
 
     #[test]

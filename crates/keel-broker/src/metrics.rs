@@ -99,6 +99,7 @@ pub struct Metrics {
     pub partition_moves_done: Counter,
     /// Moves the controller started to replace replicas on nodes gone too long.
     pub self_healing_moves: Counter,
+    pub replica_balance_moves: Counter,
     /// Leaderships handed to another node before this one stopped, by outcome.
     pub handovers: Family<OutcomeLabels, Counter>,
     pub quiet_leaders: Gauge,
@@ -184,6 +185,7 @@ impl Metrics {
             partition_moves: Gauge::default(),
             partition_moves_done: Counter::default(),
             self_healing_moves: Counter::default(),
+            replica_balance_moves: Counter::default(),
             handovers: Family::default(),
             quiet_leaders: Gauge::default(),
             sleeping_followers: Gauge::default(),
@@ -351,6 +353,11 @@ impl Metrics {
             "self_healing_moves",
             "Partition moves this node, as the controller's leader, started to replace replicas on nodes unreachable longer than replica_replace_after_ms",
             m.self_healing_moves.clone(),
+        );
+        registry.register(
+            "replica_balance_moves",
+            "Partition moves this node, as the controller's leader, started to even out the nodes' replica counts",
+            m.replica_balance_moves.clone(),
         );
         registry.register(
             "leaderless_partitions",

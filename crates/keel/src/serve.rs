@@ -120,6 +120,10 @@ pub struct ServeArgs {
     /// How long a node may be unreachable before its replicas move to live nodes (0: never).
     #[arg(long, env = "KEEL_REPLICA_REPLACE_AFTER_MS")]
     pub replica_replace_after_ms: Option<u64>,
+    /// Whether the controller moves replicas by itself to even out the nodes' replica
+    /// counts (true by default).
+    #[arg(long, env = "KEEL_BALANCE_REPLICAS")]
+    pub balance_replicas: Option<bool>,
     /// Log level filter (tracing syntax), e.g. info or keel_broker=debug.
     #[arg(long, env = "KEEL_LOG", default_value = "info,openraft=off")]
     pub log: String,
@@ -240,6 +244,9 @@ pub fn load_config(args: &ServeArgs) -> Result<BrokerConfig> {
     }
     if let Some(v) = args.shutdown_handover_ms {
         c.shutdown_handover_ms = v;
+    }
+    if let Some(v) = args.balance_replicas {
+        c.balance_replicas = v;
     }
     if let Some(v) = args.replica_replace_after_ms {
         c.replica_replace_after_ms = v;

@@ -2,14 +2,15 @@
 //! crate): a node holding replicas is killed with kill -9 and stays down; once it has been
 //! unreachable for `--replica-replace-after-ms`, the controller moves its replicas onto the
 //! live nodes by itself, every partition gets back three in-sync replicas on three
-//! different live nodes, and every acknowledged record reads back.
+//! different live nodes, and every acknowledged record reads back. And replica balancing:
+//! a node that joins a cluster takes its share of replicas by itself.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::start_cluster;
+use common::{join_cluster, start_cluster};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -106,4 +107,130 @@ async fn replicas_on_a_node_gone_for_good_move_to_live_nodes_by_themselves() {
             "acknowledged {value} at {partition}/{offset} lost"
         );
     }
+}
+
+/// Three nodes hold every replica of an eight-partition topic (RF=3); a fourth node joins.
+/// With nobody asking, the controller moves replicas onto it until the nodes' replica
+/// counts are even (within two); every partition keeps three in-sync replicas on three
+/// different nodes, and every acknowledged record reads back, written before the moves
+/// and during them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_joins_takes_its_share_of_replicas_by_itself() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(root.path(), 3, &[]);
+    let bs: String = nodes.iter().map(|k| k.kafka.clone()).collect::<Vec<_>>().join(",");
+    common::create_topic(&bs, TOPIC, PARTITIONS, 3).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bs)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .unwrap();
+    let mut acked: Vec<(i32, i64, String)> = Vec::new();
+    let write = |from: usize, n: usize| {
+        let producer = producer.clone();
+        async move {
+            let mut out = Vec::new();
+            for i in from..from + n {
+                let partition = (i % PARTITIONS as usize) as i32;
+                let value = format!("b-{i:04}");
+                let d = producer
+                    .send(
+                        FutureRecord::<(), _>::to(TOPIC).partition(partition).payload(&value),
+                        Duration::from_secs(30),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)
+                    .expect("delivered");
+                out.push((d.partition, d.offset, value));
+            }
+            out
+        }
+    };
+    acked.extend(write(0, 100).await);
+
+    let fourth = join_cluster(root.path(), &nodes, 4, &[]);
+    let bs = format!("{bs},{}", fourth.kafka);
+    let joined = Instant::now();
+    let mut next = 100;
+    let (settled, counts, held) = loop {
+        // Writes go on while replicas move.
+        acked.extend(write(next, 8).await);
+        next += 8;
+        let now = placement(&bs);
+        let whole = now.len() == PARTITIONS as usize
+            && now.values().all(|(replicas, isr)| {
+                let mut distinct = replicas.clone();
+                distinct.sort_unstable();
+                distinct.dedup();
+                replicas.len() == 3 && distinct.len() == 3 && isr.len() == 3
+            });
+        // Replicas per node, every topic's (the internal ones' too), as the admin API says.
+        let cluster = nodes[0].http_get("/api/v1/cluster").1;
+        let counts = replica_counts(&cluster);
+        let even = counts.len() == 4
+            && counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 2
+            && serde_json::from_str::<serde_json::Value>(&cluster)
+                .is_ok_and(|v| v["moves_in_progress"].as_u64() == Some(0));
+        if whole && even {
+            break (
+                joined.elapsed(),
+                counts,
+                now.values().filter(|(r, _)| r.contains(&4)).count(),
+            );
+        }
+        assert!(
+            joined.elapsed() < Duration::from_secs(120),
+            "replicas did not spread onto node 4: {now:?} (replicas per node {counts:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let moves: u64 = nodes
+        .iter()
+        .chain([&fourth])
+        .map(|k| metric(&k.http_get("/metrics").1, "keel_replica_balance_moves_total"))
+        .sum();
+    assert!(held > 0, "node 4 holds none of {TOPIC}'s replicas");
+    assert!(
+        moves >= held as u64,
+        "{moves} balancing moves counted, node 4 holds {held} of {TOPIC}'s replicas"
+    );
+    eprintln!(
+        "replicas per node {counts:?}, {held} of {TOPIC}'s on node 4 ({moves} balancing moves), {settled:?} after it joined"
+    );
+
+    let got = common::read_from_start(&bs, TOPIC, PARTITIONS, acked.len(), Duration::from_secs(60));
+    for (partition, offset, value) in &acked {
+        assert_eq!(
+            got.get(&(*partition, *offset)),
+            Some(value),
+            "acknowledged {value} at {partition}/{offset} lost"
+        );
+    }
+}
+
+/// Replicas per node, ordered by node id, from `/api/v1/cluster`.
+fn replica_counts(cluster: &str) -> Vec<usize> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(cluster) else {
+        return Vec::new();
+    };
+    let mut nodes: Vec<(u64, usize)> = v["nodes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| Some((n["id"].as_u64()?, n["replicas"].as_u64()? as usize)))
+                .collect()
+        })
+        .unwrap_or_default();
+    nodes.sort_unstable();
+    nodes.into_iter().map(|(_, r)| r).collect()
+}
+
+/// A counter's value in a Prometheus text exposition (0 when absent).
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse::<f64>().ok()))
+        .map(|v| v as u64)
+        .unwrap_or(0)
 }
