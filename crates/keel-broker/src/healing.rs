@@ -121,11 +121,9 @@ pub fn balance_plan(nodes: &[u64], partitions: &[(String, i32, Vec<u64>)], max: 
     let mut moved: BTreeSet<usize> = BTreeSet::new();
     let mut out = Vec::new();
     while out.len() < max {
-        let (lo, lo_load) = load
-            .iter()
-            .min_by_key(|(n, l)| (**l, **n))
-            .map(|(n, l)| (*n, *l))
-            .expect("two nodes or more");
+        let Some((lo, lo_load)) = load.iter().min_by_key(|(n, l)| (**l, **n)).map(|(n, l)| (*n, *l)) else {
+            break;
+        };
         // The most loaded node that has a partition the least loaded one lacks.
         let mut by_load: Vec<(u64, usize)> = load.iter().map(|(n, l)| (*n, *l)).collect();
         by_load.sort_by_key(|(n, l)| (std::cmp::Reverse(*l), *n));
@@ -143,8 +141,8 @@ pub fn balance_plan(nodes: &[u64], partitions: &[(String, i32, Vec<u64>)], max: 
         for n in target.iter_mut().filter(|n| **n == hi) {
             *n = lo;
         }
-        *load.get_mut(&hi).expect("a node of the plan") -= 1;
-        *load.get_mut(&lo).expect("a node of the plan") += 1;
+        load.entry(hi).and_modify(|l| *l -= 1);
+        load.entry(lo).and_modify(|l| *l += 1);
         moved.insert(i);
         targets.insert(i, target.clone());
         out.push((partitions[i].0.clone(), partitions[i].1, target));
