@@ -12,7 +12,7 @@ const realFetch = globalThis.fetch;
 async function show(hash) {
   const els = {};
   const el = (id) => (els[id] ??= { id, innerHTML: "", textContent: "" });
-  globalThis.document = { getElementById: el, querySelectorAll: () => [] };
+  globalThis.document = { getElementById: el, querySelectorAll: () => [], addEventListener() {} };
   globalThis.location = { hash };
   globalThis.window = { addEventListener() {} };
   globalThis.setInterval = () => {};
@@ -37,11 +37,24 @@ assert.match(overview, /<th>Node<\/th>/);
 const topics = await show("#/topics");
 assert.ok(topics.includes(`href="#/topics/${topic}"`), topics);
 const one = await show(`#/topics/${topic}`);
-const rows = one.match(/<tr><td class="num">\d+<\/td>/g) ?? [];
+const rows = one.match(/<tr><td class="num"><a href="#\/topics\/[^/]+\/\d+">\d+<\/a><\/td>/g) ?? [];
 assert.equal(rows.length, 3, one);
 assert.match(one, /<td class="num">4<\/td><td class="num">[\d.]+ (B|KiB)<\/td><\/tr>/, "the produced records' high watermark");
+// The message browser: partition 1's four records, in order, as text; partition 2's record
+// with its key, JSON value (pretty-printed) and header, then the same bytes in hex.
+const p1 = await show(`#/topics/${topic}/1?offset=0`);
+const values = [...p1.matchAll(/<tr><td class="num">(\d+)<\/td><td><small>[^<]*<\/small><\/td><td><small>null<\/small><\/td><td>(v\d)<\/td>/g)];
+assert.deepEqual(values.map((m) => [m[1], m[2]]), [["0", "v1"], ["1", "v2"], ["2", "v3"], ["3", "v4"]], p1);
+const p2 = await show(`#/topics/${topic}/2?format=json`);
+assert.ok(p2.includes("<td>order-7 <small>not JSON</small></td>"), `the key, shown as text: ${p2}`);
+assert.ok(p2.includes("&quot;total&quot;: 42"), `the JSON value, pretty-printed: ${p2}`);
+assert.ok(p2.includes("source=web"), `the header: ${p2}`);
+const hex = await show(`#/topics/${topic}/2?format=hex`);
+assert.ok(hex.includes("6f 72 64 65 72 2d 37"), `the key in hex: ${hex}`);
+const late = await show(`#/topics/${topic}/1?timestamp=${Date.now() + 3600000}`);
+assert.match(late, /No records here/, "nothing is written an hour from now");
 const groups = await show("#/groups");
 assert.match(groups, /<h3>console-reader <small>Empty, lag 1<\/small><\/h3>/, groups);
 const moves = await show("#/moves");
 assert.match(moves, /No partition is moving/);
-console.log("console: overview, topics, topic, groups and moves pages render from the admin API");
+console.log("console: overview, topics, topic, message browser, groups and moves pages render from the admin API");

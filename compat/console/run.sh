@@ -22,5 +22,10 @@ from confluent_kafka import Consumer, TopicPartition
 c = Consumer({"bootstrap.servers": sys.argv[1], "group.id": "console-reader", "enable.auto.commit": False})
 c.commit(offsets=[TopicPartition("console-demo", 1, 3)], asynchronous=False)
 c.close()
+# Partition 2 gets one record with a key, a JSON value and a header, for the message browser.
+from confluent_kafka import Producer
+p = Producer({"bootstrap.servers": sys.argv[1], "acks": "all"})
+p.produce("console-demo", partition=2, key=b"order-7", value=b'{"total":42,"items":["x"]}', headers=[("source", b"web")])
+assert p.flush(30) == 0
 PY
 node "$HERE/check.mjs" "http://$HTTP" console-demo

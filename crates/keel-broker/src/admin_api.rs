@@ -35,6 +35,7 @@ pub fn router(broker: Arc<Broker>) -> Router<Arc<Broker>> {
         .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/topics", get(topics))
         .route("/api/v1/topics/{name}", get(topic))
+        .route("/api/v1/topics/{name}/partitions/{partition}/records", get(records))
         .route("/api/v1/moves", get(moves))
         .route("/api/v1/groups", get(groups))
         .route("/console", get(console))
@@ -87,6 +88,8 @@ async fn authenticate(State(b): State<Arc<Broker>>, req: Request, next: Next) ->
     if !b.authorize_cluster(&who, crate::acl::op::DESCRIBE) {
         return error(StatusCode::FORBIDDEN, "not allowed to describe the cluster");
     }
+    let mut req = req;
+    req.extensions_mut().insert(who);
     next.run(req).await
 }
 
@@ -253,6 +256,45 @@ async fn topic(State(b): State<Arc<Broker>>, Path(name): Path<String>) -> Respon
             "partitions": partitions,
         }),
     )
+}
+
+#[derive(serde::Deserialize)]
+struct RecordsQuery {
+    offset: Option<i64>,
+    timestamp: Option<i64>,
+    limit: Option<usize>,
+}
+
+/// A page of a partition's records (see [`crate::browse`]). With the authorizer on, the
+/// user needs READ on the topic, as a consumer would.
+async fn records(
+    State(b): State<Arc<Broker>>,
+    Path((name, partition)): Path<(String, i32)>,
+    axum::extract::Query(q): axum::extract::Query<RecordsQuery>,
+    who: Option<axum::Extension<Session>>,
+) -> Response {
+    if let Some(axum::Extension(who)) = &who {
+        if !b.authorize(who, crate::acl::op::READ, crate::acl::resource::TOPIC, &name) {
+            return error(StatusCode::FORBIDDEN, "not allowed to read the topic");
+        }
+    }
+    let req = crate::browse::Request {
+        topic: name,
+        partition,
+        offset: q.offset,
+        timestamp: q.timestamp,
+        limit: q.limit.unwrap_or(50),
+    };
+    match crate::browse::browse(&b, req).await {
+        Ok(page) => match serde_json::to_value(&page) {
+            Ok(v) => json_response(StatusCode::OK, v),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        },
+        Err(r) => error(
+            StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            &r.message,
+        ),
+    }
 }
 
 /// Consumer groups and their lag, from the node coordinating groups (the leader of

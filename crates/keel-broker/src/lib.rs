@@ -26,6 +26,7 @@
 pub mod acl;
 pub mod admin_api;
 pub mod audit;
+pub mod browse;
 pub mod cleaner;
 pub mod coalesce;
 pub mod config;
@@ -215,6 +216,8 @@ impl Broker {
                 let b = weak.upgrade().ok_or_else(|| "broker stopped".to_string())?;
                 if route == handlers::elect_leaders::ELECT_ROUTE {
                     handlers::elect_leaders::handle_route(&b, &body).await
+                } else if route == browse::BROWSE_ROUTE {
+                    browse::handle_route(&b, &body)
                 } else if route == handover::TAKE_OVER_ROUTE {
                     handover::handle_route(&b, &body).await
                 } else if route == handlers::describe_quorum::QUORUM_ROUTE {

@@ -1,13 +1,14 @@
 //! The admin HTTP API of a running `keel serve`: what it says about the cluster, topics and
 //! partitions matches what a Kafka client (librdkafka) did; every path its OpenAPI document
 //! lists is served; with the authorizer on, it answers only known users allowed to
-//! describe the cluster.
+//! describe the cluster; every node of a cluster shows any partition's records.
 
 mod common;
 
 use std::time::Duration;
 
-use common::Keel;
+use base64::Engine;
+use common::{start_cluster, Keel};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -94,7 +95,7 @@ async fn the_admin_api_reports_what_a_client_did_and_serves_its_openapi_paths() 
     let paths = doc["paths"].as_object().expect("paths");
     assert!(paths.len() >= 5, "{doc}");
     for (path, item) in paths {
-        let concrete = path.replace("{name}", "orders");
+        let concrete = path.replace("{name}", "orders").replace("{partition}", "1");
         let (status, body) = keel.http_get(&concrete);
         let documented = item["get"]["responses"]
             .as_object()
@@ -154,4 +155,100 @@ fn with_the_authorizer_on_the_admin_api_answers_only_users_allowed_to_describe_t
         .find_map(|l| l.strip_prefix("keel_sasl_authentication_failures_total "))
         .and_then(|v| v.trim().parse::<f64>().ok());
     assert!(failures >= Some(2.0), "failed logins not counted: {failures:?}");
+}
+
+/// The message browser's API on three nodes: three partitions with one replica each, on
+/// three different nodes. Every node shows every partition's records (a node that does
+/// not host one asks its leader) with the keys, values, headers and timestamps the
+/// producer sent; offset, timestamp and limit pick the page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_shows_any_partition_s_records_as_the_producer_sent_them() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(root.path(), 3, &[]);
+    let bs: String = nodes.iter().map(|k| k.kafka.clone()).collect::<Vec<_>>().join(",");
+    common::create_topic(&bs, "browse", 3, 1).await;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bs)
+        .set("acks", "all")
+        .create()
+        .unwrap();
+    let base_ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 60_000;
+    for p in 0..3 {
+        for i in 0..3i64 {
+            let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+                key: "h",
+                value: Some(&format!("x{i}")),
+            });
+            producer
+                .send(
+                    FutureRecord::to("browse")
+                        .partition(p)
+                        .key(&format!("k{p}-{i}"))
+                        .payload(&format!("v{p}-{i}"))
+                        .timestamp(base_ts + i * 1000)
+                        .headers(headers),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+    }
+    let text = |v: &Value| -> String {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap_or_else(|| panic!("not base64 text: {v}")))
+            .expect("base64");
+        String::from_utf8(raw).expect("utf-8")
+    };
+    let mut forwarded = 0;
+    for (n, k) in nodes.iter().enumerate() {
+        for p in 0..3 {
+            let (status, body) = k.http_get(&format!("/api/v1/topics/browse/partitions/{p}/records?offset=0"));
+            assert_eq!(status, 200, "node {} partition {p}: {body}", n + 1);
+            let page = json(&body);
+            let records = page["records"].as_array().expect("records");
+            assert_eq!(records.len(), 3, "node {} partition {p}: {page}", n + 1);
+            for (i, r) in records.iter().enumerate() {
+                assert_eq!(r["offset"], i as i64, "{page}");
+                assert_eq!(r["timestamp"], base_ts + i as i64 * 1000, "{page}");
+                assert_eq!(text(&r["key"]), format!("k{p}-{i}"), "{page}");
+                assert_eq!(text(&r["value"]), format!("v{p}-{i}"), "{page}");
+                assert_eq!(r["headers"][0]["key"], "h", "{page}");
+                assert_eq!(text(&r["headers"][0]["value"]), format!("x{i}"), "{page}");
+            }
+            assert_eq!(page["high_watermark"], 3, "{page}");
+            if page["node"] != n as i64 + 1 {
+                forwarded += 1;
+            }
+        }
+    }
+    // Each partition lives on one node: two of every three reads were the leader's answer
+    // passed on.
+    assert_eq!(forwarded, 6, "reads answered by another node than the one asked");
+
+    let k = &nodes[0];
+    let (_, body) = k.http_get("/api/v1/topics/browse/partitions/2/records?offset=1&limit=1");
+    let page = json(&body);
+    assert_eq!(page["records"].as_array().map(|r| r.len()), Some(1), "{page}");
+    assert_eq!(page["records"][0]["offset"], 1, "{page}");
+    let (_, body) = k.http_get(&format!(
+        "/api/v1/topics/browse/partitions/1/records?timestamp={}",
+        base_ts + 1500
+    ));
+    let page = json(&body);
+    assert_eq!(page["from"], 2, "the first record at or after the time: {page}");
+    assert_eq!(page["records"][0]["offset"], 2, "{page}");
+    let (_, body) = k.http_get("/api/v1/topics/browse/partitions/0/records?limit=2");
+    let page = json(&body);
+    let offsets: Vec<i64> = page["records"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|r| r["offset"].as_i64()).collect())
+        .unwrap_or_default();
+    assert_eq!(offsets, vec![1, 2], "no offset given: the last records: {page}");
+    assert_eq!(k.http_get("/api/v1/topics/browse/partitions/7/records").0, 404);
+    assert_eq!(k.http_get("/api/v1/topics/none/partitions/0/records").0, 404);
 }
