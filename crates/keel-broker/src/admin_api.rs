@@ -18,7 +18,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use axum::Router;
 use base64::Engine as _;
 use serde_json::{json, Value};
@@ -37,6 +37,10 @@ pub fn router(broker: Arc<Broker>) -> Router<Arc<Broker>> {
         .route("/api/v1/topics/{name}", get(topic))
         .route("/api/v1/topics/{name}/partitions/{partition}/records", get(records))
         .route("/api/v1/moves", get(moves))
+        .route(
+            "/api/v1/nodes/{id}/maintenance",
+            put(maintenance_on).delete(maintenance_off),
+        )
         .route("/api/v1/groups", get(groups))
         .route("/console", get(console))
         .route_layer(axum::middleware::from_fn_with_state(broker, authenticate))
@@ -176,6 +180,7 @@ async fn cluster(State(b): State<Arc<Broker>>) -> Response {
                 "alive": transport.is_alive(id),
                 "controller_voter": b.controller.voters.contains_key(&id),
                 "controller_leader": controller == Some(id),
+                "maintenance": meta.maintenance.contains(&id),
                 "replicas": replicas.get(&id).copied().unwrap_or(0),
                 "leaders": leaders.get(&id).copied().unwrap_or(0),
             })
@@ -256,6 +261,46 @@ async fn topic(State(b): State<Arc<Broker>>, Path(name): Path<String>) -> Respon
             "partitions": partitions,
         }),
     )
+}
+
+async fn maintenance_on(
+    State(b): State<Arc<Broker>>,
+    Path(id): Path<u64>,
+    who: Option<axum::Extension<Session>>,
+) -> Response {
+    set_maintenance(&b, id, true, who.map(|w| w.0)).await
+}
+
+async fn maintenance_off(
+    State(b): State<Arc<Broker>>,
+    Path(id): Path<u64>,
+    who: Option<axum::Extension<Session>>,
+) -> Response {
+    set_maintenance(&b, id, false, who.map(|w| w.0)).await
+}
+
+/// Puts a node in maintenance or takes it out (`keel cluster maintenance`). With the
+/// authorizer on, the user needs ALTER on the cluster.
+async fn set_maintenance(b: &Arc<Broker>, id: u64, on: bool, who: Option<Session>) -> Response {
+    if let Some(who) = &who {
+        if !b.authorize_cluster(who, crate::acl::op::ALTER) {
+            return error(StatusCode::FORBIDDEN, "not allowed to alter the cluster");
+        }
+    }
+    let result = b.topics.set_maintenance(id, on).await;
+    let code = result.as_ref().err().map(|e| e.code).unwrap_or(0);
+    if let Some(who) = &who {
+        let what = if on { "maintenance on" } else { "maintenance off" };
+        b.audit
+            .change(who, "SetMaintenance", "NODE", &format!("{id} {what}"), code);
+    }
+    match result {
+        Ok(()) => json_response(StatusCode::OK, json!({ "node": id, "maintenance": on })),
+        Err(e) if e.code == kafka_protocol::ResponseError::InvalidRequest.code() => {
+            error(StatusCode::NOT_FOUND, &e.message)
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, &e.message),
+    }
 }
 
 #[derive(serde::Deserialize)]

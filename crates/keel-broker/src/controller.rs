@@ -129,6 +129,9 @@ pub struct ClusterMeta {
     /// that joined and never held one is filled.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub placed: BTreeSet<NodeId>,
+    /// Nodes in maintenance (`keel cluster maintenance`): they lead nothing while others can.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub maintenance: BTreeSet<NodeId>,
 }
 
 /// Quotas as a list of (entity, values): JSON map keys are strings, entities are not.
@@ -188,6 +191,13 @@ pub enum Command {
     UnregisterNode {
         id: NodeId,
     },
+    /// Puts a node in maintenance (`on`) or takes it out: a node in maintenance hands the
+    /// leadership of its partitions and of the controller to other nodes and is given
+    /// none back; its replicas stay (see [`crate::topics::balance_leaders`]).
+    SetMaintenance {
+        id: NodeId,
+        on: bool,
+    },
     /// Adds ACL bindings (CreateAcls).
     CreateAcls {
         acls: Vec<crate::acl::Binding>,
@@ -235,6 +245,15 @@ fn apply(meta: &mut ClusterMeta, command: &Command) -> (bool, Option<TopicRecord
         Command::UnregisterNode { id } => {
             meta.nodes.remove(id);
             meta.placed.remove(id);
+            meta.maintenance.remove(id);
+            false
+        }
+        Command::SetMaintenance { id, on } => {
+            if *on {
+                meta.maintenance.insert(*id);
+            } else {
+                meta.maintenance.remove(id);
+            }
             false
         }
         Command::AlterClientQuotas { changes } => {
@@ -362,6 +381,7 @@ fn apply(meta: &mut ClusterMeta, command: &Command) -> (bool, Option<TopicRecord
         | Command::CompleteReassignment { name, .. } => meta.topics.get(name).cloned(),
         Command::RegisterNode { .. }
         | Command::UnregisterNode { .. }
+        | Command::SetMaintenance { .. }
         | Command::AlterScramCredentials { .. }
         | Command::CreateAcls { .. }
         | Command::DeleteAcls { .. }

@@ -97,11 +97,23 @@ const CAMPAIGN: Duration = Duration::from_millis(300);
 /// The voter that should take over `group` from this node: on a live node, its log
 /// matching the leader's or the least behind.
 fn successor(transport: &Transport, group: &keel_raft::Group) -> Option<u64> {
+    successor_avoiding(transport, group, &Default::default())
+}
+
+/// As [`successor`], never on one of the `avoid` nodes (those in maintenance).
+pub fn successor_avoiding(
+    transport: &Transport,
+    group: &keel_raft::Group,
+    avoid: &std::collections::BTreeSet<u64>,
+) -> Option<u64> {
     let me = group.metrics().id;
     group
         .voters()
         .into_iter()
-        .filter(|r| *r != me && transport.is_alive(keel_raft::node_of(*r)))
+        .filter(|r| {
+            let node = keel_raft::node_of(*r);
+            *r != me && transport.is_alive(node) && !avoid.contains(&node)
+        })
         .filter_map(|r| group.lag_of(r).map(|lag| (lag, r)))
         .min()
         .map(|(_, r)| r)

@@ -99,6 +99,20 @@ impl Topics {
         Ok(())
     }
 
+    /// Puts node `id` in maintenance or takes it out (see [`Command::SetMaintenance`]).
+    pub async fn set_maintenance(&self, id: u64, on: bool) -> Result<(), AdminError> {
+        let _guard = self.admin.lock().await;
+        if !self.node_ids().contains(&id) {
+            return Err(AdminError::new(
+                E::InvalidRequest,
+                format!("node {id} is not in the cluster"),
+            ));
+        }
+        self.commit(Command::SetMaintenance { id, on }).await?;
+        info!(node = id, on, "node maintenance set");
+        Ok(())
+    }
+
     /// Removes node `id` from the cluster's registry: it must hold no replica, not answer
     /// (it was stopped), and not be a controller voter.
     pub async fn unregister_node(&self, id: u64) -> Result<(), AdminError> {

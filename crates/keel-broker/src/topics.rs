@@ -6,7 +6,7 @@
 //! log is replayed at start) opens or closes the partition replicas assigned to this node,
 //! each a Raft group whose log lives in `<data_dir>/topics/<name>/<partition>/`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -947,6 +947,11 @@ pub async fn balance_leaders(topics: std::sync::Weak<Topics>, every: Duration) {
     loop {
         tokio::time::sleep(every).await;
         let Some(t) = topics.upgrade() else { return };
+        let maintenance = t.controller.meta().maintenance.clone();
+        if maintenance.contains(&t.controller.node_id) {
+            hand_off_for_maintenance(&t, &maintenance).await;
+            continue;
+        }
         if t.is_draining() {
             continue;
         }
@@ -955,7 +960,7 @@ pub async fn balance_leaders(topics: std::sync::Weak<Topics>, every: Duration) {
             .all_partitions()
             .into_iter()
             .filter_map(|p| {
-                let to = p.preferred_successor(|n| transport.is_alive(n))?;
+                let to = p.preferred_successor(|n| transport.is_alive(n) && !maintenance.contains(&n))?;
                 Some((p, to))
             })
             .take(LEADER_RECLAIMS_PER_ROUND)
@@ -995,6 +1000,81 @@ pub async fn balance_leaders(topics: std::sync::Weak<Topics>, every: Duration) {
         );
     }
 }
+
+/// This node is in maintenance: it hands the leadership of every partition it leads, and
+/// of the controller, to a caught-up replica on a live node not in maintenance (a few
+/// hundred partitions per round). Its replicas stay and follow; one with no such
+/// replica to take over keeps leading (it is not made unavailable).
+async fn hand_off_for_maintenance(t: &Arc<Topics>, maintenance: &BTreeSet<u64>) {
+    let transport = t.controller.transport.clone();
+    let due: Vec<(Arc<Partition>, u64)> = t
+        .all_partitions()
+        .into_iter()
+        .filter(|p| !p.is_closed() && p.group().is_leader())
+        .filter_map(|p| {
+            let to = crate::handover::successor_avoiding(&transport, p.group(), maintenance)?;
+            Some((p, to))
+        })
+        .take(LEADER_RECLAIMS_PER_ROUND)
+        .collect();
+    let tried = due.len();
+    let outcomes: Vec<crate::handover::Outcome> = futures::stream::iter(due)
+        .map(|(p, to)| {
+            let transport = transport.clone();
+            async move {
+                let deadline = std::time::Instant::now() + MAINTENANCE_HANDOVER_WAIT;
+                crate::handover::hand_over(
+                    &transport,
+                    p.group(),
+                    Some(&p),
+                    &p.topic,
+                    p.index,
+                    Some(to),
+                    deadline,
+                    crate::handover::Then::Follow,
+                )
+                .await
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let mut moved = outcomes
+        .iter()
+        .filter(|o| **o == crate::handover::Outcome::Moved)
+        .count();
+    let controller = &t.controller.group;
+    let mut controller_tried = false;
+    if controller.is_leader() {
+        if let Some(to) = crate::handover::successor_avoiding(&transport, controller, maintenance) {
+            controller_tried = true;
+            let deadline = std::time::Instant::now() + MAINTENANCE_HANDOVER_WAIT;
+            let o = crate::handover::hand_over(
+                &transport,
+                controller,
+                None,
+                "",
+                -1,
+                Some(to),
+                deadline,
+                crate::handover::Then::Follow,
+            )
+            .await;
+            moved += usize::from(o == crate::handover::Outcome::Moved);
+        }
+    }
+    if tried > 0 || controller_tried {
+        info!(
+            moved,
+            tried = tried + usize::from(controller_tried),
+            "maintenance: leadership handed to other nodes"
+        );
+    }
+}
+
+/// How long one handover of a node in maintenance may take before a later round tries it
+/// again.
+const MAINTENANCE_HANDOVER_WAIT: Duration = Duration::from_secs(2);
 
 /// How long handing one partition back to its preferred replica may take (its writes
 /// pause meanwhile); past it the leader keeps the partition until a later round.

@@ -8,9 +8,12 @@
 //! - `drain`: moves every replica off a node (before it is removed), each to the least
 //!   loaded node that lacks one.
 //! - `remove-node`: forgets a drained, stopped node (UnregisterBroker).
+//! - `maintenance`: puts a node in maintenance (its leaderships go to other nodes, its
+//!   replicas stay) or takes it out, for upgrades and repairs.
 //!
 //! They speak Kafka's Metadata, AlterPartitionReassignments and ListPartitionReassignments,
-//! so they work against any Kafka-protocol cluster that serves those.
+//! so they work against any Kafka-protocol cluster that serves those; `maintenance`, which
+//! Kafka has no API for, speaks Keel's admin HTTP API.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -75,6 +78,29 @@ pub enum ClusterCommand {
         #[arg(long)]
         node: i32,
     },
+    /// Put a node in maintenance: it hands every leadership to other nodes and is given
+    /// none back (its replicas stay and follow). `--off` ends it.
+    Maintenance {
+        /// A node's admin HTTP address (any node of the cluster).
+        #[arg(long, env = "KEEL_HTTP", default_value = "127.0.0.1:9644")]
+        http: String,
+        /// HTTP Basic credentials (when the authorizer is on): user.
+        #[arg(long, env = "KEEL_SASL_USER")]
+        user: Option<String>,
+        #[arg(long, env = "KEEL_SASL_PASSWORD", hide_env_values = true)]
+        password: Option<String>,
+        #[arg(long)]
+        node: u64,
+        /// End the node's maintenance.
+        #[arg(long)]
+        off: bool,
+        /// Wait until the node leads nothing (or, with --off, only until it is out).
+        #[arg(long)]
+        wait: bool,
+        /// Longest wait, seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout_s: u64,
+    },
 }
 
 pub async fn run(cmd: ClusterCommand) -> Result<()> {
@@ -103,6 +129,18 @@ pub async fn run(cmd: ClusterCommand) -> Result<()> {
             wait,
             timeout_s,
         } => drain(&conn, node, wait, Duration::from_secs(timeout_s)).await,
+        ClusterCommand::Maintenance {
+            http,
+            user,
+            password,
+            node,
+            off,
+            wait,
+            timeout_s,
+        } => {
+            let auth = user.map(|u| (u, password.unwrap_or_default()));
+            maintenance(&http, auth.as_ref(), node, !off, wait, Duration::from_secs(timeout_s)).await
+        }
         ClusterCommand::RemoveNode { conn, node } => {
             Client::connect(&conn.bootstrap).await?.unregister_broker(node).await?;
             say!("node {node} removed");
@@ -112,6 +150,100 @@ pub async fn run(cmd: ClusterCommand) -> Result<()> {
 }
 
 type Move = (String, i32, Option<Vec<i32>>);
+
+async fn maintenance(
+    http: &str,
+    auth: Option<&(String, String)>,
+    node: u64,
+    on: bool,
+    wait: bool,
+    timeout: Duration,
+) -> Result<()> {
+    let method = if on { "PUT" } else { "DELETE" };
+    let (status, body) = http_call(http, method, &format!("/api/v1/nodes/{node}/maintenance"), auth).await?;
+    if status != 200 {
+        bail!("node {node}: HTTP {status}: {}", body.trim());
+    }
+    say!("node {node}: maintenance {}", if on { "on" } else { "off" });
+    if !(wait && on) {
+        return Ok(());
+    }
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (status, body) = http_call(http, "GET", "/api/v1/cluster", auth).await?;
+        let c: serde_json::Value = serde_json::from_str(&body).context("the cluster's answer")?;
+        let entry = c["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["id"].as_u64() == Some(node)))
+            .cloned()
+            .unwrap_or_default();
+        let leads = entry["leaders"].as_u64().unwrap_or(u64::MAX);
+        let controller = c["controller"].as_u64() == Some(node);
+        if status == 200 && leads == 0 && !controller {
+            say!("node {node} leads nothing");
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "node {node} still leads {leads} partitions{}",
+                if controller { " and the controller" } else { "" }
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// One request to a node's admin HTTP API (plain HTTP/1.1): status and body.
+async fn http_call(addr: &str, method: &str, path: &str, auth: Option<&(String, String)>) -> Result<(u16, String)> {
+    use base64::Engine as _;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(addr))
+        .await
+        .with_context(|| format!("connecting to {addr}"))?
+        .with_context(|| format!("connecting to {addr}"))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n");
+    if let Some((user, password)) = auth {
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        req.push_str(&format!("Authorization: Basic {token}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut raw))
+        .await
+        .context("waiting for the answer")??;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").context("an answer without headers")?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("an answer without a status")?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked")
+    });
+    let body = if chunked { dechunk(body) } else { body.to_string() };
+    Ok((status, body))
+}
+
+/// The body of a chunked HTTP/1.1 answer.
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        let (Some(chunk), Some(next)) = (after.get(..n), after.get(n..)) else {
+            break;
+        };
+        if n == 0 {
+            break;
+        }
+        out.push_str(chunk);
+        rest = next.trim_start_matches("\r\n");
+    }
+    out
+}
 
 async fn alter(conn: &Conn, moves: Vec<Move>) -> Result<()> {
     let mut c = Client::connect(&conn.bootstrap).await?;

@@ -4,7 +4,9 @@
 //! ready on `/health/ready`. Checks that a stopping node leads nothing when it exits and
 //! every partition has a live leader at that moment, that each node exits cleanly and
 //! becomes ready again, and that every acknowledged record reads back exactly once. The
-//! longest time a write waited is printed (docs/benchmarks.md records it).
+//! longest time a write waited is printed (docs/benchmarks.md records it). And
+//! maintenance: a node put in maintenance hands every leadership over and gets none back
+//! until its maintenance ends.
 
 mod common;
 
@@ -180,6 +182,168 @@ async fn a_rolling_restart_hands_leadership_over_and_loses_no_acknowledged_write
             got.get(&(*partition, *offset)),
             Some(value),
             "acknowledged {value} at {partition}/{offset} lost or moved"
+        );
+    }
+    assert_eq!(got.len(), acked.len(), "records that were never acknowledged appeared");
+}
+
+fn keel_cli(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(args)
+        .output()
+        .expect("keel runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// `keel cluster maintenance --node N --wait` while an acks=all producer writes: the node
+/// leads no partition and not the controller when the command returns, keeps its replicas
+/// in sync, and is given no leadership back while in maintenance (watched for five
+/// rounds of leader balancing); after `--off` its preferred partitions come back to it.
+/// Every acknowledged record reads back exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_in_maintenance_leads_nothing_until_its_maintenance_ends() {
+    let root = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(root.path(), 3, &[]);
+    let bs: String = nodes.iter().map(|k| k.kafka.clone()).collect::<Vec<_>>().join(",");
+    common::create_topic(&bs, TOPIC, PARTITIONS, 3).await;
+    for n in &nodes {
+        wait_ready(n, Duration::from_secs(60)).await;
+    }
+    // The node leading the most partitions goes into maintenance.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let before = loop {
+        let l = leaders(&bs);
+        if l.len() == PARTITIONS as usize && l.values().all(|n| *n > 0) {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "not every partition has a leader: {l:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let node = (1..=3)
+        .max_by_key(|n| before.values().filter(|l| *l == n).count())
+        .unwrap();
+    assert!(before.values().any(|l| *l == node));
+
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bs)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "0")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (producer, stop) = (producer.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) && i < 20_000 {
+                let value = format!("m-{i:06}");
+                let partition = (i % PARTITIONS as usize) as i32;
+                let d = producer
+                    .send(
+                        FutureRecord::<(), _>::to(TOPIC).partition(partition).payload(&value),
+                        Duration::from_secs(60),
+                    )
+                    .await
+                    .map_err(|(e, _)| e)
+                    .expect("delivered");
+                acked.push((d.partition, d.offset, value));
+                i += 1;
+            }
+            acked
+        })
+    };
+
+    let http = nodes[0].http.clone();
+    let n = node.to_string();
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        keel_cli(&[
+            "cluster",
+            "maintenance",
+            "--http",
+            &http,
+            "--node",
+            &n,
+            "--wait",
+            "--timeout-s",
+            "60",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "maintenance of node {node}: {out}");
+    let l = leaders(&bs);
+    assert!(
+        l.values().all(|l| *l != node && *l > 0),
+        "node {node} in maintenance: {l:?}"
+    );
+    let (_, cluster) = nodes[0].http_get("/api/v1/cluster");
+    let c: serde_json::Value = serde_json::from_str(&cluster).expect("JSON");
+    assert_ne!(c["controller"].as_i64(), Some(node as i64), "{c}");
+    let entry = c["nodes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["id"].as_i64() == Some(node as i64)))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(entry["maintenance"], true, "{c}");
+    // Its replicas stay and follow: every partition has all three in sync (a leader
+    // elected moments ago may not have heard from every follower yet).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, cluster) = nodes[0].http_get("/api/v1/cluster");
+        let c: serde_json::Value = serde_json::from_str(&cluster).expect("JSON");
+        if c["under_replicated_partitions"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replicas out of sync during maintenance: {c}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Leader balancing runs every 2 s: over five rounds the node is given nothing back.
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(10) {
+        let l = leaders(&bs);
+        assert!(
+            l.values().all(|l| *l != node),
+            "node {node} led again while in maintenance: {l:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let http = nodes[1].http.clone();
+    let n = node.to_string();
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        keel_cli(&["cluster", "maintenance", "--http", &http, "--node", &n, "--off"])
+    })
+    .await
+    .unwrap();
+    assert!(ok, "end of node {node}'s maintenance: {out}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !leaders(&bs).values().any(|l| *l == node) {
+        assert!(
+            Instant::now() < deadline,
+            "node {node} took no leadership back after its maintenance"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let acked = writer.await.unwrap();
+    assert!(acked.len() > 20, "only {} writes acknowledged", acked.len());
+    let got = common::read_from_start(&bs, TOPIC, PARTITIONS, acked.len(), Duration::from_secs(60));
+    for (partition, offset, value) in &acked {
+        assert_eq!(
+            got.get(&(*partition, *offset)),
+            Some(value),
+            "acknowledged {value} at {partition}/{offset} lost"
         );
     }
     assert_eq!(got.len(), acked.len(), "records that were never acknowledged appeared");

@@ -150,7 +150,8 @@ impl Keel {
         self.http_request("POST", path)
     }
 
-    fn http_request(&self, method: &str, path: &str) -> (u16, String) {
+    /// An HTTP request without a body: (status, body).
+    pub fn http_request(&self, method: &str, path: &str) -> (u16, String) {
         self.http_request_with(method, path, "")
     }
 
