@@ -22,9 +22,9 @@
 //! transaction marker once no record of its transaction is left and it is older than
 //! `delete.retention.ms`. What stays: every record without a key, each producer's last
 //! batch (emptied if need be, so its sequence numbers survive), and a batch's span (an
-//! emptied batch stays as a header, runs of them merged into one). Whole segments at the
-//! start of the log that hold no record any more are purged, moving the log start offset,
-//! as Kafka deletes segments its cleaner emptied.
+//! emptied batch stays as a header, runs of them merged into one). Cleaning never moves
+//! the log start offset, as Kafka's cleaner does not: a consumer positioned in a range the
+//! cleaner emptied reads on from the next record instead of being reset.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -247,11 +247,6 @@ pub fn clean_entry(e: &Entry, plan: &Plan, c: &Cleaning, txn_kept: &mut TxnKept)
     Some(out.freeze())
 }
 
-/// Whether an entry holds no record (every batch emptied by cleaning, or none at all).
-pub fn holds_no_record(e: &Entry) -> bool {
-    e.kind != EntryKind::Data || batch::batches(&e.payload).all(|b| matches!(b, Ok((_, h)) if h.record_count == 0))
-}
-
 /// Where a replica keeps the index its cleaner cleaned through.
 pub fn checkpoint_path(dir: &Path) -> std::path::PathBuf {
     dir.join("cleaner-checkpoint")
@@ -271,9 +266,6 @@ pub struct Report {
     pub bytes_freed: u64,
     /// The index the partition is cleaned through now.
     pub cleaned_through: u64,
-    /// Every entry from the log start up to this index holds no record: what lies in
-    /// whole segments below it can be purged.
-    pub dead_before: u64,
 }
 
 #[cfg(test)]

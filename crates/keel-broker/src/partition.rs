@@ -879,9 +879,6 @@ impl Partition {
         };
         let mut txn_kept = cleaner::TxnKept::new();
         let mut report = cleaner::Report::default();
-        // Entries from the log start that hold no record any more: whole segments of them
-        // are purged, as Kafka deletes segments its cleaner emptied.
-        let mut live_seen = false;
         for seg in range.iter().take_while(|s| s.next_index <= planned_end) {
             let mut writer = keel_log::CleanedWriter::create(&dir, seg)?;
             let mut changed = false;
@@ -896,11 +893,6 @@ impl Partition {
                     if let Some(payload) = cleaner::clean_entry(&e, &plan, &cleaning, &mut txn_kept) {
                         e.payload = payload;
                         changed = true;
-                    }
-                    if !live_seen && cleaner::holds_no_record(&e) {
-                        report.dead_before = e.index + 1;
-                    } else {
-                        live_seen = true;
                     }
                     writer.push(&e)?;
                 }

@@ -858,19 +858,6 @@ pub async fn clean_on_interval(
                         tracing::info!(topic = %p.topic, partition = p.index, segments = r.segments_rewritten,
                             freed = r.bytes_freed, through = r.cleaned_through, "cleaned");
                     }
-                    if r.dead_before > 0 {
-                        let before = p.size_bytes();
-                        match p.purge_before_index(r.dead_before).await {
-                            Ok(true) => {
-                                metrics
-                                    .cleaner_reclaimed_bytes
-                                    .inc_by(before.saturating_sub(p.size_bytes()));
-                            }
-                            Ok(false) => {}
-                            Err(e) => tracing::warn!(topic = %p.topic, partition = p.index, error = %e,
-                                "could not purge the segments the cleaner emptied"),
-                        }
-                    }
                 }
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) => {

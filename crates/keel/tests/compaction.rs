@@ -134,7 +134,36 @@ async fn a_compacted_topic_stays_bounded_and_keeps_the_latest_value_of_every_key
             .any(|l| l.starts_with("keel_cleaner_reclaimed_bytes_total ") && !l.ends_with(" 0")),
         "no bytes reclaimed counted"
     );
+    // Cleaning never moves the log start (Kafka's cleaner does not either): the earliest
+    // offset is still 0, though every record there was superseded long ago, and a
+    // consumer positioned there with auto.offset.reset=latest reads on from the next
+    // record instead of being reset past them all.
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &k.kafka)
+        .set("group.id", "positioned")
+        .set("auto.offset.reset", "latest")
+        .create()
+        .unwrap();
+    let (low, high) = c
+        .fetch_watermarks("kv", 0, Duration::from_secs(10))
+        .expect("watermarks");
+    assert_eq!(low, 0, "the log start moved (high watermark {high})");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("kv", 0, Offset::Offset(5)).unwrap();
+    c.assign(&tpl).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            break m.offset();
+        }
+        assert!(Instant::now() < deadline, "nothing read from offset 5");
+    };
     let got = read_all(&k, "kv");
+    assert_eq!(
+        Some(first),
+        got.first().map(|r| r.0),
+        "the first record after offset 5 is the log's first live one"
+    );
     assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "offsets must grow");
     assert!(
         got.len() < written / 4,
