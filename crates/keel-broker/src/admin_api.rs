@@ -181,6 +181,7 @@ async fn cluster(State(b): State<Arc<Broker>>) -> Response {
                 "controller_voter": b.controller.voters.contains_key(&id),
                 "controller_leader": controller == Some(id),
                 "maintenance": meta.maintenance.contains(&id),
+                "rack": info.and_then(|i| i.rack.clone()),
                 "replicas": replicas.get(&id).copied().unwrap_or(0),
                 "leaders": leaders.get(&id).copied().unwrap_or(0),
             })

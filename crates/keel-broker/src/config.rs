@@ -255,6 +255,9 @@ pub struct BrokerConfig {
     /// The controller's leader moves replicas between nodes by itself to even out their
     /// replica counts (a node that joins takes its share; see [`crate::healing`]).
     pub balance_replicas: bool,
+    /// This node's rack (a zone, a room): partitions' replicas are spread over racks
+    /// before nodes, and clients see it in Metadata (Kafka's `broker.rack`).
+    pub rack: Option<String>,
     /// How long the first rebalance of an empty group waits for more members to join
     /// (Kafka's `group.initial.rebalance.delay.ms`).
     pub group_initial_rebalance_delay_ms: u64,
@@ -372,6 +375,7 @@ impl Default for BrokerConfig {
             shutdown_handover_ms: 15_000,
             replica_replace_after_ms: 300_000,
             balance_replicas: true,
+            rack: None,
             group_initial_rebalance_delay_ms: 1000,
             offsets_segment_bytes: 16 * 1024 * 1024,
             offsets_compact_bytes: 64 * 1024 * 1024,

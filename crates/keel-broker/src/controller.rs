@@ -43,6 +43,9 @@ pub struct NodeInfo {
     /// `kafka_host:kafka_port`, included).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub listeners: BTreeMap<String, (String, u16)>,
+    /// The node's rack (a zone, say): a partition's replicas go to different racks first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rack: Option<String>,
 }
 
 /// A topic as the cluster knows it.
@@ -726,8 +729,38 @@ impl Controller {
             }
         }
         nodes.sort_unstable();
+        let meta = self.meta();
+        let nodes = rack_alternated(&nodes, |n| meta.nodes.get(&n).and_then(|i| i.rack.clone()));
         assign(&nodes, name, first, count, rf)
     }
+
+    /// Every registered node's rack (nodes without one are left out).
+    pub fn racks(&self) -> BTreeMap<NodeId, String> {
+        self.meta()
+            .nodes
+            .iter()
+            .filter_map(|(id, n)| n.rack.clone().map(|r| (*id, r)))
+            .collect()
+    }
+}
+
+/// `nodes` (sorted) reordered so that racks alternate: the first node of each rack (racks
+/// by name, nodes without a rack as one more rack), then the second of each, and so on,
+/// as Kafka's rack-aware assignment orders its brokers. Consecutive nodes of the result
+/// are in different racks while every rack has nodes left, so [`assign`]'s runs of
+/// consecutive nodes spread each partition's replicas over racks.
+pub fn rack_alternated(nodes: &[NodeId], rack_of: impl Fn(NodeId) -> Option<String>) -> Vec<NodeId> {
+    let mut racks: BTreeMap<Option<String>, Vec<NodeId>> = BTreeMap::new();
+    for n in nodes {
+        racks.entry(rack_of(*n)).or_default().push(*n);
+    }
+    if racks.len() < 2 {
+        return nodes.to_vec();
+    }
+    let longest = racks.values().map(Vec::len).max().unwrap_or(0);
+    (0..longest)
+        .flat_map(|i| racks.values().filter_map(move |r| r.get(i).copied()))
+        .collect()
 }
 
 /// Keeps the transport's address book in step with the registered nodes, so that every
@@ -858,5 +891,27 @@ mod tests {
         let two = assign(&nodes, "x", 0, 3, 5);
         assert!(two.iter().all(|r| r.len() == 3), "rf is capped at the node count");
         assert!(assign(&[], "x", 0, 1, 1).is_empty());
+    }
+
+    /// Six nodes in three racks: every partition's three replicas are in three racks,
+    /// and its two in two, whatever the topic's name.
+    #[test]
+    fn placement_spreads_replicas_over_racks() {
+        let rack = |n: NodeId| Some(["a", "b", "c"][((n - 1) / 2) as usize].to_string());
+        let nodes = rack_alternated(&[1, 2, 3, 4, 5, 6], rack);
+        assert_eq!(nodes, vec![1, 3, 5, 2, 4, 6]);
+        for name in ["orders", "x", "payments-eu"] {
+            for rf in [2, 3] {
+                for r in assign(&nodes, name, 0, 12, rf) {
+                    let mut racks: Vec<_> = r.iter().map(|n| rack(*n)).collect();
+                    racks.sort();
+                    racks.dedup();
+                    assert_eq!(racks.len(), rf, "{name}: {r:?}");
+                }
+            }
+        }
+        // No racks, or one: the order is the nodes'.
+        assert_eq!(rack_alternated(&[1, 2, 3], |_| None), vec![1, 2, 3]);
+        assert_eq!(rack_alternated(&[1, 2], |_| Some("a".into())), vec![1, 2]);
     }
 }

@@ -42,12 +42,14 @@ const MOVES_IN_FLIGHT_MAX: usize = 64;
 /// The moves that replace every replica on the `gone` nodes with one on a `live` node, for
 /// the partitions (topic, partition, replicas) that can be moved now. `moving` partitions
 /// are left alone, as are those whose live replicas are not a majority and those with no
-/// live node left to take the place.
+/// live node left to take the place. A node in a rack (`racks`) none of the partition's
+/// other replicas is in comes first, then the least loaded.
 pub fn replacement_plan(
     gone: &BTreeSet<u64>,
     live: &[u64],
     partitions: &[(String, i32, Vec<u64>)],
     moving: &BTreeSet<(String, i32)>,
+    racks: &BTreeMap<u64, String>,
 ) -> Vec<Move> {
     let mut load: BTreeMap<u64, usize> = live.iter().map(|n| (*n, 0)).collect();
     for (_, _, replicas) in partitions {
@@ -73,11 +75,17 @@ pub fn replacement_plan(
             if !gone.contains(&target[i]) {
                 continue;
             }
-            // Not a node the partition keeps, nor one taken for another lost replica.
+            // Not a node the partition keeps, nor one taken for another lost replica; in a
+            // rack the partition's other replicas are not in, if there is one.
+            let used: BTreeSet<&String> = target
+                .iter()
+                .filter(|n| !gone.contains(n))
+                .filter_map(|n| racks.get(n))
+                .collect();
             let spare = load
                 .iter()
                 .filter(|(n, _)| !target.contains(n))
-                .min_by_key(|(n, l)| (**l, **n))
+                .min_by_key(|(n, l)| (racks.get(n).is_some_and(|r| used.contains(r)), **l, **n))
                 .map(|(n, _)| *n);
             let Some(s) = spare else { break };
             target[i] = s;
@@ -102,8 +110,14 @@ const BALANCE_MOVES_PER_ROUND: usize = 8;
 /// the fewest, in a partition the latter does not hold and not moved already in this plan,
 /// keeping the replica's place in the list; it stops when the counts are within
 /// [`balance_tolerance`] of each other, when no partition can move, or after `max` moves.
-/// Replicas on nodes outside `nodes` stay where they are.
-pub fn balance_plan(nodes: &[u64], partitions: &[(String, i32, Vec<u64>)], max: usize) -> Vec<Move> {
+/// Replicas on nodes outside `nodes` stay where they are. A move never puts a replica in a
+/// rack (`racks`) another replica of the partition is in, unless it leaves one there.
+pub fn balance_plan(
+    nodes: &[u64],
+    partitions: &[(String, i32, Vec<u64>)],
+    max: usize,
+    racks: &BTreeMap<u64, String>,
+) -> Vec<Move> {
     let mut load: BTreeMap<u64, usize> = nodes.iter().map(|n| (*n, 0)).collect();
     for (_, _, replicas) in partitions {
         for n in replicas {
@@ -133,7 +147,11 @@ pub fn balance_plan(nodes: &[u64], partitions: &[(String, i32, Vec<u64>)], max: 
             .find_map(|(hi, _)| {
                 partitions.iter().enumerate().find_map(|(i, (_, _, replicas))| {
                     let now = targets.get(&i).unwrap_or(replicas);
-                    (!moved.contains(&i) && now.contains(hi) && !now.contains(&lo)).then_some((i, *hi))
+                    let rack_kept = racks.get(&lo) == racks.get(hi)
+                        || !now
+                            .iter()
+                            .any(|n| n != hi && racks.get(n).is_some() && racks.get(n) == racks.get(&lo));
+                    (!moved.contains(&i) && now.contains(hi) && !now.contains(&lo) && rack_kept).then_some((i, *hi))
                 })
             });
         let Some((i, hi)) = pick else { break };
@@ -202,7 +220,8 @@ async fn balance(t: &Arc<Topics>) {
         .into_iter()
         .filter(|n| transport.is_alive(*n) && (holding.contains(n) || !meta.placed.contains(n)))
         .collect();
-    for (topic, partition, target) in balance_plan(&nodes, &partitions, BALANCE_MOVES_PER_ROUND) {
+    let racks = t.controller.racks();
+    for (topic, partition, target) in balance_plan(&nodes, &partitions, BALANCE_MOVES_PER_ROUND, &racks) {
         let from = partitions
             .iter()
             .find(|(n, p, _)| *n == topic && *p == partition)
@@ -254,7 +273,7 @@ async fn round(t: &Arc<Topics>, after: Duration, down_since: &mut HashMap<u64, I
     if moving.len() >= MOVES_IN_FLIGHT_MAX {
         return;
     }
-    let plan = replacement_plan(&gone, &live, &partitions, &moving);
+    let plan = replacement_plan(&gone, &live, &partitions, &moving, &t.controller.racks());
     let room = MOVES_PER_ROUND.min(MOVES_IN_FLIGHT_MAX - moving.len());
     for (topic, partition, target) in plan.into_iter().take(room) {
         let from = partitions
@@ -284,7 +303,7 @@ mod tests {
     fn a_lost_replica_goes_to_the_least_loaded_live_node_not_holding_the_partition() {
         let gone: BTreeSet<u64> = [3].into();
         let p = parts(&[("t", 0, &[1, 2, 3]), ("t", 1, &[2, 3, 4]), ("t", 2, &[1, 2, 4])]);
-        let plan = replacement_plan(&gone, &[1, 2, 4], &p, &BTreeSet::new());
+        let plan = replacement_plan(&gone, &[1, 2, 4], &p, &BTreeSet::new(), &BTreeMap::new());
         // Loads: 1:2, 2:3, 4:2. t/0 may take 4 (not 1 or 2); t/1 may take 1.
         assert_eq!(
             plan,
@@ -297,14 +316,14 @@ mod tests {
         let gone: BTreeSet<u64> = [3].into();
         // Every live node already holds a replica: nowhere to go.
         let p = parts(&[("t", 0, &[1, 2, 3])]);
-        assert!(replacement_plan(&gone, &[1, 2], &p, &BTreeSet::new()).is_empty());
+        assert!(replacement_plan(&gone, &[1, 2], &p, &BTreeSet::new(), &BTreeMap::new()).is_empty());
     }
 
     #[test]
     fn two_replicas_with_one_lost_have_no_majority_to_move_with() {
         let gone: BTreeSet<u64> = [3].into();
         let p = parts(&[("t", 0, &[1, 3])]);
-        assert!(replacement_plan(&gone, &[1, 2], &p, &BTreeSet::new()).is_empty());
+        assert!(replacement_plan(&gone, &[1, 2], &p, &BTreeSet::new(), &BTreeMap::new()).is_empty());
     }
 
     #[test]
@@ -312,8 +331,8 @@ mod tests {
         let gone: BTreeSet<u64> = [2, 3].into();
         let p = parts(&[("t", 0, &[1, 2, 3]), ("t", 1, &[1, 4, 2])]);
         let moving: BTreeSet<(String, i32)> = [("t".to_string(), 1)].into();
-        assert!(replacement_plan(&gone, &[1, 4, 5], &p, &moving).is_empty());
-        let plan = replacement_plan(&gone, &[1, 4, 5], &p, &BTreeSet::new());
+        assert!(replacement_plan(&gone, &[1, 4, 5], &p, &moving, &BTreeMap::new()).is_empty());
+        let plan = replacement_plan(&gone, &[1, 4, 5], &p, &BTreeSet::new(), &BTreeMap::new());
         assert_eq!(plan, vec![("t".into(), 1, vec![1, 4, 5])]);
     }
 
@@ -321,7 +340,7 @@ mod tests {
     fn two_lost_replicas_of_five_get_two_different_nodes() {
         let gone: BTreeSet<u64> = [4, 5].into();
         let p = parts(&[("t", 0, &[1, 2, 3, 4, 5])]);
-        let plan = replacement_plan(&gone, &[1, 2, 3, 6, 7], &p, &BTreeSet::new());
+        let plan = replacement_plan(&gone, &[1, 2, 3, 6, 7], &p, &BTreeSet::new(), &BTreeMap::new());
         assert_eq!(plan, vec![("t".into(), 0, vec![1, 2, 3, 6, 7])]);
     }
 
@@ -352,7 +371,7 @@ mod tests {
     fn a_node_that_joined_takes_replicas_until_the_counts_are_even() {
         // Twelve partitions on three nodes, all of them on each: 12, 12, 12 and 0.
         let p: Vec<(String, i32, Vec<u64>)> = (0..12).map(|i| ("t".to_string(), i, vec![1, 2, 3])).collect();
-        let plan = balance_plan(&[1, 2, 3, 4], &p, 100);
+        let plan = balance_plan(&[1, 2, 3, 4], &p, 100, &BTreeMap::new());
         let load = loads(&[1, 2, 3, 4], &p, &plan);
         let (min, max) = (load.values().min().unwrap(), load.values().max().unwrap());
         assert!(max - min <= balance_tolerance(36, 4), "{load:?}");
@@ -367,16 +386,16 @@ mod tests {
                 (t.clone(), *i, moved.map(|m| m.2.clone()).unwrap_or_else(|| r.clone()))
             })
             .collect();
-        assert!(balance_plan(&[1, 2, 3, 4], &after, 100).is_empty());
+        assert!(balance_plan(&[1, 2, 3, 4], &after, 100, &BTreeMap::new()).is_empty());
     }
 
     #[test]
     fn even_counts_and_nodes_outside_the_plan_are_left_alone() {
         let p = parts(&[("t", 0, &[1, 2]), ("t", 1, &[2, 3]), ("t", 2, &[3, 1])]);
-        assert!(balance_plan(&[1, 2, 3], &p, 10).is_empty());
+        assert!(balance_plan(&[1, 2, 3], &p, 10, &BTreeMap::new()).is_empty());
         // Node 4 (drained, say) is not among the nodes: it gets nothing.
         let many: Vec<(String, i32, Vec<u64>)> = (0..9).map(|i| ("t".to_string(), i, vec![1, 2])).collect();
-        let plan = balance_plan(&[1, 2, 3], &many, 100);
+        let plan = balance_plan(&[1, 2, 3], &many, 100, &BTreeMap::new());
         assert!(!plan.is_empty());
         assert!(plan.iter().all(|(_, _, t)| !t.contains(&4)), "{plan:?}");
         let load = loads(&[1, 2, 3], &many, &plan);
@@ -389,22 +408,60 @@ mod tests {
     #[test]
     fn a_round_starts_at_most_max_moves_each_on_a_different_partition() {
         let p: Vec<(String, i32, Vec<u64>)> = (0..40).map(|i| ("t".to_string(), i, vec![1, 2, 3])).collect();
-        let plan = balance_plan(&[1, 2, 3, 4, 5], &p, 8);
+        let plan = balance_plan(&[1, 2, 3, 4, 5], &p, 8, &BTreeMap::new());
         assert_eq!(plan.len(), 8);
         let mut moved: Vec<i32> = plan.iter().map(|(_, i, _)| *i).collect();
         moved.dedup();
         assert_eq!(moved.len(), 8);
         assert!(
-            balance_plan(&[1], &p, 8).is_empty(),
+            balance_plan(&[1], &p, 8, &BTreeMap::new()).is_empty(),
             "one node has nobody to balance with"
         );
+    }
+
+    fn racks(list: &[(u64, &str)]) -> BTreeMap<u64, String> {
+        list.iter().map(|(n, r)| (*n, r.to_string())).collect()
+    }
+
+    #[test]
+    fn a_lost_replica_goes_to_a_rack_the_partition_lacks_before_a_less_loaded_node() {
+        // Racks a: 1, 4; b: 2, 5; c: 3, 6. Node 3 (rack c) is gone; node 4 (rack a) holds
+        // fewer replicas than node 6 (rack c), but the partition has a replica in rack a.
+        let r = racks(&[(1, "a"), (4, "a"), (2, "b"), (5, "b"), (3, "c"), (6, "c")]);
+        let gone: BTreeSet<u64> = [3].into();
+        let p = parts(&[("t", 0, &[1, 2, 3]), ("u", 0, &[6, 5, 1]), ("u", 1, &[6, 2, 5])]);
+        let plan = replacement_plan(&gone, &[1, 2, 4, 5, 6], &p, &BTreeSet::new(), &r);
+        assert_eq!(plan, vec![("t".into(), 0, vec![1, 2, 6])]);
+        // Without racks, the least loaded node takes it.
+        let plan = replacement_plan(&gone, &[1, 2, 4, 5, 6], &p, &BTreeSet::new(), &BTreeMap::new());
+        assert_eq!(plan, vec![("t".into(), 0, vec![1, 2, 4])]);
+    }
+
+    #[test]
+    fn balancing_keeps_each_partition_s_replicas_in_different_racks() {
+        // Racks a: 1, 4 (4 joined); b: 2; c: 3. Every partition is on 1, 2, 3: node 4 may
+        // take only node 1's replicas (rack a for rack a).
+        let r = racks(&[(1, "a"), (4, "a"), (2, "b"), (3, "c")]);
+        let p: Vec<(String, i32, Vec<u64>)> = (0..12).map(|i| ("t".to_string(), i, vec![1, 2, 3])).collect();
+        let plan = balance_plan(&[1, 2, 3, 4], &p, 100, &r);
+        assert!(!plan.is_empty());
+        for (_, _, target) in &plan {
+            let mut rs: Vec<&String> = target.iter().filter_map(|n| r.get(n)).collect();
+            rs.sort();
+            rs.dedup();
+            assert_eq!(rs.len(), 3, "two replicas in one rack: {target:?}");
+            assert!(!target.contains(&1), "{target:?}");
+        }
+        let load = loads(&[1, 2, 3, 4], &p, &plan);
+        assert_eq!(load[&1] + load[&4], 12, "{load:?}");
+        assert!(load[&1].abs_diff(load[&4]) <= 2, "{load:?}");
     }
 
     #[test]
     fn load_spreads_over_the_live_nodes() {
         let gone: BTreeSet<u64> = [3].into();
         let p: Vec<(String, i32, Vec<u64>)> = (0..6).map(|i| ("t".to_string(), i, vec![1, 5, 3])).collect();
-        let plan = replacement_plan(&gone, &[1, 2, 4, 5], &p, &BTreeSet::new());
+        let plan = replacement_plan(&gone, &[1, 2, 4, 5], &p, &BTreeSet::new(), &BTreeMap::new());
         let mut per: BTreeMap<u64, usize> = BTreeMap::new();
         for (_, _, t) in &plan {
             *per.entry(t[2]).or_default() += 1;

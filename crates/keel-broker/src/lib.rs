@@ -543,6 +543,7 @@ async fn start_replication(
         kafka_port,
         raft_addr,
         listeners: endpoints.clone(),
+        rack: config.rack.clone(),
     };
     tokio::spawn(register_node(controller.clone(), node_id, info));
     Ok((controller, topics))

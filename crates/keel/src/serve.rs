@@ -124,6 +124,9 @@ pub struct ServeArgs {
     /// counts (true by default).
     #[arg(long, env = "KEEL_BALANCE_REPLICAS")]
     pub balance_replicas: Option<bool>,
+    /// This node's rack or zone (Kafka's broker.rack): replicas spread over racks first.
+    #[arg(long, env = "KEEL_RACK")]
+    pub rack: Option<String>,
     /// Log level filter (tracing syntax), e.g. info or keel_broker=debug.
     #[arg(long, env = "KEEL_LOG", default_value = "info,openraft=off")]
     pub log: String,
@@ -247,6 +250,9 @@ pub fn load_config(args: &ServeArgs) -> Result<BrokerConfig> {
     }
     if let Some(v) = args.balance_replicas {
         c.balance_replicas = v;
+    }
+    if let Some(v) = &args.rack {
+        c.rack = Some(v.clone());
     }
     if let Some(v) = args.replica_replace_after_ms {
         c.replica_replace_after_ms = v;

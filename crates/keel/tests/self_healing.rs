@@ -3,14 +3,15 @@
 //! unreachable for `--replica-replace-after-ms`, the controller moves its replicas onto the
 //! live nodes by itself, every partition gets back three in-sync replicas on three
 //! different live nodes, and every acknowledged record reads back. And replica balancing:
-//! a node that joins a cluster takes its share of replicas by itself.
+//! a node that joins a cluster takes its share of replicas by itself. And racks: replicas
+//! are placed, and replaced, in different racks.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::{join_cluster, start_cluster};
+use common::{join_cluster, start_cluster, start_cluster_each};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -233,4 +234,69 @@ fn metric(text: &str, name: &str) -> u64 {
         .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse::<f64>().ok()))
         .map(|v| v as u64)
         .unwrap_or(0)
+}
+
+/// Six nodes in three racks, two each. Every partition of a new topic (three replicas) has
+/// one replica in each rack, and the admin API reports each node's rack. A node dies for
+/// good: each of its replicas is replaced by the other node of its rack, the only rack
+/// the partition then lacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_are_placed_and_replaced_across_racks() {
+    let root = tempfile::tempdir().unwrap();
+    let rack = |i: usize| ["a", "b", "c"][i / 2];
+    let mut nodes = start_cluster_each(root.path(), 6, &|i| {
+        vec![
+            "--rack".into(),
+            rack(i).into(),
+            "--replica-replace-after-ms".into(),
+            "2000".into(),
+        ]
+    });
+    let rack_of = |n: i32| rack(n as usize - 1);
+    let bs: String = nodes.iter().map(|k| k.kafka.clone()).collect::<Vec<_>>().join(",");
+    common::create_topic(&bs, TOPIC, 12, 3).await;
+    let spans_racks = |placed: &BTreeMap<i32, (Vec<i32>, Vec<i32>)>| {
+        placed.len() == 12
+            && placed.values().all(|(replicas, isr)| {
+                let mut racks: Vec<&str> = replicas.iter().map(|n| rack_of(*n)).collect();
+                racks.sort_unstable();
+                racks.dedup();
+                racks.len() == 3 && isr.len() == 3
+            })
+    };
+    let before = placement(&bs);
+    assert!(spans_racks(&before), "replicas not spread over the racks: {before:?}");
+    let (_, cluster) = nodes[0].http_get("/api/v1/cluster");
+    let c: serde_json::Value = serde_json::from_str(&cluster).expect("JSON");
+    for n in c["nodes"].as_array().expect("nodes") {
+        let id = n["id"].as_i64().expect("id") as i32;
+        assert_eq!(n["rack"], rack_of(id), "{c}");
+    }
+
+    let victim = 1;
+    let held = before.values().filter(|(r, _)| r.contains(&victim)).count();
+    assert!(held > 0, "{before:?}");
+    nodes[0].kill9();
+    let survivors: String = nodes[1..].iter().map(|k| k.kafka.clone()).collect::<Vec<_>>().join(",");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let after = loop {
+        let now = placement(&survivors);
+        if spans_racks(&now) && now.values().all(|(r, _)| !r.contains(&victim)) {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {victim}'s replicas not replaced across racks: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    for (p, (replicas, _)) in &before {
+        if replicas.contains(&victim) {
+            assert!(
+                after[p].0.contains(&2),
+                "partition {p}: rack a's other node took no replica: {:?}",
+                after[p]
+            );
+        }
+    }
 }

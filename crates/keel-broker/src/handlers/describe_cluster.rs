@@ -36,6 +36,7 @@ pub async fn handle(
             broker.broker_id = BrokerId(id);
             broker.host = s(host);
             broker.port = port;
+            broker.rack = super::metadata::rack_of(b, id).map(s);
             broker
         })
         .collect();

@@ -117,6 +117,14 @@ pub(crate) fn partition_view(p: &crate::partition::Partition) -> PartitionView {
 /// drops out, so clients stop sending to it) with its address on that listener (a node
 /// without one is left out, as Kafka does), and this one even before its registration is
 /// committed.
+/// Node `id`'s rack, if it has one.
+pub(crate) fn rack_of(b: &Broker, id: i32) -> Option<String> {
+    if id == b.config.node_id {
+        return b.config.rack.clone();
+    }
+    b.controller.meta().nodes.get(&(id as u64)).and_then(|n| n.rack.clone())
+}
+
 pub(crate) fn nodes(b: &Broker, listener: &str) -> Vec<(i32, String, i32)> {
     let meta = b.controller.meta();
     let mut out: Vec<(i32, String, i32)> = meta
@@ -168,6 +176,7 @@ pub async fn handle(
             broker.node_id = BrokerId(id);
             broker.host = s(host);
             broker.port = port;
+            broker.rack = rack_of(b, id).map(s);
             broker
         })
         .collect();

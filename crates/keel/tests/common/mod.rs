@@ -201,6 +201,11 @@ pub fn free_port() -> u16 {
 /// Starts `n` nodes of one cluster (node ids 1..=n) with data in `root/node-<id>`. Nodes
 /// start together: each waits for a controller quorum before it reports ready.
 pub fn start_cluster(root: &Path, n: usize, extra: &[&str]) -> Vec<Keel> {
+    start_cluster_each(root, n, &|_| extra.iter().map(|s| s.to_string()).collect())
+}
+
+/// As [`start_cluster`], with flags of each node's own: `extra(i)` for node `i + 1`.
+pub fn start_cluster_each(root: &Path, n: usize, extra: &dyn Fn(usize) -> Vec<String>) -> Vec<Keel> {
     // A free port is free when picked, not always when the node binds it (another test's
     // listener may take it meanwhile): a node that could not start ends the attempt, and
     // the cluster starts again on new ports in fresh directories.
@@ -215,7 +220,7 @@ pub fn start_cluster(root: &Path, n: usize, extra: &[&str]) -> Vec<Keel> {
     panic!("the cluster did not start in three attempts");
 }
 
-fn try_start_cluster(root: &Path, n: usize, extra: &[&str]) -> Option<Vec<Keel>> {
+fn try_start_cluster(root: &Path, n: usize, extra: &dyn Fn(usize) -> Vec<String>) -> Option<Vec<Keel>> {
     let raft: Vec<u16> = (0..n).map(|_| free_port()).collect();
     let peers: Vec<String> = raft
         .iter()
@@ -235,7 +240,7 @@ fn try_start_cluster(root: &Path, n: usize, extra: &[&str]) -> Option<Vec<Keel>>
                     "--peers".into(),
                     peers.clone(),
                 ];
-                args.extend(extra.iter().map(|s| s.to_string()));
+                args.extend(extra(i));
                 s.spawn(move || {
                     std::fs::create_dir_all(&dir).unwrap();
                     let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
