@@ -255,6 +255,9 @@ pub struct BrokerConfig {
     /// The controller's leader moves replicas between nodes by itself to even out their
     /// replica counts (a node that joins takes its share; see [`crate::healing`]).
     pub balance_replicas: bool,
+    /// The byte rate this node sends to all replicas catching up in partition moves
+    /// together (0: unthrottled), so that moves leave client traffic its bandwidth.
+    pub move_throttle_bytes_per_s: u64,
     /// This node's rack (a zone, a room): partitions' replicas are spread over racks
     /// before nodes, and clients see it in Metadata (Kafka's `broker.rack`).
     pub rack: Option<String>,
@@ -375,6 +378,7 @@ impl Default for BrokerConfig {
             shutdown_handover_ms: 15_000,
             replica_replace_after_ms: 300_000,
             balance_replicas: true,
+            move_throttle_bytes_per_s: 100 << 20,
             rack: None,
             group_initial_rebalance_delay_ms: 1000,
             offsets_segment_bytes: 16 * 1024 * 1024,

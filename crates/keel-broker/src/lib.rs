@@ -447,6 +447,7 @@ async fn start_replication(
 ) -> anyhow::Result<(Arc<controller::Controller>, Arc<topics::Topics>)> {
     let node_id = config.node_id.max(0) as u64;
     let transport = keel_raft::Transport::new(node_id);
+    transport.move_throttle.set_rate(config.move_throttle_bytes_per_s);
     match cluster_secret(config)? {
         Some(secret) => transport.require_secret(secret),
         None if !config.peers.is_empty() => {

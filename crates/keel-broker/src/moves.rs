@@ -197,8 +197,14 @@ impl Topics {
         // is down, as the old voters' may.)
         let voters_now = group.voters();
         let new: Vec<u64> = ids.iter().copied().filter(|id| !voters_now.contains(id)).collect();
+        let throttle = &self.controller.transport.move_throttle;
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
+            // Catching up is throttled (the mark lapses unless renewed: here, while this
+            // node leads the move).
+            for n in &new {
+                throttle.mark(&group.name, *n);
+            }
             let behind: Vec<u64> = new
                 .iter()
                 .filter(|n| group.lag_of(**n).map(|lag| lag > CAUGHT_UP_ENTRIES).unwrap_or(true))
@@ -216,6 +222,9 @@ impl Topics {
         // The move may have been cancelled or changed meanwhile.
         if target(self).as_ref() != Some(&goal) {
             return;
+        }
+        for n in &new {
+            throttle.unmark(&group.name, *n);
         }
         let voters: std::collections::BTreeSet<u64> = ids.iter().copied().collect();
         if let Err(e) = group.set_voters(voters).await {

@@ -26,6 +26,7 @@ pub mod auth;
 pub mod group;
 pub mod liveness;
 pub mod store;
+pub mod throttle;
 pub mod transport;
 pub mod votes;
 

@@ -135,6 +135,8 @@ pub struct Transport {
     tls: RwLock<Option<TransportTls>>,
     /// Handshakes that failed: a peer without the secret, or one speaking for another node.
     auth_failures: AtomicU64,
+    /// The byte rate shared by replicas catching up in partition moves.
+    pub move_throttle: crate::throttle::MoveThrottle,
 }
 
 fn encode_frame(kind: u8, request: u64, from: NodeId, group: &str, body: &[u8]) -> Result<Bytes, TransportError> {
@@ -212,6 +214,7 @@ impl Transport {
     pub fn new(id: NodeId) -> Arc<Transport> {
         Arc::new_cyclic(|me| Transport {
             me: me.clone(),
+            move_throttle: Default::default(),
             refused: Mutex::new(HashMap::new()),
             id,
             peers: RwLock::new(HashMap::new()),
@@ -862,6 +865,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
         GroupNetwork {
             transport: self.transport.clone(),
             group: crate::group_key(&self.group, target),
+            name: self.group.clone(),
             target,
         }
     }
@@ -871,6 +875,8 @@ pub struct GroupNetwork {
     transport: Arc<Transport>,
     /// The group's name as the target replica receives it ([`crate::group_key`]).
     group: String,
+    /// The group's name.
+    name: String,
     /// The target replica's id in the group; its node is [`crate::node_of`] it.
     target: NodeId,
 }
@@ -917,8 +923,39 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
-        self.rpc(KIND_APPEND, RPCTypes::AppendEntries, &rpc, option.hard_ttl())
-            .await
+        let ttl = option.hard_ttl();
+        if !rpc.entries.is_empty() {
+            // A replica catching up in a move shares the move throttle's rate. The wait
+            // stays within half the request's time; past it the request fails as timed
+            // out, unsent, and replication tries again (its bytes were not taken).
+            let bytes: usize = rpc
+                .entries
+                .iter()
+                .map(|e| match &e.payload {
+                    openraft::EntryPayload::Normal(crate::Payload(b, _, _)) => b.len() + 64,
+                    _ => 64,
+                })
+                .sum();
+            let started = tokio::time::Instant::now();
+            loop {
+                match self.transport.move_throttle.try_take(&self.name, self.target, bytes) {
+                    Ok(()) => break,
+                    Err(wait) => {
+                        let left = (ttl / 2).saturating_sub(started.elapsed());
+                        tokio::time::sleep(wait.min(left)).await;
+                        self.transport.move_throttle.waited(wait.min(left));
+                        if wait >= left {
+                            return Err(self.rpc_error(
+                                TransportError::Timeout(crate::node_of(self.target)),
+                                RPCTypes::AppendEntries,
+                                ttl,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        self.rpc(KIND_APPEND, RPCTypes::AppendEntries, &rpc, ttl).await
     }
 
     async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> Result<VoteResponse<NodeId>, RpcErr> {

@@ -124,6 +124,10 @@ pub struct ServeArgs {
     /// counts (true by default).
     #[arg(long, env = "KEEL_BALANCE_REPLICAS")]
     pub balance_replicas: Option<bool>,
+    /// Bytes per second this node sends to replicas catching up in partition moves, all
+    /// together (0: unthrottled) [default: 104857600].
+    #[arg(long, env = "KEEL_MOVE_THROTTLE_BYTES_PER_S")]
+    pub move_throttle_bytes_per_s: Option<u64>,
     /// This node's rack or zone (Kafka's broker.rack): replicas spread over racks first.
     #[arg(long, env = "KEEL_RACK")]
     pub rack: Option<String>,
@@ -250,6 +254,9 @@ pub fn load_config(args: &ServeArgs) -> Result<BrokerConfig> {
     }
     if let Some(v) = args.balance_replicas {
         c.balance_replicas = v;
+    }
+    if let Some(v) = args.move_throttle_bytes_per_s {
+        c.move_throttle_bytes_per_s = v;
     }
     if let Some(v) = &args.rack {
         c.rack = Some(v.clone());

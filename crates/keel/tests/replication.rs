@@ -792,6 +792,79 @@ async fn leadership_goes_round_the_replicas_and_each_leader_takes_writes() {
     assert_exactly_the_acknowledged(&got, &acked);
 }
 
+/// Moves are throttled: with `--move-throttle-bytes-per-s 250000`, moving a partition of
+/// about 2.5 MB to another node takes at least about as long as the rate allows, and the
+/// moved partition holds every acknowledged record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_copies_no_faster_than_the_move_throttle() {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(root.path(), 3, &["--move-throttle-bytes-per-s", "250000"]);
+    let bs = bootstrap(&nodes);
+    common::create_topic(&bs, "throttled", 1, 1).await;
+    let p = producer(&bs);
+    let value = "t".repeat(10_000);
+    let mut acked = Vec::new();
+    for i in 0..250 {
+        let v = format!("{i:04}-{value}");
+        let d = p
+            .send(
+                FutureRecord::<(), _>::to("throttled").partition(0).payload(&v),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("delivered");
+        acked.push((d.partition, d.offset, v));
+    }
+    let from = leader_of(&bs, "throttled", 0).expect("a leader");
+    let to = (1..=3).find(|n| *n != from).unwrap();
+    let started = Instant::now();
+    let bs2 = bs.clone();
+    let (ok, out) = tokio::task::spawn_blocking(move || {
+        keel_cli(&[
+            "cluster",
+            "reassign",
+            "-b",
+            &bs2,
+            "--topic",
+            "throttled",
+            "--partition",
+            "0",
+            "--replicas",
+            &to.to_string(),
+            "--wait",
+            "--timeout-s",
+            "120",
+        ])
+    })
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    assert!(ok, "move from {from} to {to}: {out}");
+    // 2.5 MB at 250 kB/s: ten seconds; the bucket may lend one second's worth.
+    assert!(took >= Duration::from_secs(7), "the move took {took:?}: not throttled");
+    eprintln!("a 2.5 MB partition moved in {took:?} at 250 kB/s");
+    let got = common::read_from_start(&bs, "throttled", 1, acked.len(), Duration::from_secs(60));
+    let wm = {
+        let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &bs).create().unwrap();
+        c.fetch_watermarks("throttled", 0, Duration::from_secs(10))
+    };
+    assert_eq!(
+        got.len(),
+        acked.len(),
+        "records read back after the move (watermarks {wm:?}, leader {:?})",
+        leader_of(&bs, "throttled", 0)
+    );
+    for (partition, offset, v) in &acked {
+        assert_eq!(
+            got.get(&(*partition, *offset)),
+            Some(v),
+            "acknowledged record at {offset} lost"
+        );
+    }
+}
+
 /// A byte flips in the leader's closed segment while it runs. The consumer reading it gets
 /// KAFKA_STORAGE_ERROR instead of bad data; the leader reopens its replica, which cuts
 /// the log back at the damage and steps down; a consumer reads everything from the new

@@ -36,7 +36,7 @@ pub async fn handle(
             let part = topic.as_ref().and_then(|t| t.partition(p.partition_index));
             match part {
                 _ if !allowed => pr.error_code = ResponseError::TopicAuthorizationFailed.code(),
-                None => pr.error_code = ResponseError::UnknownTopicOrPartition.code(),
+                None => pr.error_code = super::not_hosted(topic.as_ref(), p.partition_index),
                 Some(_) if crate::is_internal_topic(t.name.0.as_str()) => {
                     pr.error_code = ResponseError::PolicyViolation.code()
                 }

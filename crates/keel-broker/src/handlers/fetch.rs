@@ -70,7 +70,7 @@ fn read_once(
                 any_error = true;
                 tr.partitions.push(partition_error(
                     fp.partition,
-                    ResponseError::UnknownTopicOrPartition.code(),
+                    super::not_hosted(topic.as_ref(), fp.partition),
                     -1,
                     -1,
                 ));

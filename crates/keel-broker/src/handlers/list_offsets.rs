@@ -43,7 +43,7 @@ pub async fn handle(
                 continue;
             }
             let Some(part) = topic.as_ref().and_then(|t| t.partition(p.partition_index)) else {
-                pr.error_code = ResponseError::UnknownTopicOrPartition.code();
+                pr.error_code = super::not_hosted(topic.as_ref(), p.partition_index);
                 tr.partitions.push(pr);
                 continue;
             };

@@ -48,6 +48,20 @@ pub mod unregister_broker;
 use kafka_protocol::protocol::StrBytes;
 
 /// A response string from a Rust string.
+/// The error for a partition this node holds no replica of: NOT_LEADER_OR_FOLLOWER when
+/// the partition exists (it lives on other nodes, or just moved away: the client refreshes
+/// its metadata and asks the leader, as Kafka's brokers answer), UNKNOWN_TOPIC_OR_PARTITION
+/// when it does not. librdkafka takes the latter as final for ListOffsets, and would reset
+/// a consumer's position.
+pub(crate) fn not_hosted(topic: Option<&std::sync::Arc<crate::topics::Topic>>, index: i32) -> i16 {
+    match topic {
+        Some(t) if index >= 0 && index < t.meta().partitions => {
+            kafka_protocol::ResponseError::NotLeaderOrFollower.code()
+        }
+        _ => kafka_protocol::ResponseError::UnknownTopicOrPartition.code(),
+    }
+}
+
 pub(crate) fn s(v: impl Into<String>) -> StrBytes {
     StrBytes::from_string(v.into())
 }

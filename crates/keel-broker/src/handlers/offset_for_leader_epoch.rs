@@ -39,7 +39,7 @@ pub async fn handle(
                 continue;
             }
             let Some(part) = topic.as_ref().and_then(|t| t.partition(p.partition)) else {
-                pr.error_code = ResponseError::UnknownTopicOrPartition.code();
+                pr.error_code = super::not_hosted(topic.as_ref(), p.partition);
                 tr.partitions.push(pr);
                 continue;
             };

@@ -220,7 +220,7 @@ pub async fn start(
             };
             let Some(part) = topic.partition(index) else {
                 tr.partition_responses
-                    .push(failed(index, ResponseError::UnknownTopicOrPartition.code(), None));
+                    .push(failed(index, super::not_hosted(Some(topic), index), None));
                 continue;
             };
             let records = pd.records.unwrap_or_default();
