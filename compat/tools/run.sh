@@ -104,8 +104,13 @@ tool ${T}.consumer.ConsoleConsumer --bootstrap-server "${B}" --topic tools-t --f
 check "kafka-console-consumer --group (the 50 records, each with its key)" "^50$" \
     bash -c "sed 's/\t/:/' '${WORK}/consumed' | sort | comm -12 - <(sort '${WORK}/records') | wc -l"
 check "kafka-consumer-groups --list" "^tools-g$" tool ${T}.consumer.group.ConsumerGroupCommand --bootstrap-server "${B}" --list
-check "kafka-consumer-groups --describe (lag 0 on every partition)" "(tools-g +tools-t +[0-3] +[0-9]+ +[0-9]+ +0 .*){4}" \
-    bash -c "$(declare -f tool); WORK='${WORK}' CP='${CP}'; tool ${T}.consumer.group.ConsumerGroupCommand --bootstrap-server ${B} --describe --group tools-g | tr '\n' ' '"
+# Kafka 4's console producer sends these keyed lines to one partition (Apache Kafka's own
+# broker shows the same), and the console consumer commits a position only for the
+# partitions it had one for when it stopped: every row listed has lag 0, and the rows
+# cover the 50 records.
+check "kafka-consumer-groups --describe (lag 0 on every partition, the 50 records committed)" "^lag-0 50$" \
+    bash -c "$(declare -f tool); WORK='${WORK}' CP='${CP}'; tool ${T}.consumer.group.ConsumerGroupCommand --bootstrap-server ${B} --describe --group tools-g \
+        | awk '\$1 == \"tools-g\" && \$2 == \"tools-t\" { rows++; sum += \$4; if (\$6 != 0) bad++ } END { if (rows > 0 && !bad) print \"lag-0\", sum; else print \"rows\", rows, \"lagging\", bad }'"
 check "kafka-consumer-groups --reset-offsets --to-earliest --execute" "(tools-g +tools-t +[0-3] +0 .*){4}" \
     bash -c "$(declare -f tool); WORK='${WORK}' CP='${CP}'; tool ${T}.consumer.group.ConsumerGroupCommand --bootstrap-server ${B} --reset-offsets --group tools-g --topic tools-t --to-earliest --execute | tr '\n' ' '"
 check "kafka-get-offsets (latest offsets sum to 50)" "^50$" \

@@ -112,11 +112,6 @@ pub(crate) fn partition_view(p: &crate::partition::Partition) -> PartitionView {
     }
 }
 
-/// The cluster's nodes as Metadata and DescribeCluster list them to a client of
-/// `listener`: every registered node this node hears from (a stopped or cut-off node
-/// drops out, so clients stop sending to it) with its address on that listener (a node
-/// without one is left out, as Kafka does), and this one even before its registration is
-/// committed.
 /// Node `id`'s rack, if it has one.
 pub(crate) fn rack_of(b: &Broker, id: i32) -> Option<String> {
     if id == b.config.node_id {
@@ -125,6 +120,11 @@ pub(crate) fn rack_of(b: &Broker, id: i32) -> Option<String> {
     b.controller.meta().nodes.get(&(id as u64)).and_then(|n| n.rack.clone())
 }
 
+/// The cluster's nodes as Metadata and DescribeCluster list them to a client of
+/// `listener`: every registered node this node hears from (a stopped or cut-off node
+/// drops out, so clients stop sending to it) with its address on that listener (a node
+/// without one is left out, as Kafka does), and this one even before its registration is
+/// committed.
 pub(crate) fn nodes(b: &Broker, listener: &str) -> Vec<(i32, String, i32)> {
     let meta = b.controller.meta();
     let mut out: Vec<(i32, String, i32)> = meta
