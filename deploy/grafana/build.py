@@ -40,6 +40,8 @@ ROWS = [
         ("Partition moves", "short", [
             ("max(keel_partition_moves_in_progress)", "in progress"),
             ("sum(increase(keel_partition_moves_completed_total[5m]))", "completed (5m)"),
+            ("sum(increase(keel_self_healing_moves_total[5m]))", "self-healing (5m)"),
+            ("sum(increase(keel_replica_balance_moves_total[5m]))", "balancing (5m)"),
         ], 8, "timeseries"),
         ("Leadership handovers", "short", [("sum by (outcome) (increase(keel_leadership_handovers_total[5m]))", "{{outcome}}")], 8, "timeseries"),
         ("Poisoned partitions", "short", [("sum by (instance) (keel_poisoned_partitions)", "{{instance}}")], 8, "timeseries"),
