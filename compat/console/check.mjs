@@ -55,6 +55,14 @@ const late = await show(`#/topics/${topic}/1?timestamp=${Date.now() + 3600000}`)
 assert.match(late, /No records here/, "nothing is written an hour from now");
 const groups = await show("#/groups");
 assert.match(groups, /<h3>console-reader <small>Empty, lag 1<\/small><\/h3>/, groups);
+const chaos = await show("#/chaos");
+assert.ok(chaos.includes('href="/api/v1/chaos/run-42/report"'), chaos);
+assert.match(chaos, /<td class="ok">VALID<\/td>/, "the chaos run's verdict");
+const report = await realFetch(base + "/api/v1/chaos/run-42/report");
+assert.equal(report.status, 200);
+assert.match(report.headers.get("content-type"), /text\/html/);
+assert.ok((await report.text()).includes("42"), "the report names its seed");
+assert.equal((await realFetch(base + "/api/v1/chaos/..%2Fdata/report")).status, 404, "only run directories are served");
 const moves = await show("#/moves");
 assert.match(moves, /No partition is moving/);
-console.log("console: overview, topics, topic, message browser, groups and moves pages render from the admin API");
+console.log("console: overview, topics, topic, message browser, groups, moves and chaos runs pages render from the admin API");

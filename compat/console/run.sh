@@ -7,7 +7,11 @@ KEEL=$(realpath "${1:-target/debug/keel}")
 HERE=$(cd "$(dirname "$0")" && pwd)
 WORK=$(mktemp -d)
 trap 'kill $PID 2>/dev/null || true; wait $PID 2>/dev/null || true; rm -rf "$WORK"' EXIT
-"$KEEL" serve --data-dir "$WORK/data" --kafka-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 > "$WORK/out" 2> "$WORK/err" &
+# A short chaos run (three nodes, one kill) whose report the console lists.
+"$KEEL" chaos run --duration 5 --faults kill --seed 42 --out "$WORK/chaos/run-42" > "$WORK/chaos.out" 2>&1 \
+    || { echo "keel chaos run failed"; tail -20 "$WORK/chaos.out"; exit 1; }
+"$KEEL" serve --data-dir "$WORK/data" --kafka-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 \
+    --chaos-reports "$WORK/chaos" > "$WORK/out" 2> "$WORK/err" &
 PID=$!
 for _ in $(seq 1 100); do grep -q "keel ready" "$WORK/out" && break; sleep 0.1; done
 KAFKA=$(grep -o "kafka=[^ ]*" "$WORK/out" | cut -d= -f2)

@@ -37,6 +37,8 @@ pub fn router(broker: Arc<Broker>) -> Router<Arc<Broker>> {
         .route("/api/v1/topics/{name}", get(topic))
         .route("/api/v1/topics/{name}/partitions/{partition}/records", get(records))
         .route("/api/v1/moves", get(moves))
+        .route("/api/v1/chaos", get(chaos_runs))
+        .route("/api/v1/chaos/{run}/report", get(chaos_report))
         .route(
             "/api/v1/nodes/{id}/maintenance",
             put(maintenance_on).delete(maintenance_off),
@@ -262,6 +264,105 @@ async fn topic(State(b): State<Arc<Broker>>, Path(name): Path<String>) -> Respon
             "partitions": partitions,
         }),
     )
+}
+
+/// Most chaos runs listed (the newest).
+const CHAOS_RUNS_MAX: usize = 200;
+/// Largest verdict.json read (a run with many anomalies lists them all).
+const VERDICT_BYTES_MAX: u64 = 16 << 20;
+/// Largest report.html served.
+const REPORT_BYTES_MAX: u64 = 64 << 20;
+
+/// The `keel chaos run` outputs under `chaos_reports_dir`, newest first: each run's seed,
+/// nodes, duration, faults and verdict summary (from its verdict.json).
+async fn chaos_runs(State(b): State<Arc<Broker>>) -> Response {
+    let Some(dir) = b.config.chaos_reports_dir.clone() else {
+        return json_response(StatusCode::OK, json!({ "dir": null, "runs": [] }));
+    };
+    let runs = tokio::task::spawn_blocking(move || read_chaos_runs(std::path::Path::new(&dir))).await;
+    match runs {
+        Ok(runs) => json_response(
+            StatusCode::OK,
+            json!({ "dir": b.config.chaos_reports_dir, "runs": runs }),
+        ),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+fn read_chaos_runs(dir: &std::path::Path) -> Vec<Value> {
+    use std::io::Read;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut runs: Vec<(std::time::SystemTime, Value)> = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path().join("verdict.json");
+        let Ok(f) = std::fs::File::open(&path) else { continue };
+        let modified = f.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
+        let mut text = String::new();
+        if f.take(VERDICT_BYTES_MAX).read_to_string(&mut text).is_err() {
+            continue;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        let verdict = &v["verdict"];
+        let at = modified
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        runs.push((
+            modified,
+            json!({
+                "name": name,
+                "finished_ms": at,
+                "seed": v["seed"],
+                "nodes": v["nodes"],
+                "duration_s": v["duration_s"],
+                "faults": v["faults"],
+                "valid": verdict["valid"],
+                "acknowledged": verdict["acknowledged"],
+                "anomalies": verdict["anomalies"].as_array().map(|a| a.len()),
+                "transactions_committed": verdict["transactions_committed"],
+                "longest_unavailable_ms": verdict["longest_unavailable_ms"],
+                "report": e.path().join("report.html").is_file(),
+            }),
+        ));
+    }
+    runs.sort_by(|a, b| b.0.cmp(&a.0));
+    runs.into_iter().take(CHAOS_RUNS_MAX).map(|(_, v)| v).collect()
+}
+
+/// A chaos run's report.html, as `keel chaos run` wrote it.
+async fn chaos_report(State(b): State<Arc<Broker>>, Path(run): Path<String>) -> Response {
+    let Some(dir) = b.config.chaos_reports_dir.clone() else {
+        return error(StatusCode::NOT_FOUND, "no chaos_reports_dir is configured");
+    };
+    let plain =
+        !run.is_empty() && !run.starts_with('.') && run.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !plain {
+        return error(StatusCode::NOT_FOUND, "no such run");
+    }
+    let path = std::path::Path::new(&dir).join(&run).join("report.html");
+    let read = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+        use std::io::Read;
+        let mut out = Vec::new();
+        std::fs::File::open(path)?
+            .take(REPORT_BYTES_MAX)
+            .read_to_end(&mut out)?;
+        Ok(out)
+    })
+    .await;
+    match read {
+        Ok(Ok(bytes)) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            bytes,
+        )
+            .into_response(),
+        _ => error(StatusCode::NOT_FOUND, "no such run"),
+    }
 }
 
 async fn maintenance_on(

@@ -255,6 +255,10 @@ pub struct BrokerConfig {
     /// The controller's leader moves replicas between nodes by itself to even out their
     /// replica counts (a node that joins takes its share; see [`crate::healing`]).
     pub balance_replicas: bool,
+    /// A directory of `keel chaos run` outputs (one subdirectory per run, as
+    /// `./keel-chaos/<seed>`): the admin API and the console list them and serve their
+    /// reports.
+    pub chaos_reports_dir: Option<String>,
     /// The byte rate this node sends to all replicas catching up in partition moves
     /// together (0: unthrottled), so that moves leave client traffic its bandwidth.
     pub move_throttle_bytes_per_s: u64,
@@ -378,6 +382,7 @@ impl Default for BrokerConfig {
             shutdown_handover_ms: 15_000,
             replica_replace_after_ms: 300_000,
             balance_replicas: true,
+            chaos_reports_dir: None,
             move_throttle_bytes_per_s: 100 << 20,
             rack: None,
             group_initial_rebalance_delay_ms: 1000,

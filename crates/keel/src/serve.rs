@@ -128,6 +128,9 @@ pub struct ServeArgs {
     /// together (0: unthrottled) [default: 104857600].
     #[arg(long, env = "KEEL_MOVE_THROTTLE_BYTES_PER_S")]
     pub move_throttle_bytes_per_s: Option<u64>,
+    /// A directory of `keel chaos run` outputs (e.g. ./keel-chaos) the console lists.
+    #[arg(long, env = "KEEL_CHAOS_REPORTS")]
+    pub chaos_reports: Option<String>,
     /// This node's rack or zone (Kafka's broker.rack): replicas spread over racks first.
     #[arg(long, env = "KEEL_RACK")]
     pub rack: Option<String>,
@@ -257,6 +260,9 @@ pub fn load_config(args: &ServeArgs) -> Result<BrokerConfig> {
     }
     if let Some(v) = args.move_throttle_bytes_per_s {
         c.move_throttle_bytes_per_s = v;
+    }
+    if let Some(v) = &args.chaos_reports {
+        c.chaos_reports_dir = Some(v.clone());
     }
     if let Some(v) = &args.rack {
         c.rack = Some(v.clone());

@@ -13,7 +13,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
@@ -22,7 +22,20 @@ fn json(body: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_reports_what_a_client_did_and_serves_its_openapi_paths() {
     let dir = tempfile::tempdir().unwrap();
-    let keel = Keel::start(dir.path(), &[]);
+    // A directory of chaos runs as `keel chaos run` leaves them: one run with a verdict and
+    // a report, and a directory that is no run.
+    let chaos = tempfile::tempdir().unwrap();
+    let run = chaos.path().join("run-1");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(
+        run.join("verdict.json"),
+        r#"{"seed": 1, "nodes": 3, "duration_s": 60, "faults": ["kill"],
+            "verdict": {"valid": true, "acknowledged": 1234, "anomalies": [], "longest_unavailable_ms": 900}}"#,
+    )
+    .unwrap();
+    std::fs::write(run.join("report.html"), "<html><body>chaos run 1</body></html>").unwrap();
+    std::fs::create_dir_all(chaos.path().join("not-a-run")).unwrap();
+    let keel = Keel::start(dir.path(), &["--chaos-reports", chaos.path().to_str().unwrap()]);
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &keel.kafka)
         .create()
@@ -95,7 +108,10 @@ async fn the_admin_api_reports_what_a_client_did_and_serves_its_openapi_paths() 
     let paths = doc["paths"].as_object().expect("paths");
     assert!(paths.len() >= 5, "{doc}");
     for (path, item) in paths.iter().filter(|(_, item)| item.get("get").is_some()) {
-        let concrete = path.replace("{name}", "orders").replace("{partition}", "1");
+        let concrete = path
+            .replace("{name}", "orders")
+            .replace("{partition}", "1")
+            .replace("{run}", "run-1");
         let (status, body) = keel.http_get(&concrete);
         let documented = item["get"]["responses"]
             .as_object()
@@ -120,6 +136,26 @@ async fn the_admin_api_reports_what_a_client_did_and_serves_its_openapi_paths() 
         used += 1;
     }
     assert!(used >= 4, "the console calls {used} API paths");
+
+    // Chaos runs: the one run listed with its verdict; its report served; nothing else.
+    let (_, body) = keel.http_get("/api/v1/chaos");
+    let listed = json(&body);
+    let runs = listed["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 1, "{listed}");
+    assert_eq!(
+        (
+            &runs[0]["name"],
+            &runs[0]["valid"],
+            &runs[0]["acknowledged"],
+            &runs[0]["anomalies"]
+        ),
+        (&json!("run-1"), &json!(true), &json!(1234), &json!(0)),
+        "{listed}"
+    );
+    let (status, page) = keel.http_get("/api/v1/chaos/run-1/report");
+    assert_eq!((status, page.contains("chaos run 1")), (200, true), "{page}");
+    assert_eq!(keel.http_get("/api/v1/chaos/not-a-run/report").0, 404);
+    assert_eq!(keel.http_get("/api/v1/chaos/..%2Frun-1/report").0, 404);
 
     // Maintenance: set and ended through the API, shown in /cluster; an unknown node is
     // refused.
