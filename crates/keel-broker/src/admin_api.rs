@@ -330,7 +330,7 @@ fn read_chaos_runs(dir: &std::path::Path) -> Vec<Value> {
             }),
         ));
     }
-    runs.sort_by(|a, b| b.0.cmp(&a.0));
+    runs.sort_by_key(|r| std::cmp::Reverse(r.0));
     runs.into_iter().take(CHAOS_RUNS_MAX).map(|(_, v)| v).collect()
 }
 
