@@ -264,8 +264,16 @@ async fn replicas_are_placed_and_replaced_across_racks() {
                 racks.len() == 3 && isr.len() == 3
             })
     };
-    let before = placement(&bs);
-    assert!(spans_racks(&before), "replicas not spread over the racks: {before:?}");
+    // Every partition spans the racks (in sync once its followers have caught up).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let before = loop {
+        let now = placement(&bs);
+        if spans_racks(&now) {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "replicas not spread over the racks: {now:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let (_, cluster) = nodes[0].http_get("/api/v1/cluster");
     let c: serde_json::Value = serde_json::from_str(&cluster).expect("JSON");
     for n in c["nodes"].as_array().expect("nodes") {
