@@ -955,27 +955,7 @@ pub async fn balance_leaders(topics: std::sync::Weak<Topics>, every: Duration) {
         if due.is_empty() {
             continue;
         }
-        let outcomes: Vec<crate::handover::Outcome> = futures::stream::iter(due)
-            .map(|(p, to)| {
-                let transport = transport.clone();
-                async move {
-                    let deadline = std::time::Instant::now() + LEADER_RETURN_WAIT;
-                    crate::handover::hand_over(
-                        &transport,
-                        p.group(),
-                        Some(&p),
-                        &p.topic,
-                        p.index,
-                        Some(to),
-                        deadline,
-                        crate::handover::Then::Follow,
-                    )
-                    .await
-                }
-            })
-            .buffer_unordered(64)
-            .collect()
-            .await;
+        let outcomes = hand_over_each(&transport, due, LEADER_RETURN_WAIT).await;
         let moved = outcomes
             .iter()
             .filter(|o| **o == crate::handover::Outcome::Moved)
@@ -986,6 +966,33 @@ pub async fn balance_leaders(topics: std::sync::Weak<Topics>, every: Duration) {
             "leadership handed back to preferred replicas"
         );
     }
+}
+
+/// Hands each partition's leadership to its chosen successor, 64 at a time, each within
+/// `wait`; the replicas that hand over follow afterwards (the node carries on).
+async fn hand_over_each(
+    transport: &Arc<keel_raft::Transport>,
+    due: Vec<(Arc<Partition>, u64)>,
+    wait: Duration,
+) -> Vec<crate::handover::Outcome> {
+    futures::stream::iter(due)
+        .map(|(p, to)| async move {
+            let deadline = std::time::Instant::now() + wait;
+            crate::handover::hand_over(
+                transport,
+                p.group(),
+                Some(&p),
+                &p.topic,
+                p.index,
+                Some(to),
+                deadline,
+                crate::handover::Then::Follow,
+            )
+            .await
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await
 }
 
 /// This node is in maintenance: it hands the leadership of every partition it leads, and
@@ -1005,27 +1012,7 @@ async fn hand_off_for_maintenance(t: &Arc<Topics>, maintenance: &BTreeSet<u64>) 
         .take(LEADER_RECLAIMS_PER_ROUND)
         .collect();
     let tried = due.len();
-    let outcomes: Vec<crate::handover::Outcome> = futures::stream::iter(due)
-        .map(|(p, to)| {
-            let transport = transport.clone();
-            async move {
-                let deadline = std::time::Instant::now() + MAINTENANCE_HANDOVER_WAIT;
-                crate::handover::hand_over(
-                    &transport,
-                    p.group(),
-                    Some(&p),
-                    &p.topic,
-                    p.index,
-                    Some(to),
-                    deadline,
-                    crate::handover::Then::Follow,
-                )
-                .await
-            }
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await;
+    let outcomes = hand_over_each(&transport, due, MAINTENANCE_HANDOVER_WAIT).await;
     let mut moved = outcomes
         .iter()
         .filter(|o| **o == crate::handover::Outcome::Moved)
