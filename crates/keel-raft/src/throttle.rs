@@ -24,6 +24,9 @@ pub struct MoveThrottle {
     rate: Mutex<u64>,
     bucket: Mutex<(f64, Instant)>,
     marks: Mutex<HashMap<(String, NodeId), Instant>>,
+    /// How many marks there are (lapsed ones included until the next mark): with none,
+    /// replication skips the throttle without a lock.
+    marked: std::sync::atomic::AtomicUsize,
     waited_ms: std::sync::atomic::AtomicU64,
 }
 
@@ -33,6 +36,7 @@ impl Default for MoveThrottle {
             rate: Mutex::new(0),
             bucket: Mutex::new((0.0, Instant::now())),
             marks: Mutex::new(HashMap::new()),
+            marked: Default::default(),
             waited_ms: Default::default(),
         }
     }
@@ -50,14 +54,14 @@ impl MoveThrottle {
         let now = Instant::now();
         marks.retain(|_, until| *until > now);
         marks.insert((group.to_string(), replica), now + MARK_TTL);
+        self.marked.store(marks.len(), std::sync::atomic::Ordering::Release);
     }
 
     /// Replication to `replica` of `group` is no longer throttled.
     pub fn unmark(&self, group: &str, replica: NodeId) {
-        self.marks
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&(group.to_string(), replica));
+        let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+        marks.remove(&(group.to_string(), replica));
+        self.marked.store(marks.len(), std::sync::atomic::Ordering::Release);
     }
 
     fn is_marked(&self, group: &str, replica: NodeId) -> bool {
@@ -73,6 +77,9 @@ impl MoveThrottle {
     /// bucket is not in debt, and its bytes may put it in debt (so a batch larger than a
     /// second's worth still goes, and the senders after it wait the debt off).
     pub fn try_take(&self, group: &str, replica: NodeId, bytes: usize) -> Result<(), Duration> {
+        if self.marked.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            return Ok(());
+        }
         let rate = *self.rate.lock().unwrap_or_else(|e| e.into_inner());
         if rate == 0 || !self.is_marked(group, replica) {
             return Ok(());
