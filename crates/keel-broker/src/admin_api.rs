@@ -169,6 +169,7 @@ async fn cluster(State(b): State<Arc<Broker>>) -> Response {
             }
         }
     }
+    let voters = b.controller.voters();
     let nodes: Vec<Value> = b
         .topics
         .node_ids()
@@ -180,7 +181,7 @@ async fn cluster(State(b): State<Arc<Broker>>) -> Response {
                 "host": info.map(|i| i.kafka_host.clone()),
                 "port": info.map(|i| i.kafka_port),
                 "alive": transport.is_alive(id),
-                "controller_voter": b.controller.voters.contains_key(&id),
+                "controller_voter": voters.contains(&id),
                 "controller_leader": controller == Some(id),
                 "maintenance": meta.maintenance.contains(&id),
                 "rack": info.and_then(|i| i.rack.clone()),

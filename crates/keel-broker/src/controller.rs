@@ -1,6 +1,9 @@
-//! The controller: a Raft group every node takes part in (its voters are the configured
-//! peers; a single node is its only voter), holding the cluster's metadata: nodes,
-//! topics, partition replica assignments, topic configs.
+//! The controller: a Raft group every node takes part in, holding the cluster's metadata:
+//! nodes, topics, partition replica assignments, topic configs. Its first voters are the
+//! configured peers (a single node is its only voter); other nodes join as learners, and
+//! voters can be added and removed on the running cluster ([`Controller::change_voter`],
+//! as KIP-853's AddRaftVoter and RemoveRaftVoter), so any node, a voter included, can be
+//! replaced without stopping the cluster.
 //!
 //! Commands are JSON; applying them is deterministic and happens on every node, which then
 //! serves Metadata from its own copy. Applying also queues [`Event`]s for this node's
@@ -32,6 +35,10 @@ const JOIN_ROUTE: &str = "controller/join";
 /// Transport requests that ask the controller's leader to drop an unregistered node's
 /// learner.
 const LEAVE_ROUTE: &str = "controller/leave";
+/// Transport requests that ask the controller's leader to add or remove a voter.
+const VOTERS_ROUTE: &str = "controller/voters";
+/// How far (in log entries) a learner may be behind the leader and still be made a voter.
+const VOTER_CATCH_UP: u64 = 100;
 
 /// A node as the cluster knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -441,8 +448,10 @@ pub struct Controller {
     pub node_id: NodeId,
     pub transport: Arc<Transport>,
     pub group: Group,
-    /// The controller's voters and their transport addresses.
-    pub voters: BTreeMap<NodeId, Node>,
+    /// The configured peers and their transport addresses: the controller's first voters
+    /// on a new cluster, and the nodes a joining node asks first. The voters now are
+    /// [`Controller::voters`].
+    pub bootstrap: BTreeMap<NodeId, Node>,
     meta: watch::Receiver<Arc<ClusterMeta>>,
     events: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
     /// The broker's own node-to-node routes (transaction markers and verification): every
@@ -507,7 +516,7 @@ impl Controller {
             node_id,
             transport: transport.clone(),
             group,
-            voters,
+            bootstrap: voters,
             meta: meta_rx,
             events: Mutex::new(Some(ev_rx)),
             routes: std::sync::RwLock::new(None),
@@ -519,6 +528,10 @@ impl Controller {
                 let c = weak.upgrade().ok_or_else(|| "controller stopped".to_string())?;
                 if route == JOIN_ROUTE {
                     return c.admit(&body).await;
+                }
+                if route == VOTERS_ROUTE {
+                    let (id, add): (NodeId, bool) = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+                    return c.change_voter_here(id, add).await.map(|()| Bytes::new());
                 }
                 if route == LEAVE_ROUTE {
                     let id: NodeId = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
@@ -543,7 +556,13 @@ impl Controller {
                 }
             })
         }));
-        if c.voters.len() == 1 && c.voters.contains_key(&node_id) {
+        // A single node (by configuration on a new cluster, or by its membership since):
+        // elect it straight away.
+        let alone = match c.voters() {
+            v if v.is_empty() => c.bootstrap.len() == 1 && c.bootstrap.contains_key(&node_id),
+            v => v.len() == 1 && v.contains(&node_id),
+        };
+        if alone {
             let deadline = Instant::now() + Duration::from_secs(10);
             while !c.group.is_ready_leader() && Instant::now() < deadline {
                 if c.group.leader().is_none() {
@@ -553,14 +572,22 @@ impl Controller {
             }
         }
         tokio::spawn(follow_addresses(Arc::downgrade(&c)));
-        info!(node = node_id, voters = c.voters.len(), "controller started");
+        info!(node = node_id, voters = ?c.voters(), "controller started");
         Ok(c)
     }
 
+    /// The controller's voters now (from the membership in its log; empty before this node
+    /// has any).
+    pub fn voters(&self) -> BTreeSet<NodeId> {
+        self.group.voters().into_iter().collect()
+    }
+
     /// Joins a running cluster as a learner of the controller group (a broker that does
-    /// not vote on metadata, as Kafka's brokers are to its KRaft controllers): asks the
-    /// voters in turn until the leader has added it, then waits until this node has applied
-    /// the metadata the leader had then. Retries until `timeout`.
+    /// not vote on metadata, as Kafka's brokers are to its KRaft controllers, until it is
+    /// made a voter): asks the configured peers in turn (any of them forwards to the
+    /// leader) until the leader has added it, then waits until this node has applied the
+    /// metadata the leader had then. A node that is a member already (it restarts) is
+    /// answered at once. Retries until `timeout`.
     pub async fn join(&self, raft_addr: &str, timeout: Duration) -> Result<(), ControllerError> {
         let deadline = Instant::now() + timeout;
         let body = Bytes::from(
@@ -568,10 +595,10 @@ impl Controller {
         );
         let mut last = String::from("no voter answered");
         let index = 'outer: loop {
-            for voter in self.voters.keys() {
+            for peer in self.bootstrap.keys().filter(|p| **p != self.node_id) {
                 let call = self
                     .transport
-                    .call_app(*voter, JOIN_ROUTE, &body, Duration::from_secs(10))
+                    .call_app(*peer, JOIN_ROUTE, &body, Duration::from_secs(10))
                     .await;
                 match call {
                     Ok(b) => match <[u8; 8]>::try_from(b.as_ref()) {
@@ -601,7 +628,7 @@ impl Controller {
     /// Drops node `id`'s learner from the controller group (after it was unregistered), on
     /// the controller's leader, forwarding there if need be.
     pub async fn remove_learner(&self, id: NodeId, timeout: Duration) -> Result<(), ControllerError> {
-        if self.voters.contains_key(&id) {
+        if self.voters().contains(&id) {
             return Ok(());
         }
         let deadline = Instant::now() + timeout;
@@ -630,14 +657,19 @@ impl Controller {
     }
 
     /// On the controller's leader: adds a joining node as a learner. Answers with the
-    /// index of the last applied metadata command.
+    /// index of the last applied metadata command. Another node forwards the request to
+    /// the leader.
     async fn admit(&self, body: &[u8]) -> Result<Bytes, String> {
         let (id, addr): (NodeId, String) = serde_json::from_slice(body).map_err(|e| e.to_string())?;
         if !self.group.is_leader() {
-            return Err(format!("not leader; leader is {:?}", self.group.leader()));
-        }
-        if self.voters.contains_key(&id) {
-            return Err(format!("node {id} is a controller voter; it does not join"));
+            return match self.group.leader().filter(|l| *l != self.node_id) {
+                Some(leader) => self
+                    .transport
+                    .call_app(leader, JOIN_ROUTE, body, Duration::from_secs(10))
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => Err("the controller has no leader".into()),
+            };
         }
         if !self.group.members().contains(&id) {
             self.transport.set_peer(id, addr.clone());
@@ -648,6 +680,80 @@ impl Controller {
             info!(node = id, "node joined the controller group as a learner");
         }
         Ok(Bytes::from(self.meta().applied_index.to_be_bytes().to_vec()))
+    }
+
+    /// Adds node `id` to the controller's voters (`add`) or removes it (it stays a learner,
+    /// so it keeps its metadata and goes on serving as a broker), on the controller's
+    /// leader, forwarding there if need be. A node is made a voter only once it has joined
+    /// and caught up; the last voter is never removed. Returns once the new voters are
+    /// committed.
+    pub async fn change_voter(&self, id: NodeId, add: bool, timeout: Duration) -> Result<(), ControllerError> {
+        let body = serde_json::to_vec(&(id, add)).map_err(|e| ControllerError::Failed(e.to_string()))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let attempt = if self.group.is_leader() {
+                self.change_voter_here(id, add).await
+            } else if let Some(leader) = self.group.leader().filter(|l| *l != self.node_id) {
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.transport
+                    .call_app(leader, VOTERS_ROUTE, &body, left.max(Duration::from_millis(1)))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            } else {
+                Err("the controller has no leader".to_string())
+            };
+            match attempt {
+                Ok(()) => return Ok(()),
+                // A refusal (see change_voter_here) is final; a missing leader is waited for.
+                Err(e) if e.starts_with("refused") || Instant::now() >= deadline => {
+                    return Err(ControllerError::Failed(e))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// [`Controller::change_voter`] on the leader.
+    async fn change_voter_here(&self, id: NodeId, add: bool) -> Result<(), String> {
+        if !self.group.is_leader() {
+            return Err(format!("not leader; leader is {:?}", self.group.leader()));
+        }
+        let voters = self.voters();
+        if add {
+            if voters.contains(&id) {
+                return Err(format!("refused: node {id} is a voter already"));
+            }
+            if !self.group.members().contains(&id) {
+                return Err(format!("refused: node {id} has not joined the cluster"));
+            }
+            match self.group.lag_of(id) {
+                Some(lag) if lag <= VOTER_CATCH_UP => {}
+                // Not a refusal: change_voter waits for it to catch up.
+                Some(lag) => return Err(format!("node {id} is {lag} entries behind")),
+                None => return Err(format!("node {id} has not caught up yet")),
+            }
+        } else {
+            if !voters.contains(&id) {
+                return Err(format!("refused: node {id} is not a voter"));
+            }
+            if voters.len() == 1 {
+                return Err(format!("refused: node {id} is the only voter"));
+            }
+        }
+        let change = async {
+            if add {
+                self.group.add_voter(id).await
+            } else {
+                self.group.remove_voter(id).await
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(30), change).await {
+            Ok(r) => r.map_err(|e| e.to_string())?,
+            Err(_) => return Err("refused: the new voters did not commit in 30 s (is a quorum of them up?)".into()),
+        }
+        info!(node = id, voters = ?self.voters(), "{}", if add { "controller voter added" } else { "controller voter removed" });
+        Ok(())
     }
 
     /// Hands the routes the controller does not serve to `handler`.
@@ -702,7 +808,7 @@ impl Controller {
                 Ok(i) => break i,
                 Err(e) if Instant::now() >= deadline => {
                     return Err(if self.group.leader().is_none() {
-                        ControllerError::NoQuorum(self.voters.len())
+                        ControllerError::NoQuorum(self.voters().len())
                     } else {
                         ControllerError::Failed(e)
                     })
@@ -722,7 +828,7 @@ impl Controller {
     /// Replica lists for `count` new partitions starting at partition `first`: `rf` distinct
     /// nodes each, rotated so that preferred leaders spread over the nodes.
     pub fn assign(&self, name: &str, first: i32, count: i32, rf: usize) -> Vec<Vec<NodeId>> {
-        let mut nodes: Vec<NodeId> = self.voters.keys().copied().collect();
+        let mut nodes: Vec<NodeId> = self.voters().into_iter().collect();
         for id in self.meta().nodes.keys() {
             if !nodes.contains(id) {
                 nodes.push(*id);

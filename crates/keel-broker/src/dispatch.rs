@@ -438,6 +438,26 @@ pub async fn handle_from(
             DescribeProducersRequest,
             handlers::describe_producers::handle
         ),
+        ApiKey::AddRaftVoter => route!(
+            b,
+            session,
+            body,
+            api,
+            v,
+            corr,
+            AddRaftVoterRequest,
+            handlers::raft_voters::handle_add
+        ),
+        ApiKey::RemoveRaftVoter => route!(
+            b,
+            session,
+            body,
+            api,
+            v,
+            corr,
+            RemoveRaftVoterRequest,
+            handlers::raft_voters::handle_remove
+        ),
         ApiKey::DescribeQuorum => route!(
             b,
             session,

@@ -117,10 +117,10 @@ impl Topics {
     /// (it was stopped), and not be a controller voter.
     pub async fn unregister_node(&self, id: u64) -> Result<(), AdminError> {
         let _guard = self.admin.lock().await;
-        if self.controller.voters.contains_key(&id) {
+        if self.controller.voters().contains(&id) {
             return Err(AdminError::new(
                 E::InvalidRequest,
-                format!("node {id} is a controller voter: it stays in the cluster"),
+                format!("node {id} is a controller voter: remove it from the voters first"),
             ));
         }
         if self.controller.transport.is_alive(id) {

@@ -223,7 +223,7 @@ impl Topics {
                     .nodes
                     .get(id)
                     .map(|n| n.raft_addr.clone())
-                    .or_else(|| self.controller.voters.get(id).map(|n| n.addr.clone()))
+                    .or_else(|| self.controller.bootstrap.get(id).map(|n| n.addr.clone()))
                     .unwrap_or_default();
                 (record.replica_id(p, *id), keel_raft::Node { addr })
             })
@@ -552,7 +552,7 @@ impl Topics {
 
     /// The nodes the cluster knows: the controller's voters and every registered node.
     pub fn node_ids(&self) -> Vec<u64> {
-        let mut ids: Vec<u64> = self.controller.voters.keys().copied().collect();
+        let mut ids: Vec<u64> = self.controller.voters().into_iter().collect();
         ids.extend(self.controller.meta().nodes.keys().copied());
         ids.sort_unstable();
         ids.dedup();

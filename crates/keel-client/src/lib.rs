@@ -429,6 +429,36 @@ impl Client {
         Ok(())
     }
 
+    /// Makes node `id` a controller voter (AddRaftVoter, KIP-853).
+    pub async fn add_raft_voter(&mut self, id: i32, timeout: Duration) -> Result<()> {
+        let req = AddRaftVoterRequest::default()
+            .with_voter_id(id)
+            .with_timeout_ms(timeout.as_millis().min(i32::MAX as u128) as i32);
+        let resp = self.call(&req).await?;
+        if resp.error_code != 0 {
+            return Err(kafka_err(
+                format!("AddRaftVoter {id}"),
+                resp.error_code,
+                resp.error_message.map(|m| format!(": {m}")).unwrap_or_default(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Makes controller voter `id` a learner again (RemoveRaftVoter, KIP-853).
+    pub async fn remove_raft_voter(&mut self, id: i32) -> Result<()> {
+        let req = RemoveRaftVoterRequest::default().with_voter_id(id);
+        let resp = self.call(&req).await?;
+        if resp.error_code != 0 {
+            return Err(kafka_err(
+                format!("RemoveRaftVoter {id}"),
+                resp.error_code,
+                resp.error_message.map(|m| format!(": {m}")).unwrap_or_default(),
+            ));
+        }
+        Ok(())
+    }
+
     pub async fn delete_topic(&mut self, name: &str) -> Result<DeleteTopicsResponse> {
         let n = TopicName(StrBytes::from_string(name.to_string()));
         let req = DeleteTopicsRequest::default()

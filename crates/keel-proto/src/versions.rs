@@ -54,6 +54,8 @@ pub const SUPPORTED: &[Supported] = &[
     s(ApiKey::ElectLeaders, 0, 2),
     s(ApiKey::DescribeProducers, 0, 0),
     s(ApiKey::DescribeQuorum, 0, 2),
+    s(ApiKey::AddRaftVoter, 0, 0),
+    s(ApiKey::RemoveRaftVoter, 0, 0),
     s(ApiKey::DescribeTopicPartitions, 0, 0),
     // ACLs (v1+: resource patterns, KIP-290).
     s(ApiKey::CreateAcls, 1, 3),

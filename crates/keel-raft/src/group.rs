@@ -347,6 +347,21 @@ impl Group {
         }
     }
 
+    /// On the leader: makes learner `id` a voter, through a joint configuration (a quorum
+    /// of the old voters and one of the new commit it). Returns once that is committed.
+    pub async fn add_voter(&self, id: NodeId) -> Result<(), ProposeError> {
+        self.change(ChangeMembers::AddVoterIds([id].into_iter().collect()))
+            .await
+    }
+
+    /// On the leader: makes voter `id` a learner (it keeps replicating the log but no longer
+    /// votes or counts towards a quorum). A leader that removes itself steps down once the
+    /// change is committed.
+    pub async fn remove_voter(&self, id: NodeId) -> Result<(), ProposeError> {
+        self.change(ChangeMembers::RemoveVoters([id].into_iter().collect()))
+            .await
+    }
+
     /// On the leader: removes learners (nodes that were being added by a cancelled move).
     pub async fn remove_learners(&self, nodes: BTreeSet<NodeId>) -> Result<(), ProposeError> {
         let members = self.members();

@@ -10,6 +10,8 @@
 //! - `remove-node`: forgets a drained, stopped node (UnregisterBroker).
 //! - `maintenance`: puts a node in maintenance (its leaderships go to other nodes, its
 //!   replicas stay) or takes it out, for upgrades and repairs.
+//! - `add-voter` / `remove-voter`: changes the controller's voters on the running cluster
+//!   (AddRaftVoter / RemoveRaftVoter, KIP-853), so that a voter can be replaced.
 //!
 //! They speak Kafka's Metadata, AlterPartitionReassignments and ListPartitionReassignments,
 //! so they work against any Kafka-protocol cluster that serves those; `maintenance`, which
@@ -70,6 +72,24 @@ pub enum ClusterCommand {
         /// Longest wait, seconds.
         #[arg(long, default_value_t = 600)]
         timeout_s: u64,
+    },
+    /// Make a node that joined the cluster a controller voter (AddRaftVoter).
+    AddVoter {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        node: i32,
+        /// Longest wait for the node to catch up and the change to commit, seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout_s: u64,
+    },
+    /// Stop a node voting on the cluster's metadata (RemoveRaftVoter); it stays in the
+    /// cluster as a broker, and can then be drained and removed if it is to go.
+    RemoveVoter {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        node: i32,
     },
     /// Forget a node that was drained and stopped (UnregisterBroker).
     RemoveNode {
@@ -140,6 +160,19 @@ pub async fn run(cmd: ClusterCommand) -> Result<()> {
         } => {
             let auth = user.map(|u| (u, password.unwrap_or_default()));
             maintenance(&http, auth.as_ref(), node, !off, wait, Duration::from_secs(timeout_s)).await
+        }
+        ClusterCommand::AddVoter { conn, node, timeout_s } => {
+            Client::connect(&conn.bootstrap)
+                .await?
+                .add_raft_voter(node, Duration::from_secs(timeout_s))
+                .await?;
+            say!("node {node} is a controller voter");
+            Ok(())
+        }
+        ClusterCommand::RemoveVoter { conn, node } => {
+            Client::connect(&conn.bootstrap).await?.remove_raft_voter(node).await?;
+            say!("node {node} is no longer a controller voter");
+            Ok(())
         }
         ClusterCommand::RemoveNode { conn, node } => {
             Client::connect(&conn.bootstrap).await?.unregister_broker(node).await?;

@@ -39,6 +39,7 @@ pub mod offset_delete;
 pub mod offset_fetch;
 pub mod offset_for_leader_epoch;
 pub mod produce;
+pub mod raft_voters;
 pub mod sasl;
 pub mod scram_credentials;
 pub mod sync_group;
