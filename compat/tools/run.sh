@@ -151,6 +151,16 @@ check "kafka-metadata-quorum describe --status" "LeaderId: +[1-3].*CurrentVoters
 eventually "kafka-metadata-quorum describe --replication (three voters, none lagging)" "(([1-3])[[:space:]]+[A-Za-z0-9_-]+[[:space:]]+[0-9]+[[:space:]]+0[[:space:]]+[0-9]+[[:space:]]+[0-9]+[[:space:]]+(Leader|Follower).*){3}" \
     bash -c "$(declare -f tool); WORK='${WORK}' CP='${CP}'; tool ${T}.MetadataQuorumCommand --bootstrap-server ${B} describe --replication | tr '\n' ' '"
 
+# KIP-853: take node 3 out of the controller's voters with Kafka's tool (Keel reports the
+# zero directory id), then put it back with `keel cluster add-voter`.
+check "kafka-metadata-quorum remove-controller --controller-id 3" "Removed KRaft controller 3" \
+    tool ${T}.MetadataQuorumCommand --bootstrap-server "${B}" remove-controller --controller-id 3 --controller-directory-id AAAAAAAAAAAAAAAAAAAAAA
+eventually "kafka-metadata-quorum describe --replication (voters 1 and 2, node 3 an observer)" "^Voter,Voter,Observer$" \
+    bash -c "$(declare -f tool); WORK='${WORK}' CP='${CP}'; tool ${T}.MetadataQuorumCommand --bootstrap-server ${B} describe --replication | awk 'NR > 1 && \$1 ~ /^[1-3]\$/ {print \$1, \$NF}' | sort | awk '{print \$2}' | sed 's/Leader/Voter/; s/Follower/Voter/' | paste -sd,"
+check "keel cluster add-voter --node 3" "node 3 is a controller voter" "${KEEL}" cluster add-voter --bootstrap "${B}" --node 3
+eventually "kafka-metadata-quorum describe --replication (three voters again)" "^Voter,Voter,Voter$" \
+    bash -c "$(declare -f tool); WORK='${WORK}' CP='${CP}'; tool ${T}.MetadataQuorumCommand --bootstrap-server ${B} describe --replication | awk 'NR > 1 && \$1 ~ /^[1-3]\$/ {print \$1, \$NF}' | sort | awk '{print \$2}' | sed 's/Leader/Voter/; s/Follower/Voter/' | paste -sd,"
+
 echo "== kafka-topics --delete"
 succeeds "kafka-topics --delete" tool ${T}.TopicCommand --bootstrap-server "${B}" --delete --topic tools-t
 eventually "deleted topic no longer listed" "^0$" bash -c "$(declare -f tool); WORK='${WORK}' CP='${CP}'; tool ${T}.TopicCommand --bootstrap-server ${B} --list | grep -c '^tools-t$'"

@@ -1,6 +1,6 @@
 //! UnregisterBroker: forget a node that was drained and stopped. Refused while the node
-//! holds (or is to hold) a replica, while it still answers, and for controller voters
-//! (the controller's voters are fixed).
+//! holds (or is to hold) a replica, while it still answers, and while it is a controller
+//! voter (RemoveRaftVoter first).
 
 use std::sync::Arc;
 
