@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The web console against a running `keel serve`: its own script, run in Node, renders
-# every page from the admin API. Needs compat/setup.sh's venv.
+# every page from the admin API; then Chromium shows it, driven page by page by Playwright.
+# Needs compat/setup.sh's venv.
 # Usage: bash compat/console/run.sh path/to/keel
 set -euo pipefail
 KEEL=$(realpath "${1:-target/debug/keel}")
@@ -33,3 +34,16 @@ p.produce("console-demo", partition=2, key=b"order-7", value=b'{"total":42,"item
 assert p.flush(30) == 0
 PY
 node "$HERE/check.mjs" "http://$HTTP" console-demo
+# The same pages in a real browser: Debian's Chromium (installed here if missing) driven by
+# Playwright (playwright-core, pinned, from the npm registry). Screenshots go to $SHOTS
+# (SHOTS=docs/images regenerates the README's).
+if [[ ! -x /usr/bin/chromium ]]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+DEPS="${KEEL_BROWSER_DEPS:-/tmp/keel-browser-deps}"
+if [[ ! -d "$DEPS/node_modules/playwright-core" ]]; then
+    mkdir -p "$DEPS" && npm install --silent --prefix "$DEPS" playwright-core@1.64.1 >/dev/null
+fi
+SHOTS="${SHOTS:-$WORK/screenshots}"
+mkdir -p "$SHOTS"
+PLAYWRIGHT_FROM="$DEPS/" node "$HERE/browser.mjs" "http://$HTTP" console-demo "$(realpath "$SHOTS")"
