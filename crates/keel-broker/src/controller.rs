@@ -695,11 +695,16 @@ impl Controller {
                 self.change_voter_here(id, add).await
             } else if let Some(leader) = self.group.leader().filter(|l| *l != self.node_id) {
                 let left = deadline.saturating_duration_since(Instant::now());
-                self.transport
+                match self
+                    .transport
                     .call_app(leader, VOTERS_ROUTE, &body, left.max(Duration::from_millis(1)))
                     .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                {
+                    Ok(_) => Ok(()),
+                    // The leader's own answer (a refusal, or "not leader" after a change).
+                    Err(keel_raft::transport::TransportError::Refused(_, e)) => Err(e),
+                    Err(e) => Err(e.to_string()),
+                }
             } else {
                 Err("the controller has no leader".to_string())
             };

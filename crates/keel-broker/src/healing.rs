@@ -11,7 +11,9 @@
 //! The moves are ordinary reassignments (see [`crate::moves`]): the new replicas catch up
 //! as learners, then replace the lost ones; `keel cluster moves` lists them, each decision
 //! is logged and counted (`keel_self_healing_moves`). A few moves start per round, so a
-//! dead node's thousands of partitions move at a pace the live nodes can copy.
+//! dead node's thousands of partitions move at a pace the live nodes can copy. The
+//! internal topics, which every node holds, have nowhere to move a lost replica: theirs is
+//! dropped instead ([`internal_shrink_plan`]), and comes back if the node ever returns.
 //!
 //! Replica balancing (`balance_replicas`, on by default) evens the replica counts of the
 //! nodes out when they drift apart: a node that joined takes replicas by itself, and the
@@ -99,6 +101,28 @@ pub fn replacement_plan(
         }
     }
     out
+}
+
+/// The moves that drop the `gone` nodes' replicas of the internal topics' partitions
+/// (`__consumer_offsets`, `__transaction_state`), which every node holds: every live node
+/// has one already, so a lost replica has nowhere to go and is removed instead, and the
+/// node holds nothing once it is gone for good (so `remove-node` can forget it). Partitions
+/// without a live majority, or already moving, are left, as in [`replacement_plan`].
+pub fn internal_shrink_plan(
+    gone: &BTreeSet<u64>,
+    partitions: &[(String, i32, Vec<u64>)],
+    moving: &BTreeSet<(String, i32)>,
+) -> Vec<Move> {
+    partitions
+        .iter()
+        .filter(|(topic, partition, _)| !moving.contains(&(topic.clone(), *partition)))
+        .filter_map(|(topic, partition, replicas)| {
+            let target: Vec<u64> = replicas.iter().copied().filter(|n| !gone.contains(n)).collect();
+            let changed = target.len() < replicas.len();
+            (changed && !target.is_empty() && target.len() * 2 > replicas.len())
+                .then(|| (topic.clone(), *partition, target))
+        })
+        .collect()
 }
 
 /// Most moves one balancing round starts (balancing waits for them all to finish before
@@ -261,10 +285,16 @@ async fn round(t: &Arc<Topics>, after: Duration, down_since: &mut HashMap<u64, I
     }
     let meta = t.controller.meta();
     let mut partitions = Vec::new();
+    let mut internal = Vec::new();
     let mut moving = BTreeSet::new();
     for (name, record) in &meta.topics {
         for (i, replicas) in record.replicas.iter().enumerate() {
-            partitions.push((name.clone(), i as i32, replicas.clone()));
+            let p = (name.clone(), i as i32, replicas.clone());
+            if crate::is_internal_topic(name) {
+                internal.push(p);
+            } else {
+                partitions.push(p);
+            }
         }
         for p in record.reassigning.keys() {
             moving.insert((name.clone(), *p));
@@ -273,7 +303,15 @@ async fn round(t: &Arc<Topics>, after: Duration, down_since: &mut HashMap<u64, I
     if moving.len() >= MOVES_IN_FLIGHT_MAX {
         return;
     }
-    let plan = replacement_plan(&gone, &live, &partitions, &moving, &t.controller.racks());
+    let mut plan = internal_shrink_plan(&gone, &internal, &moving);
+    plan.extend(replacement_plan(
+        &gone,
+        &live,
+        &partitions,
+        &moving,
+        &t.controller.racks(),
+    ));
+    partitions.extend(internal);
     let room = MOVES_PER_ROUND.min(MOVES_IN_FLIGHT_MAX - moving.len());
     for (topic, partition, target) in plan.into_iter().take(room) {
         let from = partitions
@@ -281,7 +319,9 @@ async fn round(t: &Arc<Topics>, after: Duration, down_since: &mut HashMap<u64, I
             .find(|(n, p, _)| *n == topic && *p == partition)
             .map(|(_, _, r)| r.clone())
             .unwrap_or_default();
-        match t.reassign(&topic, partition, Some(target.clone()), false).await {
+        // An internal partition shrinks (see internal_shrink_plan); others keep their size.
+        let resize = crate::is_internal_topic(&topic);
+        match t.reassign(&topic, partition, Some(target.clone()), resize).await {
             Ok(()) => {
                 t.metrics.self_healing_moves.inc();
                 warn!(%topic, partition, ?from, ?target, gone = ?gone, "self-healing: replacing replicas on unreachable nodes");
@@ -317,6 +357,27 @@ mod tests {
         // Every live node already holds a replica: nowhere to go.
         let p = parts(&[("t", 0, &[1, 2, 3])]);
         assert!(replacement_plan(&gone, &[1, 2], &p, &BTreeSet::new(), &BTreeMap::new()).is_empty());
+    }
+
+    #[test]
+    fn an_internal_partition_drops_a_gone_node_while_a_majority_lives() {
+        let gone: BTreeSet<u64> = [1].into();
+        let p = parts(&[
+            ("__consumer_offsets", 0, &[1, 2, 3, 4]),
+            ("__transaction_state", 0, &[2, 3, 4]),
+        ]);
+        assert_eq!(
+            internal_shrink_plan(&gone, &p, &BTreeSet::new()),
+            vec![("__consumer_offsets".into(), 0, vec![2, 3, 4])]
+        );
+        // Two of four gone: no live majority to change the replicas with.
+        let gone: BTreeSet<u64> = [1, 2].into();
+        assert_eq!(
+            internal_shrink_plan(&gone, &p, &BTreeSet::new()),
+            vec![("__transaction_state".into(), 0, vec![3, 4])]
+        );
+        let moving: BTreeSet<(String, i32)> = [("__transaction_state".to_string(), 0)].into();
+        assert!(internal_shrink_plan(&gone, &p, &moving).is_empty());
     }
 
     #[test]

@@ -109,12 +109,50 @@ async fn produce(bootstrap: &str, from: usize, count: usize, acked: &mut Vec<(i3
     }
 }
 
+/// Writes to `TOPIC` with an acks=all idempotent producer, one record at a time, until
+/// `stop` is set; returns what was acknowledged and the longest wait for an acknowledgement.
+async fn write_until(
+    bootstrap: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (Vec<(i32, i64, String)>, Duration) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .unwrap();
+    let mut acked = Vec::new();
+    let mut longest = Duration::ZERO;
+    let mut i = 0usize;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let value = format!("load-{i:05}");
+        let partition = (i % PARTITIONS as usize) as i32;
+        let sent = Instant::now();
+        let d = producer
+            .send(
+                FutureRecord::<(), _>::to(TOPIC).partition(partition).payload(&value),
+                Duration::from_secs(30),
+            )
+            .await;
+        longest = longest.max(sent.elapsed());
+        match d {
+            Ok(d) => acked.push((d.partition, d.offset, value)),
+            Err((e, _)) => panic!("write {value} under load failed: {e}"),
+        }
+        i += 1;
+    }
+    (acked, longest)
+}
+
 /// Three voters (nodes 1-3); node 4 joins and becomes a voter; node 1 is killed for good,
 /// removed from the voters, its replicas re-placed by self-healing, and forgotten; then
 /// node 2 is killed too. Nodes 3 and 4 are a quorum of the voters {2, 3, 4}: they still
 /// create a topic and take acks=all writes, node 4 restarts into the quorum, and every
-/// acknowledged record reads back once. Refusals are checked on the way: a voter is not
-/// added twice, a node that never joined is not made a voter, a voter is not unregistered.
+/// acknowledged record reads back once. An acks=all producer writes all through the voter
+/// changes and node 1's loss, and none of its writes fails. Refusals are checked on the
+/// way: a voter is not added twice, a node that never joined is not made a voter, a voter
+/// is not unregistered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_controller_voter_is_replaced_without_downtime_and_the_new_quorum_survives_another_loss() {
     let root = tempfile::tempdir().unwrap();
@@ -125,13 +163,38 @@ async fn a_controller_voter_is_replaced_without_downtime_and_the_new_quorum_surv
     produce(&bs, 0, 100, &mut acked).await;
     wait_for_voters(&nodes[0], &[1, 2, 3], Duration::from_secs(30)).await;
 
+    // The voter changes and node 1's loss happen under an acks=all producer.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn(write_until(bs.clone(), stop.clone()));
     let joined = join_cluster(root.path(), &nodes, 4, &["--replica-replace-after-ms", "2000"]);
     nodes.push(joined);
     let (ok, text) = keel_cli(&["cluster", "add-voter", "--bootstrap", &nodes[2].kafka, "--node", "4"]);
     assert!(ok, "add-voter 4: {text}");
     wait_for_voters(&nodes[0], &[1, 2, 3, 4], Duration::from_secs(10)).await;
-    let (ok, text) = keel_cli(&["cluster", "add-voter", "--bootstrap", &nodes[2].kafka, "--node", "4"]);
-    assert!(!ok && text.contains("voter already"), "a second add-voter 4: {text}");
+    // Refused by the controller's leader, whichever node is asked (the others forward).
+    for n in &nodes {
+        let asked = Instant::now();
+        let (ok, text) = keel_cli(&[
+            "cluster",
+            "add-voter",
+            "--bootstrap",
+            &n.kafka,
+            "--node",
+            "4",
+            "--timeout-s",
+            "20",
+        ]);
+        assert!(
+            !ok && text.contains("voter already"),
+            "a second add-voter 4 through {}: {text}",
+            n.kafka
+        );
+        assert!(
+            asked.elapsed() < Duration::from_secs(10),
+            "a refusal took {:?}",
+            asked.elapsed()
+        );
+    }
     let (ok, text) = keel_cli(&["cluster", "add-voter", "--bootstrap", &nodes[2].kafka, "--node", "9"]);
     assert!(
         !ok && text.contains("has not joined"),
@@ -160,6 +223,18 @@ async fn a_controller_voter_is_replaced_without_downtime_and_the_new_quorum_surv
     }
     let (ok, text) = keel_cli(&["cluster", "remove-node", "--bootstrap", &rest, "--node", "1"]);
     assert!(ok, "remove-node 1: {text}");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (under_load, longest) = load.await.expect("the producer task");
+    assert!(
+        under_load.len() > 20,
+        "the producer wrote {} records under load",
+        under_load.len()
+    );
+    eprintln!(
+        "{} writes acknowledged during the voter changes and node 1's loss; the longest took {longest:?}",
+        under_load.len()
+    );
+    acked.extend(under_load);
 
     // Node 2 goes too: nodes 3 and 4 are two of the three voters.
     nodes[1].kill9();
