@@ -382,7 +382,11 @@ impl Broker {
             self.groups.offsets.reload().await;
             *self.offsets_term.lock().unwrap_or_else(|e| e.into_inner()) = Some(term);
             tracing::info!(term, "this node now coordinates consumer groups");
-        } else if !leading && loaded.is_some() {
+        } else if !p.group().is_leader() && loaded.is_some() {
+            // Only a lost Raft leadership ends coordination. A leader that merely has not
+            // heard a quorum lately (a loaded machine) serves no group request meanwhile
+            // (see coordinator_error) but keeps its groups: nobody else can have written
+            // in its term, and dropping them would make every member rejoin.
             *self.offsets_term.lock().unwrap_or_else(|e| e.into_inner()) = None;
             self.groups.reset().await;
             tracing::info!("this node no longer coordinates consumer groups");

@@ -604,7 +604,9 @@ pub async fn follow_leadership(b: &Arc<Broker>) {
                 complete(b, &id);
             }
         }
-    } else if !leading && loaded.is_some() {
+    } else if !p.group().is_leader() && loaded.is_some() {
+        // As for the group coordinator: only a lost Raft leadership ends coordination, not
+        // a leader's moment without a quorum's acknowledgement.
         *b.txns.loaded_term.lock().unwrap_or_else(|e| e.into_inner()) = None;
         info!("this node no longer coordinates transactions");
     }
