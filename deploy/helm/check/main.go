@@ -27,6 +27,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
@@ -52,6 +53,7 @@ image: {tag: "0.1.0"}
 `},
 	{"everything", `
 replicas: 5
+rack: {fromNodeLabel: true}
 tls: {enabled: true, secretName: keel-tls, clientAuth: required, http: true}
 antiAffinity: {hostname: required, zone: required}
 config: {default_partitions: 6, retention_check_ms: 30000, auto_create_topics: false, super_users: ["User:admin"]}
@@ -112,6 +114,10 @@ func decode(file, text string) ([]object, error) {
 			body = &corev1.ServiceAccount{}
 		case "policy/v1 PodDisruptionBudget":
 			body = &policyv1.PodDisruptionBudget{}
+		case "rbac.authorization.k8s.io/v1 ClusterRole":
+			body = &rbacv1.ClusterRole{}
+		case "rbac.authorization.k8s.io/v1 ClusterRoleBinding":
+			body = &rbacv1.ClusterRoleBinding{}
 		case "monitoring.coreos.com/v1 ServiceMonitor":
 			body = &monitoringv1.ServiceMonitor{}
 		case "monitoring.coreos.com/v1 PrometheusRule":
@@ -146,6 +152,8 @@ func check(objs []object) error {
 	services := map[string]*corev1.Service{}
 	var pdbs []*policyv1.PodDisruptionBudget
 	var monitors []*monitoringv1.ServiceMonitor
+	roles := map[string]*rbacv1.ClusterRole{}
+	var bindings []*rbacv1.ClusterRoleBinding
 	for _, o := range objs {
 		switch b := o.body.(type) {
 		case *appsv1.StatefulSet:
@@ -162,6 +170,10 @@ func check(objs []object) error {
 			pdbs = append(pdbs, b)
 		case *monitoringv1.ServiceMonitor:
 			monitors = append(monitors, b)
+		case *rbacv1.ClusterRole:
+			roles[b.Name] = b
+		case *rbacv1.ClusterRoleBinding:
+			bindings = append(bindings, b)
 		case *monitoringv1.PrometheusRule:
 			if len(b.Spec.Groups) < 2 {
 				return fmt.Errorf("PrometheusRule %s has %d groups", b.Name, len(b.Spec.Groups))
@@ -231,9 +243,33 @@ func check(objs []object) error {
 	for _, e := range c.Env {
 		env[e.Name] = e.Value
 	}
+	// The first controller voters are the first pods; the others join the cluster.
 	peers := strings.Split(env["KEEL_PEERS"], ",")
-	if int32(len(peers)) != *sts.Spec.Replicas {
+	if len(peers) == 0 || int32(len(peers)) > *sts.Spec.Replicas {
 		return fmt.Errorf("KEEL_PEERS names %d nodes for %d replicas", len(peers), *sts.Spec.Replicas)
+	}
+	script := strings.Join(c.Args, "\n")
+	if want := fmt.Sprintf(`[ "$ordinal" -ge %d ] && join="--join"`, len(peers)); !strings.Contains(script, want) {
+		return fmt.Errorf("pods beyond the %d voters do not join: the script lacks %s", len(peers), want)
+	}
+	// The rack init container's API access: get nodes, for the pods' service account only.
+	for _, b := range bindings {
+		role, ok := roles[b.RoleRef.Name]
+		if !ok || b.RoleRef.Kind != "ClusterRole" {
+			return fmt.Errorf("ClusterRoleBinding %s refers to no rendered ClusterRole", b.Name)
+		}
+		for _, r := range role.Rules {
+			if strings.Join(r.Resources, ",") != "nodes" || strings.Join(r.Verbs, ",") != "get" {
+				return fmt.Errorf("ClusterRole %s allows more than getting nodes: %+v", role.Name, r)
+			}
+		}
+		if len(b.Subjects) != 1 || b.Subjects[0].Name != sts.Spec.Template.Spec.ServiceAccountName {
+			return fmt.Errorf("ClusterRoleBinding %s is not for the pods' service account", b.Name)
+		}
+	}
+	inits := sts.Spec.Template.Spec.InitContainers
+	if (len(bindings) > 0) != (len(inits) == 1 && inits[0].Name == "rack") {
+		return fmt.Errorf("a rack init container needs its ClusterRoleBinding, and only it")
 	}
 	for i, p := range peers {
 		want := fmt.Sprintf("%d@%s-%d.%s.", i+1, sts.Name, i, headless.Name)

@@ -36,13 +36,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{/* id@host:port of every node's Raft listener, node id = ordinal + 1. */}}
+{{/* The pods forming the controller quorum at the first start (at most every pod). */}}
+{{- define "keel.voters" -}}
+{{- min (int .Values.replicas) (int .Values.controllerVoters) -}}
+{{- end -}}
+
 {{- define "keel.peers" -}}
 {{- $full := include "keel.fullname" . -}}
 {{- $headless := include "keel.headless" . -}}
 {{- $ns := .Release.Namespace -}}
 {{- $port := .Values.ports.raft -}}
 {{- $peers := list -}}
-{{- range $i := until (int .Values.replicas) -}}
+{{- range $i := until (int (include "keel.voters" .)) -}}
 {{- $peers = append $peers (printf "%d@%s-%d.%s.%s.svc.cluster.local:%d" (add $i 1) $full $i $headless $ns (int $port)) -}}
 {{- end -}}
 {{- join "," $peers -}}
