@@ -317,6 +317,19 @@ impl Broker {
         }
     }
 
+    /// The node Metadata and DescribeCluster name as the controller, where clients send
+    /// admin requests: the controller's leader while it is reachable, otherwise this node.
+    /// Every node takes admin requests and forwards them to the controller's leader (as
+    /// KRaft's brokers do), so a client is never sent to a dead or unknown leader, which
+    /// it would wait for until its next metadata refresh.
+    pub fn controller_id(&self) -> i32 {
+        let me = self.controller.node_id;
+        match self.controller.group.leader() {
+            Some(l) if l == me || self.controller.transport.is_alive(l) => l as i32,
+            _ => me as i32,
+        }
+    }
+
     /// `None` when this node coordinates groups now; otherwise the error to answer with.
     pub fn coordinator_error(&self) -> Option<i16> {
         let p = self.groups.offsets.partition();

@@ -60,8 +60,14 @@ impl Coordinator {
     /// Milliseconds on the coordinator's monotonic clock.
     /// Forgets every group's membership (coordination moved to or from this node; members
     /// rejoin). Committed offsets stay.
+    /// Forgets every group (this node stops coordinating, or reloads for a new term),
+    /// answering the members waiting in a rebalance NOT_COORDINATOR.
     pub async fn reset(&self) {
-        self.groups.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        let groups = std::mem::take(&mut *self.groups.lock().unwrap_or_else(|e| e.into_inner()));
+        for g in groups.into_values() {
+            let replies = g.lock().await.unload();
+            Self::send_all(replies);
+        }
     }
 
     pub fn now_ms(&self) -> u64 {

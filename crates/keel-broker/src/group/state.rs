@@ -23,6 +23,7 @@ pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
 pub const UNKNOWN_MEMBER_ID: i16 = 25;
 pub const REBALANCE_IN_PROGRESS: i16 = 27;
 pub const FENCED_INSTANCE_ID: i16 = 82;
+pub const NOT_COORDINATOR: i16 = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GroupState {
@@ -433,6 +434,23 @@ impl<T> Group<T> {
         if self.leader.as_deref() == Some(id) {
             self.leader = None;
         }
+    }
+
+    /// This node stops coordinating the group (its `__consumer_offsets` leadership ended,
+    /// or moves to a new term): every JoinGroup and SyncGroup waiting for the rebalance is
+    /// answered NOT_COORDINATOR at once, so its member finds the new coordinator instead of
+    /// waiting out its rebalance timeout (minutes) here.
+    pub fn unload(&mut self) -> Vec<(T, Reply)> {
+        let mut out: Vec<(T, Reply)> = std::mem::take(&mut self.pending_joins)
+            .into_iter()
+            .map(|(id, t)| join_error(t, NOT_COORDINATOR, &id))
+            .collect();
+        out.extend(
+            std::mem::take(&mut self.pending_syncs)
+                .into_values()
+                .map(|t| sync_error(t, NOT_COORDINATOR)),
+        );
+        out
     }
 
     /// Handles a SyncGroup; the leader's carries every member's assignment.

@@ -316,3 +316,29 @@ fn replaced_static_member_is_fenced() {
     assert_eq!(joined(&r, 7).error, FENCED_INSTANCE_ID);
     assert_eq!(g.heartbeat(540, &newer.member_id, Some(follower_instance), 1), NONE);
 }
+
+/// A coordinator that stops coordinating answers the members waiting in a rebalance at
+/// once (NOT_COORDINATOR), so they look for the new coordinator instead of waiting out
+/// their rebalance timeout.
+#[test]
+fn unloading_answers_waiting_joins_and_syncs_not_coordinator() {
+    // A member waiting in JoinGroup for the others to rejoin.
+    let mut g = Group::new("g", TIMING);
+    stable_pair(&mut g);
+    assert!(g.join(300, req("", None, &["range"]), 7).is_empty());
+    let out = g.unload();
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(joined(&out, 7).error, NOT_COORDINATOR);
+    assert!(g.unload().is_empty(), "nothing waits any more");
+    // A follower waiting in SyncGroup for its leader's assignment.
+    let mut g = Group::new("g", TIMING);
+    assert!(g.join(0, req("", None, &["range"]), 1).is_empty());
+    assert!(g.join(10, req("", None, &["range"]), 2).is_empty());
+    let r = g.tick(150);
+    let (a, b) = (joined(&r, 1), joined(&r, 2));
+    let follower = if a.leader == a.member_id { b } else { a };
+    assert!(g.sync(160, &follower.member_id, None, 1, vec![], 3).is_empty());
+    let out = g.unload();
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(synced(&out, 3).error, NOT_COORDINATOR);
+}

@@ -27,7 +27,7 @@ pub async fn handle(
         return r;
     }
     r.cluster_id = s(b.config.cluster_id.clone());
-    r.controller_id = BrokerId(b.controller.group.leader().map(|l| l as i32).unwrap_or(-1));
+    r.controller_id = BrokerId(b.controller_id());
     r.endpoint_type = 1;
     r.brokers = super::metadata::nodes(b, &who.listener)
         .into_iter()

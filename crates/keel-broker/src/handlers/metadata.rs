@@ -181,7 +181,7 @@ pub async fn handle(
         })
         .collect();
     r.cluster_id = Some(s(b.config.cluster_id.clone()));
-    r.controller_id = BrokerId(b.controller.group.leader().map(|l| l as i32).unwrap_or(-1));
+    r.controller_id = BrokerId(b.controller_id());
     r.cluster_authorized_operations = i32::MIN;
     let ops = req.include_topic_authorized_operations;
     // v0: an empty list means all topics; v1+: null means all, empty means none.
