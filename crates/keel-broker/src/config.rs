@@ -255,6 +255,13 @@ pub struct BrokerConfig {
     /// The controller's leader moves replicas between nodes by itself to even out their
     /// replica counts (a node that joins takes its share; see [`crate::healing`]).
     pub balance_replicas: bool,
+    /// With `balance_replicas`, how often the controller's leader compares the bytes the
+    /// nodes hold, once their replica counts are even, and exchanges replicas between the
+    /// fullest and the emptiest node (0: never).
+    pub balance_disk_check_ms: u64,
+    /// Nodes whose bytes differ by less than this (or a tenth of a node's mean, whichever
+    /// is more) count as even.
+    pub balance_disk_min_bytes: u64,
     /// A directory of `keel chaos run` outputs (one subdirectory per run, as
     /// `./keel-chaos/<seed>`): the admin API and the console list them and serve their
     /// reports.
@@ -382,6 +389,8 @@ impl Default for BrokerConfig {
             shutdown_handover_ms: 15_000,
             replica_replace_after_ms: 300_000,
             balance_replicas: true,
+            balance_disk_check_ms: 60_000,
+            balance_disk_min_bytes: 1 << 30,
             chaos_reports_dir: None,
             move_throttle_bytes_per_s: 100 << 20,
             rack: None,

@@ -23,7 +23,10 @@
 //! new node also becomes some partitions' preferred leader, and leadership follows, see
 //! [`crate::topics::balance_leaders`]). Balancing waits while any move is under way, while
 //! any node holding a replica is unreachable (self-healing's turn), and gives nothing to a
-//! node that held replicas and holds none now (it was drained on purpose).
+//! node that held replicas and holds none now (it was drained on purpose). Once the counts
+//! are even, disk balancing evens out the bytes the nodes hold by exchanging a large
+//! replica on the fullest node for a small one on the emptiest ([`disk_balance_plan`],
+//! pure too; the sizes come from every node over [`SIZES_ROUTE`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -192,6 +195,153 @@ pub fn balance_plan(
     out
 }
 
+/// The moves that even out the bytes the `nodes` hold, once their replica counts are
+/// even: one exchange of replicas between the node holding the most bytes and the one
+/// holding the fewest, a replica of partition `a` (on the heavy node, not on the light one)
+/// for one of `b` (the other way round), which leaves both counts as they are. The pair is
+/// the one bringing the two nodes closest to each other; it must bring them closer (`a`
+/// larger than `b`, by less than the gap). Where the heavy node holds more replicas than
+/// the light one, moving `a` alone is considered too. Nothing when the gap is within
+/// `tolerance` bytes. `sizes` are the partitions' sizes (missing: 0); a partition's size
+/// counts on every node holding a replica. Racks are kept as in [`balance_plan`].
+pub fn disk_balance_plan(
+    nodes: &[u64],
+    partitions: &[(String, i32, Vec<u64>)],
+    sizes: &BTreeMap<(String, i32), u64>,
+    tolerance: u64,
+    racks: &BTreeMap<u64, String>,
+) -> Vec<Move> {
+    let size = |i: usize| {
+        sizes
+            .get(&(partitions[i].0.clone(), partitions[i].1))
+            .copied()
+            .unwrap_or(0)
+    };
+    let mut bytes: BTreeMap<u64, u64> = nodes.iter().map(|n| (*n, 0)).collect();
+    let mut count: BTreeMap<u64, usize> = nodes.iter().map(|n| (*n, 0)).collect();
+    for (i, (_, _, replicas)) in partitions.iter().enumerate() {
+        for n in replicas {
+            if let Some(b) = bytes.get_mut(n) {
+                *b += size(i);
+            }
+            if let Some(c) = count.get_mut(n) {
+                *c += 1;
+            }
+        }
+    }
+    let (Some((&hi, &hi_bytes)), Some((&lo, &lo_bytes))) = (
+        bytes.iter().max_by_key(|(n, b)| (**b, std::cmp::Reverse(**n))),
+        bytes.iter().min_by_key(|(n, b)| (**b, **n)),
+    ) else {
+        return Vec::new();
+    };
+    let gap = hi_bytes - lo_bytes;
+    if hi == lo || gap <= tolerance {
+        return Vec::new();
+    }
+    // Whether a replica of partition i may go from node `from` to node `to` (racks).
+    let may_move = |i: usize, from: u64, to: u64| {
+        let replicas = &partitions[i].2;
+        replicas.contains(&from)
+            && !replicas.contains(&to)
+            && (racks.get(&to) == racks.get(&from)
+                || !replicas
+                    .iter()
+                    .any(|n| *n != from && racks.get(n).is_some() && racks.get(n) == racks.get(&to)))
+    };
+    let from_hi: Vec<usize> = (0..partitions.len()).filter(|i| may_move(*i, hi, lo)).collect();
+    let mut from_lo: Vec<(u64, usize)> = (0..partitions.len())
+        .filter(|i| may_move(*i, lo, hi))
+        .map(|i| (size(i), i))
+        .collect();
+    from_lo.sort_unstable();
+    let plain_move = count[&hi] > count[&lo];
+    // The gap left by an exchange moving `delta` bytes from hi to lo (None: not closer).
+    let left = |delta: u64| (delta > 0 && delta < gap).then(|| gap.abs_diff(2 * delta));
+    let mut best: Option<(u64, usize, Option<usize>)> = None;
+    for &a in &from_hi {
+        let sa = size(a);
+        let mut consider = |b: Option<usize>, sb: u64| {
+            if let Some(l) = sa.checked_sub(sb).and_then(left) {
+                if best.is_none_or(|(bl, _, _)| l < bl) {
+                    best = Some((l, a, b));
+                }
+            }
+        };
+        if plain_move {
+            consider(None, 0);
+        }
+        // The b whose size is nearest sa - gap / 2 brings the nodes closest.
+        let ideal = sa.saturating_sub(gap / 2);
+        let at = from_lo.partition_point(|(sb, _)| *sb < ideal);
+        for (sb, b) in from_lo.iter().skip(at.saturating_sub(1)).take(2) {
+            consider(Some(*b), *sb);
+        }
+    }
+    let Some((_, a, b)) = best else {
+        return Vec::new();
+    };
+    let swap = |i: usize, from: u64, to: u64| {
+        let target: Vec<u64> = partitions[i]
+            .2
+            .iter()
+            .map(|n| if *n == from { to } else { *n })
+            .collect();
+        (partitions[i].0.clone(), partitions[i].1, target)
+    };
+    let mut out = vec![swap(a, hi, lo)];
+    if let Some(b) = b {
+        out.push(swap(b, lo, hi));
+    }
+    out
+}
+
+/// The bytes two nodes may differ by and still count as even: a tenth of the mean bytes a
+/// node holds, and never less than `floor`.
+pub fn disk_tolerance(total_bytes: u64, nodes: usize, floor: u64) -> u64 {
+    (total_bytes / nodes.max(1) as u64 / 10).max(floor)
+}
+
+/// The node-to-node route that answers with the sizes of this node's replicas (JSON list of
+/// topic, partition, bytes), for disk balancing.
+pub const SIZES_ROUTE: &str = "cluster/sizes";
+
+/// Serves [`SIZES_ROUTE`].
+pub fn sizes_here(t: &Topics) -> Result<bytes::Bytes, String> {
+    let sizes: Vec<(String, i32, u64)> = t
+        .all_partitions()
+        .iter()
+        .map(|p| (p.topic.clone(), p.index, p.size_bytes()))
+        .collect();
+    serde_json::to_vec(&sizes)
+        .map(bytes::Bytes::from)
+        .map_err(|e| e.to_string())
+}
+
+/// Every partition's size as the `nodes` report it (the largest report per partition);
+/// `None` unless every node answered.
+async fn gather_sizes(t: &Topics, nodes: &[u64]) -> Option<BTreeMap<(String, i32), u64>> {
+    let me = t.controller.node_id;
+    let mut out: BTreeMap<(String, i32), u64> = BTreeMap::new();
+    for n in nodes {
+        let body = if *n == me {
+            sizes_here(t).ok()?
+        } else {
+            t.controller
+                .transport
+                .call_app(*n, SIZES_ROUTE, &[], Duration::from_secs(5))
+                .await
+                .ok()?
+        };
+        let list: Vec<(String, i32, u64)> = serde_json::from_slice(&body).ok()?;
+        for (topic, partition, size) in list {
+            let e = out.entry((topic, partition)).or_default();
+            *e = (*e).max(size);
+        }
+    }
+    Some(out)
+}
+
 /// How far apart replica counts may be and still count as even: two replicas, or a tenth
 /// of the mean on large clusters (so that balancing does not chase single replicas).
 pub fn balance_tolerance(replicas: usize, nodes: usize) -> usize {
@@ -245,7 +395,35 @@ async fn balance(t: &Arc<Topics>) {
         .filter(|n| transport.is_alive(*n) && (holding.contains(n) || !meta.placed.contains(n)))
         .collect();
     let racks = t.controller.racks();
-    for (topic, partition, target) in balance_plan(&nodes, &partitions, BALANCE_MOVES_PER_ROUND, &racks) {
+    let mut plan = balance_plan(&nodes, &partitions, BALANCE_MOVES_PER_ROUND, &racks);
+    // Counts even: even out the bytes, at most every balance_disk_check_ms (sizes come from
+    // every node). The internal topics are on every node: nothing to exchange there.
+    let every = Duration::from_millis(t.config.balance_disk_check_ms);
+    if plan.is_empty()
+        && !every.is_zero()
+        && t.disk_checked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none_or(|at| at.elapsed() >= every)
+    {
+        *t.disk_checked.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        partitions.retain(|(name, _, _)| !crate::is_internal_topic(name));
+        if let Some(sizes) = gather_sizes(t, &nodes).await {
+            let total: u64 = partitions
+                .iter()
+                .map(|(n, p, r)| sizes.get(&(n.clone(), *p)).copied().unwrap_or(0) * r.len() as u64)
+                .sum();
+            let tolerance = disk_tolerance(total, nodes.len(), t.config.balance_disk_min_bytes);
+            plan = disk_balance_plan(&nodes, &partitions, &sizes, tolerance, &racks);
+            if !plan.is_empty() {
+                info!(
+                    tolerance,
+                    "disk balancing: exchanging replicas to even out the bytes the nodes hold"
+                );
+            }
+        }
+    }
+    for (topic, partition, target) in plan {
         let from = partitions
             .iter()
             .find(|(n, p, _)| *n == topic && *p == partition)
@@ -378,6 +556,58 @@ mod tests {
         );
         let moving: BTreeSet<(String, i32)> = [("__transaction_state".to_string(), 0)].into();
         assert!(internal_shrink_plan(&gone, &p, &moving).is_empty());
+    }
+
+    fn sized(list: &[(&str, i32, u64)]) -> BTreeMap<(String, i32), u64> {
+        list.iter().map(|(t, p, b)| ((t.to_string(), *p), *b)).collect()
+    }
+
+    #[test]
+    fn disk_balancing_exchanges_a_large_replica_for_a_small_one() {
+        // Counts even (two each), bytes not: node 1 holds 200, node 2 20, node 3 110.
+        let p = parts(&[
+            ("t", 0, &[1]),
+            ("t", 1, &[1]),
+            ("u", 0, &[2]),
+            ("u", 1, &[2]),
+            ("v", 0, &[3]),
+            ("v", 1, &[3]),
+        ]);
+        let s = sized(&[
+            ("t", 0, 100),
+            ("t", 1, 100),
+            ("u", 0, 10),
+            ("u", 1, 10),
+            ("v", 0, 100),
+            ("v", 1, 10),
+        ]);
+        let plan = disk_balance_plan(&[1, 2, 3], &p, &s, 5, &BTreeMap::new());
+        // t/0 (100) goes to node 2 and u/0 (10) to node 1: 110 and 110.
+        assert_eq!(plan, vec![("t".into(), 0, vec![2]), ("u".into(), 0, vec![1])]);
+    }
+
+    #[test]
+    fn disk_balancing_leaves_even_nodes_and_exchanges_that_would_not_help() {
+        let p = parts(&[("t", 0, &[1]), ("u", 0, &[2])]);
+        // Within the tolerance.
+        let s = sized(&[("t", 0, 100), ("u", 0, 95)]);
+        assert!(disk_balance_plan(&[1, 2], &p, &s, 10, &BTreeMap::new()).is_empty());
+        // One huge partition: exchanging it only moves the imbalance to the other node.
+        let s = sized(&[("t", 0, 1000), ("u", 0, 0)]);
+        assert!(disk_balance_plan(&[1, 2], &p, &s, 10, &BTreeMap::new()).is_empty());
+    }
+
+    #[test]
+    fn disk_balancing_moves_alone_when_counts_allow_and_keeps_racks() {
+        // Node 1 holds two replicas, node 2 one: a plain move is allowed.
+        let p = parts(&[("t", 0, &[1, 3]), ("t", 1, &[1, 3]), ("u", 0, &[2, 3])]);
+        let s = sized(&[("t", 0, 50), ("t", 1, 50), ("u", 0, 0)]);
+        let plan = disk_balance_plan(&[1, 2], &p, &s, 10, &BTreeMap::new());
+        assert_eq!(plan, vec![("t".into(), 0, vec![2, 3])]);
+        // Node 2 in node 3's rack: a replica of t on node 2 would share a rack with t's
+        // replica on node 3, so none moves, and nothing is planned.
+        let racks: BTreeMap<u64, String> = [(1, "a".into()), (2, "b".into()), (3, "b".into())].into();
+        assert!(disk_balance_plan(&[1, 2], &p, &s, 10, &racks).is_empty());
     }
 
     #[test]

@@ -222,6 +222,8 @@ impl Broker {
                     handover::handle_route(&b, &body).await
                 } else if route == handlers::describe_quorum::QUORUM_ROUTE {
                     handlers::describe_quorum::handle_route(&b)
+                } else if route == healing::SIZES_ROUTE {
+                    healing::sizes_here(&b.topics)
                 } else {
                     txn::coordinator::handle_route(&b, &route, &body).await
                 }

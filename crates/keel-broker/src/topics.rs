@@ -100,6 +100,8 @@ pub struct Topics {
     reconciled: watch::Sender<u64>,
     /// The node hands its leaderships over before it stops: it takes none back.
     draining: std::sync::atomic::AtomicBool,
+    /// When disk balancing last gathered the partitions' sizes (see [`crate::healing`]).
+    pub(crate) disk_checked: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// How long an admin operation waits for the controller.
@@ -126,6 +128,7 @@ impl Topics {
             map: RwLock::new(BTreeMap::new()),
             metrics,
             admin: tokio::sync::Mutex::new(()),
+            disk_checked: std::sync::Mutex::new(None),
             replica,
             moving: std::sync::Mutex::new(std::collections::BTreeSet::new()),
             controller,

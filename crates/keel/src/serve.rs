@@ -124,6 +124,14 @@ pub struct ServeArgs {
     /// counts (true by default).
     #[arg(long, env = "KEEL_BALANCE_REPLICAS")]
     pub balance_replicas: Option<bool>,
+    /// How often the bytes the nodes hold are compared for disk balancing, ms (0: never)
+    /// [default: 60000].
+    #[arg(long, env = "KEEL_BALANCE_DISK_CHECK_MS")]
+    pub balance_disk_check_ms: Option<u64>,
+    /// Nodes whose bytes differ by less than this (or a tenth of the mean) count as even
+    /// [default: 1073741824].
+    #[arg(long, env = "KEEL_BALANCE_DISK_MIN_BYTES")]
+    pub balance_disk_min_bytes: Option<u64>,
     /// Bytes per second this node sends to replicas catching up in partition moves, all
     /// together (0: unthrottled) [default: 104857600].
     #[arg(long, env = "KEEL_MOVE_THROTTLE_BYTES_PER_S")]
@@ -257,6 +265,12 @@ pub fn load_config(args: &ServeArgs) -> Result<BrokerConfig> {
     }
     if let Some(v) = args.balance_replicas {
         c.balance_replicas = v;
+    }
+    if let Some(v) = args.balance_disk_check_ms {
+        c.balance_disk_check_ms = v;
+    }
+    if let Some(v) = args.balance_disk_min_bytes {
+        c.balance_disk_min_bytes = v;
     }
     if let Some(v) = args.move_throttle_bytes_per_s {
         c.move_throttle_bytes_per_s = v;

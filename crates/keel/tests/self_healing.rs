@@ -308,3 +308,107 @@ async fn replicas_are_placed_and_replaced_across_racks() {
         }
     }
 }
+
+/// Disk balancing: three nodes whose replica counts are even but whose bytes are not (two
+/// partitions of a heavy topic, a MiB each, both placed on node 1; light topics on the
+/// others). The controller exchanges a heavy replica for a light one by itself, so the
+/// heavy partitions end on two nodes, every node still holds as many replicas as before,
+/// and every record reads back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_holding_uneven_bytes_exchange_replicas_until_even() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let root = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(
+        root.path(),
+        3,
+        &["--balance-disk-check-ms", "500", "--balance-disk-min-bytes", "262144"],
+    );
+    let bs: String = nodes.iter().map(|k| k.kafka.clone()).collect::<Vec<_>>().join(",");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &bs).create().unwrap();
+    let on_1: &[&[i32]] = &[&[1], &[1]];
+    let on_2: &[&[i32]] = &[&[2], &[2]];
+    let on_3: &[&[i32]] = &[&[3], &[3]];
+    let created = admin
+        .create_topics(
+            &[
+                NewTopic::new("heavy", 2, TopicReplication::Variable(on_1)),
+                NewTopic::new("light-2", 2, TopicReplication::Variable(on_2)),
+                NewTopic::new("light-3", 2, TopicReplication::Variable(on_3)),
+            ],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(60))),
+        )
+        .await
+        .expect("CreateTopics");
+    assert!(created.iter().all(|r| r.is_ok()), "{created:?}");
+    let heavy_nodes = |bs: &str| -> Vec<i32> {
+        let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bs).create().unwrap();
+        let Ok(md) = c.fetch_metadata(Some("heavy"), Duration::from_secs(10)) else {
+            return Vec::new();
+        };
+        md.topics()
+            .iter()
+            .flat_map(|t| t.partitions())
+            .flat_map(|p| p.replicas().to_vec())
+            .collect()
+    };
+    assert_eq!(heavy_nodes(&bs), vec![1, 1], "both heavy partitions start on node 1");
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bs)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .unwrap();
+    let before = replica_counts(&nodes[0].http_get("/api/v1/cluster").1);
+    let mut acked = Vec::new();
+    for i in 0..512 {
+        let value = format!("{i:05}{}", "x".repeat(4091));
+        let d = producer
+            .send(
+                FutureRecord::<(), _>::to("heavy").partition(i % 2).payload(&value),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .expect("delivered");
+        acked.push((d.partition, d.offset));
+    }
+    let started = Instant::now();
+    let spread = loop {
+        let mut on = heavy_nodes(&bs);
+        if on.is_empty() {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            continue;
+        }
+        let cluster = nodes[0].http_get("/api/v1/cluster").1;
+        let settled = serde_json::from_str::<serde_json::Value>(&cluster)
+            .is_ok_and(|v| v["moves_in_progress"].as_u64() == Some(0));
+        assert_eq!(on.len(), 2, "two single-replica partitions: {on:?}");
+        on.sort_unstable();
+        on.dedup();
+        if on.len() == 2 && settled {
+            break on;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the heavy partitions stayed on {on:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let after = replica_counts(&nodes[0].http_get("/api/v1/cluster").1);
+    assert_eq!(after, before, "an exchange leaves every node's replica count as it was");
+    let moves: u64 = nodes
+        .iter()
+        .map(|k| metric(&k.http_get("/metrics").1, "keel_replica_balance_moves_total"))
+        .sum();
+    assert!(moves >= 2, "{moves} balancing moves counted");
+    eprintln!(
+        "heavy partitions on nodes {spread:?} after {:?}; replicas per node {after:?}",
+        started.elapsed()
+    );
+    let got = common::read_from_start(&bs, "heavy", 2, acked.len(), Duration::from_secs(60));
+    for (p, o) in &acked {
+        assert_eq!(got.get(&(*p, *o)).map(String::len), Some(4096), "record {p}/{o}");
+    }
+}
