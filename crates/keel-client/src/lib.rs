@@ -83,6 +83,18 @@ fn kafka_err(op: String, code: i16, detail: String) -> anyhow::Error {
     anyhow::Error::new(KafkaError { op, code, detail })
 }
 
+/// A response's top-level error code and message as a result of operation `op`.
+fn check(op: impl FnOnce() -> String, code: i16, message: Option<StrBytes>) -> Result<()> {
+    if code == 0 {
+        return Ok(());
+    }
+    Err(kafka_err(
+        op(),
+        code,
+        message.map(|m| format!(": {m}")).unwrap_or_default(),
+    ))
+}
+
 /// Versions this client speaks, highest first preference.
 fn client_max(key: ApiKey) -> i16 {
     match key {
@@ -364,13 +376,11 @@ impl Client {
             .with_timeout_ms(30_000)
             .with_topics(topics);
         let resp = self.call(&req).await?;
-        if resp.error_code != 0 {
-            return Err(kafka_err(
-                "AlterPartitionReassignments".into(),
-                resp.error_code,
-                resp.error_message.map(|m| format!(": {m}")).unwrap_or_default(),
-            ));
-        }
+        check(
+            || "AlterPartitionReassignments".into(),
+            resp.error_code,
+            resp.error_message,
+        )?;
         Ok(resp
             .responses
             .into_iter()
@@ -392,13 +402,11 @@ impl Client {
             .with_timeout_ms(30_000)
             .with_topics(None);
         let resp = self.call(&req).await?;
-        if resp.error_code != 0 {
-            return Err(kafka_err(
-                "ListPartitionReassignments".into(),
-                resp.error_code,
-                resp.error_message.map(|m| format!(": {m}")).unwrap_or_default(),
-            ));
-        }
+        check(
+            || "ListPartitionReassignments".into(),
+            resp.error_code,
+            resp.error_message,
+        )?;
         let ids = |v: &[BrokerId]| v.iter().map(|b| b.0).collect::<Vec<i32>>();
         Ok(resp
             .topics
@@ -419,13 +427,7 @@ impl Client {
     pub async fn unregister_broker(&mut self, id: i32) -> Result<()> {
         let req = UnregisterBrokerRequest::default().with_broker_id(BrokerId(id));
         let resp = self.call(&req).await?;
-        if resp.error_code != 0 {
-            return Err(kafka_err(
-                format!("UnregisterBroker {id}"),
-                resp.error_code,
-                resp.error_message.map(|m| format!(": {m}")).unwrap_or_default(),
-            ));
-        }
+        check(|| format!("UnregisterBroker {id}"), resp.error_code, resp.error_message)?;
         Ok(())
     }
 
@@ -435,13 +437,7 @@ impl Client {
             .with_voter_id(id)
             .with_timeout_ms(timeout.as_millis().min(i32::MAX as u128) as i32);
         let resp = self.call(&req).await?;
-        if resp.error_code != 0 {
-            return Err(kafka_err(
-                format!("AddRaftVoter {id}"),
-                resp.error_code,
-                resp.error_message.map(|m| format!(": {m}")).unwrap_or_default(),
-            ));
-        }
+        check(|| format!("AddRaftVoter {id}"), resp.error_code, resp.error_message)?;
         Ok(())
     }
 
@@ -449,13 +445,7 @@ impl Client {
     pub async fn remove_raft_voter(&mut self, id: i32) -> Result<()> {
         let req = RemoveRaftVoterRequest::default().with_voter_id(id);
         let resp = self.call(&req).await?;
-        if resp.error_code != 0 {
-            return Err(kafka_err(
-                format!("RemoveRaftVoter {id}"),
-                resp.error_code,
-                resp.error_message.map(|m| format!(": {m}")).unwrap_or_default(),
-            ));
-        }
+        check(|| format!("RemoveRaftVoter {id}"), resp.error_code, resp.error_message)?;
         Ok(())
     }
 

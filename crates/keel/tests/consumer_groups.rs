@@ -341,21 +341,9 @@ async fn static_member_restart_causes_no_rebalance() {
     let _ = HashMap::<i32, i32>::new();
 }
 
-fn keel_cli(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_keel")).args(args).output().unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 /// Sum of the lag column of `keel group describe`.
 fn described_lag(k: &Keel, group: &str) -> (i64, String) {
-    let (ok, out) = keel_cli(&["group", "describe", group, "-b", &k.kafka]);
+    let (ok, out) = common::keel_cli(&["group", "describe", group, "-b", &k.kafka]);
     assert!(ok, "{out}");
     let lag = out
         .lines()
@@ -391,7 +379,7 @@ async fn group_cli_lag_and_reset() {
         out.contains("members 1"),
         "the killed member is still in the group until its session expires:\n{out}"
     );
-    let (ok, out) = keel_cli(&[
+    let (ok, out) = common::keel_cli(&[
         "group",
         "reset-offsets",
         group,
@@ -416,12 +404,12 @@ async fn group_cli_lag_and_reset() {
         "the dead member's session to expire",
         Duration::from_millis(SESSION_TIMEOUT_MS + 5000),
         || {
-            keel_cli(&["group", "describe", group, "-b", &k.kafka])
+            common::keel_cli(&["group", "describe", group, "-b", &k.kafka])
                 .1
                 .contains("members 0")
         },
     );
-    let (ok, out) = keel_cli(&[
+    let (ok, out) = common::keel_cli(&[
         "group",
         "reset-offsets",
         group,
@@ -434,7 +422,7 @@ async fn group_cli_lag_and_reset() {
     ]);
     assert!(ok, "{out}");
     assert_eq!(described_lag(&k, group).0, 150);
-    let (ok, out) = keel_cli(&[
+    let (ok, out) = common::keel_cli(&[
         "group",
         "reset-offsets",
         group,
@@ -446,6 +434,6 @@ async fn group_cli_lag_and_reset() {
         &k.kafka,
     ]);
     assert!(ok, "{out}");
-    let (ok, out) = keel_cli(&["group", "list", "-b", &k.kafka]);
+    let (ok, out) = common::keel_cli(&["group", "list", "-b", &k.kafka]);
     assert!(ok && out.contains("lag-group\tEmpty"), "{out}");
 }

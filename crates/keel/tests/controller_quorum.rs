@@ -17,19 +17,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 const TOPIC: &str = "quorum";
 const PARTITIONS: i32 = 4;
 
-fn keel_cli(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(args)
-        .output()
-        .expect("keel runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 /// The controller's voters as node `n`'s admin API reports them.
 fn voters(n: &Keel) -> BTreeSet<u64> {
     let (status, body) = n.http_get("/api/v1/cluster");
@@ -168,13 +155,13 @@ async fn a_controller_voter_is_replaced_without_downtime_and_the_new_quorum_surv
     let load = tokio::spawn(write_until(bs.clone(), stop.clone()));
     let joined = join_cluster(root.path(), &nodes, 4, &["--replica-replace-after-ms", "2000"]);
     nodes.push(joined);
-    let (ok, text) = keel_cli(&["cluster", "add-voter", "--bootstrap", &nodes[2].kafka, "--node", "4"]);
+    let (ok, text) = common::keel_cli(&["cluster", "add-voter", "--bootstrap", &nodes[2].kafka, "--node", "4"]);
     assert!(ok, "add-voter 4: {text}");
     wait_for_voters(&nodes[0], &[1, 2, 3, 4], Duration::from_secs(10)).await;
     // Refused by the controller's leader, whichever node is asked (the others forward).
     for n in &nodes {
         let asked = Instant::now();
-        let (ok, text) = keel_cli(&[
+        let (ok, text) = common::keel_cli(&[
             "cluster",
             "add-voter",
             "--bootstrap",
@@ -195,7 +182,7 @@ async fn a_controller_voter_is_replaced_without_downtime_and_the_new_quorum_surv
             asked.elapsed()
         );
     }
-    let (ok, text) = keel_cli(&["cluster", "add-voter", "--bootstrap", &nodes[2].kafka, "--node", "9"]);
+    let (ok, text) = common::keel_cli(&["cluster", "add-voter", "--bootstrap", &nodes[2].kafka, "--node", "9"]);
     assert!(
         !ok && text.contains("has not joined"),
         "add-voter of a node that never joined: {text}"
@@ -204,9 +191,9 @@ async fn a_controller_voter_is_replaced_without_downtime_and_the_new_quorum_surv
     // Node 1 goes for good: out of the voters, its replicas re-placed, then forgotten.
     nodes[0].kill9();
     let rest: String = nodes[1..].iter().map(|k| k.kafka.clone()).collect::<Vec<_>>().join(",");
-    let (ok, text) = keel_cli(&["cluster", "remove-node", "--bootstrap", &rest, "--node", "1"]);
+    let (ok, text) = common::keel_cli(&["cluster", "remove-node", "--bootstrap", &rest, "--node", "1"]);
     assert!(!ok && text.contains("voter"), "remove-node of a voter: {text}");
-    let (ok, text) = keel_cli(&["cluster", "remove-voter", "--bootstrap", &rest, "--node", "1"]);
+    let (ok, text) = common::keel_cli(&["cluster", "remove-voter", "--bootstrap", &rest, "--node", "1"]);
     assert!(ok, "remove-voter 1: {text}");
     wait_for_voters(&nodes[1], &[2, 3, 4], Duration::from_secs(10)).await;
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -221,7 +208,7 @@ async fn a_controller_voter_is_replaced_without_downtime_and_the_new_quorum_surv
         assert!(Instant::now() < deadline, "node 1's replicas were not re-placed: {p:?}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let (ok, text) = keel_cli(&["cluster", "remove-node", "--bootstrap", &rest, "--node", "1"]);
+    let (ok, text) = common::keel_cli(&["cluster", "remove-node", "--bootstrap", &rest, "--node", "1"]);
     assert!(ok, "remove-node 1: {text}");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (under_load, longest) = load.await.expect("the producer task");

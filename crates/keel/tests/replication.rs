@@ -557,15 +557,6 @@ fn replicas_and_nodes(bootstrap: &str) -> Option<(Vec<i32>, Vec<i32>)> {
     Some((replicas, md.brokers().iter().map(|b| b.id()).collect()))
 }
 
-fn keel_cli(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(args)
-        .output()
-        .expect("run keel");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
-}
-
 /// A fourth node joins the running cluster; the partition's leader is drained (its replica
 /// moves to the new node while a producer writes); the partition moves back onto the
 /// drained node and off the new one; one of the replicas that never moved is killed and
@@ -598,7 +589,7 @@ async fn a_joined_node_takes_over_a_drained_node_s_replica() {
     };
     let (bs2, node) = (bs.clone(), drained.to_string());
     let (ok, out) = tokio::task::spawn_blocking(move || {
-        keel_cli(&[
+        common::keel_cli(&[
             "cluster",
             "drain",
             "-b",
@@ -621,12 +612,12 @@ async fn a_joined_node_takes_over_a_drained_node_s_replica() {
     );
     assert!(replicas.contains(&4), "the new node took no replica: {replicas:?}");
     assert_eq!(replicas.len(), 3, "{replicas:?}");
-    let (ok, out) = keel_cli(&["cluster", "moves", "-b", &bs]);
+    let (ok, out) = common::keel_cli(&["cluster", "moves", "-b", &bs]);
     assert!(ok && out.contains("0 moves in progress"), "{out}");
 
     // The drained node is one of the controller's voters, which stay in the registry:
     // removing it is refused.
-    let (ok, out) = keel_cli(&["cluster", "remove-node", "-b", &bs, "--node", &drained.to_string()]);
+    let (ok, out) = common::keel_cli(&["cluster", "remove-node", "-b", &bs, "--node", &drained.to_string()]);
     assert!(!ok && out.contains("controller voter"), "{out}");
 
     // The partition moves back onto the drained node (a new incarnation of its replica)
@@ -639,7 +630,7 @@ async fn a_joined_node_takes_over_a_drained_node_s_replica() {
     };
     let bs2 = bs.clone();
     let (ok, out) = tokio::task::spawn_blocking(move || {
-        keel_cli(&[
+        common::keel_cli(&[
             "cluster",
             "reassign",
             "-b",
@@ -685,7 +676,7 @@ async fn a_joined_node_takes_over_a_drained_node_s_replica() {
 
     // The joined node leaves: drained (its __consumer_offsets replica moves to the node
     // without one), stopped, and removed from the registry.
-    let (ok, out) = keel_cli(&[
+    let (ok, out) = common::keel_cli(&[
         "cluster",
         "drain",
         "-b",
@@ -704,11 +695,11 @@ async fn a_joined_node_takes_over_a_drained_node_s_replica() {
         .map(|k| k.kafka.clone())
         .collect::<Vec<_>>()
         .join(",");
-    let (ok, out) = keel_cli(&["cluster", "remove-node", "-b", &bs, "--node", "4"]);
+    let (ok, out) = common::keel_cli(&["cluster", "remove-node", "-b", &bs, "--node", "4"]);
     assert!(ok, "remove-node 4 failed: {out}");
     let (_, nodes_now) = replicas_and_nodes(&bs).expect("metadata");
     assert!(!nodes_now.contains(&4), "{nodes_now:?}");
-    let (ok, out) = keel_cli(&["cluster", "status", "-b", &bs]);
+    let (ok, out) = common::keel_cli(&["cluster", "status", "-b", &bs]);
     assert!(ok && !out.lines().any(|l| l.starts_with("4\t")), "{out}");
     // The consumer group coordinator still answers: commit and read back an offset.
     let c: BaseConsumer = ClientConfig::new()
@@ -750,7 +741,7 @@ async fn leadership_goes_round_the_replicas_and_each_leader_takes_writes() {
         order.rotate_left(at + 1);
         let want = order[0];
         let list = order.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(",");
-        let (ok, out) = keel_cli(&[
+        let (ok, out) = common::keel_cli(&[
             "cluster",
             "reassign",
             "-b",
@@ -822,7 +813,7 @@ async fn a_move_copies_no_faster_than_the_move_throttle() {
     let started = Instant::now();
     let bs2 = bs.clone();
     let (ok, out) = tokio::task::spawn_blocking(move || {
-        keel_cli(&[
+        common::keel_cli(&[
             "cluster",
             "reassign",
             "-b",

@@ -187,19 +187,6 @@ async fn a_rolling_restart_hands_leadership_over_and_loses_no_acknowledged_write
     assert_eq!(got.len(), acked.len(), "records that were never acknowledged appeared");
 }
 
-fn keel_cli(args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(args)
-        .output()
-        .expect("keel runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 /// `keel cluster maintenance --node N --wait` while an acks=all producer writes: the node
 /// leads no partition and not the controller when the command returns, keeps its replicas
 /// in sync, and is given no leadership back while in maintenance (watched for five
@@ -264,7 +251,7 @@ async fn a_node_in_maintenance_leads_nothing_until_its_maintenance_ends() {
     let http = nodes[0].http.clone();
     let n = node.to_string();
     let (ok, out) = tokio::task::spawn_blocking(move || {
-        keel_cli(&[
+        common::keel_cli(&[
             "cluster",
             "maintenance",
             "--http",
@@ -322,7 +309,7 @@ async fn a_node_in_maintenance_leads_nothing_until_its_maintenance_ends() {
     let http = nodes[1].http.clone();
     let n = node.to_string();
     let (ok, out) = tokio::task::spawn_blocking(move || {
-        keel_cli(&["cluster", "maintenance", "--http", &http, "--node", &n, "--off"])
+        common::keel_cli(&["cluster", "maintenance", "--http", &http, "--node", &n, "--off"])
     })
     .await
     .unwrap();

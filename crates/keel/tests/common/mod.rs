@@ -344,3 +344,13 @@ pub fn read_from_start(
     }
     got
 }
+
+/// Runs the `keel` binary with `args`: whether it succeeded, and its stdout and stderr.
+pub fn keel_cli(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(args)
+        .output()
+        .expect("run keel");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
