@@ -139,13 +139,16 @@ run_numbers() {
         # 0055_producer_latency skips itself when CI is set ("latency measurements not
         # reliable on CI"); it is on the allow-list to measure Keel's produce and commit
         # latency, so it runs with CI unset (its bounds still scale with the measured RTT).
-        local unset_ci=()
-        [[ "${n}" == 0055 ]] && unset_ci=(-u CI)
+        local run_env=()
+        [[ "${n}" == 0055 ]] && run_env=(-u CI)
+        # In the acl pass, 0081_admin runs its ACL sub-tests only (CreateAcls, DescribeAcls,
+        # DeleteAcls, each with two request versions); the default pass runs it whole.
+        [[ "${label}" == acl && "${n}" == 0081 ]] && run_env+=(SUBTESTS=Acls)
         # -E: skip tests that need the socket fault-injection shim; -p1: one at a time.
         # KAFKA_PATH points at a kafka-topics.sh that creates, deletes and grows topics
         # through `keel topic` (the tests that run it need no ZooKeeper or JVM here).
         (cd "${SRC_DIR}/tests" && TESTS="${n}" KAFKA_PATH="${HERE}/kafka" ZK_ADDRESS="${BOOTSTRAP}" \
-            BROKERS="${BOOTSTRAP}" KEEL_BIN="${KEEL}" env "${unset_ci[@]}" timeout "${limit}" ./test-runner -p1 -E -L -s "${scenario}" \
+            BROKERS="${BOOTSTRAP}" KEEL_BIN="${KEEL}" env "${run_env[@]}" timeout "${limit}" ./test-runner -p1 -E -L -s "${scenario}" \
             >"${LOGS}/${n}-${label}.log" 2>&1)
         rc=$?
         secs=$(( $(date +%s) - start ))
@@ -222,7 +225,7 @@ fi
 # ${RESULTS%.tsv}-secure.tsv; a failure fails the run.
 SECURE_TESTS="${SECURE_TESTS:-0001 0002 0005 0011 0012 0013 0015 0017 0019 0022 0029 0034 0036 0056 0073 0090}"
 # The "acl" pass (SECURE_PASSES="... acl"): the tests that set ACLs with kafka-acls.sh,
-# against a Keel with the authorizer on.
+# against a Keel with the authorizer on, and 0081_admin's ACL sub-tests.
 ACL_TESTS="${ACL_TESTS:-0109 0115 0119}"
 declare -A SEC_STATUS
 sec_fail=0
@@ -263,7 +266,7 @@ if [[ -n "${SECURE_PASSES:-}" && "${PEER}" == keel ]]; then
         declare -A SAVED_STATUS=() SAVED_SECS=()
         for k in "${!STATUS[@]}"; do SAVED_STATUS[$k]="${STATUS[$k]}"; SAVED_SECS[$k]="${SECS[$k]}"; done
         tests="${SECURE_TESTS}"
-        [[ "${pass}" == acl ]] && tests="${ACL_TESTS}"
+        [[ "${pass}" == acl ]] && tests="${ACL_TESTS} 0081"
         for n in ${tests}; do
             for t in $(grep "^${n}" "${HERE}/broker_tests.txt"); do unset "STATUS[$t]"; done
         done

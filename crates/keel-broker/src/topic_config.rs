@@ -25,6 +25,9 @@ pub struct TopicSettings {
     /// keeps the latest record of each (see [`crate::cleaner`]).
     pub compacted: bool,
     pub compaction: CompactionSettings,
+    /// compression.type: the codec every batch is stored with (Kafka's codec ids, 0 for
+    /// uncompressed), or `None` ("producer") to store batches as the producer sent them.
+    pub compression: Option<i16>,
 }
 
 /// The log cleaner's settings for a compacted topic, as Kafka names them.
@@ -77,7 +80,8 @@ pub const TOPIC_CONFIGS: &[(&str, &str)] = &[
     ),
     (
         "compression.type",
-        "producer: batches are stored as the producer compressed them",
+        "producer (batches stored as the producer compressed them), uncompressed, gzip, snappy, \
+         lz4 or zstd (the leader recompresses batches sent otherwise)",
     ),
     (
         "retention.ms",
@@ -92,6 +96,16 @@ pub const TOPIC_CONFIGS: &[(&str, &str)] = &[
     (
         "file.delete.delay.ms",
         "accepted and ignored: a removed segment's file is deleted at once",
+    ),
+    (
+        "flush.messages",
+        "accepted; Keel fsyncs as keel.fsync.policy says (by default before every \
+         acknowledgement, as often as flush.messages=1 asks)",
+    ),
+    (
+        "flush.ms",
+        "accepted; Keel fsyncs as keel.fsync.policy says (by default before every \
+         acknowledgement, as often as any flush.ms asks)",
     ),
     ("max.message.bytes", "largest record batch accepted"),
     ("message.timestamp.type", "CreateTime or LogAppendTime"),
@@ -128,6 +142,8 @@ pub fn describe(broker: &BrokerConfig, overrides: &BTreeMap<String, String>) -> 
         ("message.timestamp.type", "CreateTime".to_string()),
         ("message.format.version", "3.0-IV1".to_string()),
         ("file.delete.delay.ms", "60000".to_string()),
+        ("flush.messages", i64::MAX.to_string()),
+        ("flush.ms", i64::MAX.to_string()),
         ("min.insync.replicas", "1".to_string()),
         ("keel.fsync.policy", broker.fsync.as_str().to_string()),
     ]
@@ -156,6 +172,23 @@ fn optional_limit(name: &str, v: &str) -> Result<Option<u64>, String> {
     }
 }
 
+/// compression.type's value as a codec id (`None` for "producer"), as Kafka names them.
+pub fn compression_type(v: &str) -> Result<Option<i16>, String> {
+    Ok(Some(match v.trim() {
+        "producer" => return Ok(None),
+        "uncompressed" => 0,
+        "gzip" => 1,
+        "snappy" => 2,
+        "lz4" => 3,
+        "zstd" => 4,
+        _ => {
+            return Err(format!(
+                "compression.type={v:?} (producer, uncompressed, gzip, snappy, lz4 or zstd)"
+            ))
+        }
+    }))
+}
+
 /// Applies `overrides` on the broker defaults, refusing unknown names and bad values.
 pub fn settings(broker: &BrokerConfig, overrides: &BTreeMap<String, String>) -> Result<TopicSettings, String> {
     let mut s = TopicSettings {
@@ -165,6 +198,7 @@ pub fn settings(broker: &BrokerConfig, overrides: &BTreeMap<String, String>) -> 
         message_bytes_max: broker.message_bytes_max,
         compacted: false,
         compaction: CompactionSettings::default(),
+        compression: None,
     };
     let mut compact_only = false;
     for (name, v) in overrides {
@@ -203,12 +237,17 @@ pub fn settings(broker: &BrokerConfig, overrides: &BTreeMap<String, String>) -> 
             "file.delete.delay.ms" => {
                 parse_i64(name, v)?;
             }
-            "compression.type" if v == "producer" => {}
-            "compression.type" => {
-                return Err(format!(
-                    "compression.type={v:?} is not supported: Keel stores batches as the producer sent them"
-                ))
+            // Kafka's forced flush after so many records or so long: Keel's fsync is set by
+            // keel.fsync.policy, by default before every acknowledgement, which is at
+            // least as often as any value here asks.
+            "flush.messages" | "flush.ms" => {
+                let x = parse_i64(name, v)?;
+                let min = if name == "flush.messages" { 1 } else { 0 };
+                if x < min {
+                    return Err(format!("{name}={x} is below {min}"));
+                }
             }
+            "compression.type" => s.compression = compression_type(v)?,
             "retention.ms" => s.log.retention_ms = optional_limit(name, v)?,
             "retention.bytes" => s.log.retention_bytes = optional_limit(name, v)?,
             "segment.bytes" => {
@@ -302,7 +341,9 @@ mod tests {
         o.insert("message.timestamp.type".to_string(), "LogAppendTime".to_string());
         o.insert("keel.fsync.policy".to_string(), "never".to_string());
         o.insert("message.format.version".to_string(), "0.10.0.0".to_string());
+        o.insert("compression.type".to_string(), "lz4".to_string());
         let s = settings(&b, &o).unwrap();
+        assert_eq!(s.compression, Some(3));
         assert_eq!(s.log.retention_ms, None);
         assert_eq!(s.timestamp_type, TimestampType::LogAppendTime);
         assert_eq!(s.fsync, FsyncPolicy::Never);
@@ -312,6 +353,7 @@ mod tests {
             ("cleanup.policy", "shred"),
             ("message.format.version", "latest"),
             ("retention.ms", "x"),
+            ("compression.type", "brotli"),
         ] {
             let o: BTreeMap<String, String> = [(k.to_string(), v.to_string())].into_iter().collect();
             assert!(settings(&b, &o).is_err(), "{k}={v} accepted");

@@ -421,6 +421,63 @@ async fn timestamps_and_offsets_for_times() {
     assert_eq!(r.elements()[0].offset(), Offset::End, "no record that late");
 }
 
+/// A topic whose compression.type names a codec stores what producers send in that codec
+/// (the leader recompresses): records sent uncompressed or in another codec read back the
+/// same, with keys, headers and timestamps, and the topic holds far fewer bytes than the
+/// same records stored as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_compression_type_recompresses_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = Keel::start(dir.path(), &[]);
+    create_topic(&k, "packed", 1, &[("compression.type", "zstd")]).await;
+    create_topic(&k, "as-sent", 1, &[]).await;
+    let value = "a".repeat(4096);
+    let mut sent = 0;
+    for codec in ["none", "gzip", "lz4"] {
+        let p = producer(&k, codec);
+        for i in 0..20 {
+            for topic in ["packed", "as-sent"] {
+                let key = format!("{codec}-{i}");
+                let headers = OwnedHeaders::new().insert(Header {
+                    key: "codec",
+                    value: Some(codec),
+                });
+                p.send(
+                    FutureRecord::to(topic)
+                        .key(&key)
+                        .payload(&value)
+                        .headers(headers)
+                        .timestamp(1_000 + sent),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{topic} {codec}: {:?}", e.0));
+            }
+            sent += 1;
+        }
+    }
+    let got = consume_all(&k, "packed", 1, sent as usize);
+    let want = consume_all(&k, "as-sent", 1, sent as usize);
+    assert_eq!(got.len(), sent as usize);
+    assert_eq!(
+        got, want,
+        "records differ between the recompressed and the as-sent topic"
+    );
+    assert!(got.iter().all(|g| g.3 == value));
+    let size = |topic: &str| -> u64 {
+        let (status, body) = k.http_get(&format!("/api/v1/topics/{topic}"));
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["partitions"][0]["local_size_bytes"].as_u64().expect("a size")
+    };
+    let (packed, as_sent) = (size("packed"), size("as-sent"));
+    // Uncompressed, 20 of the 60 records alone are 80 KiB; zstd makes each batch tiny.
+    assert!(
+        packed * 4 < as_sent,
+        "compression.type=zstd topic holds {packed} bytes, as sent {as_sent}"
+    );
+}
+
 /// A compacted topic refuses keyless records with INVALID_RECORD (plain and compressed
 /// batches alike) and takes keyed ones; it keeps every record, tombstones included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

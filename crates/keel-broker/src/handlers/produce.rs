@@ -73,6 +73,29 @@ fn keyless(
     None
 }
 
+/// The batches recompressed with `codec` (a topic's compression.type), off the async
+/// workers; batches already in `codec` are kept as sent.
+async fn recompressed(
+    batches: Vec<(batch::BatchHeader, bytes::Bytes)>,
+    codec: i16,
+) -> Result<Vec<(batch::BatchHeader, bytes::Bytes)>, keel_proto::ProtoError> {
+    if batches.iter().all(|(h, _)| h.compression() == codec) {
+        return Ok(batches);
+    }
+    let work = move || {
+        batches
+            .into_iter()
+            .map(|(_, b)| {
+                let out = batch::recompress(&b, codec, INFLATED_BATCH_MAX)?;
+                Ok((batch::BatchHeader::parse(&out)?, out))
+            })
+            .collect()
+    };
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(keel_proto::ProtoError::Malformed(format!("recompression failed: {e}"))))
+}
+
 /// Produce v0-2: each partition's legacy message set becomes one v2 batch (see
 /// `keel_proto::legacy`), then the request is served as a v3 one; a set that cannot be
 /// converted gets its error code. Returns (topic, answers) in the request's order, or
@@ -238,12 +261,25 @@ pub async fn start(
                 tr.partition_responses.push(refused);
                 continue;
             }
-            if part.settings().compacted {
+            let settings = part.settings();
+            if settings.compacted {
                 if let Some(refused) = keyless(&name, index, &batches) {
                     tr.partition_responses.push(refused);
                     continue;
                 }
             }
+            let batches = match settings.compression {
+                None => batches,
+                Some(codec) => match recompressed(batches, codec).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        warn!(topic = %name, partition = index, error = %e, "produce refused");
+                        tr.partition_responses
+                            .push(failed(index, e.error_code(), Some(e.to_string())));
+                        continue;
+                    }
+                },
+            };
             let count: i64 = batches.iter().map(|(h, _)| h.record_count as i64).sum();
             let bytes: usize = batches.iter().map(|(_, b)| b.len()).sum();
             let wait = part.append_start(batches, Acks::from_kafka(acks)).await;
