@@ -9,4 +9,4 @@ KEEL="$(realpath "${1:-${DIR}/../../target/debug/keel}")"
 VENV="${VENV:-/tmp/keel-compat-venv}"
 WORK="$(mktemp -d /tmp/keel-security.XXXXXX)"
 trap 'pkill -f "${WORK}" 2>/dev/null || true; rm -rf "${WORK}"' EXIT
-timeout 600 "${VENV}/bin/python" "${DIR}/security.py" "${KEEL}" "${WORK}" 2>&1 | grep -av '^%[0-9]|'
+timeout 900 "${VENV}/bin/python" "${DIR}/security.py" "${KEEL}" "${WORK}" 2>&1 | grep -av '^%[0-9]|'

@@ -1,6 +1,8 @@
 //! The client matrix's scenarios (`compat/clients/SCENARIOS.md`) with the `rdkafka` crate
 //! (librdkafka), run by `compat/clients/rust/run.sh` against `$BOOTSTRAP`. Prints one
-//! `RESULT scenario PASS|FAIL detail` line per scenario.
+//! `RESULT scenario PASS|FAIL detail` line per scenario. `$CLIENT_PROPS`, `name=value`
+//! lines, are set on every client (compat/security runs it over TLS and SASL/SCRAM that
+//! way, built with the `tls-clients` feature).
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -20,6 +22,7 @@ type Res = Result<(), String>;
 
 struct Matrix {
     boot: String,
+    props: Vec<(String, String)>,
     prefix: String,
     admin: AdminClient<DefaultClientContext>,
 }
@@ -46,9 +49,7 @@ fn value(m: &impl Message) -> String {
 
 impl Matrix {
     fn config(&self) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.boot);
-        c
+        client_config(&self.boot, &self.props)
     }
 
     fn consumer(&self, group: &str) -> Result<BaseConsumer, String> {
@@ -420,15 +421,32 @@ impl Matrix {
     }
 }
 
+fn client_config(boot: &str, props: &[(String, String)]) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", boot);
+    for (k, v) in props {
+        c.set(k, v);
+    }
+    c
+}
+
 #[tokio::main]
 async fn main() {
     let boot = std::env::var("BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let prefix = std::env::var("PREFIX").unwrap_or_else(|_| "rdkafka".into());
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &boot)
-        .create()
-        .expect("admin client");
-    let m = Matrix { boot, prefix, admin };
+    let props: Vec<(String, String)> = std::env::var("CLIENT_PROPS")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let admin: AdminClient<DefaultClientContext> = client_config(&boot, &props).create().expect("admin client");
+    let m = Matrix {
+        boot,
+        props,
+        prefix,
+        admin,
+    };
     let results = [
         ("admin", m.admin().await),
         ("produce", m.produce().await),
