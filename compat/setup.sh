@@ -9,9 +9,9 @@
 set -euo pipefail
 VENV="${VENV:-/tmp/keel-compat-venv}"
 if ! command -v kcat >/dev/null || ! command -v curl >/dev/null || [[ ! -f /usr/include/rapidjson/schema.h ]] ||
-    [[ ! -f /usr/include/openssl/ssl.h ]]; then
+    [[ ! -f /usr/include/openssl/ssl.h ]] || ! command -v pkg-config >/dev/null; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat curl rapidjson-dev libssl-dev >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat curl rapidjson-dev libssl-dev pkg-config >/dev/null
 fi
 if [[ ! -x "${VENV}/bin/python" ]]; then
     python3 -m venv "${VENV}"
