@@ -909,6 +909,28 @@ def quota_section():
                              "--delete-config", "producer_byte_rate")
         rc2, out2 = kafka_tool(*configs, "--describe", "--entity-type", "clients", "--entity-name", "quota-app")
         check("kafka-configs removes the quota", rc == 0 and rc2 == 0 and "producer_byte_rate" not in out2, out + out2)
+
+        # request_percentage (KIP-124): 0.01 % of one thread is 100 us of handling a second.
+        rc, out = kafka_tool(*configs, "--alter", "--entity-type", "clients", "--entity-name", "busy-app",
+                             "--add-config", "request_percentage=0.01")
+        check("kafka-configs sets a client's request_percentage", rc == 0, out[-500:])
+
+        def metadata_calls(client_id, seconds=4.0):
+            a = AdminClient({"bootstrap.servers": node.kafka, "client.id": client_id})
+            n, t0 = 0, time.time()
+            while time.time() - t0 < seconds:
+                try:
+                    a.list_topics(timeout=seconds)
+                    n += 1
+                except KafkaException:
+                    pass
+            return n
+
+        before = node.metric("keel_quota_throttled_responses_total") or 0
+        busy, free = metadata_calls("busy-app"), metadata_calls("free-app")
+        after = node.metric("keel_quota_throttled_responses_total") or 0
+        check(f"a client over its request_percentage is slowed ({busy} Metadata requests in 4 s against {free})",
+              busy * 4 < free and after > before, f"busy {busy}, free {free}, throttled {before} -> {after}")
     finally:
         node.stop()
 

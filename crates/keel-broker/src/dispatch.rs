@@ -82,6 +82,53 @@ pub async fn start_from(
     peer: Option<std::net::SocketAddr>,
     session: &mut handlers::sasl::Session,
 ) -> Started {
+    // The request quota meters the time the handler runs, not the time it waits.
+    let client = if b.controller.meta().quotas.is_empty() {
+        None
+    } else {
+        Some(request_client_id(&frame))
+    };
+    let mut busy = std::time::Duration::ZERO;
+    let started = {
+        let mut work = std::pin::pin!(start_inner(b, frame, peer, session));
+        std::future::poll_fn(|cx| {
+            let t = Instant::now();
+            let r = std::future::Future::poll(work.as_mut(), cx);
+            busy += t.elapsed();
+            r
+        })
+        .await
+    };
+    if let Some(client) = client {
+        b.throttle(
+            session,
+            &client,
+            crate::quota::REQUEST_PERCENTAGE,
+            busy.as_micros().min(usize::MAX as u128) as usize,
+        );
+    }
+    started
+}
+
+/// The client id of a request frame's header (v1 and later headers carry it as a
+/// nullable string after the correlation id), or "" when there is none.
+fn request_client_id(frame: &[u8]) -> String {
+    let Some(len) = frame.get(8..10).map(|b| i16::from_be_bytes([b[0], b[1]])) else {
+        return String::new();
+    };
+    usize::try_from(len)
+        .ok()
+        .and_then(|n| frame.get(10..10 + n))
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default()
+}
+
+async fn start_inner(
+    b: &Arc<Broker>,
+    frame: Bytes,
+    peer: Option<std::net::SocketAddr>,
+    session: &mut handlers::sasl::Session,
+) -> Started {
     let (v, corr) = match peek_prefix(&frame) {
         Ok(p) if session.authenticated && pipelined(&p) => (p.api_version, p.correlation_id),
         _ => return Started::Done(handle_from(b, frame, peer, session).await),

@@ -284,8 +284,9 @@ impl Broker {
     }
 
     /// Meters `bytes` served to the connection's user and client id against their quota
-    /// `key` (if one applies) and returns the throttle time in milliseconds; the
-    /// connection reads no more requests until it has passed (KIP-219).
+    /// `key` (if one applies; for `request_percentage`, `bytes` is microseconds of request
+    /// handling) and returns the throttle time in milliseconds; the connection reads no
+    /// more requests until it has passed (KIP-219).
     pub fn throttle(&self, who: &mut handlers::sasl::Session, client_id: &str, key: &'static str, bytes: usize) -> i32 {
         let meta = self.controller.meta();
         if meta.quotas.is_empty() {
@@ -295,13 +296,18 @@ impl Broker {
         let Some(quota) = quota::quota_for(&meta.quotas, user, client_id, key) else {
             return 0;
         };
+        let (amount, quota) = match key {
+            quota::REQUEST_PERCENTAGE => (bytes as u64, quota::request_micros_per_second(quota)),
+            _ => (bytes as u64, quota),
+        };
         let now = Instant::now();
-        let wait = self.quota_meters.record(user, client_id, key, bytes as u64, quota, now);
+        let wait = self.quota_meters.record(user, client_id, key, amount, quota, now);
         if wait.is_zero() {
             return 0;
         }
         self.metrics.quota_throttled.inc();
-        who.throttle_until = Some(now + wait);
+        let until = now + wait;
+        who.throttle_until = Some(who.throttle_until.map_or(until, |t| t.max(until)));
         wait.as_millis().min(i32::MAX as u128) as i32
     }
 

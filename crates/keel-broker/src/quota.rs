@@ -1,6 +1,7 @@
 //! Client quotas with Kafka's semantics, as a pure core: quota entities (user, client id,
 //! or both; a missing name is the entity type's default), Kafka's precedence between them,
-//! and byte-rate metering with Kafka's throttle time.
+//! and rate metering (bytes, or microseconds of request handling) with Kafka's throttle
+//! time.
 //!
 //! The quotas live in the controller (AlterClientQuotas, DescribeClientQuotas); each node
 //! meters what it serves. A client over its `producer_byte_rate` or `consumer_byte_rate` on
@@ -18,9 +19,19 @@ pub const USER: &str = "user";
 pub const CLIENT_ID: &str = "client-id";
 pub const PRODUCER_BYTE_RATE: &str = "producer_byte_rate";
 pub const CONSUMER_BYTE_RATE: &str = "consumer_byte_rate";
+/// Kafka's request quota (KIP-124): the share of one request-handling thread's time a
+/// client may use, in percent. Keel meters the time its handlers spend running for the
+/// client (their polls on the async workers; not the time they wait for replication, a
+/// rebalance or new data, as Kafka leaves purgatory time out).
+pub const REQUEST_PERCENTAGE: &str = "request_percentage";
 
 /// The quota keys served.
-pub const KEYS: [&str; 2] = [PRODUCER_BYTE_RATE, CONSUMER_BYTE_RATE];
+pub const KEYS: [&str; 3] = [PRODUCER_BYTE_RATE, CONSUMER_BYTE_RATE, REQUEST_PERCENTAGE];
+
+/// Microseconds per second that a `request_percentage` quota of `percent` allows.
+pub fn request_micros_per_second(percent: f64) -> f64 {
+    percent * 10_000.0
+}
 
 /// Rates are measured over at least this long (Kafka: 11 one-second samples).
 const WINDOW: Duration = Duration::from_secs(10);
@@ -165,6 +176,22 @@ mod tests {
         assert_eq!(quota_for(&q, "alice", "app", PRODUCER_BYTE_RATE), Some(5.0));
         assert_eq!(quota_for(&q, "alice", "other", PRODUCER_BYTE_RATE), Some(4.0));
         assert_eq!(quota_for(&q, "alice", "app", CONSUMER_BYTE_RATE), None);
+    }
+
+    /// request_percentage is a share of one thread's time: 1 allows 10 ms of handling per
+    /// second, and a client that used 150 ms in the 10 s window waits (15 - 10) / 10 of it.
+    #[test]
+    fn request_percentage_is_a_share_of_one_thread() {
+        let m = Meters::default();
+        let now = Instant::now();
+        let quota = request_micros_per_second(1.0);
+        assert_eq!(quota, 10_000.0);
+        assert_eq!(
+            m.record("u", "c", REQUEST_PERCENTAGE, 100_000, quota, now),
+            Duration::ZERO
+        );
+        let wait = m.record("u", "c", REQUEST_PERCENTAGE, 50_000, quota, now);
+        assert_eq!(wait, Duration::from_secs(5));
     }
 
     #[test]
