@@ -272,6 +272,10 @@ pub struct BrokerConfig {
     /// This node's rack (a zone, a room): partitions' replicas are spread over racks
     /// before nodes, and clients see it in Metadata (Kafka's `broker.rack`).
     pub rack: Option<String>,
+    /// Whether a partition's leader sends a consumer that names its rack (`client.rack`)
+    /// to an in-sync follower in that rack, which then serves its fetches (KIP-392, as
+    /// Kafka's RackAwareReplicaSelector); true by default, and inert until nodes have racks.
+    pub fetch_from_follower: bool,
     /// How long the first rebalance of an empty group waits for more members to join
     /// (Kafka's `group.initial.rebalance.delay.ms`).
     pub group_initial_rebalance_delay_ms: u64,
@@ -394,6 +398,7 @@ impl Default for BrokerConfig {
             chaos_reports_dir: None,
             move_throttle_bytes_per_s: 100 << 20,
             rack: None,
+            fetch_from_follower: true,
             group_initial_rebalance_delay_ms: 1000,
             offsets_segment_bytes: 16 * 1024 * 1024,
             offsets_compact_bytes: 64 * 1024 * 1024,

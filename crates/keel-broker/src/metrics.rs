@@ -53,6 +53,10 @@ pub struct Metrics {
     pub produced_records: Counter,
     pub produced_bytes: Counter,
     pub fetched_bytes: Counter,
+    /// Fetched bytes this node served as a follower (KIP-392).
+    pub follower_fetched_bytes: Counter,
+    /// Fetches answered with a preferred read replica in the consumer's rack.
+    pub fetch_redirects: Counter,
     pub connections: Gauge,
     pub connections_refused: Counter,
     pub malformed_requests: Counter,
@@ -149,6 +153,8 @@ impl Metrics {
             produced_records: Counter::default(),
             produced_bytes: Counter::default(),
             fetched_bytes: Counter::default(),
+            follower_fetched_bytes: Counter::default(),
+            fetch_redirects: Counter::default(),
             connections: Gauge::default(),
             connections_refused: Counter::default(),
             malformed_requests: Counter::default(),
@@ -224,6 +230,16 @@ impl Metrics {
             "fetched_bytes",
             "Record batch bytes served to fetches",
             m.fetched_bytes.clone(),
+        );
+        registry.register(
+            "follower_fetched_bytes",
+            "Record batch bytes served to consumers by this node as a follower (KIP-392)",
+            m.follower_fetched_bytes.clone(),
+        );
+        registry.register(
+            "fetch_redirects",
+            "Fetches a leader answered with a follower in the consumer's rack to read from",
+            m.fetch_redirects.clone(),
         );
         registry.register("connections", "Open client connections", m.connections.clone());
         registry.register(

@@ -493,6 +493,17 @@ impl Partition {
         self.is_leader() || (self.poisoned.load(Ordering::Acquire) && self.group.voters() == [self.group_node()])
     }
 
+    /// A follower serves consumers' reads (KIP-392) while it follows a known leader (one
+    /// cut off from it stands for election and stops) and its storage is sound.
+    fn may_serve_follower_reads(&self) -> bool {
+        !self.poisoned.load(Ordering::Acquire)
+            && self
+                .group
+                .metrics()
+                .current_leader
+                .is_some_and(|l| l != self.group_node())
+    }
+
     fn group_node(&self) -> u64 {
         self.group.metrics().id
     }
@@ -1062,7 +1073,22 @@ impl Partition {
         oversized_first: bool,
         committed_only: bool,
     ) -> Result<ReadResult, PartitionError> {
-        if !self.may_serve_reads() {
+        self.read_as(offset, max_bytes, oversized_first, committed_only, false)
+    }
+
+    /// As [`Partition::read_bounded`]; with `follower_ok`, a follower serves it too (a
+    /// consumer a leader sent here, KIP-392): what this replica knows committed, and an
+    /// empty read for an offset it has logged but not yet learnt committed.
+    pub fn read_as(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        oversized_first: bool,
+        committed_only: bool,
+        follower_ok: bool,
+    ) -> Result<ReadResult, PartitionError> {
+        let leader = self.may_serve_reads();
+        if !(leader || (follower_ok && self.may_serve_follower_reads())) {
             return Err(PartitionError::NotLeader);
         }
         let hw = self.high_watermark();
@@ -1070,6 +1096,15 @@ impl Partition {
         let upper = if committed_only { lso } else { hw };
         let start = self.log_start_offset();
         let log = self.group.shared.log();
+        if !leader && offset > hw && offset <= log.next_offset() {
+            return Ok(ReadResult {
+                records: Bytes::new(),
+                high_watermark: hw,
+                last_stable_offset: lso,
+                log_start_offset: start,
+                aborted: Vec::new(),
+            });
+        }
         if offset < start || offset > hw {
             return Err(PartitionError::OffsetOutOfRange { offset, start, end: hw });
         }

@@ -142,6 +142,10 @@ pub struct ServeArgs {
     /// This node's rack or zone (Kafka's broker.rack): replicas spread over racks first.
     #[arg(long, env = "KEEL_RACK")]
     pub rack: Option<String>,
+    /// Whether leaders send consumers that set client.rack to an in-sync follower in their
+    /// rack (KIP-392) [default: true].
+    #[arg(long, env = "KEEL_FETCH_FROM_FOLLOWER")]
+    pub fetch_from_follower: Option<bool>,
     /// Log level filter (tracing syntax), e.g. info or keel_broker=debug.
     #[arg(long, env = "KEEL_LOG", default_value = "info,openraft=off")]
     pub log: String,
@@ -280,6 +284,9 @@ pub fn load_config(args: &ServeArgs) -> Result<BrokerConfig> {
     }
     if let Some(v) = &args.rack {
         c.rack = Some(v.clone());
+    }
+    if let Some(v) = args.fetch_from_follower {
+        c.fetch_from_follower = v;
     }
     if let Some(v) = args.replica_replace_after_ms {
         c.replica_replace_after_ms = v;

@@ -35,13 +35,19 @@ fn partition_error(index: i32, code: i16, hw: i64, start: i64) -> PartitionData 
 }
 
 /// One pass over the requested partitions. Returns the response, its record bytes and
-/// whether any partition reported an error.
+/// whether it must be answered at once (a partition reported an error, or sent the consumer
+/// to another replica).
 fn read_once(
     b: &Broker,
     req: &FetchRequest,
+    v: i16,
     max_bytes: usize,
     denied: &std::collections::HashSet<&str>,
 ) -> (Vec<FetchableTopicResponse>, usize, bool) {
+    // Fetch v11 brought KIP-392: consumers name their rack, leaders may name a replica to
+    // read from, and followers serve the consumers sent to them.
+    let follower_reads = v >= FOLLOWER_FETCH_MIN_VERSION && req.replica_id.0 < 0 && req.replica_state.replica_id.0 < 0;
+    let client_rack = req.rack_id.as_str();
     let mut budget = max_bytes;
     let mut total = 0usize;
     let mut any_error = false;
@@ -78,6 +84,19 @@ fn read_once(
             };
             // Once the response budget is spent, remaining partitions report their
             // watermarks without records.
+            if follower_reads && !client_rack.is_empty() && b.config.fetch_from_follower {
+                if let Some(node) = preferred_replica(b, &part, client_rack) {
+                    // The consumer is sent to a replica in its rack: no records from here.
+                    let mut p = partition_error(fp.partition, 0, part.high_watermark(), part.log_start_offset());
+                    p.last_stable_offset = part.last_stable_offset();
+                    p.preferred_read_replica = kafka_protocol::messages::BrokerId(node);
+                    tr.partitions.push(p);
+                    b.metrics.fetch_redirects.inc();
+                    // Answered at once, not after the long poll.
+                    any_error = true;
+                    continue;
+                }
+            }
             let want = (fp.partition_max_bytes.max(0) as usize).min(budget);
             // Only the first batch of the response may exceed the limits (KIP-74); after
             // that the remaining budget is a hard limit, or the response outgrows what
@@ -85,7 +104,7 @@ fn read_once(
             let result = if want == 0 && total > 0 {
                 Ok(None)
             } else {
-                part.read_bounded(fp.fetch_offset, want.max(1), total == 0, committed_only)
+                part.read_as(fp.fetch_offset, want.max(1), total == 0, committed_only, follower_reads)
                     .map(Some)
             };
             match result {
@@ -112,6 +131,9 @@ fn read_once(
                         );
                     }
                     let records = read.map(|r| r.records).unwrap_or_default();
+                    if follower_reads && !records.is_empty() && !part.is_leader() {
+                        b.metrics.follower_fetched_bytes.inc_by(records.len() as u64);
+                    }
                     budget = budget.saturating_sub(records.len());
                     total += records.len();
                     p.records = Some(records);
@@ -139,12 +161,27 @@ fn read_once(
     (out, total, any_error)
 }
 
-pub async fn handle(
-    b: &Arc<Broker>,
-    req: FetchRequest,
-    _v: i16,
-    who: &crate::handlers::sasl::Session,
-) -> FetchResponse {
+/// The first Fetch version of KIP-392 (rack id, preferred read replica).
+const FOLLOWER_FETCH_MIN_VERSION: i16 = 11;
+
+/// For a consumer in `rack` fetching from this leader: an in-sync, reachable follower in
+/// that rack to read from instead (the first by node id), unless this node is in it.
+fn preferred_replica(b: &Broker, part: &crate::partition::Partition, rack: &str) -> Option<i32> {
+    if !part.is_leader() || b.config.rack.as_deref() == Some(rack) {
+        return None;
+    }
+    let in_sync = super::metadata::partition_view(part).in_sync?;
+    let me = b.config.node_id as u64;
+    let mut candidates: Vec<u64> = in_sync
+        .into_iter()
+        .filter(|n| *n != me && b.controller.transport.is_alive(*n))
+        .filter(|n| super::metadata::rack_of(b, *n as i32).as_deref() == Some(rack))
+        .collect();
+    candidates.sort_unstable();
+    candidates.first().map(|n| *n as i32)
+}
+
+pub async fn handle(b: &Arc<Broker>, req: FetchRequest, v: i16, who: &crate::handlers::sasl::Session) -> FetchResponse {
     let max_wait = Duration::from_millis((req.max_wait_ms.max(0) as u64).min(b.config.fetch_wait_ms_max));
     let max_bytes = (req.max_bytes.max(0) as usize).min(b.config.fetch_bytes_max);
     let min_bytes = req.min_bytes.max(0) as usize;
@@ -159,7 +196,7 @@ pub async fn handle(
         .collect();
     let responses = loop {
         changed.borrow_and_update();
-        let (responses, total, any_error) = read_once(b, &req, max_bytes, &denied);
+        let (responses, total, any_error) = read_once(b, &req, v, max_bytes, &denied);
         if total >= min_bytes.max(1) || any_error || Instant::now() >= deadline {
             b.metrics.fetched_bytes.inc_by(total as u64);
             break responses;
