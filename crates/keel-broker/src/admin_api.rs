@@ -201,7 +201,7 @@ async fn cluster(State(b): State<Arc<Broker>>) -> Response {
             "partitions": partitions,
             "leaderless_partitions": leaderless,
             "under_replicated_partitions": under_replicated,
-            "moves_in_progress": b.topics.moves().len(),
+            "moves_in_progress": crate::cluster::moves::in_progress(&b.topics).len(),
             "ready": crate::http::not_ready_reasons(&b).is_empty(),
         }),
     )
@@ -390,7 +390,7 @@ async fn set_maintenance(b: &Arc<Broker>, id: u64, on: bool, who: Option<Session
             return error(StatusCode::FORBIDDEN, "not allowed to alter the cluster");
         }
     }
-    let result = b.topics.set_maintenance(id, on).await;
+    let result = crate::cluster::moves::set_maintenance(&b.topics, id, on).await;
     let code = result.as_ref().err().map(|e| e.code).unwrap_or(0);
     if let Some(who) = &who {
         let what = if on { "maintenance on" } else { "maintenance off" };
@@ -486,9 +486,7 @@ async fn groups(State(b): State<Arc<Broker>>) -> Response {
 }
 
 async fn moves(State(b): State<Arc<Broker>>) -> Response {
-    let list: Vec<Value> = b
-        .topics
-        .moves()
+    let list: Vec<Value> = crate::cluster::moves::in_progress(&b.topics)
         .into_iter()
         .map(|m| {
             json!({

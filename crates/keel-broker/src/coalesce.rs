@@ -8,7 +8,7 @@
 //! (the batches back to back, which is also how Kafka stores and serves them). A request
 //! that finds nothing in flight is proposed at once, so an idle partition adds no wait.
 //!
-//! This module is the queue's bookkeeping, free of I/O; [`crate::partition::Partition`]
+//! This module is the queue's bookkeeping, free of I/O; [`crate::cluster::partition::Partition`]
 //! proposes what [`Coalescer::take`] hands it, in order, under its proposal lock.
 
 use bytes::{Bytes, BytesMut};

@@ -253,7 +253,7 @@ pub struct BrokerConfig {
     /// live nodes (0: never; moves are then `keel cluster reassign`'s and drain's).
     pub replica_replace_after_ms: u64,
     /// The controller's leader moves replicas between nodes by itself to even out their
-    /// replica counts (a node that joins takes its share; see [`crate::healing`]).
+    /// replica counts (a node that joins takes its share; see [`crate::cluster::healing`]).
     pub balance_replicas: bool,
     /// With `balance_replicas`, how often the controller's leader compares the bytes the
     /// nodes hold, once their replica counts are even, and exchanges replicas between the

@@ -259,7 +259,7 @@ fn readiness(b: &Broker) -> (Vec<String>, usize) {
         let local = p.group().leader().map(keel_raft::node_of);
         let led = local.is_some_and(|l| transport.is_alive(l))
             || transport
-                .reported_leader(&crate::partition::group_name(&p.topic, p.index))
+                .reported_leader(&crate::cluster::partition::group_name(&p.topic, p.index))
                 .is_some_and(|(l, _)| transport.is_alive(l));
         if !led {
             leaderless.push(format!("{}-{}", p.topic, p.index));

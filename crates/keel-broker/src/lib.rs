@@ -1,26 +1,27 @@
-//! Keel's broker: topics and partitions served over the Kafka protocol.
+//! Keel's broker: topics and partitions served over the Kafka protocol. Two layers:
+//!
+//! - The Kafka API layer serves clients: [`server`] (accept loop, per-connection request
+//!   loop, connection and in-flight-byte limits, TLS and SASL, clean shutdown), [`dispatch`]
+//!   (decodes a frame and routes it to one module per Kafka API in [`handlers`]), [`group`]
+//!   (consumer groups, committed offsets in `__consumer_offsets`), [`txn`] (transactions:
+//!   the coordinator in `__transaction_state`, markers, last stable offsets), [`acl`],
+//!   [`quota`], [`scram`], [`audit`], and the HTTP side ([`http`], [`admin_api`]).
+//! - The [`cluster`] layer holds what the nodes agree on and this node's replicas: the
+//!   metadata state machine ([`cluster::meta`], pure) and its runtime
+//!   ([`cluster::controller`]), the replicas ([`cluster::topics`], [`cluster::partition`]),
+//!   moves, self-healing, balancing and leadership hand-over.
 //!
 //! Data flow of a request:
 //!
 //! ```text
 //! TCP ─▶ server (frame, limits) ─▶ dispatch (header, version check, decode)
-//!        ─▶ handlers::<api> ─▶ Topics / Partition ─▶ keel_log::DiskLog
+//!        ─▶ handlers::<api> ─▶ Topics / Partition ─▶ keel_raft::Group ─▶ keel_log::DiskLog
 //!        ◀─ response encoded by keel_proto::codec ◀─┘
 //! ```
 //!
-//! - [`config`]: the broker's settings; [`topic_config`]: per-topic Kafka configs.
-//! - [`server`]: accept loop, per-connection request loop, connection and in-flight-byte
-//!   limits, clean shutdown.
-//! - [`dispatch`]: decodes a frame and routes it to one module per Kafka API in [`handlers`].
-//! - [`topics`]: create, grow, delete and load topics; [`partition`]: one partition's log,
-//!   group commit, high watermark and idempotent-producer dedup ([`producer_state`]).
-//! - [`group`]: consumer groups (classic protocol) and committed offsets, kept in the
-//!   internal `__consumer_offsets` topic.
-//! - [`cleaner`]: the log cleaner of compacted topics.
-//! - [`txn`]: Kafka transactions: the coordinator (kept in the internal
-//!   `__transaction_state` topic), markers, and each partition's last stable offset.
-//! - [`metrics`] and [`http`]: Prometheus `/metrics` and `/health`.
-//! - [`error`]: broker errors and their Kafka error codes.
+//! Also: [`config`] (the broker's settings), [`cleaner`] (the log cleaner of compacted
+//! topics), [`producer_state`] (idempotent-producer dedup), [`metrics`] (Prometheus), and
+//! [`error`] (broker errors and their Kafka error codes).
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod acl;
@@ -28,26 +29,20 @@ pub mod admin_api;
 pub mod audit;
 pub mod browse;
 pub mod cleaner;
+pub mod cluster;
 pub mod coalesce;
 pub mod config;
-pub mod controller;
 pub mod dispatch;
 pub mod error;
 pub mod group;
 pub mod handlers;
-pub mod handover;
-pub mod healing;
 pub mod http;
 pub mod metrics;
-pub mod moves;
-pub mod partition;
 pub mod producer_state;
 pub mod quota;
 pub mod scram;
 pub mod server;
 pub mod tls;
-pub mod topic_config;
-pub mod topics;
 pub mod txn;
 
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -55,6 +50,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context as _;
+use cluster::{controller, handover, healing, meta, moves, partition, topics};
 use tokio::sync::watch;
 
 pub use config::{BrokerConfig, FsyncPolicy};
@@ -317,7 +313,7 @@ impl Broker {
     }
 
     /// The users SASL authenticates against, with the SCRAM credentials of `meta`.
-    pub fn sasl_users<'a>(&'a self, meta: &'a controller::ClusterMeta) -> handlers::sasl::Users<'a> {
+    pub fn sasl_users<'a>(&'a self, meta: &'a meta::ClusterMeta) -> handlers::sasl::Users<'a> {
         handlers::sasl::Users {
             plain: &self.config.sasl_plain_users,
             scram: &meta.scram,
@@ -564,7 +560,7 @@ async fn start_replication(
         vote_key: String::new(),
     };
     let topics = topics::Topics::start(config.clone(), metrics.clone(), replica, controller.clone())?;
-    let info = controller::NodeInfo {
+    let info = meta::NodeInfo {
         kafka_host: kafka_host.to_string(),
         kafka_port,
         raft_addr,
@@ -638,7 +634,7 @@ async fn internal_replica(topics: &Arc<topics::Topics>, offsets: &Arc<topics::To
         if !hosts.contains(&me) && !moving && meta.nodes.contains_key(&me) {
             let mut target = record.and_then(|r| r.replicas.first().cloned()).unwrap_or_default();
             target.push(me);
-            match topics.reassign(name, 0, Some(target), true).await {
+            match moves::reassign(topics, name, 0, Some(target), true).await {
                 Ok(()) => asked = true,
                 Err(e) => tracing::info!(reason = %e.message, "asking for a replica of {name}"),
             }
@@ -654,12 +650,12 @@ async fn internal_replica(topics: &Arc<topics::Topics>, offsets: &Arc<topics::To
 }
 
 /// Records this node's addresses in the cluster metadata (retried until it is there).
-async fn register_node(c: Arc<controller::Controller>, id: u64, info: controller::NodeInfo) {
+async fn register_node(c: Arc<controller::Controller>, id: u64, info: meta::NodeInfo) {
     loop {
         if c.meta().nodes.get(&id) == Some(&info) {
             return;
         }
-        let cmd = controller::Command::RegisterNode { id, info: info.clone() };
+        let cmd = meta::Command::RegisterNode { id, info: info.clone() };
         match c.propose(&cmd, std::time::Duration::from_secs(5)).await {
             Ok(_) => tracing::info!(node = id, "node registered with the controller"),
             Err(e) => {

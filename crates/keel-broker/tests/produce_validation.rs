@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+use keel_broker::cluster::partition::{Acks, Partition};
 use keel_broker::error::PartitionError;
-use keel_broker::partition::{Acks, Partition};
 use keel_broker::{Broker, BrokerConfig};
 use keel_proto::batch::BatchHeader;
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
-use keel_broker::partition::Partition;
+use keel_broker::cluster::partition::Partition;
 use keel_broker::{Broker, BrokerConfig};
 use keel_log::fault;
 

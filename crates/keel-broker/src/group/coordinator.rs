@@ -14,8 +14,8 @@ use tokio::sync::oneshot;
 
 use super::offsets::OffsetStore;
 use super::state::{Group, GroupState, GroupTiming, JoinRequest, JoinResult, Reply, SyncResult};
+use crate::cluster::topics::Topics;
 use crate::metrics::Metrics;
-use crate::topics::Topics;
 
 pub type Token = oneshot::Sender<Reply>;
 type SharedGroup = Arc<tokio::sync::Mutex<Group<Token>>>;

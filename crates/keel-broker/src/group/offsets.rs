@@ -18,8 +18,8 @@ use kafka_protocol::records::{Compression, RecordBatchDecoder};
 use keel_proto::batch::NewRecord;
 use tracing::{info, warn};
 
+use crate::cluster::partition::Partition;
 use crate::error::PartitionError;
-use crate::partition::Partition;
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// Longest commit metadata string stored (Kafka's `offset.metadata.max.bytes`).

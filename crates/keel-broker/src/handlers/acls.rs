@@ -16,7 +16,7 @@ use kafka_protocol::ResponseError as E;
 
 use super::s;
 use crate::acl::{Binding, Filter};
-use crate::controller::Command;
+use crate::cluster::meta::Command;
 use crate::Broker;
 
 pub async fn create(
@@ -80,7 +80,7 @@ pub async fn create(
         let cmd = Command::CreateAcls {
             acls: valid.iter().map(|(_, b)| b.clone()).collect(),
         };
-        match b.controller.propose(&cmd, crate::topics::ADMIN_TIMEOUT).await {
+        match b.controller.propose(&cmd, crate::cluster::topics::ADMIN_TIMEOUT).await {
             Ok(_) => tracing::info!(acls = ?cmd, "ACLs created"),
             Err(e) => {
                 for (i, _) in &valid {
@@ -204,7 +204,7 @@ pub async fn delete(
     }
     if !doomed.is_empty() {
         let cmd = Command::DeleteAcls { acls: doomed };
-        match b.controller.propose(&cmd, crate::topics::ADMIN_TIMEOUT).await {
+        match b.controller.propose(&cmd, crate::cluster::topics::ADMIN_TIMEOUT).await {
             Ok(_) => tracing::info!(acls = ?cmd, "ACLs deleted"),
             Err(e) => {
                 for r in results.iter_mut().filter(|r| r.error_code == 0) {

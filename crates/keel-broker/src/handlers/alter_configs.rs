@@ -13,7 +13,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 
 use super::s;
-use crate::topic_config::TOPIC_CONFIGS;
+use crate::cluster::topic_config::TOPIC_CONFIGS;
 use crate::Broker;
 
 const RESOURCE_TOPIC: i8 = 2;

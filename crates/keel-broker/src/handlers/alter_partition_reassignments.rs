@@ -1,7 +1,7 @@
 //! AlterPartitionReassignments: move partitions to other nodes (a list of target replicas,
 //! the first the preferred leader), or cancel a move (no list). Any node takes the request
 //! and commits it through the controller; each partition's leader carries out its move
-//! (see [`crate::topics::Topics::reassign`]).
+//! (see [`crate::cluster::topics::Topics::reassign`]).
 
 use std::sync::Arc;
 
@@ -49,16 +49,15 @@ pub async fn handle(
                     ResponseError::InvalidReplicaAssignment.code(),
                     "node ids are not negative".to_string(),
                 )),
-                target => b
-                    .topics
-                    .reassign(
-                        t.name.0.as_str(),
-                        p.partition_index,
-                        target.map(|ids| ids.into_iter().map(|n| n as u64).collect()),
-                        allow_rf_change,
-                    )
-                    .await
-                    .map_err(|e| (e.code, e.message)),
+                target => crate::cluster::moves::reassign(
+                    &b.topics,
+                    t.name.0.as_str(),
+                    p.partition_index,
+                    target.map(|ids| ids.into_iter().map(|n| n as u64).collect()),
+                    allow_rf_change,
+                )
+                .await
+                .map_err(|e| (e.code, e.message)),
             };
             if let Err((code, message)) = result {
                 out.error_code = code;

@@ -14,7 +14,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::ResponseError as E;
 
 use super::s;
-use crate::controller::Command;
+use crate::cluster::meta::Command;
 use crate::quota::{Entity, Value, CLIENT_ID, KEYS, USER};
 use crate::Broker;
 
@@ -177,7 +177,7 @@ pub async fn alter(
     }
     if !changes.is_empty() && !req.validate_only {
         let cmd = Command::AlterClientQuotas { changes };
-        if let Err(e) = b.controller.propose(&cmd, crate::topics::ADMIN_TIMEOUT).await {
+        if let Err(e) = b.controller.propose(&cmd, crate::cluster::topics::ADMIN_TIMEOUT).await {
             for r in results.iter_mut().filter(|r| r.error_code == 0) {
                 r.error_code = E::RequestTimedOut.code();
                 r.error_message = Some(s(e.to_string()));

@@ -8,7 +8,7 @@ use kafka_protocol::messages::{CreateTopicsRequest, CreateTopicsResponse};
 use kafka_protocol::ResponseError;
 
 use super::s;
-use crate::topic_config;
+use crate::cluster::topic_config;
 use crate::Broker;
 
 pub async fn handle(

@@ -9,7 +9,7 @@ use kafka_protocol::messages::{DescribeConfigsRequest, DescribeConfigsResponse};
 use kafka_protocol::ResponseError;
 
 use super::s;
-use crate::topic_config::{self, TOPIC_CONFIGS};
+use crate::cluster::topic_config::{self, TOPIC_CONFIGS};
 use crate::Broker;
 
 const RESOURCE_TOPIC: i8 = 2;

@@ -66,7 +66,7 @@ pub async fn handle_route(b: &Arc<Broker>, body: &[u8]) -> Result<Bytes, String>
 
 /// The leader of each partition of `topic` as Metadata reports it (-1: none), once per
 /// topic rather than per partition.
-fn leaders(b: &Broker, topic: &str) -> Option<(Arc<crate::topics::Topic>, Vec<i32>)> {
+fn leaders(b: &Broker, topic: &str) -> Option<(Arc<crate::cluster::topics::Topic>, Vec<i32>)> {
     let t = b.topics.get(topic)?;
     let mut leaders = vec![-1; t.meta().partitions.max(0) as usize];
     for p in super::metadata::topic_entry(b, &t, false).partitions {
@@ -80,7 +80,7 @@ fn leaders(b: &Broker, topic: &str) -> Option<(Arc<crate::topics::Topic>, Vec<i3
 async fn elect(
     b: &Arc<Broker>,
     topic: &str,
-    known: Option<&(Arc<crate::topics::Topic>, Vec<i32>)>,
+    known: Option<&(Arc<crate::cluster::topics::Topic>, Vec<i32>)>,
     partition: i32,
     election_type: i8,
     timeout_ms: u64,

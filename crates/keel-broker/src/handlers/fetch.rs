@@ -166,7 +166,7 @@ const FOLLOWER_FETCH_MIN_VERSION: i16 = 11;
 
 /// For a consumer in `rack` fetching from this leader: an in-sync, reachable follower in
 /// that rack to read from instead (the first by node id), unless this node is in it.
-fn preferred_replica(b: &Broker, part: &crate::partition::Partition, rack: &str) -> Option<i32> {
+fn preferred_replica(b: &Broker, part: &crate::cluster::partition::Partition, rack: &str) -> Option<i32> {
     if !part.is_leader() || b.config.rack.as_deref() == Some(rack) {
         return None;
     }

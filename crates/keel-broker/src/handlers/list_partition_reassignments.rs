@@ -33,7 +33,7 @@ pub async fn handle(
     });
     let ids = |v: &[u64]| v.iter().map(|n| BrokerId(*n as i32)).collect::<Vec<_>>();
     let mut topics: BTreeMap<String, Vec<OngoingPartitionReassignment>> = BTreeMap::new();
-    for m in b.topics.moves() {
+    for m in crate::cluster::moves::in_progress(&b.topics) {
         let asked = match &wanted {
             None => true,
             Some(w) => w.get(&m.topic).map(|ps| ps.contains(&m.partition)).unwrap_or(false),

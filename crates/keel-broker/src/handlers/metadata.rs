@@ -12,7 +12,7 @@ use kafka_protocol::messages::{BrokerId, MetadataRequest, MetadataResponse, Topi
 use kafka_protocol::ResponseError;
 
 use super::s;
-use crate::topics::Topic;
+use crate::cluster::topics::Topic;
 use crate::Broker;
 
 /// READ, WRITE, CREATE, DELETE, ALTER, DESCRIBE, DESCRIBE_CONFIGS, ALTER_CONFIGS.
@@ -42,7 +42,7 @@ pub(crate) fn topic_entry(b: &Broker, t: &Topic, ops: bool) -> MetadataResponseT
             let reported = || {
                 b.controller
                     .transport
-                    .reported_leader(&crate::partition::group_name(&meta.name, i))
+                    .reported_leader(&crate::cluster::partition::group_name(&meta.name, i))
                     .map(|(leader, term)| PartitionView {
                         leader: Some(leader),
                         epoch: term.min(i32::MAX as u64) as i32,
@@ -96,7 +96,7 @@ pub(crate) struct PartitionView {
 /// Replicas more than this many entries behind the leader are out of sync.
 const IN_SYNC_ENTRIES: u64 = 1000;
 
-pub(crate) fn partition_view(p: &crate::partition::Partition) -> PartitionView {
+pub(crate) fn partition_view(p: &crate::cluster::partition::Partition) -> PartitionView {
     let m = p.group().metrics();
     let in_sync = m.replication.as_ref().map(|rep| {
         let last = m.last_log_index.unwrap_or(0);
@@ -220,7 +220,7 @@ pub async fn handle(
                         let found = if may_create {
                             b.topics.get_or_auto_create(name).await
                         } else {
-                            b.topics.get(name).ok_or(crate::topics::AdminError {
+                            b.topics.get(name).ok_or(crate::cluster::topics::AdminError {
                                 code: ResponseError::UnknownTopicOrPartition.code(),
                                 message: String::new(),
                             })

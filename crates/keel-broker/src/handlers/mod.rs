@@ -54,7 +54,7 @@ use kafka_protocol::protocol::StrBytes;
 /// its metadata and asks the leader, as Kafka's brokers answer), UNKNOWN_TOPIC_OR_PARTITION
 /// when it does not. librdkafka takes the latter as final for ListOffsets, and would reset
 /// a consumer's position.
-pub(crate) fn not_hosted(topic: Option<&std::sync::Arc<crate::topics::Topic>>, index: i32) -> i16 {
+pub(crate) fn not_hosted(topic: Option<&std::sync::Arc<crate::cluster::topics::Topic>>, index: i32) -> i16 {
     match topic {
         Some(t) if index >= 0 && index < t.meta().partitions => {
             kafka_protocol::ResponseError::NotLeaderOrFollower.code()

@@ -15,9 +15,9 @@ use keel_proto::batch;
 use tracing::warn;
 
 use super::s;
+use crate::cluster::partition::{Acks, AppendWait, Appended};
 use crate::error::PartitionError;
 use crate::metrics::ErrorLabels;
-use crate::partition::{Acks, AppendWait, Appended};
 use crate::Broker;
 
 fn failed(index: i32, code: i16, message: Option<String>) -> PartitionProduceResponse {
@@ -316,7 +316,7 @@ async fn transactional_check(
     transactional_id: &Option<kafka_protocol::messages::TransactionalId>,
     topic: &str,
     index: i32,
-    part: &Arc<crate::partition::Partition>,
+    part: &Arc<crate::cluster::partition::Partition>,
     batches: &[(batch::BatchHeader, bytes::Bytes)],
     v: i16,
 ) -> Option<PartitionProduceResponse> {

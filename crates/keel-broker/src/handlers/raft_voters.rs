@@ -3,7 +3,7 @@
 //! `Admin.addRaftVoter` / `removeRaftVoter` do. Keel's controller is a Raft group every
 //! node is a member of: adding a voter makes a node that joined (a learner) vote, removing
 //! one makes it a learner again, and either goes through a joint configuration committed
-//! by a quorum of the old voters and one of the new (see [`crate::controller`]).
+//! by a quorum of the old voters and one of the new (see [`crate::cluster::controller`]).
 //!
 //! Keel's nodes have no log directory ids: DescribeQuorum reports each replica's as the
 //! zero id, and a request naming another id is answered VOTER_NOT_FOUND, as Kafka answers a
@@ -19,7 +19,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError as E;
 
 use super::s;
-use crate::controller::ControllerError;
+use crate::cluster::controller::ControllerError;
 use crate::Broker;
 
 /// Checks common to both requests: the principal may alter the cluster, the cluster id (if

@@ -19,7 +19,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::ResponseError as E;
 
 use super::s;
-use crate::controller::Command;
+use crate::cluster::meta::Command;
 use crate::scram::{Credential, Mechanism, MAX_ITERATIONS, MIN_ITERATIONS};
 use crate::Broker;
 
@@ -213,7 +213,7 @@ pub async fn alter(
         .collect();
     if !changed.is_empty() {
         let cmd = Command::AlterScramCredentials { upsert, delete };
-        if let Err(e) = b.controller.propose(&cmd, crate::topics::ADMIN_TIMEOUT).await {
+        if let Err(e) = b.controller.propose(&cmd, crate::cluster::topics::ADMIN_TIMEOUT).await {
             for u in &changed {
                 errors.insert(u.clone(), (E::RequestTimedOut.code(), e.to_string()));
             }

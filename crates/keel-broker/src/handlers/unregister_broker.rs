@@ -30,7 +30,7 @@ pub async fn handle(
         refuse(&mut r, E::BrokerIdNotRegistered, format!("node {id} is not registered"));
         return r;
     }
-    match b.topics.unregister_node(id as u64).await {
+    match crate::cluster::moves::unregister_node(&b.topics, id as u64).await {
         Ok(()) => {}
         Err(e) => {
             r.error_code = e.code;

@@ -25,9 +25,9 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::state::{self, Init, TxnMeta, TxnState};
+use crate::cluster::partition::Partition;
 use crate::error::PartitionError;
 use crate::group::offsets::OFFSETS_TOPIC;
-use crate::partition::Partition;
 use crate::Broker;
 
 pub const TXN_TOPIC: &str = "__transaction_state";
@@ -510,13 +510,13 @@ async fn write_marker_anywhere(b: &Arc<Broker>, req: &MarkerRequest) -> i16 {
         Some(p) => p.group().leader().map(keel_raft::node_of).or_else(|| {
             b.controller
                 .transport
-                .reported_leader(&crate::partition::group_name(&req.topic, req.partition))
+                .reported_leader(&crate::cluster::partition::group_name(&req.topic, req.partition))
                 .map(|(n, _)| n)
         }),
         None => b
             .controller
             .transport
-            .reported_leader(&crate::partition::group_name(&req.topic, req.partition))
+            .reported_leader(&crate::cluster::partition::group_name(&req.topic, req.partition))
             .map(|(n, _)| n),
     };
     let Some(node) = leader.filter(|n| *n != b.controller.node_id) else {

@@ -1,6 +1,6 @@
 //! The topics of the cluster and this node's replicas of their partitions.
 //!
-//! Topic metadata lives in the controller (see [`crate::controller`]): creating, growing,
+//! Topic metadata lives in the controller (see [`crate::cluster::controller`]): creating, growing,
 //! altering or deleting a topic proposes a command there and waits until this node has
 //! applied it. Applying commands (on every node, in log order, also when the controller's
 //! log is replayed at start) opens or closes the partition replicas assigned to this node,
@@ -19,11 +19,12 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 use uuid::Uuid;
 
+use crate::cluster::controller::Controller;
+use crate::cluster::meta::{Command, Event, TopicRecord};
+use crate::cluster::partition::{Partition, ReplicaContext};
+use crate::cluster::topic_config::{self, TopicSettings};
 use crate::config::BrokerConfig;
-use crate::controller::{Command, Controller, Event, TopicRecord};
 use crate::metrics::Metrics;
-use crate::partition::{Partition, ReplicaContext};
-use crate::topic_config::{self, TopicSettings};
 
 /// Most partitions one topic may have.
 pub const PARTITIONS_MAX: i32 = 10_000;
@@ -100,7 +101,7 @@ pub struct Topics {
     reconciled: watch::Sender<u64>,
     /// The node hands its leaderships over before it stops: it takes none back.
     draining: std::sync::atomic::AtomicBool,
-    /// When disk balancing last gathered the partitions' sizes (see [`crate::healing`]).
+    /// When disk balancing last gathered the partitions' sizes (see [`crate::cluster::healing`]).
     pub(crate) disk_checked: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
@@ -137,12 +138,15 @@ impl Topics {
         });
         tokio::spawn(reconcile(Arc::downgrade(&topics), events));
         tokio::spawn(balance_leaders(Arc::downgrade(&topics), Duration::from_secs(2)));
-        tokio::spawn(crate::moves::drive_moves(
+        tokio::spawn(crate::cluster::moves::drive_moves(
             Arc::downgrade(&topics),
             Duration::from_millis(250),
         ));
         tokio::spawn(repair_damaged(Arc::downgrade(&topics), Duration::from_millis(500)));
-        tokio::spawn(crate::healing::heal(Arc::downgrade(&topics), Duration::from_secs(1)));
+        tokio::spawn(crate::cluster::healing::heal(
+            Arc::downgrade(&topics),
+            Duration::from_secs(1),
+        ));
         tokio::spawn(clean_on_interval(
             Arc::downgrade(&topics),
             topics.metrics.clone(),
@@ -739,30 +743,7 @@ impl Topics {
         info!(topic = name, partitions = count, "partitions added");
         Ok(())
     }
-}
 
-/// Makes `dir` the directory of replica `replica` (its Raft id): a directory left by an
-/// earlier incarnation of this node's replica (whose removal a crash interrupted) is
-/// cleared first, so a new incarnation never starts from an old one's log and vote.
-fn claim_replica_dir(dir: &std::path::Path, replica: u64) -> anyhow::Result<()> {
-    let marker = dir.join("replica.id");
-    let want = replica.to_string();
-    match std::fs::read_to_string(&marker) {
-        Ok(found) if found.trim() == want => return Ok(()),
-        Ok(found) => {
-            warn!(dir = %dir.display(), old = found.trim(), new = %want, "removing an earlier incarnation's replica");
-            std::fs::remove_dir_all(dir)?;
-        }
-        // No marker: a replica from before markers (incarnation 0), or a new one.
-        Err(_) if keel_raft::node_of(replica) != replica && dir.exists() => std::fs::remove_dir_all(dir)?,
-        Err(_) => {}
-    }
-    std::fs::create_dir_all(dir)?;
-    std::fs::write(&marker, want)?;
-    Ok(())
-}
-
-impl Topics {
     /// Closes this node's replica `part` of `topic` and opens it again from its files.
     async fn reopen(&self, topic: &Topic, part: Arc<Partition>) -> anyhow::Result<()> {
         let meta = topic.meta();
@@ -793,6 +774,27 @@ impl Topics {
             .insert(part.index, reopened);
         Ok(())
     }
+}
+
+/// Makes `dir` the directory of replica `replica` (its Raft id): a directory left by an
+/// earlier incarnation of this node's replica (whose removal a crash interrupted) is
+/// cleared first, so a new incarnation never starts from an old one's log and vote.
+fn claim_replica_dir(dir: &std::path::Path, replica: u64) -> anyhow::Result<()> {
+    let marker = dir.join("replica.id");
+    let want = replica.to_string();
+    match std::fs::read_to_string(&marker) {
+        Ok(found) if found.trim() == want => return Ok(()),
+        Ok(found) => {
+            warn!(dir = %dir.display(), old = found.trim(), new = %want, "removing an earlier incarnation's replica");
+            std::fs::remove_dir_all(dir)?;
+        }
+        // No marker: a replica from before markers (incarnation 0), or a new one.
+        Err(_) if keel_raft::node_of(replica) != replica && dir.exists() => std::fs::remove_dir_all(dir)?,
+        Err(_) => {}
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(&marker, want)?;
+    Ok(())
 }
 
 /// fsyncs, once per interval, every replica whose topic's flush policy is `interval`: one
@@ -929,7 +931,7 @@ const LEADER_RECLAIMS_PER_ROUND: usize = 256;
 
 /// Hands leadership back to preferred replicas, a bounded number of partitions per round,
 /// so leaders spread over the nodes again after one rejoins. The leader drives it (a
-/// handover, see [`crate::handover`]): writes pause only while the preferred replica's log
+/// handover, see [`crate::cluster::handover`]): writes pause only while the preferred replica's log
 /// matches and it is elected, instead of an election deposing a leader mid-write.
 pub async fn balance_leaders(topics: std::sync::Weak<Topics>, every: Duration) {
     // Let a starting node catch up before it claims anything.
@@ -961,7 +963,7 @@ pub async fn balance_leaders(topics: std::sync::Weak<Topics>, every: Duration) {
         let outcomes = hand_over_each(&transport, due, LEADER_RETURN_WAIT).await;
         let moved = outcomes
             .iter()
-            .filter(|o| **o == crate::handover::Outcome::Moved)
+            .filter(|o| **o == crate::cluster::handover::Outcome::Moved)
             .count();
         info!(
             partitions = moved,
@@ -977,11 +979,11 @@ async fn hand_over_each(
     transport: &Arc<keel_raft::Transport>,
     due: Vec<(Arc<Partition>, u64)>,
     wait: Duration,
-) -> Vec<crate::handover::Outcome> {
+) -> Vec<crate::cluster::handover::Outcome> {
     futures::stream::iter(due)
         .map(|(p, to)| async move {
             let deadline = std::time::Instant::now() + wait;
-            crate::handover::hand_over(
+            crate::cluster::handover::hand_over(
                 transport,
                 p.group(),
                 Some(&p),
@@ -989,7 +991,7 @@ async fn hand_over_each(
                 p.index,
                 Some(to),
                 deadline,
-                crate::handover::Then::Follow,
+                crate::cluster::handover::Then::Follow,
             )
             .await
         })
@@ -1009,7 +1011,7 @@ async fn hand_off_for_maintenance(t: &Arc<Topics>, maintenance: &BTreeSet<u64>) 
         .into_iter()
         .filter(|p| !p.is_closed() && p.group().is_leader())
         .filter_map(|p| {
-            let to = crate::handover::successor_avoiding(&transport, p.group(), maintenance)?;
+            let to = crate::cluster::handover::successor_avoiding(&transport, p.group(), maintenance)?;
             Some((p, to))
         })
         .take(LEADER_RECLAIMS_PER_ROUND)
@@ -1018,15 +1020,15 @@ async fn hand_off_for_maintenance(t: &Arc<Topics>, maintenance: &BTreeSet<u64>) 
     let outcomes = hand_over_each(&transport, due, MAINTENANCE_HANDOVER_WAIT).await;
     let mut moved = outcomes
         .iter()
-        .filter(|o| **o == crate::handover::Outcome::Moved)
+        .filter(|o| **o == crate::cluster::handover::Outcome::Moved)
         .count();
     let controller = &t.controller.group;
     let mut controller_tried = false;
     if controller.is_leader() {
-        if let Some(to) = crate::handover::successor_avoiding(&transport, controller, maintenance) {
+        if let Some(to) = crate::cluster::handover::successor_avoiding(&transport, controller, maintenance) {
             controller_tried = true;
             let deadline = std::time::Instant::now() + MAINTENANCE_HANDOVER_WAIT;
-            let o = crate::handover::hand_over(
+            let o = crate::cluster::handover::hand_over(
                 &transport,
                 controller,
                 None,
@@ -1034,10 +1036,10 @@ async fn hand_off_for_maintenance(t: &Arc<Topics>, maintenance: &BTreeSet<u64>) 
                 -1,
                 Some(to),
                 deadline,
-                crate::handover::Then::Follow,
+                crate::cluster::handover::Then::Follow,
             )
             .await;
-            moved += usize::from(o == crate::handover::Outcome::Moved);
+            moved += usize::from(o == crate::cluster::handover::Outcome::Moved);
         }
     }
     if tried > 0 || controller_tried {

@@ -8,7 +8,7 @@
 //! replicas among those holding none of the partition (no two replicas of a partition on
 //! one node). A partition is moved only while a majority of its replicas is alive (the
 //! move's joint configuration needs the old majority) and not while it is already moving.
-//! The moves are ordinary reassignments (see [`crate::moves`]): the new replicas catch up
+//! The moves are ordinary reassignments (see [`crate::cluster::moves`]): the new replicas catch up
 //! as learners, then replace the lost ones; `keel cluster moves` lists them, each decision
 //! is logged and counted (`keel_self_healing_moves`). A few moves start per round, so a
 //! dead node's thousands of partitions move at a pace the live nodes can copy. The
@@ -21,7 +21,7 @@
 //! each move takes a replica from the node holding the most to the one holding the
 //! fewest, in a partition the latter lacks, at the same place in the replica list (so the
 //! new node also becomes some partitions' preferred leader, and leadership follows, see
-//! [`crate::topics::balance_leaders`]). Balancing waits while any move is under way, while
+//! [`crate::cluster::topics::balance_leaders`]). Balancing waits while any move is under way, while
 //! any node holding a replica is unreachable (self-healing's turn), and gives nothing to a
 //! node that held replicas and holds none now (it was drained on purpose). Once the counts
 //! are even, disk balancing evens out the bytes the nodes hold by exchanging a large
@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use crate::topics::Topics;
+use crate::cluster::topics::Topics;
 
 /// A partition's new replica list: (topic, partition, target).
 pub type Move = (String, i32, Vec<u64>);
@@ -429,7 +429,7 @@ async fn balance(t: &Arc<Topics>) {
             .find(|(n, p, _)| *n == topic && *p == partition)
             .map(|(_, _, r)| r.clone())
             .unwrap_or_default();
-        match t.reassign(&topic, partition, Some(target.clone()), false).await {
+        match super::moves::reassign(t, &topic, partition, Some(target.clone()), false).await {
             Ok(()) => {
                 t.metrics.replica_balance_moves.inc();
                 info!(%topic, partition, ?from, ?target, "replica balancing: moving a replica to even the nodes out");
@@ -499,7 +499,7 @@ async fn round(t: &Arc<Topics>, after: Duration, down_since: &mut HashMap<u64, I
             .unwrap_or_default();
         // An internal partition shrinks (see internal_shrink_plan); others keep their size.
         let resize = crate::is_internal_topic(&topic);
-        match t.reassign(&topic, partition, Some(target.clone()), resize).await {
+        match super::moves::reassign(t, &topic, partition, Some(target.clone()), resize).await {
             Ok(()) => {
                 t.metrics.self_healing_moves.inc();
                 warn!(%topic, partition, ?from, ?target, gone = ?gone, "self-healing: replacing replicas on unreachable nodes");

@@ -24,12 +24,12 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::cleaner;
+use crate::cluster::topic_config::{TimestampType, TopicSettings};
 use crate::coalesce::Coalescer;
 use crate::config::FsyncPolicy;
 use crate::error::PartitionError;
 use crate::metrics::Metrics;
 use crate::producer_state::{Check, ProducerStates};
-use crate::topic_config::{TimestampType, TopicSettings};
 use crate::txn::index::{Aborted, TxnIndex};
 
 /// Where a replica saves its transaction index (see [`crate::txn::index`]).
@@ -206,7 +206,7 @@ pub struct Partition {
     coalescer: std::sync::Mutex<Coalescer>,
     closed: AtomicBool,
     poisoned: AtomicBool,
-    /// Leadership is being handed to another replica (see [`crate::handover`]): writes are
+    /// Leadership is being handed to another replica (see [`crate::cluster::handover`]): writes are
     /// refused as not the leader's, so the successor's log can match this one's.
     handing_over: AtomicBool,
     /// Where the replica's vote is saved, to forget it when the replica is removed.

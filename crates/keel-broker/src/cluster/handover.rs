@@ -129,7 +129,7 @@ pub fn successor_avoiding(
 pub async fn hand_over(
     transport: &Transport,
     group: &keel_raft::Group,
-    fence: Option<&crate::partition::Partition>,
+    fence: Option<&crate::cluster::partition::Partition>,
     topic: &str,
     partition: i32,
     to: Option<u64>,
