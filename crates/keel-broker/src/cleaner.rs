@@ -33,7 +33,7 @@ use bytes::{Bytes, BytesMut};
 use keel_log::{Entry, EntryKind};
 use keel_proto::batch::{self, BatchHeader};
 
-use crate::txn::index::Aborted;
+use crate::cluster::txn_index::Aborted;
 
 /// The largest batch the cleaner inflates (larger ones are kept as they are).
 const INFLATED_MAX: usize = 64 * 1024 * 1024;

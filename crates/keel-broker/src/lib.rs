@@ -215,7 +215,7 @@ impl Broker {
                 } else if route == browse::BROWSE_ROUTE {
                     browse::handle_route(&b, &body)
                 } else if route == handover::TAKE_OVER_ROUTE {
-                    handover::handle_route(&b, &body).await
+                    handover::handle_route(&b.topics, &body).await
                 } else if route == handlers::describe_quorum::QUORUM_ROUTE {
                     handlers::describe_quorum::handle_route(&b)
                 } else if route == healing::SIZES_ROUTE {

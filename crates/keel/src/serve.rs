@@ -356,7 +356,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             let alone = broker.topics.node_ids().len() <= 1;
             if !within.is_zero() && !alone {
                 info!(?within, "shutdown requested: handing leaderships over");
-                keel_broker::cluster::handover::hand_over_all(&broker, within).await;
+                keel_broker::cluster::handover::hand_over_all(&broker.topics, within).await;
             }
             info!("shutdown requested: finishing in-flight requests");
             let _ = shutdown_tx.send(true);

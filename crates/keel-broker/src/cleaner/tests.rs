@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::txn::index::TxnIndex;
+use crate::cluster::txn_index::TxnIndex;
 
 /// One record as written, for the oracle.
 #[derive(Debug, Clone)]

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use keel_raft::transport::Transport;
 
-use crate::Broker;
+use crate::cluster::topics::Topics;
 
 /// The node-to-node route asking a node to make its replica of a group the leader.
 pub const TAKE_OVER_ROUTE: &str = "group/take-over";
@@ -54,13 +54,13 @@ pub struct Handover {
 
 /// Serves [`TAKE_OVER_ROUTE`]: this node's replica stands for election and the answer (a
 /// Kafka error code) comes once it leads, or when the timeout passes.
-pub async fn handle_route(b: &Arc<Broker>, body: &[u8]) -> Result<Bytes, String> {
+pub async fn handle_route(t: &Topics, body: &[u8]) -> Result<Bytes, String> {
     let req: TakeOver = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let timeout = Duration::from_millis(req.timeout_ms.min(60_000));
     let code = if req.topic.is_empty() {
-        stand(&b.controller.group, timeout).await
+        stand(&t.controller.group, timeout).await
     } else {
-        match b.topics.get(&req.topic).and_then(|t| t.partition(req.partition)) {
+        match t.get(&req.topic).and_then(|t| t.partition(req.partition)) {
             Some(p) => stand(p.group(), timeout).await,
             None => ResponseError::UnknownTopicOrPartition.code(),
         }
@@ -237,13 +237,12 @@ pub enum Outcome {
 
 /// Hands every group this node leads to another node, within `within`. The node stops
 /// taking leadership back as a preferred replica from here on.
-pub async fn hand_over_all(b: &Arc<Broker>, within: Duration) -> Handover {
-    b.topics.set_draining(true);
+pub async fn hand_over_all(t: &Arc<Topics>, within: Duration) -> Handover {
+    t.set_draining(true);
     let started = Instant::now();
     let deadline = started + within;
     let mut out = Handover::default();
-    let led: Vec<_> = b
-        .topics
+    let led: Vec<_> = t
         .all_partitions()
         .into_iter()
         .filter(|p| p.group().is_leader())
@@ -251,9 +250,9 @@ pub async fn hand_over_all(b: &Arc<Broker>, within: Duration) -> Handover {
     out.led = led.len();
     let results: Vec<Outcome> = futures::stream::iter(led)
         .map(|p| {
-            let b = b.clone();
+            let t = t.clone();
             async move {
-                let transport = &b.controller.transport;
+                let transport = &t.controller.transport;
                 hand_over(
                     transport,
                     p.group(),
@@ -272,13 +271,13 @@ pub async fn hand_over_all(b: &Arc<Broker>, within: Duration) -> Handover {
         .await;
     // The controller last: the partitions' handovers need no controller, and a controller
     // that moves first would only add an election to the ones under way.
-    let controller = &b.controller.group;
+    let controller = &t.controller.group;
     let mut outcomes = results;
     if controller.is_leader() && controller.voters().len() > 1 {
         out.led += 1;
         outcomes.push(
             hand_over(
-                &b.controller.transport,
+                &t.controller.transport,
                 controller,
                 None,
                 "",
@@ -297,7 +296,7 @@ pub async fn hand_over_all(b: &Arc<Broker>, within: Duration) -> Handover {
             Outcome::Failed => out.failed += 1,
         }
     }
-    b.metrics
+    t.metrics
         .handover(out.moved as u64, (out.no_successor + out.failed) as u64);
     if out.failed > 0 {
         warn!(led = out.led, moved = out.moved, failed = out.failed, no_successor = out.no_successor, took = ?started.elapsed(), "leadership handover incomplete");

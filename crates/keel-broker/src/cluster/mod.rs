@@ -14,6 +14,8 @@
 //! - [`moves`]: partition reassignment, maintenance and node removal.
 //! - [`healing`]: self-healing and continuous balancing of replicas and disk use.
 //! - [`handover`]: leadership hand-over (shutdown, maintenance, preferred leaders).
+//! - [`txn_index`]: a replica's transactions as its log tells them (pure), for its last
+//!   stable offset and `read_committed` reads.
 
 pub mod controller;
 pub mod handover;
@@ -23,3 +25,4 @@ pub mod moves;
 pub mod partition;
 pub mod topic_config;
 pub mod topics;
+pub mod txn_index;

@@ -25,14 +25,14 @@ use tracing::{error, info, warn};
 
 use crate::cleaner;
 use crate::cluster::topic_config::{TimestampType, TopicSettings};
+use crate::cluster::txn_index::{Aborted, TxnIndex};
 use crate::coalesce::Coalescer;
 use crate::config::FsyncPolicy;
 use crate::error::PartitionError;
 use crate::metrics::Metrics;
 use crate::producer_state::{Check, ProducerStates};
-use crate::txn::index::{Aborted, TxnIndex};
 
-/// Where a replica saves its transaction index (see [`crate::txn::index`]).
+/// Where a replica saves its transaction index (see [`crate::cluster::txn_index`]).
 const TXN_CHECKPOINT: &str = "txn-index.json";
 /// The transaction index is saved at most this often while it changes.
 const TXN_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
