@@ -323,18 +323,17 @@ def run_system(name, args, cp, exe):
             f.result()
         settle(admin, topics)
         pids = cluster.pids()
-        out["perf_test"] = {}
-        for label, size, records, rate in SHAPES:
-            topic = "p1k" if size == 1024 else "p100"
-            r = perf_test(cp, bs, topic, size, records, rate, pids)
-            out["perf_test"][label] = r
-            print(f"{name} perf-test {label}: {r}", flush=True)
-        out["rdkafka"] = {}
-        for label, size, records, rate in SHAPES:
-            topic = "r1k" if size == 1024 else "r100"
-            r = rdkafka_perf(exe, bs, topic, size, records, rate, pids)
-            out["rdkafka"][label] = r
-            print(f"{name} rdkafka {label}: {r}", flush=True)
+        clients = [  # (key, topic prefix, run)
+            ("perf_test", "p", lambda *a: perf_test(cp, bs, *a, pids)),
+            ("rdkafka", "r", lambda *a: rdkafka_perf(exe, bs, *a, pids)),
+        ]
+        for key, prefix, run in clients:
+            out[key] = {}
+            for label, size, records, rate in SHAPES:
+                topic = prefix + ("1k" if size == 1024 else "100")
+                r = run(topic, size, records, rate)
+                out[key][label] = r
+                print(f"{name} {key} {label}: {r}", flush=True)
         out["e2e"] = end_to_end(cp, bs, "e2e", args.e2e_records)
         print(f"{name} end-to-end: {out['e2e']}", flush=True)
         out["failover"] = failover(cluster, cp, bs, node_of_port)

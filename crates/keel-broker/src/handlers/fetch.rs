@@ -82,8 +82,6 @@ fn read_once(
                 ));
                 continue;
             };
-            // Once the response budget is spent, remaining partitions report their
-            // watermarks without records.
             if follower_reads && !client_rack.is_empty() && b.config.fetch_from_follower {
                 if let Some(node) = preferred_replica(b, &part, client_rack) {
                     // The consumer is sent to a replica in its rack: no records from here.
@@ -97,6 +95,8 @@ fn read_once(
                     continue;
                 }
             }
+            // Once the response budget is spent, remaining partitions report their
+            // watermarks without records.
             let want = (fp.partition_max_bytes.max(0) as usize).min(budget);
             // Only the first batch of the response may exceed the limits (KIP-74); after
             // that the remaining budget is a hard limit, or the response outgrows what
