@@ -604,6 +604,11 @@ async fn internal_topic(
             Err(e) if e.code == kafka_protocol::ResponseError::RequestTimedOut.code() => {
                 tracing::info!(reason = %e.message, "waiting for the controller to create {name}");
             }
+            // A new cluster's membership has not reached this node yet.
+            Err(e) if e.code == kafka_protocol::ResponseError::InvalidReplicationFactor.code() => {
+                tracing::info!(reason = %e.message, "waiting for the controller to create {name}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
             // Another node created it meanwhile.
             Err(_) if topics.get(name).is_some() => {}
             Err(e) => anyhow::bail!("creating {name}: {}", e.message),

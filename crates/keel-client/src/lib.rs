@@ -45,6 +45,11 @@ pub use txn::TxnProducer;
 /// Largest response this client accepts.
 const RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
 
+/// How long a request waits for its response unless [`Client::set_request_timeout`] says
+/// otherwise: longer than any wait the broker itself bounds (30 s for the requests this
+/// client makes), so a broker that never answers fails the call instead of hanging it.
+pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
+
 pub struct Client {
     stream: BufReader<TcpStream>,
     correlation: i32,
@@ -54,6 +59,8 @@ pub struct Client {
     peers: HashMap<String, Box<Client>>,
     /// Leader address per (topic, partition), from the last Metadata.
     leaders: HashMap<(String, i32), String>,
+    /// How long a request waits for its response.
+    request_timeout: Duration,
 }
 
 /// A Kafka error code returned for one partition or group.
@@ -156,6 +163,7 @@ impl Client {
             addr: addr.to_string(),
             peers: HashMap::new(),
             leaders: HashMap::new(),
+            request_timeout: REQUEST_TIMEOUT_DEFAULT,
         };
         let resp: ApiVersionsResponse = c
             .call_at(
@@ -229,8 +237,22 @@ impl Client {
 
     /// Sends a request at version `v`.
     pub async fn call_at<R: Request>(&mut self, req: &R, v: i16) -> Result<R::Response> {
-        self.send(req, v).await?;
-        self.receive::<R>(v).await
+        let timeout = self.request_timeout;
+        let call = async {
+            self.send(req, v).await?;
+            self.receive::<R>(v).await
+        };
+        // A response that comes after the timeout is refused by the next call on this
+        // connection (its correlation id does not match): reconnect after an error.
+        tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| anyhow!("no response from {} within {timeout:?}", self.addr))?
+    }
+
+    /// How long each later request waits for its response, here and on the connections to
+    /// other nodes this client makes from now on.
+    pub fn set_request_timeout(&mut self, timeout: Duration) {
+        self.request_timeout = timeout;
     }
 
     async fn send<R: Request>(&mut self, req: &R, v: i16) -> Result<i32> {
@@ -436,7 +458,12 @@ impl Client {
         let req = AddRaftVoterRequest::default()
             .with_voter_id(id)
             .with_timeout_ms(timeout.as_millis().min(i32::MAX as u128) as i32);
-        let resp = self.call(&req).await?;
+        // The broker may take the whole of `timeout` before it answers.
+        let saved = self.request_timeout;
+        self.request_timeout = saved.max(timeout + Duration::from_secs(10));
+        let resp = self.call(&req).await;
+        self.request_timeout = saved;
+        let resp = resp?;
         check(|| format!("AddRaftVoter {id}"), resp.error_code, resp.error_message)?;
         Ok(())
     }
@@ -583,7 +610,8 @@ impl Client {
 
     async fn peer(&mut self, addr: &str) -> Result<&mut Client> {
         if !self.peers.contains_key(addr) {
-            let c = Client::connect_one(addr).await?;
+            let mut c = Client::connect_one(addr).await?;
+            c.request_timeout = self.request_timeout;
             self.peers.insert(addr.to_string(), Box::new(c));
         }
         self.peers

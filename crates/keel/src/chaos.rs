@@ -716,9 +716,14 @@ async fn create_named_topic(bootstrap: &str, topic: &str, partitions: i32) -> Re
                 bail!("CreateTopics error code {code}")
             }
         };
+        let attempt = async {
+            tokio::time::timeout(Duration::from_secs(20), attempt)
+                .await
+                .map_err(|_| anyhow::anyhow!("CreateTopics not answered in 20 s"))?
+        };
         match attempt.await {
             Ok(()) => return Ok(()),
-            Err(e) if Instant::now() > deadline => return Err(e.context("creating the workload topic")),
+            Err(e) if Instant::now() > deadline => return Err(e.context(format!("creating topic {topic}"))),
             Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }

@@ -421,9 +421,11 @@ impl Controller {
         let deadline = Instant::now() + timeout;
         let index = loop {
             let attempt = if self.group.is_leader() {
-                match self.group.propose(body.clone()).await {
-                    Ok(a) => Ok(a.index),
-                    Err(e) => Err(e.to_string()),
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left.max(Duration::from_millis(1)), self.group.propose(body.clone())).await {
+                    Ok(Ok(a)) => Ok(a.index),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("not committed in time".to_string()),
                 }
             } else if let Some(leader) = self.group.leader().filter(|l| *l != self.node_id) {
                 let left = deadline.saturating_duration_since(Instant::now());

@@ -61,6 +61,12 @@ impl TopicRecord {
         }
     }
 
+    /// Whether the topic has at least one partition and every partition at least one
+    /// replica.
+    pub fn is_placed(&self) -> bool {
+        !self.replicas.is_empty() && self.replicas.iter().all(|r| !r.is_empty())
+    }
+
     /// The Raft id of `node`'s replica of `partition`.
     pub fn replica_id(&self, partition: i32, node: NodeId) -> NodeId {
         let incarnation = self
@@ -275,7 +281,10 @@ pub fn apply(meta: &mut ClusterMeta, command: &Command) -> (bool, Option<TopicRe
             false
         }
         Command::CreateTopic { name, record } => {
-            if meta.topics.contains_key(name) {
+            // A topic without partitions, or with a partition placed nowhere, would never
+            // serve: such a record (a placement made before any node was known) is not
+            // applied, so the name stays free for a correct one.
+            if meta.topics.contains_key(name) || !record.is_placed() {
                 false
             } else {
                 meta.topics.insert(name.clone(), record.clone());
@@ -486,6 +495,28 @@ mod tests {
     }
 
     /// Every partition gets rf distinct nodes; preferred leaders are spread evenly.
+    /// A placement made before any node was known (no partitions, or a partition on no
+    /// node) is not applied, and the name stays free for a placed topic.
+    #[test]
+    fn a_topic_placed_nowhere_is_not_created() {
+        let mut meta = ClusterMeta::default();
+        for replicas in [vec![], vec![vec![]], vec![vec![1, 2], vec![]]] {
+            let create = Command::CreateTopic {
+                name: "t".into(),
+                record: TopicRecord::new(replicas.clone(), BTreeMap::new()),
+            };
+            assert_eq!(apply(&mut meta, &create), (false, None), "{replicas:?}");
+            assert!(!meta.topics.contains_key("t"));
+        }
+        assert!(assign(&[], "t", 0, 1, 3).is_empty());
+        let create = Command::CreateTopic {
+            name: "t".into(),
+            record: TopicRecord::new(vec![vec![1]], BTreeMap::new()),
+        };
+        assert!(apply(&mut meta, &create).0);
+        assert!(meta.topics.contains_key("t"));
+    }
+
     #[test]
     fn placement_is_distinct_and_balanced() {
         let nodes = [1, 2, 3];

@@ -612,6 +612,13 @@ impl Topics {
             replicas.unwrap_or_else(|| self.controller.assign(name, 0, partitions, rf)),
             configs,
         );
+        if record.replicas.len() != partitions as usize || !record.is_placed() {
+            // Only while a new cluster starts: the controller knows no node yet.
+            return Err(AdminError::new(
+                E::InvalidReplicationFactor,
+                "no node is known to the controller yet to place the topic's replicas on",
+            ));
+        }
         if validate_only {
             return Ok(Arc::new(Topic {
                 meta: RwLock::new(TopicMeta {
