@@ -45,10 +45,10 @@ pub use txn::TxnProducer;
 /// Largest response this client accepts.
 const RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
 
-/// How long a request waits for its response unless [`Client::set_request_timeout`] says
-/// otherwise: longer than any wait the broker itself bounds (30 s for the requests this
-/// client makes), so a broker that never answers fails the call instead of hanging it.
-pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
+/// How long a request waits for its response (AddRaftVoter: its own timeout and 10 s):
+/// longer than any wait the broker itself bounds (30 s for the requests this client
+/// makes), so a broker that never answers fails the call instead of hanging it.
+const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
 
 pub struct Client {
     stream: BufReader<TcpStream>,
@@ -247,12 +247,6 @@ impl Client {
         tokio::time::timeout(timeout, call)
             .await
             .map_err(|_| anyhow!("no response from {} within {timeout:?}", self.addr))?
-    }
-
-    /// How long each later request waits for its response, here and on the connections to
-    /// other nodes this client makes from now on.
-    pub fn set_request_timeout(&mut self, timeout: Duration) {
-        self.request_timeout = timeout;
     }
 
     async fn send<R: Request>(&mut self, req: &R, v: i16) -> Result<i32> {

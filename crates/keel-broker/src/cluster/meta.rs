@@ -494,7 +494,6 @@ mod tests {
         assert_eq!(deleted.map(|d| d.id), before.topics.get("t").map(|t| t.id));
     }
 
-    /// Every partition gets rf distinct nodes; preferred leaders are spread evenly.
     /// A placement made before any node was known (no partitions, or a partition on no
     /// node) is not applied, and the name stays free for a placed topic.
     #[test]
@@ -517,6 +516,7 @@ mod tests {
         assert!(meta.topics.contains_key("t"));
     }
 
+    /// Every partition gets rf distinct nodes; preferred leaders are spread evenly.
     #[test]
     fn placement_is_distinct_and_balanced() {
         let nodes = [1, 2, 3];
