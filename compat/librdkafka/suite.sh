@@ -147,13 +147,25 @@ run_numbers() {
         # In the acl pass, 0081_admin runs its ACL sub-tests only (CreateAcls, DescribeAcls,
         # DeleteAcls, each with two request versions); the default pass runs it whole.
         [[ "${label}" == acl && "${n}" == 0081 ]] && run_env+=(SUBTESTS=Acls)
-        # -E: skip tests that need the socket fault-injection shim; -p1: one at a time.
-        # KAFKA_PATH points at a kafka-topics.sh that creates, deletes and grows topics
-        # through `keel topic` (the tests that run it need no ZooKeeper or JVM here).
-        (cd "${SRC_DIR}/tests" && TESTS="${n}" KAFKA_PATH="${HERE}/kafka" ZK_ADDRESS="${BOOTSTRAP}" \
-            BROKERS="${BOOTSTRAP}" KEEL_BIN="${KEEL}" env "${run_env[@]}" timeout "${limit}" ./test-runner -p1 -E -L -s "${scenario}" \
-            >"${LOGS}/${n}-${label}.log" 2>&1)
-        rc=$?
+        # 0055 asserts wall-clock bounds on the average delivery time of ten messages, with
+        # 2-5 ms to spare at a 10 ms linger: one message in 94 ms (the others in 13-15 ms)
+        # has failed it. It gets a second run when the first fails, and the first's failure
+        # is printed; a slowdown that lasts (four busy loops on the two cores) fails both.
+        local attempts=1 attempt
+        [[ "${n}" == 0055 ]] && attempts=2
+        for ((attempt = 1; attempt <= attempts; attempt++)); do
+            # -E: skip tests that need the socket fault-injection shim; -p1: one at a time.
+            # KAFKA_PATH points at a kafka-topics.sh that creates, deletes and grows topics
+            # through `keel topic` (the tests that run it need no ZooKeeper or JVM here).
+            (cd "${SRC_DIR}/tests" && TESTS="${n}" KAFKA_PATH="${HERE}/kafka" ZK_ADDRESS="${BOOTSTRAP}" \
+                BROKERS="${BOOTSTRAP}" KEEL_BIN="${KEEL}" env "${run_env[@]}" timeout "${limit}" ./test-runner -p1 -E -L -s "${scenario}" \
+                >"${LOGS}/${n}-${label}.log" 2>&1)
+            rc=$?
+            [[ ${rc} -eq 0 || ${attempt} -eq ${attempts} ]] && break
+            mv "${LOGS}/${n}-${label}.log" "${LOGS}/${n}-${label}-run${attempt}.log"
+            echo "${n} [${label}] failed on its run ${attempt} of ${attempts} (log ${LOGS}/${n}-${label}-run${attempt}.log):"
+            sed 's/\x1b\[[0-9;]*m//g' "${LOGS}/${n}-${label}-run${attempt}.log" | grep -E '^### Test|outside range|out of range' | head -5
+        done
         secs=$(( $(date +%s) - start ))
         # Judge each row of the runner's summary (| name | STATUS | seconds |).
         rows="$(sed 's/\x1b\[[0-9;]*m//g' "${LOGS}/${n}-${label}.log" | grep -E '^\| [0-9]{4}_' | tr -d '|' | awk '{print $1, $2, $3}')"
