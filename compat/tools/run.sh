@@ -151,13 +151,22 @@ check "kafka-metadata-quorum describe --status" "LeaderId: +[1-3].*CurrentVoters
 eventually "kafka-metadata-quorum describe --replication (three voters, none lagging)" "(([1-3])[[:space:]]+[A-Za-z0-9_-]+[[:space:]]+[0-9]+[[:space:]]+0[[:space:]]+[0-9]+[[:space:]]+[0-9]+[[:space:]]+(Leader|Follower).*){3}" \
     bash -c "$(declare -f tool); WORK='${WORK}' CP='${CP}'; tool ${T}.MetadataQuorumCommand --bootstrap-server ${B} describe --replication | tr '\n' ' '"
 
-# KIP-853: take node 3 out of the controller's voters with Kafka's tool (Keel reports the
-# zero directory id), then put it back with `keel cluster add-voter`.
-check "kafka-metadata-quorum remove-controller --controller-id 3" "Removed KRaft controller 3" \
-    tool ${T}.MetadataQuorumCommand --bootstrap-server "${B}" remove-controller --controller-id 3 --controller-directory-id AAAAAAAAAAAAAAAAAAAAAA
-eventually "kafka-metadata-quorum describe --replication (voters 1 and 2, node 3 an observer)" "^Voter,Voter,Observer$" \
+# KIP-853: take the controller's leader out of its voters with Kafka's tool (Keel reports
+# the zero directory id): it hands the leadership to a voter, and the tool, which expects
+# the leader among the voters, describes the new quorum. Then put it back with `keel
+# cluster add-voter`.
+LEADER="$(tool ${T}.MetadataQuorumCommand --bootstrap-server "${B}" describe --status 2>/dev/null | awk '$1 == "LeaderId:" {print $2}')"
+if [[ ! "${LEADER}" =~ ^[1-3]$ ]]; then
+    fail=$((fail + 1)); echo "FAIL: the controller's leader from kafka-metadata-quorum describe --status (got '${LEADER}'); removing node 3"
+    LEADER=3
+fi
+# The nodes in id order, the removed one an observer, the others voters.
+WANT="$(for n in 1 2 3; do if [[ ${n} == "${LEADER}" ]]; then echo Observer; else echo Voter; fi; done | paste -sd,)"
+check "kafka-metadata-quorum remove-controller --controller-id ${LEADER} (the leader)" "Removed KRaft controller ${LEADER}" \
+    tool ${T}.MetadataQuorumCommand --bootstrap-server "${B}" remove-controller --controller-id "${LEADER}" --controller-directory-id AAAAAAAAAAAAAAAAAAAAAA
+eventually "kafka-metadata-quorum describe --replication (node ${LEADER} an observer, the others voters)" "^${WANT}$" \
     bash -c "$(declare -f tool); WORK='${WORK}' CP='${CP}'; tool ${T}.MetadataQuorumCommand --bootstrap-server ${B} describe --replication | awk 'NR > 1 && \$1 ~ /^[1-3]\$/ {print \$1, \$NF}' | sort | awk '{print \$2}' | sed 's/Leader/Voter/; s/Follower/Voter/' | paste -sd,"
-check "keel cluster add-voter --node 3" "node 3 is a controller voter" "${KEEL}" cluster add-voter --bootstrap "${B}" --node 3
+check "keel cluster add-voter --node ${LEADER}" "node ${LEADER} is a controller voter" "${KEEL}" cluster add-voter --bootstrap "${B}" --node "${LEADER}"
 eventually "kafka-metadata-quorum describe --replication (three voters again)" "^Voter,Voter,Voter$" \
     bash -c "$(declare -f tool); WORK='${WORK}' CP='${CP}'; tool ${T}.MetadataQuorumCommand --bootstrap-server ${B} describe --replication | awk 'NR > 1 && \$1 ~ /^[1-3]\$/ {print \$1, \$NF}' | sort | awk '{print \$2}' | sed 's/Leader/Voter/; s/Follower/Voter/' | paste -sd,"
 

@@ -355,8 +355,8 @@ impl Group {
     }
 
     /// On the leader: makes voter `id` a learner (it keeps replicating the log but no longer
-    /// votes or counts towards a quorum). A leader that removes itself steps down once the
-    /// change is committed.
+    /// votes or counts towards a quorum). A leader that removes itself still leads, as a
+    /// learner, until it hands the leadership over (openraft lets a learner lead).
     pub async fn remove_voter(&self, id: NodeId) -> Result<(), ProposeError> {
         self.change(ChangeMembers::RemoveVoters([id].into_iter().collect()))
             .await

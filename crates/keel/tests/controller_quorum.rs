@@ -17,6 +17,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 const TOPIC: &str = "quorum";
 const PARTITIONS: i32 = 4;
 
+/// The tests each start a cluster; on two cores, one at a time.
+static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The controller's voters as node `n`'s admin API reports them.
 fn voters(n: &Keel) -> BTreeSet<u64> {
     let (status, body) = n.http_get("/api/v1/cluster");
@@ -142,6 +145,7 @@ async fn write_until(
 /// is not unregistered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_controller_voter_is_replaced_without_downtime_and_the_new_quorum_survives_another_loss() {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
     let root = tempfile::tempdir().unwrap();
     let mut nodes = start_cluster(root.path(), 3, &["--replica-replace-after-ms", "2000"]);
     let bs: String = nodes.iter().map(|k| k.kafka.clone()).collect::<Vec<_>>().join(",");
@@ -244,4 +248,74 @@ async fn a_controller_voter_is_replaced_without_downtime_and_the_new_quorum_surv
         );
     }
     assert_eq!(got.len(), acked.len(), "records that were never acknowledged appeared");
+}
+
+/// The controller leader as node `n`'s admin API reports it.
+fn controller_leader(n: &Keel) -> Option<u64> {
+    let (status, body) = n.http_get("/api/v1/cluster");
+    if status != 200 {
+        return None;
+    }
+    let c: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    c["controller"].as_u64()
+}
+
+/// A controller leader that is removed from the voters (RemoveRaftVoter, as Kafka's
+/// `kafka-metadata-quorum remove-controller` sends it) hands the leadership to one of the
+/// remaining voters, as Kafka's removed controller resigns; the controller then still
+/// creates topics, and the removed node can be made a voter again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_leader_removed_from_the_voters_hands_the_leadership_to_a_voter() {
+    let _turn = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let root = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(root.path(), 3, &[]);
+    let bs: String = nodes.iter().map(|k| k.kafka.clone()).collect::<Vec<_>>().join(",");
+    wait_for_voters(&nodes[0], &[1, 2, 3], Duration::from_secs(30)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let leader = loop {
+        if let Some(l) = controller_leader(&nodes[0]) {
+            break l;
+        }
+        assert!(Instant::now() < deadline, "the controller has no leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|n| *n != leader).collect();
+
+    let (ok, text) = common::keel_cli(&[
+        "cluster",
+        "remove-voter",
+        "--bootstrap",
+        &bs,
+        "--node",
+        &leader.to_string(),
+    ]);
+    assert!(ok, "remove-voter {leader}: {text}");
+    wait_for_voters(&nodes[0], &rest, Duration::from_secs(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let seen: Vec<Option<u64>> = nodes.iter().map(controller_leader).collect();
+        if seen.iter().all(|l| l.is_some_and(|l| rest.contains(&l))) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after node {leader} left the voters {rest:?}, the nodes report controller leaders {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    common::create_topic(&bs, TOPIC, PARTITIONS, 3).await;
+    let mut acked = Vec::new();
+    produce(&bs, 0, 10, &mut acked).await;
+    assert_eq!(acked.len(), 10, "writes after the removal");
+    let (ok, text) = common::keel_cli(&[
+        "cluster",
+        "add-voter",
+        "--bootstrap",
+        &bs,
+        "--node",
+        &leader.to_string(),
+    ]);
+    assert!(ok, "add-voter {leader}: {text}");
+    wait_for_voters(&nodes[0], &[1, 2, 3], Duration::from_secs(10)).await;
 }

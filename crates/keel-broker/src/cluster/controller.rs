@@ -23,7 +23,7 @@ use bytes::Bytes;
 use keel_log::{DiskLog, LogConfig};
 use keel_raft::{Apply, Group, GroupOptions, Node, NodeId, ProposeError, Transport};
 use tokio::sync::{mpsc, watch};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use super::meta::{apply, assign, rack_alternated, ClusterMeta, Command, Event};
 
@@ -38,6 +38,9 @@ const JOIN_ROUTE: &str = "controller/join";
 const LEAVE_ROUTE: &str = "controller/leave";
 /// Transport requests that ask the controller's leader to add or remove a voter.
 const VOTERS_ROUTE: &str = "controller/voters";
+/// How long a leader that removed itself from the voters tries to hand the leadership
+/// over.
+const RESIGN_WITHIN: Duration = Duration::from_secs(10);
 /// How far (in log entries) a learner may be behind the leader and still be made a voter.
 const VOTER_CATCH_UP: u64 = 100;
 
@@ -393,7 +396,39 @@ impl Controller {
             Err(_) => return Err("refused: the new voters did not commit in 30 s (is a quorum of them up?)".into()),
         }
         info!(node = id, voters = ?self.voters(), "{}", if add { "controller voter added" } else { "controller voter removed" });
+        if !add && id == self.node_id {
+            self.resign().await;
+        }
         Ok(())
+    }
+
+    /// A leader that removed itself from the voters hands the leadership to a voter, as
+    /// Kafka's removed controller resigns (KIP-853). openraft would keep it leading as a
+    /// learner, and the voters would not elect another while its node is alive: clients
+    /// would see a controller leader outside the quorum they describe.
+    async fn resign(&self) {
+        let deadline = Instant::now() + RESIGN_WITHIN;
+        let outcome = super::handover::hand_over(
+            &self.transport,
+            &self.group,
+            None,
+            "",
+            -1,
+            None,
+            deadline,
+            super::handover::Then::Follow,
+        )
+        .await;
+        match outcome {
+            super::handover::Outcome::Moved => {
+                info!(node = self.node_id, "controller leadership handed to a voter")
+            }
+            outcome => warn!(
+                node = self.node_id,
+                ?outcome,
+                "this node left the controller's voters and still leads it"
+            ),
+        }
     }
 
     /// Hands the routes the controller does not serve to `handler`.

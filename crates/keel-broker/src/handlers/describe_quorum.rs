@@ -139,6 +139,13 @@ pub async fn handle(
     let q = quorum(b).await;
     let mut part = PartitionData::default();
     part.partition_index = 0;
+    // During an election, or while a leader that left the voters hands over, there is no
+    // leader among the voters to describe: a retriable error, which Kafka's admin client
+    // retries (`kafka-metadata-quorum` expects the leader among the voters).
+    if q.leader < 0 || !q.voters.iter().any(|v| v.id as i32 == q.leader) {
+        part.error_code = ResponseError::NotLeaderOrFollower.code();
+        part.error_message = Some(s("the controller has no leader among its voters right now"));
+    }
     part.leader_id = BrokerId(q.leader);
     part.leader_epoch = q.epoch;
     part.high_watermark = q.high_watermark;
