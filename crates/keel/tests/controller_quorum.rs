@@ -20,14 +20,19 @@ const PARTITIONS: i32 = 4;
 /// The tests each start a cluster; on two cores, one at a time.
 static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The controller's voters as node `n`'s admin API reports them.
-fn voters(n: &Keel) -> BTreeSet<u64> {
+/// Node `n`'s admin API view of the cluster (`/api/v1/cluster`); null when it does not
+/// answer.
+fn cluster_view(n: &Keel) -> serde_json::Value {
     let (status, body) = n.http_get("/api/v1/cluster");
     if status != 200 {
-        return BTreeSet::new();
+        return serde_json::Value::Null;
     }
-    let c: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    c["nodes"]
+    serde_json::from_str(&body).unwrap_or_default()
+}
+
+/// The controller's voters as node `n`'s admin API reports them.
+fn voters(n: &Keel) -> BTreeSet<u64> {
+    cluster_view(n)["nodes"]
         .as_array()
         .map(|nodes| {
             nodes
@@ -252,12 +257,7 @@ async fn a_controller_voter_is_replaced_without_downtime_and_the_new_quorum_surv
 
 /// The controller leader as node `n`'s admin API reports it.
 fn controller_leader(n: &Keel) -> Option<u64> {
-    let (status, body) = n.http_get("/api/v1/cluster");
-    if status != 200 {
-        return None;
-    }
-    let c: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-    c["controller"].as_u64()
+    cluster_view(n)["controller"].as_u64()
 }
 
 /// A controller leader that is removed from the voters (RemoveRaftVoter, as Kafka's
