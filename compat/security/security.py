@@ -717,6 +717,7 @@ def dev_secure_section():
     base = int(subprocess.run([sys.executable, os.path.join(root, "compat", "free_base_port.py")],
                               capture_output=True, text=True, check=True).stdout.strip())
     dev_dir = os.path.join(WORK, "secure")
+    failed_before = len(FAILED)
     log = open(os.path.join(WORK, "secure.log"), "w")
     dev = subprocess.Popen([KEEL, "dev", "--secure", "--nodes", "3", "--base-port", str(base), "--data-dir", dev_dir],
                            stdout=log, stderr=log, env={**os.environ, "KEEL_LOG": "warn,openraft=off"})
@@ -762,6 +763,11 @@ def dev_secure_section():
         except subprocess.TimeoutExpired:
             dev.kill()
         subprocess.run(["pkill", "-9", "-f", dev_dir])
+        log.close()
+        if len(FAILED) > failed_before:
+            # The nodes' own account of what went wrong (the work directory is removed).
+            with open(os.path.join(WORK, "secure.log"), errors="replace") as f:
+                print("--- end of keel dev --secure's log ---\n" + "".join(f.readlines()[-40:]))
 
 
 def plain_login_v0(sock, user, password):
