@@ -39,7 +39,7 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     Applied, Apply, LogId, Membership, Payload, Placed, SnapshotBody, StorageError, StoredMembership, TypeConfig, Vote,
@@ -657,6 +657,9 @@ impl LogStorage {
 /// entry a proposer waits on locally (acks=1).
 type FlushRequest = (LogFlushed<TypeConfig>, Vec<(u64, Placed)>);
 
+/// Why appends failed when the runtime cancelled their fsync before it ran.
+const STOPPING: &str = "fsync not run: the node is stopping";
+
 /// Fsyncs once for every append queued since the last fsync, then reports them durable.
 async fn flusher(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<FlushRequest>) {
     while let Some((first, placed)) = rx.recv().await {
@@ -672,14 +675,22 @@ async fn flusher(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<FlushReque
             Ok(h) => match tokio::task::spawn_blocking(move || h.sync()).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(format!("fsync failed: {e}")),
+                // Only a runtime shutting down cancels a blocking task before it runs: the
+                // appends stay unacknowledged. The fsync never ran, so no page was lost to
+                // a failed one and the log needs no poisoning: the process is stopping.
+                Err(e) if e.is_cancelled() => Err(STOPPING.into()),
                 Err(e) => Err(format!("fsync task failed: {e}")),
             },
             Err(e) => Err(e.to_string()),
         };
         shared.hook.fsynced(started.elapsed().as_secs_f64());
         if let Err(reason) = &result {
-            error!(%reason, "replicated log poisoned");
-            shared.log().poison(reason.clone());
+            if reason == STOPPING {
+                info!(%reason, "appends left unsynced");
+            } else {
+                error!(%reason, "replicated log poisoned");
+                shared.log().poison(reason.clone());
+            }
         } else {
             shared.locally_durable(placed);
         }
