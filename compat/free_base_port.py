@@ -8,15 +8,9 @@ machine, its own nodes' included. Below that range only an explicit bind takes a
 import random
 import socket
 
+from free_ports import ephemeral_start
+
 OFFSETS = (0, 1, 2, 100, 101, 102, 200, 201, 202, 300, 301, 302)
-
-
-def ephemeral_start():
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
 
 
 top = ephemeral_start() - max(OFFSETS) - 1

@@ -64,11 +64,9 @@ SHAPES = [  # (label, record bytes, records, records/s or -1 for unthrottled)
 
 
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    from free_ports import free_port as below_ephemeral
+    return below_ephemeral()
 
 
 def kafka_classpath():

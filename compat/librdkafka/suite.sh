@@ -93,10 +93,7 @@ start_cluster() {
     for p in "${CPIDS[@]}"; do { kill -9 "${p}"; wait "${p}"; } 2>/dev/null; done
     CPIDS=()
     local ports i peers="" kafka=()
-    read -r -a ports <<<"$(python3 -c 'import socket
-s=[socket.socket() for _ in range(6)]
-[x.bind(("127.0.0.1",0)) for x in s]
-print(" ".join(str(x.getsockname()[1]) for x in s))')"
+    read -r -a ports <<<"$(python3 "${ROOT}/compat/free_ports.py" 6)"
     for i in 1 2 3; do peers="${peers:+${peers},}${i}@127.0.0.1:${ports[$((i+2))]}"; kafka+=("127.0.0.1:${ports[$((i-1))]}"); done
     for i in 1 2 3; do
         : > "${WORK}/node${i}.out"

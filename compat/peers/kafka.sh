@@ -23,7 +23,7 @@ classpath() {
 }
 
 free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+    python3 "${HERE}/../free_ports.py"
 }
 
 case "${1:-}" in

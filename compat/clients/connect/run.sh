@@ -21,7 +21,7 @@ cleanup() {
     rm -rf "${WORK}" || true
 }
 trap cleanup EXIT
-PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+PORT="$(python3 "${HERE}/../../free_ports.py")"
 RUN="$(date +%s%N | tail -c 7)"
 TOPIC="connect-lines-${RUN}"
 cat >"${WORK}/worker.properties" <<EOF
