@@ -241,7 +241,22 @@ impl NodeProc {
     }
 }
 
+/// A free 127.0.0.1 port below the kernel's ephemeral range. A node killed by a fault
+/// restarts on its ports; in the ephemeral range any outgoing connection on the machine,
+/// the other nodes' included, can take one of them while the node is down.
 fn free_port() -> Result<u16> {
+    let top = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = if top > 12_000 { 10_000 } else { 1024 };
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port = rng.random_range(low..top);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

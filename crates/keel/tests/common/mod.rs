@@ -189,8 +189,23 @@ impl Drop for Keel {
     }
 }
 
-/// A free 127.0.0.1 port (bound and released; good enough for tests).
+/// A free 127.0.0.1 port, bound and released, below the kernel's ephemeral range: nodes
+/// restart on their ports, and in the ephemeral range any outgoing connection on the
+/// machine can take a port while its node is down.
 pub fn free_port() -> u16 {
+    use rand::Rng;
+    let top = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = if top > 12_000 { 10_000 } else { 1024 };
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port = rng.random_range(low..top);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
